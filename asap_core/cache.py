@@ -1,0 +1,172 @@
+"""The one on-disk cache: content-hash keyed, append-only, safe against crashes and concurrent runs.
+
+Two shapes of cached data:
+- ``RowStore``: per-image rows (embeddings ``[D]``, relevance maps ``[17, s, s]``, thumbnail bytes) keyed by
+  image id, kept as Parquet shards. Each finished batch is one shard, written to a temporary name and
+  renamed, so an interrupted run keeps every finished batch and concurrent writers never clash.
+- ``cached_call``: one result per key (trained distiller, projection, 2-D map) in a folder written
+  atomically (temporary folder + rename).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable, TypeVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CACHE_ENV = "ASAP_CACHE_DIR"
+T = TypeVar("T")
+
+
+def default_cache_dir() -> Path:
+    """``$ASAP_CACHE_DIR``, else ``~/.cache/asap_explorer``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "asap_explorer")
+
+
+def hash_key(*parts: object) -> str:
+    """SHA-1 (first 20 hex) over strings, bytes and numpy arrays (dtype, shape and bytes)."""
+    h = hashlib.sha1()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            a = np.ascontiguousarray(p)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        elif isinstance(p, bytes):
+            h.update(p)
+        else:
+            h.update(repr(p).encode())
+        h.update(b"\x1f")
+    return h.hexdigest()[:20]
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _to_arrow(values: np.ndarray | list[bytes]) -> pa.Array:
+    if isinstance(values, np.ndarray):
+        flat = pa.array(np.ascontiguousarray(values).reshape(-1))
+        width = int(np.prod(values.shape[1:])) if values.ndim > 1 else 1
+        return pa.FixedSizeListArray.from_arrays(flat, width)
+    return pa.array(values, type=pa.binary())
+
+
+class RowStore:
+    """Per-image cached rows under ``root/namespace`` as Parquet shards (``image_id`` + ``value``).
+
+    ``value`` is a fixed-shape numpy row (``row_shape``, e.g. ``(512,)`` or ``(17, 7, 7)``) or raw bytes
+    (``row_shape=None``). The first value stored for an id wins; later duplicates are ignored.
+    """
+
+    def __init__(self, root: str | Path, namespace: str, row_shape: tuple[int, ...] | None = None) -> None:
+        self.dir = Path(root) / namespace
+        self.row_shape = row_shape
+        self._index: dict[str, tuple[str, int]] = {}
+        self._seen: set[str] = set()
+
+    def _refresh(self) -> None:
+        if not self.dir.is_dir():
+            return
+        for shard in sorted(self.dir.glob("*.parquet")):
+            if shard.name in self._seen:
+                continue
+            try:
+                ids = pq.read_table(shard, columns=["image_id"]).column(0).to_pylist()
+            except (OSError, pa.ArrowException):
+                continue  # a shard from a crashed writer on a broken disk: ignore, values get recomputed
+            self._seen.add(shard.name)
+            for i, image_id in enumerate(ids):
+                self._index.setdefault(image_id, (shard.name, i))
+
+    def missing(self, ids: Iterable[str]) -> list[str]:
+        """The ids with no stored row (order kept, duplicates dropped)."""
+        self._refresh()
+        return list(dict.fromkeys(i for i in ids if i not in self._index))
+
+    def __contains__(self, image_id: str) -> bool:
+        self._refresh()
+        return image_id in self._index
+
+    def put(self, ids: list[str], values: np.ndarray | list[bytes]) -> None:
+        """Store one batch as one shard (atomic)."""
+        if not len(ids):
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        table = pa.table({"image_id": pa.array(ids, type=pa.string()), "value": _to_arrow(values)})
+        path = self.dir / f"{uuid.uuid4().hex}.parquet"
+        tmp = _tmp_name(path)
+        pq.write_table(table, tmp, compression="zstd" if self.row_shape is None else "none")
+        os.replace(tmp, path)
+
+    def get(self, ids: list[str]) -> np.ndarray | list[bytes]:
+        """Rows for ``ids`` in order: ``[N, *row_shape]`` array, or list of bytes. KeyError if one is missing."""
+        self._refresh()
+        by_shard: dict[str, list[tuple[int, int]]] = {}
+        for pos, image_id in enumerate(ids):
+            shard, row = self._index[image_id]
+            by_shard.setdefault(shard, []).append((pos, row))
+        out: np.ndarray | list = [None] * len(ids) if self.row_shape is None else None
+        for shard, pairs in by_shard.items():
+            col = pq.read_table(self.dir / shard, columns=["value"]).column(0).combine_chunks()
+            rows = np.array([r for _, r in pairs])
+            pos = np.array([p for p, _ in pairs])
+            if self.row_shape is None:
+                vals = col.take(pa.array(rows)).to_pylist()
+                for p, v in zip(pos, vals):
+                    out[p] = v
+            else:
+                flat = col.values.to_numpy(zero_copy_only=False).reshape(len(col), *self.row_shape)
+                if out is None:
+                    out = np.empty((len(ids), *self.row_shape), dtype=flat.dtype)
+                out[pos] = flat[rows]
+        if out is None:
+            out = np.empty((0, *self.row_shape), dtype=np.float32)
+        return out
+
+
+    def copy_to(self, root: str | Path) -> None:
+        """Copy this store's shards into ``root/<same namespace>`` (e.g. into a bundle's cache)."""
+        if not self.dir.is_dir():
+            return
+        dest = Path(root) / self.dir.name
+        dest.mkdir(parents=True, exist_ok=True)
+        for shard in self.dir.glob("*.parquet"):
+            if not (dest / shard.name).exists():
+                shutil.copy2(shard, dest / shard.name)
+
+
+def cached_call(root: str | Path, namespace: str, key: str, compute: Callable[[], T],
+                save: Callable[[T, Path], None], load: Callable[[Path], T]) -> T:
+    """Return ``load(dir)`` if ``root/namespace/key`` exists, else compute, ``save`` atomically, return.
+
+    ``save`` writes into an empty temporary folder that is renamed into place when complete.
+    """
+    final = Path(root) / namespace / key
+    if final.is_dir():
+        return load(final)
+    value = compute()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(final)
+    tmp.mkdir()
+    try:
+        save(value, tmp)
+        os.replace(tmp, final)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race: its copy is equal
+        if not final.is_dir():
+            raise
+    return value

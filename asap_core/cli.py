@@ -1,0 +1,102 @@
+"""Command line: ``python -m asap_core analyze DATA_DIR --out BUNDLE`` and friends."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from .errors import AsapError
+
+
+class TqdmProgress:
+    """``progress(stage, done, total)`` drawing one tqdm bar per stage on stderr."""
+
+    def __init__(self) -> None:
+        self.bars: dict = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        bar = self.bars.get(stage)
+        if bar is None:
+            if total == 0:
+                return
+            bar = self.bars[stage] = tqdm(total=total, desc=f"{stage:>9}", unit="img", dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m asap_core",
+                                description="ASAP Explorer: see why AI-generated images look fake.")
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("analyze", help="analyse an image folder into a bundle the explorer opens",
+                       description="Scan DATA_DIR, embed with CLIP (cached), learn 16 authenticity dimensions, "
+                                   "lay images out in cells and write the bundle.")
+    a.add_argument("data_dir", help="image folder (real/ + fake/<generator>/, 0_real/1_fake, nature/ai, "
+                                    "REAL/FAKE) or a CSV manifest path,label[,generator][,split]")
+    a.add_argument("--out", required=True, help="bundle folder to write (replaced atomically if it exists)")
+    a.add_argument("--model", default=None, help="HF CLIP id or local directory (default: $ASAP_MODEL or "
+                                                 "openai/clip-vit-base-patch32)")
+    a.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    a.add_argument("--batch-size", type=int, default=64)
+    a.add_argument("--workers", type=int, default=None, help="decode processes (default: cores - 1)")
+    a.add_argument("--relevance", default="none", choices=["none", "last-block", "rollout"],
+                   help="precompute relevance maps for every image")
+    a.add_argument("--grid", type=int, default=24, help="cells per side of the overview")
+    a.add_argument("--projection", default=None, help="vision-only projection matrix file (.safetensors/.npy/.pt)")
+    a.add_argument("--distiller", default=None, help="apply the distiller of this bundle instead of training one")
+    a.add_argument("--cache-dir", default=None, help="cache folder (default: $ASAP_CACHE_DIR or ~/.cache/asap_explorer)")
+    i = sub.add_parser("info", help="print what a bundle holds")
+    i.add_argument("bundle")
+    return p
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .pipeline import AnalyzeOptions, analyze
+
+    opts = AnalyzeOptions(model=args.model, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
+                          relevance=args.relevance, grid=args.grid, projection_file=args.projection,
+                          distiller=args.distiller, cache_dir=args.cache_dir)
+    bars = TqdmProgress()
+    t0 = time.perf_counter()
+    try:
+        report = analyze(args.data_dir, args.out, opts, progress=bars)
+    finally:
+        bars.close()
+    print(report.summary())
+    print(f"Total: {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .bundle import Bundle
+
+    b = Bundle.open(args.bundle)
+    m = b.meta
+    print(f"{b.path}: {m['counts']['used']} images ({m['counts']['real']} real, {m['counts']['fake']} fake), "
+          f"{m['counts']['cells']} cells; encoder {m['encoder']['model_id']}; layout {m['layout']}")
+    val = m.get("metrics", {}).get("val")
+    if val:
+        print(f"validation accuracy {val['accuracy']:.3f}, AP {val['ap']:.3f}, ROC-AUC {val['roc_auc']:.3f}")
+    print(f"skipped files: {len(m.get('skipped', []))}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return {"analyze": cmd_analyze, "info": cmd_info}[args.command](args)
+    except AsapError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"  fix: {exc.hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished batches are cached; run the same command again to resume.", file=sys.stderr)
+        return 130

@@ -1,0 +1,214 @@
+"""CLIP image encoder: loads any Hugging Face CLIP checkpoint (hub id or local directory)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+
+from .errors import ModelLoadError
+from .preprocess import ClipPreprocessor
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+MODEL_ENV = "ASAP_MODEL"
+
+
+def resolve_model_id(model: str | None = None) -> str:
+    """``model`` if given, else ``$ASAP_MODEL``, else the default ViT-B/32."""
+    return model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {device} was asked for, but no CUDA GPU is visible.",
+                             "use --device cpu (or auto), or install a CUDA build of torch.")
+    return torch.device(device)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face Hub answers a TCP connect within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _load_hint(model_id: str) -> str:
+    return (
+        f"pass --model /path/to/a/local/CLIP/directory (or set {MODEL_ENV}), "
+        f"or on a machine with internet run `huggingface-cli download {model_id}` "
+        "and copy ~/.cache/huggingface to this machine."
+    )
+
+
+def _fingerprint(model_dir: Path, model_id: str) -> str:
+    """Short hash of the config and the weight files (size + first/last MiB) of a checkpoint."""
+    h = hashlib.sha1()
+    for f in [model_dir / "config.json", *sorted(model_dir.glob("*.safetensors")), *sorted(model_dir.glob("*.bin"))]:
+        if not f.is_file():
+            continue
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with open(f, "rb") as fh:
+            h.update(fh.read(1 << 20))
+            fh.seek(max(size - (1 << 20), 0))
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a CLIP checkpoint is, read from its files without building the model.
+
+    ``embed_dim`` (D), ``image_size`` (input side, px), ``patch_side`` (patches per side),
+    ``cache_key`` (weights + preprocessing: keys every embedding cache).
+    """
+
+    model_id: str
+    model_dir: Path
+    preprocessor: ClipPreprocessor
+    embed_dim: int
+    image_size: int
+    patch_side: int
+    fingerprint: str
+
+    @property
+    def cache_key(self) -> str:
+        return hashlib.sha1(f"{self.fingerprint}|{self.preprocessor.version}".encode()).hexdigest()[:16]
+
+
+def inspect_checkpoint(model: str | None = None) -> CheckpointInfo:
+    """Find a checkpoint (local directory, HF cache, or the Hub when reachable) and read its shapes.
+
+    Raises ``ModelLoadError`` with a fix when it cannot be had.
+    """
+    model_id = resolve_model_id(model)
+    local = Path(model_id).expanduser()
+    looks_local = local.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+    if looks_local:
+        if not (local / "config.json").is_file():
+            raise ModelLoadError(f"Model directory '{model_id}' does not exist or has no config.json.",
+                                 _load_hint(DEFAULT_MODEL))
+        model_dir = local.resolve()
+        model_id = str(model_dir)
+    else:
+        model_dir = _cached_snapshot_dir(model_id)
+        if model_dir is None:
+            if not _hub_reachable():
+                raise ModelLoadError(
+                    f"Could not load CLIP model '{model_id}': it is not in the local Hugging Face cache "
+                    "and the Hub cannot be reached (no network).", _load_hint(model_id))
+            model_dir = _download(model_id)
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{model_dir / 'config.json'} cannot be read ({exc}).", _load_hint(model_id)) from None
+    vision = cfg.get("vision_config", cfg)
+    image_size = int(vision.get("image_size", 224))
+    patch_size = int(vision.get("patch_size", 32))
+    embed_dim = int(vision.get("projection_dim", cfg.get("projection_dim", 512)))
+    return CheckpointInfo(model_id, model_dir, ClipPreprocessor.from_pretrained(model_dir, image_size), embed_dim,
+                          image_size, image_size // patch_size, _fingerprint(model_dir, model_id))
+
+
+def _download(model_id: str) -> Path:
+    """Fetch a checkpoint's config, weights and preprocessor config from the Hub."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors"]))
+    except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+        raise ModelLoadError(f"Could not download CLIP model '{model_id}' ({exc}).", _load_hint(model_id)) from None
+
+
+class ClipEncoder:
+    """CLIP vision tower with its projection; returns L2-normalised image embeddings ``[B, D]``.
+
+    Attributes: ``vision_model`` (``CLIPVisionModelWithProjection``), ``preprocessor``,
+    ``model_id``, ``device``, ``dtype``, ``embed_dim`` (D), ``patch_side`` (patches per side).
+    """
+
+    def __init__(self, vision_model, info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> None:
+        self.vision_model = vision_model.eval().requires_grad_(False)
+        self.info = info
+        self.preprocessor = info.preprocessor
+        self.model_id = info.model_id
+        self.device = device
+        self.dtype = dtype
+        self.embed_dim: int = info.embed_dim
+        self.image_size: int = info.image_size
+        self.patch_side: int = info.patch_side
+        self.cache_key: str = info.cache_key
+
+    @classmethod
+    def from_pretrained(cls, model: str | None = None, device: str = "auto",
+                        dtype: torch.dtype | None = None, attn_implementation: str = "sdpa") -> "ClipEncoder":
+        """Load a CLIP checkpoint by hub id or local directory (``CLIPModel`` or ``CLIPVisionModelWithProjection``).
+
+        Raises ``ModelLoadError`` with a fix when the weights cannot be had (offline, no such directory).
+        """
+        from transformers import CLIPVisionModelWithProjection
+        from transformers.utils import logging as hf_logging
+
+        info = inspect_checkpoint(model)
+        dev = resolve_device(device)
+        dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        try:
+            vm = CLIPVisionModelWithProjection.from_pretrained(
+                str(info.model_dir), local_files_only=True, attn_implementation=attn_implementation, dtype=dtype)
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise ModelLoadError(f"Could not load CLIP model '{info.model_id}' from {info.model_dir}: {exc}",
+                                 _load_hint(info.model_id)) from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+            hf_logging.enable_progress_bar()
+        return cls(vm.to(dev), info, dev, dtype)
+
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> pixel values ``[B, 3, S, S]`` float32 on CPU."""
+        return self.preprocessor(images)
+
+    def embed(self, pixel_values: torch.Tensor, output_attentions: bool = False):
+        """Differentiable forward: pixel values ``[B, 3, S, S]`` -> normalised embeddings ``[B, D]`` (float32).
+
+        With ``output_attentions`` returns ``(embeds, attentions)``, attentions a tuple of ``[B, H, T, T]``.
+        """
+        out = self.vision_model(pixel_values=pixel_values.to(self.device, self.dtype),
+                                output_attentions=output_attentions)
+        emb = torch.nn.functional.normalize(out.image_embeds.float(), dim=-1)
+        return (emb, out.attentions) if output_attentions else emb
+
+    @torch.inference_mode()
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixel values ``[B, 3, S, S]`` -> normalised embeddings ``[B, D]`` float32 on CPU, no grad."""
+        return self.embed(pixel_values).cpu()
+
+    def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """PIL images -> normalised embeddings ``[B, D]`` float32 on CPU."""
+        return self.encode(self.preprocess(images))
+
+
+def _cached_snapshot_dir(model_id: str) -> Path | None:
+    """Local snapshot folder of a hub model in the HF cache, if present."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any failure means "not cached"
+        return None

@@ -1,0 +1,145 @@
+"""CLIP preprocessing: resize shortest side (bicubic), centre crop, scale, normalise.
+
+Equal to ``transformers.CLIPImageProcessor`` within 1e-2 per pixel (measured max |diff| ~1e-6, from
+float32 rounding only): the bicubic resize is the very same Pillow call on the full image, so the
+uint8 pixels are bit-identical; see tests/test_preprocess.py. It is faster because it skips the
+processor's numpy <-> PIL round trips, float64 rescale and transposed normalise: one fused
+multiply-subtract writes straight into a preallocated ``[B, 3, S, S]`` float32 batch, grey images are
+resized on one channel instead of three (bit-identical), and already-sized images are not resampled.
+Shortcuts that change pixels (``Image.reduce``, JPEG ``draft``, ``resize(box=...)``, ``reducing_gap``)
+are deliberately not used here: one uint8 level is 0.015 after normalisation, above the tolerance.
+``benchmarks/preprocess_speed.py`` prints the timings.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from .imageio import to_rgb
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+PREPROCESS_VERSION = "asap-pre-2"
+
+
+def resize_output_size(width: int, height: int, shortest_edge: int) -> tuple[int, int]:
+    """``(new_width, new_height)`` with the shortest side ``shortest_edge``, as CLIPImageProcessor.
+
+    Same arithmetic as ``transformers.image_transforms.get_resize_output_image_size(...,
+    default_to_square=False)``: the long side is ``int(shortest_edge * long / short)`` (truncated).
+    """
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = shortest_edge, int(shortest_edge * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+@dataclass(frozen=True)
+class ClipPreprocessor:
+    """Turns PIL images into CLIP pixel values ``[B, 3, crop, crop]`` (float32).
+
+    ``size``: target length of the shortest side in pixels; ``crop_size``: side of the centre crop
+    (zero-padded before normalisation, as CLIPImageProcessor does, when ``crop_size > size``);
+    ``mean``/``std``: per-channel normalisation of pixel values scaled to [0, 1].
+    Non-RGB inputs are converted like CLIPImageProcessor (transparency on white); see ``imageio.to_rgb``.
+    """
+
+    size: int = 224
+    crop_size: int = 224
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+    _scale: np.ndarray = field(init=False, repr=False, compare=False)
+    _shift: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        std = np.asarray(self.std, dtype=np.float64)
+        mean = np.asarray(self.mean, dtype=np.float64)
+        # x_norm = (x / 255 - mean) / std = x * scale - shift, folded into one multiply-subtract
+        object.__setattr__(self, "_scale", (1.0 / (255.0 * std)).astype(np.float32).reshape(3, 1, 1))
+        object.__setattr__(self, "_shift", (mean / std).astype(np.float32).reshape(3, 1, 1))
+
+    @classmethod
+    def from_pretrained(cls, model_dir: str | Path, image_size: int | None = None) -> "ClipPreprocessor":
+        """Read ``preprocessor_config.json`` from a local checkpoint directory when present.
+
+        Falls back to the CLIP defaults with ``image_size`` (the vision model's input side).
+        """
+        path = Path(model_dir) / "preprocessor_config.json"
+        if not path.is_file():
+            side = image_size or 224
+            return cls(size=side, crop_size=side)
+        cfg = json.loads(path.read_text())
+        return cls.from_config(cfg, image_size)
+
+    @classmethod
+    def from_config(cls, cfg: dict, image_size: int | None = None) -> "ClipPreprocessor":
+        """Build from a ``CLIPImageProcessor`` config dict."""
+        size = cfg.get("size", image_size or 224)
+        if isinstance(size, dict):
+            size = size.get("shortest_edge") or size.get("height") or image_size or 224
+        crop = cfg.get("crop_size", size)
+        if isinstance(crop, dict):
+            crop = crop.get("height") or size
+        return cls(
+            size=int(size),
+            crop_size=int(crop),
+            mean=tuple(cfg.get("image_mean", CLIP_MEAN)),
+            std=tuple(cfg.get("image_std", CLIP_STD)),
+        )
+
+    @property
+    def version(self) -> str:
+        """Identifies the preprocessing in cache keys."""
+        return f"{PREPROCESS_VERSION}:s{self.size}:c{self.crop_size}:m{self.mean}:sd{self.std}"
+
+    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+        """Resize so the shortest side is ``size`` (bicubic), then centre-crop ``crop_size``.
+
+        Keeps mode ``L`` (grey, no transparency) as ``L``: resizing one channel gives bit-identical
+        values to resizing its RGB copy; every other mode is converted to RGB first.
+        """
+        if image.mode != "L" or image.info.get("transparency") is not None:
+            image = to_rgb(image)
+        w, h = image.size
+        new_w, new_h = resize_output_size(w, h, self.size)
+        if (new_w, new_h) != (w, h):  # Pillow returns a plain copy for an equal size: skip it
+            image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
+        c = self.crop_size
+        top = (new_h - c) // 2
+        left = (new_w - c) // 2
+        if top < 0 or left < 0:  # smaller than the crop: zero-pad centred (ceil on the leading side)
+            canvas = Image.new(image.mode, (max(new_w, c), max(new_h, c)))
+            canvas.paste(image, (max(-left, 0), max(-top, 0)))
+            image, top, left = canvas, max(top, 0), max(left, 0)
+        if (left, top, image.width, image.height) == (0, 0, c, c):
+            return image
+        return image.crop((left, top, left + c, top + c))
+
+    def to_array(self, image: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
+        """One image -> normalised ``[3, crop, crop]`` float32 (written into ``out`` when given)."""
+        c = self.crop_size
+        if out is None:
+            out = np.empty((3, c, c), dtype=np.float32)
+        pix = np.asarray(self.resize_and_crop(image))  # [c, c] (grey) or [c, c, 3] uint8
+        src = pix[None] if pix.ndim == 2 else pix.transpose(2, 0, 1)
+        np.multiply(src, self._scale, out=out)
+        np.subtract(out, self._shift, out=out)
+        return out
+
+    def batch(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """List of PIL images -> ``np.ndarray [B, 3, crop, crop]`` float32 (no torch needed)."""
+        c = self.crop_size
+        out = np.empty((len(images), 3, c, c), dtype=np.float32)
+        for i, im in enumerate(images):
+            self.to_array(im, out=out[i])
+        return out
+
+    def __call__(self, images: Sequence[Image.Image]):
+        """List of PIL images -> ``torch.FloatTensor [B, 3, crop, crop]``."""
+        import torch
+
+        return torch.from_numpy(self.batch(images))

@@ -1,0 +1,246 @@
+"""Relevance maps: where in the image each of the 16 dimensions and the fake logit looks.
+
+Method (DESIGN.md §3, Chefer et al. 2021 as used in their CLIP code):
+
+- ``last-block``: ``A`` = softmax attention of the last block ``[B, H, T, T]``, ``G = dtarget/dA``;
+  ``map = mean_heads(clamp(G * A, min=0))[CLS, 1:]`` reshaped to ``side x side``.
+- ``rollout``: ``R = I``; for every block in order ``R = R + mean_heads(clamp(G_l * A_l, min=0)) @ R``;
+  ``map = R[CLS, 1:]``.
+
+All targets come from ONE forward pass and ONE batched vector-Jacobian product
+(``torch.autograd.grad(..., is_grads_batched=True)``, i.e. ``vmap`` over the backward with the rows
+of an identity matrix as cotangents), not one backward per target.
+
+Maps are at patch resolution, row-major in the ViT's patch order: row 0 is the top of the (centre-
+cropped) image, column 0 its left. Display helpers (``upsample_map``, ``overlay``) are pure numpy, so
+this module imports without torch (torch is imported inside the functions that need it).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+N_DIMS = 16
+N_TARGETS = 17
+FAKE_LOGIT = 16
+TARGET_NAMES: list[str] = [f"dim {i}" for i in range(N_DIMS)] + ["fake logit"]
+METHODS: tuple[str, ...] = ("last-block", "rollout")
+
+
+def _check_method(method: str) -> str:
+    if method not in METHODS:
+        raise InputError(f"Unknown relevance method '{method}'.", f"use one of: {', '.join(METHODS)}.")
+    return method
+
+
+def _target_indices(target: int | Sequence[int] | None) -> list[int]:
+    """``None`` -> all 17; an int or a list of ints in ``[0, 17)`` (16 = fake logit)."""
+    if target is None:
+        return list(range(N_TARGETS))
+    idx = [int(target)] if isinstance(target, (int, np.integer)) else [int(t) for t in target]
+    if not idx:
+        raise InputError("No relevance target was given.", "pass target=None for all 17, or indices 0..16.")
+    bad = [t for t in idx if not 0 <= t < N_TARGETS]
+    if bad:
+        raise InputError(f"Relevance target(s) {bad} out of range.",
+                         f"targets are 0..{N_DIMS - 1} (dimensions) and {FAKE_LOGIT} (fake logit).")
+    return idx
+
+
+@contextmanager
+def eager_attention(vision_model) -> Iterator[None]:
+    """Temporarily switch a HF model to eager attention (sdpa/flash return no attention probabilities).
+
+    Restores the previous implementation afterwards. Not thread-safe: do not run other forwards of the
+    same model concurrently while relevance is computed.
+    """
+    previous = vision_model.config._attn_implementation
+    if previous == "eager":
+        yield
+        return
+    vision_model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        vision_model.set_attn_implementation(previous)
+
+
+class AttentionRelevance:
+    """Captum-style attribution of the distiller's outputs to image patches.
+
+    ``AttentionRelevance(encoder, distiller, method).attribute(pixel_values [B, 3, S, S], target)``
+    -> ``[B, K, side, side]`` float32 on CPU, ``K = len(targets)``; targets 0..15 are the dimensions of
+    z, 16 is the fake logit, ``None`` means all 17 (in that order).
+    """
+
+    def __init__(self, encoder, distiller, method: str = "last-block") -> None:
+        self.encoder = encoder
+        self.distiller = distiller
+        self.method = _check_method(method)
+
+    def attribute(self, pixel_values: "torch.Tensor", target: int | Sequence[int] | None = None) -> "torch.Tensor":
+        """Relevance maps ``[B, K, side, side]`` (float32, CPU, >= 0) for the requested targets."""
+        import torch
+
+        idx = _target_indices(target)
+        if pixel_values.ndim != 4:
+            raise InputError(f"pixel_values must be [B, 3, S, S], got shape {tuple(pixel_values.shape)}.",
+                             "preprocess images with encoder.preprocess(list_of_PIL).")
+        side = self.encoder.patch_side
+        n = pixel_values.shape[0]
+        if n == 0:
+            return torch.zeros(0, len(idx), side, side)
+        # inference_mode(False): autograd cannot record through inference tensors, so a caller under
+        # torch.inference_mode() still gets maps; the input is cloned outside inference mode for that reason.
+        with torch.inference_mode(False), torch.enable_grad(), eager_attention(self.encoder.vision_model):
+            maps = self._attribute(pixel_values, idx)
+        return maps.reshape(n, len(idx), side, side)
+
+    def _forward(self, pixel_values: "torch.Tensor", idx: list[int]):
+        """One forward pass -> (targets [B, K], attentions tuple of [B, H, T, T] in the graph)."""
+        import torch
+
+        enc = self.encoder
+        # The weights are frozen, so nothing would require grad: make the input a grad leaf so that the
+        # attention probabilities become (non-leaf) nodes of the graph. Only the paths from the targets to
+        # the attentions are back-propagated; no gradient for the pixels is ever computed.
+        px = pixel_values.detach().to(enc.device, enc.dtype).clone().requires_grad_(True)
+        emb, attentions = enc.embed(px, output_attentions=True)
+        if not attentions or any(a is None for a in attentions):
+            raise RuntimeError("the vision model returned no attention probabilities (needs eager attention)")
+        if not all(a.requires_grad for a in attentions):
+            raise RuntimeError("the attention probabilities are not part of the autograd graph")
+        dist_dev = next(self.distiller.buffers(), None)
+        dist_dev = dist_dev.device if dist_dev is not None else emb.device
+        z, logit = self.distiller(emb.to(dist_dev))
+        targets = torch.cat([z, logit[:, None]], dim=1)[:, idx]
+        return targets, attentions
+
+    def _attribute(self, pixel_values: "torch.Tensor", idx: list[int]) -> "torch.Tensor":
+        import torch
+
+        targets, attentions = self._forward(pixel_values, idx)
+        k = len(idx)
+        inputs = attentions[-1:] if self.method == "last-block" else tuple(attentions)
+        # cotangents: row j of the identity for every image -> grads[l][j] = d target_j / d A_l  [K, B, H, T, T]
+        eye = torch.eye(k, dtype=targets.dtype, device=targets.device)
+        grad_outputs = eye[:, None, :].expand(k, targets.shape[0], k).contiguous()
+        grads = list(torch.autograd.grad(targets, inputs, grad_outputs=grad_outputs, is_grads_batched=True))
+        if self.method == "last-block":
+            g, a = grads.pop(), inputs[0].detach()
+            # only the CLS row is needed: [K, B, H, T-1]
+            cam = (g[..., 0, 1:].float() * a[None, ..., 0, 1:].float()).clamp(min=0).mean(dim=2)
+        else:
+            t = inputs[0].shape[-1]
+            r = torch.eye(t, device=inputs[0].device, dtype=torch.float32)
+            r = r.expand(k, inputs[0].shape[0], t, t)
+            for layer, a in enumerate(inputs):
+                g, grads[layer] = grads[layer], None  # free as we go
+                cam = (g.float() * a.detach()[None].float()).clamp(min=0).mean(dim=2)  # [K, B, T, T]
+                del g
+                r = r + cam @ r
+            cam = r[..., 0, 1:]
+        return cam.transpose(0, 1).contiguous().cpu()  # [B, K, T-1]
+
+
+def relevance_maps(encoder, distiller, pixel_values: "torch.Tensor", method: str = "last-block") -> "torch.Tensor":
+    """All 17 relevance maps ``[B, 17, side, side]`` float32 on CPU: 16 dimensions of z, then the fake logit.
+
+    ``pixel_values`` ``[B, 3, S, S]`` as from ``encoder.preprocess``; ``method`` is ``last-block`` or
+    ``rollout``. One forward pass and one batched VJP; works under ``torch.inference_mode``.
+    """
+    return AttentionRelevance(encoder, distiller, method).attribute(pixel_values, target=None)
+
+
+def relevance_for_images(encoder, distiller, images: Sequence[Image.Image], method: str = "last-block",
+                         batch_size: int = 32,
+                         progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """PIL images -> relevance maps ``[N, 17, side, side]`` float16, computed ``batch_size`` at a time.
+
+    ``progress(done, total)`` is called after every batch.
+    """
+    side = encoder.patch_side
+    total = len(images)
+    out = np.zeros((total, N_TARGETS, side, side), dtype=np.float16)
+    explainer = AttentionRelevance(encoder, distiller, method)
+    bs = max(int(batch_size), 1)
+    for start in range(0, total, bs):
+        chunk = images[start:start + bs]
+        maps = explainer.attribute(encoder.preprocess(chunk), target=None)
+        out[start:start + len(chunk)] = maps.numpy().astype(np.float16)
+        if progress is not None:
+            progress(start + len(chunk), total)
+    return out
+
+
+# ---------------------------------------------------------------- display (numpy only)
+
+
+def _bilinear_axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices and weights for resizing one axis (half-pixel centres, edges clamped)."""
+    x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    x = np.clip(x, 0, n_in - 1)
+    i0 = np.floor(x).astype(np.int64)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, x - i0
+
+
+def upsample_map(m: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a map ``[side, side]`` (or ``[h, w]``) to ``[size, size]`` (or ``size=(h, w)``), float32.
+
+    Same convention as ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
+    """
+    m = np.asarray(m, dtype=np.float32)
+    if m.ndim != 2:
+        raise InputError(f"a relevance map must be 2-D, got shape {m.shape}.", "pass one map, e.g. maps[i, 16].")
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else size
+    r0, r1, wr = _bilinear_axis(m.shape[0], int(h))
+    c0, c1, wc = _bilinear_axis(m.shape[1], int(w))
+    top = m[r0][:, c0] * (1 - wc) + m[r0][:, c1] * wc
+    bot = m[r1][:, c0] * (1 - wc) + m[r1][:, c1] * wc
+    return (top * (1 - wr[:, None]) + bot * wr[:, None]).astype(np.float32)
+
+
+def colormap(x: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """Values in ``[0, 1]`` ``[...]`` -> RGB uint8 ``[..., 3]``. ``jet`` (blue -> red) or ``gray``."""
+    x = np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0)
+    if cmap in ("jet", "jet-like"):
+        rgb = np.stack([np.clip(1.5 - np.abs(4 * x - c), 0, 1) for c in (3.0, 2.0, 1.0)], axis=-1)
+    elif cmap == "gray":
+        rgb = np.stack([x, x, x], axis=-1)
+    else:
+        raise InputError(f"Unknown colour map '{cmap}'.", "use 'jet' or 'gray'.")
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+def _centre_square(image: Image.Image) -> Image.Image:
+    w, h = image.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return image.crop((left, top, left + s, top + s))
+
+
+def overlay(image: Image.Image, m: np.ndarray, alpha: float = 0.5, cmap: str = "jet",
+            normalize: bool = True) -> Image.Image:
+    """Blend a colour-mapped relevance map over ``image``; returns an RGB PIL image.
+
+    The map covers what CLIP saw, the centre square of the image, so a non-square image is
+    centre-cropped to a square first. ``normalize`` rescales the map to ``[0, 1]`` (min-max);
+    otherwise values are clipped to ``[0, 1]``. ``alpha`` is the opacity of the map.
+    """
+    base = _centre_square(image.convert("RGB"))
+    m = np.asarray(m, dtype=np.float32)
+    if normalize:
+        lo, hi = float(np.min(m)), float(np.max(m))
+        m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+    heat = colormap(upsample_map(m, (base.height, base.width)), cmap).astype(np.float32)
+    out = (1 - alpha) * np.asarray(base, dtype=np.float32) + alpha * heat
+    return Image.fromarray(np.clip(np.round(out), 0, 255).astype(np.uint8))

@@ -1,0 +1,105 @@
+"""Relevance-map throughput: naive (one target at a time, 17 forward+backward passes) vs one batched VJP.
+
+ViT-B/32-architecture CLIP with random weights (CLIPVisionConfig defaults: hidden 768, 12 layers,
+patch 32, image 224, projection 512), random 256-d projection, random distiller, random pixels.
+
+    python benchmarks/relevance_speed.py --n 16 --batch-size 8            # CPU
+    python benchmarks/relevance_speed.py --n 1024 --batch-size 128        # GPU (bf16)
+
+Prints the device and a table of img/s per method and mode, plus the max |naive - batched|.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from asap_core.distiller import Distiller, DistillerConfig  # noqa: E402
+from asap_core.encoder import ClipEncoder  # noqa: E402
+from asap_core.preprocess import ClipPreprocessor  # noqa: E402
+from asap_core.relevance import N_TARGETS, AttentionRelevance  # noqa: E402
+
+
+def build(dev: torch.device, dtype: torch.dtype) -> tuple[ClipEncoder, Distiller]:
+    """Random ViT-B/32 CLIP vision tower (eager attention) and a random distiller on ``dev``."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(projection_dim=512)
+    vm = CLIPVisionModelWithProjection(cfg).to(dev, dtype)
+    vm.set_attn_implementation("eager")
+    enc = ClipEncoder(vm, ClipPreprocessor(), "random-b32", dev, dtype, "random")
+    proj = torch.linalg.qr(torch.randn(512, 256))[0].T  # [256, 512], orthonormal rows
+    dist = Distiller(DistillerConfig(embed_dim=512, proj_dim=256), projection=proj).to(dev).eval()
+    return enc, dist
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def run(explainer: AttentionRelevance, px: torch.Tensor, batch_size: int, naive: bool) -> torch.Tensor:
+    """All 17 maps for ``px`` [N, 3, 224, 224] -> [N, 17, 7, 7]."""
+    out = []
+    for i in range(0, len(px), batch_size):
+        chunk = px[i:i + batch_size]
+        if naive:
+            out.append(torch.cat([explainer.attribute(chunk, target=k) for k in range(N_TARGETS)], dim=1))
+        else:
+            out.append(explainer.attribute(chunk))
+    return torch.cat(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=64, help="images per measurement")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: 128 on GPU, 8 on CPU")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16"], help="auto: bf16 on GPU, fp32 on CPU")
+    ap.add_argument("--methods", default="last-block,rollout")
+    ap.add_argument("--no-naive", action="store_true", help="skip the 17-pass baseline")
+    args = ap.parse_args(argv)
+
+    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if args.device == "auto" else args.device))
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
+        args.dtype, torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    bs = args.batch_size or (128 if dev.type == "cuda" else 8)
+    enc, dist = build(dev, dtype)
+    torch.manual_seed(1)
+    px = torch.randn(args.n, 3, 224, 224)
+    print(f"device: {device_name(dev)}   dtype: {str(dtype).replace('torch.', '')}   "
+          f"images: {args.n}   batch: {bs}   torch {torch.__version__}")
+    print(f"{'method':<11} {'mode':<22} {'img/s':>9} {'s total':>9} {'max|naive-batched|':>19}")
+    for method in args.methods.split(","):
+        explainer = AttentionRelevance(enc, dist, method)
+        run(explainer, px[:min(bs, 2)], bs, naive=False)  # warm-up
+        results = {}
+        for naive in ([True, False] if not args.no_naive else [False]):
+            _sync(dev)
+            t0 = time.perf_counter()
+            results[naive] = run(explainer, px, bs, naive)
+            _sync(dev)
+            dt = time.perf_counter() - t0
+            mode = "naive (17 passes)" if naive else "batched VJP (1 pass)"
+            diff = ""
+            if not naive and True in results:
+                diff = f"{(results[True] - results[False]).abs().max().item():.2e}"
+            print(f"{method:<11} {mode:<22} {args.n / dt:>9.1f} {dt:>9.2f} {diff:>19}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny random CLIP written with save_pretrained, synthetic image folders."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def write_tiny_clip(path: Path, image_size: int = 32, patch_size: int = 8, dim: int = 64, seed: int = 0) -> Path:
+    """Save a random CLIP (2 layers, hidden 32, projection ``dim``) plus its image processor to ``path``."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=100, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=patch_size, projection_dim=dim),
+        projection_dim=dim,
+    )
+    CLIPModel(cfg).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": image_size},
+                       crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A tiny CLIP checkpoint directory (32 px input, 4x4 patches, D = 64)."""
+    return write_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_clip_dir):
+    """The tiny CLIP loaded through ClipEncoder.from_pretrained, eager attention (for relevance)."""
+    from asap_core.encoder import ClipEncoder
+
+    return ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu", attn_implementation="eager")
+
+
+def make_image(rng: np.random.Generator, fake: bool, size: int = 48) -> Image.Image:
+    """A random texture; fakes carry a bright square (a separable artifact)."""
+    arr = rng.integers(0, 120, size=(size, size, 3), dtype=np.uint8)
+    if fake:
+        arr[: size // 3, : size // 3] = 250
+    return Image.fromarray(arr)
+
+
+@pytest.fixture(scope="session")
+def small_folder(tmp_path_factory) -> Path:
+    """``real/`` + ``fake/gen_a`` + ``fake/gen_b`` with 24 JPEGs each side."""
+    root = tmp_path_factory.mktemp("small_folder")
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        d = root / "real"
+        d.mkdir(exist_ok=True)
+        make_image(rng, False).save(d / f"r{i:03d}.jpg", quality=95)
+        d = root / "fake" / ("gen_a" if i % 2 else "gen_b")
+        d.mkdir(parents=True, exist_ok=True)
+        make_image(rng, True).save(d / f"f{i:03d}.jpg", quality=95)
+    return root

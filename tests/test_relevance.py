@@ -1,0 +1,213 @@
+"""Relevance maps: batched VJP equals a one-target-at-a-time reference; planted artifacts are found where planted."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from asap_core.distiller import Distiller, DistillerConfig
+from asap_core.errors import InputError
+from asap_core.relevance import (
+    N_TARGETS,
+    TARGET_NAMES,
+    AttentionRelevance,
+    overlay,
+    relevance_for_images,
+    relevance_maps,
+    upsample_map,
+)
+
+SIDE = 4  # tiny CLIP: 32 px, patch 8
+PATCH = 8
+
+
+def _random_distiller(seed: int = 0, scale: float = 10.0) -> Distiller:
+    """Random distiller with weights scaled up so the gradients are not tiny."""
+    torch.manual_seed(seed)
+    d = Distiller(DistillerConfig(embed_dim=64, proj_dim=64), projection=None)
+    with torch.no_grad():
+        d.dims.weight.mul_(scale)
+        d.head.weight.mul_(3.0)
+    return d.eval()
+
+
+def _reference(encoder, distiller, pixel_values: torch.Tensor, method: str) -> torch.Tensor:
+    """Plain implementation: one fresh forward + one backward per target, the formula written out."""
+    b = pixel_values.shape[0]
+    t = SIDE * SIDE + 1
+    out = torch.zeros(b, N_TARGETS, t - 1)
+    for k in range(N_TARGETS):
+        px = pixel_values.clone().requires_grad_(True)
+        emb, atts = encoder.embed(px, output_attentions=True)
+        z, logit = distiller(emb)
+        target = torch.cat([z, logit[:, None]], dim=1)[:, k].sum()  # images are independent: sum = per-image grads
+        if method == "last-block":
+            (g,) = torch.autograd.grad(target, atts[-1])
+            out[:, k] = (g * atts[-1]).clamp(min=0).mean(dim=1)[:, 0, 1:]
+        else:
+            grads = torch.autograd.grad(target, atts)
+            r = torch.eye(t).expand(b, t, t)
+            for g, a in zip(grads, atts):
+                r = r + (g * a).clamp(min=0).mean(dim=1) @ r
+            out[:, k] = r[:, 0, 1:]
+    return out.reshape(b, N_TARGETS, SIDE, SIDE)
+
+
+@pytest.mark.parametrize("method", ["last-block", "rollout"])
+def test_batched_vjp_equals_per_target_reference(tiny_encoder, method):
+    torch.manual_seed(1)
+    px = torch.randn(3, 3, 32, 32)
+    dist = _random_distiller()
+    maps = relevance_maps(tiny_encoder, dist, px, method=method)
+    assert maps.shape == (3, N_TARGETS, SIDE, SIDE) and maps.dtype == torch.float32 and maps.device.type == "cpu"
+    ref = _reference(tiny_encoder, dist, px, method)
+    assert ref.abs().max() > 1e-3  # non-trivial, so the comparison can fail
+    assert (ref > 0).float().mean() > 0.5
+    assert (maps - ref).abs().max().item() <= 1e-4
+    assert (maps >= 0).all()
+    # images differ, so their maps differ (catches a batch mix-up)
+    assert (maps[0] - maps[1]).abs().max() > 1e-4
+
+
+def test_attribute_targets_and_errors(tiny_encoder):
+    torch.manual_seed(2)
+    px = torch.randn(2, 3, 32, 32)
+    dist = _random_distiller(seed=3)
+    explainer = AttentionRelevance(tiny_encoder, dist)
+    full = explainer.attribute(px)
+    assert full.shape == (2, 17, SIDE, SIDE)
+    sub = explainer.attribute(px, target=[16, 3])
+    assert torch.allclose(sub, full[:, [16, 3]], atol=1e-6)
+    one = explainer.attribute(px, target=16)
+    assert one.shape == (2, 1, SIDE, SIDE) and torch.allclose(one[:, 0], full[:, 16], atol=1e-6)
+    assert len(TARGET_NAMES) == N_TARGETS == 17 and TARGET_NAMES[16] == "fake logit"
+    with pytest.raises(InputError):
+        explainer.attribute(px, target=17)
+    with pytest.raises(InputError):
+        AttentionRelevance(tiny_encoder, dist, method="gradcam")
+    assert explainer.attribute(px[:0]).shape == (0, 17, SIDE, SIDE)
+
+
+def test_works_under_inference_mode_and_with_sdpa_encoder(tiny_clip_dir, tiny_encoder):
+    from asap_core.encoder import ClipEncoder
+
+    torch.manual_seed(4)
+    px = torch.randn(2, 3, 32, 32)
+    dist = _random_distiller(seed=5)
+    expected = relevance_maps(tiny_encoder, dist, px)
+    with torch.inference_mode():
+        px_inf = px.clone()  # an inference tensor
+        got = relevance_maps(tiny_encoder, dist, px_inf)
+    assert torch.allclose(got, expected, atol=1e-6)
+    sdpa = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu", attn_implementation="sdpa")
+    assert sdpa.vision_model.config._attn_implementation == "sdpa"
+    got = relevance_maps(sdpa, dist, px, method="rollout")
+    assert torch.allclose(got, relevance_maps(tiny_encoder, dist, px, method="rollout"), atol=1e-5)
+    assert sdpa.vision_model.config._attn_implementation == "sdpa"  # restored
+
+
+# ------------------------------------------------------------------ planted artifact
+
+
+def _planted_image(rng: np.random.Generator, pos: int | None) -> Image.Image:
+    """Smooth random 32 px background; ``pos`` (row-major patch index) gets a black/white checkerboard."""
+    base = rng.integers(40, 200, size=(4, 4, 3)).astype(np.uint8)
+    arr = np.asarray(Image.fromarray(base).resize((32, 32), Image.BILINEAR)).copy()
+    if pos is not None:
+        r, c = divmod(pos, SIDE)
+        yy, xx = np.mgrid[0:PATCH, 0:PATCH]
+        arr[r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = ((yy + xx) % 2 * 255).astype(np.uint8)[..., None]
+    return Image.fromarray(arr)
+
+
+def test_planted_artifact_is_found_at_its_patch(tiny_encoder):
+    """Fit the fake logit to "checkerboard somewhere" vs clean; the fake-logit map must point at the patch.
+
+    Findings (tiny random CLIP, seed 0): the fit separates the classes (train acc ~1.0); the last-block
+    fake-logit map's argmax is the artifact patch for all 16 positions, while the raw CLS attention of the
+    last block never is, and a distiller whose head is negated (reads "clean") does not point there:
+    localisation comes from the gradient-weighted relevance of the target, not from attention alone.
+    Flipping the map upside-down or transposing it breaks the match, which pins the orientation.
+    """
+    rng = np.random.default_rng(0)
+    n = 120
+    train = [_planted_image(rng, None) for _ in range(n)] + \
+            [_planted_image(rng, int(rng.integers(SIDE * SIDE))) for _ in range(n)]
+    y = torch.tensor([0.0] * n + [1.0] * n)
+    emb = tiny_encoder.encode_images(train)
+    torch.manual_seed(0)
+    dist = Distiller(DistillerConfig(embed_dim=64, proj_dim=64), projection=None)
+    opt = torch.optim.Adam(dist.parameters(), lr=1e-2)
+    for _ in range(300):
+        _, logit = dist(emb)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert ((logit > 0).float() == y).float().mean() > 0.9  # the artifact is learnable here
+
+    pos = np.arange(32) % (SIDE * SIDE)  # every position, twice, on fresh backgrounds
+    px = tiny_encoder.preprocess([_planted_image(rng, int(p)) for p in pos])
+    maps = relevance_maps(tiny_encoder, dist, px, method="last-block")[:, 16].numpy()  # [32, 4, 4]
+    assert maps.shape == (32, SIDE, SIDE) and maps.max() > 0
+
+    def hits(m: np.ndarray) -> float:
+        return float((m.reshape(len(m), -1).argmax(1) == pos).mean())
+
+    assert hits(maps) >= 0.7
+    assert hits(maps[:, ::-1]) < 0.3  # row 0 is the top: an upside-down map misses
+    assert hits(maps.transpose(0, 2, 1)) < 0.5
+    with torch.no_grad():
+        _, atts = tiny_encoder.embed(px, output_attentions=True)
+    assert hits(atts[-1].mean(1)[:, 0, 1:].reshape(-1, SIDE, SIDE).numpy()) < 0.5  # attention alone does not
+    with torch.no_grad():
+        dist.head.weight.neg_()
+    negated = relevance_maps(tiny_encoder, dist, px, method="last-block")[:, 16].numpy()
+    assert hits(negated) < 0.5
+
+
+# ------------------------------------------------------------------ batching helper and display
+
+
+def test_relevance_for_images_batches_equal_one_call(tiny_encoder):
+    rng = np.random.default_rng(3)
+    images = [_planted_image(rng, int(rng.integers(16))) for _ in range(7)]
+    dist = _random_distiller(seed=7)
+    seen: list[tuple[int, int]] = []
+    batched = relevance_for_images(tiny_encoder, dist, images, "rollout", batch_size=3,
+                                   progress=lambda done, total: seen.append((done, total)))
+    whole = relevance_maps(tiny_encoder, dist, tiny_encoder.preprocess(images), "rollout").numpy()
+    assert batched.shape == (7, 17, SIDE, SIDE) and batched.dtype == np.float16
+    np.testing.assert_allclose(batched.astype(np.float32), whole, rtol=2e-3, atol=1e-5)
+    assert seen == [(3, 7), (6, 7), (7, 7)]
+    assert relevance_for_images(tiny_encoder, dist, [], "last-block").shape == (0, 17, SIDE, SIDE)
+
+
+def test_upsample_map_matches_torch_bilinear_and_keeps_orientation():
+    rng = np.random.default_rng(0)
+    m = rng.random((7, 7)).astype(np.float32)
+    up = upsample_map(m, 224)
+    ref = torch.nn.functional.interpolate(torch.from_numpy(m)[None, None], size=(224, 224), mode="bilinear",
+                                          align_corners=False)[0, 0].numpy()
+    assert up.shape == (224, 224) and up.dtype == np.float32
+    np.testing.assert_allclose(up, ref, atol=1e-5)
+    top = np.zeros((4, 4), np.float32)
+    top[0] = 1.0
+    up = upsample_map(top, 32)
+    assert up[:8].mean() > 0.8 and up[-8:].max() == 0.0
+    np.testing.assert_allclose(upsample_map(np.full((3, 3), 2.5), 10), 2.5)
+
+
+def test_overlay_colours_the_relevant_region():
+    img = Image.fromarray(np.full((40, 60, 3), 128, np.uint8))  # non-square: centre square 40 x 40
+    m = np.zeros((4, 4), np.float32)
+    m[0, 3] = 1.0  # top-right patch
+    out = overlay(img, m, alpha=0.6)
+    arr = np.asarray(out).astype(int)
+    assert out.mode == "RGB" and out.size == (40, 40)
+    tr, bl = arr[:5, -5:].reshape(-1, 3).mean(0), arr[-5:, :5].reshape(-1, 3).mean(0)
+    assert tr[0] > tr[2] + 50  # hot = red
+    assert bl[2] > bl[0] + 50  # cold = blue
+    same = overlay(img, m, alpha=0.0)
+    assert np.array_equal(np.asarray(same), np.full((40, 40, 3), 128, np.uint8))
