@@ -34,11 +34,12 @@ IMAGE_COLUMNS = ["image_id", "path", "relpath", "label", "generator", "source", 
 
 
 def write_bundle(out: str | Path, meta: dict, images: pd.DataFrame, cells: pd.DataFrame,
-                 thumbs: tuple[list[str], list[bytes]], model_writer, extra_tables: dict[str, pd.DataFrame] | None = None
-                 ) -> Path:
+                 thumbs: tuple[list[str], list[bytes]], model_writer, extra_tables: dict[str, pd.DataFrame] | None = None,
+                 cache_stores: tuple = ()) -> Path:
     """Write a complete bundle to ``out`` atomically; an existing bundle there is replaced only at the end.
 
-    ``model_writer(dir)`` saves the distiller and projection into ``dir`` (the bundle's ``model/``).
+    ``model_writer(dir)`` saves the distiller and projection into ``dir`` (the bundle's ``model/``);
+    ``cache_stores`` (``RowStore``s, e.g. precomputed relevance maps) are copied into the bundle's ``cache/``.
     """
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -55,6 +56,8 @@ def write_bundle(out: str | Path, meta: dict, images: pd.DataFrame, cells: pd.Da
         (tmp / "model").mkdir()
         model_writer(tmp / "model")
         (tmp / "cache").mkdir()
+        for store in cache_stores:
+            store.copy_to(tmp / "cache")
         meta = {**meta, "version": BUNDLE_VERSION, "complete": True,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2, default=_json_default))

@@ -262,10 +262,9 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
         def model_writer(d: Path) -> None:
             distiller.save_pretrained(d)
             projection.save(d / "projection.safetensors")
-            if rel_store is not None:
-                rel_store.copy_to(d.parent / "cache")
 
-        bundle = write_bundle(out, meta, images, cells, (ids_list, thumb_store.get(ids_list)), model_writer)
+        bundle = write_bundle(out, meta, images, cells, (ids_list, thumb_store.get(ids_list)), model_writer,
+                              cache_stores=(rel_store,) if rel_store is not None else ())
     return AnalyzeReport(bundle, scan.layout, meta["counts"]["found"], len(images), skipped, metrics, timings)
 
 

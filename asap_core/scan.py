@@ -18,8 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from .errors import InputError
-
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+from .imageio import IMAGE_EXTENSIONS
 REAL_WORDS = frozenset({"real", "0_real", "nature", "authentic", "genuine"})
 FAKE_WORDS = frozenset({"fake", "1_fake", "ai", "synthetic", "generated"})
 SPLIT_WORDS = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",

@@ -1,0 +1,70 @@
+"""Loading CLIP through the real from_pretrained path, offline errors, embeddings."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from asap_core.encoder import ClipEncoder, inspect_checkpoint, resolve_model_id
+from asap_core.errors import ModelLoadError
+
+
+def test_loads_saved_checkpoint_and_matches_clipmodel(tiny_clip_dir):
+    from transformers import CLIPModel
+
+    enc = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu")
+    assert enc.embed_dim == 64 and enc.patch_side == 4 and enc.image_size == 32
+    assert enc.dtype == torch.float32
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)) for _ in range(3)]
+    emb = enc.encode_images(images)
+    assert emb.shape == (3, 64)
+    assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)
+    # the same weights loaded as a full CLIPModel give the same (normalised) image features
+    full = CLIPModel.from_pretrained(str(tiny_clip_dir)).eval()
+    with torch.no_grad():
+        feats = full.get_image_features(pixel_values=enc.preprocess(images))
+    feats = getattr(feats, "pooler_output", feats)
+    assert torch.allclose(emb, torch.nn.functional.normalize(feats, dim=-1), atol=1e-5)
+
+
+def test_cache_key_follows_weights(tmp_path, tiny_clip_dir):
+    from conftest import write_tiny_clip
+
+    other = write_tiny_clip(tmp_path / "other", seed=1)
+    a, b = inspect_checkpoint(str(tiny_clip_dir)), inspect_checkpoint(str(other))
+    assert a.cache_key != b.cache_key
+    assert inspect_checkpoint(str(tiny_clip_dir)).cache_key == a.cache_key
+
+
+def test_model_from_environment(monkeypatch, tiny_clip_dir):
+    monkeypatch.setenv("ASAP_MODEL", str(tiny_clip_dir))
+    assert resolve_model_id() == str(tiny_clip_dir)
+    assert resolve_model_id("x/y") == "x/y"
+    assert inspect_checkpoint().embed_dim == 64
+
+
+@pytest.mark.parametrize("model", ["openai/clip-vit-base-patch32", "/no/such/dir", "./missing-model"])
+def test_unavailable_weights_give_one_clear_message(model, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as err:
+        ClipEncoder.from_pretrained(model)
+    assert "--model" in err.value.hint and model.strip("./") in err.value.message
+
+
+def test_cli_reports_missing_model_without_traceback(tmp_path, small_folder):
+    import subprocess
+    import sys
+
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PATH": "/usr/bin:/bin",
+           "ASAP_CACHE_DIR": str(tmp_path / "cache")}
+    r = subprocess.run([sys.executable, "-m", "asap_core", "analyze", str(small_folder), "--out",
+                        str(tmp_path / "b"), "--model", "openai/clip-vit-base-patch32"],
+                       capture_output=True, text=True, env=env, cwd=str(Path(__file__).parents[1]))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "error: Could not load CLIP model 'openai/clip-vit-base-patch32'" in r.stderr and "fix:" in r.stderr

@@ -1,0 +1,176 @@
+"""analyze end to end on the tiny CLIP: complete bundles, cache reuse, bad input, atomic writes."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from asap_core import pipeline
+from asap_core.bundle import Bundle
+from asap_core.encoder import ClipEncoder
+from asap_core.errors import BundleError, InputError
+from asap_core.pipeline import AnalyzeOptions, analyze
+
+from conftest import SHARED_DATA, make_image
+
+
+def _opts(tiny_clip_dir, cache, **kw) -> AnalyzeOptions:
+    return AnalyzeOptions(model=str(tiny_clip_dir), cache_dir=str(cache), num_workers=0, batch_size=16,
+                          projection_samples=16, **kw)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_clip_dir, small_folder):
+    tmp = tmp_path_factory.mktemp("pipe")
+    report = analyze(small_folder, tmp / "bundle", _opts(tiny_clip_dir, tmp / "cache"))
+    return tmp, report
+
+
+def test_bundle_is_complete(built, small_folder):
+    tmp, report = built
+    b = Bundle.open(report.bundle)
+    n_files = len(list(small_folder.rglob("*.jpg")))
+    assert len(b.images) == n_files == report.n_used
+    assert b.images["image_id"].is_unique and b.images["path"].map(lambda p: Path(p).is_file()).all()
+    assert set(b.images.generator.dropna()) == {"gen_a", "gen_b"}
+    assert b.cells["n"].sum() == len(b.images)
+    counts = b.cells[["n_real_ok", "n_real_wrong", "n_fake_ok", "n_fake_wrong", "n_unlabelled"]].sum(axis=1)
+    assert (counts == b.cells["n"]).all()
+    assert b.z.shape == (n_files, 16)
+    assert all(t is not None for t in b.thumbnails(b.images.image_id.tolist()))
+    assert {"val", "train", "max_offdiag_cos"} <= set(b.metrics)
+    # predictions agree with the stored distiller applied to the cached embeddings
+    from asap_core.cache import RowStore
+
+    store = RowStore(tmp / "cache", f"emb-{b.meta['encoder']['cache_key']}", (64,))
+    z, p = b.distiller.predict(store.get(b.images.image_id.tolist()))
+    np.testing.assert_allclose(p, b.images.p_fake, atol=1e-5)
+    np.testing.assert_allclose(z, b.z, atol=1e-5)
+    assert (b.images.confidence - np.abs(2 * b.images.p_fake - 1)).abs().max() < 1e-5
+    meta = json.loads((report.bundle / "bundle.json").read_text())
+    assert meta["complete"] and meta["counts"]["used"] == n_files
+    assert sorted(p.name for p in (report.bundle / "model").iterdir()) == [
+        "config.json", "distiller.safetensors", "projection.safetensors"]
+
+
+def test_second_run_uses_cache_and_never_loads_the_model(built, small_folder, tiny_clip_dir, monkeypatch):
+    tmp, first = built
+
+    def boom(*a, **k):
+        raise AssertionError("the model was loaded although everything was cached")
+
+    monkeypatch.setattr(ClipEncoder, "from_pretrained", classmethod(boom))
+    report = analyze(small_folder, tmp / "bundle2", _opts(tiny_clip_dir, tmp / "cache"))
+    a, b = Bundle.open(first.bundle).images, Bundle.open(report.bundle).images
+    assert a.image_id.tolist() == b.image_id.tolist()
+    np.testing.assert_array_equal(a.p_fake, b.p_fake)
+    assert "load model" not in report.timings
+
+
+def test_bad_files_are_reported_and_the_rest_is_used(tmp_path, tiny_clip_dir):
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        (tmp_path / "data/real").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data/fake").mkdir(parents=True, exist_ok=True)
+        make_image(rng, False).save(tmp_path / f"data/real/r{i}.jpg")
+        make_image(rng, True).save(tmp_path / f"data/fake/f{i}.png")
+    (tmp_path / "data/real/empty.jpg").write_bytes(b"")
+    (tmp_path / "data/fake/text.jpg").write_text("hello, I am not a picture")
+    good = (tmp_path / "data/real/r0.jpg").read_bytes()
+    (tmp_path / "data/real/cut.jpg").write_bytes(good[: len(good) // 3])
+    shutil.copy(tmp_path / "data/real/r1.jpg", tmp_path / "data/fake/dup_of_r1.jpg")
+    report = analyze(tmp_path / "data", tmp_path / "b", _opts(tiny_clip_dir, tmp_path / "cache"))
+    reasons = {Path(p).name: r for p, r in report.skipped}
+    dup = "r1.jpg" if "r1.jpg" in reasons else "dup_of_r1.jpg"  # one of the pair is kept
+    assert set(reasons) == {"empty.jpg", "text.jpg", "cut.jpg", dup}
+    assert "label conflict" in reasons[dup]
+    assert "0 bytes" in reasons["empty.jpg"] or "empty" in reasons["empty.jpg"]
+    assert report.n_used == 12
+    meta = Bundle.open(report.bundle).meta
+    assert {Path(s["path"]).name for s in meta["skipped"]} == set(reasons)
+    assert "skipped 4" in report.summary().replace(":", "")
+
+
+def test_one_class_only_is_a_clear_error(tmp_path, tiny_clip_dir):
+    (tmp_path / "real").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        make_image(rng, False).save(tmp_path / f"real/{i}.jpg")
+    with pytest.raises(InputError, match="4 real and 0 fake") as err:
+        analyze(tmp_path, tmp_path / "b", _opts(tiny_clip_dir, tmp_path / "cache"))
+    assert "--distiller" in err.value.hint
+    assert not (tmp_path / "b").exists()
+
+
+def test_unlabelled_folder_with_a_trained_distiller(built, tmp_path, tiny_clip_dir):
+    _, first = built
+    rng = np.random.default_rng(2)
+    for i in range(5):
+        make_image(rng, i % 2 == 0).save(tmp_path / f"u{i}.jpg")
+    report = analyze(tmp_path, tmp_path / "out", _opts(tiny_clip_dir, tmp_path / "cache", distiller=str(first.bundle)))
+    b = Bundle.open(report.bundle)
+    assert len(b.images) == 5 and b.images.label.isna().all() and b.images.correct.isna().all()
+    assert b.distiller.fingerprint == Bundle.open(first.bundle).distiller.fingerprint
+
+
+def test_crash_while_writing_leaves_no_half_bundle(built, small_folder, tiny_clip_dir, monkeypatch):
+    tmp, first = built
+    before = (first.bundle / "images.parquet").read_bytes()
+
+    def broken_writer(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("asap_core.distiller.Distiller.save_pretrained", broken_writer)
+    with pytest.raises(OSError):
+        analyze(small_folder, first.bundle, _opts(tiny_clip_dir, tmp / "cache"))
+    assert (first.bundle / "images.parquet").read_bytes() == before  # the old bundle is untouched
+    Bundle.open(first.bundle)
+    assert not [p for p in first.bundle.parent.iterdir() if p.name.startswith(f".{first.bundle.name}.tmp")]
+    with pytest.raises(OSError):
+        analyze(small_folder, tmp / "never", _opts(tiny_clip_dir, tmp / "cache"))
+    assert not (tmp / "never").exists()
+
+
+def test_incomplete_folder_does_not_open(tmp_path):
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "images.parquet").write_bytes(b"x")
+    with pytest.raises(BundleError, match="no bundle.json"):
+        Bundle.open(tmp_path / "b")
+    (tmp_path / "b" / "bundle.json").write_text('{"complete": false}')
+    with pytest.raises(BundleError, match="incomplete"):
+        Bundle.open(tmp_path / "b")
+
+
+def test_relevance_precompute_lands_in_the_bundle(built, small_folder, tiny_clip_dir, monkeypatch):
+    from asap_core.relevance_store import bundle_maps
+
+    tmp, _ = built
+    report = analyze(small_folder, tmp / "with_maps", _opts(tiny_clip_dir, tmp / "cache", relevance="last-block"))
+    b = Bundle.open(report.bundle)
+    monkeypatch.setattr(ClipEncoder, "from_pretrained", classmethod(lambda *a, **k: 1 / 0))
+    maps = bundle_maps(b, b.images.image_id.tolist()[:5], "last-block")
+    assert maps.shape == (5, 17, 4, 4) and np.isfinite(maps).all() and np.abs(maps).sum() > 0
+
+
+def test_cli_end_to_end(tmp_path, small_folder, tiny_clip_dir):
+    from asap_core.cli import main
+
+    code = main(["analyze", str(small_folder), "--out", str(tmp_path / "b"), "--model", str(tiny_clip_dir),
+                 "--workers", "1", "--cache-dir", str(tmp_path / "cache"), "--batch-size", "16"])
+    assert code == 0 and Bundle.open(tmp_path / "b").images.shape[0] == 48
+    assert main(["analyze", str(tmp_path / "nothing"), "--out", str(tmp_path / "c"),
+                 "--model", str(tiny_clip_dir)]) == 2
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "forensynths_ranking").is_dir(), reason="shared data absent")
+def test_forensynths_keeps_generator_names(tmp_path, tiny_clip_dir):
+    report = analyze(SHARED_DATA / "forensynths_ranking", tmp_path / "b", _opts(tiny_clip_dir, tmp_path / "cache"))
+    b = Bundle.open(report.bundle)
+    assert len(b.images) == 400
+    assert sorted(b.images.generator.dropna().unique()) == sorted(
+        p.name for p in (SHARED_DATA / "forensynths_ranking" / "fake").iterdir())
+    assert len(b.distiller.config.generator_names) == 10

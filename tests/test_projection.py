@@ -1,0 +1,62 @@
+"""Vision-only projection: orthonormal rows, written-text subspace removed, file formats."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from asap_core.errors import ModelLoadError
+from asap_core.projection import VisionOnlyProjection, render_text
+
+
+def test_render_text_changes_pixels():
+    img = Image.new("RGB", (64, 64), (128, 128, 128))
+    out = render_text(img, np.random.default_rng(0))
+    assert out.size == img.size and np.abs(np.asarray(out, int) - 128).sum() > 0
+
+
+def test_fit_removes_text_direction_and_is_orthonormal(tiny_encoder, small_folder):
+    images = [Image.open(p).convert("RGB") for p in sorted(small_folder.rglob("*.jpg"))[:24]]
+    embed = lambda ims: tiny_encoder.encode_images(ims).numpy()  # noqa: E731
+    proj = VisionOnlyProjection(n_components=256, n_text_components=4).fit(images, embed)
+    k, d = proj.components_.shape
+    assert d == 64 and k == 64 - 4  # fewer than 256 when D is small
+    np.testing.assert_allclose(proj.components_ @ proj.components_.T, np.eye(k), atol=1e-4)
+    # the kept basis is orthogonal to the written subspace
+    assert np.abs(proj.components_ @ proj.text_components_.T).max() < 1e-4
+    # and text-on minus text-off differences shrink after projection
+    rng = np.random.default_rng(5)
+    clean = embed(images)
+    texted = embed([render_text(im, rng) for im in images])
+    diff = texted - clean
+    kept = np.linalg.norm(proj.transform(diff), axis=1) / np.linalg.norm(diff, axis=1)
+    random_basis = np.linalg.qr(rng.normal(size=(64, k)))[0].T
+    kept_random = np.linalg.norm(diff @ random_basis.T, axis=1) / np.linalg.norm(diff, axis=1)
+    assert kept.mean() < kept_random.mean()
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npy", "pt"])
+def test_load_formats_and_shape_check(tmp_path, fmt):
+    m = np.linalg.qr(np.random.default_rng(0).normal(size=(64, 32)))[0].T.astype(np.float32)
+    path = tmp_path / f"p.{fmt}"
+    if fmt == "safetensors":
+        VisionOnlyProjection.from_components(m).save(path)
+    elif fmt == "npy":
+        np.save(path, m)
+    else:
+        torch.save({"proj": torch.from_numpy(m)}, path)
+    loaded = VisionOnlyProjection.load(path, embed_dim=64)
+    np.testing.assert_array_equal(loaded.components_, m)
+    with pytest.raises(ModelLoadError, match="encoder's D is 512"):
+        VisionOnlyProjection.load(path, embed_dim=512)
+
+
+def test_load_refuses_pickled_objects(tmp_path):
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"x": object()}, fh)
+    with pytest.raises(ModelLoadError, match="cannot read a projection"):
+        VisionOnlyProjection.load(path, embed_dim=64)
