@@ -81,7 +81,7 @@ class RowStore:
     def _refresh(self) -> None:
         if not self.dir.is_dir():
             return
-        for shard in sorted(self.dir.glob("*.parquet")):
+        for shard in sorted(self.dir.glob("[!.]*.parquet")):  # ".tmp-*" files are unfinished writes
             if shard.name in self._seen:
                 continue
             try:
@@ -144,7 +144,7 @@ class RowStore:
             return
         dest = Path(root) / self.dir.name
         dest.mkdir(parents=True, exist_ok=True)
-        for shard in self.dir.glob("*.parquet"):
+        for shard in self.dir.glob("[!.]*.parquet"):
             if not (dest / shard.name).exists():
                 shutil.copy2(shard, dest / shard.name)
 
@@ -158,8 +158,14 @@ def cached_call(root: str | Path, namespace: str, key: str, compute: Callable[[]
     final = Path(root) / namespace / key
     if final.is_dir():
         return load(final)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        writable = os.access(final.parent, os.W_OK)
+    except OSError:
+        writable = False
     value = compute()
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if not writable:  # a read-only cache (e.g. a shared bundle): use the result without storing it
+        return value
     tmp = _tmp_name(final)
     tmp.mkdir()
     try:

@@ -17,6 +17,7 @@ this module imports without torch (torch is imported inside the functions that n
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
@@ -33,6 +34,8 @@ N_TARGETS = 17
 FAKE_LOGIT = 16
 TARGET_NAMES: list[str] = [f"dim {i}" for i in range(N_DIMS)] + ["fake logit"]
 METHODS: tuple[str, ...] = ("last-block", "rollout")
+# Serialises relevance computations in one process: the attention switch below mutates the shared model.
+_LOCK = threading.RLock()
 
 
 def _check_method(method: str) -> str:
@@ -59,8 +62,9 @@ def _target_indices(target: int | Sequence[int] | None) -> list[int]:
 def eager_attention(vision_model) -> Iterator[None]:
     """Temporarily switch a HF model to eager attention (sdpa/flash return no attention probabilities).
 
-    Restores the previous implementation afterwards. Not thread-safe: do not run other forwards of the
-    same model concurrently while relevance is computed.
+    Restores the previous implementation afterwards. The switch mutates the shared model: relevance
+    calls hold a process-wide lock; a plain ``encode`` running at the same time in another thread
+    merely runs eager (same numbers, slower).
     """
     previous = vision_model.config._attn_implementation
     if previous == "eager":
@@ -79,6 +83,10 @@ class AttentionRelevance:
     ``AttentionRelevance(encoder, distiller, method).attribute(pixel_values [B, 3, S, S], target)``
     -> ``[B, K, side, side]`` float32 on CPU, ``K = len(targets)``; targets 0..15 are the dimensions of
     z, 16 is the fake logit, ``None`` means all 17 (in that order).
+
+    Memory: the batched VJP holds ``K x B x H x T x T`` gradients per block that needs them (the last
+    one for ``last-block``, all L blocks for ``rollout``), e.g. rollout on ViT-L/14 (L 24, H 16, T 257)
+    needs ~1.1 GB per block at B = 32, K = 17 in bf16: lower the batch size for large models.
     """
 
     def __init__(self, encoder, distiller, method: str = "last-block") -> None:
@@ -100,7 +108,7 @@ class AttentionRelevance:
             return torch.zeros(0, len(idx), side, side)
         # inference_mode(False): autograd cannot record through inference tensors, so a caller under
         # torch.inference_mode() still gets maps; the input is cloned outside inference mode for that reason.
-        with torch.inference_mode(False), torch.enable_grad(), eager_attention(self.encoder.vision_model):
+        with _LOCK, torch.inference_mode(False), torch.enable_grad(), eager_attention(self.encoder.vision_model):
             maps = self._attribute(pixel_values, idx)
         return maps.reshape(n, len(idx), side, side)
 
@@ -165,7 +173,8 @@ def relevance_for_images(encoder, distiller, images: Sequence[Image.Image], meth
                          progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """PIL images -> relevance maps ``[N, 17, side, side]`` float16, computed ``batch_size`` at a time.
 
-    ``progress(done, total)`` is called after every batch.
+    ``progress(done, total)`` is called after every batch. Raw (unnormalised) values are kept, so maps
+    compare across images and targets; values below ~6e-5 become float16 subnormals (coarser steps).
     """
     side = encoder.patch_side
     total = len(images)

@@ -211,3 +211,19 @@ def test_overlay_colours_the_relevant_region():
     assert bl[2] > bl[0] + 50  # cold = blue
     same = overlay(img, m, alpha=0.0)
     assert np.array_equal(np.asarray(same), np.full((40, 40, 3), 128, np.uint8))
+
+
+def test_display_helpers_import_without_torch():
+    """The app shows stored maps from a bundle without torch installed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np; from PIL import Image\n"
+            "from asap_core.relevance import overlay, upsample_map, TARGET_NAMES\n"
+            "print(overlay(Image.new('RGB', (20, 20)), np.eye(4)).size, upsample_map(np.eye(4), 8).shape)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "(20, 20) (8, 8)" in out.stdout

@@ -1,0 +1,123 @@
+"""Hosted mode (``ASAP_HOSTED=1``): what a public explorer lets its visitors do.
+
+- Bundles only from a configured root (``ASAP_BUNDLE_ROOT``), named relative to it; no ``..``, no absolute
+  paths, no symlinks out of the root.
+- Uploads limited by size and type, decoded by ``imageio`` with Pillow's pixel limit.
+- Model ids only from an allow-list (``ASAP_MODEL_ALLOWLIST``, comma-separated); ``trust_remote_code`` is never
+  set anywhere in asap_core.
+- Bundles hold only open formats (JSON, Parquet, safetensors, JPEG inside Parquet): a bundle carrying a
+  pickle-capable file (``.pkl``, ``.pt``, ``.bin``, ...) is refused.
+- Per-session budget of on-demand relevance images.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from .errors import BundleError, ImageLoadError, InputError
+from .imageio import IMAGE_EXTENSIONS, decode_image
+
+HOSTED_ENV = "ASAP_HOSTED"
+ROOT_ENV = "ASAP_BUNDLE_ROOT"
+ALLOWLIST_ENV = "ASAP_MODEL_ALLOWLIST"
+MAX_UPLOAD_ENV = "ASAP_MAX_UPLOAD_MB"
+BUDGET_ENV = "ASAP_RELEVANCE_BUDGET"
+SAFE_BUNDLE_SUFFIXES = frozenset({".json", ".parquet", ".safetensors", ".md", ".txt", ".csv", ".png", ".jpg"})
+
+
+def hosted_mode() -> bool:
+    """True when ``ASAP_HOSTED`` is set to 1/true/yes."""
+    return os.environ.get(HOSTED_ENV, "").strip().lower() in {"1", "true", "yes"}
+
+
+@dataclass
+class HostedPolicy:
+    """The limits of a hosted explorer; ``from_env()`` reads them from the environment.
+
+    ``bundle_root``: folder of the bundles visitors may open; ``model_allowlist``: model ids visitors may
+    pick; ``max_upload_bytes``; ``relevance_budget``: images with on-demand maps per session.
+    """
+
+    bundle_root: Path
+    model_allowlist: tuple[str, ...] = ()
+    max_upload_bytes: int = 10 * 1024 * 1024
+    relevance_budget: int = 200
+    used: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> "HostedPolicy":
+        root = os.environ.get(ROOT_ENV)
+        if not root:
+            raise InputError(f"{HOSTED_ENV}=1 needs {ROOT_ENV}: the folder that holds the bundles to serve.",
+                             f"set {ROOT_ENV}=/srv/asap-bundles (bundles as sub-folders).")
+        allow = tuple(m.strip() for m in os.environ.get(ALLOWLIST_ENV, "").split(",") if m.strip())
+        return cls(Path(root).expanduser().resolve(), allow,
+                   int(float(os.environ.get(MAX_UPLOAD_ENV, "10")) * 1024 * 1024),
+                   int(os.environ.get(BUDGET_ENV, "200")))
+
+    def list_bundles(self) -> list[str]:
+        """Names (relative to the root) of the sub-folders that hold a ``bundle.json``."""
+        if not self.bundle_root.is_dir():
+            return []
+        return sorted(p.parent.relative_to(self.bundle_root).as_posix()
+                      for p in self.bundle_root.glob("*/bundle.json"))
+
+    def resolve_bundle(self, name: str) -> Path:
+        """The bundle folder for a visitor-given ``name``; ``InputError`` for any escape from the root."""
+        if not name or name.startswith(("/", "\\", "~")) or ":" in name:
+            raise InputError(f"'{name}' is not a bundle name here.", "pick one of the listed bundles.")
+        parts = Path(name).parts
+        if any(p in ("..", ".") for p in parts):
+            raise InputError(f"'{name}' leaves the bundle folder.", "pick one of the listed bundles.")
+        path = (self.bundle_root / name).resolve()
+        if path != self.bundle_root and self.bundle_root not in path.parents:
+            raise InputError(f"'{name}' points outside the bundle folder.", "pick one of the listed bundles.")
+        check_bundle_files(path)
+        return path
+
+    def check_model(self, model_id: str) -> str:
+        """``model_id`` if it is on the allow-list, else ``InputError``."""
+        if model_id not in self.model_allowlist:
+            raise InputError(f"Model '{model_id}' is not offered on this explorer.",
+                             f"choose one of: {', '.join(self.model_allowlist) or '(none configured)'}.")
+        return model_id
+
+    def check_upload(self, name: str, data: bytes) -> Image.Image:
+        """Decode an uploaded image safely; ``InputError`` / ``ImageLoadError`` name what is wrong."""
+        suffix = Path(name).suffix.lower()
+        if suffix not in IMAGE_EXTENSIONS:
+            raise InputError(f"{name}: '{suffix or 'no extension'}' is not an image type accepted here.",
+                             f"upload one of: {', '.join(sorted(IMAGE_EXTENSIONS))}.")
+        if len(data) > self.max_upload_bytes:
+            raise InputError(f"{name}: {len(data) / 1e6:.1f} MB is over the {self.max_upload_bytes / 1e6:.0f} MB limit.",
+                             "upload a smaller image (resize or recompress it).")
+        return decode_image(data, name)
+
+    def charge_relevance(self, session_id: str, n_images: int) -> None:
+        """Count ``n_images`` of on-demand relevance against the session's budget; ``InputError`` past it."""
+        used = self.used.get(session_id, 0)
+        if used + n_images > self.relevance_budget:
+            raise InputError(f"This session has used {used} of its {self.relevance_budget} on-demand relevance "
+                             f"images; {n_images} more would pass the limit.",
+                             "pick fewer images, or use maps that are already computed.")
+        self.used[session_id] = used + n_images
+
+
+def check_bundle_files(path: Path) -> None:
+    """Refuse a bundle that carries files other than open formats (pickle-capable files above all)."""
+    if not path.is_dir():
+        raise BundleError(f"{path.name} is not a bundle folder.", "pick one of the listed bundles.")
+    for f in path.rglob("*"):
+        if f.is_symlink():
+            raise BundleError(f"{f.relative_to(path)} in bundle {path.name} is a symbolic link.",
+                              "bundles served publicly must hold plain files only.")
+        if f.is_file() and f.suffix.lower() not in SAFE_BUNDLE_SUFFIXES:
+            raise BundleError(f"{f.relative_to(path)} in bundle {path.name} is not an open format "
+                              f"('{f.suffix}' may hold pickled code).",
+                              "bundles hold JSON, Parquet and safetensors only: remove the file or re-run analyze.")
+
+
+__all__ = ["HostedPolicy", "hosted_mode", "check_bundle_files", "ImageLoadError"]

@@ -1,0 +1,12 @@
+"""Plain (Streamlit-free) building blocks of the explorer app: one module per view.
+
+- ``state``: what a link carries (query params <-> selection), chart events -> ids.
+- ``overview``: filters, pie-glyph slices and the representation chart.
+- ``grid``: a cell's images on an IsoMatch grid, thumbnails as data URIs, the grid chart.
+- ``attention``: per-image contributions, dimension order, relevance overlays.
+- ``dimensions``: per-dimension statistics, distributions, top images, mean maps.
+- ``concept``: the concept view on top of ``asap_core.concepts`` (optional module).
+
+Altair is imported inside the chart functions, so the rest works without it.
+"""
+from __future__ import annotations

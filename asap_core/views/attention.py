@@ -1,0 +1,130 @@
+"""Attention view: per picked image, its 16 dimension maps and the fake-logit map as overlays.
+
+Dimensions are ordered by their contribution to the image's prediction: the contribution of dimension
+i is ``z_i * w2_i`` (the distiller's logit is ``w2 · z + b2``); for an image predicted fake the most
+positive contributions come first, for one predicted real the most negative.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ..bundle import Z_COLUMNS
+from ..relevance import FAKE_LOGIT, TARGET_NAMES, overlay
+
+MAX_ATTENTION_IMAGES = 12
+
+
+def head_weights(distiller) -> np.ndarray:
+    """w2 ``[16]`` float64: the classifier weight of each dimension (``distiller.head.weight``)."""
+    w = distiller.head.weight.detach().cpu().numpy().reshape(-1)
+    return w.astype(np.float64)
+
+
+def head_bias(distiller) -> float:
+    return float(distiller.head.bias.detach().cpu().numpy().reshape(-1)[0])
+
+
+def contributions(z: np.ndarray, w2: np.ndarray) -> np.ndarray:
+    """``z [n, 16] * w2 [16]`` -> ``[n, 16]``: each dimension's share of the fake logit (before the bias)."""
+    return np.asarray(z, np.float64) * np.asarray(w2, np.float64)[None, :]
+
+
+def dimension_order(contrib: np.ndarray, logit: np.ndarray | None = None) -> np.ndarray:
+    """``[n, 16]`` dimension indices, most supportive of each image's prediction first.
+
+    ``logit`` ``[n]`` (defaults to the contributions' sum) gives the predicted side: fake when >= 0.
+    Ties keep the lower index first.
+    """
+    contrib = np.asarray(contrib, np.float64)
+    if logit is None:
+        logit = contrib.sum(axis=1)
+    sign = np.where(np.asarray(logit) >= 0, 1.0, -1.0)[:, None]
+    return np.argsort(-(contrib * sign), axis=1, kind="stable")
+
+
+def logits(p_fake: np.ndarray) -> np.ndarray:
+    """``log(p / (1 - p))`` of ``p_fake`` [n], clipped away from 0 and 1."""
+    p = np.clip(np.asarray(p_fake, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+@dataclass
+class Tile:
+    """One overlay to show: ``image`` (PIL), ``caption``, ``target`` (0..15 dimension, 16 fake logit)."""
+
+    image: Image.Image
+    caption: str
+    target: int
+    contribution: float | None = None
+
+
+def decode_thumb(jpeg: bytes | None, size: int = 128) -> Image.Image:
+    """Bundle thumbnail bytes -> RGB PIL (a grey square when missing)."""
+    if jpeg is None:
+        return Image.new("RGB", (size, size), (200, 200, 200))
+    return Image.open(io.BytesIO(jpeg)).convert("RGB")
+
+
+def image_tiles(base: Image.Image, maps: np.ndarray, contrib: np.ndarray, order: np.ndarray,
+                alpha: float = 0.5, size: int = 112) -> list[Tile]:
+    """Tiles for one image: the image itself, the fake-logit overlay, then the 16 dimension overlays in
+    ``order``. ``maps`` ``[17, side, side]``; ``contrib`` ``[16]``; overlays are ``size`` px squares."""
+    base = base.convert("RGB")
+    w, h = base.size
+    s = min(w, h)
+    square = base.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size))
+    m = np.asarray(maps, np.float32)
+    tiles = [Tile(square, "image", -1),
+             Tile(overlay(square, m[FAKE_LOGIT], alpha=alpha), f"fake logit · {contrib.sum():+.2f}", FAKE_LOGIT,
+                  float(contrib.sum()))]
+    for d in order:
+        d = int(d)
+        tiles.append(Tile(overlay(square, m[d], alpha=alpha), f"{TARGET_NAMES[d]} · {contrib[d]:+.2f}", d,
+                          float(contrib[d])))
+    return tiles
+
+
+def attention_rows(images: pd.DataFrame, ids: list[str], maps: np.ndarray, w2: np.ndarray,
+                   jpegs: list[bytes | None], alpha: float = 0.5, size: int = 112) -> list[dict]:
+    """One dict per image of ``ids`` (``maps [n, 17, side, side]`` and ``jpegs`` in the same order):
+    ``image_id, file, label, pred, p_fake, order [16], contrib [16], tiles``."""
+    table = images.set_index("image_id").loc[ids]
+    z = table[Z_COLUMNS].to_numpy(np.float64)
+    contrib = contributions(z, w2)
+    order = dimension_order(contrib, logits(table["p_fake"].to_numpy()))
+    file_col = "relpath" if "relpath" in table.columns else "path"
+    rows = []
+    for i, image_id in enumerate(ids):
+        r = table.iloc[i]
+        rows.append({
+            "image_id": image_id, "file": str(r[file_col]),
+            "label": None if pd.isna(r["label"]) else str(r["label"]), "pred": str(r["pred"]),
+            "p_fake": float(r["p_fake"]), "order": order[i], "contrib": contrib[i],
+            "tiles": image_tiles(decode_thumb(jpegs[i]), maps[i], contrib[i], order[i], alpha, size),
+        })
+    return rows
+
+
+def contribution_frame(images: pd.DataFrame, ids: list[str], w2: np.ndarray) -> pd.DataFrame:
+    """Long table ``image, dim, contribution`` for a bar chart of the picked images' contributions."""
+    table = images.set_index("image_id").loc[ids]
+    contrib = contributions(table[Z_COLUMNS].to_numpy(np.float64), w2)
+    return pd.DataFrame({
+        "image": np.repeat([i[:10] for i in ids], contrib.shape[1]),
+        "dim": np.tile(np.arange(contrib.shape[1]), len(ids)),
+        "contribution": contrib.reshape(-1),
+    })
+
+
+def missing_maps(bundle, image_ids: list[str], method: str) -> list[str]:
+    """The ids whose maps for ``method`` are not cached in ``bundle`` yet (need the encoder)."""
+    from ..relevance_store import map_store
+
+    enc = bundle.meta["encoder"]
+    store = map_store(bundle.cache_dir, enc["cache_key"], bundle.distiller.fingerprint, method, enc["patch_side"])
+    return store.missing(image_ids)

@@ -1,0 +1,74 @@
+"""Concept view of a cell (FaXplainer Fig. 1D) on top of ``asap_core.concepts`` (optional module).
+
+``compute_concepts(bundle, image_ids, k, method, encoder) -> ConceptResult`` does the work; this module
+only checks that it exists and turns its result into cards (numbers + exemplar crops) for display.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+from typing import Any, Callable
+
+NOT_AVAILABLE = "concepts not available yet"
+
+
+def concepts_module():
+    """``asap_core.concepts`` if it is installed, else None."""
+    if importlib.util.find_spec("asap_core.concepts") is None:
+        return None
+    return importlib.import_module("asap_core.concepts")
+
+
+def compute(bundle, image_ids: list[str], k: int = 3, method: str = "last-block", encoder=None,
+            progress: Callable[[int, int], None] | None = None) -> Any:
+    """``compute_concepts`` of the concepts module; ``RuntimeError(NOT_AVAILABLE)`` when it is missing."""
+    mod = concepts_module()
+    if mod is None or not hasattr(mod, "compute_concepts"):
+        raise RuntimeError(NOT_AVAILABLE)
+    kwargs: dict[str, Any] = {"k": int(k), "method": method, "encoder": encoder}
+    if progress is not None:
+        kwargs["progress"] = progress
+    return mod.compute_concepts(bundle, list(image_ids), **kwargs)
+
+
+def _num(v: Any) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+    return f
+
+
+def concept_cards(result: Any, n_exemplars: int = 6) -> list[dict]:
+    """One dict per concept: ``concept, n_segments, n_images, share_fake, mean_p_fake, dominant_dims, crops``.
+
+    ``crops`` are PIL images (exemplar segments nearest the centroid); empty when the result cannot
+    produce them (e.g. the source images moved and no thumbnail exists).
+    """
+    cards = []
+    table = result.concepts
+    for r in table.to_dict("records"):
+        c = int(r["concept"])
+        try:
+            crops = result.exemplar_crops(c, n_exemplars)
+        except Exception:  # noqa: BLE001 - display must not fail on one missing image
+            crops = []
+        cards.append({
+            "concept": c,
+            "n_segments": int(r.get("n_segments", 0)),
+            "n_images": int(r.get("n_images", 0)),
+            "share_fake": _num(r.get("share_fake")),
+            "mean_p_fake": _num(r.get("mean_p_fake")),
+            "dominant_dims": [int(d) for d in (r.get("dominant_dims") or [])],
+            "crops": crops,
+        })
+    return cards
+
+
+def describe(card: dict) -> str:
+    """One line under a concept: segments, images, share fake, mean p_fake, dominant dimensions."""
+    share = "n/a" if math.isnan(card["share_fake"]) else f"{card['share_fake']:.0%}"
+    dims = ", ".join(str(d) for d in card["dominant_dims"]) or "-"
+    return (f"{card['n_segments']} segments from {card['n_images']} images · share fake {share} · "
+            f"mean p_fake {card['mean_p_fake']:.2f} · dims {dims}")

@@ -1,0 +1,202 @@
+"""Representation overview (DESIGN §3 "Cell glyph"): filters, pie slices per cell and the Altair chart.
+
+A cell is drawn as a pie at its centre: area proportional to its image count; slices blue (real) and
+orange (fake), solid for correct predictions and pale for wrong ones, grey for unlabelled images;
+opacity (saturation) follows the cell's mean confidence ``|2 p_fake - 1|``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from ..layout import cell_table
+
+CATEGORIES: list[str] = ["real, correct", "real, wrong", "fake, correct", "fake, wrong", "unlabelled"]
+COUNT_COLUMNS: list[str] = ["n_real_ok", "n_real_wrong", "n_fake_ok", "n_fake_wrong", "n_unlabelled"]
+#: solid blue / pale blue, solid orange / pale orange, grey
+COLORS: list[str] = ["#1f77b4", "#a9cbe8", "#ff7f0e", "#ffcf9e", "#9e9e9e"]
+LABEL_CHOICES = ("all", "real", "fake", "unlabelled")
+OUTCOME_CHOICES = ("all", "correct", "wrong")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which images the overview counts: ``label`` in LABEL_CHOICES, ``generators`` (empty = all),
+    ``outcome`` in OUTCOME_CHOICES. Hashable, so it can key caches."""
+
+    label: str = "all"
+    generators: tuple[str, ...] = field(default_factory=tuple)
+    outcome: str = "all"
+
+    def active(self) -> bool:
+        return self.label != "all" or bool(self.generators) or self.outcome != "all"
+
+
+def generators(images: pd.DataFrame) -> list[str]:
+    """Sorted distinct generator names of the labelled fakes (the generator filter's choices)."""
+    if "generator" not in images.columns:
+        return []
+    g = images.loc[images["label"].astype(object) == "fake", "generator"].dropna().astype(str)
+    return sorted(set(g) - {""})
+
+
+def filter_mask(images: pd.DataFrame, filters: Filters) -> np.ndarray:
+    """Boolean [N]: the rows of ``images`` that pass ``filters``.
+
+    ``generators`` keeps fakes of those generators and every real / unlabelled image (a generator
+    names only fakes). ``outcome`` "correct"/"wrong" drops unlabelled images.
+    """
+    n = len(images)
+    keep = np.ones(n, dtype=bool)
+    label = images["label"].astype(object).where(images["label"].notna(), None).to_numpy(dtype=object)
+    if filters.label == "unlabelled":
+        keep &= pd.isna(images["label"]).to_numpy()
+    elif filters.label in ("real", "fake"):
+        keep &= label == filters.label
+    if filters.generators:
+        gen = images["generator"].astype(object).to_numpy(dtype=object) if "generator" in images else np.full(n, None)
+        keep &= (label != "fake") | np.isin(gen, list(filters.generators))
+    if filters.outcome in ("correct", "wrong"):
+        correct = images["correct"].astype("boolean")
+        known = correct.notna().to_numpy()
+        ok = correct.fillna(False).to_numpy(dtype=bool)
+        keep &= known & (ok if filters.outcome == "correct" else ~ok)
+    return keep
+
+
+def filtered_cells(images: pd.DataFrame, grid: int, filters: Filters) -> pd.DataFrame:
+    """``cell_table`` of the images that pass ``filters`` (``images`` already binned on ``grid``)."""
+    if not filters.active():
+        return cell_table(images, grid)
+    return cell_table(images.loc[filter_mask(images, filters)], grid)
+
+
+def pie_slices(cells: pd.DataFrame) -> pd.DataFrame:
+    """One row per non-empty slice: ``cell_id, x, y, category, cat_order, count, n, theta, theta2`` (radians,
+    0 at 12 o'clock, clockwise, slices in CATEGORIES order) plus the cell's tooltip fields
+    (``mean_conf``, ``accuracy``, ``dominant_generator``, ``share_fake``, ``counts``)."""
+    if cells.empty:
+        return pd.DataFrame(columns=["cell_id", "x", "y", "category", "cat_order", "count", "n", "theta", "theta2",
+                                     "mean_conf", "accuracy", "dominant_generator", "share_fake", "counts"])
+    counts = cells[COUNT_COLUMNS].to_numpy(dtype=np.int64)  # [K, 5]
+    n = counts.sum(axis=1)
+    ends = np.cumsum(counts, axis=1)
+    starts = ends - counts
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t0 = 2 * math.pi * starts / np.maximum(n, 1)[:, None]
+        t1 = 2 * math.pi * ends / np.maximum(n, 1)[:, None]
+    k, c = counts.shape
+    acc = cells["accuracy"].to_numpy(dtype=np.float64)
+    summary = [
+        f"{a} real ok · {b} real wrong · {f} fake ok · {g} fake wrong" + (f" · {u} unlabelled" if u else "")
+        for a, b, f, g, u in counts
+    ]
+    dom = cells["dominant_generator"].astype(object).where(cells["dominant_generator"].notna(), "-")
+    frame = pd.DataFrame({
+        "cell_id": np.repeat(cells["cell"].to_numpy(np.int64), c),
+        "x": np.repeat(cells["x"].to_numpy(np.float64), c),
+        "y": np.repeat(cells["y"].to_numpy(np.float64), c),
+        "category": np.tile(np.asarray(CATEGORIES, dtype=object), k),
+        "cat_order": np.tile(np.arange(c), k),
+        "count": counts.reshape(-1),
+        "n": np.repeat(n, c),
+        "theta": t0.reshape(-1),
+        "theta2": t1.reshape(-1),
+        "mean_conf": np.repeat(np.nan_to_num(cells["mean_conf"].to_numpy(np.float64), nan=0.0), c),
+        "accuracy": np.repeat(np.round(acc, 3), c),
+        "dominant_generator": np.repeat(dom.to_numpy(dtype=object), c),
+        "share_fake": np.repeat(np.round(cells["share_fake"].to_numpy(np.float64), 3), c),
+        "counts": np.repeat(np.asarray(summary, dtype=object), c),
+    })
+    return frame[frame["count"] > 0].reset_index(drop=True)
+
+
+def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None = None, size: int = 620,
+                   param: str = "cell") -> alt.Chart:
+    """Pie glyphs at cell centres (x, y in [0, 1]) with a click selection ``param`` on ``cell_id``.
+
+    ``selected`` (cell ids) is the selection's initial value, so a cell picked earlier is highlighted
+    (thick outline) when the page is drawn again. Rendered as SVG (each slice is a ``<path>`` whose
+    ``aria-label`` names its ``cell_id``). Radius range keeps the largest pie inside its cell.
+    """
+    half = 0.5 / max(grid, 1)
+    if len(slices):
+        x_lo, x_hi = float(slices["x"].min()) - half, float(slices["x"].max()) + half
+        y_lo, y_hi = float(slices["y"].min()) - half, float(slices["y"].max()) + half
+    else:
+        x_lo, x_hi, y_lo, y_hi = 0.0, 1.0, 0.0, 1.0
+    unit = size / max(x_hi - x_lo, y_hi - y_lo)  # px per map unit; cells stay square
+    width, height = round((x_hi - x_lo) * unit), round((y_hi - y_lo) * unit)
+    max_r = max(3.0, 0.5 * unit / max(grid, 1) * 0.96)
+    sel = alt.selection_point(
+        name=param, fields=["cell_id"], on="click", clear="dblclick",
+        value=[{"cell_id": int(c)} for c in selected] if selected else alt.Undefined,
+    )
+    x_scale = alt.Scale(domain=[x_lo, x_hi], nice=False, zero=False)
+    y_scale = alt.Scale(domain=[y_lo, y_hi], nice=False, zero=False)
+    tooltip = [
+        alt.Tooltip("cell_id:Q", title="cell"),
+        alt.Tooltip("n:Q", title="images"),
+        alt.Tooltip("counts:N", title="counts"),
+        alt.Tooltip("accuracy:Q", title="accuracy", format=".0%"),
+        alt.Tooltip("mean_conf:Q", title="mean confidence", format=".2f"),
+        alt.Tooltip("share_fake:Q", title="share fake", format=".0%"),
+        alt.Tooltip("dominant_generator:N", title="dominant generator"),
+    ]
+    chart = (
+        alt.Chart(slices)
+        .mark_arc(cursor="pointer")
+        .encode(
+            x=alt.X("x:Q", scale=x_scale, axis=None),
+            y=alt.Y("y:Q", scale=y_scale, axis=None),
+            theta=alt.Theta("theta:Q", scale=None),
+            theta2=alt.Theta2("theta2:Q"),
+            radius=alt.Radius("n:Q", scale=alt.Scale(type="sqrt", zero=True, range=[1.5, max_r])),
+            color=alt.Color("category:N", scale=alt.Scale(domain=CATEGORIES, range=COLORS),
+                            legend=alt.Legend(title="images", orient="bottom", columns=3)),
+            opacity=alt.Opacity("mean_conf:Q", scale=alt.Scale(domain=[0, 1], range=[0.3, 1.0]),
+                                legend=alt.Legend(title="mean confidence", orient="bottom", format=".1f")),
+            order=alt.Order("cat_order:Q"),
+            stroke=alt.condition(sel, alt.value("#111111"), alt.value("white"), empty=False),
+            strokeWidth=alt.condition(sel, alt.value(2.0), alt.value(0.4), empty=False),
+            tooltip=tooltip,
+        )
+        .add_params(sel)
+        .properties(width=width, height=height, usermeta={"embedOptions": {"renderer": "svg", "actions": False}},
+                    autosize=alt.AutoSizeParams(type="pad"))
+        .configure_view(strokeWidth=0)
+    )
+    return chart
+
+
+def selected_summary(cells: pd.DataFrame, selected: list[int]) -> dict:
+    """Totals over the ``selected`` cells of a cell table: n, the four counts, accuracy, mean confidence."""
+    part = cells[cells["cell"].isin(selected)]
+    n = int(part["n"].sum())
+    out = {"cells": len(part), "n": n}
+    for c in COUNT_COLUMNS:
+        out[c] = int(part[c].sum())
+    labelled = n - out["n_unlabelled"]
+    out["accuracy"] = (out["n_real_ok"] + out["n_fake_ok"]) / labelled if labelled else float("nan")
+    w = part["n"].to_numpy(np.float64)
+    mc = part["mean_conf"].to_numpy(np.float64)
+    ok = np.isfinite(mc)
+    out["mean_conf"] = float((mc[ok] * w[ok]).sum() / w[ok].sum()) if ok.any() and w[ok].sum() else float("nan")
+    gens = part["dominant_generator"].dropna().astype(str)
+    out["dominant_generator"] = gens.mode().iloc[0] if len(gens) else None
+    return out
+
+
+def boundary_cells(cells: pd.DataFrame, k: int = 5, min_n: int = 3) -> pd.DataFrame:
+    """The ``k`` cells (with at least ``min_n`` images) nearest the decision boundary: mixed labels and
+    low confidence first (score = mean_conf - min(share_fake, 1 - share_fake)). Useful starting points."""
+    c = cells[cells["n"] >= min_n].copy()
+    if c.empty:
+        return c
+    share = c["share_fake"].fillna(0.5)
+    c["boundary_score"] = c["mean_conf"].fillna(0) - np.minimum(share, 1 - share)
+    return c.sort_values(["boundary_score", "n"], ascending=[True, False]).head(k)

@@ -1,0 +1,57 @@
+"""Attention page: for each picked image, the fake-logit map and the 16 dimension maps as overlays,
+dimensions ordered by their contribution z_i * w2_i to the prediction."""
+from __future__ import annotations
+
+import altair as alt
+import streamlit as st
+
+from asap_core.views import attention as va
+from pages import common as C
+
+b = C.require_bundle()
+ss = st.session_state
+path, stamp = C.ref(b)
+
+st.subheader("Attention view")
+ids = list(ss[C.K_IMAGES])
+if not ids:
+    st.info("No image picked: drag a box over images in the Image view (or pick top images on the "
+            "Dimensions page).")
+    st.page_link(C.PAGE_FILES["images"], label="Go to the image view", icon=":material/grid_view:")
+    st.stop()
+
+c1, c2, c3 = st.columns([2, 2, 3])
+ss.setdefault("w_method", ss[C.K_METHOD])
+method = c1.segmented_control("Method", C.METHODS, key="w_method") or ss[C.K_METHOD]
+ss[C.K_METHOD] = method
+alpha = c2.slider("Overlay opacity", 0.2, 0.9, 0.5, 0.05, key="w_alpha")
+shown = ids[:va.MAX_ATTENTION_IMAGES]
+c3.caption(f"{len(ids)} image{'s' if len(ids) > 1 else ''} picked"
+           + (f"; showing the first {len(shown)}" if len(shown) < len(ids) else "")
+           + ". Each tile: map over the image (red = high relevance), with the dimension's contribution "
+             "z_i·w2_i to the fake logit; dimensions sorted by support for the prediction.")
+
+maps = C.maps_for(b, shown, method)
+if maps is None:
+    st.stop()
+w2 = C.head_weights(path, stamp)
+rows = va.attention_rows(b.images, shown, maps, w2, b.thumbnails(shown), alpha=alpha)
+for r in rows:
+    with st.container(border=True):
+        truth = r["label"] or "unlabelled"
+        verdict = "" if r["label"] is None else (" ✓ right" if r["label"] == r["pred"] else " ✗ wrong")
+        st.markdown(f"**{r['file']}** · label {truth} · predicted {r['pred']}{verdict} · p_fake {r['p_fake']:.3f}")
+        tiles = r["tiles"]
+        st.image([t.image for t in tiles], caption=[t.caption for t in tiles], width=92)
+
+contrib = va.contribution_frame(b.images, shown, w2)
+st.markdown("**Contributions to the fake logit** (z_i · w2_i per image)")
+st.altair_chart(
+    alt.Chart(contrib).mark_bar().encode(
+        x=alt.X("dim:O", title="dimension"), xOffset="image:N",
+        y=alt.Y("contribution:Q", title="z_i · w2_i"),
+        color=alt.Color("image:N", title="image"),
+        tooltip=["image", "dim", alt.Tooltip("contribution:Q", format="+.3f")],
+    ).properties(height=200),
+    theme=None,
+)

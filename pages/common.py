@@ -1,0 +1,429 @@
+"""Streamlit glue shared by the entry script and the pages: session state, links, caches, sidebar.
+
+Everything that computes lives in ``asap_core.views`` (plain functions, unit-tested); this module only
+caches those results per bundle (path + bundle.json mtime) and moves selections between pages.
+
+Session state (plain keys, so they survive page switches):
+``bundle_path`` (str), ``grid`` (int), ``filters`` (``Filters``), ``sel_cells`` (list[int]),
+``sel_images`` (list[str] full ids), ``method`` ("last-block" | "rollout").
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from asap_core.bundle import Bundle
+from asap_core.errors import AsapError
+from asap_core.views import attention as va
+from asap_core.views import dimensions as vd
+from asap_core.views import grid as vg
+from asap_core.views import overview as ov
+from asap_core.views import state as vs
+
+K_BUNDLE = "bundle_path"
+K_GRID = "grid"
+K_FILTERS = "filters"
+K_CELLS = "sel_cells"
+K_IMAGES = "sel_images"
+K_METHOD = "method"
+K_INIT = "_link_loaded"
+K_PENDING_IMAGES = "_link_images"
+K_PENDING_PAGE = "_link_page"
+K_ERROR = "_bundle_error"
+BUNDLE_ENV = "ASAP_BUNDLE"
+METHODS = ("last-block", "rollout")
+
+PAGE_FILES = {
+    "overview": "pages/overview.py",
+    "images": "pages/images.py",
+    "attention": "pages/attention.py",
+    "dimensions": "pages/dimensions.py",
+}
+
+
+# ------------------------------------------------------------------------------------------ bundle
+def _stamp(path: str) -> int:
+    """mtime (ns) of bundle.json: a rewritten bundle gets fresh cache entries."""
+    try:
+        return (Path(path).expanduser() / "bundle.json").stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_resource(max_entries=4, show_spinner="Opening bundle ...")
+def load_bundle(path: str, stamp: int) -> Bundle:
+    """The open bundle (tables loaded once, shared by all sessions; treat as read-only)."""
+    b = Bundle.open(path)
+    _ = b.images, b.cells
+    return b
+
+
+def demo_bundle_path() -> str | None:
+    """The embedded demo bundle of ``asap_core.demo`` (if that module exists), else None."""
+    import importlib
+    import importlib.util
+
+    if importlib.util.find_spec("asap_core.demo") is None:
+        return None
+    try:
+        demo = importlib.import_module("asap_core.demo")
+        for name in ("demo_bundle_path", "ensure_demo_bundle", "demo_bundle"):
+            fn = getattr(demo, name, None)
+            if callable(fn):
+                p = fn()
+                return str(getattr(p, "path", p))
+    except Exception:  # noqa: BLE001 - the demo is a convenience; the sidebar still opens bundles
+        return None
+    return None
+
+
+def init_from_link() -> None:
+    """Once per session: take bundle, grid, cells, images and page from the URL, else ``$ASAP_BUNDLE``,
+    else the demo. Values already in session state (e.g. injected by a test) are kept unless the link
+    names its own."""
+    ss = st.session_state
+    if ss.get(K_INIT):
+        return
+    ss[K_INIT] = True
+    link = vs.parse_query(st.query_params.to_dict())
+    if link.bundle:
+        ss[K_BUNDLE] = link.bundle
+    elif not ss.get(K_BUNDLE):
+        ss[K_BUNDLE] = os.environ.get(BUNDLE_ENV) or demo_bundle_path()
+    if link.grid:
+        ss[K_GRID] = link.grid
+    if link.cells:
+        ss[K_CELLS] = link.cells
+    if link.images:
+        ss[K_PENDING_IMAGES] = link.images
+    if link.page:
+        ss[K_PENDING_PAGE] = link.page
+    ss.setdefault(K_CELLS, [])
+    ss.setdefault(K_IMAGES, [])
+    ss.setdefault(K_METHOD, METHODS[0])
+    ss.setdefault(K_FILTERS, ov.Filters())
+
+
+def current_bundle() -> Bundle | None:
+    """The bundle named in session state, opened through the resource cache; None (error kept) if it fails."""
+    ss = st.session_state
+    path = ss.get(K_BUNDLE)
+    if not path:
+        return None
+    try:
+        b = load_bundle(str(path), _stamp(str(path)))
+    except AsapError as exc:
+        ss[K_ERROR] = exc
+        return None
+    ss.pop(K_ERROR, None)
+    if K_GRID not in ss or not ss[K_GRID]:
+        ss[K_GRID] = bundle_grid(b)
+    pending = ss.pop(K_PENDING_IMAGES, None)
+    if pending:
+        ss[K_IMAGES] = vs.resolve_ids(pending, b.images["image_id"].tolist())
+    return b
+
+
+def bundle_grid(b: Bundle) -> int:
+    """The grid the bundle's cells were made with (bundle.json options), else inferred from the cells."""
+    g = (b.meta.get("options") or {}).get("grid")
+    if g:
+        return int(g)
+    cells = b.cells
+    return int(max(cells["col"].max(), cells["row"].max()) + 1) if len(cells) else 24
+
+
+def open_bundle(path: str) -> bool:
+    """Switch the session to another bundle (selection cleared); False with an error shown if it fails."""
+    path = str(Path(path).expanduser())
+    try:
+        load_bundle(path, _stamp(path))
+    except AsapError as exc:
+        st.sidebar.error(exc.message)
+        if exc.hint:
+            st.sidebar.caption(f"Fix: {exc.hint}")
+        return False
+    ss = st.session_state
+    ss[K_BUNDLE] = path
+    for k in (K_GRID, K_ERROR):
+        ss.pop(k, None)
+    ss[K_CELLS], ss[K_IMAGES], ss[K_FILTERS] = [], [], ov.Filters()
+    return True
+
+
+def require_bundle() -> Bundle:
+    """The open bundle, or a note and ``st.stop()`` when none is open."""
+    b = current_bundle()
+    if b is None:
+        st.info("No bundle is open. Open one in the sidebar (a folder written by "
+                "`python -m asap_core analyze`), set `ASAP_BUNDLE`, or analyse an image folder there.")
+        st.stop()
+    return b
+
+
+def ref(b: Bundle) -> tuple[str, int]:
+    """Cache key of a bundle: (path, bundle.json mtime)."""
+    return str(b.path), _stamp(str(b.path))
+
+
+# ------------------------------------------------------------------------------------------ links
+def write_link(page: str | None) -> None:
+    """Mirror the selection into the URL so a copied link reopens the same view."""
+    ss = st.session_state
+    b_path = ss.get(K_BUNDLE)
+    grid = ss.get(K_GRID)
+    default_grid = None
+    if b_path:
+        try:
+            default_grid = bundle_grid(load_bundle(str(b_path), _stamp(str(b_path))))
+        except AsapError:
+            default_grid = None
+    link = vs.LinkState(bundle=b_path, grid=grid if grid and grid != default_grid else None,
+                        cells=list(ss.get(K_CELLS, [])), images=list(ss.get(K_IMAGES, [])), page=page)
+    q = vs.to_query(link)
+    if st.query_params.to_dict() != q:
+        st.query_params.from_dict(q)
+
+
+def consume_event(chart_key: str, event: Any, current: list, convert) -> list:
+    """Apply a chart event to a selection (see ``views.state.reconcile``); remembers what was handled."""
+    sig_key = f"_sig_{chart_key}"
+    new, sig = vs.reconcile(event, st.session_state.get(sig_key), current, convert)
+    st.session_state[sig_key] = sig
+    return new
+
+
+def fresh_chart(chart_key: str) -> bool:
+    """True when the chart ``chart_key`` has no event state yet (first draw on this page visit)."""
+    fresh = chart_key not in st.session_state
+    if fresh:
+        st.session_state.pop(f"_sig_{chart_key}", None)
+    return fresh
+
+
+# ------------------------------------------------------------------------------------------ caches
+@st.cache_resource(max_entries=8)
+def gridded(path: str, stamp: int, grid: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(images, cells) on ``grid`` x ``grid`` cells (the bundle's own tables for its own grid)."""
+    from asap_core.layout import regrid
+
+    b = load_bundle(path, stamp)
+    if grid == bundle_grid(b):
+        return b.images, b.cells
+    return regrid(b.images, grid)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def overview_spec(path: str, stamp: int, grid: int, filters: ov.Filters, value: tuple[int, ...]) -> dict:
+    """Vega-Lite spec of the overview for one bundle, grid, filter set and initial selection."""
+    images, _ = gridded(path, stamp, grid)
+    cells = ov.filtered_cells(images, grid, filters)
+    return ov.overview_chart(ov.pie_slices(cells), grid, list(value)).to_dict()
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def filtered_cells(path: str, stamp: int, grid: int, filters: ov.Filters) -> pd.DataFrame:
+    images, _ = gridded(path, stamp, grid)
+    return ov.filtered_cells(images, grid, filters)
+
+
+@st.cache_data(max_entries=32, show_spinner="Arranging images ...")
+def grid_for(path: str, stamp: int, grid: int, cells: tuple[int, ...], filters: ov.Filters,
+             max_items: int = vg.MAX_GRID_IMAGES) -> tuple[pd.DataFrame, int, int, int]:
+    """(layout with thumbnail URLs, n_rows, n_cols, n_members) of the images of ``cells`` passing ``filters``."""
+    images, _ = gridded(path, stamp, grid)
+    members = vg.cell_members(images, list(cells))
+    if filters.active():
+        members = members[ov.filter_mask(members, filters)]
+    shown = vg.subsample(members, max_items)
+    layout, n_rows, n_cols = vg.grid_layout(shown)
+    b = load_bundle(path, stamp)
+    return vg.with_thumbs(layout, b.thumbnails(layout["image_id"].tolist())), n_rows, n_cols, len(members)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading CLIP ...")
+def get_encoder(model_id: str):
+    """The CLIP encoder (eager attention, for relevance), loaded once per model."""
+    from asap_core.encoder import ClipEncoder
+
+    return ClipEncoder.from_pretrained(model_id, attn_implementation="eager")
+
+
+@st.cache_data(max_entries=8, ttl=600, show_spinner=False)
+def model_status(model_id: str) -> tuple[bool, str, str]:
+    """(ok, message, hint) for a model id: can its weights be had here?"""
+    try:
+        from asap_core.encoder import inspect_checkpoint
+
+        info = inspect_checkpoint(model_id)
+    except AsapError as exc:
+        return False, exc.message, exc.hint
+    except ImportError as exc:
+        return False, f"torch / transformers are not installed ({exc}).", "bundles still open view-only."
+    return True, f"{info.model_id} (D = {info.embed_dim}, {info.patch_side}x{info.patch_side} patches)", ""
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def stored_maps(path: str, stamp: int, ids: tuple[str, ...], method: str) -> np.ndarray:
+    """Cached maps ``[n, 17, side, side]`` float16 of ``ids`` (all must be in the bundle's map store)."""
+    from asap_core.relevance_store import bundle_maps
+
+    return bundle_maps(load_bundle(path, stamp), list(ids), method)
+
+
+def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
+    """Maps of ``ids``: computed (with a progress bar) for those not cached yet, then read from the store.
+
+    None, with the error and its fix shown, when the encoder cannot be loaded.
+    """
+    missing = va.missing_maps(b, ids, method)
+    if missing:
+        model_id = b.meta["encoder"]["model_id"]
+        try:
+            encoder = get_encoder(model_id)
+        except AsapError as exc:
+            st.error(f"Relevance maps need the bundle's CLIP: {exc.message}")
+            if exc.hint:
+                st.caption(f"Fix: {exc.hint}")
+            return None
+        from asap_core.relevance_store import bundle_maps
+
+        bar = st.progress(0.0, text=f"Computing {method} maps for {len(missing)} images ...")
+        try:
+            bundle_maps(b, missing, method, encoder=encoder,
+                        progress=lambda d, t: bar.progress(min(d / max(t, 1), 1.0),
+                                                           text=f"Computing {method} maps: {d}/{t} images"))
+        except AsapError as exc:
+            bar.empty()
+            st.error(exc.message)
+            if exc.hint:
+                st.caption(f"Fix: {exc.hint}")
+            return None
+        bar.empty()
+        stored_maps.clear()
+    return stored_maps(*ref(b), tuple(ids), method)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def dimension_data(path: str, stamp: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-dimension table, histogram frame) of a bundle."""
+    b = load_bundle(path, stamp)
+    w2 = va.head_weights(b.distiller)
+    return vd.dimension_table(b.images, w2), vd.distribution_frame(b.images)
+
+
+@st.cache_resource(max_entries=8)
+def head_weights(path: str, stamp: int) -> np.ndarray:
+    return va.head_weights(load_bundle(path, stamp).distiller)
+
+
+def thumbs(b: Bundle, ids: list[str]) -> list[bytes]:
+    """Thumbnail JPEG bytes for ``ids`` (a grey placeholder where one is missing)."""
+    out = []
+    for j in b.thumbnails(ids):
+        out.append(j if j is not None else _grey())
+    return out
+
+
+@st.cache_data
+def _grey() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 200, 200)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ sidebar
+def sidebar(b: Bundle | None) -> None:
+    """Open bundle (path, metrics, model in use), open another, analyse a folder with a progress bar."""
+    ss = st.session_state
+    with st.sidebar:
+        st.markdown("**ASAP Explorer** · why images look fake")
+        err = ss.get(K_ERROR)
+        if b is not None:
+            counts = b.meta.get("counts", {})
+            st.markdown(f"**Bundle** `{b.path.name}`")
+            st.caption(str(b.path))
+            val = (b.metrics or {}).get("val") or (b.metrics or {}).get("all") or {}
+            line = f"{len(b.images):,} images · {len(b.cells):,} cells"
+            if counts:
+                line += f" · {counts.get('real', 0):,} real / {counts.get('fake', 0):,} fake"
+            st.caption(line)
+            if val:
+                st.caption(f"validation: accuracy {val.get('accuracy', float('nan')):.3f} · "
+                           f"ROC-AUC {val.get('roc_auc', float('nan')):.3f}")
+            model_id = (b.meta.get("encoder") or {}).get("model_id", "?")
+            ok, msg, hint = model_status(model_id)
+            st.markdown(f"**Model** `{Path(model_id).name if '/' in model_id and Path(model_id).exists() else model_id}`")
+            if ok:
+                st.caption(msg)
+            else:
+                st.warning(msg)
+                if hint:
+                    st.caption(f"Fix: {hint}")
+                st.caption("The bundle stays open; maps already cached still show.")
+        elif err is not None:
+            st.error(err.message)
+            if err.hint:
+                st.caption(f"Fix: {err.hint}")
+        else:
+            st.info("No bundle open.")
+
+        with st.expander("Open another bundle", expanded=b is None):
+            path = st.text_input("Bundle folder", key="w_open_path", placeholder="/path/to/bundle")
+            if st.button("Open", key="w_open_btn", disabled=not path):
+                if open_bundle(path):
+                    st.rerun()
+
+        with st.expander("Analyse an image folder"):
+            _analyse_form()
+
+
+def _analyse_form() -> None:
+    from asap_core.encoder import resolve_model_id
+
+    data_dir = st.text_input("Image folder", key="w_an_dir", placeholder="/path/to/images (real/, fake/ ...)")
+    out = st.text_input("Write bundle to", key="w_an_out",
+                        placeholder=f"{data_dir.rstrip('/')}-bundle" if data_dir else "/path/to/new-bundle")
+    model = st.text_input("Model (HF id or local folder)", value=resolve_model_id(), key="w_an_model")
+    relevance = st.selectbox("Precompute relevance", ["none", "last-block", "rollout"], key="w_an_rel")
+    ok, msg, hint = model_status(model) if model else (False, "no model given", "")
+    if not ok:
+        st.warning(msg)
+        if hint:
+            st.caption(f"Fix: {hint}")
+    if st.button("Analyse", key="w_an_btn", disabled=not data_dir or not ok):
+        run_analysis(data_dir, out or f"{data_dir.rstrip('/')}-bundle", model, relevance)
+
+
+def run_analysis(data_dir: str, out: str, model: str, relevance: str) -> None:
+    """Run ``analyze`` with a live progress bar per stage, then open the new bundle."""
+    from asap_core.pipeline import AnalyzeOptions, analyze
+
+    bar = st.progress(0.0, text="Starting analysis ...")
+    t0 = time.perf_counter()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{stage}: {done:,}/{total:,}")
+
+    try:
+        report = analyze(data_dir, out, AnalyzeOptions(model=model, relevance=relevance), progress=progress)
+    except AsapError as exc:
+        bar.empty()
+        st.error(exc.message)
+        if exc.hint:
+            st.caption(f"Fix: {exc.hint}")
+        return
+    bar.progress(1.0, text=f"Done in {time.perf_counter() - t0:.1f} s")
+    st.code(report.summary(), language=None)
+    if open_bundle(str(report.bundle)):
+        st.success(f"Opened {report.bundle}")

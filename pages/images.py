@@ -1,0 +1,92 @@
+"""Images page: the selected cells' images on an IsoMatch grid (brush / shift-click picks images), or the
+concept view of the cell (toggle, top right)."""
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from asap_core.errors import AsapError
+from asap_core.views import concept as vc
+from asap_core.views import grid as vg
+from asap_core.views import state as vs
+from pages import common as C
+
+b = C.require_bundle()
+ss = st.session_state
+path, stamp = C.ref(b)
+grid = int(ss[C.K_GRID])
+filters = ss[C.K_FILTERS]
+cells = list(ss[C.K_CELLS])
+
+head, toggle_col = st.columns([5, 1])
+concept_on = toggle_col.toggle("Concept view", key="w_concepts", help="Concepts shared by the cell's images")
+if not cells:
+    head.subheader("Image view")
+    st.info("No cell selected: click a cell on the Overview first.")
+    st.page_link(C.PAGE_FILES["overview"], label="Go to the overview", icon=":material/bubble_chart:")
+    st.stop()
+
+layout, n_rows, n_cols, n_members = C.grid_for(path, stamp, grid, tuple(cells), filters)
+cell_txt = ", ".join(str(c) for c in cells)
+head.subheader(f"Cell{'s' if len(cells) > 1 else ''} {cell_txt} · {n_members:,} images")
+if n_members == 0:
+    st.warning("These cells hold no image that passes the current filters.")
+    st.stop()
+
+if concept_on:
+    ids = layout["image_id"].tolist()
+    k = st.slider("Concepts (k)", 2, 8, 3, key="w_k")
+    if vc.concepts_module() is None:
+        st.info(vc.NOT_AVAILABLE)
+        st.stop()
+    try:  # the cached encoder; without one, only concepts already cached in the bundle can show
+        encoder = C.get_encoder(b.meta["encoder"]["model_id"])
+    except AsapError:
+        encoder = None
+    try:
+        bar = st.progress(0.0, text="Computing concepts ...")
+        result = vc.compute(b, ids, k=k, method=ss[C.K_METHOD], encoder=encoder,
+                            progress=lambda d, t: bar.progress(min(d / max(t, 1), 1.0),
+                                                               text=f"Encoding segments: {d}/{t}"))
+        bar.empty()
+    except AsapError as exc:
+        st.error(exc.message)
+        if exc.hint:
+            st.caption(f"Fix: {exc.hint}")
+        st.stop()
+    st.caption(f"{len(ids)} images, each cut to its top 10 % / 25 % / 50 % fake-logit regions "
+               f"({ss[C.K_METHOD]} maps); k-means over the segments in the 16 dimensions.")
+    for card in vc.concept_cards(result):
+        with st.container(border=True):
+            share = card["share_fake"]
+            st.markdown(f"**Concept {card['concept'] + 1}** · share fake "
+                        f"{'n/a' if math.isnan(share) else f'{share:.0%}'} · mean p_fake {card['mean_p_fake']:.2f}")
+            st.caption(vc.describe(card))
+            if card["crops"]:
+                st.image(card["crops"], width=84)
+    st.stop()
+
+st.caption("Frames: green = predicted right, red = predicted wrong. Hover for file, label and p_fake. "
+           "Drag a box to pick images, shift-click to add single ones, double-click to clear."
+           + (f" Showing a sample of {len(layout)} of {n_members:,} images." if len(layout) < n_members else ""))
+chart_key = f"grid_{grid}_{vs.short_hash(cell_txt + repr(filters))}"
+C.fresh_chart(chart_key)
+chart = vg.grid_chart(layout, n_rows, n_cols, tile=72 if n_cols <= 12 else 56)
+event = st.altair_chart(chart, key=chart_key, on_select="rerun", selection_mode=["brush", "pick"],
+                        theme=None, width="content")
+ss[C.K_IMAGES] = C.consume_event(chart_key, event, ss[C.K_IMAGES], lambda ev: vs.picked_ids(ev, layout))
+
+picked = ss[C.K_IMAGES]
+if picked:
+    st.markdown(f"**{len(picked)} image{'s' if len(picked) > 1 else ''} picked**")
+    st.image(C.thumbs(b, picked[:24]), width=56)
+    b1, b2 = st.columns([1, 1])
+    if b1.button("Show attention maps", type="primary", key="img_attn", icon=":material/visibility:"):
+        st.switch_page(C.PAGE_FILES["attention"])
+    if b2.button("Clear picks", key="img_clear"):
+        ss[C.K_IMAGES] = []
+        ss.pop(chart_key, None)
+        st.rerun()
+else:
+    st.caption("No image picked yet.")

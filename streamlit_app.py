@@ -1,0 +1,42 @@
+"""ASAP Explorer app: ``streamlit run streamlit_app.py`` (``ASAP_BUNDLE=/path/to/bundle`` to open one).
+
+Runs on every page: reads the link once, opens the bundle (cached), draws the shared sidebar, then the
+page chosen in the navigation, and finally mirrors the selection into the URL.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from pages import common  # noqa: E402
+
+st.set_page_config(page_title="ASAP Explorer", page_icon=":material/image_search:", layout="wide")
+
+common.init_from_link()
+bundle = common.current_bundle()
+common.sidebar(bundle)
+
+PAGES = {
+    "overview": st.Page("pages/overview.py", title="Overview", icon=":material/bubble_chart:", default=True),
+    "images": st.Page("pages/images.py", title="Images", icon=":material/grid_view:", url_path="images"),
+    "attention": st.Page("pages/attention.py", title="Attention", icon=":material/visibility:",
+                         url_path="attention"),
+    "dimensions": st.Page("pages/dimensions.py", title="Dimensions", icon=":material/bar_chart:",
+                          url_path="dimensions"),
+}
+page = st.navigation(list(PAGES.values()), position="sidebar")
+slug = next((s for s, p in PAGES.items() if p.title == page.title), "overview")
+
+pending = st.session_state.pop(common.K_PENDING_PAGE, None)
+if pending and pending != slug and pending in PAGES:
+    st.switch_page(PAGES[pending])
+
+common.write_link(slug)
+page.run()
+common.write_link(slug)
