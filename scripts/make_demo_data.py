@@ -6,7 +6,7 @@ fake/vae/  samples of a small convolutional VAE trained here, on CPU, on crops o
 fake/gan/  samples of a small DCGAN trained the same way.
 
 Deterministic given ``--seed`` (same torch / Pillow versions and thread count). Takes about two minutes
-on 2 CPU cores. Usage: ``python scripts/make_demo_data.py [--out DIR] [--seed 0]``.
+on one CPU core. Usage: ``python scripts/make_demo_data.py [--out DIR] [--seed 0]``.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from torch import nn
 SIZE = 112  # side of every demo image (px)
 TRAIN_SIZE = 56  # side the generative networks learn at (px); samples are upsampled to SIZE
 QUALITY = 90
+CL = torch.channels_last  # 2-3x faster than NCHW for these small convs on CPU
 OUT = Path(__file__).resolve().parents[1] / "asap_core" / "demo_data"
 
 
@@ -54,7 +55,8 @@ def random_crop(photo: Image.Image, rng: np.random.Generator, size: int, jitter:
 def training_tensor(photos: list[Image.Image], n: int, rng: np.random.Generator) -> torch.Tensor:
     """``n`` random crops at ``TRAIN_SIZE`` px as a tensor ``[n, 3, S, S]`` in [-1, 1]."""
     crops = [np.asarray(random_crop(photos[i % len(photos)], rng, TRAIN_SIZE)) for i in range(n)]
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x.contiguous(memory_format=CL)
 
 
 def _up(c_in: int, c_out: int) -> list[nn.Module]:
@@ -96,7 +98,7 @@ class Encoder(nn.Module):
 
 def train_vae(data: torch.Tensor, steps: int, z_dim: int = 32, batch: int = 32) -> Decoder:
     """Train a conv VAE on ``data [N, 3, 56, 56]`` for ``steps`` Adam steps; returns its decoder."""
-    enc, dec = Encoder(2 * z_dim), Decoder(z_dim)
+    enc, dec = Encoder(2 * z_dim).to(memory_format=CL), Decoder(z_dim).to(memory_format=CL)
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=2e-3)
     t0 = time.perf_counter()
     for step in range(1, steps + 1):
@@ -115,7 +117,7 @@ def train_vae(data: torch.Tensor, steps: int, z_dim: int = 32, batch: int = 32) 
 
 def train_gan(data: torch.Tensor, steps: int, z_dim: int = 64, batch: int = 32) -> Decoder:
     """Train a small DCGAN (non-saturating loss) on ``data [N, 3, 56, 56]`` for ``steps`` steps; returns G."""
-    gen, disc = Decoder(z_dim), Encoder(1)
+    gen, disc = Decoder(z_dim).to(memory_format=CL), Encoder(1).to(memory_format=CL)
     opt_g = torch.optim.Adam(gen.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(disc.parameters(), lr=2e-4, betas=(0.5, 0.999))
     bce = nn.BCEWithLogitsLoss()
@@ -157,11 +159,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-real", type=int, default=150)
     ap.add_argument("--n-fake", type=int, default=75, help="per generator")
     ap.add_argument("--train-crops", type=int, default=2048)
-    ap.add_argument("--vae-steps", type=int, default=200)
-    ap.add_argument("--gan-steps", type=int, default=400)
+    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--gan-steps", type=int, default=800)
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # deterministic, and faster than 2 threads for convs this small
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     photos = sample_photos()

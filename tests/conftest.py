@@ -13,22 +13,10 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def write_tiny_clip(path: Path, image_size: int = 32, patch_size: int = 8, dim: int = 64, seed: int = 0) -> Path:
-    """Save a random CLIP (2 layers, hidden 32, projection ``dim``) plus its image processor to ``path``."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    """Save a random CLIP (2 vision layers, hidden 32, projection ``dim``) plus its image processor to ``path``."""
+    from asap_core.demo import write_random_clip
 
-    torch.manual_seed(seed)
-    cfg = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=100, max_position_embeddings=16, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=patch_size, projection_dim=dim),
-        projection_dim=dim,
-    )
-    CLIPModel(cfg).save_pretrained(path)
-    CLIPImageProcessor(size={"shortest_edge": image_size},
-                       crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
-    return path
+    return write_random_clip(path, image_size=image_size, patch_size=patch_size, dim=dim, seed=seed)
 
 
 @pytest.fixture(scope="session")
