@@ -1,7 +1,8 @@
 """ASAP Explorer app: ``streamlit run streamlit_app.py`` (``ASAP_BUNDLE=/path/to/bundle`` to open one).
 
-Runs on every page: reads the link once, opens the bundle (cached), draws the shared sidebar, then the
-page chosen in the navigation, and finally mirrors the selection into the URL.
+Runs on every page: reads the link once, then runs the page chosen in the navigation (each page opens
+the bundle through the cache and draws the shared sidebar with ``common.page_start()``), and finally
+mirrors the selection into the URL.
 """
 from __future__ import annotations
 
@@ -19,8 +20,6 @@ from pages import common  # noqa: E402
 st.set_page_config(page_title="ASAP Explorer", page_icon=":material/image_search:", layout="wide")
 
 common.init_from_link()
-bundle = common.current_bundle()
-common.sidebar(bundle)
 
 PAGES = {
     "overview": st.Page("pages/overview.py", title="Overview", icon=":material/bubble_chart:", default=True),

@@ -8,7 +8,7 @@ import streamlit as st
 from asap_core.views import attention as va
 from pages import common as C
 
-b = C.require_bundle()
+b = C.page_start()
 ss = st.session_state
 path, stamp = C.ref(b)
 

@@ -36,6 +36,10 @@ K_INIT = "_link_loaded"
 K_PENDING_IMAGES = "_link_images"
 K_PENDING_PAGE = "_link_page"
 K_ERROR = "_bundle_error"
+K_WANT_DEMO = "_want_demo"
+K_DEMO_NOTE = "_demo_note"
+K_LAST_REPORT = "_last_analysis"
+K_MODEL_OVERRIDE = "model_override"
 BUNDLE_ENV = "ASAP_BUNDLE"
 METHODS = ("last-block", "rollout")
 
@@ -64,23 +68,32 @@ def load_bundle(path: str, stamp: int) -> Bundle:
     return b
 
 
-def demo_bundle_path() -> str | None:
-    """The embedded demo bundle of ``asap_core.demo`` (if that module exists), else None."""
+def demo_module():
+    """``asap_core.demo`` if it exists (the embedded demo data set), else None."""
     import importlib
     import importlib.util
 
     if importlib.util.find_spec("asap_core.demo") is None:
         return None
+    return importlib.import_module("asap_core.demo")
+
+
+def open_demo() -> None:
+    """Build (once, with a progress bar) and open the embedded demo bundle; errors go to the sidebar."""
+    demo = demo_module()
+    if demo is None or not hasattr(demo, "ensure_demo_bundle"):
+        return
+    bar = st.progress(0.0, text="Preparing the demo bundle (only the first time) ...")
     try:
-        demo = importlib.import_module("asap_core.demo")
-        for name in ("demo_bundle_path", "ensure_demo_bundle", "demo_bundle"):
-            fn = getattr(demo, name, None)
-            if callable(fn):
-                p = fn()
-                return str(getattr(p, "path", p))
-    except Exception:  # noqa: BLE001 - the demo is a convenience; the sidebar still opens bundles
-        return None
-    return None
+        path, note = demo.ensure_demo_bundle(
+            progress=lambda stage, d, t: bar.progress(min(d / max(t, 1), 1.0), text=f"demo · {stage}: {d}/{t}"))
+    except AsapError as exc:
+        st.session_state[K_ERROR] = exc
+        return
+    finally:
+        bar.empty()
+    st.session_state[K_BUNDLE] = str(path)
+    st.session_state[K_DEMO_NOTE] = note
 
 
 def init_from_link() -> None:
@@ -95,7 +108,8 @@ def init_from_link() -> None:
     if link.bundle:
         ss[K_BUNDLE] = link.bundle
     elif not ss.get(K_BUNDLE):
-        ss[K_BUNDLE] = os.environ.get(BUNDLE_ENV) or demo_bundle_path()
+        ss[K_BUNDLE] = os.environ.get(BUNDLE_ENV) or None
+        ss[K_WANT_DEMO] = not ss[K_BUNDLE]
     if link.grid:
         ss[K_GRID] = link.grid
     if link.cells:
@@ -143,7 +157,7 @@ def open_bundle(path: str) -> bool:
     """Switch the session to another bundle (selection cleared); False with an error shown if it fails."""
     path = str(Path(path).expanduser())
     try:
-        load_bundle(path, _stamp(path))
+        new = load_bundle(path, _stamp(path))
     except AsapError as exc:
         st.sidebar.error(exc.message)
         if exc.hint:
@@ -151,15 +165,30 @@ def open_bundle(path: str) -> bool:
         return False
     ss = st.session_state
     ss[K_BUNDLE] = path
-    for k in (K_GRID, K_ERROR):
+    ss[K_GRID] = bundle_grid(new)
+    for k in (K_ERROR, K_DEMO_NOTE, "w_grid", "w_label", "w_outcome", "w_gens"):
         ss.pop(k, None)
     ss[K_CELLS], ss[K_IMAGES], ss[K_FILTERS] = [], [], ov.Filters()
     return True
 
 
-def require_bundle() -> Bundle:
-    """The open bundle, or a note and ``st.stop()`` when none is open."""
+def page_start() -> Bundle:
+    """First call of every page: link state, the open bundle, the sidebar; ``st.stop()`` without a bundle.
+
+    The sidebar is drawn by the pages rather than the entry script so that it is part of every run
+    (AppTest reruns execute only the page script).
+    """
+    init_from_link()
+    if st.session_state.pop(K_WANT_DEMO, False):
+        open_demo()
     b = current_bundle()
+    sidebar(b)
+    return require_bundle(b)
+
+
+def require_bundle(b: Bundle | None = None) -> Bundle:
+    """The open bundle, or a note and ``st.stop()`` when none is open."""
+    b = b if b is not None else current_bundle()
     if b is None:
         st.info("No bundle is open. Open one in the sidebar (a folder written by "
                 "`python -m asap_core analyze`), set `ASAP_BUNDLE`, or analyse an image folder there.")
@@ -244,7 +273,8 @@ def grid_for(path: str, stamp: int, grid: int, cells: tuple[int, ...], filters: 
     shown = vg.subsample(members, max_items)
     layout, n_rows, n_cols = vg.grid_layout(shown)
     b = load_bundle(path, stamp)
-    return vg.with_thumbs(layout, b.thumbnails(layout["image_id"].tolist())), n_rows, n_cols, len(members)
+    px = vg.thumb_px(vg.tile_size(n_cols))
+    return vg.with_thumbs(layout, b.thumbnails(layout["image_id"].tolist()), px), n_rows, n_cols, len(members)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading CLIP ...")
@@ -269,6 +299,40 @@ def model_status(model_id: str) -> tuple[bool, str, str]:
     return True, f"{info.model_id} (D = {info.embed_dim}, {info.patch_side}x{info.patch_side} patches)", ""
 
 
+@st.cache_data(max_entries=8, ttl=600, show_spinner=False)
+def checkpoint_key(model_id: str) -> str | None:
+    """Cache key (weights + preprocessing) of a checkpoint, None when it cannot be read."""
+    try:
+        from asap_core.encoder import inspect_checkpoint
+
+        return inspect_checkpoint(model_id).cache_key
+    except (AsapError, ImportError):
+        return None
+
+
+def encoder_model(b: Bundle) -> str:
+    """The model to load for ``b``: a local copy the user named in the sidebar, else the bundle's own."""
+    return st.session_state.get(K_MODEL_OVERRIDE, {}).get(str(b.path)) or b.meta["encoder"]["model_id"]
+
+
+def set_model_override(b: Bundle, model: str) -> bool:
+    """Use ``model`` (a local copy of the bundle's CLIP) for ``b``; refused unless it is the same checkpoint."""
+    key = checkpoint_key(model)
+    want = b.meta["encoder"].get("cache_key")
+    if key is None:
+        ok, msg, hint = model_status(model)
+        st.warning(msg)
+        if hint:
+            st.caption(f"Fix: {hint}")
+        return False
+    if want and key != want:
+        st.warning(f"{model} is not the checkpoint this bundle was made with (cache key {key}, bundle {want}); "
+                   "its maps would not match the bundle's dimensions.")
+        return False
+    st.session_state.setdefault(K_MODEL_OVERRIDE, {})[str(b.path)] = model
+    return True
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def stored_maps(path: str, stamp: int, ids: tuple[str, ...], method: str) -> np.ndarray:
     """Cached maps ``[n, 17, side, side]`` float16 of ``ids`` (all must be in the bundle's map store)."""
@@ -284,9 +348,8 @@ def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
     """
     missing = va.missing_maps(b, ids, method)
     if missing:
-        model_id = b.meta["encoder"]["model_id"]
         try:
-            encoder = get_encoder(model_id)
+            encoder = get_encoder(encoder_model(b))
         except AsapError as exc:
             st.error(f"Relevance maps need the bundle's CLIP: {exc.message}")
             if exc.hint:
@@ -353,6 +416,9 @@ def sidebar(b: Bundle | None) -> None:
             counts = b.meta.get("counts", {})
             st.markdown(f"**Bundle** `{b.path.name}`")
             st.caption(str(b.path))
+            note = ss.get(K_DEMO_NOTE)
+            if note and str(b.path) == str(ss.get(K_BUNDLE)):
+                st.info(note)
             val = (b.metrics or {}).get("val") or (b.metrics or {}).get("all") or {}
             line = f"{len(b.images):,} images · {len(b.cells):,} cells"
             if counts:
@@ -361,7 +427,7 @@ def sidebar(b: Bundle | None) -> None:
             if val:
                 st.caption(f"validation: accuracy {val.get('accuracy', float('nan')):.3f} · "
                            f"ROC-AUC {val.get('roc_auc', float('nan')):.3f}")
-            model_id = (b.meta.get("encoder") or {}).get("model_id", "?")
+            model_id = encoder_model(b)
             ok, msg, hint = model_status(model_id)
             st.markdown(f"**Model** `{Path(model_id).name if '/' in model_id and Path(model_id).exists() else model_id}`")
             if ok:
@@ -371,6 +437,11 @@ def sidebar(b: Bundle | None) -> None:
                 if hint:
                     st.caption(f"Fix: {hint}")
                 st.caption("The bundle stays open; maps already cached still show.")
+                local = st.text_input("Local copy of this model", key="w_model_override",
+                                      placeholder="/path/to/clip-folder")
+                if st.button("Use this model", key="w_model_btn") and local:
+                    if set_model_override(b, local):
+                        st.rerun()
         elif err is not None:
             st.error(err.message)
             if err.hint:
@@ -380,12 +451,16 @@ def sidebar(b: Bundle | None) -> None:
 
         with st.expander("Open another bundle", expanded=b is None):
             path = st.text_input("Bundle folder", key="w_open_path", placeholder="/path/to/bundle")
-            if st.button("Open", key="w_open_btn", disabled=not path):
-                if open_bundle(path):
+            if st.button("Open", key="w_open_btn"):
+                if path and open_bundle(path):
                     st.rerun()
 
         with st.expander("Analyse an image folder"):
             _analyse_form()
+        report = ss.get(K_LAST_REPORT)
+        if report:
+            with st.expander("Last analysis", expanded=False):
+                st.code(report, language=None)
 
 
 def _analyse_form() -> None:
@@ -401,8 +476,11 @@ def _analyse_form() -> None:
         st.warning(msg)
         if hint:
             st.caption(f"Fix: {hint}")
-    if st.button("Analyse", key="w_an_btn", disabled=not data_dir or not ok):
-        run_analysis(data_dir, out or f"{data_dir.rstrip('/')}-bundle", model, relevance)
+    if st.button("Analyse", key="w_an_btn"):
+        if not data_dir:
+            st.warning("Name the image folder first.")
+        else:
+            run_analysis(data_dir, out or f"{data_dir.rstrip('/')}-bundle", model, relevance)
 
 
 def run_analysis(data_dir: str, out: str, model: str, relevance: str) -> None:
@@ -424,6 +502,6 @@ def run_analysis(data_dir: str, out: str, model: str, relevance: str) -> None:
             st.caption(f"Fix: {exc.hint}")
         return
     bar.progress(1.0, text=f"Done in {time.perf_counter() - t0:.1f} s")
-    st.code(report.summary(), language=None)
     if open_bundle(str(report.bundle)):
-        st.success(f"Opened {report.bundle}")
+        st.session_state[K_LAST_REPORT] = report.summary()
+        st.rerun()

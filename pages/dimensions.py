@@ -2,6 +2,8 @@
 AUC, top images and their mean relevance map."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import streamlit as st
 from PIL import Image
@@ -11,7 +13,7 @@ from asap_core.views import attention as va
 from asap_core.views import dimensions as vd
 from pages import common as C
 
-b = C.require_bundle()
+b = C.page_start()
 ss = st.session_state
 path, stamp = C.ref(b)
 
@@ -46,7 +48,7 @@ if maps is None:
     st.stop()
 mean = vd.mean_map(maps, dim)
 heat = Image.fromarray(colormap(upsample_map(mean, 128))).convert("RGB")
-first = Image.open(__import__("io").BytesIO(C.thumbs(b, ids[:1])[0])).convert("RGB")
+first = Image.open(io.BytesIO(C.thumbs(b, ids[:1])[0])).convert("RGB")
 st.image([heat, overlay(first, mean, alpha=0.5)],
          caption=[f"mean relevance of dim {dim} over the top {len(ids)}", "over the first top image"], width=160)
 st.caption(f"Mean of the per-image min-max-scaled maps; range before averaging "

@@ -2,8 +2,6 @@
 concept view of the cell (toggle, top right)."""
 from __future__ import annotations
 
-import math
-
 import streamlit as st
 
 from asap_core.errors import AsapError
@@ -12,7 +10,7 @@ from asap_core.views import grid as vg
 from asap_core.views import state as vs
 from pages import common as C
 
-b = C.require_bundle()
+b = C.page_start()
 ss = st.session_state
 path, stamp = C.ref(b)
 grid = int(ss[C.K_GRID])
@@ -36,12 +34,12 @@ if n_members == 0:
 
 if concept_on:
     ids = layout["image_id"].tolist()
-    k = st.slider("Concepts (k)", 2, 8, 3, key="w_k")
+    k = st.columns([1, 3])[0].slider("Concepts (k)", 2, 8, 3, key="w_k")
     if vc.concepts_module() is None:
         st.info(vc.NOT_AVAILABLE)
         st.stop()
     try:  # the cached encoder; without one, only concepts already cached in the bundle can show
-        encoder = C.get_encoder(b.meta["encoder"]["model_id"])
+        encoder = C.get_encoder(C.encoder_model(b))
     except AsapError:
         encoder = None
     try:
@@ -59,12 +57,9 @@ if concept_on:
                f"({ss[C.K_METHOD]} maps); k-means over the segments in the 16 dimensions.")
     for card in vc.concept_cards(result):
         with st.container(border=True):
-            share = card["share_fake"]
-            st.markdown(f"**Concept {card['concept'] + 1}** · share fake "
-                        f"{'n/a' if math.isnan(share) else f'{share:.0%}'} · mean p_fake {card['mean_p_fake']:.2f}")
-            st.caption(vc.describe(card))
+            st.markdown(f"**Concept {card['concept'] + 1}** · {vc.describe(card)}")
             if card["crops"]:
-                st.image(card["crops"], width=84)
+                st.image(card["crops"], width=96)
     st.stop()
 
 st.caption("Frames: green = predicted right, red = predicted wrong. Hover for file, label and p_fake. "
@@ -72,7 +67,7 @@ st.caption("Frames: green = predicted right, red = predicted wrong. Hover for fi
            + (f" Showing a sample of {len(layout)} of {n_members:,} images." if len(layout) < n_members else ""))
 chart_key = f"grid_{grid}_{vs.short_hash(cell_txt + repr(filters))}"
 C.fresh_chart(chart_key)
-chart = vg.grid_chart(layout, n_rows, n_cols, tile=72 if n_cols <= 12 else 56)
+chart = vg.grid_chart(layout, n_rows, n_cols, tile=vg.tile_size(n_cols))
 event = st.altair_chart(chart, key=chart_key, on_select="rerun", selection_mode=["brush", "pick"],
                         theme=None, width="content")
 ss[C.K_IMAGES] = C.consume_event(chart_key, event, ss[C.K_IMAGES], lambda ev: vs.picked_ids(ev, layout))

@@ -9,7 +9,7 @@ from asap_core.views import overview as ov
 from asap_core.views import state as vs
 from pages import common as C
 
-b = C.require_bundle()
+b = C.page_start()
 ss = st.session_state
 path, stamp = C.ref(b)
 
@@ -24,10 +24,13 @@ ss.setdefault("w_grid", int(ss[C.K_GRID]))
 ss.setdefault("w_label", filters.label)
 ss.setdefault("w_outcome", filters.outcome)
 ss.setdefault("w_gens", list(filters.generators))
+gen_choices = ov.generators(b.images)
+ss["w_gens"] = [g for g in ss["w_gens"] if g in gen_choices]  # picks from another bundle
 c1, c2, c3, c4 = st.columns([1.2, 1.4, 2, 1.4])
-grid = c1.select_slider("Grid (cells per side)", options=list(range(6, 61, 2)), key="w_grid")
+grid = c1.select_slider("Grid (cells per side)", options=sorted(set(range(6, 61, 2)) | {int(ss["w_grid"])}),
+                        key="w_grid")
 label = c2.segmented_control("Label", ov.LABEL_CHOICES, key="w_label") or "all"
-gens = c3.multiselect("Generator", ov.generators(b.images), key="w_gens", placeholder="all generators")
+gens = c3.multiselect("Generator", gen_choices, key="w_gens", placeholder="all generators")
 outcome = c4.segmented_control("Prediction", ov.OUTCOME_CHOICES, key="w_outcome") or "all"
 new_filters = ov.Filters(label=label, generators=tuple(sorted(gens)), outcome=outcome)
 if int(grid) != int(ss[C.K_GRID]):
@@ -49,6 +52,7 @@ spec = C.overview_spec(path, stamp, grid, new_filters, ss.get(f"_value_{chart_ke
 with left:
     event = st.vega_lite_chart(spec=spec, key=chart_key, on_select="rerun", selection_mode="cell",
                                theme=None, width="content")
+    st.image(ov.legend_svg())
 ss[C.K_CELLS] = C.consume_event(chart_key, event, ss[C.K_CELLS], vs.cells_from_event)
 selected = [c for c in ss[C.K_CELLS] if c in set(cells["cell"])]
 

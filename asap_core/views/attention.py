@@ -71,17 +71,18 @@ def decode_thumb(jpeg: bytes | None, size: int = 128) -> Image.Image:
 
 
 def image_tiles(base: Image.Image, maps: np.ndarray, contrib: np.ndarray, order: np.ndarray,
-                alpha: float = 0.5, size: int = 112) -> list[Tile]:
+                alpha: float = 0.5, size: int = 112, logit: float | None = None) -> list[Tile]:
     """Tiles for one image: the image itself, the fake-logit overlay, then the 16 dimension overlays in
-    ``order``. ``maps`` ``[17, side, side]``; ``contrib`` ``[16]``; overlays are ``size`` px squares."""
+    ``order``. ``maps`` ``[17, side, side]``; ``contrib`` ``[16]``; overlays are ``size`` px squares.
+    ``logit`` (the image's fake logit, bias included) labels the fake-logit tile; default ``sum(contrib)``."""
     base = base.convert("RGB")
     w, h = base.size
     s = min(w, h)
     square = base.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size))
     m = np.asarray(maps, np.float32)
+    logit = float(contrib.sum()) if logit is None else float(logit)
     tiles = [Tile(square, "image", -1),
-             Tile(overlay(square, m[FAKE_LOGIT], alpha=alpha), f"fake logit · {contrib.sum():+.2f}", FAKE_LOGIT,
-                  float(contrib.sum()))]
+             Tile(overlay(square, m[FAKE_LOGIT], alpha=alpha), f"fake logit · {logit:+.2f}", FAKE_LOGIT, logit)]
     for d in order:
         d = int(d)
         tiles.append(Tile(overlay(square, m[d], alpha=alpha), f"{TARGET_NAMES[d]} · {contrib[d]:+.2f}", d,
@@ -92,11 +93,12 @@ def image_tiles(base: Image.Image, maps: np.ndarray, contrib: np.ndarray, order:
 def attention_rows(images: pd.DataFrame, ids: list[str], maps: np.ndarray, w2: np.ndarray,
                    jpegs: list[bytes | None], alpha: float = 0.5, size: int = 112) -> list[dict]:
     """One dict per image of ``ids`` (``maps [n, 17, side, side]`` and ``jpegs`` in the same order):
-    ``image_id, file, label, pred, p_fake, order [16], contrib [16], tiles``."""
+    ``image_id, file, label, pred, p_fake, logit, order [16], contrib [16], tiles``."""
     table = images.set_index("image_id").loc[ids]
     z = table[Z_COLUMNS].to_numpy(np.float64)
     contrib = contributions(z, w2)
-    order = dimension_order(contrib, logits(table["p_fake"].to_numpy()))
+    logit = logits(table["p_fake"].to_numpy())
+    order = dimension_order(contrib, logit)
     file_col = "relpath" if "relpath" in table.columns else "path"
     rows = []
     for i, image_id in enumerate(ids):
@@ -105,7 +107,8 @@ def attention_rows(images: pd.DataFrame, ids: list[str], maps: np.ndarray, w2: n
             "image_id": image_id, "file": str(r[file_col]),
             "label": None if pd.isna(r["label"]) else str(r["label"]), "pred": str(r["pred"]),
             "p_fake": float(r["p_fake"]), "order": order[i], "contrib": contrib[i],
-            "tiles": image_tiles(decode_thumb(jpegs[i]), maps[i], contrib[i], order[i], alpha, size),
+            "logit": float(logit[i]),
+            "tiles": image_tiles(decode_thumb(jpegs[i]), maps[i], contrib[i], order[i], alpha, size, logit[i]),
         })
     return rows
 

@@ -40,18 +40,30 @@ def _num(v: Any) -> float:
     return f
 
 
-def concept_cards(result: Any, n_exemplars: int = 6) -> list[dict]:
+def square(image, size: int = 96):
+    """``image`` letter-boxed onto a white ``size`` x ``size`` square (crops come in many shapes)."""
+    from PIL import Image
+
+    im = image.convert("RGB")
+    scale = size / max(im.size)
+    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+    out = Image.new("RGB", (size, size), (255, 255, 255))
+    out.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
+    return out
+
+
+def concept_cards(result: Any, n_exemplars: int = 6, size: int = 96) -> list[dict]:
     """One dict per concept: ``concept, n_segments, n_images, share_fake, mean_p_fake, dominant_dims, crops``.
 
-    ``crops`` are PIL images (exemplar segments nearest the centroid); empty when the result cannot
-    produce them (e.g. the source images moved and no thumbnail exists).
+    ``crops`` are ``size`` px square PIL images (exemplar segments nearest the centroid, letter-boxed);
+    empty when the result cannot produce them (e.g. the source images moved and no thumbnail exists).
     """
     cards = []
     table = result.concepts
     for r in table.to_dict("records"):
         c = int(r["concept"])
         try:
-            crops = result.exemplar_crops(c, n_exemplars)
+            crops = [square(im, size) for im in result.exemplar_crops(c, n_exemplars)]
         except Exception:  # noqa: BLE001 - display must not fail on one missing image
             crops = []
         cards.append({

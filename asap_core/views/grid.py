@@ -71,6 +71,19 @@ def grid_layout(members: pd.DataFrame, random_state: int = 0) -> tuple[pd.DataFr
     return layout.sort_values(["gy", "gx"], kind="stable").reset_index(drop=True), n_rows, n_cols
 
 
+def tile_size(n_cols: int) -> int:
+    """Grid tile edge in px for ``n_cols`` columns: big tiles for small cells, 56 px from 15 columns on."""
+    for limit, px in ((5, 120), (8, 96), (14, 72)):
+        if n_cols <= limit:
+            return px
+    return 56
+
+
+def thumb_px(tile: int) -> int:
+    """Thumbnail edge drawn inside a ``tile`` (the rest is the coloured frame)."""
+    return int(round(tile * 0.86))
+
+
 def thumb_uri(jpeg: bytes | None, size: int = THUMB_PX, quality: int = 80) -> str:
     """A JPEG thumbnail (longest side ``size``) as a ``data:`` URI; a grey square when ``jpeg`` is None."""
     if jpeg is None:
@@ -108,7 +121,7 @@ def grid_chart(layout: pd.DataFrame, n_rows: int, n_cols: int, tile: int = 72, b
                                mark=alt.BrushConfig(fill="#1f5fbf", fillOpacity=0.12, stroke="#1f5fbf"))
     p = alt.selection_point(name=pick, fields=["image_id"], on="click", toggle="event.shiftKey",
                             clear="dblclick")
-    inner = tile * 0.86
+    inner = thumb_px(tile)
     frame_px = tile * 0.97
     tooltip = [alt.Tooltip("file:N"), alt.Tooltip("label:N"), alt.Tooltip("pred:N", title="prediction"),
                alt.Tooltip("p_fake:Q", format=".3f"), alt.Tooltip("generator:N"), alt.Tooltip("cell:Q")]

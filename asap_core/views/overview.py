@@ -115,7 +115,17 @@ def pie_slices(cells: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["count"] > 0].reset_index(drop=True)
 
 
-def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None = None, size: int = 620,
+def hatch(color: str, stripes: int = 6, gap: str = "#ffffff") -> dict:
+    """A Vega linear gradient with hard stops: diagonal stripes of ``color`` and ``gap`` (reads as hatching)."""
+    stops = []
+    for i in range(stripes):
+        a, m, b = i / stripes, (i + 0.6) / stripes, (i + 1) / stripes
+        stops += [{"offset": a, "color": color}, {"offset": m, "color": color},
+                  {"offset": m, "color": gap}, {"offset": b, "color": gap}]
+    return {"gradient": "linear", "x1": 0, "y1": 0, "x2": 1, "y2": 1, "stops": stops}
+
+
+def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None = None, size: int = 540,
                    param: str = "cell") -> alt.Chart:
     """Pie glyphs at cell centres (x, y in [0, 1]) with a click selection ``param`` on ``cell_id``.
 
@@ -156,10 +166,10 @@ def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None =
             theta=alt.Theta("theta:Q", scale=None),
             theta2=alt.Theta2("theta2:Q"),
             radius=alt.Radius("n:Q", scale=alt.Scale(type="sqrt", zero=True, range=[1.5, max_r])),
-            color=alt.Color("category:N", scale=alt.Scale(domain=CATEGORIES, range=COLORS),
-                            legend=alt.Legend(title="images", orient="bottom", columns=3)),
-            opacity=alt.Opacity("mean_conf:Q", scale=alt.Scale(domain=[0, 1], range=[0.3, 1.0]),
-                                legend=alt.Legend(title="mean confidence", orient="bottom", format=".1f")),
+            color=alt.Color("category:N", scale=alt.Scale(domain=CATEGORIES, range=COLORS), legend=None),
+            fill=_wrong_hatched(),
+            opacity=alt.Opacity("mean_conf:Q", scale=alt.Scale(domain=[0, 1], range=[0.35, 1.0]),
+                                legend=None),
             order=alt.Order("cat_order:Q"),
             stroke=alt.condition(sel, alt.value("#111111"), alt.value("white"), empty=False),
             strokeWidth=alt.condition(sel, alt.value(2.0), alt.value(0.4), empty=False),
@@ -171,6 +181,33 @@ def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None =
         .configure_view(strokeWidth=0)
     )
     return chart
+
+
+def _wrong_hatched() -> dict:
+    """Fill: the category colour, hatched (pale stripes) for the wrongly predicted slices."""
+    conds = [{"test": f"datum.category === '{CATEGORIES[i]}'", "value": hatch(COLORS[i - 1])} for i in (1, 3)]
+    return {"condition": conds, "field": "category", "type": "nominal",
+            "scale": {"domain": CATEGORIES, "range": COLORS}, "legend": None}
+
+
+def legend_svg() -> str:
+    """The overview's legend as inline SVG: the five slice kinds (wrong ones hatched, as in the pies) and
+    the opacity ramp of mean confidence."""
+    defs = "".join(
+        f'<pattern id="h{i}" width="5" height="5" patternUnits="userSpaceOnUse" patternTransform="rotate(45)">'
+        f'<rect width="3" height="5" fill="{COLORS[i - 1]}"/><rect x="3" width="2" height="5" fill="white"/></pattern>'
+        for i in (1, 3))
+    items, x = [], 8
+    for i, cat in enumerate(CATEGORIES):
+        fill = f"url(#h{i})" if i in (1, 3) else COLORS[i]
+        items.append(f'<circle cx="{x}" cy="10" r="7" fill="{fill}"/>'
+                     f'<text x="{x + 11}" y="14" font-size="12">{cat}</text>')
+        x += 24 + 7 * len(cat)
+    ramp = "".join(f'<circle cx="{8 + 20 * k}" cy="34" r="7" fill="{COLORS[0]}" opacity="{0.35 + 0.65 * k / 4:.2f}"/>'
+                   for k in range(5))
+    ramp += '<text x="100" y="38" font-size="12">mean confidence 0 → 1 (opacity) · area = number of images</text>'
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{max(x, 420)}" height="46" '
+            f'font-family="sans-serif" fill="#333"><defs>{defs}</defs>{"".join(items)}{ramp}</svg>')
 
 
 def selected_summary(cells: pd.DataFrame, selected: list[int]) -> dict:
