@@ -109,7 +109,8 @@ class DistillerTrainer:
         bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
         opt = torch.optim.Adam([p for n, p in model.named_parameters()], lr=self.lr, weight_decay=self.weight_decay)
         eye = torch.eye(self.n_dims)
-        best, best_state, bad, history = -1.0, None, 0, []
+        best: tuple[float, float] = (-1.0, float("-inf"))
+        best_state, bad, history = None, 0, []
         for epoch in range(self.max_epochs):
             model.train()
             for b in np.array_split(rng.permutation(tr), max(1, int(np.ceil(len(tr) / self.batch_size)))):
@@ -128,13 +129,22 @@ class DistillerTrainer:
                 opt.step()
             model.eval()
             with torch.no_grad():
-                p_val = torch.sigmoid(model.head(model.dims(v[va])).squeeze(-1)).numpy()
-            auc = classification_metrics(y[va], p_val)["roc_auc"]
-            history.append({"epoch": epoch, "loss": float(loss.detach()), "val_auc": auc})
+                z_val = model.dims(v[va])
+                logit_val = model.head(z_val).squeeze(-1)
+                val_loss = float(bce(logit_val, yt[va]))
+                if gen_names and (gt[va] >= 0).any():
+                    m = gt[va] >= 0
+                    val_loss += self.generator_weight * float(
+                        nn.functional.cross_entropy(model.generator_head(z_val[m]), gt[va][m]))
+            auc = classification_metrics(y[va], torch.sigmoid(logit_val).numpy())["roc_auc"]
+            history.append({"epoch": epoch, "loss": float(loss.detach()), "val_loss": val_loss, "val_auc": auc})
             if progress:
                 progress(epoch + 1, self.max_epochs)
-            if auc > best + 1e-6:
-                best, bad = auc, 0
+            # early stopping on validation AUC; ties (AUC saturates at 1.0 on separable data) go to the lower
+            # validation loss, so training goes on until the classifier is also calibrated and confident
+            score = (round(auc, 4), -round(val_loss, 4))
+            if score > best:
+                best, bad = score, 0
                 best_state = {k: t.clone() for k, t in model.state_dict().items()}
             else:
                 bad += 1

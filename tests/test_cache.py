@@ -52,6 +52,7 @@ def test_concurrent_writers_do_not_corrupt(tmp_path):
         p.start()
     for p in procs:
         p.join()
+    assert [p.exitcode for p in procs] == [0, 0, 0]
     s = RowStore(tmp_path, "emb", (4,))
     ids = [f"{k}-{j}" for k in range(3) for j in range(20)]
     vals = s.get(ids)

@@ -93,3 +93,15 @@ def test_folder_split_is_respected():
     assert set(va) == set(range(14, 20)) and set(tr) == set(range(14))
     tr2, va2 = split_indices(y, None, 0.2, 0)
     assert len(va2) == 4 and np.bincount(y[va2]).tolist() == [2, 2]
+
+
+def test_saturated_auc_still_trains_to_confident_predictions():
+    """On perfectly separable data the val AUC is 1.0 after a few epochs; training must not stop there."""
+    x, y = _separable(300)
+    x[:, 0] += (2 * y - 1) * 3.0
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    t = DistillerTrainer(seed=0).fit(x, y, _projection(48, 64))
+    _, p = t.model_.predict(x)
+    assert t.metrics_["val"]["roc_auc"] == 1.0
+    assert np.abs(2 * p - 1).mean() > 0.8  # mean confidence, not p ~ 0.5
+    assert t.metrics_["val"]["accuracy"] == 1.0

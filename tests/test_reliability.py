@@ -214,6 +214,12 @@ def test_hosted_refuses_pickle_bearing_bundle(policy, tmp_path):
     (faces / "model").mkdir()
     (faces / "model" / "distiller.safetensors").write_bytes(b"x")
     check_bundle_files(faces)
+    np.save(faces / "model" / "numbers.npy", np.arange(4))  # plain arrays are fine
+    check_bundle_files(faces)
+    np.save(faces / "model" / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(BundleError, match="pickled code"):
+        policy.resolve_bundle("faces")
+    (faces / "model" / "objects.npy").unlink()
     (faces / "model" / "extra.pkl").write_bytes(b"\x80\x04K\x01.")
     with pytest.raises(BundleError, match="pickled code"):
         policy.resolve_bundle("faces")
