@@ -29,7 +29,8 @@ class DistillerConfig:
 class Distiller(nn.Module):
     """``forward(image_embeds [B, D]) -> (z [B, 16], fake_logit [B])``.
 
-    ``projection`` (buffer ``[P, D]``, orthonormal rows) is the fixed vision-only projection;
+    ``projection`` (buffer ``[P, D]``, orthonormal rows) is the fixed vision-only projection, followed by a
+    fixed standardisation (buffers ``center [P]``, scalar ``scale``);
     ``dims`` is W1, b1 (``[16, P]``); ``head`` is w2, b2. An optional ``generator_head`` maps z to
     generator logits ``[B, n_generators]`` (see ``generator_logits``).
     """
@@ -41,13 +42,17 @@ class Distiller(nn.Module):
         if tuple(proj.shape) != (config.proj_dim, config.embed_dim):
             raise ValueError(f"projection has shape {tuple(proj.shape)}, expected {(config.proj_dim, config.embed_dim)}")
         self.register_buffer("projection", proj.contiguous())
+        # standardisation of the projected embedding (set by the trainer): CLIP embeddings are unit-norm, so
+        # each of P coordinates is ~1/sqrt(P) small; centring and one isotropic scale keep W1's geometry
+        self.register_buffer("center", torch.zeros(config.proj_dim))
+        self.register_buffer("scale", torch.ones(()))
         self.dims = nn.Linear(config.proj_dim, config.n_dims)
         self.head = nn.Linear(config.n_dims, 1)
         self.generator_head = nn.Linear(config.n_dims, config.n_generators) if config.n_generators else None
 
     def project(self, image_embeds: torch.Tensor) -> torch.Tensor:
-        """``[B, D]`` -> vision-only ``[B, P]``."""
-        return image_embeds.float() @ self.projection.T
+        """``[B, D]`` -> vision-only, standardised ``[B, P]``: ``(E Pᵀ - center) * scale``."""
+        return (image_embeds.float() @ self.projection.T - self.center) * self.scale
 
     def forward(self, image_embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.dims(self.project(image_embeds))
@@ -113,6 +118,10 @@ class Distiller(nn.Module):
         cfg.pop("model_type", None)
         cfg["generator_names"] = tuple(cfg.get("generator_names", ()))
         state = load_file(str(path / WEIGHTS_NAME))
-        model = cls(DistillerConfig(**cfg), projection=state["projection"])
-        model.load_state_dict(state)
+        try:
+            model = cls(DistillerConfig(**cfg), projection=state["projection"])
+            model.load_state_dict(state)
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise ModelLoadError(f"{path} holds a distiller this version cannot read ({exc}).",
+                                 "re-run `python -m asap_core analyze` to train it again.") from None
         return model.eval()

@@ -38,11 +38,14 @@ def split_indices(y: np.ndarray, split: np.ndarray | None, val_fraction: float, 
     return np.sort(tr), np.sort(va)
 
 
+TRAINING_VERSION = 2  # part of cache keys: bump when training changes what a fit returns
+
+
 class DistillerTrainer:
     """Fits a ``Distiller`` on CLIP embeddings, scikit-learn style.
 
     Parameters: ``n_dims`` (16), ``ortho_weight`` (λ of ‖W1 W1ᵀ − I‖²_F), ``lr``, ``weight_decay``,
-    ``batch_size``, ``max_epochs``, ``patience`` (epochs without val-AUC gain), ``val_fraction``, ``seed``,
+    ``batch_size``, ``max_epochs``, ``patience`` (epochs without validation-loss gain), ``val_fraction``, ``seed``,
     ``generator_weight`` (loss weight of the optional generator head; 0 disables it).
     Fitted: ``model_`` (Distiller), ``metrics_`` (dict), ``train_index_``, ``val_index_``, ``history_``.
     """
@@ -63,7 +66,7 @@ class DistillerTrainer:
 
     def get_params(self) -> dict:
         """All ``__init__`` parameters (for cache keys and reports)."""
-        return {k: getattr(self, k) for k in ("n_dims", "ortho_weight", "lr", "weight_decay", "batch_size",
+        return {"version": TRAINING_VERSION} | {k: getattr(self, k) for k in ("n_dims", "ortho_weight", "lr", "weight_decay", "batch_size",
                                               "max_epochs", "patience", "val_fraction", "seed", "generator_weight")}
 
     def fit(self, embeds: np.ndarray, y: np.ndarray, projection: np.ndarray, split: np.ndarray | None = None,
@@ -102,14 +105,18 @@ class DistillerTrainer:
                               n_generators=len(gen_names), generator_names=gen_names)
         model = Distiller(cfg, projection=proj)
         nn.init.orthogonal_(model.dims.weight)
-        v = model.project(torch.as_tensor(np.asarray(embeds, np.float32)))  # [N, P], fixed
+        with torch.no_grad():
+            raw = model.project(torch.as_tensor(np.asarray(embeds, np.float32)))  # [N, P]
+            model.center.copy_(raw[tr].mean(0))
+            model.scale.fill_(1.0 / float((raw[tr] - model.center).pow(2).sum(1).mean().sqrt().clamp_min(1e-8)) * np.sqrt(raw.shape[1]))
+        v = model.project(torch.as_tensor(np.asarray(embeds, np.float32)))  # [N, P] standardised, fixed
         yt = torch.as_tensor(y, dtype=torch.float32)
         gt = torch.as_tensor(g_idx)
         pos_weight = torch.tensor(counts[0] / counts[1], dtype=torch.float32)
         bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
         opt = torch.optim.Adam([p for n, p in model.named_parameters()], lr=self.lr, weight_decay=self.weight_decay)
         eye = torch.eye(self.n_dims)
-        best: tuple[float, float] = (-1.0, float("-inf"))
+        best: tuple[float, float] = (float("-inf"), float("-inf"))
         best_state, bad, history = None, 0, []
         for epoch in range(self.max_epochs):
             model.train()
@@ -140,9 +147,10 @@ class DistillerTrainer:
             history.append({"epoch": epoch, "loss": float(loss.detach()), "val_loss": val_loss, "val_auc": auc})
             if progress:
                 progress(epoch + 1, self.max_epochs)
-            # early stopping on validation AUC; ties (AUC saturates at 1.0 on separable data) go to the lower
-            # validation loss, so training goes on until the classifier is also calibrated and confident
-            score = (round(auc, 4), -round(val_loss, 4))
+            # early stopping on the validation loss (BCE + generator cross-entropy), not on AUC alone: AUC
+            # saturates at 1.0 on separable data within a few epochs (p_fake still ~0.5) and ignores the
+            # generator head; the loss keeps improving until both are trained. AUC breaks exact ties.
+            score = (-round(val_loss, 4), round(auc, 4))
             if score > best:
                 best, bad = score, 0
                 best_state = {k: t.clone() for k, t in model.state_dict().items()}
