@@ -1,5 +1,8 @@
 """ASAP Explorer app: ``streamlit run streamlit_app.py`` (``ASAP_BUNDLE=/path/to/bundle`` to open one).
 
+Public server: ``ASAP_HOSTED=1 ASAP_BUNDLE_ROOT=/srv/bundles [ASAP_BUNDLE=name] [ASAP_MODEL_ALLOWLIST=id,...]
+[ASAP_RELEVANCE_BUDGET=200]``: visitors pick bundles by name, type no paths (see ``asap_core.hosting``).
+
 Runs on every page: reads the link once, then runs the page chosen in the navigation (each page opens
 the bundle through the cache and draws the shared sidebar with ``common.page_start()``), and finally
 mirrors the selection into the URL.

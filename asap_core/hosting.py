@@ -5,8 +5,8 @@
 - Uploads limited by size and type, decoded by ``imageio`` with Pillow's pixel limit.
 - Model ids only from an allow-list (``ASAP_MODEL_ALLOWLIST``, comma-separated); ``trust_remote_code`` is never
   set anywhere in asap_core.
-- Bundles hold only open formats (JSON, Parquet, safetensors, JPEG inside Parquet): a bundle carrying a
-  pickle-capable file (``.pkl``, ``.pt``, ``.bin``, ...) is refused.
+- Bundles hold only open formats (JSON, Parquet, safetensors, plain-dtype .npy, JPEG inside Parquet): a
+  bundle carrying a pickle-capable file (``.pkl``, ``.pt``, ``.bin``, an object-dtype ``.npy``, ...) is refused.
 - Per-session budget of on-demand relevance images.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ ROOT_ENV = "ASAP_BUNDLE_ROOT"
 ALLOWLIST_ENV = "ASAP_MODEL_ALLOWLIST"
 MAX_UPLOAD_ENV = "ASAP_MAX_UPLOAD_MB"
 BUDGET_ENV = "ASAP_RELEVANCE_BUDGET"
-SAFE_BUNDLE_SUFFIXES = frozenset({".json", ".parquet", ".safetensors", ".md", ".txt", ".csv", ".png", ".jpg"})
+SAFE_BUNDLE_SUFFIXES = frozenset({".json", ".parquet", ".safetensors", ".md", ".txt", ".csv", ".png", ".jpg", ".npy"})
 
 
 def hosted_mode() -> bool:
@@ -114,10 +114,30 @@ def check_bundle_files(path: Path) -> None:
         if f.is_symlink():
             raise BundleError(f"{f.relative_to(path)} in bundle {path.name} is a symbolic link.",
                               "bundles served publicly must hold plain files only.")
-        if f.is_file() and f.suffix.lower() not in SAFE_BUNDLE_SUFFIXES:
+        if f.is_file() and (f.suffix.lower() not in SAFE_BUNDLE_SUFFIXES
+                            or (f.suffix.lower() == ".npy" and not _plain_npy(f))):
             raise BundleError(f"{f.relative_to(path)} in bundle {path.name} is not an open format "
                               f"('{f.suffix}' may hold pickled code).",
                               "bundles hold JSON, Parquet and safetensors only: remove the file or re-run analyze.")
+
+
+def _plain_npy(f: Path) -> bool:
+    """True when ``f`` is a readable ``.npy`` of a plain (non-object) dtype: one that can hold no pickle.
+
+    The concept view caches its segment embeddings as ``.npy`` in ``bundle/cache``; object arrays (the
+    only kind that carries a pickle) are refused, as is anything whose header does not parse.
+    """
+    import numpy as np
+
+    fmt = np.lib.format
+    try:
+        with open(f, "rb") as fh:
+            version = fmt.read_magic(fh)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            _, _, dtype = read(fh)
+    except (OSError, ValueError):
+        return False
+    return not dtype.hasobject
 
 
 __all__ = ["HostedPolicy", "hosted_mode", "check_bundle_files", "ImageLoadError"]

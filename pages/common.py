@@ -6,11 +6,18 @@ caches those results per bundle (path + bundle.json mtime) and moves selections 
 Session state (plain keys, so they survive page switches):
 ``bundle_path`` (str), ``grid`` (int), ``filters`` (``Filters``), ``sel_cells`` (list[int]),
 ``sel_images`` (list[str] full ids), ``method`` ("last-block" | "rollout").
+
+Hosted mode (``ASAP_HOSTED=1``, see ``asap_core.hosting``): bundles only by name from the policy's root
+(sidebar select box; the link's ``bundle`` is a name resolved through the policy), no folder or model path
+boxes, model overrides only from the allow-list, and on-demand relevance charged to the session's budget.
+The policy is one object per server (``st.cache_resource``).
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,7 @@ import streamlit as st
 
 from asap_core.bundle import Bundle
 from asap_core.errors import AsapError
+from asap_core.hosting import ALLOWLIST_ENV, BUDGET_ENV, MAX_UPLOAD_ENV, ROOT_ENV, HostedPolicy, hosted_mode
 from asap_core.views import attention as va
 from asap_core.views import dimensions as vd
 from asap_core.views import grid as vg
@@ -40,6 +48,7 @@ K_WANT_DEMO = "_want_demo"
 K_DEMO_NOTE = "_demo_note"
 K_LAST_REPORT = "_last_analysis"
 K_MODEL_OVERRIDE = "model_override"
+K_SESSION_ID = "_session_id"
 BUNDLE_ENV = "ASAP_BUNDLE"
 METHODS = ("last-block", "rollout")
 
@@ -49,6 +58,75 @@ PAGE_FILES = {
     "attention": "pages/attention.py",
     "dimensions": "pages/dimensions.py",
 }
+
+
+# ------------------------------------------------------------------------------------------ hosted mode
+_CHARGE_LOCK = threading.Lock()  # HostedPolicy.charge_relevance is a read-modify-write of a shared dict
+
+
+@st.cache_resource(show_spinner=False)
+def _policy_for(env: tuple[str | None, ...]) -> HostedPolicy:
+    """One policy (and its per-session relevance counts) per server and configuration."""
+    return HostedPolicy.from_env()
+
+
+def hosted_policy() -> HostedPolicy | None:
+    """The server's ``HostedPolicy`` in hosted mode, None otherwise; ``InputError`` when misconfigured."""
+    if not hosted_mode():
+        return None
+    return _policy_for(tuple(os.environ.get(k) for k in (ROOT_ENV, ALLOWLIST_ENV, MAX_UPLOAD_ENV, BUDGET_ENV)))
+
+
+def session_id() -> str:
+    """This browser session's id (Streamlit's own, else a uuid kept in session state)."""
+    ss = st.session_state
+    if K_SESSION_ID not in ss:
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+        ctx = get_script_run_ctx()
+        ss[K_SESSION_ID] = str(getattr(ctx, "session_id", "") or uuid.uuid4().hex)
+    return ss[K_SESSION_ID]
+
+
+def hosted_name(path: str | Path | None, policy: HostedPolicy) -> str | None:
+    """The name (relative to the policy's root) of an open bundle path; None when outside the root."""
+    if not path:
+        return None
+    try:
+        return Path(path).resolve().relative_to(policy.bundle_root).as_posix()
+    except ValueError:
+        return None
+
+
+def resolve_hosted(name: str, policy: HostedPolicy) -> str | None:
+    """The folder of the visitor-given bundle ``name``; None with the refusal kept for the sidebar."""
+    try:
+        path = policy.resolve_bundle(name)
+    except AsapError as exc:
+        st.session_state[K_ERROR] = exc
+        return None
+    return str(path)
+
+
+def charge_relevance(n_images: int) -> bool:
+    """Charge ``n_images`` of on-demand relevance to this session (hosted mode only); False, with the
+    message shown, when that would pass the session's budget."""
+    policy = hosted_policy()
+    if policy is None or n_images <= 0:
+        return True
+    try:
+        with _CHARGE_LOCK:
+            policy.charge_relevance(session_id(), int(n_images))
+    except AsapError as exc:
+        show_error(exc)
+        return False
+    return True
+
+
+def show_error(exc: AsapError, where=st) -> None:
+    where.error(exc.message)
+    if exc.hint:
+        where.caption(f"Fix: {exc.hint}")
 
 
 # ------------------------------------------------------------------------------------------ bundle
@@ -105,7 +183,17 @@ def init_from_link() -> None:
         return
     ss[K_INIT] = True
     link = vs.parse_query(st.query_params.to_dict())
-    if link.bundle:
+    try:
+        policy = hosted_policy()
+    except AsapError as exc:
+        ss[K_ERROR], ss[K_BUNDLE], policy = exc, None, None
+    if hosted_mode():  # bundles by name under the policy's root only; no demo, no paths
+        if policy is not None and (link.bundle or not ss.get(K_BUNDLE)):
+            names = policy.list_bundles()
+            default = os.environ.get(BUNDLE_ENV)
+            name = link.bundle or (default if default in names else (names[0] if names else None))
+            ss[K_BUNDLE] = resolve_hosted(name, policy) if name else None
+    elif link.bundle:
         ss[K_BUNDLE] = link.bundle
     elif not ss.get(K_BUNDLE):
         ss[K_BUNDLE] = os.environ.get(BUNDLE_ENV) or None
@@ -179,6 +267,11 @@ def page_start() -> Bundle:
     (AppTest reruns execute only the page script).
     """
     init_from_link()
+    try:
+        hosted_policy()
+    except AsapError as exc:  # ASAP_HOSTED=1 without a usable configuration: say so, serve nothing
+        show_error(exc)
+        st.stop()
     if st.session_state.pop(K_WANT_DEMO, False):
         open_demo()
     b = current_bundle()
@@ -190,8 +283,11 @@ def require_bundle(b: Bundle | None = None) -> Bundle:
     """The open bundle, or a note and ``st.stop()`` when none is open."""
     b = b if b is not None else current_bundle()
     if b is None:
-        st.info("No bundle is open. Open one in the sidebar (a folder written by "
-                "`python -m asap_core analyze`), set `ASAP_BUNDLE`, or analyse an image folder there.")
+        if hosted_mode():
+            st.info("No bundle is open. Pick one of this explorer's bundles in the sidebar.")
+        else:
+            st.info("No bundle is open. Open one in the sidebar (a folder written by "
+                    "`python -m asap_core analyze`), set `ASAP_BUNDLE`, or analyse an image folder there.")
         st.stop()
     return b
 
@@ -208,12 +304,19 @@ def write_link(page: str | None) -> None:
     b_path = ss.get(K_BUNDLE)
     grid = ss.get(K_GRID)
     default_grid = None
+    link_bundle = b_path
+    if hosted_mode():  # links name the bundle relative to the root (paths would be refused)
+        try:
+            policy = hosted_policy()
+        except AsapError:
+            policy = None
+        link_bundle = hosted_name(b_path, policy) if policy is not None else None
     if b_path:
         try:
             default_grid = bundle_grid(load_bundle(str(b_path), _stamp(str(b_path))))
         except AsapError:
             default_grid = None
-    link = vs.LinkState(bundle=b_path, grid=grid if grid and grid != default_grid else None,
+    link = vs.LinkState(bundle=link_bundle, grid=grid if grid and grid != default_grid else None,
                         cells=list(ss.get(K_CELLS, [])), images=list(ss.get(K_IMAGES, [])), page=page)
     q = vs.to_query(link)
     if st.query_params.to_dict() != q:
@@ -316,7 +419,15 @@ def encoder_model(b: Bundle) -> str:
 
 
 def set_model_override(b: Bundle, model: str) -> bool:
-    """Use ``model`` (a local copy of the bundle's CLIP) for ``b``; refused unless it is the same checkpoint."""
+    """Use ``model`` (a local copy of the bundle's CLIP) for ``b``; refused unless it is the same checkpoint
+    (and, in hosted mode, unless it is on the allow-list)."""
+    policy = hosted_policy()
+    if policy is not None:
+        try:
+            policy.check_model(model)
+        except AsapError as exc:
+            show_error(exc, st.sidebar)
+            return False
     key = checkpoint_key(model)
     want = b.meta["encoder"].get("cache_key")
     if key is None:
@@ -348,6 +459,8 @@ def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
     """
     missing = va.missing_maps(b, ids, method)
     if missing:
+        if not charge_relevance(len(missing)):
+            return None
         try:
             encoder = get_encoder(encoder_model(b))
         except AsapError as exc:
@@ -364,9 +477,13 @@ def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
                                                            text=f"Computing {method} maps: {d}/{t} images"))
         except AsapError as exc:
             bar.empty()
-            st.error(exc.message)
-            if exc.hint:
-                st.caption(f"Fix: {exc.hint}")
+            show_error(exc)
+            return None
+        except OSError as exc:  # e.g. a read-only bundle folder: the maps cannot be stored in its cache/
+            bar.empty()
+            st.error(f"The maps cannot be stored in the bundle's cache folder ({exc.strerror or exc}).")
+            st.caption("Fix: make the bundle's cache/ writable for the app, or precompute the maps "
+                       "(`analyze --relevance last-block`).")
             return None
         bar.empty()
         stored_maps.clear()
@@ -415,7 +532,8 @@ def sidebar(b: Bundle | None) -> None:
         if b is not None:
             counts = b.meta.get("counts", {})
             st.markdown(f"**Bundle** `{b.path.name}`")
-            st.caption(str(b.path))
+            if not hosted_mode():  # a public explorer does not show server paths
+                st.caption(str(b.path))
             note = ss.get(K_DEMO_NOTE)
             if note and str(b.path) == str(ss.get(K_BUNDLE)):
                 st.info(note)
@@ -437,11 +555,7 @@ def sidebar(b: Bundle | None) -> None:
                 if hint:
                     st.caption(f"Fix: {hint}")
                 st.caption("The bundle stays open; maps already cached still show.")
-                local = st.text_input("Local copy of this model", key="w_model_override",
-                                      placeholder="/path/to/clip-folder")
-                if st.button("Use this model", key="w_model_btn") and local:
-                    if set_model_override(b, local):
-                        st.rerun()
+                _model_override_input(b)
         elif err is not None:
             st.error(err.message)
             if err.hint:
@@ -449,6 +563,9 @@ def sidebar(b: Bundle | None) -> None:
         else:
             st.info("No bundle open.")
 
+        if hosted_mode():
+            _hosted_bundle_picker()
+            return
         with st.expander("Open another bundle", expanded=b is None):
             path = st.text_input("Bundle folder", key="w_open_path", placeholder="/path/to/bundle")
             if st.button("Open", key="w_open_btn"):
@@ -461,6 +578,41 @@ def sidebar(b: Bundle | None) -> None:
         if report:
             with st.expander("Last analysis", expanded=False):
                 st.code(report, language=None)
+
+
+def _model_override_input(b: Bundle) -> None:
+    """Another copy of the bundle's model: a path box, or in hosted mode a pick from the allow-list."""
+    policy = hosted_policy()
+    if policy is None:
+        local = st.text_input("Local copy of this model", key="w_model_override", placeholder="/path/to/clip-folder")
+    elif policy.model_allowlist:
+        local = st.selectbox("Model offered here", policy.model_allowlist, key="w_model_override")
+    else:
+        st.caption("No other model is offered on this explorer.")
+        return
+    if st.button("Use this model", key="w_model_btn") and local:
+        if set_model_override(b, local):
+            st.rerun()
+
+
+def _hosted_bundle_picker() -> None:
+    """Hosted mode: a select box of the bundles under the policy's root (no folder paths)."""
+    policy = hosted_policy()
+    if policy is None:
+        return
+    names = policy.list_bundles()
+    current = hosted_name(st.session_state.get(K_BUNDLE), policy)
+    if not names:
+        st.warning("This explorer serves no bundles yet.")
+        return
+    choice = st.selectbox("Bundle", names, index=names.index(current) if current in names else None,
+                          placeholder="pick a bundle")
+    if choice and choice != current:
+        path = resolve_hosted(choice, policy)
+        if path is None:
+            show_error(st.session_state.pop(K_ERROR))
+        elif open_bundle(path):
+            st.rerun()
 
 
 def _analyse_form() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from asap_core.errors import AsapError
+from asap_core.views import attention as va
 from asap_core.views import concept as vc
 from asap_core.views import grid as vg
 from asap_core.views import state as vs
@@ -37,6 +38,9 @@ if concept_on:
     k = st.columns([1, 3])[0].slider("Concepts (k)", 2, 8, 3, key="w_k")
     if vc.concepts_module() is None:
         st.info(vc.NOT_AVAILABLE)
+        st.stop()
+    missing = va.missing_maps(b, ids, ss[C.K_METHOD])  # concepts cut images along their relevance maps
+    if missing and not C.charge_relevance(len(missing)):
         st.stop()
     try:  # the cached encoder; without one, only concepts already cached in the bundle can show
         encoder = C.get_encoder(C.encoder_model(b))

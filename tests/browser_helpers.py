@@ -1,0 +1,114 @@
+"""Shared by the browser test and ``benchmarks/load_test.py``: a headless ``streamlit run`` of the app on
+127.0.0.1, Debian's Chromium launch settings, and the selectors / page probes that work on the app.
+
+The probes are JavaScript strings for ``page.evaluate`` / ``page.wait_for_function``, so the sync test and
+the asyncio load script use the same ones.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Mapping
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+# the pie slices of one cell (SVG renderer: each slice is a <path> whose aria-label names its cell)
+CELL_SLICES = ".vega-embed path[aria-label*='; cell: {cell};']"
+GRID_IMAGES = ".vega-embed svg image"
+MAIN_IMAGES = "[data-testid='stMain'] img"
+# Streamlit's exception blocks and st.error boxes
+ERROR_BLOCKS = "[data-testid='stException'], [data-testid='stAlertContentError']"
+PICKED_TEXT = re.compile(r"^\d+ images? picked$")
+
+# [{label, x, y, width, height}] of the slices of the cell given as argument (viewport coordinates)
+SLICES_JS = """cell => [...document.querySelectorAll(`.vega-embed path[aria-label*='; cell: ${cell};']`)]
+  .map(p => { const r = p.getBoundingClientRect();
+              return {label: p.getAttribute('aria-label'), x: r.x, y: r.y, width: r.width, height: r.height}; })"""
+# true once at least n images are in the main area and all of them are decoded
+IMAGES_DECODED_JS = ("n => { const im = [...document.querySelectorAll(\"[data-testid='stMain'] img\")];"
+                     " return im.length >= n && im.every(i => i.complete && i.naturalWidth > 0); }")
+# the texts of the error blocks on the page
+ERRORS_JS = ("() => [...document.querySelectorAll(\"[data-testid='stException'], "
+             "[data-testid='stAlertContentError']\")].map(e => e.innerText.slice(0, 300))")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def streamlit_server(env: Mapping[str, str], log_path: Path, start_timeout: float = 40.0,
+                     procs: list | None = None) -> Iterator[str]:
+    """``streamlit run streamlit_app.py`` headless on 127.0.0.1 and a free port, ``env`` added to the
+    environment; yields the base URL and stops the server (terminate, then kill) on exit. The server's
+    ``Popen`` is appended to ``procs`` when given (e.g. to read its memory)."""
+    port = free_port()
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless=true",
+         f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
+         "--server.fileWatcherType=none", "--client.toolbarMode=viewer"],
+        cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+    if procs is not None:
+        procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start: {Path(log_path).read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def slice_click_point(slices: list[dict]) -> tuple[float, float]:
+    """A point well inside the largest slice of a pie (the exact centre hits nothing).
+
+    ``slices``: what ``SLICES_JS`` returns for one cell (aria-labels carry ``theta`` / ``theta2``)."""
+    if not slices:
+        raise ValueError("no slices for this cell on the page")
+    best = None
+    for s in slices:
+        t0 = float(re.search(r"(?:^|; )theta: ([-\d.e]+)", s["label"]).group(1))
+        t1 = float(re.search(r"theta2: ([-\d.e]+)", s["label"]).group(1))
+        if best is None or t1 - t0 > best[1] - best[0]:
+            best = (t0, t1)
+    x0 = min(s["x"] for s in slices)
+    y0 = min(s["y"] for s in slices)
+    x1 = max(s["x"] + s["width"] for s in slices)
+    y1 = max(s["y"] + s["height"] for s in slices)
+    cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
+    mid = (best[0] + best[1]) / 2
+    return cx + 0.6 * r * math.sin(mid), cy - 0.6 * r * math.cos(mid)
+
+
+def brush_path(first: dict, last: dict) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Start and end of a drag from inside the first image box to inside the last one (bounding boxes)."""
+    return ((first["x"] + 2, first["y"] + 2),
+            (last["x"] + last["width"] - 2, last["y"] + last["height"] - 2))

@@ -1,0 +1,161 @@
+"""Hosted mode (``ASAP_HOSTED=1``) in the app, with AppTest: bundles only by name under the root, links that
+escape it refused, pickle-bearing bundles refused, models only from the allow-list, relevance budget."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from asap_core.bundle import Bundle
+from conftest_app import tiny_bundle  # noqa: F401  (fixture)
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+TIMEOUT = 60
+
+
+def _copy_bundle(src: Path, dest: Path) -> Path:
+    """A copy of ``src`` without its cache (so no relevance map is stored yet)."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("cache"))
+    (dest / "cache").mkdir()
+    return dest
+
+
+@pytest.fixture
+def root(tiny_bundle, tmp_path, monkeypatch) -> Path:  # noqa: F811
+    """A bundle root with ``tiny`` and ``other`` (two copies of the tiny bundle), hosted mode on."""
+    root = tmp_path / "bundles"
+    _copy_bundle(tiny_bundle, root / "tiny")
+    _copy_bundle(tiny_bundle, root / "other")
+    (tmp_path / "outside").mkdir()
+    monkeypatch.delenv("ASAP_BUNDLE", raising=False)
+    monkeypatch.setenv("ASAP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ASAP_HOSTED", "1")
+    monkeypatch.setenv("ASAP_BUNDLE_ROOT", str(root))
+    monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "200")
+    monkeypatch.delenv("ASAP_MODEL_ALLOWLIST", raising=False)
+    return root
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def n_images_shown(at: AppTest) -> int:
+    return sum(len(el.proto.imgs) for el in at.get("image"))
+
+
+def open_link(**params: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update(params)
+    return at.run()
+
+
+def test_hosted_sidebar_offers_bundle_names_not_paths(root):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    no_exception(at)
+    assert at.session_state["bundle_path"] == str((root / "other").resolve())   # first listed bundle
+    assert not at.text_input                                     # no folder / model / analysis boxes
+    assert not any("Analyse" in e.label for e in at.sidebar.expander)
+    assert not any(str(root) in c.value for c in at.sidebar.caption)             # no server paths shown
+    (picker,) = at.sidebar.selectbox
+    assert picker.options == ["other", "tiny"] and picker.value == "other"
+    assert at.query_params["bundle"] == "other"                # links name the bundle, not its path
+
+    picker.set_value("tiny").run()
+    no_exception(at)
+    assert at.session_state["bundle_path"] == str((root / "tiny").resolve())
+    assert at.get("vega_lite_chart")                             # the overview of the picked bundle
+
+    at = open_link(bundle="tiny", page="dimensions")             # a copied link reopens by name
+    no_exception(at)
+    assert at.session_state["bundle_path"] == str((root / "tiny").resolve())
+
+
+@pytest.mark.parametrize("name", ["../outside", "tiny/../../outside", "/etc", "ABS", "~root"])
+def test_link_escaping_the_root_is_refused(root, name):
+    if name == "ABS":                        # even the absolute path of a served bundle
+        name = str(root / "tiny")
+    at = open_link(bundle=name)
+    no_exception(at)
+    assert at.session_state["bundle_path"] is None
+    errors = [e.value for e in at.sidebar.error]
+    assert errors and name in errors[0] and ("bundle folder" in errors[0] or "not a bundle name" in errors[0])
+    assert any("No bundle is open" in i.value for i in at.info)
+    assert not at.get("vega_lite_chart")
+
+
+def test_pickle_bearing_bundle_is_refused(root):
+    (root / "tiny" / "model" / "extra.pkl").write_bytes(b"\x80\x04K\x01.")
+    at = open_link(bundle="tiny")
+    no_exception(at)
+    assert at.session_state["bundle_path"] is None
+    assert any("extra.pkl" in e.value and "pickled code" in e.value for e in at.sidebar.error)
+
+    at.sidebar.selectbox[0].set_value("tiny").run()              # picking it from the list: refused too
+    no_exception(at)
+    assert at.session_state["bundle_path"] is None
+    assert any("extra.pkl" in e.value for e in at.sidebar.error)
+
+
+def test_model_override_only_from_the_allow_list(root, tiny_clip_dir, tmp_path, monkeypatch):
+    meta_path = root / "tiny" / "bundle.json"
+    meta = json.loads(meta_path.read_text())
+    meta["encoder"]["model_id"] = str(tmp_path / "no-such-clip")   # the bundle's model cannot be loaded here
+    meta_path.write_text(json.dumps(meta))
+    ids = Bundle.open(root / "tiny").images["image_id"].tolist()[:1]
+
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"bundle": "tiny"})
+    at.session_state["sel_images"] = ids
+    at.run()
+    no_exception(at)
+    assert any("no such" in c.value.lower() or "No other model" in c.value for c in at.sidebar.caption)
+    assert not at.text_input and len(at.sidebar.selectbox) == 1  # only the bundle picker, no model box
+
+    monkeypatch.setenv("ASAP_MODEL_ALLOWLIST", f"openai/clip-vit-base-patch32,{tiny_clip_dir}")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"bundle": "tiny"})
+    at.session_state["sel_images"] = ids
+    at.run()
+    model_box = at.sidebar.selectbox(key="w_model_override")
+    assert model_box.options == ["openai/clip-vit-base-patch32", str(tiny_clip_dir)]
+    model_box.set_value(str(tiny_clip_dir))
+    at.sidebar.button(key="w_model_btn").click().run()
+    no_exception(at)
+    assert at.session_state["model_override"] == {str((root / "tiny").resolve()): str(tiny_clip_dir)}
+    at.switch_page("pages/attention.py").run()                 # maps now computed with the allowed model
+    no_exception(at)
+    assert not at.error and n_images_shown(at) == 18
+
+
+def test_relevance_budget_stops_on_demand_maps(root, monkeypatch):
+    monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "1")
+    ids = Bundle.open(root / "tiny").images["image_id"].tolist()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"bundle": "tiny"})
+    at.session_state["sel_images"] = ids[:2]                     # two images without cached maps
+    at.run()
+    at.switch_page("pages/attention.py").run()
+    no_exception(at)
+    assert any("0 of its 1 on-demand relevance" in e.value and "2 more" in e.value for e in at.error)
+    assert n_images_shown(at) == 0
+
+    at.session_state["sel_images"] = ids[:1]                     # one fits the budget
+    at.run()
+    no_exception(at)
+    assert not at.error and n_images_shown(at) == 18
+    at.run()                                                     # cached now: showing it again costs nothing
+    assert not at.error and n_images_shown(at) == 18
+
+    at.session_state["sel_images"] = ids[1:2]                    # the budget is spent
+    at.run()
+    no_exception(at)
+    assert any("1 of its 1" in e.value for e in at.error) and n_images_shown(at) == 0
+
+    at.switch_page("pages/dimensions.py").run()                  # the mean map of the top images: refused too
+    at.toggle(key="w_dim_maps").set_value(True).run()
+    no_exception(at)
+    assert any("1 of its 1" in e.value for e in at.error)
