@@ -31,6 +31,12 @@ PAGES = {
                          url_path="attention"),
     "dimensions": st.Page("pages/dimensions.py", title="Dimensions", icon=":material/bar_chart:",
                           url_path="dimensions"),
+    "patterns": st.Page("pages/patterns.py", title="Patterns", icon=":material/bookmarks:", url_path="patterns"),
+    "generators": st.Page("pages/generators.py", title="Generators", icon=":material/factory:",
+                          url_path="generators"),
+    "robustness": st.Page("pages/robustness.py", title="Robustness", icon=":material/compress:",
+                          url_path="robustness"),
+    "single": st.Page("pages/single_image.py", title="Single image", icon=":material/upload:", url_path="single"),
 }
 page = st.navigation(list(PAGES.values()), position="sidebar")
 slug = next((s for s, p in PAGES.items() if p.title == page.title), "overview")

@@ -49,6 +49,7 @@ K_DEMO_NOTE = "_demo_note"
 K_LAST_REPORT = "_last_analysis"
 K_MODEL_OVERRIDE = "model_override"
 K_SESSION_ID = "_session_id"
+K_COLOR_BY = "color_by"  # overview colouring: "label" | "predicted generator"
 BUNDLE_ENV = "ASAP_BUNDLE"
 METHODS = ("last-block", "rollout")
 
@@ -57,6 +58,10 @@ PAGE_FILES = {
     "images": "pages/images.py",
     "attention": "pages/attention.py",
     "dimensions": "pages/dimensions.py",
+    "patterns": "pages/patterns.py",
+    "generators": "pages/generators.py",
+    "robustness": "pages/robustness.py",
+    "single": "pages/single_image.py",
 }
 
 
@@ -520,6 +525,43 @@ def _grey() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 200, 200)).save(buf, format="JPEG")
     return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ patterns, generators
+def save_pattern_form(b: Bundle, make, key: str, base_name: str, label: str = "Save as pattern",
+                      choices: list | None = None, format_choice=str) -> None:
+    """An expander with name + note (+ a pick among ``choices``) that saves ``make(name, note[, choice])``
+    (a ``Pattern``) in the bundle's ``PatternStore``; errors (name taken, read-only bundle) with their fix."""
+    from asap_core.patterns import PatternStore
+    from asap_core.views.patterns import unique_name
+
+    if hosted_policy() is not None:  # visitors would write into the served bundle that every visitor sees
+        st.caption("Saving patterns is off on this hosted explorer; run ASAP Explorer locally to save your own.")
+        return
+    store = PatternStore(b)
+    with st.expander(label, icon=":material/bookmark_add:"):
+        choice = st.selectbox("Which", choices, format_func=format_choice, key=f"{key}_choice") if choices else None
+        name = st.text_input("Pattern name", value=unique_name(base_name, store.names()), key=f"{key}_name")
+        note = st.text_input("Note", key=f"{key}_note", placeholder="what the regions show")
+        if st.button("Save pattern", key=f"{key}_save", icon=":material/bookmark_add:"):
+            try:
+                store.add(make(name, note) if choices is None else make(name, note, choice))
+            except AsapError as exc:
+                show_error(exc)
+                return
+            st.success(f"Saved pattern '{name.strip()}'.")
+            st.page_link(PAGE_FILES["patterns"], label="Open the pattern view", icon=":material/bookmarks:")
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def generator_data(path: str, stamp: int) -> tuple[pd.DataFrame, list[str]] | None:
+    """(``attribution.generator_predictions``, generator names) of a bundle; None without a generator head."""
+    from asap_core import attribution as attr
+
+    b = load_bundle(path, stamp)
+    if not attr.has_generator_head(b):
+        return None
+    return attr.generator_predictions(b), attr.generator_names(b)
 
 
 # ------------------------------------------------------------------------------------------ sidebar

@@ -59,11 +59,17 @@ if concept_on:
         st.stop()
     st.caption(f"{len(ids)} images, each cut to its top 10 % / 25 % / 50 % fake-logit regions "
                f"({ss[C.K_METHOD]} maps); k-means over the segments in the 16 dimensions.")
-    for card in vc.concept_cards(result):
+    cards = vc.concept_cards(result)
+    for card in cards:
         with st.container(border=True):
             st.markdown(f"**Concept {card['concept'] + 1}** · {vc.describe(card)}")
             if card["crops"]:
                 st.image(card["crops"], width=96)
+    from asap_core.patterns import pattern_from_concept
+
+    C.save_pattern_form(b, lambda name, note, c: pattern_from_concept(result, c, name, note), key="pat_con",
+                        base_name=f"cell {cell_txt} concept", label="Save a concept as pattern",
+                        choices=[card["concept"] for card in cards], format_choice=lambda c: f"Concept {c + 1}")
     st.stop()
 
 st.caption("Frames: green = predicted right, red = predicted wrong. Hover for file, label and p_fake. "
@@ -87,5 +93,9 @@ if picked:
         ss[C.K_IMAGES] = []
         ss.pop(chart_key, None)
         st.rerun()
+    from asap_core.patterns import pattern_from_selection
+
+    C.save_pattern_form(b, lambda name, note: pattern_from_selection(name, picked, note), key="pat_sel",
+                        base_name=f"cell {cell_txt} selection", label="Save the picked images as pattern")
 else:
     st.caption("No image picked yet.")

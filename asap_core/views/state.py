@@ -16,7 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-PAGES: tuple[str, ...] = ("overview", "images", "attention", "dimensions")
+PAGES: tuple[str, ...] = ("overview", "images", "attention", "dimensions", "patterns", "generators", "robustness",
+                          "single")
 ID_PREFIX = 10
 MAX_LINK_IMAGES = 64
 

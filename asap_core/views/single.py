@@ -1,0 +1,64 @@
+"""Single-image view: one uploaded image against the open bundle (p_fake, neighbours, cell, maps).
+
+Plain functions over ``single_image.SingleImageResult``; no Streamlit. Uploads only: nothing here fetches
+a URL.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..imageio import IMAGE_EXTENSIONS
+from . import attention as va
+
+#: file types offered by the uploader (without the dot)
+UPLOAD_TYPES: list[str] = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
+
+
+def verdict_line(res) -> str:
+    """``predicted fake (p_fake 0.912, confidence 0.82)`` plus where it sits in the bundle."""
+    where = f"nearest cell {res.cell}" if res.cell is not None else "no cell"
+    same = " · the same file is in the bundle" if res.in_bundle else ""
+    return (f"**{res.name}** · predicted **{res.pred}** (p_fake {res.p_fake:.3f}, confidence {res.confidence:.2f}) "
+            f"· {where}{same}")
+
+
+def neighbour_captions(nb: pd.DataFrame) -> list[str]:
+    """One caption per neighbour row: rank, label, p_fake and distance in z."""
+    out = []
+    for r in nb.itertuples():
+        label = "unlabelled" if r.label is None or pd.isna(r.label) else str(r.label)
+        gen = getattr(r, "generator", None)
+        gen_txt = f" ({gen})" if label == "fake" and gen is not None and not pd.isna(gen) and str(gen) else ""
+        out.append(f"#{r.rank} {label}{gen_txt} · p {r.p_fake:.2f} · d {r.distance:.2f}")
+    return out
+
+
+def neighbour_summary(nb: pd.DataFrame) -> str:
+    """How the neighbours are labelled and predicted (majority vote of the k nearest)."""
+    k = len(nb)
+    if not k:
+        return "No neighbours."
+    lab = nb["label"].astype(object).where(nb["label"].notna(), "unlabelled").value_counts()
+    parts = ", ".join(f"{n} {name}" for name, n in lab.items())
+    return f"Of its {k} nearest bundle images in z: {parts}; mean p_fake {float(nb['p_fake'].mean()):.2f}."
+
+
+def neighbours_display(nb: pd.DataFrame) -> pd.DataFrame:
+    """The neighbour table for ``st.dataframe`` (short ids, no paths)."""
+    cols = [c for c in ("rank", "image_id", "distance", "label", "generator", "p_fake", "pred", "cell") if c in nb]
+    out = nb[cols].copy()
+    out["image_id"] = out["image_id"].str[:10]
+    return out
+
+
+def map_tiles(res, w2: np.ndarray, alpha: float = 0.5, size: int = 112) -> list[va.Tile]:
+    """The upload's tiles, as on the attention page: the image, the fake-logit overlay, then the 16
+    dimension overlays ordered by support for the prediction (contribution ``z_i * w2_i``)."""
+    contrib = va.contributions(np.asarray(res.z)[None], w2)[0]
+    order = va.dimension_order(contrib[None], np.asarray([res.logit]))[0]
+    return va.image_tiles(res.image, res.maps, contrib, order, alpha=alpha, size=size, logit=res.logit)
+
+
+__all__ = ["UPLOAD_TYPES", "map_tiles", "neighbour_captions", "neighbour_summary", "neighbours_display",
+           "verdict_line"]

@@ -1,0 +1,74 @@
+"""Generators page (seed 003): which generator made a fake, as predicted by the distiller's generator head;
+the confusion matrix (all fakes, or only those the distiller held out) and per-generator recall / precision."""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from asap_core import attribution as attr
+from asap_core.views import generators as vgen
+from pages import common as C
+
+b = C.page_start()
+ss = st.session_state
+path, stamp = C.ref(b)
+
+st.subheader("Generator attribution")
+data = C.generator_data(path, stamp)
+if data is None:
+    st.info("This bundle's distiller has no generator head: the folder did not name at least two generators. "
+            "Analyse a folder with one subfolder per generator (fake/<generator>/...) to get one.")
+    st.stop()
+pred, names = data
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def confusion(path: str, stamp: int, held_out_only: bool, with_real: bool) -> tuple[pd.DataFrame, bool]:
+    """(count confusion matrix, whether the held-out split could be recovered)."""
+    bb = C.load_bundle(path, stamp)
+    val_ok = attr.validation_mask(bb) is not None
+    return attr.confusion_matrix(bb, only_fakes=not with_real, held_out_only=held_out_only and val_ok), val_ok
+
+
+c1, c2, c3 = st.columns([2, 1.4, 1.6])
+scope = c1.segmented_control("Fakes counted", ["all", "held out"], default="all", key="w_gen_scope",
+                             help="held out: the distiller's validation fakes, which its generator head never "
+                                  "trained on (an honest estimate); all: includes its training fakes") or "all"
+normalize = c2.toggle("Row shares", value=True, key="w_gen_norm", help="colour = share of the true generator's images")
+with_real = c3.toggle("Add real images", value=False, key="w_gen_real",
+                      help="a 'real' row and column: real images, and fakes the detector calls real")
+cm, val_ok = confusion(path, stamp, scope == "held out", with_real)
+if scope == "held out" and not val_ok:
+    st.warning("The distiller's validation split cannot be recovered for this bundle (distiller trained "
+               "elsewhere, or an older bundle): counting all fakes instead.")
+    scope = "all"
+
+fake_cm = cm.drop(index="real", columns="real", errors="ignore") if with_real else cm
+acc = attr.attribution_accuracy(fake_cm)
+n = int(fake_cm.to_numpy().sum())
+st.markdown(vgen.accuracy_line(acc, n, len(names), "held-out" if scope == "held out" else "labelled"))
+stored = (b.metrics or {}).get("generator_val_accuracy")
+if stored is not None:
+    st.caption(f"Validation accuracy stored at training time: {float(stored):.1%}. "
+               + ("Counting all fakes includes the distiller's training fakes (in-sample)." if scope == "all" else ""))
+
+left, right = st.columns([2, 3], gap="large")
+with left:
+    st.altair_chart(vgen.confusion_chart(cm, normalize=normalize), theme=None, width="content")
+with right:
+    st.markdown("**Per generator**")
+    st.dataframe(vgen.per_generator_table(fake_cm), hide_index=True,
+                 column_config={"recall": st.column_config.NumberColumn(format="%.2f"),
+                                "precision": st.column_config.NumberColumn(format="%.2f")})
+st.markdown("**Confusion matrix** (rows: true generator, columns: predicted)")
+st.dataframe(cm, key="gen_cm")
+
+shown = pred[pred["label"] == "fake"].sort_values("probability", ascending=False)
+with st.expander("Predictions per image"):
+    st.dataframe(shown.assign(image_id=shown["image_id"].str[:10])[
+        ["image_id", "generator", "predicted_generator", "probability", "p_fake", "pred", "held_out"]],
+        hide_index=True)
+if st.button("Colour the overview by predicted generator", key="gen_to_overview", icon=":material/bubble_chart:"):
+    ss[C.K_COLOR_BY] = "predicted generator"
+    ss.pop("w_color", None)
+    st.switch_page(C.PAGE_FILES["overview"])

@@ -1,0 +1,127 @@
+"""Pattern view (ASAP; DESIGN §3): the bundle's saved patterns, their impact on the detector (mean drop of
+p_fake with the pattern's regions masked, against an area-matched random mask; flipped predictions), the
+ranking, each pattern's images, and export (zip of JSON + CSV + PNG contact sheets)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from asap_core.errors import AsapError
+from asap_core.patterns import PatternStore, pattern_impact, rank_patterns
+from asap_core.views import attention as va
+from asap_core.views import patterns as vp
+from pages import common as C
+
+b = C.page_start()
+ss = st.session_state
+path, stamp = C.ref(b)
+method = ss[C.K_METHOD]
+
+st.subheader("Pattern view")
+store = PatternStore(b)
+patterns = store.list()
+if not patterns:
+    st.info("No pattern saved yet. Pick images on the Images page (or open its concept view) and use "
+            "“Save … as pattern”.")
+    st.page_link(C.PAGE_FILES["images"], label="Go to the image view", icon=":material/grid_view:")
+    st.stop()
+
+st.caption("Impact of a pattern: its regions are painted in the CLIP mean colour and each image is re-encoded; "
+           "impact = mean drop of p_fake (positive: the regions made the images look fake), next to the same "
+           f"drop for a random mask of the same area ({vp.N_RANDOM} draws). Excess = impact − random impact "
+           f"ranks the patterns; flipped = predictions that cross 0.5. Selection patterns use each image's top "
+           f"patches by fake-logit relevance ({method} maps).")
+st.dataframe(vp.pattern_frame(patterns), hide_index=True, key="pat_list")
+
+cached = [vp.impact_cached(b, p, method) for p in patterns]
+todo = [p for p, ok in zip(patterns, cached) if not ok]
+if todo:
+    st.markdown(f"**{len(todo)} of {len(patterns)} pattern{'s' if len(patterns) > 1 else ''} without impact yet** "
+                f"({sum(len(p.image_ids) for p in todo):,} images to re-encode "
+                f"{2 + vp.N_RANDOM} times each).")
+if todo and st.button("Compute impact", key="pat_impact", type="primary", icon=":material/calculate:"):
+    need_maps = va.missing_maps(b, vp.ids_needing_maps(todo), method)
+    if need_maps and not C.charge_relevance(len(need_maps)):
+        st.stop()
+    try:
+        encoder = C.get_encoder(C.encoder_model(b))
+    except AsapError as exc:
+        st.error(f"The impact needs the bundle's CLIP: {exc.message}")
+        if exc.hint:
+            st.caption(f"Fix: {exc.hint}")
+        st.stop()
+    total = sum(len(p.image_ids) for p in todo)
+    bar = st.progress(0.0, text=f"Masking and re-encoding {total:,} images ...")
+    done = 0
+    try:
+        for p in todo:
+            pattern_impact(b, p, encoder, vp.N_RANDOM, vp.SEED, method,
+                           progress=lambda d, t, p=p, base=done: bar.progress(
+                               min((base + d) / max(total, 1), 1.0), text=f"{p.name}: {d}/{t} images"))
+            done += len(p.image_ids)
+    except AsapError as exc:
+        bar.empty()
+        C.show_error(exc)
+        st.stop()
+    bar.empty()
+    st.rerun()
+
+ready = [p for p, ok in zip(patterns, cached) if ok]
+if not ready:
+    st.stop()
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def ranking(path: str, stamp: int, names: tuple[str, ...], keys: tuple[str, ...], method: str):
+    """``rank_patterns`` of the named patterns (all impacts cached; ``keys`` = their content keys)."""
+    bb = C.load_bundle(path, stamp)
+    pats = [p for p in PatternStore(bb).list() if p.name in set(names)]
+    return rank_patterns(bb, pats, None, vp.N_RANDOM, vp.SEED, method)
+
+
+try:
+    ranked = ranking(path, stamp, tuple(p.name for p in ready), tuple(p.content_key() for p in ready), method)
+except AsapError as exc:
+    C.show_error(exc)
+    st.stop()
+st.markdown("**Ranking** (by excess impact over the random mask)")
+st.dataframe(vp.ranking_display(ranked), hide_index=True, key="pat_rank",
+             column_config={c: st.column_config.NumberColumn(format="%+.3f")
+                            for c in ("impact", "random_impact", "excess", "excess_se")})
+st.altair_chart(vp.impact_chart(ranked), theme=None, width="content")
+
+st.markdown("**One pattern**")
+by_name = {p.name: p for p in ready}
+name = st.selectbox("Pattern", ranked["name"].tolist(), key="w_pat_pick")
+pat = by_name[name]
+res = pattern_impact(b, pat, None, vp.N_RANDOM, vp.SEED, method)  # cached: no encoder needed
+st.markdown(vp.impact_line(res))
+if pat.note:
+    st.caption(f"Note: {pat.note}")
+c1, c2 = st.columns([2, 3], gap="large")
+with c1:
+    st.altair_chart(vp.per_image_chart(res["table"]), theme=None, width="content")
+with c2:
+    st.image(vp.contact_sheet_png(b, pat), caption=f"{pat.name}: regions outlined, the rest dimmed"
+             if pat.masks is not None else f"{pat.name}: its images")
+d1, d2 = st.columns([1, 1])
+if d1.button("Send these images to the attention view", key="pat_attn", icon=":material/visibility:"):
+    ss[C.K_IMAGES] = list(pat.image_ids)
+    st.switch_page(C.PAGE_FILES["attention"])
+if d2.button(f"Delete pattern '{pat.name}'", key="pat_delete", icon=":material/delete:"):
+    store.delete(pat.name)
+    st.rerun()
+
+st.markdown("**Export**")
+st.caption("One zip: patterns.json (patterns with regions and impact), patterns.csv (one row per pattern), "
+           "pattern_images.csv (one row per pattern and image) and a PNG contact sheet per pattern"
+           + (" (without impact until every pattern has one)." if todo else "."))
+if st.button("Prepare export", key="pat_export", icon=":material/archive:"):
+    try:
+        with st.spinner("Writing the export ..."):
+            ss["_pat_zip"] = (str(b.path), vp.export_zip(b, patterns, with_impact=not todo, method=method))
+    except AsapError as exc:
+        C.show_error(exc)
+zip_path, zip_bytes = ss.get("_pat_zip") or (None, None)
+if zip_bytes and zip_path == str(b.path):
+    st.download_button("Download patterns.zip", zip_bytes, file_name=f"{b.path.name}-patterns.zip",
+                       mime="application/zip", key="pat_download", icon=":material/download:")
