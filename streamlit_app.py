@@ -18,25 +18,25 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from pages import common  # noqa: E402
+from app_pages import common  # noqa: E402
 
 st.set_page_config(page_title="ASAP Explorer", page_icon=":material/image_search:", layout="wide")
 
 common.init_from_link()
 
 PAGES = {
-    "overview": st.Page("pages/overview.py", title="Overview", icon=":material/bubble_chart:", default=True),
-    "images": st.Page("pages/images.py", title="Images", icon=":material/grid_view:", url_path="images"),
-    "attention": st.Page("pages/attention.py", title="Attention", icon=":material/visibility:",
+    "overview": st.Page("app_pages/overview.py", title="Overview", icon=":material/bubble_chart:", default=True),
+    "images": st.Page("app_pages/images.py", title="Images", icon=":material/grid_view:", url_path="images"),
+    "attention": st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:",
                          url_path="attention"),
-    "dimensions": st.Page("pages/dimensions.py", title="Dimensions", icon=":material/bar_chart:",
+    "dimensions": st.Page("app_pages/dimensions.py", title="Dimensions", icon=":material/bar_chart:",
                           url_path="dimensions"),
-    "patterns": st.Page("pages/patterns.py", title="Patterns", icon=":material/bookmarks:", url_path="patterns"),
-    "generators": st.Page("pages/generators.py", title="Generators", icon=":material/factory:",
+    "patterns": st.Page("app_pages/patterns.py", title="Patterns", icon=":material/bookmarks:", url_path="patterns"),
+    "generators": st.Page("app_pages/generators.py", title="Generators", icon=":material/factory:",
                           url_path="generators"),
-    "robustness": st.Page("pages/robustness.py", title="Robustness", icon=":material/compress:",
+    "robustness": st.Page("app_pages/robustness.py", title="Robustness", icon=":material/compress:",
                           url_path="robustness"),
-    "single": st.Page("pages/single_image.py", title="Single image", icon=":material/upload:", url_path="single"),
+    "single": st.Page("app_pages/single_image.py", title="Single image", icon=":material/upload:", url_path="single"),
 }
 page = st.navigation(list(PAGES.values()), position="sidebar")
 slug = next((s for s, p in PAGES.items() if p.title == page.title), "overview")

@@ -110,7 +110,7 @@ def test_overview_grid_and_filters_change_the_cells(bundle):
 def test_image_grid_shows_the_cells_images_and_brush_picks(bundle):
     cells = biggest_cells(bundle, 3)
     at = app(bundle.path, sel_cells=cells).run()
-    at.switch_page("pages/images.py").run()
+    at.switch_page("app_pages/images.py").run()
     no_exception(at)
     members = bundle.images[bundle.images["cell"].isin(cells)]
     (grid,) = charts(at)
@@ -129,7 +129,7 @@ def test_image_grid_shows_the_cells_images_and_brush_picks(bundle):
 def test_concept_toggle(bundle):
     cells = biggest_cells(bundle, 2)
     at = app(bundle.path, sel_cells=cells).run()
-    at.switch_page("pages/images.py").run()
+    at.switch_page("app_pages/images.py").run()
     at.toggle(key="w_concepts").set_value(True).run()
     no_exception(at)
     from asap_core.views.concept import NOT_AVAILABLE, concepts_module
@@ -148,7 +148,7 @@ def test_concept_toggle(bundle):
 def test_attention_shows_17_maps_per_picked_image(bundle):
     ids = bundle.images["image_id"].tolist()[:3]
     at = app(bundle.path, sel_images=ids).run()
-    at.switch_page("pages/attention.py").run()
+    at.switch_page("app_pages/attention.py").run()
     no_exception(at)
     assert n_images_shown(at) == 3 * 18               # image + fake logit + 16 dimensions each
     captions = [i.caption for el in at.get("image") for i in el.proto.imgs]
@@ -162,7 +162,7 @@ def test_attention_shows_17_maps_per_picked_image(bundle):
 # ------------------------------------------------------------------------------------------ dimensions
 def test_dimensions_page(bundle):
     at = app(bundle.path).run()
-    at.switch_page("pages/dimensions.py").run()
+    at.switch_page("app_pages/dimensions.py").run()
     no_exception(at)
     facet = [el for el in charts(at) if "facet" in json.loads(el.proto.spec)]
     assert facet and chart_data(facet[0])["dim"].nunique() == 16
@@ -206,7 +206,7 @@ def test_missing_bundle_and_missing_model_are_reported_not_raised(bundle, tiny_c
     assert any("no-such-clip" in w.value for w in at.sidebar.warning)
     assert any(c.value.startswith("Fix:") for c in at.sidebar.caption)
     assert charts(at)                                   # the bundle still opens
-    at.switch_page("pages/attention.py").run()         # maps need the model: message + fix, no traceback
+    at.switch_page("app_pages/attention.py").run()         # maps need the model: message + fix, no traceback
     no_exception(at)
     assert any("no-such-clip" in e.value for e in at.error)
     assert n_images_shown(at) == 0

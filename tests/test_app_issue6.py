@@ -53,7 +53,7 @@ def app_on(bundle_path, page: str | None = None, **state) -> AppTest:
         at.session_state[k] = v
     at.run()
     if page:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"app_pages/{page}.py").run()
     no_exception(at)
     return at
 
@@ -208,7 +208,7 @@ def test_generators_page_and_overview_colour(bundle):
     assert set(data["category"]) <= {"real", *names}
     got = data.groupby("category")["count"].sum().to_dict()
     assert got == pred["attribution"].value_counts().to_dict()
-    at.switch_page("pages/overview.py")                     # AppTest stays on its own page otherwise
+    at.switch_page("app_pages/overview.py")                     # AppTest stays on its own page otherwise
     at.button_group(key="w_color").set_value("label").run()
     assert set(chart_data(at.get("vega_lite_chart")[0])["category"]) <= {"real, correct", "real, wrong",
                                                                           "fake, correct", "fake, wrong"}
@@ -282,7 +282,7 @@ def test_hosted_single_image_upload_charges_the_relevance_budget(bundle, tmp_pat
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params.update({"bundle": "tiny"})
     at.run()
-    at.switch_page("pages/single_image.py").run()
+    at.switch_page("app_pages/single_image.py").run()
     paths = bundle.images["path"].tolist()
     at.file_uploader(key="w_upload").set_value(("a.jpg", read_bytes(paths[0]), "image/jpeg")).run()
     no_exception(at)

@@ -65,8 +65,7 @@ def _settle(page, n_images: int = 0, n_charts: int = 0) -> None:
 
 
 def _open(page, title: str) -> None:
-    """Go to a page through the sidebar navigation (same session). A typed /path would not do: Streamlit then
-    serves pages/<name>.py on its own (the pages/ folder convention), without the entry script."""
+    """Go to a page through the sidebar navigation (same session: a typed /path would open a new session)."""
     page.locator(NAV_LINK, has_text=title).first.click()
 
 

@@ -126,7 +126,7 @@ def test_model_override_only_from_the_allow_list(root, tiny_clip_dir, tmp_path, 
     at.sidebar.button(key="w_model_btn").click().run()
     no_exception(at)
     assert at.session_state["model_override"] == {str((root / "tiny").resolve()): str(tiny_clip_dir)}
-    at.switch_page("pages/attention.py").run()                 # maps now computed with the allowed model
+    at.switch_page("app_pages/attention.py").run()                 # maps now computed with the allowed model
     no_exception(at)
     assert not at.error and n_images_shown(at) == 18
 
@@ -138,7 +138,7 @@ def test_relevance_budget_stops_on_demand_maps(root, monkeypatch):
     at.query_params.update({"bundle": "tiny"})
     at.session_state["sel_images"] = ids[:2]                     # two images without cached maps
     at.run()
-    at.switch_page("pages/attention.py").run()
+    at.switch_page("app_pages/attention.py").run()
     no_exception(at)
     assert any("0 of its 1 on-demand relevance" in e.value and "2 more" in e.value for e in at.error)
     assert n_images_shown(at) == 0
@@ -155,7 +155,7 @@ def test_relevance_budget_stops_on_demand_maps(root, monkeypatch):
     no_exception(at)
     assert any("1 of its 1" in e.value for e in at.error) and n_images_shown(at) == 0
 
-    at.switch_page("pages/dimensions.py").run()                  # the mean map of the top images: refused too
+    at.switch_page("app_pages/dimensions.py").run()                  # the mean map of the top images: refused too
     at.toggle(key="w_dim_maps").set_value(True).run()
     no_exception(at)
     assert any("1 of its 1" in e.value for e in at.error)

@@ -7,6 +7,6 @@
 - ``dimensions``: per-dimension statistics, distributions, top images, mean maps.
 - ``concept``: the concept view on top of ``asap_core.concepts`` (optional module).
 
-None of these import Streamlit: the pages in ``pages/`` only lay them out and hold the widgets.
+None of these import Streamlit: the pages in ``app_pages/`` only lay them out and hold the widgets.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ import altair as alt
 import streamlit as st
 
 from asap_core.views import attention as va
-from pages import common as C
+from app_pages import common as C
 
 b = C.page_start()
 ss = st.session_state

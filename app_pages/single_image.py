@@ -8,7 +8,7 @@ from asap_core.errors import AsapError
 from asap_core.imageio import sha1_hex
 from asap_core.single_image import analyse_upload, decode_upload
 from asap_core.views import single as vsi
-from pages import common as C
+from app_pages import common as C
 
 MAX_KEPT = 4  # results of recent uploads kept in this session
 

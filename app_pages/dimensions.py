@@ -11,7 +11,7 @@ from PIL import Image
 from asap_core.relevance import colormap, overlay, upsample_map
 from asap_core.views import attention as va
 from asap_core.views import dimensions as vd
-from pages import common as C
+from app_pages import common as C
 
 b = C.page_start()
 ss = st.session_state

@@ -7,7 +7,7 @@ import streamlit as st
 
 from asap_core import attribution as attr
 from asap_core.views import generators as vgen
-from pages import common as C
+from app_pages import common as C
 
 b = C.page_start()
 ss = st.session_state

@@ -9,7 +9,7 @@ from asap_core.views import attention as va
 from asap_core.views import concept as vc
 from asap_core.views import grid as vg
 from asap_core.views import state as vs
-from pages import common as C
+from app_pages import common as C
 
 b = C.page_start()
 ss = st.session_state

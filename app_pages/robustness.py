@@ -8,7 +8,7 @@ from asap_core.errors import AsapError
 from asap_core.laundering import laundered_view
 from asap_core.views import attention as va
 from asap_core.views import robustness as vr
-from pages import common as C
+from app_pages import common as C
 
 MAX_KEPT = 8  # laundering tables kept in this session
 

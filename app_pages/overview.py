@@ -8,7 +8,7 @@ import streamlit as st
 from asap_core.views import generators as vgen
 from asap_core.views import overview as ov
 from asap_core.views import state as vs
-from pages import common as C
+from app_pages import common as C
 
 b = C.page_start()
 ss = st.session_state

@@ -9,7 +9,7 @@ from asap_core.errors import AsapError
 from asap_core.patterns import PatternStore, pattern_impact, rank_patterns
 from asap_core.views import attention as va
 from asap_core.views import patterns as vp
-from pages import common as C
+from app_pages import common as C
 
 b = C.page_start()
 ss = st.session_state

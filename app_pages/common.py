@@ -54,14 +54,14 @@ BUNDLE_ENV = "ASAP_BUNDLE"
 METHODS = ("last-block", "rollout")
 
 PAGE_FILES = {
-    "overview": "pages/overview.py",
-    "images": "pages/images.py",
-    "attention": "pages/attention.py",
-    "dimensions": "pages/dimensions.py",
-    "patterns": "pages/patterns.py",
-    "generators": "pages/generators.py",
-    "robustness": "pages/robustness.py",
-    "single": "pages/single_image.py",
+    "overview": "app_pages/overview.py",
+    "images": "app_pages/images.py",
+    "attention": "app_pages/attention.py",
+    "dimensions": "app_pages/dimensions.py",
+    "patterns": "app_pages/patterns.py",
+    "generators": "app_pages/generators.py",
+    "robustness": "app_pages/robustness.py",
+    "single": "app_pages/single_image.py",
 }
 
 
