@@ -94,3 +94,22 @@ def test_click_cell_brush_images_see_maps(server, tiny_bundle, shots):  # noqa: 
             assert f"cell={cell}" in page.url and "images=" in page.url and "/attention" in page.url
         finally:
             browser.close()
+
+
+def test_page_address_as_first_request_runs_the_entry_script(tiny_bundle, tmp_path):  # noqa: F811
+    """A copied address like ``/images?bundle=...`` opened on a fresh server must get the app's own navigation
+    (Streamlit 1.67 served a ``pages/`` folder's file alone in that case: hence ``app_pages/``)."""
+    env = {"ASAP_BUNDLE": str(tiny_bundle), "ASAP_CACHE_DIR": str(tmp_path / "cache")}
+    with streamlit_server(env, tmp_path / "server.log") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(30000)
+            page.goto(f"{url}/images?bundle={tiny_bundle}")
+            nav = page.locator('[data-testid="stSidebarNav"]')
+            nav.get_by_text("Single image").wait_for()
+            links = nav.inner_text()
+            assert "Overview" in links and "common" not in links
+            page.wait_for_function("() => window.location.search.includes('page=images')")
+        finally:
+            browser.close()
