@@ -1,7 +1,9 @@
 """RowStore and cached_call: values come back exactly, partial batches survive, keys follow content."""
 from __future__ import annotations
 
-import multiprocessing as mp
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -39,20 +41,23 @@ def test_unfinished_shard_is_ignored(tmp_path):
     assert RowStore(tmp_path, "emb", (2,)).missing(["a", "b"]) == ["b"]
 
 
-def _writer(root: str, k: int) -> None:
-    s = RowStore(root, "emb", (4,))
-    for j in range(20):
-        s.put([f"{k}-{j}"], np.full((1, 4), k * 100 + j, np.float32))
+WRITER = """
+import sys
+import numpy as np
+from asap_core.cache import RowStore
+root, k = sys.argv[1], int(sys.argv[2])
+s = RowStore(root, "emb", (4,))
+for j in range(20):
+    s.put([f"{k}-{j}"], np.full((1, 4), k * 100 + j, np.float32))
+"""
 
 
 def test_concurrent_writers_do_not_corrupt(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), k)) for k in range(3)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    assert [p.exitcode for p in procs] == [0, 0, 0]
+    repo = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(k)], cwd=repo,
+                              stderr=subprocess.PIPE, text=True) for k in range(3)]
+    errors = [p.communicate()[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
     s = RowStore(tmp_path, "emb", (4,))
     ids = [f"{k}-{j}" for k in range(3) for j in range(20)]
     vals = s.get(ids)
