@@ -1,116 +1,568 @@
-"""Embedding stage: decode files in worker processes while the model encodes, cache every finished batch.
+"""Embedding stage: decode image files while the model encodes, store every finished batch.
 
-Memory stays flat: at most ``prefetch`` batches of decoded pixels are in flight at any time.
+Pipeline (one run of :func:`embed_files`)::
+
+    files --[decoder: threads | processes | nvJPEG]--> uint8 crops [n, 3, S, S] + thumbnails
+          --[normalise on the model's device]--> model (fp32 CPU / bf16 GPU) --> embeddings [n, D]
+          --> embed_store / thumb_store (one Parquet shard per batch)
+
+- Decoders run ahead of the model by at most ``prefetch`` batches, so memory stays flat however many
+  files there are (benchmarks/memory_flat.py).
+- Workers hand back **uint8** crops (4x less to move than float32); normalisation happens on the model's
+  device with the same float32 arithmetic as ``ClipPreprocessor.to_array`` (bit-identical on CPU).
+- ``decoder="auto"``: on CPU one or two decode *threads* (Pillow releases the GIL while decoding and
+  resizing; processes would only take cores from the model); on a GPU ``nvjpeg`` when torchvision is
+  installed, else one decode *process* per core.
+- Exact by default on CPU: full JPEG decode and Pillow's bicubic resize, the pixels equal
+  ``encoder.preprocess``. Approximations only where the model is approximate anyway (bf16 on GPU):
+  JPEG ``draft`` (DCT-domain downscale) in Pillow workers, and nvJPEG + a torch antialiased bicubic
+  resize (``fast_decode=None`` means: on for CUDA, off for CPU).
+- On a GPU, host -> device copies go through pinned memory without blocking, and the embeddings of
+  batch k are copied back while batch k+1 runs.
 """
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
-import os
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from .cache import RowStore
 from .errors import ImageLoadError
 from .imageio import decode_image, make_thumbnail, read_bytes
-from .preprocess import ClipPreprocessor
+from .preprocess import ClipPreprocessor, resize_output_size
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
     from .encoder import ClipEncoder
 
 Progress = Callable[[int, int], None]
+THUMB_SIDE = 128
+DECODERS = ("auto", "inline", "thread", "process", "nvjpeg")
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+# ----------------------------------------------------------------------------- CPU decoding (Pillow)
 
 
 @dataclass
-class DecodeResult:
-    """Decoded pixels ``[n, 3, S, S]`` for the ok items, their thumbnails, and ``(path, reason)`` failures."""
+class DecodedBatch:
+    """Decoded items of one batch.
 
-    ok: list[int] = field(default_factory=list)
-    pixels: list[np.ndarray] = field(default_factory=list)
+    ``rows``: indices (into the caller's ``paths``) of the decoded items; ``pixels``: their centre crops
+    ``[n, 3, S, S]`` uint8 (numpy, or a torch tensor already on the model's device); ``thumbs``: JPEG
+    bytes (nvJPEG path: futures of them); ``failed``: ``(index, path, reason)``.
+    """
+
+    rows: list[int] = field(default_factory=list)
+    pixels: Any = None
     thumbs: list[bytes] = field(default_factory=list)
     failed: list[tuple[int, str, str]] = field(default_factory=list)
 
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.failed)
 
-def decode_batch(items: Sequence[tuple[int, str]], preprocessor: ClipPreprocessor, thumb_side: int = 128
-                 ) -> DecodeResult:
-    """Decode ``(index, path)`` items into CLIP pixels and JPEG thumbnails; failures are collected, not raised."""
-    res = DecodeResult()
+
+def crop_uint8(image, preprocessor: ClipPreprocessor, out: np.ndarray | None = None) -> np.ndarray:
+    """CLIP resize + centre crop of a PIL image as uint8 ``[3, S, S]`` (grey broadcast to 3 channels).
+
+    ``normalize(crop) == preprocessor.to_array(image)`` bit for bit (same resize, same float32 ops).
+    """
+    pix = np.asarray(preprocessor.resize_and_crop(image))  # [S, S] or [S, S, 3]
+    c = preprocessor.crop_size
+    if out is None:
+        out = np.empty((3, c, c), dtype=np.uint8)
+    out[:] = pix[None] if pix.ndim == 2 else pix.transpose(2, 0, 1)
+    return out
+
+
+def thumbnail_bytes(image, side: int = THUMB_SIDE) -> bytes:
+    """JPEG thumbnail (longest side ``side``) via ``make_thumbnail``, box-reduced first by the integer
+    factor that keeps the longest side >= ``side`` (Lanczos from the full image costs ~2 ms for 500x375,
+    as much as the CLIP resize; after the box reduce ~0.3 ms)."""
+    k = max(image.size) // side
+    if k >= 2:
+        image = image.reduce(k)
+    return make_thumbnail(image, side)
+
+
+def decode_batch(items: Sequence[tuple[int, str]], preprocessor: ClipPreprocessor, thumb_side: int = THUMB_SIDE,
+                 draft_size: int | None = None) -> DecodedBatch:
+    """Decode ``(index, path)`` items into uint8 crops and thumbnails; failures are collected, not raised.
+
+    ``draft_size``: JPEG DCT-domain downscale (see ``imageio.decode_image``); ``None`` decodes exactly.
+    """
+    c = preprocessor.crop_size
+    pixels = np.empty((len(items), 3, c, c), dtype=np.uint8)
+    res = DecodedBatch()
     for idx, path in items:
         try:
-            image = decode_image(read_bytes(path), path)
-            res.pixels.append(preprocessor.to_array(image))
-            res.thumbs.append(make_thumbnail(image, thumb_side))
-            res.ok.append(idx)
+            image = decode_image(read_bytes(path), path, draft_size=draft_size)
+            crop_uint8(image, preprocessor, out=pixels[len(res.rows)])
+            res.thumbs.append(thumbnail_bytes(image, thumb_side))
+            res.rows.append(idx)
         except ImageLoadError as exc:
             res.failed.append((idx, path, exc.reason))
         except Exception as exc:  # noqa: BLE001 - a codec bug must not stop the run; report it
             res.failed.append((idx, path, f"could not be decoded ({type(exc).__name__}: {exc})"))
+    res.pixels = pixels[:len(res.rows)]
     return res
 
 
-def default_workers() -> int:
-    """Decode processes: one per core, leaving the model its threads (at least 1)."""
-    return max(1, (os.cpu_count() or 1) - 1)
+def merge(parts: Sequence[DecodedBatch]) -> DecodedBatch:
+    """Concatenate the chunks of one batch (numpy pixels)."""
+    if len(parts) == 1:
+        return parts[0]
+    out = DecodedBatch()
+    for p in parts:
+        out.rows += p.rows
+        out.thumbs += p.thumbs
+        out.failed += p.failed
+    out.pixels = np.concatenate([p.pixels for p in parts])
+    return out
 
 
-def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPreprocessor, paths: Sequence[str], ids: Sequence[str], embed_store: RowStore, thumb_store: RowStore,
-                batch_size: int = 64, num_workers: int | None = None, prefetch: int = 3,
-                progress: Progress | None = None) -> list[tuple[str, str]]:
+# ----------------------------------------------------------------------------- normalisation
+
+
+@lru_cache(maxsize=16)
+def _norm_constants(mean: tuple, std: tuple, device: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+    """``(scale, shift)`` ``[3, 1, 1]`` float32 on ``device``, made once (a per-batch copy to a GPU would
+    wait for the device)."""
+    import torch
+
+    std_, mean_ = np.asarray(std, dtype=np.float64), np.asarray(mean, dtype=np.float64)
+    scale = torch.from_numpy((1.0 / (255.0 * std_)).astype(np.float32).reshape(3, 1, 1)).to(device)
+    shift = torch.from_numpy((mean_ / std_).astype(np.float32).reshape(3, 1, 1)).to(device)
+    return scale, shift
+
+
+def normalize(pixels: "torch.Tensor", preprocessor: ClipPreprocessor) -> "torch.Tensor":
+    """uint8 crops ``[n, 3, S, S]`` -> float32 CLIP pixel values on the same device.
+
+    ``x * (1 / (255 std)) - mean / std`` in float32, exactly as ``ClipPreprocessor.to_array``.
+    """
+    import torch
+
+    scale, shift = _norm_constants(tuple(preprocessor.mean), tuple(preprocessor.std), str(pixels.device))
+    x = pixels.to(torch.float32)
+    x.mul_(scale)
+    x.sub_(shift)
+    return x
+
+
+# ----------------------------------------------------------------------------- GPU decoding (nvJPEG)
+
+
+@dataclass
+class HostThumb:
+    """A thumbnail ``[3, h, w]`` uint8 on the host; when it comes from a GPU, ``ready`` is the CUDA event
+    after which its (non-blocking) copy is complete. ``encode()`` waits for it, then makes the JPEG."""
+
+    pixels: Any
+    ready: Any = None
+
+    def encode(self) -> bytes:
+        from PIL import Image
+
+        if self.ready is not None:
+            self.ready.synchronize()
+        chw = np.asarray(self.pixels)
+        return make_thumbnail(Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))), max(chw.shape[1:]))
+
+
+def resize_crop_tensors(images: Sequence["torch.Tensor"], preprocessor: ClipPreprocessor,
+                        thumb_side: int | None = THUMB_SIDE) -> tuple["torch.Tensor", list[HostThumb]]:
+    """uint8 images ``[3, H_i, W_i]`` (any device) -> CLIP crops ``[n, 3, S, S]`` uint8 (input order) and
+    thumbnails (``HostThumb``, longest side ``thumb_side``, antialiased bilinear; none if ``thumb_side``
+    is None).
+
+    Images of equal size are resized together (one antialiased bicubic ``interpolate`` per size, not one
+    per image). Close to Pillow's bicubic (a few uint8 levels), not bit-equal. On a GPU nothing here waits
+    for the device: crops are gathered with a device-side index, thumbnails are copied to pinned host
+    memory without blocking (``HostThumb.ready``).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n, c, size = len(images), preprocessor.crop_size, preprocessor.size
+    if n == 0:
+        return torch.zeros(0, 3, c, c, dtype=torch.uint8), []
+    dev = images[0].device
+    cuda = dev.type == "cuda"
+    thumbs: list = [None] * n
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, im in enumerate(images):
+        groups.setdefault((int(im.shape[-2]), int(im.shape[-1])), []).append(i)
+    parts, order = [], []
+    for (h, w), idx in groups.items():
+        batch = torch.stack([images[i] for i in idx])  # [g, 3, h, w] uint8
+        new_w, new_h = resize_output_size(w, h, size)
+        if (new_h, new_w) != (h, w):
+            x = F.interpolate(batch.float(), size=(new_h, new_w), mode="bicubic", antialias=True,
+                              align_corners=False)
+            resized = x.round_().clamp_(0, 255).to(torch.uint8)
+        else:
+            resized = batch
+        top, left = (new_h - c) // 2, (new_w - c) // 2
+        src_t, src_l = max(top, 0), max(left, 0)
+        dst_t, dst_l = max(-top, 0), max(-left, 0)
+        hh, ww = min(c, new_h), min(c, new_w)
+        crop = torch.zeros(len(idx), 3, c, c, dtype=torch.uint8, device=dev)  # zero = the processor's padding
+        crop[:, :, dst_t:dst_t + hh, dst_l:dst_l + ww] = resized[:, :, src_t:src_t + hh, src_l:src_l + ww]
+        parts.append(crop)
+        order += idx
+        if thumb_side:
+            s = thumb_side / max(h, w)
+            small = batch
+            if s < 1:
+                th, tw = max(1, round(h * s)), max(1, round(w * s))
+                small = F.interpolate(batch.float(), size=(th, tw), mode="bilinear", antialias=True,
+                                      align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+            ready = None
+            if cuda:
+                small = small.to("cpu", non_blocking=True)  # pinned destination, copied asynchronously
+                ready = torch.cuda.Event()
+                ready.record()
+            for j, i in enumerate(idx):
+                thumbs[i] = HostThumb(small[j], ready)
+    crops = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if order != list(range(n)):  # back to input order
+        inverse = [0] * n
+        for pos, i in enumerate(order):
+            inverse[i] = pos
+        perm = torch.tensor(inverse)
+        crops = crops[perm.pin_memory().to(dev, non_blocking=True) if cuda else perm]
+    return crops, (thumbs if thumb_side else [])
+
+
+def nvjpeg_available() -> bool:
+    """True when torchvision's nvJPEG decoder (``decode_jpeg(..., device='cuda')``) can be used."""
+    try:
+        import torch
+        from torchvision.io import decode_jpeg  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing or broken torchvision
+        return False
+    return torch.cuda.is_available()
+
+
+def _probe_jpeg(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` when ``data`` is a plain JPEG that nvJPEG decodes like Pillow (RGB or grey,
+    upright, within Pillow's pixel limit), else None (the Pillow path takes it and words any error)."""
+    if not data.startswith(_JPEG_MAGIC):
+        return None
+    from PIL import Image
+
+    try:
+        im = Image.open(io.BytesIO(data))  # header only; raises on bombs and garbage
+        if im.format not in ("JPEG", "MPO") or im.mode not in ("RGB", "L"):
+            return None
+        if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: nvJPEG ignores it
+            return None
+        return im.size
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class _NvjpegDecoder:
+    """Files -> uint8 crops on the GPU. Threads read the bytes (and decode non-JPEGs with Pillow);
+    nvJPEG decodes the JPEGs of a batch in few calls (at most ``max_pixels`` source pixels per call,
+    so 12-megapixel photos in a batch of 1024 do not fill the GPU); resize, crop and thumbnails run
+    on the GPU, the thumbnails' JPEG encoding in the reader threads."""
+
+    max_pixels = 1 << 28  # per nvJPEG call: 268 Mpx, 0.8 GB of decoded RGB
+
+    def __init__(self, preprocessor: ClipPreprocessor, device: "torch.device", pool: ThreadPoolExecutor,
+                 thumb_side: int, draft_size: int | None) -> None:
+        self.pre, self.device, self.pool = preprocessor, device, pool
+        self.thumb_side, self.draft_size = thumb_side, draft_size
+        # thumbnails get their own threads: behind the queued reads they would hold up store()
+        self.thumb_pool = ThreadPoolExecutor(max(1, pool._max_workers), thread_name_prefix="asap-thumb")
+
+    def read(self, items: Sequence[tuple[int, str]]) -> tuple[list[tuple[int, str, bytes, int]], DecodedBatch]:
+        """(JPEGs for the GPU as (index, path, bytes, pixels), the rest decoded by Pillow). In a worker thread."""
+        jpegs, other = [], []
+        for idx, path in items:
+            try:
+                data = read_bytes(path)
+            except ImageLoadError:
+                other.append((idx, path))  # decode_batch words the failure
+                continue
+            size = _probe_jpeg(data)
+            if size is None:
+                other.append((idx, path))
+            else:
+                jpegs.append((idx, path, data, size[0] * size[1]))
+        return jpegs, decode_batch(other, self.pre, self.thumb_side, self.draft_size)
+
+    def _decode(self, group: list[tuple[int, str, bytes, int]]) -> tuple[list, list[int], list[tuple[int, str]]]:
+        """nvJPEG on one group -> (images [3, H, W] on the GPU, their indices, (index, path) it refused)."""
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        datas = [torch.from_numpy(np.frombuffer(d, np.uint8).copy()) for _, _, d, _ in group]
+        try:
+            return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device)), [g[0] for g in group], []
+        except Exception:  # noqa: BLE001 - one bad file fails the whole call: retry one by one
+            images, rows, refused = [], [], []
+            for (i, p, _, _), t in zip(group, datas):
+                try:
+                    images.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device))
+                    rows.append(i)
+                except Exception:  # noqa: BLE001
+                    refused.append((i, p))
+            return images, rows, refused
+
+    def finish(self, read_results: Sequence[tuple[list, DecodedBatch]]) -> DecodedBatch:
+        """GPU-decode the JPEGs of one batch; merge with the Pillow part (pixels: CUDA uint8 tensor)."""
+        import torch
+
+        from .device import to_device
+
+        jpegs = [j for r in read_results for j in r[0]]
+        cpu_parts = [r[1] for r in read_results]
+        res = DecodedBatch()
+        crops, rows, thumbs, refused = [], [], [], []
+        start = 0
+        while start < len(jpegs):  # groups of at most max_pixels source pixels
+            end, px = start, 0
+            while end < len(jpegs) and (end == start or px + jpegs[end][3] <= self.max_pixels):
+                px += jpegs[end][3]
+                end += 1
+            images, r, bad = self._decode(jpegs[start:end])
+            c, t = resize_crop_tensors(images, self.pre, self.thumb_side)
+            del images
+            crops.append(c.to(self.device))
+            rows += r
+            thumbs += t
+            refused += bad
+            start = end
+        if refused:
+            cpu_parts.append(decode_batch(refused, self.pre, self.thumb_side, self.draft_size))
+        cpu = merge(cpu_parts) if cpu_parts else DecodedBatch(pixels=np.zeros((0, 3, 1, 1), np.uint8))
+        if cpu.rows:
+            crops.append(to_device(torch.from_numpy(cpu.pixels), self.device))
+        c = self.pre.crop_size
+        res.rows = rows + cpu.rows
+        res.thumbs = [self.thumb_pool.submit(t.encode) for t in thumbs] + cpu.thumbs  # futures: see store()
+        res.failed = cpu.failed
+        res.pixels = torch.cat(crops) if crops else torch.zeros(0, 3, c, c, dtype=torch.uint8, device=self.device)
+        return res
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def default_workers(decoder: str, cores: int | None = None) -> int:
+    """Decode workers for a decoder kind.
+
+    ``thread`` (CPU model): 1 up to 4 cores, then 1 per 8 cores: decoding is ~5 % of the fp32 model's
+    work, and every extra worker takes a core from the model. ``process`` (GPU model): one per core
+    but one (the main process feeds the GPU). ``nvjpeg``: 4 threads for reading files.
+    """
+    from .device import cpu_cores
+
+    n = cores or cpu_cores()
+    if decoder == "thread":
+        return 1 if n <= 4 else max(1, n // 8)
+    if decoder == "process":
+        return max(1, n - 1)
+    if decoder == "nvjpeg":
+        return min(8, max(2, n // 2))
+    return 0
+
+
+def resolve_decoder(decoder: str, device: "torch.device") -> str:
+    """``auto`` -> ``nvjpeg`` (CUDA + torchvision), ``process`` (CUDA), ``thread`` (CPU)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    if decoder == "nvjpeg" and (device.type != "cuda" or not nvjpeg_available()):
+        decoder = "auto"
+    if decoder != "auto":
+        return decoder
+    if device.type == "cuda":
+        return "nvjpeg" if nvjpeg_available() else "process"
+    return "thread"
+
+
+def _jpeg_share(paths: Sequence[str], todo: Sequence[int], sample: int = 256) -> float:
+    """Fraction of ``.jpg``/``.jpeg`` names among (a spread sample of) the files to embed."""
+    step = max(1, len(todo) // sample)
+    names = [str(paths[i]).lower() for i in todo[::step]]
+    return sum(n.endswith((".jpg", ".jpeg")) for n in names) / max(1, len(names))
+
+
+class _Prefetcher:
+    """Submits decode work for batches in order and hands back ``DecodedBatch``es in the same order.
+
+    At most ``prefetch`` batches are submitted and not yet taken (bounded memory).
+    """
+
+    def __init__(self, kind: str, workers: int, preprocessor: ClipPreprocessor, device: "torch.device",
+                 thumb_side: int, draft_size: int | None) -> None:
+        self.kind, self.workers, self.pre = kind, max(1, workers), preprocessor
+        self.thumb_side, self.draft_size = thumb_side, draft_size
+        self.pending: deque = deque()
+        self.pool: Any = None
+        self.nv: _NvjpegDecoder | None = None
+        if kind == "thread":
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="asap-decode")
+        elif kind == "process":
+            self.pool = mp.get_context("spawn").Pool(self.workers)
+        elif kind == "nvjpeg":
+            self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="asap-read")
+            self.nv = _NvjpegDecoder(preprocessor, device, self.pool, thumb_side, draft_size)
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def submit(self, items: list[tuple[int, str]]) -> None:
+        args = (self.pre, self.thumb_side, self.draft_size)
+        if self.kind == "inline":  # decoded lazily in take(): one batch in memory at a time
+            self.pending.append(("inline", items))
+        else:
+            chunks = [items[k::self.workers] for k in range(self.workers) if items[k::self.workers]]
+            if self.kind == "nvjpeg":
+                futs = [self.pool.submit(self.nv.read, ch) for ch in chunks]
+            elif self.kind == "thread":
+                futs = [self.pool.submit(decode_batch, ch, *args) for ch in chunks]
+            else:
+                futs = [self.pool.apply_async(decode_batch, (ch, *args)) for ch in chunks]
+            self.pending.append((self.kind, futs))
+
+    def take(self) -> DecodedBatch:
+        kind, job = self.pending.popleft()
+        if kind == "inline":
+            return decode_batch(job, self.pre, self.thumb_side, self.draft_size)
+        if kind == "nvjpeg":
+            return self.nv.finish([f.result() for f in job])
+        if kind == "thread":
+            return merge([f.result() for f in job])
+        return merge([f.get() for f in job])
+
+    def close(self) -> None:
+        if self.kind == "process":
+            self.pool.terminate()
+        elif self.pool is not None:
+            for _, job in self.pending:
+                for f in (job if isinstance(job, list) else []):
+                    f.cancel()
+            self.pool.shutdown(wait=True)
+            if self.nv is not None:
+                self.nv.thumb_pool.shutdown(wait=True)
+
+
+def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPreprocessor, paths: Sequence[str],
+                ids: Sequence[str], embed_store: RowStore, thumb_store: RowStore,
+                batch_size: int | None = 64, num_workers: int | None = None, prefetch: int = 3,
+                progress: Progress | None = None, *, decoder: str = "auto", fast_decode: bool | None = None,
+                compile: bool | None = None, thumb_side: int = THUMB_SIDE) -> list[tuple[str, str]]:
     """Embed the images ``paths`` (ids ``ids``) that ``embed_store`` lacks; store embeddings and thumbnails.
 
     ``load_encoder()`` is called only if something is missing (a fully cached run never loads the model).
-
     Returns the failures as ``(path, reason)``. Each finished batch is stored at once (an interrupted run
-    keeps it). ``num_workers=0`` decodes in this process.
+    keeps it): thumbnails first, then the embeddings ``[n, D]`` float32, L2-normalised, equal to
+    ``encoder.encode(encoder.preprocess(images))`` (bit-equal on CPU with the exact decoder).
+
+    ``batch_size``: images per model call; ``None`` picks it (free GPU memory; 32 on CPU).
+    ``num_workers``: decode workers (``None``: ``default_workers``; ``0``: decode in this thread, lazily).
+    ``prefetch``: decoded batches allowed to wait for the model (memory bound).
+    ``decoder``: one of ``DECODERS`` (see the module docstring). ``fast_decode``: JPEG ``draft`` in Pillow
+    workers, nvJPEG on GPU; ``None`` = on for CUDA, off for CPU. ``compile``: ``torch.compile`` the
+    forward (``None``: ``$ASAP_COMPILE``, default off). On CPU, torch uses one thread per core.
     """
-    todo = [i for i, image_id in enumerate(ids) if image_id not in embed_store]
+    missing = set(embed_store.missing(ids))  # one scan of the store, not one per id
+    todo = [i for i, image_id in enumerate(ids) if image_id in missing]
     total, done = len(todo), 0
     failures: list[tuple[str, str]] = []
     if progress:
         progress(0, total)
     if not todo:
         return failures
+
+    import torch
+
+    from .device import choose_batch_size, compile_enabled, compiled_forward, configure_threads, to_device
+
     encoder = load_encoder()
-    workers = default_workers() if num_workers is None else num_workers
-    batches = [[(i, paths[i]) for i in todo[s:s + batch_size]] for s in range(0, total, batch_size)]
-    pool = mp.get_context("spawn").Pool(workers) if workers > 0 else None
+    dev = encoder.device
+    configure_threads(dev)
+    bs = choose_batch_size(encoder, batch_size)
+    fast = dev.type == "cuda" if fast_decode is None else bool(fast_decode)
+    kind = resolve_decoder(decoder, dev)
+    if kind == "nvjpeg" and (not fast or (decoder == "auto" and _jpeg_share(paths, todo) < 0.5)):
+        kind = "process"  # exact decoding asked for, or mostly PNG/WebP/...: Pillow in processes
+    workers = default_workers(kind) if num_workers is None else int(num_workers)
+    if workers <= 0:
+        kind = "inline"
+    draft = preprocessor.size if fast else None
+    forward = compiled_forward(encoder.vision_model, bs) if compile_enabled(compile) else None
+
+    def encode(x: "torch.Tensor") -> "torch.Tensor":
+        """float32 pixels on the device -> normalised embeddings [n, D] float32 on the device (async on GPU)."""
+        with torch.inference_mode():
+            if forward is None:
+                return encoder.embed(x)
+            return torch.nn.functional.normalize(forward(x.to(encoder.dtype)).float(), dim=-1)
+
+    def store(job) -> int:
+        batch_ids, thumbs, emb, ready, n = job
+        if ready is not None:
+            ready.synchronize()
+        thumb_store.put(batch_ids, [t.result() if isinstance(t, Future) else t for t in thumbs])
+        embed_store.put(batch_ids, emb.numpy().astype(np.float32, copy=False))
+        return n
+
+    batches = [[(i, paths[i]) for i in todo[s:s + bs]] for s in range(0, total, bs)]
+    source = _Prefetcher(kind, workers, preprocessor, dev, thumb_side, draft)
+    waiting = None  # the previous batch, whose embeddings are still being copied back (GPU)
     try:
-        pending: deque = deque()
-
-        def submit(batch):
-            if pool is None:
-                pending.append([decode_batch(batch, preprocessor)])
-                return
-            chunks = [batch[k::workers] for k in range(workers) if batch[k::workers]]
-            pending.append([pool.apply_async(decode_batch, (c, preprocessor)) for c in chunks])
-
         it = iter(batches)
-        for batch in it:
-            submit(batch)
-            if len(pending) >= prefetch:
+        for b in it:
+            source.submit(b)
+            if len(source) >= max(1, prefetch):
                 break
-        while pending:
-            parts = [p if isinstance(p, DecodeResult) else p.get() for p in pending.popleft()]
+        while len(source):
+            dec = source.take()
             nxt = next(it, None)
             if nxt is not None:
-                submit(nxt)
-            ok = [i for r in parts for i in r.ok]
-            for r in parts:
-                failures.extend((path, reason) for _, path, reason in r.failed)
-            if ok:
-                import torch
-
-                pixels = torch.from_numpy(np.stack([px for r in parts for px in r.pixels]))
-                emb = encoder.encode(pixels).numpy().astype(np.float32)
-                batch_ids = [ids[i] for i in ok]
-                thumb_store.put(batch_ids, [t for r in parts for t in r.thumbs])
-                embed_store.put(batch_ids, emb)
-            done += sum(len(r.ok) + len(r.failed) for r in parts)
+                source.submit(nxt)
+            failures.extend((path, reason) for _, path, reason in dec.failed)
+            job = None
+            if dec.rows:
+                px = dec.pixels if isinstance(dec.pixels, torch.Tensor) else torch.from_numpy(dec.pixels)
+                if px.device.type != dev.type:
+                    px = to_device(px, dev)
+                emb = encode(normalize(px, preprocessor))
+                ready = None
+                if dev.type == "cuda":
+                    host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
+                    host.copy_(emb, non_blocking=True)
+                    ready = torch.cuda.Event()
+                    ready.record()
+                    emb = host
+                job = ([ids[i] for i in dec.rows], dec.thumbs, emb, ready, len(dec))
+            if waiting is not None:  # GPU: batch k-1 is stored once batch k runs
+                done += store(waiting)
+                waiting = None
+                if progress:
+                    progress(done, total)
+            if job is not None and job[3] is not None:
+                waiting = job
+                continue
+            done += store(job) if job is not None else len(dec)
+            if progress:
+                progress(done, total)
+        if waiting is not None:
+            done += store(waiting)
             if progress:
                 progress(done, total)
     finally:
-        if pool is not None:
-            pool.terminate()
+        source.close()
     return failures

@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 from PIL import Image
 
+from .device import preferred_dtype
 from .errors import ModelLoadError
 from .preprocess import ClipPreprocessor
 
@@ -165,7 +166,7 @@ class ClipEncoder:
 
         info = inspect_checkpoint(model)
         dev = resolve_device(device)
-        dtype = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+        dtype = dtype or preferred_dtype(dev)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()

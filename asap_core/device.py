@@ -1,0 +1,169 @@
+"""Device helpers for the model stage: cores, torch threads, batch size from free GPU memory, compile.
+
+Nothing here changes numbers on CPU by default: fp32 stays fp32 (bf16 only with ``ASAP_CPU_BF16=1``,
+see ``preferred_dtype``), and ``torch.compile`` is opt-in (``ASAP_COMPILE=1`` or ``compile=True``).
+On a GPU the encoder runs in bf16; these helpers pick a batch size that fits in the free memory and
+stage host -> device copies through pinned memory so that they overlap with the model.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+COMPILE_ENV = "ASAP_COMPILE"
+CPU_BF16_ENV = "ASAP_CPU_BF16"
+CPU_BATCH_SIZE = 32
+GPU_MAX_BATCH = 1024
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (``sched_getaffinity``; containers often allow fewer than ``cpu_count``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_threads(device: "torch.device | str", num_threads: int | None = None) -> int:
+    """On CPU, torch intra-op threads: ``num_threads`` if given, else torch's own count (physical cores,
+    or what ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` chose) capped at the cores this process may
+    use (containers often allow fewer than torch sees). Returns the count in effect.
+
+    A no-op returning the current count on a GPU (the host threads only feed the device).
+    """
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return torch.get_num_threads()
+    n = num_threads or min(torch.get_num_threads(), cpu_cores())
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+def device_name(device: "torch.device | str") -> str:
+    """Human-readable name: the GPU's name, or the CPU model with its core and thread counts."""
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"CPU {model} ({cpu_cores()} cores, torch {torch.get_num_threads()} threads)"
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 in hardware (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def preferred_dtype(device: "torch.device | str") -> "torch.dtype":
+    """Model dtype: bf16 on CUDA; fp32 on CPU, unless ``$ASAP_CPU_BF16=1`` and the CPU has native bf16.
+
+    CPU bf16 is opt-in because it changes the embeddings (cosine to fp32 ~0.999); where the CPU has
+    ``avx512_bf16`` it roughly doubles the ViT forward rate (benchmarks/embed_speed.py --cpu-bf16).
+    """
+    import torch
+
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.bfloat16
+    wanted = os.environ.get(CPU_BF16_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return torch.bfloat16 if wanted and cpu_has_native_bf16() else torch.float32
+
+
+def compile_enabled(compile: bool | None = None) -> bool:
+    """``compile`` if given, else ``$ASAP_COMPILE`` in (1, true, yes). Off by default everywhere.
+
+    Why off on GPU too: end to end the decoder bounds the rate (DESIGN.md §6: B/32 forward 27k img/s in
+    bf16, JPEG decode <= 15k), so a ~1 min compile only pays off for forward-only workloads.
+    """
+    if compile is not None:
+        return bool(compile)
+    return os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def compiled_forward(vision_model, batch_size: int) -> Callable[["torch.Tensor"], "torch.Tensor"]:
+    """``pixels [n, 3, S, S] -> image_embeds [n, D]`` through ``torch.compile(vision_model)``.
+
+    The model itself is left untouched (relevance needs the eager module). Every call is padded to
+    ``batch_size`` rows so that one static graph serves the whole run (no recompile on the last batch).
+    """
+    import torch
+
+    fn = torch.compile(vision_model, dynamic=False)
+
+    def forward(pixels: "torch.Tensor") -> "torch.Tensor":
+        n = pixels.shape[0]
+        if n < batch_size:
+            pad = pixels.new_zeros((batch_size - n, *pixels.shape[1:]))
+            pixels = torch.cat([pixels, pad])
+        return fn(pixel_values=pixels).image_embeds[:n]
+
+    return forward
+
+
+def gpu_batch_size(vision_model, image_size: int, device: "torch.device", dtype: "torch.dtype",
+                   memory_fraction: float = 0.5, max_batch: int = GPU_MAX_BATCH, probe: int = 8) -> int:
+    """Largest power of two ``<= max_batch`` whose inference activations fit in ``memory_fraction`` of the
+    free GPU memory, measured with one probe forward of ``probe`` images (peak bytes per image)."""
+    import torch
+
+    torch.cuda.synchronize(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    x = torch.zeros(probe, 3, image_size, image_size, device=device, dtype=dtype)
+    with torch.inference_mode():
+        vision_model(pixel_values=x)
+    torch.cuda.synchronize(device)
+    per_image = max(1, (torch.cuda.max_memory_allocated(device) - base) // probe)
+    del x
+    budget = int(free * memory_fraction) // per_image
+    bs = 1
+    while bs * 2 <= min(budget, max_batch):
+        bs *= 2
+    return max(1, bs)
+
+
+def choose_batch_size(encoder, requested: int | None = None) -> int:
+    """``requested`` when given; else from free memory on a GPU, ``CPU_BATCH_SIZE`` (32) on CPU."""
+    if requested:
+        return int(requested)
+    if encoder.device.type == "cuda":
+        try:
+            return gpu_batch_size(encoder.vision_model, encoder.image_size, encoder.device, encoder.dtype)
+        except RuntimeError:  # e.g. out of memory already at the probe
+            return 64
+    return CPU_BATCH_SIZE
+
+
+def to_device(pixels: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
+    """Host tensor -> ``device``; on CUDA through pinned memory with a non-blocking copy.
+
+    The returned tensor is ordered on the current stream: kernels launched after it see the data.
+    The pinned staging copy is kept alive by the caching host allocator until the copy has run.
+    """
+    if device.type != "cuda":
+        return pixels.to(device)
+    src = pixels if pixels.is_pinned() else pixels.pin_memory()
+    return src.to(device, non_blocking=True)
+
+
+__all__ = ["COMPILE_ENV", "CPU_BATCH_SIZE", "CPU_BF16_ENV", "choose_batch_size", "compile_enabled",
+           "compiled_forward", "configure_threads", "cpu_cores", "cpu_has_native_bf16", "device_name",
+           "gpu_batch_size", "preferred_dtype", "to_device"]

@@ -1,0 +1,305 @@
+"""End-to-end embedding and relevance throughput: the naive pipeline vs this project, in one run.
+
+Same JPEG files, same weights (a random ViT-B/32-architecture ``CLIPModel`` saved once with
+``save_pretrained``; the naive pipeline loads it as ``CLIPModel``, ours loads its vision tower through
+``ClipEncoder``), same device:
+
+(a) naive: ``PIL.Image.open`` + ``CLIPImageProcessor`` + ``CLIPModel.get_image_features`` fp32, batches
+    of 32, one loop (decode, then model, then decode ...);
+(b) ours: ``asap_core.embedding.embed_files`` (decoder overlapped with the model, thumbnails and the
+    Parquet cache writes included), plus the model's own forward rate on pre-decoded tensors, which
+    bounds (b): "of fwd" says how much of the decode is hidden;
+(c) relevance maps for all 17 targets per image: one target at a time (17 forward + backward passes)
+    vs one batched VJP (``benchmarks/relevance_speed.run``).
+
+    python benchmarks/embed_speed.py                          # CPU: 512 images, 3 rounds
+    python benchmarks/embed_speed.py --n 8192 --rel-n 1024    # GPU
+    python benchmarks/embed_speed.py --sweep                  # CPU: decode workers x torch threads
+
+Each round runs every method once, taking turns, and the table gives the median img/s over rounds
+(min-max in brackets): other jobs on a shared machine slow all methods alike. Images: ``--images DIR``
+(JPEG files, cycled to ``--n``), else ``--n`` synthetic 500x375 JPEGs (mosaics of the face crops under
+/work/shared/data when present) written once into ``--scratch``.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from asap_core.cache import RowStore  # noqa: E402
+from asap_core.device import device_name  # noqa: E402
+from asap_core.embedding import default_workers, embed_files, resolve_decoder  # noqa: E402
+from asap_core.encoder import ClipEncoder  # noqa: E402
+
+NAIVE_BATCH = 32
+
+
+def ensure_model(model_dir: Path) -> Path:
+    """A random ViT-B/32 ``CLIPModel`` (vision projection 512) and a default ``CLIPImageProcessor``."""
+    if (model_dir / "config.json").is_file():
+        return model_dir
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    torch.manual_seed(0)
+    cfg = CLIPConfig(vision_config={"projection_dim": 512}, projection_dim=512)
+    CLIPModel(cfg).save_pretrained(model_dir)
+    CLIPImageProcessor().save_pretrained(model_dir)
+    return model_dir
+
+
+def ensure_images(folder: Path, n: int, width: int = 500, height: int = 375) -> list[str]:
+    """``n`` synthetic JPEGs (quality 90) in ``folder``, written only where missing."""
+    from preprocess_speed import natural_images
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{i:05d}.jpg" for i in range(n)]
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    for start in range(0, len(missing), 256):
+        chunk = missing[start:start + 256]
+        for i, im in zip(chunk, natural_images(len(chunk), width, height, seed=chunk[0])):
+            im.save(paths[i], quality=90)
+    return [str(p) for p in paths]
+
+
+def image_paths(args) -> list[str]:
+    if args.images:
+        files = sorted(str(p) for p in Path(args.images).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+        if not files:
+            sys.exit(f"no JPEG files under {args.images}")
+        return [files[i % len(files)] for i in range(args.n)]
+    return ensure_images(Path(args.scratch) / "jpg500", args.n)
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def naive_pipeline(model, processor, paths: list[str], dev: torch.device) -> np.ndarray:
+    """The loop most code does: open, ``CLIPImageProcessor``, fp32 ``get_image_features``, batch 32."""
+    from PIL import Image
+
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(paths), NAIVE_BATCH):
+            images = [Image.open(p).convert("RGB") for p in paths[s:s + NAIVE_BATCH]]
+            px = processor(images=images, return_tensors="pt")["pixel_values"].to(dev)
+            feats = model.get_image_features(pixel_values=px)
+            feats = getattr(feats, "pooler_output", feats)  # transformers 5 returns the output object
+            out.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
+    return torch.cat(out).numpy()
+
+
+def ours_pipeline(encoder: ClipEncoder, paths: list[str], batch_size: int | None, workers: int | None,
+                  scratch: Path) -> np.ndarray:
+    """``embed_files`` into a fresh cache (nothing cached), thumbnails included."""
+    ids = [f"{i:06d}" for i in range(len(paths))]
+    cache = Path(tempfile.mkdtemp(prefix="bench-cache-", dir=scratch))
+    try:
+        emb_store = RowStore(cache, "emb", (encoder.embed_dim,))
+        failures = embed_files(lambda: encoder, encoder.preprocessor, paths, ids, emb_store, RowStore(cache, "thumbs"),
+                               batch_size=batch_size, num_workers=workers)
+        if failures:
+            raise RuntimeError(f"{len(failures)} images failed, e.g. {failures[0]}")
+        return emb_store.get(ids)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def forward_only(fn: Callable[[torch.Tensor], object], px: torch.Tensor, n: int, batch: int, dev: torch.device) -> None:
+    """``n`` images through ``fn`` in batches of ``batch``, cycling the pre-decoded batch ``px``."""
+    with torch.inference_mode():
+        x = px[:batch].to(dev)
+        done = 0
+        while done < n:
+            k = min(batch, n - done)
+            fn(x[:k])
+            done += k
+    _sync(dev)
+
+
+def median_rate(times: list[float], n: int) -> tuple[float, float, float]:
+    rates = [n / t for t in times]
+    return statistics.median(rates), min(rates), max(rates)
+
+
+def run_rounds(methods: dict[str, Callable[[], object]], rounds: int, dev: torch.device) -> dict[str, list[float]]:
+    """Seconds per method per round; methods take turns so machine load hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    for r in range(rounds):
+        for name, fn in methods.items():
+            _sync(dev)
+            t0 = time.perf_counter()
+            fn()
+            _sync(dev)
+            times[name].append(time.perf_counter() - t0)
+        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()), flush=True)
+    return times
+
+
+def relevance_rates(encoder: ClipEncoder, n: int, batch: int, methods: list[str], rounds: int, naive: bool
+                    ) -> list[tuple[str, float, float, float]]:
+    """(label, median, min, max img/s) for 17-target relevance, naive vs batched (relevance_speed.run)."""
+    from relevance_speed import run
+
+    from asap_core.distiller import Distiller, DistillerConfig
+    from asap_core.relevance import AttentionRelevance
+
+    dev = encoder.device
+    torch.manual_seed(0)
+    proj = torch.linalg.qr(torch.randn(encoder.embed_dim, 256))[0].T  # [256, D], orthonormal rows
+    dist = Distiller(DistillerConfig(embed_dim=encoder.embed_dim, proj_dim=256), projection=proj).to(dev).eval()
+    px = torch.randn(n, 3, encoder.image_size, encoder.image_size)
+    rows = []
+    for method in methods:
+        explainer = AttentionRelevance(encoder, dist, method)
+        run(explainer, px[:min(batch, 2)], batch, naive=False)  # warm-up
+        fns = {}
+        if naive:
+            fns[f"{method}: naive, 17 passes"] = lambda e=explainer: run(e, px, batch, naive=True)
+        fns[f"{method}: batched VJP"] = lambda e=explainer: run(e, px, batch, naive=False)
+        times = run_rounds(fns, rounds, dev)
+        rows += [(k, *median_rate(v, n)) for k, v in times.items()]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=512, help="images for the embedding rows (default 512)")
+    ap.add_argument("--images", default=None, help="folder of JPEGs (default: synthetic 500x375 in --scratch)")
+    ap.add_argument("--scratch", default="/tmp/perf", help="model, images and temporary caches go here")
+    ap.add_argument("--model-dir", default=None, help="default: SCRATCH/b32full (created if missing)")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=None, help="ours: default from free GPU memory / 32 on CPU")
+    ap.add_argument("--workers", type=int, default=None, help="ours: decode workers (default: embedding.default_workers)")
+    ap.add_argument("--rel-n", type=int, default=None, help="images for the relevance rows (default 16 CPU, 1024 GPU; 0 skips)")
+    ap.add_argument("--rel-batch", type=int, default=None, help="relevance batch (default 8 CPU, 128 GPU)")
+    ap.add_argument("--rel-methods", default="last-block", help="comma list: last-block,rollout")
+    ap.add_argument("--no-naive-relevance", action="store_true", help="skip the 17-pass relevance baseline")
+    ap.add_argument("--sweep", action="store_true", help="also time ours for decode workers 0,1,2 x torch threads 1,2")
+    ap.add_argument("--cpu-bf16", action="store_true", help="CPU: also time ours with bf16 weights (opt-in ASAP_CPU_BF16)")
+    args = ap.parse_args(argv)
+
+    scratch = Path(args.scratch)
+    scratch.mkdir(parents=True, exist_ok=True)
+    model_dir = ensure_model(Path(args.model_dir) if args.model_dir else scratch / "b32full")
+    paths = image_paths(args)
+    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if args.device == "auto" else args.device))
+
+    from transformers import CLIPImageProcessor, CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    naive_model = CLIPModel.from_pretrained(model_dir, dtype=torch.float32).to(dev).eval()
+    processor = CLIPImageProcessor.from_pretrained(model_dir)
+    encoder = ClipEncoder.from_pretrained(str(model_dir), device=str(dev))
+    from asap_core.device import choose_batch_size, configure_threads
+
+    configure_threads(dev)
+    bs = choose_batch_size(encoder, args.batch_size)
+    kind = resolve_decoder("auto", dev)
+    workers = default_workers(kind) if args.workers is None else args.workers
+    from PIL import Image
+
+    size = Image.open(paths[0]).size
+    print(f"device: {device_name(dev)}   torch {torch.__version__}   images: {len(paths)} JPEG "
+          f"({size[0]}x{size[1]} first)   model: ViT-B/32 architecture, random weights ({model_dir})")
+    print(f"ours: {str(encoder.dtype).replace('torch.', '')}, batch {bs}, decoder {kind} x{workers}   "
+          f"naive: {type(processor).__name__} + CLIPModel fp32, batch {NAIVE_BATCH}   rounds: {args.rounds}")
+
+    # warm-up (allocators, lazy kernels, nvJPEG handles) and the equality check: same weights, same pixels
+    warm = paths[:min(len(paths), 2 * max(bs, NAIVE_BATCH))]
+    a = naive_pipeline(naive_model, processor, warm, dev)
+    b = ours_pipeline(encoder, warm, bs, workers, scratch)
+    cos = float((a * b).sum(1).min())
+    print(f"check: min cosine(naive, ours) over {len(warm)} images = {cos:.6f}")
+
+    px = torch.from_numpy(encoder.preprocessor.batch([Image.open(p).convert("RGB") for p in paths[:bs]]))
+    if len(px) < bs:
+        px = px.repeat((bs + len(px) - 1) // len(px), 1, 1, 1)[:bs]
+    n = len(paths)
+    methods = {
+        "naive": lambda: naive_pipeline(naive_model, processor, paths, dev),
+        "ours": lambda: ours_pipeline(encoder, paths, bs, workers, scratch),
+        "ours fwd": lambda: forward_only(encoder.encode, px, n, bs, dev),
+        "naive fwd": lambda: forward_only(lambda x: naive_model.get_image_features(pixel_values=x), px.float(), n,
+                                          NAIVE_BATCH, dev),
+    }
+    bf16 = None
+    if args.cpu_bf16 and dev.type == "cpu":
+        bf16 = ClipEncoder.from_pretrained(str(model_dir), device="cpu", dtype=torch.bfloat16)
+        c = float((a * ours_pipeline(bf16, warm, bs, workers, scratch)).sum(1).min())
+        print(f"check: min cosine(naive fp32, ours bf16) = {c:.6f}")
+        methods["ours bf16"] = lambda: ours_pipeline(bf16, paths, bs, workers, scratch)
+        methods["ours bf16 fwd"] = lambda: forward_only(bf16.encode, px, n, bs, dev)
+    print("timing the embedding rows ...")
+    times = run_rounds(methods, args.rounds, dev)
+    r = {k: median_rate(v, n) for k, v in times.items()}
+    naive_rate, fwd_rate = r["naive"][0], r["ours fwd"][0]
+    dt = str(encoder.dtype).replace("torch.", "")
+    rows = [
+        (f"(a) naive: CLIPImageProcessor + CLIPModel fp32, bs {NAIVE_BATCH}", r["naive"], True, False),
+        (f"(b) ours: embed_files, {dt}, bs {bs}, {kind} decode x{workers}", r["ours"], True, True),
+        (f"    ours: model forward only, pre-decoded, {dt}, bs {bs}", r["ours fwd"], True, True),
+        (f"    naive: model forward only, pre-decoded, fp32, bs {NAIVE_BATCH}", r["naive fwd"], True, False),
+    ]
+
+    if bf16 is not None:
+        rows.append((f"    ours, CPU bf16 (opt-in): embed_files, bs {bs}, {kind} decode x{workers}", r["ours bf16"],
+                     True, r["ours bf16 fwd"][0]))
+        rows.append((f"    ours, CPU bf16 (opt-in): model forward only, bs {bs}", r["ours bf16 fwd"], True, False))
+
+    if args.sweep:
+        print("sweep: decode workers x torch threads ...")
+        threads_before = torch.get_num_threads()
+        for threads in (1, 2):
+            for w in (0, 1, 2):
+                torch.set_num_threads(threads)
+                t = run_rounds({"ours": lambda w=w: ours_pipeline(encoder, paths, bs, w, scratch),
+                                "fwd": lambda: forward_only(encoder.encode, px, n, bs, dev)}, args.rounds, dev)
+                fwd = median_rate(t["fwd"], n)[0]
+                rows.append((f"    sweep: {threads} torch threads, {w} decode workers (fwd {fwd:.1f} img/s)",
+                             median_rate(t["ours"], n), True, fwd))
+        torch.set_num_threads(threads_before)
+
+    rel_n = args.rel_n if args.rel_n is not None else (1024 if dev.type == "cuda" else 16)
+    rel_rows = []
+    if rel_n:
+        print("timing the relevance rows ...")
+        rel_bs = args.rel_batch or (128 if dev.type == "cuda" else 8)
+        rel_rows = relevance_rates(encoder, rel_n, rel_bs, args.rel_methods.split(","),
+                                   args.rounds, not args.no_naive_relevance)
+
+    print(f"\n{'step':66s} {'img/s':>8s} {'[min-max]':>15s} {'vs naive':>9s} {'of fwd':>7s}")
+    for label, (med, lo, hi), show_ratio, show_fwd in rows:
+        ratio = f"{med / naive_rate:8.2f}x" if show_ratio else ""
+        ref = show_fwd if isinstance(show_fwd, float) else fwd_rate  # sweep rows: their own forward rate
+        of_fwd = f"{100 * med / ref:6.0f}%" if show_fwd else ""
+        print(f"{label:66s} {med:8.1f} {f'[{lo:.1f}-{hi:.1f}]':>15s} {ratio:>9s} {of_fwd:>7s}")
+    base = {}
+    for label, med, lo, hi in rel_rows:
+        method = label.split(":")[0]
+        base.setdefault(method, med)
+        ratio = f"{med / base[method]:8.2f}x"
+        print(f"{'(c) relevance, 17 targets, ' + label + f', bs {rel_bs}':66s} {med:8.1f} "
+              f"{f'[{lo:.1f}-{hi:.1f}]':>15s} {ratio:>9s}")
+    print(f"(median of {args.rounds} rounds; the relevance ratio is against its own naive row)")
+
+
+if __name__ == "__main__":
+    main()

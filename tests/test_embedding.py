@@ -1,0 +1,268 @@
+"""Embedding stage: same numbers as encoding directly, failures reported, cache respected, bounded prefetch."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from asap_core import device as device_mod
+from asap_core import embedding
+from asap_core.cache import RowStore
+from asap_core.embedding import crop_uint8, embed_files, normalize, resize_crop_tensors
+from asap_core.encoder import ClipEncoder
+from asap_core.imageio import decode_image, read_bytes
+from asap_core.preprocess import ClipPreprocessor
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_clip_dir) -> ClipEncoder:
+    return ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> list[str]:
+    """JPEGs of several sizes and aspect ratios, a grey JPEG, a transparent PNG, a tiny one (padding)."""
+    root = tmp_path_factory.mktemp("embed_files")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(13):
+        w, h = [(48, 48), (90, 40), (40, 90), (300, 200)][i % 4]
+        p = root / f"img{i:02d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(p, quality=90)
+        paths.append(str(p))
+    grey = root / "grey.jpg"
+    Image.fromarray(rng.integers(0, 255, (50, 60), dtype=np.uint8), "L").save(grey)
+    rgba = root / "alpha.png"
+    Image.fromarray(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8), "RGBA").save(rgba)
+    tiny = root / "tiny.png"
+    Image.fromarray(rng.integers(0, 255, (10, 20, 3), dtype=np.uint8)).save(tiny)
+    return paths + [str(grey), str(rgba), str(tiny)]
+
+
+def _stores(tmp_path, dim: int = 64) -> tuple[RowStore, RowStore]:
+    return RowStore(tmp_path, "emb", (dim,)), RowStore(tmp_path, "thumbs")
+
+
+def _direct(encoder: ClipEncoder, paths: list[str]) -> np.ndarray:
+    return encoder.encode(encoder.preprocess([decode_image(read_bytes(p), p) for p in paths])).numpy()
+
+
+@pytest.mark.parametrize("decoder,workers", [("auto", 0), ("thread", 1), ("thread", 2)])
+def test_embeddings_equal_direct_encoding(encoder, files, tmp_path, decoder, workers):
+    ids = [f"id{i}" for i in range(len(files))]
+    emb, thumbs = _stores(tmp_path)
+    failures = embed_files(lambda: encoder, encoder.preprocessor, files, ids, emb, thumbs, batch_size=5,
+                           num_workers=workers, decoder=decoder)
+    assert failures == []
+    np.testing.assert_allclose(emb.get(ids), _direct(encoder, files), atol=1e-5)
+    # each id got the thumbnail of its own file (aspect ratio kept, longest side <= 128)
+    for path, blob in zip(files, thumbs.get(ids)):
+        w, h = Image.open(path).size
+        tw, th = Image.open(io.BytesIO(blob)).size
+        assert max(tw, th) <= 128 and abs(tw / th - w / h) < 0.1
+
+
+def test_process_decoder_gives_the_same_embeddings(encoder, files, tmp_path):
+    ids = [f"id{i}" for i in range(len(files))]
+    emb, thumbs = _stores(tmp_path)
+    embed_files(lambda: encoder, encoder.preprocessor, files, ids, emb, thumbs, batch_size=8, num_workers=1,
+                decoder="process")
+    np.testing.assert_allclose(emb.get(ids), _direct(encoder, files), atol=1e-5)
+
+
+def test_crop_then_normalize_is_bit_equal_to_preprocessor(files):
+    pre = ClipPreprocessor(size=32, crop_size=32)
+    for p in files:
+        image = decode_image(read_bytes(p), p)
+        got = normalize(torch.from_numpy(crop_uint8(image, pre))[None], pre)[0].numpy()
+        assert np.array_equal(got, pre.to_array(image)), p
+
+
+def test_failures_are_reported_and_the_rest_stored(encoder, files, tmp_path):
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    paths = [files[0], str(corrupt), files[1], str(tmp_path / "missing.jpg"), str(empty), files[2]]
+    ids = [f"id{i}" for i in range(len(paths))]
+    emb, thumbs = _stores(tmp_path / "cache")
+    failures = embed_files(lambda: encoder, encoder.preprocessor, paths, ids, emb, thumbs, batch_size=2,
+                           num_workers=1)
+    assert [p for p, _ in failures] == [paths[1], paths[3], paths[4]]
+    assert all(reason for _, reason in failures)
+    assert emb.missing(ids) == ["id1", "id3", "id4"] and thumbs.missing(ids) == ["id1", "id3", "id4"]
+    np.testing.assert_allclose(emb.get(["id0", "id2", "id5"]), _direct(encoder, [paths[0], paths[2], paths[5]]),
+                               atol=1e-5)
+
+
+def test_cached_ids_are_skipped(encoder, files, tmp_path):
+    ids = [f"id{i}" for i in range(len(files))]
+    emb, thumbs = _stores(tmp_path)
+    sentinel = np.full((3, 64), 7.0, np.float32)
+    emb.put(ids[:3], sentinel)  # pretend these were embedded before
+    seen: list[tuple[int, int]] = []
+    embed_files(lambda: encoder, encoder.preprocessor, files, ids, emb, thumbs, batch_size=4, num_workers=0,
+                progress=lambda d, t: seen.append((d, t)))
+    assert seen[0] == (0, len(files) - 3) and seen[-1] == (len(files) - 3, len(files) - 3)
+    assert np.array_equal(emb.get(ids[:3]), sentinel)  # not recomputed
+    np.testing.assert_allclose(emb.get(ids[3:]), _direct(encoder, files[3:]), atol=1e-5)
+
+    def must_not_load():
+        raise AssertionError("a fully cached run must not load the model")
+
+    assert embed_files(must_not_load, encoder.preprocessor, files, ids, emb, thumbs) == []
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_in_flight_batches_are_bounded(encoder, files, tmp_path, monkeypatch, workers):
+    """Decoding never runs more than ``prefetch`` batches ahead of the batches already stored."""
+    started: list[int] = []
+    real = embedding.decode_batch
+
+    def counting(items, *args, **kw):
+        started.append(len(items))
+        return real(items, *args, **kw)
+
+    monkeypatch.setattr(embedding, "decode_batch", counting)
+    paths = files * 3
+    ids = [f"id{i}" for i in range(len(paths))]
+    emb, thumbs = _stores(tmp_path)
+    ahead: list[int] = []
+
+    def progress(done, total):
+        ahead.append(sum(started) - done)
+
+    prefetch, bs = 2, 3
+    embed_files(lambda: encoder, encoder.preprocessor, paths, ids, emb, thumbs, batch_size=bs,
+                num_workers=workers, prefetch=prefetch, decoder="thread", progress=progress)
+    assert sum(started) == len(paths) and not emb.missing(ids)
+    assert max(ahead) <= prefetch * bs
+    assert max(ahead) > 0 or workers == 0
+
+
+def test_gpu_resize_path_matches_pillow_closely(files):
+    """The nvJPEG path's resize/crop (run here on CPU tensors) stays within a few levels of Pillow's."""
+    pre = ClipPreprocessor(size=32, crop_size=32)
+    images = [decode_image(read_bytes(p), p) for p in files]
+    tensors = [torch.from_numpy(np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy()) for im in images]
+    crops, thumbs = resize_crop_tensors(tensors, pre, thumb_side=16)
+    ref = np.stack([crop_uint8(im, pre) for im in images])
+    diff = np.abs(crops.numpy().astype(int) - ref.astype(int))
+    assert crops.shape == (len(files), 3, 32, 32) and crops.dtype == torch.uint8
+    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 12
+    # no resample needed (shortest side already 24): zero padding to the 32 crop, exactly as the processor
+    pad_pre = ClipPreprocessor(size=24, crop_size=32)
+    arr = np.random.default_rng(1).integers(0, 255, (36, 24, 3), dtype=np.uint8)
+    padded, _ = resize_crop_tensors([torch.from_numpy(arr.transpose(2, 0, 1).copy())], pad_pre, thumb_side=None)
+    assert np.array_equal(padded[0].numpy(), crop_uint8(Image.fromarray(arr), pad_pre))
+    for im, t in zip(images, thumbs):
+        w, h = im.size
+        shape = tuple(t.pixels.shape)
+        assert shape[0] == 3 and max(shape[1:]) == min(16, max(w, h))
+        assert abs(shape[2] / shape[1] - w / h) < 0.2
+        assert Image.open(io.BytesIO(t.encode())).size == (shape[2], shape[1])
+
+
+def test_device_helpers_on_cpu(encoder, monkeypatch):
+    assert device_mod.choose_batch_size(encoder) == device_mod.CPU_BATCH_SIZE
+    assert device_mod.choose_batch_size(encoder, 7) == 7
+    before = torch.get_num_threads()
+    try:
+        assert device_mod.configure_threads("cpu") == min(before, device_mod.cpu_cores()) == torch.get_num_threads()
+        torch.set_num_threads(1)  # an explicit choice is kept
+        assert device_mod.configure_threads("cpu") == 1 == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    monkeypatch.delenv(device_mod.COMPILE_ENV, raising=False)
+    assert not device_mod.compile_enabled()
+    monkeypatch.setenv(device_mod.COMPILE_ENV, "1")
+    assert device_mod.compile_enabled() and not device_mod.compile_enabled(False)
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(device_mod.CPU_BF16_ENV, raising=False)
+    assert device_mod.preferred_dtype(cpu) == torch.float32
+    monkeypatch.setenv(device_mod.CPU_BF16_ENV, "1")
+    native = device_mod.cpu_has_native_bf16()
+    assert device_mod.preferred_dtype(cpu) == (torch.bfloat16 if native else torch.float32)
+    assert device_mod.preferred_dtype("cuda") == torch.bfloat16
+    assert embedding.resolve_decoder("auto", cpu) == "thread"
+    assert embedding.resolve_decoder("nvjpeg", cpu) == "thread"  # no GPU: falls back
+    with pytest.raises(ValueError):
+        embedding.resolve_decoder("bogus", cpu)
+    assert embedding.default_workers("thread", cores=2) == 1
+    assert embedding.default_workers("process", cores=16) == 15
+    assert "CPU" in device_mod.device_name(cpu)
+
+
+def _fake_torchvision(monkeypatch) -> list[int]:
+    """Install a stand-in ``torchvision.io`` whose ``decode_jpeg`` decodes with Pillow (the real one needs a GPU).
+
+    Like nvJPEG it fails the whole call when one image is bad. Returns the sizes of the calls made.
+    """
+    import enum
+    import sys
+    import types
+
+    calls: list[int] = []
+
+    class ImageReadMode(enum.Enum):
+        RGB = 3
+
+    def decode_jpeg(data, mode=ImageReadMode.RGB, device="cpu"):
+        items = data if isinstance(data, list) else [data]
+        calls.append(len(items))
+        out = []
+        for t in items:
+            im = Image.open(io.BytesIO(t.numpy().tobytes()))
+            im.load()  # raises on truncated data
+            out.append(torch.from_numpy(np.asarray(im.convert("RGB")).transpose(2, 0, 1).copy()))
+        return out if isinstance(data, list) else out[0]
+
+    tv, tv_io = types.ModuleType("torchvision"), types.ModuleType("torchvision.io")
+    tv_io.decode_jpeg, tv_io.ImageReadMode, tv.io = decode_jpeg, ImageReadMode, tv_io
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.io", tv_io)
+    return calls
+
+
+def test_nvjpeg_decoder_orchestration(files, tmp_path, monkeypatch):
+    """GPU path logic on CPU with a stand-in decoder: pixel-capped groups, one-by-one retry after a bad
+    file, Pillow for non-JPEGs, every crop and thumbnail on the row of its own file."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = _fake_torchvision(monkeypatch)
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(open(files[3], "rb").read()[:400])
+    paths = files + [str(truncated)]
+    pre = ClipPreprocessor(size=32, crop_size=32)
+    with ThreadPoolExecutor(2) as pool:
+        nv = embedding._NvjpegDecoder(pre, torch.device("cpu"), pool, thumb_side=16, draft_size=None)
+        nv.max_pixels = 300 * 200 + 1  # forces several nvJPEG calls per batch
+        items = list(enumerate(paths))
+        res = nv.finish([nv.read(items[:9]), nv.read(items[9:])])
+        res.thumbs = [t.result() if hasattr(t, "result") else t for t in res.thumbs]
+        nv.thumb_pool.shutdown()
+    assert [p for _, p, _ in res.failed] == [str(truncated)]
+    assert sorted(res.rows) == list(range(len(files))) and len(res.thumbs) == len(res.rows)
+    assert len(calls) > 2  # several groups, plus the one-by-one retry
+    for row, crop, blob in zip(res.rows, res.pixels, res.thumbs):
+        image = decode_image(read_bytes(paths[row]), paths[row])
+        assert np.abs(crop.numpy().astype(int) - crop_uint8(image, pre).astype(int)).mean() < 3.0
+        tw, th = Image.open(io.BytesIO(blob)).size
+        assert max(tw, th) <= 16 and abs(tw / th - image.width / image.height) < 0.25
+
+
+def test_probe_routes_only_plain_jpegs_to_nvjpeg(files, tmp_path):
+    rgb = open(files[3], "rb").read()
+    assert embedding._probe_jpeg(rgb) == Image.open(files[3]).size
+    assert embedding._probe_jpeg(open(files[-1], "rb").read()) is None  # PNG
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: nvJPEG would ignore the orientation
+    buf = io.BytesIO()
+    Image.open(files[3]).save(buf, "JPEG", exif=exif)
+    assert embedding._probe_jpeg(buf.getvalue()) is None
+    buf = io.BytesIO()
+    Image.open(files[3]).convert("CMYK").save(buf, "JPEG")
+    assert embedding._probe_jpeg(buf.getvalue()) is None
