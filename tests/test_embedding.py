@@ -65,11 +65,32 @@ def test_embeddings_equal_direct_encoding(encoder, files, tmp_path, decoder, wor
         assert max(tw, th) <= 128 and abs(tw / th - w / h) < 0.1
 
 
-def test_process_decoder_gives_the_same_embeddings(encoder, files, tmp_path):
+PROCESS_RUN = """
+import sys
+from asap_core.cache import RowStore
+from asap_core.embedding import embed_files
+from asap_core.encoder import ClipEncoder
+model, store, *files = sys.argv[1:]
+enc = ClipEncoder.from_pretrained(model, device="cpu")
+ids = [f"id{i}" for i in range(len(files))]
+failures = embed_files(lambda: enc, enc.preprocessor, files, ids, RowStore(store, "emb", (64,)),
+                       RowStore(store, "thumbs", None), batch_size=8, num_workers=1, decoder="process")
+assert failures == [], failures
+"""
+
+
+def test_process_decoder_gives_the_same_embeddings(encoder, files, tmp_path, tiny_clip_dir):
+    """Decode processes are spawned from a clean interpreter, as the CLI does (inside pytest, other tests'
+    Streamlit AppTest runs replace ``__main__``, which spawn would re-import in every worker)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "-c", PROCESS_RUN, str(tiny_clip_dir), str(tmp_path), *files],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
     ids = [f"id{i}" for i in range(len(files))]
-    emb, thumbs = _stores(tmp_path)
-    embed_files(lambda: encoder, encoder.preprocessor, files, ids, emb, thumbs, batch_size=8, num_workers=1,
-                decoder="process")
+    emb, _ = _stores(tmp_path)
     np.testing.assert_allclose(emb.get(ids), _direct(encoder, files), atol=1e-5)
 
 
