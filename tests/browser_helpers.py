@@ -112,3 +112,10 @@ def brush_path(first: dict, last: dict) -> tuple[tuple[float, float], tuple[floa
     """Start and end of a drag from inside the first image box to inside the last one (bounding boxes)."""
     return ((first["x"] + 2, first["y"] + 2),
             (last["x"] + last["width"] - 2, last["y"] + last["height"] - 2))
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    """``$ASAP_SCREENSHOTS`` if set, else ``tmp_path/screenshots``; created."""
+    d = Path(os.environ.get("ASAP_SCREENSHOTS") or tmp_path / "screenshots")
+    d.mkdir(parents=True, exist_ok=True)
+    return d

@@ -7,14 +7,13 @@ opens the attention view and sees 18 tiles per picked image. Screenshots go to `
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from asap_core.bundle import Bundle
 from asap_core.layout import regrid
-from browser_helpers import (CELL_SLICES, CHROMIUM, CHROMIUM_ARGS, GRID_IMAGES, IMAGES_DECODED_JS, MAIN_IMAGES,
+from browser_helpers import (screenshot_dir, CELL_SLICES, CHROMIUM, CHROMIUM_ARGS, GRID_IMAGES, IMAGES_DECODED_JS, MAIN_IMAGES,
                              PICKED_TEXT, SLICES_JS, brush_path, slice_click_point, streamlit_server)
 from conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
@@ -40,9 +39,7 @@ def server(tiny_bundle, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture
 def shots(tmp_path) -> Path:
-    d = Path(os.environ.get("ASAP_SCREENSHOTS") or tmp_path / "screenshots")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return screenshot_dir(tmp_path)
 
 
 def test_click_cell_brush_images_see_maps(server, tiny_bundle, shots):  # noqa: F811

@@ -5,7 +5,6 @@ into ``$ASAP_SCREENSHOTS`` (or the test's tmp folder); no error block may show. 
 Playwright (``.ci/browser-setup`` installs both)."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 
 from asap_core.bundle import Bundle
 from asap_core.patterns import PatternStore, pattern_from_selection
-from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ERRORS_JS, IMAGES_DECODED_JS, streamlit_server
+from browser_helpers import screenshot_dir, CHROMIUM, CHROMIUM_ARGS, ERRORS_JS, IMAGES_DECODED_JS, streamlit_server
 from conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 try:
@@ -48,9 +47,7 @@ def server(bundle_copy, tmp_path_factory):
 
 @pytest.fixture
 def shots(tmp_path) -> Path:
-    d = Path(os.environ.get("ASAP_SCREENSHOTS") or tmp_path / "screenshots")
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return screenshot_dir(tmp_path)
 
 
 def _settle(page, n_images: int = 0, n_charts: int = 0) -> None:
