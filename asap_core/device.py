@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
+import warnings
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -86,11 +88,43 @@ def preferred_dtype(device: "torch.device | str") -> "torch.dtype":
     return torch.bfloat16 if wanted and cpu_has_native_bf16() else torch.float32
 
 
-def compile_enabled(compile: bool | None = None) -> bool:
-    """``compile`` if given, else ``$ASAP_COMPILE`` in (1, true, yes). Off by default everywhere.
+def cxx_compiler() -> str | None:
+    """Path of the C++ compiler ``torch.compile`` needs on CPU (``$CXX``, ``c++``, ``g++``, ``clang++``), or None."""
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
 
-    Why off on GPU too: end to end the decoder bounds the rate (DESIGN.md §6: B/32 forward 27k img/s in
-    bf16, JPEG decode <= 15k), so a ~1 min compile only pays off for forward-only workloads.
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def resolve_dtype(dtype: "str | torch.dtype | None", device: "torch.device | str") -> "torch.dtype":
+    """``None`` / ``"auto"`` -> ``preferred_dtype(device)``; ``"float32"`` / ``"bfloat16"`` (or a torch dtype) as given.
+
+    Raises ``InputError`` naming the choices for anything else.
+    """
+    import torch
+
+    if dtype is None or dtype == "auto":
+        return preferred_dtype(device)
+    if isinstance(dtype, torch.dtype) and dtype in (torch.float32, torch.bfloat16):
+        return dtype
+    if dtype in ("float32", "bfloat16"):
+        return getattr(torch, dtype)
+    from .errors import InputError
+
+    raise InputError(f"dtype {dtype!r} is not supported.", f"use one of {', '.join(DTYPES)}.")
+
+
+def compile_enabled(compile: bool | None = None) -> bool:
+    """``compile`` if given, else ``$ASAP_COMPILE`` in (1, true, yes, on). Off by default everywhere.
+
+    Why off (``benchmarks/embed_speed.py``, ViT-B/32): on CPU, once ``encoder.fold_quick_gelu`` has
+    turned QuickGELU into one SiLU kernel, ``torch.compile`` adds nothing to the fp32 forward (2 Xeon
+    cores: eager 36.8 img/s, compiled 37.0) for a 10-30 s compile: the GEMMs, already near the
+    cores' fp32 peak, are ~85 % of the time. On a GPU the decoder, not the model, bounds the end-to-end
+    rate (DESIGN.md §6), so a compile seldom pays off there either; it helps forward-only workloads.
     """
     if compile is not None:
         return bool(compile)
@@ -102,17 +136,30 @@ def compiled_forward(vision_model, batch_size: int) -> Callable[["torch.Tensor"]
 
     The model itself is left untouched (relevance needs the eager module). Every call is padded to
     ``batch_size`` rows so that one static graph serves the whole run (no recompile on the last batch).
+    If compiling fails (no C++ compiler, an unsupported platform) the first call warns once and the run
+    goes on with the eager model.
     """
     import torch
 
-    fn = torch.compile(vision_model, dynamic=False)
+    state = {"fn": torch.compile(vision_model, dynamic=False), "ok": False}
 
     def forward(pixels: "torch.Tensor") -> "torch.Tensor":
         n = pixels.shape[0]
         if n < batch_size:
             pad = pixels.new_zeros((batch_size - n, *pixels.shape[1:]))
             pixels = torch.cat([pixels, pad])
-        return fn(pixel_values=pixels).image_embeds[:n]
+        try:
+            out = state["fn"](pixel_values=pixels).image_embeds[:n]
+        except Exception as exc:  # noqa: BLE001 - any compile failure: fall back, do not lose the run
+            if state["ok"]:
+                raise
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+                          f"running the model uncompiled. Set {COMPILE_ENV}=0 to skip the attempt.", RuntimeWarning,
+                          stacklevel=2)
+            state["fn"] = vision_model
+            out = vision_model(pixel_values=pixels).image_embeds[:n]
+        state["ok"] = True
+        return out
 
     return forward
 
@@ -164,6 +211,6 @@ def to_device(pixels: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
     return src.to(device, non_blocking=True)
 
 
-__all__ = ["COMPILE_ENV", "CPU_BATCH_SIZE", "CPU_BF16_ENV", "choose_batch_size", "compile_enabled",
-           "compiled_forward", "configure_threads", "cpu_cores", "cpu_has_native_bf16", "device_name",
-           "gpu_batch_size", "preferred_dtype", "to_device"]
+__all__ = ["COMPILE_ENV", "CPU_BATCH_SIZE", "CPU_BF16_ENV", "DTYPES", "choose_batch_size",
+           "compile_enabled", "compiled_forward", "configure_threads", "cpu_cores", "cpu_has_native_bf16",
+           "cxx_compiler", "device_name", "gpu_batch_size", "preferred_dtype", "resolve_dtype", "to_device"]

@@ -475,7 +475,7 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
     ``prefetch``: decoded batches allowed to wait for the model (memory bound).
     ``decoder``: one of ``DECODERS`` (see the module docstring). ``fast_decode``: JPEG ``draft`` in Pillow
     workers, nvJPEG on GPU; ``None`` = on for CUDA, off for CPU. ``compile``: ``torch.compile`` the
-    forward (``None``: ``$ASAP_COMPILE``, default off). On CPU, torch uses one thread per core.
+    forward (``None``: ``$ASAP_COMPILE``, default off; a failed compile falls back to eager with a warning). On CPU, torch uses one thread per core.
     """
     missing = set(embed_store.missing(ids))  # one scan of the store, not one per id
     todo = [i for i, image_id in enumerate(ids) if image_id in missing]

@@ -18,6 +18,7 @@ from .preprocess import ClipPreprocessor
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 MODEL_ENV = "ASAP_MODEL"
+QUICK_GELU_SCALE = 1.702  # quick_gelu(h) = h * sigmoid(1.702 h)
 
 
 def resolve_model_id(model: str | None = None) -> str:
@@ -171,15 +172,17 @@ class ClipEncoder:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            vm = CLIPVisionModelWithProjection.from_pretrained(
-                str(info.model_dir), local_files_only=True, attn_implementation=attn_implementation, dtype=dtype)
+            vm = CLIPVisionModelWithProjection.from_pretrained(  # fp32 first: the fold below is exact there
+                str(info.model_dir), local_files_only=True, attn_implementation=attn_implementation,
+                dtype=torch.float32)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelLoadError(f"Could not load CLIP model '{info.model_id}' from {info.model_dir}: {exc}",
                                  _load_hint(info.model_id)) from None
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
-        return cls(vm.to(dev), info, dev, dtype)
+        fold_quick_gelu(vm)
+        return cls(vm.to(dev, dtype), info, dev, dtype)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> pixel values ``[B, 3, S, S]`` float32 on CPU."""
@@ -203,6 +206,33 @@ class ClipEncoder:
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> normalised embeddings ``[B, D]`` float32 on CPU."""
         return self.encode(self.preprocess(images))
+
+
+def fold_quick_gelu(vision_model) -> int:
+    """Rewrite every ``fc2(quick_gelu(fc1(x)))`` MLP of a CLIP vision tower as ``fc2'(silu(fc1'(x)))``, in place.
+
+    ``quick_gelu(h) = h * sigmoid(1.702 h) = silu(1.702 h) / 1.702``, so scaling ``fc1`` (weight and bias)
+    by 1.702 and ``fc2``'s weight by 1 / 1.702 gives the same function with one fused ``silu`` kernel
+    instead of three element-wise passes over ``[B, T, 4 D]`` (mul, sigmoid, mul): ~6 % of the eager
+    fp32 ViT-B/32 forward on CPU, and fewer saved tensors for the relevance backward. Outputs agree to
+    float rounding (~1e-6). Call it on fp32 weights. Returns the number of MLPs rewritten (0 for models
+    with another activation, which are left as they are).
+    """
+    from transformers.activations import QuickGELUActivation
+
+    done = 0
+    for module in vision_model.modules():
+        act = getattr(module, "activation_fn", None)
+        if not (isinstance(act, QuickGELUActivation) and hasattr(module, "fc1") and hasattr(module, "fc2")):
+            continue
+        with torch.no_grad():
+            module.fc1.weight.mul_(QUICK_GELU_SCALE)
+            if module.fc1.bias is not None:
+                module.fc1.bias.mul_(QUICK_GELU_SCALE)
+            module.fc2.weight.div_(QUICK_GELU_SCALE)
+        module.activation_fn = torch.nn.SiLU()
+        done += 1
+    return done
 
 
 def _cached_snapshot_dir(model_id: str) -> Path | None:

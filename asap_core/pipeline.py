@@ -27,8 +27,10 @@ class AnalyzeOptions:
 
     model: str | None = None
     device: str = "auto"
-    batch_size: int = 64
+    batch_size: int | None = None
     num_workers: int | None = None
+    compile: bool | None = None
+    dtype: str | None = None  # None / "auto": bf16 on GPU, fp32 on CPU ($ASAP_CPU_BF16=1: bf16 where native)
     relevance: str = "none"
     grid: int = 24
     projection_file: str | None = None
@@ -122,6 +124,16 @@ def _sample_images(paths: list[str], n: int, seed: int):
     return out
 
 
+def embedding_store_name(encoder_key: str, dtype: "torch.dtype") -> str:
+    """Cache store of the embeddings of one encoder run in one dtype: ``emb-KEY`` (fp32), ``emb-KEY-bfloat16``.
+
+    The dtype is part of the key because bf16 (GPU, opt-in CPU) embeddings differ from fp32 ones
+    (cosine ~0.9999): one store never mixes them, and a fp32 run never reuses bf16 rows.
+    """
+    name = str(dtype).replace("torch.", "")
+    return f"emb-{encoder_key}" if name == "float32" else f"emb-{encoder_key}-{name}"
+
+
 def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | None = None,
             progress: StageProgress | None = None) -> AnalyzeReport:
     """Scan ``data_dir``, embed (cached), fit projection and distiller (cached), lay out, write the bundle ``out``."""
@@ -129,7 +141,8 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
 
     from .distiller import Distiller
     from .embedding import embed_files
-    from .encoder import ClipEncoder, inspect_checkpoint
+    from .device import resolve_dtype
+    from .encoder import ClipEncoder, inspect_checkpoint, resolve_device
     from .layout import assign_cells, cell_table, embed_2d
     from .projection import VisionOnlyProjection
     from .training import DistillerTrainer
@@ -137,6 +150,8 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
     opt = options or AnalyzeOptions()
     if opt.relevance not in RELEVANCE_METHODS:
         raise InputError(f"--relevance {opt.relevance} is not one of {', '.join(RELEVANCE_METHODS)}.", "")
+    device = resolve_device(opt.device)
+    dtype = resolve_dtype(opt.dtype, device)  # checked before any work
     cache = Path(opt.cache_dir) if opt.cache_dir else default_cache_dir()
     timings: dict[str, float] = {}
     with _timed(timings, "scan"):
@@ -166,14 +181,14 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
         """The model is built only when something needs it (a fully cached run never does)."""
         if not loaded:
             with _timed(timings, "load model"):
-                loaded.append(ClipEncoder.from_pretrained(info.model_id, device=opt.device))
+                loaded.append(ClipEncoder.from_pretrained(info.model_id, device=opt.device, dtype=dtype))
         return loaded[0]
 
-    embed_store = RowStore(cache, f"emb-{info.cache_key}", (info.embed_dim,))
+    embed_store = RowStore(cache, embedding_store_name(info.cache_key, dtype), (info.embed_dim,))
     thumb_store = RowStore(cache, "thumbs-128", None)
     with _timed(timings, "embed"):
         failures = embed_files(load_encoder, info.preprocessor, images["path"].tolist(), images["image_id"].tolist(), embed_store,
-                               thumb_store, batch_size=opt.batch_size, num_workers=opt.num_workers,
+                               thumb_store, batch_size=opt.batch_size, num_workers=opt.num_workers, compile=opt.compile,
                                progress=(lambda d, t: progress("embed", d, t)) if progress else None)
         skipped += failures
         failed_paths = {p for p, _ in failures}
@@ -234,7 +249,7 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
 
         with _timed(timings, f"relevance ({opt.relevance})"):
             rel_store = precompute_relevance(cache, info, load_encoder, distiller, images, opt.relevance,
-                                             batch_size=opt.batch_size,
+                                             batch_size=opt.batch_size or (128 if device.type == "cuda" else 32),
                                              progress=(lambda d, t: progress("relevance", d, t)) if progress else None)
     metrics = dict(trainer_metrics)
     if labelled.any() and opt.distiller is not None:
@@ -247,6 +262,7 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
         meta = {
             "data_dir": str(scan.root.resolve()), "layout": scan.layout,
             "encoder": {"model_id": info.model_id, "cache_key": info.cache_key,
+                        "dtype": str(dtype).replace("torch.", ""),
                         "embed_dim": info.embed_dim, "patch_side": info.patch_side,
                         "image_size": info.image_size},
             "preprocessing": info.preprocessor.version,

@@ -8,12 +8,14 @@ Same JPEG files, same weights (a random ViT-B/32-architecture ``CLIPModel`` save
     of 32, one loop (decode, then model, then decode ...);
 (b) ours: ``asap_core.embedding.embed_files`` (decoder overlapped with the model, thumbnails and the
     Parquet cache writes included), plus the model's own forward rate on pre-decoded tensors, which
-    bounds (b): "of fwd" says how much of the decode is hidden;
+    bounds (b): "of fwd" says how much of the decode is hidden; with ``--compile`` also compiled
+    (``ASAP_COMPILE=1``; the one-off compile time is printed and left out of the rates, like every
+    method's warm-up);
 (c) relevance maps for all 17 targets per image: one target at a time (17 forward + backward passes)
     vs one batched VJP (``benchmarks/relevance_speed.run``).
 
     python benchmarks/embed_speed.py                          # CPU: 512 images, 3 rounds
-    python benchmarks/embed_speed.py --n 8192 --rel-n 1024    # GPU
+    python benchmarks/embed_speed.py --n 8192 --rel-n 1024 --compile   # GPU
     python benchmarks/embed_speed.py --sweep                  # CPU: decode workers x torch threads
 
 Each round runs every method once, taking turns, and the table gives the median img/s over rounds
@@ -103,14 +105,14 @@ def naive_pipeline(model, processor, paths: list[str], dev: torch.device) -> np.
 
 
 def ours_pipeline(encoder: ClipEncoder, paths: list[str], batch_size: int | None, workers: int | None,
-                  scratch: Path) -> np.ndarray:
+                  scratch: Path, compile: bool = False) -> np.ndarray:
     """``embed_files`` into a fresh cache (nothing cached), thumbnails included."""
     ids = [f"{i:06d}" for i in range(len(paths))]
     cache = Path(tempfile.mkdtemp(prefix="bench-cache-", dir=scratch))
     try:
         emb_store = RowStore(cache, "emb", (encoder.embed_dim,))
         failures = embed_files(lambda: encoder, encoder.preprocessor, paths, ids, emb_store, RowStore(cache, "thumbs"),
-                               batch_size=batch_size, num_workers=workers)
+                               batch_size=batch_size, num_workers=workers, compile=compile)
         if failures:
             raise RuntimeError(f"{len(failures)} images failed, e.g. {failures[0]}")
         return emb_store.get(ids)
@@ -191,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-naive-relevance", action="store_true", help="skip the 17-pass relevance baseline")
     ap.add_argument("--sweep", action="store_true", help="also time ours for decode workers 0,1,2 x torch threads 1,2")
     ap.add_argument("--cpu-bf16", action="store_true", help="CPU: also time ours with bf16 weights (opt-in ASAP_CPU_BF16)")
+    ap.add_argument("--compile", action="store_true", help="also time ours with torch.compile (ASAP_COMPILE=1)")
     args = ap.parse_args(argv)
 
     scratch = Path(args.scratch)
@@ -240,6 +243,20 @@ def main(argv: list[str] | None = None) -> None:
         "naive fwd": lambda: forward_only(lambda x: naive_model.get_image_features(pixel_values=x), px.float(), n,
                                           NAIVE_BATCH, dev),
     }
+    from asap_core.device import compiled_forward, cxx_compiler
+
+    if args.compile and (dev.type == "cuda" or cxx_compiler()):
+        t0 = time.perf_counter()
+        compiled = compiled_forward(encoder.vision_model, bs)
+        with torch.inference_mode():
+            compiled(px.to(dev))
+        _sync(dev)
+        print(f"compile: first call of the compiled forward took {time.perf_counter() - t0:.1f} s "
+              f"(one-off per process; inductor's disk cache shortens later ones)")
+        c = float((a * ours_pipeline(encoder, warm, bs, workers, scratch, compile=True)).sum(1).min())
+        print(f"check: min cosine(naive, ours compiled) = {c:.6f}")
+        methods["ours compiled"] = lambda: ours_pipeline(encoder, paths, bs, workers, scratch, compile=True)
+        methods["ours compiled fwd"] = lambda: forward_only(compiled, px, n, bs, dev)
     bf16 = None
     if args.cpu_bf16 and dev.type == "cpu":
         bf16 = ClipEncoder.from_pretrained(str(model_dir), device="cpu", dtype=torch.bfloat16)
@@ -259,6 +276,10 @@ def main(argv: list[str] | None = None) -> None:
         (f"    naive: model forward only, pre-decoded, fp32, bs {NAIVE_BATCH}", r["naive fwd"], True, False),
     ]
 
+    if "ours compiled" in r:
+        rows.append((f"    ours, torch.compile: embed_files, {dt}, bs {bs}, {kind} decode x{workers}",
+                     r["ours compiled"], True, r["ours compiled fwd"][0]))
+        rows.append((f"    ours, torch.compile: model forward only, {dt}, bs {bs}", r["ours compiled fwd"], True, False))
     if bf16 is not None:
         rows.append((f"    ours, CPU bf16 (opt-in): embed_files, bs {bs}, {kind} decode x{workers}", r["ours bf16"],
                      True, r["ours bf16 fwd"][0]))

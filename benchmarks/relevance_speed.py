@@ -21,18 +21,24 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asap_core.distiller import Distiller, DistillerConfig  # noqa: E402
-from asap_core.encoder import CheckpointInfo, ClipEncoder  # noqa: E402
+from asap_core.encoder import CheckpointInfo, ClipEncoder, fold_quick_gelu  # noqa: E402
 from asap_core.preprocess import ClipPreprocessor  # noqa: E402
 from asap_core.relevance import N_TARGETS, AttentionRelevance  # noqa: E402
 
 
-def build(dev: torch.device, dtype: torch.dtype) -> tuple[ClipEncoder, Distiller]:
-    """Random ViT-B/32 CLIP vision tower (eager attention) and a random distiller on ``dev``."""
+def build(dev: torch.device, dtype: torch.dtype, fold: bool = True) -> tuple[ClipEncoder, Distiller]:
+    """Random ViT-B/32 CLIP vision tower (eager attention) and a random distiller on ``dev``.
+
+    ``fold``: rewrite QuickGELU as SiLU like ``ClipEncoder.from_pretrained`` does (``fold_quick_gelu``).
+    """
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
     cfg = CLIPVisionConfig(projection_dim=512)
-    vm = CLIPVisionModelWithProjection(cfg).to(dev, dtype)
+    vm = CLIPVisionModelWithProjection(cfg)
+    if fold:
+        fold_quick_gelu(vm)
+    vm = vm.to(dev, dtype)
     vm.set_attn_implementation("eager")
     info = CheckpointInfo(model_id="random-b32", model_dir=Path("."), preprocessor=ClipPreprocessor(),
                           embed_dim=cfg.projection_dim, image_size=cfg.image_size,

@@ -197,10 +197,6 @@ def test_device_helpers_on_cpu(encoder, monkeypatch):
         assert device_mod.configure_threads("cpu") == 1 == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
-    monkeypatch.delenv(device_mod.COMPILE_ENV, raising=False)
-    assert not device_mod.compile_enabled()
-    monkeypatch.setenv(device_mod.COMPILE_ENV, "1")
-    assert device_mod.compile_enabled() and not device_mod.compile_enabled(False)
     cpu = torch.device("cpu")
     monkeypatch.delenv(device_mod.CPU_BF16_ENV, raising=False)
     assert device_mod.preferred_dtype(cpu) == torch.float32
@@ -215,6 +211,52 @@ def test_device_helpers_on_cpu(encoder, monkeypatch):
     assert embedding.default_workers("thread", cores=2) == 1
     assert embedding.default_workers("process", cores=16) == 15
     assert "CPU" in device_mod.device_name(cpu)
+
+
+def test_compile_switch(monkeypatch):
+    monkeypatch.delenv(device_mod.COMPILE_ENV, raising=False)
+    assert not device_mod.compile_enabled() and device_mod.compile_enabled(True)
+    monkeypatch.setenv(device_mod.COMPILE_ENV, "1")
+    assert device_mod.compile_enabled() and not device_mod.compile_enabled(False)
+    monkeypatch.setenv(device_mod.COMPILE_ENV, "0")
+    assert not device_mod.compile_enabled()
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", "")
+    assert device_mod.cxx_compiler() is None
+
+
+def test_failed_compile_warns_and_runs_eagerly(encoder, monkeypatch):
+    def broken_compile(model, **kwargs):
+        def run(**inputs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    forward = device_mod.compiled_forward(encoder.vision_model, batch_size=4)
+    x = torch.randn(3, 3, encoder.image_size, encoder.image_size)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .*InvalidCxxCompiler"):
+        out = forward(x)
+    with torch.no_grad():
+        ref = encoder.vision_model(pixel_values=x).image_embeds
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-6)
+
+
+@pytest.mark.skipif(device_mod.cxx_compiler() is None, reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_embedding_equals_eager(encoder, files, tmp_path):
+    """A real inductor compile through embed_files: same embeddings as the eager run, no fallback warning."""
+    import warnings
+
+    ids = [f"id{i}" for i in range(len(files))]
+    eager, _ = _stores(tmp_path / "eager")
+    embed_files(lambda: encoder, encoder.preprocessor, files, ids, eager, RowStore(tmp_path / "eager", "t"),
+                batch_size=5, num_workers=0, compile=False)
+    compiled, _ = _stores(tmp_path / "compiled")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="torch.compile failed")
+        failures = embed_files(lambda: encoder, encoder.preprocessor, files, ids, compiled,
+                               RowStore(tmp_path / "compiled", "t"), batch_size=5, num_workers=0, compile=True)
+    assert failures == []
+    np.testing.assert_allclose(compiled.get(ids), eager.get(ids), atol=1e-5)
 
 
 def _fake_torchvision(monkeypatch) -> list[int]:

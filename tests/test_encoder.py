@@ -68,3 +68,40 @@ def test_cli_reports_missing_model_without_traceback(tmp_path, small_folder):
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert "error: Could not load CLIP model 'openai/clip-vit-base-patch32'" in r.stderr and "fix:" in r.stderr
+
+
+def test_quick_gelu_fold_is_the_same_function(tiny_clip_dir):
+    """The loaded encoder runs SiLU MLPs (folded scales) and matches the unfolded checkpoint to float rounding."""
+    from transformers import CLIPVisionModelWithProjection
+    from transformers.activations import QuickGELUActivation
+
+    from asap_core.encoder import fold_quick_gelu
+
+    enc = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu")
+    acts = [m.activation_fn for m in enc.vision_model.modules() if hasattr(m, "activation_fn")]
+    assert acts and all(isinstance(a, torch.nn.SiLU) for a in acts)
+    raw = CLIPVisionModelWithProjection.from_pretrained(str(tiny_clip_dir)).eval()
+    assert all(isinstance(m.activation_fn, QuickGELUActivation) for m in raw.modules() if hasattr(m, "activation_fn"))
+    x = torch.randn(4, 3, 32, 32) * 2
+    with torch.no_grad():
+        ref = raw(pixel_values=x).image_embeds
+        hidden_ref = raw(pixel_values=x, output_hidden_states=True).hidden_states
+        got = enc.vision_model(pixel_values=x, output_hidden_states=True)
+    assert torch.allclose(got.image_embeds, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(got.hidden_states, hidden_ref):  # every layer, not only the pooled output
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    assert fold_quick_gelu(enc.vision_model) == 0  # already folded: nothing left to rewrite
+
+
+def test_quick_gelu_fold_leaves_other_activations(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from asap_core.encoder import fold_quick_gelu
+
+    torch.manual_seed(0)
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8, projection_dim=16, hidden_act="gelu")
+    model = CLIPVisionModelWithProjection(cfg).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert fold_quick_gelu(model) == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -71,6 +71,37 @@ def test_second_run_uses_cache_and_never_loads_the_model(built, small_folder, ti
     assert "load model" not in report.timings
 
 
+def test_embedding_cache_is_keyed_by_dtype(built, small_folder, tiny_clip_dir, monkeypatch):
+    """A bf16 run (opt-in on CPU) never reuses fp32 rows and keeps its own store; a second bf16 run is cached."""
+    import torch
+
+    from asap_core import device as device_mod
+    from asap_core.pipeline import embedding_store_name
+
+    tmp, first = built
+    key = Bundle.open(first.bundle).meta["encoder"]["cache_key"]
+    assert embedding_store_name(key, torch.float32) == f"emb-{key}"
+    assert embedding_store_name(key, torch.bfloat16) == f"emb-{key}-bfloat16"
+    fp32_files = sorted(p.name for p in (tmp / "cache" / f"emb-{key}").rglob("*") if p.is_file())
+    monkeypatch.setenv(device_mod.CPU_BF16_ENV, "1")
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
+    report = analyze(small_folder, tmp / "bundle-bf16", _opts(tiny_clip_dir, tmp / "cache"))
+    assert "load model" in report.timings  # nothing reused from the fp32 store
+    assert (tmp / "cache" / f"emb-{key}-bfloat16").is_dir()
+    assert sorted(p.name for p in (tmp / "cache" / f"emb-{key}").rglob("*") if p.is_file()) == fp32_files
+    again = analyze(small_folder, tmp / "bundle-bf16b", _opts(tiny_clip_dir, tmp / "cache"))
+    assert "load model" not in again.timings
+    assert Bundle.open(again.bundle).meta["encoder"]["dtype"] == "bfloat16"
+    monkeypatch.delenv(device_mod.CPU_BF16_ENV)  # the option says the same without the environment
+    explicit = analyze(small_folder, tmp / "bundle-bf16c", _opts(tiny_clip_dir, tmp / "cache", dtype="bfloat16"))
+    assert "load model" not in explicit.timings
+    fp32 = analyze(small_folder, tmp / "bundle-fp32", _opts(tiny_clip_dir, tmp / "cache", dtype="float32"))
+    assert "load model" not in fp32.timings and Bundle.open(fp32.bundle).meta["encoder"]["dtype"] == "float32"
+    with pytest.raises(InputError, match="float16"):
+        analyze(small_folder, tmp / "never", _opts(tiny_clip_dir, tmp / "cache", dtype="float16"))
+    assert not (tmp / "never").exists()
+
+
 def test_bad_files_are_reported_and_the_rest_is_used(tmp_path, tiny_clip_dir):
     rng = np.random.default_rng(1)
     for i in range(6):
