@@ -393,6 +393,18 @@ def get_encoder(model_id: str):
     return ClipEncoder.from_pretrained(model_id, attn_implementation="eager")
 
 
+def encoder_for(model_id: str, needed_for: str):
+    """The cached encoder of ``model_id``, or None after showing why it cannot be loaded and the fix.
+
+    ``needed_for`` starts the message: "Relevance maps" -> "Relevance maps need the bundle's CLIP: ...".
+    """
+    try:
+        return get_encoder(model_id)
+    except AsapError as exc:
+        show_error(AsapError(f"{needed_for} need the bundle's CLIP: {exc.message}", exc.hint))
+        return None
+
+
 @st.cache_data(max_entries=8, ttl=600, show_spinner=False)
 def model_status(model_id: str) -> tuple[bool, str, str]:
     """(ok, message, hint) for a model id: can its weights be had here?"""
@@ -466,12 +478,8 @@ def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
     if missing:
         if not charge_relevance(len(missing)):
             return None
-        try:
-            encoder = get_encoder(encoder_model(b))
-        except AsapError as exc:
-            st.error(f"Relevance maps need the bundle's CLIP: {exc.message}")
-            if exc.hint:
-                st.caption(f"Fix: {exc.hint}")
+        encoder = encoder_for(encoder_model(b), "Relevance maps")
+        if encoder is None:
             return None
         from asap_core.relevance_store import bundle_maps
 

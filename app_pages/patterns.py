@@ -42,12 +42,8 @@ if todo and st.button("Compute impact", key="pat_impact", type="primary", icon="
     need_maps = va.missing_maps(b, vp.ids_needing_maps(todo), method)
     if need_maps and not C.charge_relevance(len(need_maps)):
         st.stop()
-    try:
-        encoder = C.get_encoder(C.encoder_model(b))
-    except AsapError as exc:
-        st.error(f"The impact needs the bundle's CLIP: {exc.message}")
-        if exc.hint:
-            st.caption(f"Fix: {exc.hint}")
+    encoder = C.encoder_for(C.encoder_model(b), "Pattern impacts")
+    if encoder is None:
         st.stop()
     total = sum(len(p.image_ids) for p in todo)
     bar = st.progress(0.0, text=f"Masking and re-encoding {total:,} images ...")

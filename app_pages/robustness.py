@@ -45,12 +45,8 @@ if st.button("Re-encode and predict", key="rob_run", type="primary", icon=":mate
     n_maps = len(ids) * len(settings) + len(va.missing_maps(b, ids, method)) if with_maps else 0
     if n_maps and not C.charge_relevance(n_maps):
         st.stop()
-    try:
-        encoder = C.get_encoder(C.encoder_model(b))
-    except AsapError as exc:
-        st.error(f"Laundering needs the bundle's CLIP: {exc.message}")
-        if exc.hint:
-            st.caption(f"Fix: {exc.hint}")
+    encoder = C.encoder_for(C.encoder_model(b), "Laundering runs")
+    if encoder is None:
         st.stop()
     bar = st.progress(0.0, text=f"Laundering {len(ids)} images x {len(settings)} settings ...")
     try:

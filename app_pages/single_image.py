@@ -47,12 +47,8 @@ if res is None:
         if not C.charge_relevance(1):
             st.stop()
         charged.add((str(b.path), digest, method, model))
-    try:
-        encoder = C.get_encoder(model)
-    except AsapError as exc:
-        st.error(f"The upload needs the bundle's CLIP: {exc.message}")
-        if exc.hint:
-            st.caption(f"Fix: {exc.hint}")
+    encoder = C.encoder_for(model, "Uploads")
+    if encoder is None:
         st.stop()
     bar = st.progress(0.0, text=f"Embedding {up.name} and computing its {method} maps ...")
     try:

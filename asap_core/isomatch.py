@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .errors import InputError
-from .layout import pca_2d, scale_unit, tsne_2d
+from .layout import finite_rows, pca_2d, scale_unit, tsne_2d
 
 #: t-SNE settings for a cell's grid: a small neighbourhood (perplexity <= 10, clipped to
 #: (n - 1) / 3), 400 iterations and one OpenMP thread: n = 400 items take about 0.4 s on
@@ -60,13 +60,7 @@ def isomatch_grid(
     empty. ``method``: "tsne" (default; PCA below 10 items) or "pca". Deterministic for a
     given ``random_state``.
     """
-    x = np.asarray(features)
-    if x.ndim != 2:
-        raise InputError(f"isomatch_grid expects features [n, d], got shape {x.shape}",
-                         "pass one feature row per image")
-    if not np.all(np.isfinite(x)):
-        raise InputError("isomatch_grid got NaN or infinite features",
-                         "every image of the selection needs a finite embedding")
+    x = finite_rows(features, "isomatch_grid", "every image of the selection needs a finite embedding")
     n = x.shape[0]
     n_rows, n_cols = grid_shape(n)
     if n == 0:

@@ -113,6 +113,17 @@ def tsne_2d(
         return tsne.fit_transform(x).astype(np.float64)
 
 
+def finite_rows(x, caller: str, nan_hint: str) -> np.ndarray:
+    """``x`` as a 2-D array ``[n, d]`` of finite values, else ``InputError`` naming ``caller`` and the fix."""
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise InputError(f"{caller} expects one feature row per image [n, d], got shape {x.shape}",
+                         "pass one row per image")
+    if not np.all(np.isfinite(x)):
+        raise InputError(f"{caller} got NaN or infinite values", nan_hint)
+    return x
+
+
 def embed_2d(
     z: np.ndarray,
     random_state: int = 0,
@@ -137,13 +148,7 @@ def embed_2d(
     ``return_fitted=True`` also returns ``fitted`` [N] bool: rows whose position came from
     the projection itself (False only for rows placed by their sample neighbours).
     """
-    z = np.asarray(z)
-    if z.ndim != 2:
-        raise InputError(f"embed_2d expects a 2-D array [N, d], got shape {z.shape}",
-                         "pass one row of Z per image")
-    if not np.all(np.isfinite(z)):
-        raise InputError("embed_2d got NaN or infinite values in Z",
-                         "check the distiller output; every image needs a finite embedding")
+    z = finite_rows(z, "embed_2d", "check the distiller output; every image needs a finite embedding")
     n = z.shape[0]
     if n == 0:
         empty = np.zeros((0, 2), dtype=np.float64)

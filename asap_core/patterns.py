@@ -483,7 +483,6 @@ def contact_sheet(bundle, pattern: Pattern, cell: int = 96, columns: int = 8, ma
         tile = _square(decode_image(data, f"thumbnail {image_id}")).resize((cell, cell), Image.Resampling.BICUBIC)
         if pattern.masks is not None:
             m = pattern.masks[image_id]
-            s = m.shape[0]
             dim = Image.blend(tile, Image.new("RGB", tile.size, (0, 0, 0)), 0.55)
             region = apply_mask(Image.new("RGB", tile.size, (255, 255, 255)), m, (0, 0, 0)).convert("L")
             tile = Image.composite(tile, dim, region)  # the region as it is, the rest dimmed

@@ -5,7 +5,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
@@ -15,6 +15,9 @@ from .cache import RowStore, cached_call, default_cache_dir, hash_key
 from .errors import ImageLoadError, InputError
 from .imageio import decode_image, file_sha1, read_bytes
 from .scan import scan_folder
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
 
 # progress(stage, done, total): the CLI draws tqdm bars, the app a st.progress
 StageProgress = Callable[[str, int, int], None]
@@ -137,8 +140,6 @@ def embedding_store_name(encoder_key: str, dtype: "torch.dtype") -> str:
 def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | None = None,
             progress: StageProgress | None = None) -> AnalyzeReport:
     """Scan ``data_dir``, embed (cached), fit projection and distiller (cached), lay out, write the bundle ``out``."""
-    import torch
-
     from .distiller import Distiller
     from .embedding import embed_files
     from .device import resolve_dtype

@@ -114,6 +114,14 @@ def brush_path(first: dict, last: dict) -> tuple[tuple[float, float], tuple[floa
             (last["x"] + last["width"] - 2, last["y"] + last["height"] - 2))
 
 
+@contextmanager
+def serve_bundle(bundle: Path, work: Path) -> Iterator[str]:
+    """The app on ``bundle`` (``ASAP_BUNDLE``) with its own cache and server log in ``work``; yields the URL."""
+    with streamlit_server({"ASAP_BUNDLE": str(bundle), "ASAP_CACHE_DIR": str(work / "cache")},
+                          work / "server.log") as url:
+        yield url
+
+
 def screenshot_dir(tmp_path: Path) -> Path:
     """``$ASAP_SCREENSHOTS`` if set, else ``tmp_path/screenshots``; created."""
     d = Path(os.environ.get("ASAP_SCREENSHOTS") or tmp_path / "screenshots")

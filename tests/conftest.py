@@ -54,3 +54,19 @@ def small_folder(tmp_path_factory) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         make_image(rng, True).save(d / f"f{i:03d}.jpg", quality=95)
     return root
+
+
+@pytest.fixture
+def encode_counter(monkeypatch):
+    """Counts the images passed through ClipEncoder.encode: ``calls["images"]`` (a cache hit adds none)."""
+    from asap_core.encoder import ClipEncoder
+
+    calls = {"images": 0}
+    original = ClipEncoder.encode
+
+    def counting(self, pixel_values):
+        calls["images"] += int(pixel_values.shape[0])
+        return original(self, pixel_values)
+
+    monkeypatch.setattr(ClipEncoder, "encode", counting)
+    return calls

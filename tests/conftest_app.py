@@ -1,12 +1,14 @@
-"""A tiny analysed bundle for the app tests (imported by test_views, test_app and test_browser).
+"""A tiny analysed bundle for the app tests, and the AppTest helpers they share.
 
 ``tiny_bundle`` is session-scoped; because each test module imports the fixture, the bundle is built
 once per process through ``build_tiny_bundle`` (memoised), not once per module.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 _BUILT: dict[str, Path] = {}
@@ -30,3 +32,29 @@ def tiny_bundle(tmp_path_factory, small_folder, tiny_clip_dir) -> Path:
     if str(small_folder) in _BUILT:
         return _BUILT[str(small_folder)]
     return build_tiny_bundle(tmp_path_factory.mktemp("app_bundle"), small_folder, tiny_clip_dir)
+
+
+def analysed_bundle(root: Path, data_dir: Path, model_dir: Path):
+    """A private ``Bundle`` of ``data_dir`` in ``root`` (for tests that write into the bundle's cache)."""
+    from asap_core.bundle import Bundle
+    from asap_core.pipeline import AnalyzeOptions, analyze
+
+    analyze(data_dir, root / "bundle", AnalyzeOptions(model=str(model_dir), cache_dir=str(root / "cache"),
+                                                       num_workers=0, projection_samples=16))
+    return Bundle.open(root / "bundle")
+
+
+def no_exception(at) -> None:
+    """Fail with the messages when an ``AppTest`` run raised."""
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def chart_data(el) -> pd.DataFrame:
+    """The (largest) dataset of a chart element, as Streamlit shipped it to the browser."""
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    frames = [convert_arrow_bytes_to_pandas_df(ds.data.data) for ds in el.proto.datasets]
+    if not frames:
+        spec = json.loads(el.proto.spec)
+        return pd.DataFrame(next(iter(spec["datasets"].values())))
+    return max(frames, key=len)

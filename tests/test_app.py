@@ -6,13 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from asap_core.bundle import Bundle
 from conftest import write_tiny_clip
-from conftest_app import tiny_bundle  # noqa: F401  (fixture)
+from conftest_app import no_exception, chart_data, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TIMEOUT = 60
@@ -38,23 +37,8 @@ def app(bundle_path, **state) -> AppTest:
     return at
 
 
-def no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
 def charts(at: AppTest) -> list:
     return at.get("vega_lite_chart")
-
-
-def chart_data(el) -> pd.DataFrame:
-    """The (single) dataset of a chart element, as Streamlit shipped it to the browser."""
-    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
-
-    frames = [convert_arrow_bytes_to_pandas_df(ds.data.data) for ds in el.proto.datasets]
-    if not frames:
-        spec = json.loads(el.proto.spec)
-        return pd.DataFrame(next(iter(spec["datasets"].values())))
-    return max(frames, key=len)
 
 
 def chart_key(el) -> str:

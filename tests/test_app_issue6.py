@@ -4,7 +4,6 @@ bundle; the forensynths test checks the 10 x 10 confusion matrix of the real dat
 from __future__ import annotations
 
 import io
-import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from asap_core.views import generators as vgen
 from asap_core.views import patterns as vp
 from asap_core.views import robustness as vr
 from conftest import SHARED_DATA
-from conftest_app import tiny_bundle  # noqa: F401  (fixture)
+from conftest_app import no_exception, chart_data, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TIMEOUT = 60
@@ -58,25 +57,11 @@ def app_on(bundle_path, page: str | None = None, **state) -> AppTest:
     return at
 
 
-def no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-
-
 def frame(at: AppTest, *columns: str) -> pd.DataFrame | None:
     """The one table on the page that has all ``columns`` (st.dataframe elements carry no key here)."""
     found = [d.value for d in at.dataframe if set(columns) <= set(map(str, d.value.columns))]
     assert len(found) <= 1, [list(f.columns) for f in found]
     return found[0] if found else None
-
-
-def chart_data(el) -> pd.DataFrame:
-    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
-
-    frames = [convert_arrow_bytes_to_pandas_df(ds.data.data) for ds in el.proto.datasets]
-    if not frames:
-        spec = json.loads(el.proto.spec)
-        return pd.DataFrame(next(iter(spec["datasets"].values())))
-    return max(frames, key=len)
 
 
 def images_shown(at: AppTest) -> list:

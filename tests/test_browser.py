@@ -13,8 +13,9 @@ import pytest
 
 from asap_core.bundle import Bundle
 from asap_core.layout import regrid
-from browser_helpers import (screenshot_dir, CELL_SLICES, CHROMIUM, CHROMIUM_ARGS, GRID_IMAGES, IMAGES_DECODED_JS, MAIN_IMAGES,
-                             PICKED_TEXT, SLICES_JS, brush_path, slice_click_point, streamlit_server)
+from browser_helpers import (CELL_SLICES, CHROMIUM, CHROMIUM_ARGS, GRID_IMAGES, IMAGES_DECODED_JS, MAIN_IMAGES,
+                             PICKED_TEXT, SLICES_JS, brush_path, screenshot_dir, serve_bundle, slice_click_point,
+                             streamlit_server)
 from conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 GRID = 6  # a coarse grid, so the clicked cell holds several images
@@ -31,9 +32,7 @@ pytestmark = pytest.mark.skipif(sync_playwright is None or not Path(CHROMIUM).ex
 @pytest.fixture(scope="module")
 def server(tiny_bundle, tmp_path_factory):  # noqa: F811
     """``streamlit run streamlit_app.py`` on 127.0.0.1 and a free port, headless; stopped at the end."""
-    work = tmp_path_factory.mktemp("browser")
-    env = {"ASAP_BUNDLE": str(tiny_bundle), "ASAP_CACHE_DIR": str(work / "cache")}
-    with streamlit_server(env, work / "server.log") as url:
+    with serve_bundle(tiny_bundle, tmp_path_factory.mktemp("browser")) as url:
         yield url
 
 

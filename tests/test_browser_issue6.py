@@ -12,7 +12,7 @@ import pytest
 
 from asap_core.bundle import Bundle
 from asap_core.patterns import PatternStore, pattern_from_selection
-from browser_helpers import screenshot_dir, CHROMIUM, CHROMIUM_ARGS, ERRORS_JS, IMAGES_DECODED_JS, streamlit_server
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ERRORS_JS, IMAGES_DECODED_JS, screenshot_dir, serve_bundle
 from conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 try:
@@ -39,9 +39,7 @@ def bundle_copy(tiny_bundle, tmp_path_factory) -> Path:  # noqa: F811
 
 @pytest.fixture(scope="module")
 def server(bundle_copy, tmp_path_factory):
-    work = tmp_path_factory.mktemp("browser6-server")
-    env = {"ASAP_BUNDLE": str(bundle_copy), "ASAP_CACHE_DIR": str(work / "cache")}
-    with streamlit_server(env, work / "server.log") as url:
+    with serve_bundle(bundle_copy, tmp_path_factory.mktemp("browser6-server")) as url:
         yield url
 
 

@@ -8,7 +8,6 @@ from PIL import Image
 from asap_core.bundle import Z_COLUMNS, Bundle
 from asap_core.concepts import (ConceptResult, compute_concepts, crop_to_mask, keep_mask, mask_image,
                                 mean_fill)
-from asap_core.encoder import ClipEncoder
 from asap_core.errors import InputError
 from asap_core.imageio import decode_image, read_bytes
 from asap_core.preprocess import CLIP_MEAN
@@ -34,19 +33,6 @@ def subset(bundle) -> list[str]:
     return (im[im["label"] == "real"]["image_id"].iloc[:4].tolist()
             + im[im["label"] == "fake"]["image_id"].iloc[:4].tolist())
 
-
-@pytest.fixture
-def encode_counter(monkeypatch):
-    """Counts the images passed through ClipEncoder.encode (the re-encoding of masked segments)."""
-    calls = {"images": 0}
-    original = ClipEncoder.encode
-
-    def counting(self, pixel_values):
-        calls["images"] += int(pixel_values.shape[0])
-        return original(self, pixel_values)
-
-    monkeypatch.setattr(ClipEncoder, "encode", counting)
-    return calls
 
 
 def test_mask_image_keeps_exactly_the_top_patches():

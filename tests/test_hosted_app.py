@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from asap_core.bundle import Bundle
-from conftest_app import tiny_bundle  # noqa: F401  (fixture)
+from conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TIMEOUT = 60
@@ -37,10 +37,6 @@ def root(tiny_bundle, tmp_path, monkeypatch) -> Path:  # noqa: F811
     monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "200")
     monkeypatch.delenv("ASAP_MODEL_ALLOWLIST", raising=False)
     return root
-
-
-def no_exception(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
 
 
 def n_images_shown(at: AppTest) -> int:

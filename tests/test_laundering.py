@@ -7,12 +7,11 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from asap_core.bundle import Bundle
-from asap_core.encoder import ClipEncoder
 from asap_core.errors import InputError
 from asap_core.laundering import (launder, laundered_view, laundering_summary, laundering_table,
                                   map_correlation)
-from asap_core.pipeline import AnalyzeOptions, analyze
 from asap_core.relevance_store import bundle_maps
+from conftest_app import analysed_bundle
 
 QUALITIES = (None, 90, 20)
 SCALES = (1.0, 0.5)
@@ -20,10 +19,7 @@ SCALES = (1.0, 0.5)
 
 @pytest.fixture(scope="module")
 def bundle(tiny_clip_dir, small_folder, tmp_path_factory) -> Bundle:
-    tmp = tmp_path_factory.mktemp("laundering")
-    analyze(small_folder, tmp / "bundle", AnalyzeOptions(model=str(tiny_clip_dir), cache_dir=str(tmp / "cache"),
-                                                          num_workers=0, projection_samples=16))
-    return Bundle.open(tmp / "bundle")
+    return analysed_bundle(tmp_path_factory.mktemp("laundering"), small_folder, tiny_clip_dir)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +50,7 @@ def test_launder_resizes_and_recompresses():
             launder(image, q, s)
 
 
-def test_table_has_one_row_per_image_and_setting(bundle, ids, tiny_encoder, monkeypatch):
+def test_table_has_one_row_per_image_and_setting(bundle, ids, tiny_encoder, encode_counter):
     table = laundering_table(bundle, ids, QUALITIES, SCALES, encoder=tiny_encoder, with_maps=True)
     n_set = len(QUALITIES) * len(SCALES)
     assert len(table) == len(ids) * n_set
@@ -78,18 +74,12 @@ def test_table_has_one_row_per_image_and_setting(bundle, ids, tiny_encoder, monk
     assert ((corr >= -1 - 1e-9) & (corr <= 1 + 1e-9)).all()
     assert table.loc[heavy, "map_corr"].mean() < 1 - 1e-3
 
-    calls = {"n": 0}
-    original = ClipEncoder.encode
-
-    def counting(self, pixel_values):
-        calls["n"] += int(pixel_values.shape[0])
-        return original(self, pixel_values)
-
-    monkeypatch.setattr(ClipEncoder, "encode", counting)
+    calls = encode_counter
+    calls["images"] = 0  # count from here: the calls above computed the table
     again = laundering_table(bundle, ids, QUALITIES, SCALES, encoder=tiny_encoder, with_maps=True)
-    assert calls["n"] == 0 and again.equals(table)  # served from the bundle cache
+    assert calls["images"] == 0 and again.equals(table)  # served from the bundle cache
     small = laundering_table(bundle, ids[:2], (70,), (0.8,), encoder=tiny_encoder)
-    assert len(small) == 2 and "map_corr" not in small and calls["n"] == 2 * 2  # originals + laundered
+    assert len(small) == 2 and "map_corr" not in small and calls["images"] == 2 * 2  # originals + laundered
 
 
 def test_summary_per_setting(bundle, ids, tiny_encoder):

@@ -11,7 +11,6 @@ from PIL import Image
 
 from asap_core.bundle import Bundle
 from asap_core.distiller import Distiller, DistillerConfig
-from asap_core.encoder import ClipEncoder
 from asap_core.errors import InputError
 from asap_core.imageio import decode_image, read_bytes
 from asap_core.patterns import (Pattern, PatternStore, contact_sheet, export_patterns, pattern_from_concept,
@@ -102,23 +101,17 @@ def test_selection_uses_top_quarter_of_fake_logit_map(bundle, fakes, tiny_encode
     assert res["excess"] > 3 * res["excess_se"] and res["excess"] > rand["excess"]
 
 
-def test_impact_is_cached_by_content(bundle, fakes, tiny_encoder, monkeypatch):
+def test_impact_is_cached_by_content(bundle, fakes, tiny_encoder, encode_counter):
     p = Pattern("cached", fakes[:6], masks={i: PLANTED for i in fakes[:6]})
     first = pattern_impact(bundle, p, tiny_encoder, n_random=2, seed=5)
-    calls = {"n": 0}
-    original = ClipEncoder.encode
-
-    def counting(self, pixel_values):
-        calls["n"] += int(pixel_values.shape[0])
-        return original(self, pixel_values)
-
-    monkeypatch.setattr(ClipEncoder, "encode", counting)
+    calls = encode_counter
+    calls["images"] = 0  # count from here: the calls above computed the table
     renamed = Pattern("renamed", fakes[:6], note="other note", masks={i: PLANTED for i in fakes[:6]})
     again = pattern_impact(bundle, renamed, tiny_encoder, n_random=2, seed=5)
-    assert calls["n"] == 0 and again["name"] == "renamed"
+    assert calls["images"] == 0 and again["name"] == "renamed"
     assert again["impact"] == pytest.approx(first["impact"], abs=1e-12)
     pattern_impact(bundle, p, tiny_encoder, n_random=2, seed=6)  # another seed: computed
-    assert calls["n"] == 6 * (2 + 2)
+    assert calls["images"] == 6 * (2 + 2)
 
 
 def test_store_roundtrip_and_errors(bundle, fakes):

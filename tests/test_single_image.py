@@ -8,23 +8,19 @@ import pytest
 from PIL import Image
 
 from asap_core.bundle import Bundle
-from asap_core.encoder import ClipEncoder
 from asap_core.errors import ImageLoadError, InputError
 from asap_core.hosting import HostedPolicy
 from asap_core.imageio import read_bytes
-from asap_core.pipeline import AnalyzeOptions, analyze
 from asap_core.relevance_store import bundle_maps
 from asap_core.single_image import analyse_upload, clear_memo, nearest_images
 
 from conftest import make_image
+from conftest_app import analysed_bundle
 
 
 @pytest.fixture(scope="module")
 def bundle(tiny_clip_dir, small_folder, tmp_path_factory) -> Bundle:
-    tmp = tmp_path_factory.mktemp("single")
-    analyze(small_folder, tmp / "bundle", AnalyzeOptions(model=str(tiny_clip_dir), cache_dir=str(tmp / "cache"),
-                                                          num_workers=0, projection_samples=16))
-    return Bundle.open(tmp / "bundle")
+    return analysed_bundle(tmp_path_factory.mktemp("single"), small_folder, tiny_clip_dir)
 
 
 def _png(image: Image.Image) -> bytes:
@@ -51,7 +47,7 @@ def test_upload_of_a_bundle_image_finds_itself(bundle, tiny_encoder):
     assert res.map_xy == pytest.approx((nb["map_x"].mean(), nb["map_y"].mean()))
 
 
-def test_new_upload_neighbours_are_the_nearest_in_z(bundle, tiny_encoder, monkeypatch):
+def test_new_upload_neighbours_are_the_nearest_in_z(bundle, tiny_encoder, encode_counter):
     clear_memo()
     image = make_image(np.random.default_rng(123), fake=True)
     data = _png(image)
@@ -66,16 +62,9 @@ def test_new_upload_neighbours_are_the_nearest_in_z(bundle, tiny_encoder, monkey
     emb = tiny_encoder.encode_images([image]).numpy()
     assert res.p_fake == pytest.approx(float(bundle.distiller.predict(emb)[1][0]), abs=1e-6)
     # a second call (an app rerun) reuses embedding and maps from memory
-    calls = {"n": 0}
-    original = ClipEncoder.encode
-
-    def counting(self, pixel_values):
-        calls["n"] += 1
-        return original(self, pixel_values)
-
-    monkeypatch.setattr(ClipEncoder, "encode", counting)
+    encode_counter["images"] = 0
     again = analyse_upload(bundle, "new.png", data, encoder=tiny_encoder, k_neighbours=3)
-    assert calls["n"] == 0 and len(again.neighbours) == 3 and again.p_fake == res.p_fake
+    assert encode_counter["images"] == 0 and len(again.neighbours) == 3 and again.p_fake == res.p_fake
     assert len(nearest_images(bundle, res.z, k=10_000)) == len(bundle.images)
 
 
