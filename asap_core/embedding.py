@@ -25,10 +25,11 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 from collections import deque
+from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -105,7 +106,8 @@ def decode_batch(items: Sequence[tuple[int, str]], preprocessor: ClipPreprocesso
         try:
             image = decode_image(read_bytes(path), path, draft_size=draft_size)
             crop_uint8(image, preprocessor, out=pixels[len(res.rows)])
-            res.thumbs.append(thumbnail_bytes(image, thumb_side))
+            if thumb_side:
+                res.thumbs.append(thumbnail_bytes(image, thumb_side))
             res.rows.append(idx)
         except ImageLoadError as exc:
             res.failed.append((idx, path, exc.reason))
@@ -458,6 +460,55 @@ class _Prefetcher:
                 self.nv.thumb_pool.shutdown(wait=True)
 
 
+def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: ClipPreprocessor, device: "torch.device",
+                    batch_size: int, *, decoder: str = "auto", num_workers: int | None = None, prefetch: int = 3,
+                    fast_decode: bool | None = None, thumb_side: int = THUMB_SIDE
+                    ) -> Iterator[tuple[DecodedBatch, "torch.Tensor | None"]]:
+    """Decode ``paths[i]`` for ``i`` in ``todo``, ``batch_size`` at a time, ahead of the consumer.
+
+    Yields, in order, each batch's ``DecodedBatch`` (rows, thumbnails if ``thumb_side``, failures) and its
+    pixel values ``[n, 3, S, S]`` float32 on ``device``, normalised exactly as ``ClipPreprocessor`` does
+    (``None`` when nothing in the batch decoded). At most ``prefetch`` batches wait decoded (bounded memory).
+    The one decode path of the embedding and the relevance passes; see ``embed_files`` for the arguments.
+    Close it (``contextlib.closing``) to stop the workers early.
+    """
+    import torch
+
+    from .device import to_device
+
+    fast = device.type == "cuda" if fast_decode is None else bool(fast_decode)
+    kind = resolve_decoder(decoder, device)
+    if kind == "nvjpeg" and (not fast or (decoder == "auto" and _jpeg_share(paths, todo) < 0.5)):
+        kind = "process"  # exact decoding asked for, or mostly PNG/WebP/...: Pillow in processes
+    workers = default_workers(kind) if num_workers is None else int(num_workers)
+    if workers <= 0:
+        kind = "inline"
+    draft = preprocessor.size if fast else None
+    bs = max(1, int(batch_size))
+    batches = [[(i, paths[i]) for i in todo[s:s + bs]] for s in range(0, len(todo), bs)]
+    source = _Prefetcher(kind, workers, preprocessor, device, thumb_side, draft)
+    try:
+        it = iter(batches)
+        for b in it:
+            source.submit(b)
+            if len(source) >= max(1, prefetch):
+                break
+        while len(source):
+            dec = source.take()
+            nxt = next(it, None)
+            if nxt is not None:
+                source.submit(nxt)
+            px = None
+            if dec.rows:
+                px = dec.pixels if isinstance(dec.pixels, torch.Tensor) else torch.from_numpy(dec.pixels)
+                if px.device.type != device.type:
+                    px = to_device(px, device)
+                px = normalize(px, preprocessor)
+            yield dec, px
+    finally:
+        source.close()
+
+
 def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPreprocessor, paths: Sequence[str],
                 ids: Sequence[str], embed_store: RowStore, thumb_store: RowStore,
                 batch_size: int | None = 64, num_workers: int | None = None, prefetch: int = 3,
@@ -475,7 +526,8 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
     ``prefetch``: decoded batches allowed to wait for the model (memory bound).
     ``decoder``: one of ``DECODERS`` (see the module docstring). ``fast_decode``: JPEG ``draft`` in Pillow
     workers, nvJPEG on GPU; ``None`` = on for CUDA, off for CPU. ``compile``: ``torch.compile`` the
-    forward (``None``: ``$ASAP_COMPILE``, default off; a failed compile falls back to eager with a warning). On CPU, torch uses one thread per core.
+    forward (``None``: ``$ASAP_COMPILE``, default off; a failed compile falls back to eager with a
+    warning). On CPU, torch uses one thread per core.
     """
     missing = set(embed_store.missing(ids))  # one scan of the store, not one per id
     todo = [i for i, image_id in enumerate(ids) if image_id in missing]
@@ -488,20 +540,12 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
 
     import torch
 
-    from .device import choose_batch_size, compile_enabled, compiled_forward, configure_threads, to_device
+    from .device import choose_batch_size, compile_enabled, compiled_forward, configure_threads
 
     encoder = load_encoder()
     dev = encoder.device
     configure_threads(dev)
     bs = choose_batch_size(encoder, batch_size)
-    fast = dev.type == "cuda" if fast_decode is None else bool(fast_decode)
-    kind = resolve_decoder(decoder, dev)
-    if kind == "nvjpeg" and (not fast or (decoder == "auto" and _jpeg_share(paths, todo) < 0.5)):
-        kind = "process"  # exact decoding asked for, or mostly PNG/WebP/...: Pillow in processes
-    workers = default_workers(kind) if num_workers is None else int(num_workers)
-    if workers <= 0:
-        kind = "inline"
-    draft = preprocessor.size if fast else None
     forward = compiled_forward(encoder.vision_model, bs) if compile_enabled(compile) else None
 
     def encode(x: "torch.Tensor") -> "torch.Tensor":
@@ -519,27 +563,14 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
         embed_store.put(batch_ids, emb.numpy().astype(np.float32, copy=False))
         return n
 
-    batches = [[(i, paths[i]) for i in todo[s:s + bs]] for s in range(0, total, bs)]
-    source = _Prefetcher(kind, workers, preprocessor, dev, thumb_side, draft)
     waiting = None  # the previous batch, whose embeddings are still being copied back (GPU)
-    try:
-        it = iter(batches)
-        for b in it:
-            source.submit(b)
-            if len(source) >= max(1, prefetch):
-                break
-        while len(source):
-            dec = source.take()
-            nxt = next(it, None)
-            if nxt is not None:
-                source.submit(nxt)
+    with closing(decoded_batches(paths, todo, preprocessor, dev, bs, decoder=decoder, num_workers=num_workers,
+                                 prefetch=prefetch, fast_decode=fast_decode, thumb_side=thumb_side)) as source:
+        for dec, px in source:
             failures.extend((path, reason) for _, path, reason in dec.failed)
             job = None
-            if dec.rows:
-                px = dec.pixels if isinstance(dec.pixels, torch.Tensor) else torch.from_numpy(dec.pixels)
-                if px.device.type != dev.type:
-                    px = to_device(px, dev)
-                emb = encode(normalize(px, preprocessor))
+            if px is not None:
+                emb = encode(px)
                 ready = None
                 if dev.type == "cuda":
                     host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
@@ -563,6 +594,4 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
             done += store(waiting)
             if progress:
                 progress(done, total)
-    finally:
-        source.close()
     return failures

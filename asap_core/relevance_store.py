@@ -8,8 +8,6 @@ import numpy as np
 import pandas as pd
 
 from .cache import RowStore
-from .errors import ImageLoadError
-from .imageio import decode_image, read_bytes
 
 N_TARGETS = 17
 
@@ -25,33 +23,39 @@ def map_store(cache_dir: str | Path, encoder_key: str, distiller_fingerprint: st
 
 
 def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFrame, method: str,
-                         batch_size: int = 32, progress: Callable[[int, int], None] | None = None
-                         ) -> list[tuple[str, str]]:
-    """Compute and store maps for the rows of ``images`` (``image_id``, ``path``) that ``store`` lacks.
+                         batch_size: int = 32, progress: Callable[[int, int], None] | None = None, *,
+                         decoder: str = "auto", num_workers: int | None = None) -> list[tuple[str, str]]:
+    """Compute and store maps ``[17, side, side]`` (float16) for the rows of ``images`` (``image_id``,
+    ``path``) that ``store`` lacks, ``batch_size`` images per batched VJP; each batch is stored at once.
 
-    Returns ``(path, reason)`` for images that could not be read any more.
+    Images are decoded ahead of the model by the embedding stage's decoder (``embedding.decoded_batches``:
+    threads on CPU, nvJPEG or processes on GPU; ``decoder="inline"`` decodes in this thread). Returns
+    ``(path, reason)`` for images that could not be read any more.
     """
-    from .relevance import relevance_for_images
+    from contextlib import closing
+
+    from .embedding import decoded_batches
+    from .relevance import AttentionRelevance
 
     todo = images[images["image_id"].isin(store.missing(images["image_id"]))]
+    ids, paths = todo["image_id"].tolist(), todo["path"].tolist()
     failures: list[tuple[str, str]] = []
-    total = len(todo)
+    total, done = len(ids), 0
     if progress:
         progress(0, total)
-    for start in range(0, total, batch_size):
-        chunk = todo.iloc[start:start + batch_size]
-        ids, pics = [], []
-        for image_id, path in zip(chunk["image_id"], chunk["path"]):
-            try:
-                pics.append(decode_image(read_bytes(path), path))
-                ids.append(image_id)
-            except ImageLoadError as exc:
-                failures.append((path, exc.reason))
-        if pics:
-            maps = relevance_for_images(encoder, distiller, pics, method, batch_size=batch_size)
-            store.put(ids, np.asarray(maps, np.float16))
-        if progress:
-            progress(min(start + batch_size, total), total)
+    if not total:
+        return failures
+    explainer = AttentionRelevance(encoder, distiller, method)
+    with closing(decoded_batches(paths, range(total), encoder.preprocessor, encoder.device, batch_size,
+                                 decoder=decoder, num_workers=num_workers, thumb_side=0)) as batches:
+        for dec, px in batches:
+            failures.extend((path, reason) for _, path, reason in dec.failed)
+            if px is not None:
+                maps = explainer.attribute(px, target=None)
+                store.put([ids[i] for i in dec.rows], maps.numpy().astype(np.float16))
+            done += len(dec)
+            if progress:
+                progress(done, total)
     return failures
 
 
@@ -79,7 +83,9 @@ def bundle_maps(bundle, image_ids: list[str], method: str = "last-block", encode
     if missing:
         encoder = encoder or bundle.encoder(attn_implementation="eager")
         rows = bundle.images.set_index("image_id").loc[missing, ["path"]].reset_index()
-        failures = compute_missing_maps(store, encoder, bundle.distiller, rows, method, progress=progress)
+        # decoded in threads: a worker process would re-import the app's script under Streamlit
+        failures = compute_missing_maps(store, encoder, bundle.distiller, rows, method, progress=progress,
+                                        decoder="thread")
         if failures:
             from .errors import BundleError
 

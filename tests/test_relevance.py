@@ -227,3 +227,32 @@ def test_display_helpers_import_without_torch():
                          cwd=Path(__file__).resolve().parents[1], timeout=60)
     assert out.returncode == 0, out.stderr
     assert "(20, 20) (8, 8)" in out.stdout
+
+
+@pytest.mark.parametrize("decoder,workers", [("inline", 0), ("thread", 1)])
+def test_precomputed_maps_equal_direct_maps_and_name_bad_files(tiny_encoder, tmp_path, decoder, workers):
+    """The relevance pass decodes through the embedding stage's decoder: same maps as from PIL images."""
+    import pandas as pd
+
+    from asap_core.cache import RowStore
+    from asap_core.relevance_store import compute_missing_maps
+
+    rng = np.random.default_rng(5)
+    images = [_planted_image(rng, int(rng.integers(16))) for _ in range(7)]
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(str(tmp_path / f"im{i}.png"))
+        im.save(paths[-1])
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    rows = pd.DataFrame({"image_id": [f"id{i}" for i in range(8)], "path": paths + [str(tmp_path / "broken.png")]})
+    dist = _random_distiller(seed=7)
+    store = RowStore(tmp_path / "cache", "maps", (N_TARGETS, SIDE, SIDE))
+    seen: list[tuple[int, int]] = []
+    failures = compute_missing_maps(store, tiny_encoder, dist, rows, "last-block", batch_size=3,
+                                    progress=lambda d, t: seen.append((d, t)), decoder=decoder, num_workers=workers)
+    assert [p for p, _ in failures] == [str(tmp_path / "broken.png")]
+    assert store.missing(rows["image_id"]) == ["id7"]
+    direct = relevance_for_images(tiny_encoder, dist, images, "last-block")
+    np.testing.assert_array_equal(store.get([f"id{i}" for i in range(7)]), direct)
+    assert seen[0] == (0, 8) and seen[-1] == (8, 8)
+    assert compute_missing_maps(store, tiny_encoder, dist, rows.iloc[:7], "last-block") == []  # all cached
