@@ -13,10 +13,10 @@ Pipeline (one run of :func:`embed_files`)::
 - ``decoder="auto"``: on CPU one or two decode *threads* (Pillow releases the GIL while decoding and
   resizing; processes would only take cores from the model); on a GPU ``nvjpeg`` when torchvision is
   installed, else one decode *process* per core.
-- Exact by default on CPU: full JPEG decode and Pillow's bicubic resize, the pixels equal
-  ``encoder.preprocess``. Approximations only where the model is approximate anyway (bf16 on GPU):
-  JPEG ``draft`` (DCT-domain downscale) in Pillow workers, and nvJPEG + a torch antialiased bicubic
-  resize (``fast_decode=None`` means: on for CUDA, off for CPU).
+- Exact for an fp32 model (the CPU default): full JPEG decode and Pillow's bicubic resize, the pixels
+  equal ``encoder.preprocess``. Approximations only where the model is approximate anyway (bf16: GPU
+  default, CPU opt-in): JPEG ``draft`` (DCT-domain downscale) in Pillow workers, and nvJPEG + a torch
+  antialiased bicubic resize (``fast_decode=None`` means: on for bf16, off for fp32).
 - On a GPU, host -> device copies go through pinned memory without blocking, and the embeddings of
   batch k are copied back while batch k+1 runs.
 """
@@ -462,7 +462,7 @@ class _Prefetcher:
 
 def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: ClipPreprocessor, device: "torch.device",
                     batch_size: int, *, decoder: str = "auto", num_workers: int | None = None, prefetch: int = 3,
-                    fast_decode: bool | None = None, thumb_side: int = THUMB_SIDE
+                    fast_decode: bool = False, thumb_side: int = THUMB_SIDE
                     ) -> Iterator[tuple[DecodedBatch, "torch.Tensor | None"]]:
     """Decode ``paths[i]`` for ``i`` in ``todo``, ``batch_size`` at a time, ahead of the consumer.
 
@@ -476,7 +476,7 @@ def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: Cli
 
     from .device import to_device
 
-    fast = device.type == "cuda" if fast_decode is None else bool(fast_decode)
+    fast = bool(fast_decode)
     kind = resolve_decoder(decoder, device)
     if kind == "nvjpeg" and (not fast or (decoder == "auto" and _jpeg_share(paths, todo) < 0.5)):
         kind = "process"  # exact decoding asked for, or mostly PNG/WebP/...: Pillow in processes
@@ -485,10 +485,9 @@ def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: Cli
         kind = "inline"
     draft = preprocessor.size if fast else None
     bs = max(1, int(batch_size))
-    batches = [[(i, paths[i]) for i in todo[s:s + bs]] for s in range(0, len(todo), bs)]
+    it = ([(i, paths[i]) for i in todo[s:s + bs]] for s in range(0, len(todo), bs))  # lazily: flat memory
     source = _Prefetcher(kind, workers, preprocessor, device, thumb_side, draft)
     try:
-        it = iter(batches)
         for b in it:
             source.submit(b)
             if len(source) >= max(1, prefetch):
@@ -525,7 +524,8 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
     ``num_workers``: decode workers (``None``: ``default_workers``; ``0``: decode in this thread, lazily).
     ``prefetch``: decoded batches allowed to wait for the model (memory bound).
     ``decoder``: one of ``DECODERS`` (see the module docstring). ``fast_decode``: JPEG ``draft`` in Pillow
-    workers, nvJPEG on GPU; ``None`` = on for CUDA, off for CPU. ``compile``: ``torch.compile`` the
+    workers, nvJPEG on GPU; ``None`` = on where the model is approximate anyway (bf16: GPU, or CPU with
+    ``--dtype bfloat16``), off for fp32 (exact, bit-equal embeddings). ``compile``: ``torch.compile`` the
     forward (``None``: ``$ASAP_COMPILE``, default off; a failed compile falls back to eager with a
     warning). On CPU, torch uses one thread per core.
     """
@@ -564,8 +564,9 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
         return n
 
     waiting = None  # the previous batch, whose embeddings are still being copied back (GPU)
+    fast = encoder.dtype != torch.float32 if fast_decode is None else bool(fast_decode)
     with closing(decoded_batches(paths, todo, preprocessor, dev, bs, decoder=decoder, num_workers=num_workers,
-                                 prefetch=prefetch, fast_decode=fast_decode, thumb_side=thumb_side)) as source:
+                                 prefetch=prefetch, fast_decode=fast, thumb_side=thumb_side)) as source:
         for dec, px in source:
             failures.extend((path, reason) for _, path, reason in dec.failed)
             job = None

@@ -45,9 +45,12 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
         progress(0, total)
     if not total:
         return failures
+    import torch
+
     explainer = AttentionRelevance(encoder, distiller, method)
+    fast = encoder.dtype != torch.float32  # approximate decoding only where the model is approximate (bf16)
     with closing(decoded_batches(paths, range(total), encoder.preprocessor, encoder.device, batch_size,
-                                 decoder=decoder, num_workers=num_workers, thumb_side=0)) as batches:
+                                 decoder=decoder, num_workers=num_workers, fast_decode=fast, thumb_side=0)) as batches:
         for dec, px in batches:
             failures.extend((path, reason) for _, path, reason in dec.failed)
             if px is not None:

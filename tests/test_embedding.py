@@ -329,3 +329,26 @@ def test_probe_routes_only_plain_jpegs_to_nvjpeg(files, tmp_path):
     buf = io.BytesIO()
     Image.open(files[3]).convert("CMYK").save(buf, "JPEG")
     assert embedding._probe_jpeg(buf.getvalue()) is None
+
+
+def test_fast_decode_follows_the_model_precision(tiny_clip_dir, encoder, files, tmp_path, monkeypatch):
+    """JPEG draft decoding only where the model is approximate anyway: bf16 yes, fp32 (exact) no."""
+    seen: list = []
+    real = embedding.decode_image
+
+    def spy(data, path, draft_size=None):
+        seen.append(draft_size)
+        return real(data, path, draft_size=draft_size)
+
+    monkeypatch.setattr(embedding, "decode_image", spy)
+    bf16 = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu", dtype=torch.bfloat16)
+    ids = [f"id{i}" for i in range(4)]
+    for enc, want in ((encoder, None), (bf16, bf16.preprocessor.size)):
+        seen.clear()
+        emb, thumbs = _stores(tmp_path / str(enc.dtype))
+        assert embed_files(lambda e=enc: e, enc.preprocessor, files[:4], ids, emb, thumbs, num_workers=0) == []
+        assert seen and set(seen) == {want}
+    seen.clear()
+    emb, thumbs = _stores(tmp_path / "forced")
+    embed_files(lambda: bf16, bf16.preprocessor, files[:4], ids, emb, thumbs, num_workers=0, fast_decode=False)
+    assert set(seen) == {None}
