@@ -80,7 +80,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         bars.close()
     print(report.summary())
     print(f"Total: {time.perf_counter() - t0:.1f}s")
+    tip = bf16_tip(args.device, args.dtype, report.timings.get("embed", 0.0))
+    if tip:
+        print(tip)
     return 0
+
+
+def bf16_tip(device: str, dtype: str, embed_seconds: float, min_seconds: float = 30.0) -> str | None:
+    """A hint after a long fp32 embedding run on a CPU that multiplies bf16 in hardware, else None."""
+    import torch
+
+    from .device import cpu_has_native_bf16, resolve_dtype
+    from .encoder import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type != "cpu" or embed_seconds < min_seconds or resolve_dtype(dtype, dev) != torch.float32:
+        return None
+    if not cpu_has_native_bf16():
+        return None
+    return ("Tip: this CPU computes bf16 in hardware; `--dtype bfloat16` embeds ~2-4x faster "
+            "(embeddings within cosine 0.9999 of float32, cached separately).")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

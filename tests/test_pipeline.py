@@ -197,6 +197,19 @@ def test_cli_end_to_end(tmp_path, small_folder, tiny_clip_dir):
                  "--model", str(tiny_clip_dir)]) == 2
 
 
+def test_cli_suggests_bf16_only_after_long_fp32_cpu_runs_on_bf16_hardware(monkeypatch):
+    from asap_core import device as device_mod
+    from asap_core.cli import bf16_tip
+
+    monkeypatch.delenv(device_mod.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
+    assert "--dtype bfloat16" in bf16_tip("cpu", "auto", 120.0)
+    assert bf16_tip("cpu", "auto", 5.0) is None  # a short run: no noise
+    assert bf16_tip("cpu", "bfloat16", 120.0) is None  # already bf16
+    monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
+    assert bf16_tip("cpu", "auto", 120.0) is None  # no bf16 hardware: it would be slower
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "forensynths_ranking").is_dir(), reason="shared data absent")
 def test_forensynths_keeps_generator_names(tmp_path, tiny_clip_dir):
     report = analyze(SHARED_DATA / "forensynths_ranking", tmp_path / "b", _opts(tiny_clip_dir, tmp_path / "cache"))
