@@ -33,6 +33,7 @@ class AnalyzeOptions:
     batch_size: int | None = None
     num_workers: int | None = None
     compile: bool | None = None
+    relevance_batch_size: int | None = None  # None: 128 on GPU, 8 on CPU (device.relevance_batch_size)
     dtype: str | None = None  # None / "auto": bf16 on GPU, fp32 on CPU ($ASAP_CPU_BF16=1: bf16 where native)
     relevance: str = "none"
     grid: int = 24
@@ -250,7 +251,7 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
 
         with _timed(timings, f"relevance ({opt.relevance})"):
             rel_store = precompute_relevance(cache, info, load_encoder, distiller, images, opt.relevance,
-                                             batch_size=opt.batch_size or (128 if device.type == "cuda" else 32),
+                                             batch_size=opt.relevance_batch_size,
                                              progress=(lambda d, t: progress("relevance", d, t)) if progress else None)
     metrics = dict(trainer_metrics)
     if labelled.any() and opt.distiller is not None:

@@ -23,10 +23,11 @@ def map_store(cache_dir: str | Path, encoder_key: str, distiller_fingerprint: st
 
 
 def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFrame, method: str,
-                         batch_size: int = 32, progress: Callable[[int, int], None] | None = None, *,
+                         batch_size: int | None = None, progress: Callable[[int, int], None] | None = None, *,
                          decoder: str = "auto", num_workers: int | None = None) -> list[tuple[str, str]]:
     """Compute and store maps ``[17, side, side]`` (float16) for the rows of ``images`` (``image_id``,
-    ``path``) that ``store`` lacks, ``batch_size`` images per batched VJP; each batch is stored at once.
+    ``path``) that ``store`` lacks, ``batch_size`` images per batched VJP (``None``:
+    ``device.relevance_batch_size``: 128 on GPU, 8 on CPU); each batch is stored at once.
 
     Images are decoded ahead of the model by the embedding stage's decoder (``embedding.decoded_batches``:
     threads on CPU, nvJPEG or processes on GPU; ``decoder="inline"`` decodes in this thread). Returns
@@ -34,6 +35,7 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
     """
     from contextlib import closing
 
+    from .device import relevance_batch_size
     from .embedding import decoded_batches
     from .relevance import AttentionRelevance
 
@@ -49,7 +51,8 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
 
     explainer = AttentionRelevance(encoder, distiller, method)
     fast = encoder.dtype != torch.float32  # approximate decoding only where the model is approximate (bf16)
-    with closing(decoded_batches(paths, range(total), encoder.preprocessor, encoder.device, batch_size,
+    bs = relevance_batch_size(encoder.device, batch_size)
+    with closing(decoded_batches(paths, range(total), encoder.preprocessor, encoder.device, bs,
                                  decoder=decoder, num_workers=num_workers, fast_decode=fast, thumb_side=0)) as batches:
         for dec, px in batches:
             failures.extend((path, reason) for _, path, reason in dec.failed)
@@ -63,7 +66,8 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
 
 
 def precompute_relevance(cache_dir: str | Path, info, load_encoder: Callable, distiller, images: pd.DataFrame,
-                         method: str, batch_size: int = 32, progress: Callable[[int, int], None] | None = None
+                         method: str, batch_size: int | None = None,
+                         progress: Callable[[int, int], None] | None = None
                          ) -> RowStore:
     """Maps for every image of ``images`` into the shared cache; returns the store (to copy into a bundle).
 

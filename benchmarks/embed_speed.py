@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from asap_core.cache import RowStore  # noqa: E402
-from asap_core.device import device_name  # noqa: E402
+from asap_core.device import device_name, relevance_batch_size  # noqa: E402
 from asap_core.embedding import default_workers, embed_files, resolve_decoder  # noqa: E402
 from asap_core.encoder import ClipEncoder  # noqa: E402
 
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
     rel_rows = []
     if rel_n:
         print("timing the relevance rows ...")
-        rel_bs = args.rel_batch or (128 if dev.type == "cuda" else 8)
+        rel_bs = relevance_batch_size(dev, args.rel_batch)
         rel_rows = relevance_rates(encoder, rel_n, rel_bs, args.rel_methods.split(","),
                                    args.rounds, not args.no_naive_relevance)
 

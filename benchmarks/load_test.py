@@ -235,7 +235,7 @@ async def drive(url: str, args, plan: list[tuple[int, int]]) -> tuple[Results, R
 
 # ------------------------------------------------------------------------------------------ report
 def table(res: Results) -> str:
-    lines = [f"| step | n | median (s) | p95 (s) | max (s) |", "|---|---:|---:|---:|---:|"]
+    lines = ["| step | n | median (s) | p95 (s) | max (s) |", "|---|---:|---:|---:|---:|"]
     for step in STEPS:
         v = np.asarray(res.latencies[step])
         if len(v):

@@ -20,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from asap_core.device import relevance_batch_size  # noqa: E402
 from asap_core.distiller import Distiller, DistillerConfig  # noqa: E402
 from asap_core.encoder import CheckpointInfo, ClipEncoder, fold_quick_gelu  # noqa: E402
 from asap_core.preprocess import ClipPreprocessor  # noqa: E402
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                        ("cpu" if args.device == "auto" else args.device))
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
         args.dtype, torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    bs = args.batch_size or (128 if dev.type == "cuda" else 8)
+    bs = relevance_batch_size(dev, args.batch_size)
     enc, dist = build(dev, dtype)
     torch.manual_seed(1)
     px = torch.randn(args.n, 3, 224, 224)

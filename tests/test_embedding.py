@@ -352,3 +352,9 @@ def test_fast_decode_follows_the_model_precision(tiny_clip_dir, encoder, files, 
     emb, thumbs = _stores(tmp_path / "forced")
     embed_files(lambda: bf16, bf16.preprocessor, files[:4], ids, emb, thumbs, num_workers=0, fast_decode=False)
     assert set(seen) == {None}
+
+
+def test_relevance_batch_size_defaults():
+    assert device_mod.relevance_batch_size("cpu") == device_mod.CPU_RELEVANCE_BATCH == 8
+    assert device_mod.relevance_batch_size("cuda") == device_mod.GPU_RELEVANCE_BATCH == 128
+    assert device_mod.relevance_batch_size("cpu", 3) == 3
