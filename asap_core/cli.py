@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode workers (default: 1 thread on CPUs up to 4 cores; on a GPU, nvJPEG or 1 process per core)")
     a.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                    help="model precision (auto: bfloat16 on GPU, float32 on CPU unless ASAP_CPU_BF16=1; bfloat16 "
-                        "on a CPU with AMX is ~3.5x faster, embeddings within cosine 0.9999 of float32)")
+                        "on a CPU with AMX is ~3x faster, embeddings within cosine 0.9999 of float32)")
     a.add_argument("--compile", action="store_true", default=None,
                    help="torch.compile the CLIP forward (default: $ASAP_COMPILE, off; pays off for forward-bound "
                         "GPU runs, not on CPU)")
