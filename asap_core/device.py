@@ -132,7 +132,8 @@ def compile_enabled(compile: bool | None = None) -> bool:
 
 
 def compiled_forward(vision_model, batch_size: int) -> Callable[["torch.Tensor"], "torch.Tensor"]:
-    """``pixels [n, 3, S, S] -> image_embeds [n, D]`` through ``torch.compile(vision_model)``.
+    """``pixels [n, 3, S, S]`` (any float dtype) ``-> image_embeds [n, D]`` (the model's dtype) through
+    ``torch.compile(vision_model)``.
 
     The model itself is left untouched (relevance needs the eager module). Every call is padded to
     ``batch_size`` rows so that one static graph serves the whole run (no recompile on the last batch).
@@ -142,8 +143,10 @@ def compiled_forward(vision_model, batch_size: int) -> Callable[["torch.Tensor"]
     import torch
 
     state = {"fn": torch.compile(vision_model, dynamic=False), "ok": False}
+    dtype = next(vision_model.parameters()).dtype
 
     def forward(pixels: "torch.Tensor") -> "torch.Tensor":
+        pixels = pixels.to(dtype)  # float32 pixels into a bf16 model, as ClipEncoder.embed does
         n = pixels.shape[0]
         if n < batch_size:
             pad = pixels.new_zeros((batch_size - n, *pixels.shape[1:]))

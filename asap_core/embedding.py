@@ -553,7 +553,7 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
         with torch.inference_mode():
             if forward is None:
                 return encoder.embed(x)
-            return torch.nn.functional.normalize(forward(x.to(encoder.dtype)).float(), dim=-1)
+            return torch.nn.functional.normalize(forward(x).float(), dim=-1)
 
     def store(job) -> int:
         batch_ids, thumbs, emb, ready, n = job

@@ -358,3 +358,16 @@ def test_relevance_batch_size_defaults():
     assert device_mod.relevance_batch_size("cpu") == device_mod.CPU_RELEVANCE_BATCH == 8
     assert device_mod.relevance_batch_size("cuda") == device_mod.GPU_RELEVANCE_BATCH == 128
     assert device_mod.relevance_batch_size("cpu", 3) == 3
+
+
+def test_compiled_forward_casts_pixels_to_the_model_dtype(tiny_clip_dir, monkeypatch):
+    """float32 pixels into a bf16 model (the GPU default) work through the compiled path too."""
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # the wrapper's logic, no inductor
+    bf16 = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu", dtype=torch.bfloat16)
+    forward = device_mod.compiled_forward(bf16.vision_model, batch_size=4)
+    x = torch.randn(3, 3, bf16.image_size, bf16.image_size)
+    with torch.no_grad():
+        out = forward(x)
+        ref = bf16.vision_model(pixel_values=x.to(torch.bfloat16)).image_embeds
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    assert torch.allclose(out.float(), ref.float(), atol=2e-2, rtol=2e-2)  # padding may change bf16 rounding
