@@ -108,7 +108,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     b = Bundle.open(args.bundle)
     m = b.meta
     print(f"{b.path}: {m['counts']['used']} images ({m['counts']['real']} real, {m['counts']['fake']} fake), "
-          f"{m['counts']['cells']} cells; encoder {m['encoder']['model_id']}; layout {m['layout']}")
+          f"{m['counts']['cells']} cells; encoder {m['encoder']['model_id']}"
+          f"{' (' + m['encoder']['dtype'] + ')' if m['encoder'].get('dtype') else ''}; layout {m['layout']}")
     val = m.get("metrics", {}).get("val")
     if val:
         print(f"validation accuracy {val['accuracy']:.3f}, AP {val['ap']:.3f}, ROC-AUC {val['roc_auc']:.3f}")

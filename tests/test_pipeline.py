@@ -71,7 +71,7 @@ def test_second_run_uses_cache_and_never_loads_the_model(built, small_folder, ti
     assert "load model" not in report.timings
 
 
-def test_embedding_cache_is_keyed_by_dtype(built, small_folder, tiny_clip_dir, monkeypatch):
+def test_embedding_cache_is_keyed_by_dtype(built, small_folder, tiny_clip_dir, monkeypatch, capsys):
     """A bf16 run (opt-in on CPU) never reuses fp32 rows and keeps its own store; a second bf16 run is cached."""
     import torch
 
@@ -92,6 +92,10 @@ def test_embedding_cache_is_keyed_by_dtype(built, small_folder, tiny_clip_dir, m
     again = analyze(small_folder, tmp / "bundle-bf16b", _opts(tiny_clip_dir, tmp / "cache"))
     assert "load model" not in again.timings
     assert Bundle.open(again.bundle).meta["encoder"]["dtype"] == "bfloat16"
+    from asap_core.cli import main
+
+    capsys.readouterr()
+    assert main(["info", str(again.bundle)]) == 0 and "(bfloat16)" in capsys.readouterr().out
     monkeypatch.delenv(device_mod.CPU_BF16_ENV)  # the option says the same without the environment
     explicit = analyze(small_folder, tmp / "bundle-bf16c", _opts(tiny_clip_dir, tmp / "cache", dtype="bfloat16"))
     assert "load model" not in explicit.timings
