@@ -696,7 +696,9 @@ def run_analysis(data_dir: str, out: str, model: str, relevance: str) -> None:
         bar.progress(min(done / max(total, 1), 1.0), text=f"{stage}: {done:,}/{total:,}")
 
     try:
-        report = analyze(data_dir, out, AnalyzeOptions(model=model, relevance=relevance), progress=progress)
+        # decode threads: spawned worker processes would re-run this app's script (Streamlit's __main__)
+        opts = AnalyzeOptions(model=model, relevance=relevance, decoder="thread")
+        report = analyze(data_dir, out, opts, progress=progress)
     except AsapError as exc:
         bar.empty()
         st.error(exc.message)

@@ -32,6 +32,7 @@ class AnalyzeOptions:
     device: str = "auto"
     batch_size: int | None = None
     num_workers: int | None = None
+    decoder: str = "auto"  # embedding.DECODERS; "thread" where worker processes cannot start (Streamlit)
     compile: bool | None = None
     relevance_batch_size: int | None = None  # None: 128 on GPU, 8 on CPU (device.relevance_batch_size)
     dtype: str | None = None  # None / "auto": bf16 on GPU, fp32 on CPU ($ASAP_CPU_BF16=1: bf16 where native)
@@ -142,7 +143,7 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
             progress: StageProgress | None = None) -> AnalyzeReport:
     """Scan ``data_dir``, embed (cached), fit projection and distiller (cached), lay out, write the bundle ``out``."""
     from .distiller import Distiller
-    from .embedding import embed_files
+    from .embedding import DECODERS, embed_files
     from .device import resolve_dtype
     from .encoder import ClipEncoder, inspect_checkpoint, resolve_device
     from .layout import assign_cells, cell_table, embed_2d
@@ -152,6 +153,8 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
     opt = options or AnalyzeOptions()
     if opt.relevance not in RELEVANCE_METHODS:
         raise InputError(f"--relevance {opt.relevance} is not one of {', '.join(RELEVANCE_METHODS)}.", "")
+    if opt.decoder not in DECODERS:
+        raise InputError(f"decoder {opt.decoder!r} is not one of {', '.join(DECODERS)}.", "use decoder='auto'.")
     device = resolve_device(opt.device)
     dtype = resolve_dtype(opt.dtype, device)  # checked before any work
     cache = Path(opt.cache_dir) if opt.cache_dir else default_cache_dir()
@@ -190,7 +193,8 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
     thumb_store = RowStore(cache, "thumbs-128", None)
     with _timed(timings, "embed"):
         failures = embed_files(load_encoder, info.preprocessor, images["path"].tolist(), images["image_id"].tolist(), embed_store,
-                               thumb_store, batch_size=opt.batch_size, num_workers=opt.num_workers, compile=opt.compile,
+                               thumb_store, batch_size=opt.batch_size, num_workers=opt.num_workers, decoder=opt.decoder,
+                               compile=opt.compile,
                                progress=(lambda d, t: progress("embed", d, t)) if progress else None)
         skipped += failures
         failed_paths = {p for p, _ in failures}
@@ -251,7 +255,7 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
 
         with _timed(timings, f"relevance ({opt.relevance})"):
             rel_store = precompute_relevance(cache, info, load_encoder, distiller, images, opt.relevance,
-                                             batch_size=opt.relevance_batch_size,
+                                             batch_size=opt.relevance_batch_size, decoder=opt.decoder,
                                              progress=(lambda d, t: progress("relevance", d, t)) if progress else None)
     metrics = dict(trainer_metrics)
     if labelled.any() and opt.distiller is not None:

@@ -67,7 +67,7 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
 
 def precompute_relevance(cache_dir: str | Path, info, load_encoder: Callable, distiller, images: pd.DataFrame,
                          method: str, batch_size: int | None = None,
-                         progress: Callable[[int, int], None] | None = None
+                         progress: Callable[[int, int], None] | None = None, decoder: str = "auto"
                          ) -> RowStore:
     """Maps for every image of ``images`` into the shared cache; returns the store (to copy into a bundle).
 
@@ -75,7 +75,7 @@ def precompute_relevance(cache_dir: str | Path, info, load_encoder: Callable, di
     """
     store = map_store(cache_dir, info.cache_key, distiller.fingerprint, method, info.patch_side)
     if store.missing(images["image_id"]):
-        compute_missing_maps(store, load_encoder(), distiller, images, method, batch_size, progress)
+        compute_missing_maps(store, load_encoder(), distiller, images, method, batch_size, progress, decoder=decoder)
     return store
 
 

@@ -103,6 +103,8 @@ def test_embedding_cache_is_keyed_by_dtype(built, small_folder, tiny_clip_dir, m
     assert "load model" not in fp32.timings and Bundle.open(fp32.bundle).meta["encoder"]["dtype"] == "float32"
     with pytest.raises(InputError, match="float16"):
         analyze(small_folder, tmp / "never", _opts(tiny_clip_dir, tmp / "cache", dtype="float16"))
+    with pytest.raises(InputError, match="decoder 'gpu-magic'"):
+        analyze(small_folder, tmp / "never", _opts(tiny_clip_dir, tmp / "cache", decoder="gpu-magic"))
     assert not (tmp / "never").exists()
 
 
