@@ -5,6 +5,7 @@ import argparse
 import sys
 import time
 
+from .device import DTYPES
 from .errors import AsapError
 
 
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per model call (default: from free GPU memory; 32 on CPU)")
     a.add_argument("--workers", type=int, default=None,
                    help="decode workers (default: 1 thread on CPUs up to 4 cores; on a GPU, nvJPEG or 1 process per core)")
-    a.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+    a.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="model precision (auto: bfloat16 on GPU, float32 on CPU unless ASAP_CPU_BF16=1; bfloat16 "
                         "on a CPU with AMX is ~3x faster, embeddings within cosine 0.9999 of float32)")
     a.add_argument("--compile", action="store_true", default=None,

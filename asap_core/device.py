@@ -123,8 +123,9 @@ def compile_enabled(compile: bool | None = None) -> bool:
     Why off (``benchmarks/embed_speed.py``, ViT-B/32): on CPU, once ``encoder.fold_quick_gelu`` has
     turned QuickGELU into one SiLU kernel, ``torch.compile`` adds nothing to the fp32 forward (2 Xeon
     cores: eager 36.8 img/s, compiled 37.0) for a 10-30 s compile: the GEMMs, already near the
-    cores' fp32 peak, are ~85 % of the time. On a GPU the decoder, not the model, bounds the end-to-end
-    rate (DESIGN.md §6), so a compile seldom pays off there either; it helps forward-only workloads.
+    cores' fp32 peak, are most of what is left. On a GPU the decoder, not the model, bounds the
+    end-to-end rate (DESIGN.md §6), so a compile seldom pays off there either; it helps forward-only
+    workloads.
     """
     if compile is not None:
         return bool(compile)

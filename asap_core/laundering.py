@@ -131,7 +131,6 @@ def laundering_table(bundle, image_ids: Sequence[str], qualities: Sequence[int |
 
 
 def _launder_rows(bundle, ids, settings, encoder, with_maps, method, batch_size, progress) -> pd.DataFrame:
-    from .device import relevance_batch_size
     from .relevance import relevance_for_images
     from .relevance_store import bundle_maps
 
@@ -158,8 +157,7 @@ def _launder_rows(bundle, ids, settings, encoder, with_maps, method, batch_size,
         part["flipped"] = (part["p_fake"] >= 0.5) != (part["p_fake_original"] >= 0.5)
         if with_maps:
             before = np.asarray(bundle_maps(bundle, chunk, method, encoder=encoder), np.float32)[:, FAKE_LOGIT]
-            after = relevance_for_images(encoder, distiller, pics, method,
-                                         batch_size=relevance_batch_size(encoder.device))[:, FAKE_LOGIT]
+            after = relevance_for_images(encoder, distiller, pics, method)[:, FAKE_LOGIT]
             part["map_corr"] = [map_correlation(before[k // n_set], after[k]) for k in range(len(pics))]
         frames.append(part)
         if progress:

@@ -169,9 +169,10 @@ def relevance_maps(encoder, distiller, pixel_values: "torch.Tensor", method: str
 
 
 def relevance_for_images(encoder, distiller, images: Sequence[Image.Image], method: str = "last-block",
-                         batch_size: int = 32,
+                         batch_size: int | None = None,
                          progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-    """PIL images -> relevance maps ``[N, 17, side, side]`` float16, computed ``batch_size`` at a time.
+    """PIL images -> relevance maps ``[N, 17, side, side]`` float16, computed ``batch_size`` at a time
+    (``None``: ``device.relevance_batch_size``, 8 on CPU, 128 on GPU).
 
     ``progress(done, total)`` is called after every batch. Raw (unnormalised) values are kept, so maps
     compare across images and targets; values below ~6e-5 become float16 subnormals (coarser steps).
@@ -180,7 +181,9 @@ def relevance_for_images(encoder, distiller, images: Sequence[Image.Image], meth
     total = len(images)
     out = np.zeros((total, N_TARGETS, side, side), dtype=np.float16)
     explainer = AttentionRelevance(encoder, distiller, method)
-    bs = max(int(batch_size), 1)
+    from .device import relevance_batch_size
+
+    bs = max(relevance_batch_size(encoder.device, batch_size), 1)
     for start in range(0, total, bs):
         chunk = images[start:start + bs]
         maps = explainer.attribute(encoder.preprocess(chunk), target=None)
