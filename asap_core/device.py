@@ -132,36 +132,33 @@ def compile_enabled(compile: bool | None = None) -> bool:
     return os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def compiled_forward(vision_model, batch_size: int) -> Callable[["torch.Tensor"], "torch.Tensor"]:
+def compiled_forward(image_forward, batch_size: int) -> Callable[["torch.Tensor"], "torch.Tensor"]:
     """``pixels [n, 3, S, S]`` (any float dtype) ``-> image_embeds [n, D]`` (the model's dtype) through
-    ``torch.compile(vision_model)``.
+    ``torch.compile(image_forward)`` (``ClipEncoder.image_forward``).
 
-    The model itself is left untouched (relevance needs the eager module). Every call is padded to
-    ``batch_size`` rows so that one static graph serves the whole run (no recompile on the last batch).
-    If compiling fails (no C++ compiler, an unsupported platform) the first call warns once and the run
-    goes on with the eager model.
+    The module itself is left untouched. Every call is padded to ``batch_size`` rows so that one static
+    graph serves the whole run (no recompile on the last batch). If compiling fails (no C++ compiler, an
+    unsupported platform) the first call warns once and the run goes on with the eager module.
     """
     import torch
 
-    state = {"fn": torch.compile(vision_model, dynamic=False), "ok": False}
-    dtype = next(vision_model.parameters()).dtype
+    state = {"fn": torch.compile(image_forward, dynamic=False), "ok": False}
 
     def forward(pixels: "torch.Tensor") -> "torch.Tensor":
-        pixels = pixels.to(dtype)  # float32 pixels into a bf16 model, as ClipEncoder.embed does
         n = pixels.shape[0]
         if n < batch_size:
             pad = pixels.new_zeros((batch_size - n, *pixels.shape[1:]))
             pixels = torch.cat([pixels, pad])
         try:
-            out = state["fn"](pixel_values=pixels).image_embeds[:n]
+            out = state["fn"](pixels)[:n]
         except Exception as exc:  # noqa: BLE001 - any compile failure: fall back, do not lose the run
             if state["ok"]:
                 raise
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                           f"running the model uncompiled. Set {COMPILE_ENV}=0 to skip the attempt.", RuntimeWarning,
                           stacklevel=2)
-            state["fn"] = vision_model
-            out = vision_model(pixel_values=pixels).image_embeds[:n]
+            state["fn"] = image_forward
+            out = image_forward(pixels)[:n]
         state["ok"] = True
         return out
 

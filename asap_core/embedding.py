@@ -6,13 +6,19 @@ Pipeline (one run of :func:`embed_files`)::
           --[normalise on the model's device]--> model (fp32 CPU / bf16 GPU) --> embeddings [n, D]
           --> embed_store / thumb_store (one Parquet shard per batch)
 
-- Decoders run ahead of the model by at most ``prefetch`` batches, so memory stays flat however many
-  files there are (benchmarks/memory_flat.py).
+- On a GPU, decoders run ahead of the model by at most ``prefetch`` batches, so memory stays flat however
+  many files there are (benchmarks/memory_flat.py).
+- On CPU the model's matrix products already fill every core, split statically over torch's threads: a
+  decode thread running beside them preempts one of them and the other waits for it, so every
+  millisecond of decoding costs about two of the model's. There each batch is decoded when the model
+  asks for it, by one thread per core, while the model waits (``thread`` decoder on a CPU device):
+  wall time = model time + decode time / cores, the best two cores can do. ViT-B/32, 2 cores, 256
+  JPEGs: bf16 98 -> 120 img/s, fp32 31.4 -> 33.0 img/s against one decode thread running ahead.
 - Workers hand back **uint8** crops (4x less to move than float32); normalisation happens on the model's
   device with the same float32 arithmetic as ``ClipPreprocessor.to_array`` (bit-identical on CPU).
-- ``decoder="auto"``: on CPU one or two decode *threads* (Pillow releases the GIL while decoding and
-  resizing; processes would only take cores from the model); on a GPU ``nvjpeg`` when torchvision is
-  installed, else one decode *process* per core.
+- ``decoder="auto"``: on CPU decode *threads*, one per core, on demand (Pillow releases the GIL while
+  decoding and resizing); on a GPU ``nvjpeg`` when torchvision is installed, else one decode *process*
+  per core but one.
 - Exact for an fp32 model (the CPU default): full JPEG decode and Pillow's bicubic resize, the pixels
   equal ``encoder.preprocess``. Approximations only where the model is approximate anyway (bf16: GPU
   default, CPU opt-in): JPEG ``draft`` (DCT-domain downscale) in Pillow workers, and nvJPEG + a torch
@@ -364,15 +370,15 @@ class _NvjpegDecoder:
 def default_workers(decoder: str, cores: int | None = None) -> int:
     """Decode workers for a decoder kind.
 
-    ``thread`` (CPU model): 1 up to 4 cores, then 1 per 8 cores: decoding is ~5 % of the fp32 model's
-    work, and every extra worker takes a core from the model. ``process`` (GPU model): one per core
-    but one (the main process feeds the GPU). ``nvjpeg``: 4 threads for reading files.
+    ``thread``: one per core (on a CPU device they decode while the model waits, see the module
+    docstring; beside a GPU they run ahead). ``process`` (GPU model): one per core but one (the main
+    process feeds the GPU). ``nvjpeg``: 2 to 8 threads for reading files.
     """
     from .device import cpu_cores
 
     n = cores or cpu_cores()
     if decoder == "thread":
-        return 1 if n <= 4 else max(1, n // 8)
+        return n
     if decoder == "process":
         return max(1, n - 1)
     if decoder == "nvjpeg":
@@ -400,16 +406,25 @@ def _jpeg_share(paths: Sequence[str], todo: Sequence[int], sample: int = 256) ->
     return sum(n.endswith((".jpg", ".jpeg")) for n in names) / max(1, len(names))
 
 
+def decodes_on_demand(kind: str, device: "torch.device") -> bool:
+    """Whether a batch is decoded only when the model takes it: ``inline``, and ``thread`` beside a CPU
+    model (a decoder running ahead there would take cores from the model: see the module docstring)."""
+    return kind == "inline" or (kind == "thread" and device.type == "cpu")
+
+
 class _Prefetcher:
     """Submits decode work for batches in order and hands back ``DecodedBatch``es in the same order.
 
-    At most ``prefetch`` batches are submitted and not yet taken (bounded memory).
+    At most ``prefetch`` batches are submitted and not yet taken (bounded memory). ``inline``, and
+    ``thread`` on a CPU device, decode a batch only when it is taken (``on_demand``): nothing runs
+    beside the model.
     """
 
     def __init__(self, kind: str, workers: int, preprocessor: ClipPreprocessor, device: "torch.device",
                  thumb_side: int, draft_size: int | None) -> None:
         self.kind, self.workers, self.pre = kind, max(1, workers), preprocessor
         self.thumb_side, self.draft_size = thumb_side, draft_size
+        self.on_demand = decodes_on_demand(kind, device)
         self.pending: deque = deque()
         self.pool: Any = None
         self.nv: _NvjpegDecoder | None = None
@@ -425,23 +440,27 @@ class _Prefetcher:
         return len(self.pending)
 
     def submit(self, items: list[tuple[int, str]]) -> None:
-        args = (self.pre, self.thumb_side, self.draft_size)
-        if self.kind == "inline":  # decoded lazily in take(): one batch in memory at a time
-            self.pending.append(("inline", items))
+        if self.on_demand:  # decoded in take(): one batch in memory at a time
+            self.pending.append((self.kind, items))
         else:
-            chunks = [items[k::self.workers] for k in range(self.workers) if items[k::self.workers]]
-            if self.kind == "nvjpeg":
-                futs = [self.pool.submit(self.nv.read, ch) for ch in chunks]
-            elif self.kind == "thread":
-                futs = [self.pool.submit(decode_batch, ch, *args) for ch in chunks]
-            else:
-                futs = [self.pool.apply_async(decode_batch, (ch, *args)) for ch in chunks]
-            self.pending.append((self.kind, futs))
+            self.pending.append((self.kind, self._start(items)))
+
+    def _start(self, items: list[tuple[int, str]]) -> list:
+        """Hand ``items`` to the workers, one interleaved chunk each; returns their futures."""
+        args = (self.pre, self.thumb_side, self.draft_size)
+        chunks = [items[k::self.workers] for k in range(self.workers) if items[k::self.workers]]
+        if self.kind == "nvjpeg":
+            return [self.pool.submit(self.nv.read, ch) for ch in chunks]
+        if self.kind == "thread":
+            return [self.pool.submit(decode_batch, ch, *args) for ch in chunks]
+        return [self.pool.apply_async(decode_batch, (ch, *args)) for ch in chunks]
 
     def take(self) -> DecodedBatch:
         kind, job = self.pending.popleft()
         if kind == "inline":
             return decode_batch(job, self.pre, self.thumb_side, self.draft_size)
+        if self.on_demand:  # thread on CPU: all workers on this batch now, the model waits
+            job = self._start(job)
         if kind == "nvjpeg":
             return self.nv.finish([f.result() for f in job])
         if kind == "thread":
@@ -464,7 +483,8 @@ def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: Cli
                     batch_size: int, *, decoder: str = "auto", num_workers: int | None = None, prefetch: int = 3,
                     fast_decode: bool = False, thumb_side: int = THUMB_SIDE
                     ) -> Iterator[tuple[DecodedBatch, "torch.Tensor | None"]]:
-    """Decode ``paths[i]`` for ``i`` in ``todo``, ``batch_size`` at a time, ahead of the consumer.
+    """Decode ``paths[i]`` for ``i`` in ``todo``, ``batch_size`` at a time, ahead of the consumer (on a GPU;
+    beside a CPU model when the consumer asks, with every core: ``decodes_on_demand``).
 
     Yields, in order, each batch's ``DecodedBatch`` (rows, thumbnails if ``thumb_side``, failures) and its
     pixel values ``[n, 3, S, S]`` float32 on ``device``, normalised exactly as ``ClipPreprocessor`` does
@@ -546,7 +566,7 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
     dev = encoder.device
     configure_threads(dev)
     bs = choose_batch_size(encoder, batch_size)
-    forward = compiled_forward(encoder.vision_model, bs) if compile_enabled(compile) else None
+    forward = compiled_forward(encoder.image_forward, bs) if compile_enabled(compile) else None
 
     def encode(x: "torch.Tensor") -> "torch.Tensor":
         """float32 pixels on the device -> normalised embeddings [n, D] float32 on the device (async on GPU)."""

@@ -14,6 +14,7 @@ from PIL import Image
 
 from .device import preferred_dtype
 from .errors import ModelLoadError
+from .image_forward import ClipImageForward
 from .preprocess import ClipPreprocessor
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -139,12 +140,15 @@ def _download(model_id: str) -> Path:
 class ClipEncoder:
     """CLIP vision tower with its projection; returns L2-normalised image embeddings ``[B, D]``.
 
-    Attributes: ``vision_model`` (``CLIPVisionModelWithProjection``), ``preprocessor``,
-    ``model_id``, ``device``, ``dtype``, ``embed_dim`` (D), ``patch_side`` (patches per side).
+    Attributes: ``vision_model`` (``CLIPVisionModelWithProjection``; attention maps, relevance),
+    ``image_forward`` (``ClipImageForward`` over the same weights: embeddings only, the class token's
+    path through the last layer), ``preprocessor``, ``model_id``, ``device``, ``dtype``, ``embed_dim`` (D),
+    ``patch_side`` (patches per side).
     """
 
     def __init__(self, vision_model, info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> None:
         self.vision_model = vision_model.eval().requires_grad_(False)
+        self.image_forward = ClipImageForward(self.vision_model).eval()
         self.info = info
         self.preprocessor = info.preprocessor
         self.model_id = info.model_id
@@ -191,12 +195,15 @@ class ClipEncoder:
     def embed(self, pixel_values: torch.Tensor, output_attentions: bool = False):
         """Differentiable forward: pixel values ``[B, 3, S, S]`` -> normalised embeddings ``[B, D]`` (float32).
 
-        With ``output_attentions`` returns ``(embeds, attentions)``, attentions a tuple of ``[B, H, T, T]``.
+        With ``output_attentions`` returns ``(embeds, attentions)``, attentions a tuple of ``[B, H, T, T]``
+        (the full Hugging Face forward); without, the embeddings come from ``image_forward`` (same values to
+        float rounding, 6.9 % fewer FLOPs for ViT-B/32).
         """
-        out = self.vision_model(pixel_values=pixel_values.to(self.device, self.dtype),
-                                output_attentions=output_attentions)
-        emb = torch.nn.functional.normalize(out.image_embeds.float(), dim=-1)
-        return (emb, out.attentions) if output_attentions else emb
+        pixel_values = pixel_values.to(self.device, self.dtype)
+        if not output_attentions:
+            return torch.nn.functional.normalize(self.image_forward(pixel_values).float(), dim=-1)
+        out = self.vision_model(pixel_values=pixel_values, output_attentions=True)
+        return torch.nn.functional.normalize(out.image_embeds.float(), dim=-1), out.attentions
 
     @torch.inference_mode()
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:

@@ -247,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.compile and (dev.type == "cuda" or cxx_compiler()):
         t0 = time.perf_counter()
-        compiled = compiled_forward(encoder.vision_model, bs)
+        compiled = compiled_forward(encoder.image_forward, bs)
         with torch.inference_mode():
             compiled(px.to(dev))
         _sync(dev)

@@ -137,9 +137,12 @@ def test_cached_ids_are_skipped(encoder, files, tmp_path):
     assert embed_files(must_not_load, encoder.preprocessor, files, ids, emb, thumbs) == []
 
 
-@pytest.mark.parametrize("workers", [0, 1])
-def test_in_flight_batches_are_bounded(encoder, files, tmp_path, monkeypatch, workers):
-    """Decoding never runs more than ``prefetch`` batches ahead of the batches already stored."""
+@pytest.mark.parametrize("workers,on_demand", [(0, True), (2, True), (1, False), (2, False)])
+def test_in_flight_batches_are_bounded(encoder, files, tmp_path, monkeypatch, workers, on_demand):
+    """Decoding never runs more than ``prefetch`` batches ahead of the batches already stored, and not at
+    all ahead when decoding on demand (thread decoder beside a CPU model)."""
+    if not on_demand:  # the policy used beside a GPU model, exercised on CPU
+        monkeypatch.setattr(embedding, "decodes_on_demand", lambda kind, device: False)
     started: list[int] = []
     real = embedding.decode_batch
 
@@ -161,7 +164,7 @@ def test_in_flight_batches_are_bounded(encoder, files, tmp_path, monkeypatch, wo
                 num_workers=workers, prefetch=prefetch, decoder="thread", progress=progress)
     assert sum(started) == len(paths) and not emb.missing(ids)
     assert max(ahead) <= prefetch * bs
-    assert max(ahead) > 0 or workers == 0
+    assert (max(ahead) == 0) == on_demand
 
 
 def test_gpu_resize_path_matches_pillow_closely(files):
@@ -208,7 +211,9 @@ def test_device_helpers_on_cpu(encoder, monkeypatch):
     assert embedding.resolve_decoder("nvjpeg", cpu) == "thread"  # no GPU: falls back
     with pytest.raises(ValueError):
         embedding.resolve_decoder("bogus", cpu)
-    assert embedding.default_workers("thread", cores=2) == 1
+    assert embedding.default_workers("thread", cores=2) == 2
+    assert embedding.decodes_on_demand("thread", cpu) and not embedding.decodes_on_demand("thread", torch.device("cuda"))
+    assert not embedding.decodes_on_demand("process", cpu)
     assert embedding.default_workers("process", cores=16) == 15
     assert "CPU" in device_mod.device_name(cpu)
 
@@ -227,12 +232,12 @@ def test_compile_switch(monkeypatch):
 
 def test_failed_compile_warns_and_runs_eagerly(encoder, monkeypatch):
     def broken_compile(model, **kwargs):
-        def run(**inputs):
+        def run(*args, **inputs):
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
         return run
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    forward = device_mod.compiled_forward(encoder.vision_model, batch_size=4)
+    forward = device_mod.compiled_forward(encoder.image_forward, batch_size=4)
     x = torch.randn(3, 3, encoder.image_size, encoder.image_size)
     with pytest.warns(RuntimeWarning, match="torch.compile failed .*InvalidCxxCompiler"):
         out = forward(x)
@@ -364,7 +369,7 @@ def test_compiled_forward_casts_pixels_to_the_model_dtype(tiny_clip_dir, monkeyp
     """float32 pixels into a bf16 model (the GPU default) work through the compiled path too."""
     monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # the wrapper's logic, no inductor
     bf16 = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu", dtype=torch.bfloat16)
-    forward = device_mod.compiled_forward(bf16.vision_model, batch_size=4)
+    forward = device_mod.compiled_forward(bf16.image_forward, batch_size=4)
     x = torch.randn(3, 3, bf16.image_size, bf16.image_size)
     with torch.no_grad():
         out = forward(x)

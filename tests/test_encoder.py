@@ -105,3 +105,32 @@ def test_quick_gelu_fold_leaves_other_activations(tmp_path):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     assert fold_quick_gelu(model) == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_image_forward_equals_the_full_forward(tiny_clip_dir, dtype, tol):
+    """Embeddings through the class-token-only last layer equal the Hugging Face forward's, values and
+    gradients, while the last MLP sees one token per image instead of T."""
+    enc = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu", dtype=dtype)
+    seen = []
+    last_mlp = enc.vision_model.vision_model.encoder.layers[-1].mlp
+    handle = last_mlp.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    torch.manual_seed(1)
+    x = torch.randn(5, 3, 32, 32, dtype=dtype, requires_grad=True)
+    try:
+        got = enc.image_forward(x)
+        ref = enc.vision_model(pixel_values=x).image_embeds
+    finally:
+        handle.remove()
+    tokens = enc.patch_side ** 2 + 1
+    width = enc.vision_model.config.hidden_size
+    assert seen == [(5, 1, width), (5, tokens, width)]
+    assert got.dtype == dtype and got.shape == ref.shape == (5, enc.embed_dim)
+    assert torch.allclose(got.float(), ref.float(), atol=tol, rtol=tol)
+    g_got, = torch.autograd.grad(got.float().pow(2).sum(), x)
+    g_ref, = torch.autograd.grad(ref.float().pow(2).sum(), x)
+    assert torch.allclose(g_got.float(), g_ref.float(), atol=tol * 10, rtol=tol * 10)
+    # ClipEncoder.embed without attentions is this path, normalised
+    with torch.no_grad():
+        emb = enc.embed(x.detach())
+    assert torch.allclose(emb, torch.nn.functional.normalize(got.detach().float(), dim=-1), atol=1e-6)
