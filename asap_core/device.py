@@ -139,10 +139,25 @@ def compiled_forward(image_forward, batch_size: int) -> Callable[["torch.Tensor"
     The module itself is left untouched. Every call is padded to ``batch_size`` rows so that one static
     graph serves the whole run (no recompile on the last batch). If compiling fails (no C++ compiler, an
     unsupported platform) the first call warns once and the run goes on with the eager module.
+
+    On CPU the graph is compiled with inductor's ``freezing`` (weights as constants, prepacked for
+    oneDNN, bias and activation fused into the matrix products): ViT-B/32 fp32 on 2 Xeon cores 40 ->
+    47 img/s (compiled without freezing 43), embeddings within 3e-6 of eager; one-off compile 9-12 s (5 s
+    when inductor's on-disk cache has the graph). Needs inference mode (``embed_files`` runs in it).
     """
+    import contextlib
+
     import torch
 
     state = {"fn": torch.compile(image_forward, dynamic=False), "ok": False}
+    on_cpu = next(image_forward.parameters()).device.type == "cpu"
+
+    def options():
+        if not on_cpu:
+            return contextlib.nullcontext()
+        import torch._inductor.config as inductor_config
+
+        return inductor_config.patch(freezing=True)  # read when the graph compiles (the first call)
 
     def forward(pixels: "torch.Tensor") -> "torch.Tensor":
         n = pixels.shape[0]
@@ -150,7 +165,8 @@ def compiled_forward(image_forward, batch_size: int) -> Callable[["torch.Tensor"
             pad = pixels.new_zeros((batch_size - n, *pixels.shape[1:]))
             pixels = torch.cat([pixels, pad])
         try:
-            out = state["fn"](pixels)[:n]
+            with options():
+                out = state["fn"](pixels)[:n]
         except Exception as exc:  # noqa: BLE001 - any compile failure: fall back, do not lose the run
             if state["ok"]:
                 raise
