@@ -203,17 +203,22 @@ def test_cli_end_to_end(tmp_path, small_folder, tiny_clip_dir):
                  "--model", str(tiny_clip_dir)]) == 2
 
 
-def test_cli_suggests_bf16_only_after_long_fp32_cpu_runs_on_bf16_hardware(monkeypatch):
+def test_cli_speed_tip_only_after_long_cpu_runs_and_only_what_applies(monkeypatch):
     from asap_core import device as device_mod
-    from asap_core.cli import bf16_tip
+    from asap_core.cli import cpu_speed_tip
 
     monkeypatch.delenv(device_mod.CPU_BF16_ENV, raising=False)
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
-    assert "--dtype bfloat16" in bf16_tip("cpu", "auto", 120.0)
-    assert bf16_tip("cpu", "auto", 5.0) is None  # a short run: no noise
-    assert bf16_tip("cpu", "bfloat16", 120.0) is None  # already bf16
+    monkeypatch.setattr(device_mod, "cxx_compiler", lambda: "/usr/bin/c++")
+    tip = cpu_speed_tip("cpu", "auto", False, 120.0)
+    assert "--dtype bfloat16" in tip and "--compile" in tip
+    assert cpu_speed_tip("cpu", "auto", False, 5.0) is None  # a short run: no noise
+    tip = cpu_speed_tip("cpu", "bfloat16", False, 120.0)
+    assert "--compile" in tip and "bfloat16" not in tip  # already bf16
+    assert cpu_speed_tip("cpu", "bfloat16", True, 120.0) is None  # nothing left to suggest
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: False)
-    assert bf16_tip("cpu", "auto", 120.0) is None  # no bf16 hardware: it would be slower
+    monkeypatch.setattr(device_mod, "cxx_compiler", lambda: None)
+    assert cpu_speed_tip("cpu", "auto", False, 120.0) is None  # neither would work here
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "forensynths_ranking").is_dir(), reason="shared data absent")
