@@ -120,12 +120,10 @@ def resolve_dtype(dtype: "str | torch.dtype | None", device: "torch.device | str
 def compile_enabled(compile: bool | None = None) -> bool:
     """``compile`` if given, else ``$ASAP_COMPILE`` in (1, true, yes, on). Off by default everywhere.
 
-    Why off (``benchmarks/embed_speed.py``, ViT-B/32): on CPU, once ``encoder.fold_quick_gelu`` has
-    turned QuickGELU into one SiLU kernel, ``torch.compile`` adds nothing to the fp32 forward (2 Xeon
-    cores: eager 36.8 img/s, compiled 37.0) for a 10-30 s compile: the GEMMs, already near the
-    cores' fp32 peak, are most of what is left. On a GPU the decoder, not the model, bounds the
-    end-to-end rate (DESIGN.md §6), so a compile seldom pays off there either; it helps forward-only
-    workloads.
+    Why off (issue 4; ``benchmarks/embed_speed.py --compile``, ViT-B/32): on CPU the frozen compiled
+    forward is 1.13x the eager one (2 Xeon cores, fp32: 46.9 vs 41.4 img/s) but costs a one-off 9-12 s
+    compile and ~0.5 GB, so it pays only from ~4,000 images a run; on a GPU the decoder, not the model,
+    bounds the end-to-end rate (DESIGN.md §6). ``cli.cpu_speed_tip`` suggests it after long CPU runs.
     """
     if compile is not None:
         return bool(compile)
