@@ -8,8 +8,10 @@ the forward's FLOPs; every other layer is the Hugging Face computation op for op
 ``scaled_dot_product_attention``), so the embeddings equal ``CLIPVisionModelWithProjection``'s
 ``image_embeds`` to float rounding (~1e-7; the last layer's products see other matrix shapes).
 
-Attention maps and gradients for relevance still come from the Hugging Face module
-(``ClipEncoder.embed(..., output_attentions=True)``), which needs every token of every layer.
+The same observation makes ``last-block`` relevance cheap (``class_token_attention``): the targets
+depend on the last layer's attention only through its class-token row, so layers ``0..L-2`` run without
+autograd and the backward covers one token of one layer. Rollout needs every layer's attention and
+keeps the Hugging Face forward (``ClipEncoder.embed(..., output_attentions=True)``).
 """
 from __future__ import annotations
 
@@ -37,6 +39,36 @@ class ClipImageForward(torch.nn.Module):
         for i, layer in enumerate(layers):
             h = _layer(layer, h, class_token_only=i == len(layers) - 1)
         return self.projection(tower.post_layernorm(h[:, 0]))  # [B, D]
+
+    def class_token_attention(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image_embeds [B, D], attention [B, H, T])``: the embeddings as ``forward`` gives them, and the
+        last layer's softmax attention of the class token over all ``T`` tokens, a leaf of the autograd
+        graph (``requires_grad``) that the embeddings depend on.
+
+        ``torch.autograd.grad(f(image_embeds), attention)`` is then ``d f / d A[:, :, 0, :]`` of the full
+        model (the other rows of ``A`` do not reach the embedding). Layers before the last, and the
+        attention itself, run without autograd; softmax in float32 as in Hugging Face's eager attention.
+        """
+        tower = self.tower
+        dtype = tower.embeddings.patch_embedding.weight.dtype
+        layers = tower.encoder.layers
+        last, attn = layers[-1], layers[-1].self_attn
+        with torch.no_grad():
+            h = tower.pre_layrnorm(tower.embeddings(pixel_values.to(dtype)))  # [B, T, d]
+            for layer in layers[:-1]:
+                h = _layer(layer, h, class_token_only=False)
+            b, t, d = h.shape
+            y = last.layer_norm1(h)
+            q = attn.q_proj(y[:, :1]).view(b, 1, attn.num_heads, -1).transpose(1, 2)  # [B, H, 1, d/H]
+            k = attn.k_proj(y).view(b, t, attn.num_heads, -1).transpose(1, 2)  # [B, H, T, d/H]
+            v = attn.v_proj(y).view(b, t, attn.num_heads, -1).transpose(1, 2)
+            scores = torch.matmul(q, k.transpose(2, 3)) * attn.scale  # [B, H, 1, T]
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)[:, :, 0]
+        probs = probs.detach().requires_grad_(True)  # [B, H, T]
+        o = torch.matmul(probs.unsqueeze(2), v)  # [B, H, 1, d/H]
+        h = h[:, :1] + attn.out_proj(o.transpose(1, 2).reshape(b, 1, d))
+        h = h + last.mlp(last.layer_norm2(h))
+        return self.projection(tower.post_layernorm(h[:, 0])), probs
 
 
 def _layer(layer: torch.nn.Module, h: torch.Tensor, class_token_only: bool) -> torch.Tensor:

@@ -34,7 +34,7 @@ N_TARGETS = 17
 FAKE_LOGIT = 16
 TARGET_NAMES: list[str] = [f"dim {i}" for i in range(N_DIMS)] + ["fake logit"]
 METHODS: tuple[str, ...] = ("last-block", "rollout")
-# Serialises relevance computations in one process: the attention switch below mutates the shared model.
+# Serialises rollout computations in one process: its attention switch below mutates the shared model.
 _LOCK = threading.RLock()
 
 
@@ -84,9 +84,12 @@ class AttentionRelevance:
     -> ``[B, K, side, side]`` float32 on CPU, ``K = len(targets)``; targets 0..15 are the dimensions of
     z, 16 is the fake logit, ``None`` means all 17 (in that order).
 
-    Memory: the batched VJP holds ``K x B x H x T x T`` gradients per block that needs them (the last
-    one for ``last-block``, all L blocks for ``rollout``), e.g. rollout on ViT-L/14 (L 24, H 16, T 257)
-    needs ~1.1 GB per block at B = 32, K = 17 in bf16: lower the batch size for large models.
+    ``last-block`` runs ``ClipImageForward.class_token_attention``: the layers before the last without
+    autograd, and the backward through one token of the last layer, so it costs about one inference
+    forward. ``rollout`` runs the Hugging Face forward with eager attention and back-propagates through
+    every layer. Memory: the batched VJP holds ``K x B x H x T`` gradients for ``last-block`` and
+    ``K x B x H x T x T`` per layer for ``rollout``, e.g. ~1.1 GB per layer on ViT-L/14 (L 24, H 16,
+    T 257) at B = 32, K = 17 in bf16: lower the batch size for large models.
     """
 
     def __init__(self, encoder, distiller, method: str = "last-block") -> None:
@@ -108,44 +111,59 @@ class AttentionRelevance:
             return torch.zeros(0, len(idx), side, side)
         # inference_mode(False): autograd cannot record through inference tensors, so a caller under
         # torch.inference_mode() still gets maps; the input is cloned outside inference mode for that reason.
-        with _LOCK, torch.inference_mode(False), torch.enable_grad(), eager_attention(self.encoder.vision_model):
-            maps = self._attribute(pixel_values, idx)
+        with torch.inference_mode(False), torch.enable_grad():
+            if self.method == "last-block":  # no switch of the shared model: no lock
+                maps = self._attribute(pixel_values, idx)
+            else:
+                with _LOCK, eager_attention(self.encoder.vision_model):
+                    maps = self._attribute(pixel_values, idx)
         return maps.reshape(n, len(idx), side, side)
 
-    def _forward(self, pixel_values: "torch.Tensor", idx: list[int]):
-        """One forward pass -> (targets [B, K], attentions tuple of [B, H, T, T] in the graph)."""
+    def _targets(self, image_embeds: "torch.Tensor", idx: list[int]) -> "torch.Tensor":
+        """Projected image embeddings ``[B, D]`` -> the requested targets ``[B, K]`` (z dims, fake logit)."""
         import torch
 
+        emb = torch.nn.functional.normalize(image_embeds.float(), dim=-1)  # as ClipEncoder.embed
+        dist_dev = next(self.distiller.buffers(), None)
+        dist_dev = dist_dev.device if dist_dev is not None else emb.device
+        z, logit = self.distiller(emb.to(dist_dev))
+        return torch.cat([z, logit[:, None]], dim=1)[:, idx]
+
+    def _forward(self, pixel_values: "torch.Tensor", idx: list[int]):
+        """One forward pass -> (targets [B, K], attentions in the graph).
+
+        ``last-block``: one tensor ``[B, H, T]``, the class token's attention in the last layer
+        (``ClipImageForward.class_token_attention``: layers before it run without autograd). ``rollout``:
+        the Hugging Face forward's tuple of ``[B, H, T, T]``, one per layer.
+        """
         enc = self.encoder
+        px = pixel_values.detach().to(enc.device, enc.dtype)
+        if self.method == "last-block":
+            image_embeds, cls_attention = enc.image_forward.class_token_attention(px)
+            return self._targets(image_embeds, idx), (cls_attention,)
         # The weights are frozen, so nothing would require grad: make the input a grad leaf so that the
         # attention probabilities become (non-leaf) nodes of the graph. Only the paths from the targets to
         # the attentions are back-propagated; no gradient for the pixels is ever computed.
-        px = pixel_values.detach().to(enc.device, enc.dtype).clone().requires_grad_(True)
-        emb, attentions = enc.embed(px, output_attentions=True)
+        out = enc.vision_model(pixel_values=px.clone().requires_grad_(True), output_attentions=True)
+        attentions = out.attentions
         if not attentions or any(a is None for a in attentions):
             raise RuntimeError("the vision model returned no attention probabilities (needs eager attention)")
         if not all(a.requires_grad for a in attentions):
             raise RuntimeError("the attention probabilities are not part of the autograd graph")
-        dist_dev = next(self.distiller.buffers(), None)
-        dist_dev = dist_dev.device if dist_dev is not None else emb.device
-        z, logit = self.distiller(emb.to(dist_dev))
-        targets = torch.cat([z, logit[:, None]], dim=1)[:, idx]
-        return targets, attentions
+        return self._targets(out.image_embeds, idx), attentions
 
     def _attribute(self, pixel_values: "torch.Tensor", idx: list[int]) -> "torch.Tensor":
         import torch
 
-        targets, attentions = self._forward(pixel_values, idx)
+        targets, inputs = self._forward(pixel_values, idx)
         k = len(idx)
-        inputs = attentions[-1:] if self.method == "last-block" else tuple(attentions)
-        # cotangents: row j of the identity for every image -> grads[l][j] = d target_j / d A_l  [K, B, H, T, T]
+        # cotangents: row j of the identity for every image -> grads[l][j] = d target_j / d A_l
         eye = torch.eye(k, dtype=targets.dtype, device=targets.device)
         grad_outputs = eye[:, None, :].expand(k, targets.shape[0], k).contiguous()
         grads = list(torch.autograd.grad(targets, inputs, grad_outputs=grad_outputs, is_grads_batched=True))
         if self.method == "last-block":
-            g, a = grads.pop(), inputs[0].detach()
-            # only the CLS row is needed: [K, B, H, T-1]
-            cam = (g[..., 0, 1:].float() * a[None, ..., 0, 1:].float()).clamp(min=0).mean(dim=2)
+            g, a = grads.pop(), inputs[0].detach()  # [K, B, H, T], [B, H, T]: the CLS row
+            cam = (g[..., 1:].float() * a[None, ..., 1:].float()).clamp(min=0).mean(dim=2)  # [K, B, T-1]
         else:
             t = inputs[0].shape[-1]
             r = torch.eye(t, device=inputs[0].device, dtype=torch.float32)

@@ -1,4 +1,6 @@
-"""Relevance-map throughput: naive (one target at a time, 17 forward+backward passes) vs one batched VJP.
+"""Relevance-map throughput: naive (one target at a time, 17 forward+backward passes through the full
+Hugging Face model, ``naive_maps``) vs this project's ``AttentionRelevance`` (one batched VJP; last-block
+through the class token's path only).
 
 ViT-B/32-architecture CLIP with random weights (CLIPVisionConfig defaults: hidden 768, 12 layers,
 patch 32, image 224, projection 512), random 256-d projection, random distiller, random pixels.
@@ -24,7 +26,7 @@ from asap_core.device import relevance_batch_size  # noqa: E402
 from asap_core.distiller import Distiller, DistillerConfig  # noqa: E402
 from asap_core.encoder import CheckpointInfo, ClipEncoder, fold_quick_gelu  # noqa: E402
 from asap_core.preprocess import ClipPreprocessor  # noqa: E402
-from asap_core.relevance import N_TARGETS, AttentionRelevance  # noqa: E402
+from asap_core.relevance import N_TARGETS, AttentionRelevance, eager_attention  # noqa: E402
 
 
 def build(dev: torch.device, dtype: torch.dtype, fold: bool = True) -> tuple[ClipEncoder, Distiller]:
@@ -61,15 +63,41 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def naive_maps(explainer: AttentionRelevance, px: torch.Tensor) -> torch.Tensor:
+    """The plain method, one target at a time: for each of the 17 targets a full Hugging Face forward
+    (eager attention, every layer's attention kept) and one backward to the attentions, then the formula
+    of ``asap_core.relevance`` written out. ``px [B, 3, S, S]`` -> ``[B, 17, side, side]`` float32 CPU."""
+    enc, dist = explainer.encoder, explainer.distiller
+    side = enc.patch_side
+    out = []
+    with torch.enable_grad(), eager_attention(enc.vision_model):
+        for k in range(N_TARGETS):
+            x = px.to(enc.device, enc.dtype).clone().requires_grad_(True)
+            res = enc.vision_model(pixel_values=x, output_attentions=True)
+            z, logit = dist(torch.nn.functional.normalize(res.image_embeds.float(), dim=-1))
+            target = torch.cat([z, logit[:, None]], dim=1)[:, k].sum()  # images independent: per-image grads
+            atts = res.attentions
+            if explainer.method == "last-block":
+                (g,) = torch.autograd.grad(target, atts[-1])
+                cam = (g.float() * atts[-1].detach().float()).clamp(min=0).mean(dim=1)[:, 0, 1:]
+            else:
+                grads = torch.autograd.grad(target, atts)
+                t = atts[0].shape[-1]
+                r = torch.eye(t, device=x.device).expand(x.shape[0], t, t)
+                for g, a in zip(grads, atts):
+                    r = r + (g.float() * a.detach().float()).clamp(min=0).mean(dim=1) @ r
+                cam = r[:, 0, 1:]
+            out.append(cam.detach().cpu())
+    return torch.stack(out, dim=1).reshape(px.shape[0], N_TARGETS, side, side)
+
+
 def run(explainer: AttentionRelevance, px: torch.Tensor, batch_size: int, naive: bool) -> torch.Tensor:
-    """All 17 maps for ``px`` [N, 3, 224, 224] -> [N, 17, 7, 7]."""
+    """All 17 maps for ``px`` [N, 3, 224, 224] -> [N, 17, 7, 7]: ``naive_maps``, or ``explainer.attribute``
+    (one batched VJP; for last-block through ``ClipImageForward.class_token_attention``)."""
     out = []
     for i in range(0, len(px), batch_size):
         chunk = px[i:i + batch_size]
-        if naive:
-            out.append(torch.cat([explainer.attribute(chunk, target=k) for k in range(N_TARGETS)], dim=1))
-        else:
-            out.append(explainer.attribute(chunk))
+        out.append(naive_maps(explainer, chunk) if naive else explainer.attribute(chunk))
     return torch.cat(out)
 
 

@@ -256,3 +256,26 @@ def test_precomputed_maps_equal_direct_maps_and_name_bad_files(tiny_encoder, tmp
     np.testing.assert_array_equal(store.get([f"id{i}" for i in range(7)]), direct)
     assert seen[0] == (0, 8) and seen[-1] == (8, 8)
     assert compute_missing_maps(store, tiny_encoder, dist, rows.iloc[:7], "last-block") == []  # all cached
+
+
+def test_last_block_records_autograd_only_in_the_last_layer(tiny_encoder):
+    """last-block relevance: layers before the last run without autograd, the last one on the class token,
+    and the shared model's attention implementation is never switched."""
+    layers = tiny_encoder.vision_model.vision_model.encoder.layers
+    seen: list[tuple[int, bool, int]] = []
+    hooks = [layer.mlp.register_forward_hook(lambda m, i, o, n=n: seen.append((n, o.requires_grad, o.shape[1])))
+             for n, layer in enumerate(layers)]
+    impl = tiny_encoder.vision_model.config._attn_implementation
+    try:
+        torch.manual_seed(4)
+        maps = AttentionRelevance(tiny_encoder, _random_distiller(seed=5), "last-block").attribute(
+            torch.randn(2, 3, 32, 32))
+    finally:
+        for h in hooks:
+            h.remove()
+    assert maps.shape == (2, N_TARGETS, SIDE, SIDE) and maps.abs().max() > 0
+    last = len(layers) - 1
+    assert [n for n, _, _ in seen] == list(range(len(layers)))
+    assert all(not grad and tokens == SIDE * SIDE + 1 for n, grad, tokens in seen if n < last)
+    assert [(grad, tokens) for n, grad, tokens in seen if n == last] == [(True, 1)]
+    assert tiny_encoder.vision_model.config._attn_implementation == impl
