@@ -57,33 +57,32 @@ class ClipImageForward(torch.nn.Module):
             h = tower.pre_layrnorm(tower.embeddings(pixel_values.to(dtype)))  # [B, T, d]
             for layer in layers[:-1]:
                 h = _layer(layer, h, class_token_only=False)
-            b, t, d = h.shape
-            y = last.layer_norm1(h)
-            q = attn.q_proj(y[:, :1]).view(b, 1, attn.num_heads, -1).transpose(1, 2)  # [B, H, 1, d/H]
-            k = attn.k_proj(y).view(b, t, attn.num_heads, -1).transpose(1, 2)  # [B, H, T, d/H]
-            v = attn.v_proj(y).view(b, t, attn.num_heads, -1).transpose(1, 2)
+            q, k, v = _heads(attn, last.layer_norm1(h), class_token_only=True)  # [B, H, 1 | T, d/H]
             scores = torch.matmul(q, k.transpose(2, 3)) * attn.scale  # [B, H, 1, T]
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)[:, :, 0]
         probs = probs.detach().requires_grad_(True)  # [B, H, T]
         o = torch.matmul(probs.unsqueeze(2), v)  # [B, H, 1, d/H]
-        h = h[:, :1] + attn.out_proj(o.transpose(1, 2).reshape(b, 1, d))
+        h = h[:, :1] + attn.out_proj(o.transpose(1, 2).flatten(2))
         h = h + last.mlp(last.layer_norm2(h))
         return self.projection(tower.post_layernorm(h[:, 0])), probs
+
+
+def _heads(attn: torch.nn.Module, y: torch.Tensor, class_token_only: bool
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised tokens ``y [B, T, d]`` -> per-head ``q [B, H, Tq, d/H]`` (``Tq`` = 1 for the class token
+    only, else ``T``), ``k`` and ``v`` ``[B, H, T, d/H]``."""
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
+
+    q = attn.q_proj(y[:, :1] if class_token_only else y)
+    return split(q), split(attn.k_proj(y)), split(attn.v_proj(y))
 
 
 def _layer(layer: torch.nn.Module, h: torch.Tensor, class_token_only: bool) -> torch.Tensor:
     """One pre-norm CLIP encoder layer: ``h [B, T, d] -> [B, T, d]``, or ``[B, 1, d]`` (class token) when
     ``class_token_only``."""
     attn = layer.self_attn
-    b, t, d = h.shape
-    heads = attn.num_heads
-    y = layer.layer_norm1(h)
-    q_in = y[:, :1] if class_token_only else y
-    tq = q_in.shape[1]
-    q = attn.q_proj(q_in).view(b, tq, heads, -1).transpose(1, 2)  # [B, H, Tq, d/H]
-    k = attn.k_proj(y).view(b, t, heads, -1).transpose(1, 2)
-    v = attn.v_proj(y).view(b, t, heads, -1).transpose(1, 2)
-    o = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)
-    o = attn.out_proj(o.transpose(1, 2).reshape(b, tq, d))
-    h = (h[:, :1] if class_token_only else h) + o
+    q, k, v = _heads(attn, layer.layer_norm1(h), class_token_only)
+    o = F.scaled_dot_product_attention(q, k, v, scale=attn.scale)  # [B, H, Tq, d/H]
+    h = (h[:, :1] if class_token_only else h) + attn.out_proj(o.transpose(1, 2).flatten(2))
     return h + layer.mlp(layer.layer_norm2(h))
