@@ -471,9 +471,10 @@ class _Prefetcher:
         if self.kind == "process":
             self.pool.terminate()
         elif self.pool is not None:
-            for _, job in self.pending:
-                for f in (job if isinstance(job, list) else []):
-                    f.cancel()
+            if not self.on_demand:  # on demand, pending batches are still (index, path) lists: nothing started
+                for _, job in self.pending:
+                    for f in job:
+                        f.cancel()
             self.pool.shutdown(wait=True)
             if self.nv is not None:
                 self.nv.thumb_pool.shutdown(wait=True)

@@ -167,6 +167,31 @@ def test_in_flight_batches_are_bounded(encoder, files, tmp_path, monkeypatch, wo
     assert (max(ahead) == 0) == on_demand
 
 
+@pytest.mark.parametrize("on_demand", [True, False])
+def test_interrupted_run_stops_cleanly_keeps_its_batches_and_resumes(encoder, files, tmp_path, monkeypatch,
+                                                                     on_demand):
+    """Ctrl-C after the first batch: the KeyboardInterrupt itself comes out (the decoders shut down with
+    batches still pending), the finished batch is kept, and a rerun embeds only the rest."""
+    if not on_demand:
+        monkeypatch.setattr(embedding, "decodes_on_demand", lambda kind, device: False)
+    paths = files * 3
+    ids = [f"id{i}" for i in range(len(paths))]
+    emb, thumbs = _stores(tmp_path)
+
+    def stop(done, total):
+        if done:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_files(lambda: encoder, encoder.preprocessor, paths, ids, emb, thumbs, batch_size=3, num_workers=2,
+                    prefetch=3, decoder="thread", progress=stop)
+    assert len(emb.missing(ids)) == len(paths) - 3
+    embed_files(lambda: encoder, encoder.preprocessor, paths, ids, emb, thumbs, batch_size=3, num_workers=2,
+                decoder="thread")
+    assert not emb.missing(ids)
+    np.testing.assert_allclose(emb.get(ids), _direct(encoder, paths), atol=1e-5)
+
+
 def test_gpu_resize_path_matches_pillow_closely(files):
     """The nvJPEG path's resize/crop (run here on CPU tensors) stays within a few levels of Pillow's."""
     pre = ClipPreprocessor(size=32, crop_size=32)
