@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 COMPILE_ENV = "ASAP_COMPILE"
+MALLOC_ENV = "ASAP_MALLOC_KEEP"  # "0": leave glibc's malloc as it is (see keep_freed_memory)
+MALLOC_KEEP_BYTES = 256 << 20
 CPU_BF16_ENV = "ASAP_CPU_BF16"
 CPU_BATCH_SIZE = 32
 GPU_MAX_BATCH = 1024
@@ -45,6 +47,44 @@ def configure_threads(device: "torch.device | str", num_threads: int | None = No
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
+
+
+_MALLOC_STATE: dict[str, bool] = {}
+
+
+def keep_freed_memory(device: "torch.device | str", limit_bytes: int = MALLOC_KEEP_BYTES) -> bool:
+    """CPU model on Linux/glibc: let ``malloc`` serve blocks up to ``limit_bytes`` from its heap and keep
+    up to ``limit_bytes`` of freed memory, instead of handing large blocks back to the kernel at once.
+
+    Why: glibc returns large freed blocks (each ``[32, 50, 3072]`` fp32 MLP activation of a ViT-B/32
+    batch is 20 MB) to the kernel, so the next batch's tensors of the same size fault in fresh zeroed
+    pages. On 2 Xeon cores the fp32 B/32 forward ran 40 -> 44 img/s with this (the SiLU alone 44 -> 11
+    ms per batch of 32), peak RSS unchanged. Process-wide (``mallopt``), applied once; the cost is up
+    to ``limit_bytes`` of RSS not returned after a peak. ``$ASAP_MALLOC_KEEP=0`` turns it off; a no-op
+    on a GPU and where glibc is absent (macOS, Windows, musl). Returns whether it is in effect.
+    """
+    import torch
+
+    if torch.device(device).type != "cpu" or os.environ.get(MALLOC_ENV, "").strip() == "0":
+        return _MALLOC_STATE.get("on", False)
+    if "on" not in _MALLOC_STATE:
+        _MALLOC_STATE["on"] = _mallopt_keep(limit_bytes)
+    return _MALLOC_STATE["on"]
+
+
+def _mallopt_keep(limit_bytes: int) -> bool:
+    """``mallopt(M_MMAP_THRESHOLD)`` and ``mallopt(M_TRIM_THRESHOLD)`` to ``limit_bytes``; True if both took."""
+    if platform.system() != "Linux":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.gnu_get_libc_version  # glibc only (musl has mallopt with other semantics)
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, int(limit_bytes)) and libc.mallopt(m_trim_threshold, int(limit_bytes)))
 
 
 def device_name(device: "torch.device | str") -> str:
@@ -246,5 +286,6 @@ def to_device(pixels: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
 
 __all__ = ["COMPILE_ENV", "CPU_BATCH_SIZE", "CPU_BF16_ENV", "CPU_RELEVANCE_BATCH", "DTYPES", "GPU_RELEVANCE_BATCH",
            "choose_batch_size", "compile_enabled", "compiled_forward", "configure_threads", "cpu_cores",
-           "cpu_has_native_bf16", "cxx_compiler", "device_name", "gpu_batch_size", "preferred_dtype",
+           "cpu_has_native_bf16", "cxx_compiler", "device_name", "gpu_batch_size", "keep_freed_memory",
+           "preferred_dtype",
            "relevance_batch_size", "resolve_dtype", "to_device"]

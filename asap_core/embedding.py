@@ -561,11 +561,12 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
 
     import torch
 
-    from .device import choose_batch_size, compile_enabled, compiled_forward, configure_threads
+    from .device import choose_batch_size, compile_enabled, compiled_forward, configure_threads, keep_freed_memory
 
     encoder = load_encoder()
     dev = encoder.device
     configure_threads(dev)
+    keep_freed_memory(dev)
     bs = choose_batch_size(encoder, batch_size)
     forward = compiled_forward(encoder.image_forward, bs) if compile_enabled(compile) else None
 

@@ -29,13 +29,13 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
     ``path``) that ``store`` lacks, ``batch_size`` images per batched VJP (``None``:
     ``device.relevance_batch_size``: 128 on GPU, 8 on CPU); each batch is stored at once.
 
-    Images are decoded ahead of the model by the embedding stage's decoder (``embedding.decoded_batches``:
-    threads on CPU, nvJPEG or processes on GPU; ``decoder="inline"`` decodes in this thread). Returns
-    ``(path, reason)`` for images that could not be read any more.
+    Images are decoded by the embedding stage's decoder (``embedding.decoded_batches``: threads on CPU,
+    on demand; nvJPEG or processes ahead of the model on GPU; ``decoder="inline"`` decodes in this
+    thread). Returns ``(path, reason)`` for images that could not be read any more.
     """
     from contextlib import closing
 
-    from .device import relevance_batch_size
+    from .device import keep_freed_memory, relevance_batch_size
     from .embedding import decoded_batches
     from .relevance import AttentionRelevance
 
@@ -49,6 +49,7 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
         return failures
     import torch
 
+    keep_freed_memory(encoder.device)
     explainer = AttentionRelevance(encoder, distiller, method)
     fast = encoder.dtype != torch.float32  # approximate decoding only where the model is approximate (bf16)
     bs = relevance_batch_size(encoder.device, batch_size)
