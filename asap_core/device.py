@@ -139,6 +139,11 @@ def cxx_compiler() -> str | None:
 DTYPES = ("auto", "float32", "bfloat16")
 
 
+def dtype_name(dtype: "torch.dtype") -> str:
+    """``torch.bfloat16`` -> ``"bfloat16"``: the name used in cache keys, bundle metadata and tables."""
+    return str(dtype).replace("torch.", "")
+
+
 def resolve_dtype(dtype: "str | torch.dtype | None", device: "torch.device | str") -> "torch.dtype":
     """``None`` / ``"auto"`` -> ``preferred_dtype(device)``; ``"float32"`` / ``"bfloat16"`` (or a torch dtype) as given.
 
@@ -261,9 +266,10 @@ GPU_RELEVANCE_BATCH = 128
 def relevance_batch_size(device: "torch.device | str", requested: int | None = None) -> int:
     """Images per batched relevance VJP: ``requested``, else 128 on a GPU (DESIGN.md §6) and 8 on CPU.
 
-    On CPU 8 is both faster and lighter than 32 (ViT-B/32, 2 cores, ``benchmarks/relevance_speed.py``:
-    last-block 14.4 vs 9.5 img/s, rollout 1.6 vs 1.3, peak RSS 1.7 vs 3.3 GB): the 17 cotangents make the
-    backward's working set 17x the batch's.
+    On CPU (ViT-B/32, 2 cores, ``benchmarks/relevance_speed.py --no-naive``) rollout is faster and half
+    as heavy at 8 as at 32 (1.6 vs 1.3 img/s, 1.7 vs 3.3 GB: its 17 cotangents go back through every
+    layer); last-block, which backpropagates through one token of one layer, runs alike at both
+    (37.7 vs 37.3 img/s, 0.89 vs 1.0 GB).
     """
     import torch
 
@@ -286,6 +292,5 @@ def to_device(pixels: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
 
 __all__ = ["COMPILE_ENV", "CPU_BATCH_SIZE", "CPU_BF16_ENV", "CPU_RELEVANCE_BATCH", "DTYPES", "GPU_RELEVANCE_BATCH",
            "choose_batch_size", "compile_enabled", "compiled_forward", "configure_threads", "cpu_cores",
-           "cpu_has_native_bf16", "cxx_compiler", "device_name", "gpu_batch_size", "keep_freed_memory",
-           "preferred_dtype",
-           "relevance_batch_size", "resolve_dtype", "to_device"]
+           "cpu_has_native_bf16", "cxx_compiler", "device_name", "dtype_name", "gpu_batch_size",
+           "keep_freed_memory", "preferred_dtype", "relevance_batch_size", "resolve_dtype", "to_device"]

@@ -406,6 +406,14 @@ def _jpeg_share(paths: Sequence[str], todo: Sequence[int], sample: int = 256) ->
     return sum(n.endswith((".jpg", ".jpeg")) for n in names) / max(1, len(names))
 
 
+def approximate_decoding(model_dtype: "torch.dtype") -> bool:
+    """Whether JPEG ``draft`` / nvJPEG shortcuts may be used for a model in ``model_dtype``: only where the
+    model is approximate anyway (bf16); an fp32 model gets exact pixels (bit-equal to ``preprocess``)."""
+    import torch
+
+    return model_dtype != torch.float32
+
+
 def decodes_on_demand(kind: str, device: "torch.device") -> bool:
     """Whether a batch is decoded only when the model takes it: ``inline``, and ``thread`` beside a CPU
     model (a decoder running ahead there would take cores from the model: see the module docstring)."""
@@ -586,7 +594,7 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
         return n
 
     waiting = None  # the previous batch, whose embeddings are still being copied back (GPU)
-    fast = encoder.dtype != torch.float32 if fast_decode is None else bool(fast_decode)
+    fast = approximate_decoding(encoder.dtype) if fast_decode is None else bool(fast_decode)
     with closing(decoded_batches(paths, todo, preprocessor, dev, bs, decoder=decoder, num_workers=num_workers,
                                  prefetch=prefetch, fast_decode=fast, thumb_side=thumb_side)) as source:
         for dec, px in source:

@@ -12,6 +12,7 @@ import pandas as pd
 
 from .bundle import Z_COLUMNS, write_bundle
 from .cache import RowStore, cached_call, default_cache_dir, hash_key
+from .device import dtype_name
 from .errors import ImageLoadError, InputError
 from .imageio import decode_image, file_sha1, read_bytes
 from .scan import scan_folder
@@ -135,7 +136,7 @@ def embedding_store_name(encoder_key: str, dtype: "torch.dtype") -> str:
     The dtype is part of the key because bf16 (GPU, opt-in CPU) embeddings differ from fp32 ones
     (cosine ~0.9999): one store never mixes them, and a fp32 run never reuses bf16 rows.
     """
-    name = str(dtype).replace("torch.", "")
+    name = dtype_name(dtype)
     return f"emb-{encoder_key}" if name == "float32" else f"emb-{encoder_key}-{name}"
 
 
@@ -268,7 +269,7 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
         meta = {
             "data_dir": str(scan.root.resolve()), "layout": scan.layout,
             "encoder": {"model_id": info.model_id, "cache_key": info.cache_key,
-                        "dtype": str(dtype).replace("torch.", ""),
+                        "dtype": dtype_name(dtype),
                         "embed_dim": info.embed_dim, "patch_side": info.patch_side,
                         "image_size": info.image_size},
             "preprocessing": info.preprocessor.version,

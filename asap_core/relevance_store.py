@@ -36,7 +36,7 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
     from contextlib import closing
 
     from .device import keep_freed_memory, relevance_batch_size
-    from .embedding import decoded_batches
+    from .embedding import approximate_decoding, decoded_batches
     from .relevance import AttentionRelevance
 
     todo = images[images["image_id"].isin(store.missing(images["image_id"]))]
@@ -47,11 +47,9 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
         progress(0, total)
     if not total:
         return failures
-    import torch
-
     keep_freed_memory(encoder.device)
     explainer = AttentionRelevance(encoder, distiller, method)
-    fast = encoder.dtype != torch.float32  # approximate decoding only where the model is approximate (bf16)
+    fast = approximate_decoding(encoder.dtype)
     bs = relevance_batch_size(encoder.device, batch_size)
     with closing(decoded_batches(paths, range(total), encoder.preprocessor, encoder.device, bs,
                                  decoder=decoder, num_workers=num_workers, fast_decode=fast, thumb_side=0)) as batches:

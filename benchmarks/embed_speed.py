@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from asap_core.cache import RowStore  # noqa: E402
-from asap_core.device import device_name, relevance_batch_size  # noqa: E402
+from asap_core.device import device_name, dtype_name, relevance_batch_size  # noqa: E402
 from asap_core.embedding import default_workers, embed_files, resolve_decoder  # noqa: E402
 from asap_core.encoder import ClipEncoder  # noqa: E402
 
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     times = run_rounds(methods, args.rounds, dev)
     r = {k: median_rate(v, n) for k, v in times.items()}
     naive_rate, fwd_rate = r["naive"][0], r["ours fwd"][0]
-    dt = str(encoder.dtype).replace("torch.", "")
+    dt = dtype_name(encoder.dtype)
     rows = [
         (f"(a) naive: CLIPImageProcessor + CLIPModel fp32, bs {NAIVE_BATCH}", r["naive"], True, False),
         (f"(b) ours: embed_files, {dt}, bs {bs}, {kind} decode x{workers}", r["ours"], True, True),
