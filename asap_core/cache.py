@@ -29,6 +29,14 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "asap_explorer")
 
 
+def free_disk_bytes(path: str | Path) -> int:
+    """Free bytes on the disk that holds ``path`` (or its nearest existing parent)."""
+    p = Path(path).expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free
+
+
 def hash_key(*parts: object) -> str:
     """SHA-1 (first 20 hex) over strings, bytes and numpy arrays (dtype, shape and bytes)."""
     h = hashlib.sha1()
@@ -137,6 +145,24 @@ class RowStore:
             out = np.empty((0, *self.row_shape), dtype=np.float32)
         return out
 
+
+    def discard(self, ids: Iterable[str]) -> int:
+        """Delete the shards whose rows all belong to ``ids`` (rows kept only until a later step used them);
+        shards that also hold other ids stay whole. Returns how many shards were deleted."""
+        if not self.dir.is_dir():
+            return 0
+        drop, deleted = set(ids), 0
+        for shard in sorted(self.dir.glob("[!.]*.parquet")):
+            try:
+                shard_ids = pq.read_table(shard, columns=["image_id"]).column(0).to_pylist()
+            except (OSError, pa.ArrowException):
+                continue
+            if set(shard_ids) <= drop:
+                shard.unlink(missing_ok=True)
+                deleted += 1
+        self._index.clear()
+        self._seen.clear()
+        return deleted
 
     def copy_to(self, root: str | Path) -> None:
         """Copy this store's shards into ``root/<same namespace>`` (e.g. into a bundle's cache)."""

@@ -175,9 +175,10 @@ def compile_enabled(compile: bool | None = None) -> bool:
     return os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def compiled_forward(image_forward, batch_size: int) -> Callable[["torch.Tensor"], "torch.Tensor"]:
+def compiled_forward(image_forward, batch_size: int, with_last_input: bool = False) -> Callable:
     """``pixels [n, 3, S, S]`` (any float dtype) ``-> image_embeds [n, D]`` (the model's dtype) through
-    ``torch.compile(image_forward)`` (``ClipEncoder.image_forward``).
+    ``torch.compile(image_forward)`` (``ClipEncoder.image_forward``); with ``with_last_input``
+    ``-> (image_embeds [n, D], last layer's input [n, T, d])`` (see ``ClipImageForward.forward``).
 
     The module itself is left untouched. Every call is padded to ``batch_size`` rows so that one static
     graph serves the whole run (no recompile on the last batch). If compiling fails (no C++ compiler, an
@@ -209,7 +210,7 @@ def compiled_forward(image_forward, batch_size: int) -> Callable[["torch.Tensor"
             pixels = torch.cat([pixels, pad])
         try:
             with options():
-                out = state["fn"](pixels)[:n]
+                out = _rows(state["fn"](pixels, with_last_input=with_last_input), n)
         except Exception as exc:  # noqa: BLE001 - any compile failure: fall back, do not lose the run
             if state["ok"]:
                 raise
@@ -217,11 +218,16 @@ def compiled_forward(image_forward, batch_size: int) -> Callable[["torch.Tensor"
                           f"running the model uncompiled. Set {COMPILE_ENV}=0 to skip the attempt.", RuntimeWarning,
                           stacklevel=2)
             state["fn"] = image_forward
-            out = image_forward(pixels)[:n]
+            out = _rows(image_forward(pixels, with_last_input=with_last_input), n)
         state["ok"] = True
         return out
 
     return forward
+
+
+def _rows(out, n: int):
+    """The first ``n`` rows of a tensor or of each tensor of a tuple (drops the padding)."""
+    return tuple(t[:n] for t in out) if isinstance(out, tuple) else out[:n]
 
 
 def gpu_batch_size(vision_model, image_size: int, device: "torch.device", dtype: "torch.dtype",
@@ -290,7 +296,20 @@ def to_device(pixels: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
     return src.to(device, non_blocking=True)
 
 
+def to_pinned_host(t: "torch.Tensor | None") -> "torch.Tensor | None":
+    """A CUDA tensor -> a pinned host copy, queued on the current stream (non-blocking: record an event and
+    synchronise it before reading). ``None`` stays ``None``."""
+    if t is None:
+        return None
+    import torch
+
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
 __all__ = ["COMPILE_ENV", "CPU_BATCH_SIZE", "CPU_BF16_ENV", "CPU_RELEVANCE_BATCH", "DTYPES", "GPU_RELEVANCE_BATCH",
            "choose_batch_size", "compile_enabled", "compiled_forward", "configure_threads", "cpu_cores",
            "cpu_has_native_bf16", "cxx_compiler", "device_name", "dtype_name", "gpu_batch_size",
-           "keep_freed_memory", "preferred_dtype", "relevance_batch_size", "resolve_dtype", "to_device"]
+           "keep_freed_memory", "preferred_dtype", "relevance_batch_size", "resolve_dtype", "to_device",
+           "to_pinned_host"]

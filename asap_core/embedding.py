@@ -34,7 +34,7 @@ from collections import deque
 from contextlib import closing
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -541,7 +541,8 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
                 ids: Sequence[str], embed_store: RowStore, thumb_store: RowStore,
                 batch_size: int | None = 64, num_workers: int | None = None, prefetch: int = 3,
                 progress: Progress | None = None, *, decoder: str = "auto", fast_decode: bool | None = None,
-                compile: bool | None = None, thumb_side: int = THUMB_SIDE) -> list[tuple[str, str]]:
+                compile: bool | None = None, thumb_side: int = THUMB_SIDE,
+                last_input_store: RowStore | None = None) -> list[tuple[str, str]]:
     """Embed the images ``paths`` (ids ``ids``) that ``embed_store`` lacks; store embeddings and thumbnails.
 
     ``load_encoder()`` is called only if something is missing (a fully cached run never loads the model).
@@ -557,6 +558,9 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
     ``--dtype bfloat16``), off for fp32 (exact, bit-equal embeddings). ``compile``: ``torch.compile`` the
     forward (``None``: ``$ASAP_COMPILE``, default off; a failed compile falls back to eager with a
     warning). On CPU, torch uses one thread per core.
+    ``last_input_store``: also keep each embedded image's last-layer input ``[T, d]`` as float16 there
+    (``relevance_store.last_input_store``), for the relevance pass that follows (batches whose values
+    overflow float16 are left out; that pass recomputes them from the pixels).
     """
     missing = set(embed_store.missing(ids))  # one scan of the store, not one per id
     todo = [i for i, image_id in enumerate(ids) if image_id in missing]
@@ -569,27 +573,36 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
 
     import torch
 
-    from .device import choose_batch_size, compile_enabled, compiled_forward, configure_threads, keep_freed_memory
+    from .device import (choose_batch_size, compile_enabled, compiled_forward, configure_threads, keep_freed_memory,
+                         to_pinned_host)
 
     encoder = load_encoder()
     dev = encoder.device
     configure_threads(dev)
     keep_freed_memory(dev)
     bs = choose_batch_size(encoder, batch_size)
-    forward = compiled_forward(encoder.image_forward, bs) if compile_enabled(compile) else None
+    keep_last = last_input_store is not None
+    forward = (compiled_forward(encoder.image_forward, bs, with_last_input=keep_last) if compile_enabled(compile)
+               else partial(encoder.image_forward, with_last_input=keep_last))
 
-    def encode(x: "torch.Tensor") -> "torch.Tensor":
-        """float32 pixels on the device -> normalised embeddings [n, D] float32 on the device (async on GPU)."""
+    def encode(x: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor | None"]:
+        """float32 pixels on the device -> normalised embeddings [n, D] float32 and (with ``keep_last``)
+        the last layer's input [n, T, d] float16, on the device (async on GPU)."""
         with torch.inference_mode():
-            if forward is None:
-                return encoder.embed(x)
-            return torch.nn.functional.normalize(forward(x).float(), dim=-1)
+            out = forward(x)
+            emb, last = out if keep_last else (out, None)
+            return (torch.nn.functional.normalize(emb.float(), dim=-1),
+                    last.to(torch.float16) if last is not None else None)
 
     def store(job) -> int:
-        batch_ids, thumbs, emb, ready, n = job
+        batch_ids, thumbs, emb, last, ready, n = job
         if ready is not None:
             ready.synchronize()
         thumb_store.put(batch_ids, [t.result() if isinstance(t, Future) else t for t in thumbs])
+        if last is not None:
+            last = last.numpy()
+            if np.isfinite(last).all():
+                last_input_store.put(batch_ids, last)
         embed_store.put(batch_ids, emb.numpy().astype(np.float32, copy=False))
         return n
 
@@ -601,21 +614,19 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
             failures.extend((path, reason) for _, path, reason in dec.failed)
             job = None
             if px is not None:
-                emb = encode(px)
+                emb, last = encode(px)
                 ready = None
                 if dev.type == "cuda":
-                    host = torch.empty(emb.shape, dtype=emb.dtype, pin_memory=True)
-                    host.copy_(emb, non_blocking=True)
+                    emb, last = (to_pinned_host(t) for t in (emb, last))
                     ready = torch.cuda.Event()
                     ready.record()
-                    emb = host
-                job = ([ids[i] for i in dec.rows], dec.thumbs, emb, ready, len(dec))
+                job = ([ids[i] for i in dec.rows], dec.thumbs, emb, last, ready, len(dec))
             if waiting is not None:  # GPU: batch k-1 is stored once batch k runs
                 done += store(waiting)
                 waiting = None
                 if progress:
                     progress(done, total)
-            if job is not None and job[3] is not None:
+            if job is not None and job[4] is not None:
                 waiting = job
                 continue
             done += store(job) if job is not None else len(dec)

@@ -77,7 +77,8 @@ class CheckpointInfo:
     """What a CLIP checkpoint is, read from its files without building the model.
 
     ``embed_dim`` (D), ``image_size`` (input side, px), ``patch_side`` (patches per side),
-    ``cache_key`` (weights + preprocessing: keys every embedding cache).
+    ``hidden_size`` (d, width of the vision tower's tokens), ``cache_key`` (weights + preprocessing: keys
+    every embedding cache).
     """
 
     model_id: str
@@ -87,6 +88,7 @@ class CheckpointInfo:
     image_size: int
     patch_side: int
     fingerprint: str
+    hidden_size: int = 768
 
     @property
     def cache_key(self) -> str:
@@ -124,7 +126,8 @@ def inspect_checkpoint(model: str | None = None) -> CheckpointInfo:
     patch_size = int(vision.get("patch_size", 32))
     embed_dim = int(vision.get("projection_dim", cfg.get("projection_dim", 512)))
     return CheckpointInfo(model_id, model_dir, ClipPreprocessor.from_pretrained(model_dir, image_size), embed_dim,
-                          image_size, image_size // patch_size, _fingerprint(model_dir, model_id))
+                          image_size, image_size // patch_size, _fingerprint(model_dir, model_id),
+                          int(vision.get("hidden_size", 768)))
 
 
 def _download(model_id: str) -> Path:

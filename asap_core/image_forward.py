@@ -12,6 +12,11 @@ The same observation makes ``last-block`` relevance cheap (``class_token_attenti
 depend on the last layer's attention only through its class-token row, so layers ``0..L-2`` run without
 autograd and the backward covers one token of one layer. Rollout needs every layer's attention and
 keeps the Hugging Face forward (``ClipEncoder.embed(..., output_attentions=True)``).
+
+Both split at the last layer's input ``h [B, T, d]`` (``last_layer_input``): ``forward(px,
+with_last_input=True)`` hands it out with the embeddings, and ``class_token_attention_from(h)`` starts
+from it, so the relevance pass of ``analyze`` can reuse what the embedding pass computed instead of
+decoding the image and running layers ``0..L-2`` a second time (``relevance_store``).
 """
 from __future__ import annotations
 
@@ -31,14 +36,28 @@ class ClipImageForward(torch.nn.Module):
         self.tower = vision_model.vision_model
         self.projection = vision_model.visual_projection
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def last_layer_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values [B, 3, S, S]`` -> the last layer's input ``h [B, T, d]`` (the model's dtype):
+        embeddings, pre-layernorm and layers ``0..L-2``, exactly as ``forward`` computes them."""
         tower = self.tower
         dtype = tower.embeddings.patch_embedding.weight.dtype
         h = tower.pre_layrnorm(tower.embeddings(pixel_values.to(dtype)))  # [B, T, d]
-        layers = tower.encoder.layers
-        for i, layer in enumerate(layers):
-            h = _layer(layer, h, class_token_only=i == len(layers) - 1)
-        return self.projection(tower.post_layernorm(h[:, 0]))  # [B, D]
+        for layer in tower.encoder.layers[:-1]:
+            h = _layer(layer, h, class_token_only=False)
+        return h
+
+    def forward(self, pixel_values: torch.Tensor, with_last_input: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``image_embeds [B, D]``; with ``with_last_input`` also the last layer's input ``h [B, T, d]``."""
+        h = self.last_layer_input(pixel_values)
+        embeds = self.embeds_from(h)
+        return (embeds, h) if with_last_input else embeds
+
+    def embeds_from(self, last_input: torch.Tensor) -> torch.Tensor:
+        """The last layer's input ``h [B, T, d]`` -> ``image_embeds [B, D]`` (the class token's path only)."""
+        tower = self.tower
+        h = _layer(tower.encoder.layers[-1], last_input, class_token_only=True)  # [B, 1, d]
+        return self.projection(tower.post_layernorm(h[:, 0]))
 
     def class_token_attention(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(image_embeds [B, D], attention [B, H, T])``: the embeddings as ``forward`` gives them, and the
@@ -49,14 +68,18 @@ class ClipImageForward(torch.nn.Module):
         model (the other rows of ``A`` do not reach the embedding). Layers before the last, and the
         attention itself, run without autograd; softmax in float32 as in Hugging Face's eager attention.
         """
-        tower = self.tower
-        dtype = tower.embeddings.patch_embedding.weight.dtype
-        layers = tower.encoder.layers
-        last, attn = layers[-1], layers[-1].self_attn
         with torch.no_grad():
-            h = tower.pre_layrnorm(tower.embeddings(pixel_values.to(dtype)))  # [B, T, d]
-            for layer in layers[:-1]:
-                h = _layer(layer, h, class_token_only=False)
+            h = self.last_layer_input(pixel_values)
+        return self.class_token_attention_from(h)
+
+    def class_token_attention_from(self, last_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``class_token_attention`` from the last layer's input ``h [B, T, d]`` (any float dtype; cast to
+        the model's), as ``last_layer_input`` or ``forward(..., with_last_input=True)`` gave it."""
+        tower = self.tower
+        last = tower.encoder.layers[-1]
+        attn = last.self_attn
+        with torch.no_grad():
+            h = last_input.to(tower.embeddings.patch_embedding.weight.dtype)
             q, k, v = _heads(attn, last.layer_norm1(h), class_token_only=True)  # [B, H, 1 | T, d/H]
             scores = torch.matmul(q, k.transpose(2, 3)) * attn.scale  # [B, H, 1, T]
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)[:, :, 0]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .bundle import Z_COLUMNS, write_bundle
-from .cache import RowStore, cached_call, default_cache_dir, hash_key
+from .cache import RowStore, cached_call, default_cache_dir, free_disk_bytes, hash_key
 from .device import dtype_name
 from .errors import ImageLoadError, InputError
 from .imageio import decode_image, file_sha1, read_bytes
@@ -192,10 +192,16 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
 
     embed_store = RowStore(cache, embedding_store_name(info.cache_key, dtype), (info.embed_dim,))
     thumb_store = RowStore(cache, "thumbs-128", None)
+    last_inputs = None  # last-block relevance starts from the last layer's input the embedding pass keeps
+    if opt.relevance == "last-block":
+        from .relevance_store import keeps_last_inputs, last_input_bytes, last_input_store
+
+        if keeps_last_inputs(device) and last_input_bytes(info, len(images)) <= free_disk_bytes(cache) // 2:
+            last_inputs = last_input_store(cache, info, dtype)
     with _timed(timings, "embed"):
         failures = embed_files(load_encoder, info.preprocessor, images["path"].tolist(), images["image_id"].tolist(), embed_store,
                                thumb_store, batch_size=opt.batch_size, num_workers=opt.num_workers, decoder=opt.decoder,
-                               compile=opt.compile,
+                               compile=opt.compile, last_input_store=last_inputs,
                                progress=(lambda d, t: progress("embed", d, t)) if progress else None)
         skipped += failures
         failed_paths = {p for p, _ in failures}
@@ -257,6 +263,7 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
         with _timed(timings, f"relevance ({opt.relevance})"):
             rel_store = precompute_relevance(cache, info, load_encoder, distiller, images, opt.relevance,
                                              batch_size=opt.relevance_batch_size, decoder=opt.decoder,
+                                             last_inputs=last_inputs,
                                              progress=(lambda d, t: progress("relevance", d, t)) if progress else None)
     metrics = dict(trainer_metrics)
     if labelled.any() and opt.distiller is not None:

@@ -119,6 +119,30 @@ class AttentionRelevance:
                     maps = self._attribute(pixel_values, idx)
         return maps.reshape(n, len(idx), side, side)
 
+    def attribute_from_last_input(self, last_input: "torch.Tensor", target: int | Sequence[int] | None = None
+                                  ) -> "torch.Tensor":
+        """``attribute`` from the last layer's input ``[B, T, d]`` (any float dtype), as the embedding pass
+        kept it (``ClipImageForward.forward(..., with_last_input=True)``): no decode, no layers ``0..L-2``.
+        ``last-block`` only (rollout needs every layer's attention). -> ``[B, K, side, side]`` float32, CPU."""
+        import torch
+
+        if self.method != "last-block":
+            raise InputError(f"relevance from the last layer's input needs method 'last-block', not '{self.method}'.",
+                             "call attribute(pixel_values) for rollout maps.")
+        idx = _target_indices(target)
+        side = self.encoder.patch_side
+        if last_input.ndim != 3 or last_input.shape[1] != side * side + 1:
+            raise InputError(f"last_input must be [B, {side * side + 1}, d], got shape {tuple(last_input.shape)}.",
+                             "pass the second output of image_forward(pixel_values, with_last_input=True).")
+        n = last_input.shape[0]
+        if n == 0:
+            return torch.zeros(0, len(idx), side, side)
+        with torch.inference_mode(False), torch.enable_grad():
+            h = last_input.detach().to(self.encoder.device).clone()  # clone: out of inference mode
+            image_embeds, cls_attention = self.encoder.image_forward.class_token_attention_from(h)
+            maps = self._vjp_maps(self._targets(image_embeds, idx), (cls_attention,), len(idx))
+        return maps.reshape(n, len(idx), side, side)
+
     def _targets(self, image_embeds: "torch.Tensor", idx: list[int]) -> "torch.Tensor":
         """Projected image embeddings ``[B, D]`` -> the requested targets ``[B, K]`` (z dims, fake logit)."""
         import torch
@@ -153,10 +177,13 @@ class AttentionRelevance:
         return self._targets(out.image_embeds, idx), attentions
 
     def _attribute(self, pixel_values: "torch.Tensor", idx: list[int]) -> "torch.Tensor":
+        targets, inputs = self._forward(pixel_values, idx)
+        return self._vjp_maps(targets, inputs, len(idx))
+
+    def _vjp_maps(self, targets: "torch.Tensor", inputs: tuple, k: int) -> "torch.Tensor":
+        """Targets ``[B, K]`` and the attentions they depend on -> maps ``[B, K, T-1]`` (one batched VJP)."""
         import torch
 
-        targets, inputs = self._forward(pixel_values, idx)
-        k = len(idx)
         # cotangents: row j of the identity for every image -> grads[l][j] = d target_j / d A_l
         eye = torch.eye(k, dtype=targets.dtype, device=targets.device)
         grad_outputs = eye[:, None, :].expand(k, targets.shape[0], k).contiguous()

@@ -12,7 +12,9 @@ Same JPEG files, same weights (a random ViT-B/32-architecture ``CLIPModel`` save
     (``ASAP_COMPILE=1``; the one-off compile time is printed and left out of the rates, like every
     method's warm-up);
 (c) relevance maps for all 17 targets per image: one target at a time (17 forward + backward passes)
-    vs one batched VJP (``benchmarks/relevance_speed.run``).
+    vs one batched VJP (``benchmarks/relevance_speed.run``); for last-block also the relevance pass of
+    ``analyze``, which starts from the last-layer inputs its embedding pass kept on disk (no decode,
+    one layer; ``relevance_store.compute_missing_maps``).
 
     python benchmarks/embed_speed.py                          # CPU: 512 images, 3 rounds
     python benchmarks/embed_speed.py --n 8192 --rel-n 1024 --compile   # GPU
@@ -42,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from asap_core.cache import RowStore  # noqa: E402
 from asap_core.device import device_name, dtype_name, relevance_batch_size  # noqa: E402
+from asap_core.relevance_store import LAST_INPUT_BATCH  # noqa: E402
 from asap_core.embedding import default_workers, embed_files, resolve_decoder  # noqa: E402
 from asap_core.encoder import ClipEncoder  # noqa: E402
 
@@ -234,11 +237,43 @@ def relevance_rates(encoder: ClipEncoder, n: int, batch: int, methods: list[str]
         run(explainer, px[:min(batch, 2)], batch, naive=False)  # warm-up
         fns = {}
         if naive:
-            fns[f"{method}: naive, 17 passes"] = lambda e=explainer: run(e, px, batch, naive=True)
-        fns[f"{method}: batched VJP"] = lambda e=explainer: run(e, px, batch, naive=False)
+            fns[f"{method}: naive, 17 passes, bs {batch}"] = lambda e=explainer: run(e, px, batch, naive=True)
+        fns[f"{method}: batched VJP, bs {batch}"] = lambda e=explainer: run(e, px, batch, naive=False)
+        if method == "last-block":
+            fns[f"{method}: from kept layer input (analyze), bs {max(LAST_INPUT_BATCH, batch)}"] = \
+                kept_input_pass(encoder, dist, px, batch)
         times = run_rounds(fns, rounds, dev)
         rows += [(k, *median_rate(v, n)) for k, v in times.items()]
     return rows
+
+
+def kept_input_pass(encoder: ClipEncoder, dist, px: torch.Tensor, batch: int):
+    """The relevance pass of ``analyze --relevance last-block`` as a timed function: maps for ``px``'s
+    images from the last-layer inputs the embedding pass kept (float16 Parquet rows, computed here once,
+    untimed), read back from disk, through ``relevance_store.compute_missing_maps``, into a fresh map store."""
+    import tempfile
+    import uuid
+
+    import pandas as pd
+
+    from asap_core.cache import RowStore
+    from asap_core.relevance_store import N_TARGETS, compute_missing_maps
+
+    root = Path(tempfile.mkdtemp(prefix="kept-inputs-"))
+    ids = [f"im{i}" for i in range(len(px))]
+    kept = RowStore(root, "kept", (encoder.patch_side ** 2 + 1, encoder.vision_model.config.hidden_size))
+    with torch.inference_mode():
+        for i in range(0, len(px), 32):
+            _, last = encoder.image_forward(px[i:i + 32].to(encoder.device), with_last_input=True)
+            kept.put(ids[i:i + 32], last.to("cpu", torch.float16).numpy())
+    rows = pd.DataFrame({"image_id": ids, "path": [str(root / "absent.jpg")] * len(ids)})  # never read
+
+    def run_pass() -> None:
+        maps = RowStore(root, f"maps-{uuid.uuid4().hex}", (N_TARGETS, encoder.patch_side, encoder.patch_side))
+        failures = compute_missing_maps(maps, encoder, dist, rows, "last-block", batch, last_inputs=kept)
+        assert not failures and not maps.missing(ids)
+
+    return run_pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -368,19 +403,20 @@ def main(argv: list[str] | None = None) -> None:
         rel_rows = relevance_rates(encoder, rel_n, rel_bs, args.rel_methods.split(","),
                                    args.rounds, not args.no_naive_relevance)
 
-    print(f"\n{'step':66s} {'img/s':>8s} {'[min-max]':>15s} {'vs naive':>9s} {'of fwd':>7s}")
+    rel_labels = [f"(c) relevance, 17 targets, {label}" for label, *_ in rel_rows]
+    w = max([66] + [len(label) for label in rel_labels])
+    print(f"\n{'step':{w}s} {'img/s':>8s} {'[min-max]':>15s} {'vs naive':>9s} {'of fwd':>7s}")
     for label, (med, lo, hi), show_ratio, show_fwd in rows:
         ratio = f"{med / naive_rate:8.2f}x" if show_ratio else ""
         ref = show_fwd if isinstance(show_fwd, float) else fwd_rate  # sweep rows: their own forward rate
         of_fwd = f"{100 * med / ref:6.0f}%" if show_fwd else ""
-        print(f"{label:66s} {med:8.1f} {f'[{lo:.1f}-{hi:.1f}]':>15s} {ratio:>9s} {of_fwd:>7s}")
+        print(f"{label:{w}s} {med:8.1f} {f'[{lo:.1f}-{hi:.1f}]':>15s} {ratio:>9s} {of_fwd:>7s}")
     base = {}
-    for label, med, lo, hi in rel_rows:
+    for text, (label, med, lo, hi) in zip(rel_labels, rel_rows):
         method = label.split(":")[0]
         base.setdefault(method, med)
         ratio = f"{med / base[method]:8.2f}x"
-        print(f"{'(c) relevance, 17 targets, ' + label + f', bs {rel_bs}':66s} {med:8.1f} "
-              f"{f'[{lo:.1f}-{hi:.1f}]':>15s} {ratio:>9s}")
+        print(f"{text:{w}s} {med:8.1f} {f'[{lo:.1f}-{hi:.1f}]':>15s} {ratio:>9s}")
     print(f"(median of {args.rounds} rounds; the relevance ratio is against its own naive row)")
     naive.close()
     if "ours compiled" in r:

@@ -45,7 +45,8 @@ def build(dev: torch.device, dtype: torch.dtype, fold: bool = True) -> tuple[Cli
     vm.set_attn_implementation("eager")
     info = CheckpointInfo(model_id="random-b32", model_dir=Path("."), preprocessor=ClipPreprocessor(),
                           embed_dim=cfg.projection_dim, image_size=cfg.image_size,
-                          patch_side=cfg.image_size // cfg.patch_size, fingerprint="random")
+                          patch_side=cfg.image_size // cfg.patch_size, fingerprint="random",
+                          hidden_size=cfg.hidden_size)
     enc = ClipEncoder(vm, info, dev, dtype)
     proj = torch.linalg.qr(torch.randn(512, 256))[0].T  # [256, 512], orthonormal rows
     dist = Distiller(DistillerConfig(embed_dim=512, proj_dim=256), projection=proj).to(dev).eval()

@@ -80,3 +80,22 @@ def test_cached_call_computes_once(tmp_path):
     assert hash_key(np.arange(3), "opts", 1) == key
     assert hash_key(np.arange(3).astype(np.int32), "opts", 1) != key  # dtype is part of the content
     assert hash_key(np.arange(3), "opts", 2) != key
+
+
+def test_discard_deletes_only_shards_wholly_among_the_ids(tmp_path):
+    store = RowStore(tmp_path, "rows", (2,))
+    store.put(["a", "b"], np.ones((2, 2), np.float32))
+    store.put(["c", "d"], np.full((2, 2), 2, np.float32))
+    store.put(["e"], np.full((1, 2), 3, np.float32))
+    assert store.discard(["a", "b", "c", "x"]) == 1  # c's shard also holds d: kept whole
+    assert store.missing(["a", "b", "c", "d", "e"]) == ["a", "b"]
+    np.testing.assert_array_equal(store.get(["c", "e"]), [[2, 2], [3, 3]])
+    assert store.discard(["c", "d", "e"]) == 2 and store.missing(["c", "d", "e"]) == ["c", "d", "e"]
+    assert RowStore(tmp_path, "never-written", (2,)).discard(["a"]) == 0
+
+
+def test_free_disk_bytes_walks_up_to_an_existing_folder(tmp_path):
+    from asap_core.cache import free_disk_bytes
+
+    a, b = free_disk_bytes(tmp_path / "not" / "yet"), free_disk_bytes(tmp_path)
+    assert a > 0 and abs(a - b) < 100 * 2 ** 20  # the same disk (other writers may move it a little)

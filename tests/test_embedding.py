@@ -407,6 +407,17 @@ def test_compiled_forward_casts_pixels_to_the_model_dtype(tiny_clip_dir, monkeyp
     assert torch.allclose(out.float(), ref.float(), atol=2e-2, rtol=2e-2)  # padding may change bf16 rounding
 
 
+def test_compiled_forward_hands_out_the_last_input_without_padding(encoder, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: model)  # the wrapper's logic, no inductor
+    forward = device_mod.compiled_forward(encoder.image_forward, batch_size=4, with_last_input=True)
+    x = torch.randn(3, 3, encoder.image_size, encoder.image_size)
+    with torch.no_grad():
+        embeds, last = forward(x)
+        ref_embeds, ref_last = encoder.image_forward(x, with_last_input=True)
+    assert embeds.shape == ref_embeds.shape and last.shape == ref_last.shape  # the pad row is dropped
+    assert torch.allclose(embeds, ref_embeds, atol=1e-5) and torch.allclose(last, ref_last, atol=1e-5)
+
+
 _FAULTS_SCRIPT = """
 import resource, torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -446,3 +457,18 @@ def test_keep_freed_memory_stops_page_faults_on_repeated_batches():
     assert off == "False"
     assert faults_off > 2000 and faults_on < faults_off // 20
     assert device_mod.keep_freed_memory("cuda") == device_mod._MALLOC_STATE.get("on", False)  # GPU: untouched
+
+
+def test_last_inputs_that_overflow_float16_are_not_kept(tiny_clip_dir, files, tmp_path):
+    """A batch whose last-layer input does not fit float16 is left out of the kept rows (the relevance
+    pass then recomputes it from the pixels); its embeddings are stored as always."""
+    enc = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu")
+    with torch.no_grad():
+        enc.vision_model.vision_model.pre_layrnorm.bias.fill_(1e5)  # the residual stream past float16's range
+    ids = [f"id{i}" for i in range(4)]
+    emb, thumbs = _stores(tmp_path)
+    kept = RowStore(tmp_path, "kept", (enc.patch_side ** 2 + 1, enc.vision_model.config.hidden_size))
+    assert embed_files(lambda: enc, enc.preprocessor, files[:4], ids, emb, thumbs, batch_size=2, num_workers=0,
+                       last_input_store=kept) == []
+    assert emb.missing(ids) == [] and np.isfinite(emb.get(ids)).all()
+    assert kept.missing(ids) == ids

@@ -134,3 +134,20 @@ def test_image_forward_equals_the_full_forward(tiny_clip_dir, dtype, tol):
     with torch.no_grad():
         emb = enc.embed(x.detach())
     assert torch.allclose(emb, torch.nn.functional.normalize(got.detach().float(), dim=-1), atol=1e-6)
+
+
+def test_image_forward_hands_out_the_last_layer_input(tiny_clip_dir):
+    """``with_last_input``: the same embeddings, plus the last layer's input, which is Hugging Face's
+    ``hidden_states[-2]`` and from which ``embeds_from`` gives the embeddings back."""
+    enc = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu")
+    torch.manual_seed(2)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        plain = enc.image_forward(x)
+        embeds, last = enc.image_forward(x, with_last_input=True)
+        hidden = enc.vision_model.vision_model(pixel_values=x, output_hidden_states=True).hidden_states
+        again = enc.image_forward.embeds_from(last)
+    assert torch.equal(embeds, plain)
+    assert last.shape == (4, enc.patch_side ** 2 + 1, enc.vision_model.config.hidden_size)
+    assert torch.allclose(last, hidden[-2], atol=1e-5) and not torch.allclose(last, hidden[-1], atol=1e-3)
+    assert torch.equal(again, plain)

@@ -193,6 +193,53 @@ def test_relevance_precompute_lands_in_the_bundle(built, small_folder, tiny_clip
     assert maps.shape == (5, 17, 4, 4) and np.isfinite(maps).all() and np.abs(maps).sum() > 0
 
 
+def test_relevance_pass_reuses_the_embedding_pass_and_survives_interruption(tmp_path, small_folder, tiny_clip_dir,
+                                                                            monkeypatch):
+    """--relevance last-block: the maps start from the last-layer inputs the embedding pass kept (no image
+    decoded twice); Ctrl-C in the relevance pass keeps them for the rerun, which deletes them when done;
+    without room on the disk the maps come from the pixels, to float16 rounding the same."""
+    import torch
+
+    from asap_core.encoder import inspect_checkpoint
+    from asap_core.relevance import AttentionRelevance
+    from asap_core.relevance_store import bundle_maps, last_input_store
+
+    calls = {"pixels": 0, "kept": 0}
+    from_pixels, from_kept = AttentionRelevance.attribute, AttentionRelevance.attribute_from_last_input
+
+    def counting(name, original):
+        def run(self, inputs, target=None):
+            calls[name] += int(inputs.shape[0])
+            return original(self, inputs, target)
+        return run
+
+    def interrupted(self, inputs, target=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AttentionRelevance, "attribute", counting("pixels", from_pixels))
+    monkeypatch.setattr(AttentionRelevance, "attribute_from_last_input", interrupted)
+    opts = _opts(tiny_clip_dir, tmp_path / "cache", relevance="last-block")
+    with pytest.raises(KeyboardInterrupt):
+        analyze(small_folder, tmp_path / "b", opts)
+    kept = last_input_store(tmp_path / "cache", inspect_checkpoint(str(tiny_clip_dir)), torch.float32)
+    assert len(kept.missing([f"x{i}" for i in range(3)])) == 3 and list(kept.dir.glob("*.parquet"))
+    monkeypatch.setattr(AttentionRelevance, "attribute_from_last_input", counting("kept", from_kept))
+    report = analyze(small_folder, tmp_path / "b", opts)
+    assert calls == {"pixels": 0, "kept": report.n_used}
+    assert not list(kept.dir.glob("*.parquet"))  # used, then deleted
+    b = Bundle.open(report.bundle)
+    ids = b.images.image_id.tolist()
+    maps = bundle_maps(b, ids).astype(np.float32)
+    monkeypatch.setattr(pipeline, "free_disk_bytes", lambda path: 0)
+    again = analyze(small_folder, tmp_path / "b2", _opts(tiny_clip_dir, tmp_path / "cache2", relevance="last-block"))
+    assert calls["pixels"] == again.n_used == report.n_used and calls["kept"] == report.n_used
+    assert not list((tmp_path / "cache2").glob("lastin-*/*.parquet"))  # nothing kept without room
+    b2 = Bundle.open(again.bundle)
+    assert b2.images.image_id.tolist() == ids
+    np.testing.assert_allclose(bundle_maps(b2, ids).astype(np.float32), maps, rtol=0,
+                               atol=5e-3 * float(np.abs(maps).max()))
+
+
 def test_cli_end_to_end(tmp_path, small_folder, tiny_clip_dir):
     from asap_core.cli import main
 

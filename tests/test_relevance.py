@@ -1,6 +1,8 @@
 """Relevance maps: batched VJP equals a one-target-at-a-time reference; planted artifacts are found where planted."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -279,3 +281,72 @@ def test_last_block_records_autograd_only_in_the_last_layer(tiny_encoder):
     assert all(not grad and tokens == SIDE * SIDE + 1 for n, grad, tokens in seen if n < last)
     assert [(grad, tokens) for n, grad, tokens in seen if n == last] == [(True, 1)]
     assert tiny_encoder.vision_model.config._attn_implementation == impl
+
+
+def test_maps_from_the_last_layer_input_equal_maps_from_pixels(tiny_encoder):
+    """``attribute_from_last_input`` starts where the embedding pass stopped: the same maps as from the
+    pixels (exactly for the float32 input, to float16 rounding for the kept float16 copy)."""
+    torch.manual_seed(6)
+    px = torch.randn(3, 3, 32, 32)
+    explainer = AttentionRelevance(tiny_encoder, _random_distiller(seed=8), "last-block")
+    with torch.inference_mode():
+        _, last = tiny_encoder.image_forward(px, with_last_input=True)
+        ref = explainer.attribute(px)
+        got = explainer.attribute_from_last_input(last)
+        got16 = explainer.attribute_from_last_input(last.half(), target=[16, 0])
+    assert ref.abs().max() > 0
+    torch.testing.assert_close(got, ref, atol=1e-6 * float(ref.abs().max()), rtol=1e-5)
+    torch.testing.assert_close(got16, ref[:, [16, 0]], atol=5e-3 * float(ref.abs().max()), rtol=0)
+    with pytest.raises(InputError, match="last-block"):
+        AttentionRelevance(tiny_encoder, _random_distiller(), "rollout").attribute_from_last_input(last)
+    with pytest.raises(InputError, match="last_input must be"):
+        explainer.attribute_from_last_input(last[:, 1:])
+
+
+def test_relevance_pass_starts_from_the_kept_last_inputs(tiny_encoder, tmp_path):
+    """``embed_files`` keeps the last layer's input; the relevance pass then needs neither the files nor
+    layers 0..L-2 for those images, decodes the others, and ``precompute_relevance`` deletes the rows."""
+    import pandas as pd
+
+    from asap_core.cache import RowStore
+    from asap_core.embedding import embed_files
+    from asap_core.encoder import inspect_checkpoint
+    from asap_core.relevance_store import last_input_store, map_store, precompute_relevance
+
+    rng = np.random.default_rng(9)
+    images = [_planted_image(rng, int(rng.integers(16))) for _ in range(7)]
+    paths = [str(tmp_path / f"im{i}.png") for i in range(7)]
+    for im, p in zip(images, paths):
+        im.save(p)
+    ids = [f"id{i}" for i in range(7)]
+    info = inspect_checkpoint(str(tiny_encoder.model_id))
+    kept = last_input_store(tmp_path / "cache", info, tiny_encoder.dtype)
+    plain = RowStore(tmp_path / "cache", "emb-plain", (64,))
+    embed_files(lambda: tiny_encoder, tiny_encoder.preprocessor, paths[:5], ids[:5], plain, RowStore(tmp_path, "t1"),
+                batch_size=3, num_workers=0)
+    emb = RowStore(tmp_path / "cache", "emb", (64,))
+    embed_files(lambda: tiny_encoder, tiny_encoder.preprocessor, paths[:5], ids[:5], emb, RowStore(tmp_path, "t2"),
+                batch_size=3, num_workers=0, last_input_store=kept)
+    np.testing.assert_array_equal(emb.get(ids[:5]), plain.get(ids[:5]))  # keeping it changes no embedding
+    assert kept.missing(ids) == ids[5:]
+    rows = kept.get(ids[:5])
+    assert rows.dtype == np.float16 and rows.shape == (5, SIDE * SIDE + 1, info.hidden_size)
+    with torch.no_grad():
+        _, last = tiny_encoder.image_forward(tiny_encoder.preprocess(images[:5]), with_last_input=True)
+    np.testing.assert_allclose(rows.astype(np.float32), last.numpy(), rtol=1e-3, atol=1e-3)
+
+    for p in paths[:5]:  # the kept images are not read again
+        Path(p).unlink()
+    dist = _random_distiller(seed=3)
+    seen: list[tuple[int, int]] = []
+    store = precompute_relevance(tmp_path / "cache", info, lambda: tiny_encoder, dist,
+                                 pd.DataFrame({"image_id": ids, "path": paths}), "last-block",
+                                 progress=lambda d, t: seen.append((d, t)), decoder="inline", last_inputs=kept)
+    assert store.dir == map_store(tmp_path / "cache", info.cache_key, dist.fingerprint, "last-block", SIDE).dir
+    assert store.missing(ids) == []
+    direct = relevance_for_images(tiny_encoder, dist, images, "last-block").astype(np.float32)
+    got = store.get(ids).astype(np.float32)
+    np.testing.assert_array_equal(got[5:], direct[5:])  # decoded: the pixel path, exactly
+    np.testing.assert_allclose(got[:5], direct[:5], rtol=0, atol=5e-3 * float(np.abs(direct).max()))
+    assert seen[0] == (0, 7) and seen[-1] == (7, 7)
+    assert kept.missing(ids) == ids  # used, then deleted
