@@ -116,18 +116,35 @@ def _timed(timings: dict[str, float], name: str):
     timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
 
-def _sample_images(paths: list[str], n: int, seed: int):
-    """Up to ``n`` decoded PIL images from ``paths`` (a seeded sample; unreadable ones are passed over)."""
+def _sample_images(paths: list[str], n: int, seed: int) -> tuple[list[int], list]:
+    """Up to ``n`` decoded PIL images from ``paths`` (a seeded sample; unreadable ones are passed over),
+    and their positions in ``paths``."""
     rng = np.random.default_rng(seed)
-    out = []
+    idx, out = [], []
     for i in rng.permutation(len(paths)):
         try:
             out.append(decode_image(read_bytes(paths[i]), paths[i]))
         except ImageLoadError:
             continue
+        idx.append(int(i))
         if len(out) >= n:
             break
-    return out
+    return idx, out
+
+
+def _fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int, embed_images: Callable,
+                    exact_decode: bool):
+    """``VisionOnlyProjection`` from ``n`` sampled images of ``images`` (rows of ``embeds [N, D]``).
+
+    With ``exact_decode`` (the embedding pass decoded exactly as ``embed_images`` does: fp32) the sample's
+    embeddings are taken from ``embeds`` and only its texted copies go through the model; otherwise
+    (JPEG draft / nvJPEG for bf16) both are embedded the same way, so that their difference is the text.
+    """
+    from .projection import VisionOnlyProjection
+
+    idx, sample = _sample_images(images["path"].tolist(), n, seed)
+    return VisionOnlyProjection(random_state=seed).fit(
+        sample, embed_images, clean_embeds=embeds, image_embeds=embeds[idx] if exact_decode else None)
 
 
 def embedding_store_name(encoder_key: str, dtype: "torch.dtype") -> str:
@@ -144,7 +161,7 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
             progress: StageProgress | None = None) -> AnalyzeReport:
     """Scan ``data_dir``, embed (cached), fit projection and distiller (cached), lay out, write the bundle ``out``."""
     from .distiller import Distiller
-    from .embedding import DECODERS, embed_files
+    from .embedding import DECODERS, approximate_decoding, embed_files
     from .device import resolve_dtype
     from .encoder import ClipEncoder, inspect_checkpoint, resolve_device
     from .layout import assign_cells, cell_table, embed_2d
@@ -221,9 +238,9 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
             key = hash_key(info.cache_key, embeds, opt.projection_samples, opt.seed)
             projection = cached_call(
                 cache, "projection", key,
-                lambda: VisionOnlyProjection(random_state=opt.seed).fit(
-                    _sample_images(images["path"].tolist(), opt.projection_samples, opt.seed),
-                    lambda ims: load_encoder().encode_images(ims).numpy(), clean_embeds=embeds),
+                lambda: _fit_projection(images, embeds, opt.projection_samples, opt.seed,
+                                        lambda ims: load_encoder().encode_images(ims).numpy(),
+                                        exact_decode=not approximate_decoding(dtype)),
                 lambda p, d: p.save(d / "projection.safetensors"),
                 lambda d: VisionOnlyProjection.load(d / "projection.safetensors"))
     trainer_metrics: dict = {}

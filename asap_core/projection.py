@@ -50,14 +50,19 @@ class VisionOnlyProjection:
         self.n_text_components = n_text_components
         self.random_state = random_state
 
-    def fit(self, images: Sequence[Image.Image], embed: EmbedFn, clean_embeds: np.ndarray | None = None
-            ) -> "VisionOnlyProjection":
+    def fit(self, images: Sequence[Image.Image], embed: EmbedFn, clean_embeds: np.ndarray | None = None,
+            image_embeds: np.ndarray | None = None) -> "VisionOnlyProjection":
         """Learn from sample ``images`` and an ``embed`` function (list of PIL -> ``[n, D]``).
 
         ``clean_embeds [M, D]`` (optional, all the data's embeddings) sets the principal directions kept.
+        ``image_embeds [n, D]`` (optional): the embeddings of ``images`` themselves when already at hand
+        (``analyze`` has them cached), so that only the texted copies are embedded; they must come from
+        the same decode and model as ``embed`` or their difference is not the written text alone.
         """
         rng = np.random.default_rng(self.random_state)
-        clean = np.asarray(embed(list(images)), dtype=np.float64)
+        if image_embeds is not None and len(image_embeds) != len(images):
+            raise ValueError(f"image_embeds has {len(image_embeds)} rows for {len(images)} images")
+        clean = np.asarray(embed(list(images)) if image_embeds is None else image_embeds, dtype=np.float64)
         texted = np.asarray(embed([render_text(im, rng) for im in images]), dtype=np.float64)
         diff = texted - clean
         n_text = min(self.n_text_components, len(diff), diff.shape[1] - 1)

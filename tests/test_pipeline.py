@@ -194,10 +194,11 @@ def test_relevance_precompute_lands_in_the_bundle(built, small_folder, tiny_clip
 
 
 def test_relevance_pass_reuses_the_embedding_pass_and_survives_interruption(tmp_path, small_folder, tiny_clip_dir,
-                                                                            monkeypatch):
+                                                                            monkeypatch, encode_counter):
     """--relevance last-block: the maps start from the last-layer inputs the embedding pass kept (no image
     decoded twice); Ctrl-C in the relevance pass keeps them for the rerun, which deletes them when done;
-    without room on the disk the maps come from the pixels, to float16 rounding the same."""
+    without room on the disk the maps come from the pixels, to float16 rounding the same. The projection
+    embeds only its sample's texted copies (the clean ones are cached)."""
     import torch
 
     from asap_core.encoder import inspect_checkpoint
@@ -221,6 +222,7 @@ def test_relevance_pass_reuses_the_embedding_pass_and_survives_interruption(tmp_
     opts = _opts(tiny_clip_dir, tmp_path / "cache", relevance="last-block")
     with pytest.raises(KeyboardInterrupt):
         analyze(small_folder, tmp_path / "b", opts)
+    assert encode_counter["images"] == opts.projection_samples
     kept = last_input_store(tmp_path / "cache", inspect_checkpoint(str(tiny_clip_dir)), torch.float32)
     assert len(kept.missing([f"x{i}" for i in range(3)])) == 3 and list(kept.dir.glob("*.parquet"))
     monkeypatch.setattr(AttentionRelevance, "attribute_from_last_input", counting("kept", from_kept))

@@ -60,3 +60,25 @@ def test_load_refuses_pickled_objects(tmp_path):
         pickle.dump({"x": object()}, fh)
     with pytest.raises(ModelLoadError, match="cannot read a projection"):
         VisionOnlyProjection.load(path, embed_dim=64)
+
+
+def test_fit_takes_the_sample_embeddings_at_hand(tiny_encoder, small_folder, encode_counter):
+    """``analyze`` has the sample's embeddings cached (fp32, exact decode): only the texted copies are
+    embedded, and the written subspace is the one found when the sample is embedded afresh."""
+    import pandas as pd
+
+    from asap_core.pipeline import _fit_projection
+
+    paths = [str(p) for p in sorted(small_folder.rglob("*.jpg"))]
+    embeds = tiny_encoder.encode_images([Image.open(p).convert("RGB") for p in paths]).numpy()
+    encode_counter["images"] = 0
+    frame = pd.DataFrame({"path": paths})
+    embed = lambda ims: tiny_encoder.encode_images(ims).numpy()  # noqa: E731
+    reused = _fit_projection(frame, embeds, 16, 0, embed, exact_decode=True)
+    assert encode_counter["images"] == 16
+    afresh = _fit_projection(frame, embeds, 16, 0, embed, exact_decode=False)
+    assert encode_counter["images"] == 16 + 32
+    t1, t2 = reused.text_components_.astype(np.float64), afresh.text_components_.astype(np.float64)
+    np.testing.assert_allclose(t1.T @ t1, t2.T @ t2, atol=1e-4)  # the same subspace
+    with pytest.raises(ValueError, match="rows for"):
+        VisionOnlyProjection().fit([Image.new("RGB", (8, 8))], embed, image_embeds=embeds[:2])
