@@ -93,6 +93,28 @@ def test_quick_gelu_fold_is_the_same_function(tiny_clip_dir):
     assert fold_quick_gelu(enc.vision_model) == 0  # already folded: nothing left to rewrite
 
 
+def test_folded_silu_writes_in_place_only_without_autograd():
+    """No graph recorded: ``fc1``'s output is overwritten (no second buffer); with autograd the input is
+    kept for the backward, and both give ``silu``."""
+    from asap_core.encoder import SiLU
+
+    act = SiLU()
+    x = torch.randn(3, 5, 8)
+    want = torch.nn.functional.silu(x)
+    with torch.inference_mode():
+        y = x.clone()
+        assert act(y).data_ptr() == y.data_ptr() and torch.equal(y, want)
+    with torch.no_grad():
+        y = x.clone()
+        assert act(y).data_ptr() == y.data_ptr()
+    leaf = x.clone().requires_grad_(True)
+    h = leaf * 1.0
+    out = act(h)
+    assert out.data_ptr() != h.data_ptr() and torch.equal(h, x) and torch.allclose(out, want)
+    out.sum().backward()
+    assert torch.allclose(leaf.grad, torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))), atol=1e-6)
+
+
 def test_quick_gelu_fold_leaves_other_activations(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
