@@ -438,12 +438,15 @@ print(on, min(faults_of_one_batch() for _ in range(3)))
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc tuning is Linux-only")
 def test_keep_freed_memory_stops_page_faults_on_repeated_batches():
-    """Batch after batch, glibc's default hands the large activations back to the kernel and faults them
-    in afresh (~14k page faults per batch for one B/32 layer); with ``keep_freed_memory`` the next batch
-    reuses them. Fresh processes: ``mallopt`` is process-wide."""
+    """Batch after batch, glibc hands the large activations back to the kernel and faults them in afresh
+    (~12k page faults per batch for one B/32 layer); with ``keep_freed_memory`` the next batch reuses
+    them. Fresh processes: ``mallopt`` is process-wide. Both start from glibc's default 128 KiB mmap
+    threshold held fixed (``MALLOC_MMAP_THRESHOLD_``): glibc's own dynamic raise of the threshold depends
+    on which thread frees what first, and gave 0 or ~12k faults a batch on runs of the same script."""
 
     def run(env_value: str | None) -> tuple[str, int]:
         env = {k: v for k, v in os.environ.items() if k != device_mod.MALLOC_ENV}
+        env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
         if env_value is not None:
             env[device_mod.MALLOC_ENV] = env_value
         out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True,
