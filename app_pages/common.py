@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from asap_core.bundle import Bundle
+from asap_core.storage.bundle import Bundle
 from asap_core.errors import AsapError
 from asap_core.hosting import ALLOWLIST_ENV, BUDGET_ENV, MAX_UPLOAD_ENV, ROOT_ENV, HostedPolicy, hosted_mode
 from asap_core.views import attention as va
@@ -152,13 +152,13 @@ def load_bundle(path: str, stamp: int) -> Bundle:
 
 
 def demo_module():
-    """``asap_core.demo`` if it exists (the embedded demo data set), else None."""
+    """``asap_core.pipeline.demo`` if it exists (the embedded demo data set), else None."""
     import importlib
     import importlib.util
 
-    if importlib.util.find_spec("asap_core.demo") is None:
+    if importlib.util.find_spec("asap_core.pipeline.demo") is None:
         return None
-    return importlib.import_module("asap_core.demo")
+    return importlib.import_module("asap_core.pipeline.demo")
 
 
 def open_demo() -> None:
@@ -348,7 +348,7 @@ def fresh_chart(chart_key: str) -> bool:
 @st.cache_resource(max_entries=8)
 def gridded(path: str, stamp: int, grid: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(images, cells) on ``grid`` x ``grid`` cells (the bundle's own tables for its own grid)."""
-    from asap_core.layout import regrid
+    from asap_core.method.layout import regrid
 
     b = load_bundle(path, stamp)
     if grid == bundle_grid(b):
@@ -388,7 +388,7 @@ def grid_for(path: str, stamp: int, grid: int, cells: tuple[int, ...], filters: 
 @st.cache_resource(max_entries=2, show_spinner="Loading CLIP ...")
 def get_encoder(model_id: str):
     """The CLIP encoder (eager attention, for relevance), loaded once per model."""
-    from asap_core.encoder import ClipEncoder
+    from asap_core.model.encoder import ClipEncoder
 
     return ClipEncoder.from_pretrained(model_id, attn_implementation="eager")
 
@@ -409,7 +409,7 @@ def encoder_for(model_id: str, needed_for: str):
 def model_status(model_id: str) -> tuple[bool, str, str]:
     """(ok, message, hint) for a model id: can its weights be had here?"""
     try:
-        from asap_core.encoder import inspect_checkpoint
+        from asap_core.model.encoder import inspect_checkpoint
 
         info = inspect_checkpoint(model_id)
     except AsapError as exc:
@@ -423,7 +423,7 @@ def model_status(model_id: str) -> tuple[bool, str, str]:
 def checkpoint_key(model_id: str) -> str | None:
     """Cache key (weights + preprocessing) of a checkpoint, None when it cannot be read."""
     try:
-        from asap_core.encoder import inspect_checkpoint
+        from asap_core.model.encoder import inspect_checkpoint
 
         return inspect_checkpoint(model_id).cache_key
     except (AsapError, ImportError):
@@ -464,7 +464,7 @@ def set_model_override(b: Bundle, model: str) -> bool:
 @st.cache_data(max_entries=64, show_spinner=False)
 def stored_maps(path: str, stamp: int, ids: tuple[str, ...], method: str) -> np.ndarray:
     """Cached maps ``[n, 17, side, side]`` float16 of ``ids`` (all must be in the bundle's map store)."""
-    from asap_core.relevance_store import bundle_maps
+    from asap_core.method.relevance_store import bundle_maps
 
     return bundle_maps(load_bundle(path, stamp), list(ids), method)
 
@@ -481,7 +481,7 @@ def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
         encoder = encoder_for(encoder_model(b), "Relevance maps")
         if encoder is None:
             return None
-        from asap_core.relevance_store import bundle_maps
+        from asap_core.method.relevance_store import bundle_maps
 
         bar = st.progress(0.0, text=f"Computing {method} maps for {len(missing)} images ...")
         try:
@@ -540,7 +540,7 @@ def save_pattern_form(b: Bundle, make, key: str, base_name: str, label: str = "S
                       choices: list | None = None, format_choice=str) -> None:
     """An expander with name + note (+ a pick among ``choices``) that saves ``make(name, note[, choice])``
     (a ``Pattern``) in the bundle's ``PatternStore``; errors (name taken, read-only bundle) with their fix."""
-    from asap_core.patterns import PatternStore
+    from asap_core.analyses.patterns import PatternStore
     from asap_core.views.patterns import unique_name
 
     if hosted_policy() is not None:  # visitors would write into the served bundle that every visitor sees
@@ -564,7 +564,7 @@ def save_pattern_form(b: Bundle, make, key: str, base_name: str, label: str = "S
 @st.cache_data(max_entries=8, show_spinner=False)
 def generator_data(path: str, stamp: int) -> tuple[pd.DataFrame, list[str]] | None:
     """(``attribution.generator_predictions``, generator names) of a bundle; None without a generator head."""
-    from asap_core import attribution as attr
+    from asap_core.analyses import attribution as attr
 
     b = load_bundle(path, stamp)
     if not attr.has_generator_head(b):
@@ -666,7 +666,7 @@ def _hosted_bundle_picker() -> None:
 
 
 def _analyse_form() -> None:
-    from asap_core.encoder import resolve_model_id
+    from asap_core.model.encoder import resolve_model_id
 
     data_dir = st.text_input("Image folder", key="w_an_dir", placeholder="/path/to/images (real/, fake/ ...)")
     out = st.text_input("Write bundle to", key="w_an_out",
@@ -687,7 +687,7 @@ def _analyse_form() -> None:
 
 def run_analysis(data_dir: str, out: str, model: str, relevance: str) -> None:
     """Run ``analyze`` with a live progress bar per stage, then open the new bundle."""
-    from asap_core.pipeline import AnalyzeOptions, analyze
+    from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
     bar = st.progress(0.0, text="Starting analysis ...")
     t0 = time.perf_counter()

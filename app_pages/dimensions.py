@@ -8,7 +8,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from asap_core.relevance import colormap, overlay, upsample_map
+from asap_core.method.relevance import colormap, overlay, upsample_map
 from asap_core.views import attention as va
 from asap_core.views import dimensions as vd
 from app_pages import common as C

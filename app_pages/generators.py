@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from asap_core import attribution as attr
+from asap_core.analyses import attribution as attr
 from asap_core.views import generators as vgen
 from app_pages import common as C
 

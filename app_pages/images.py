@@ -65,7 +65,7 @@ if concept_on:
             st.markdown(f"**Concept {card['concept'] + 1}** · {vc.describe(card)}")
             if card["crops"]:
                 st.image(card["crops"], width=96)
-    from asap_core.patterns import pattern_from_concept
+    from asap_core.analyses.patterns import pattern_from_concept
 
     C.save_pattern_form(b, lambda name, note, c: pattern_from_concept(result, c, name, note), key="pat_con",
                         base_name=f"cell {cell_txt} concept", label="Save a concept as pattern",
@@ -93,7 +93,7 @@ if picked:
         ss[C.K_IMAGES] = []
         ss.pop(chart_key, None)
         st.rerun()
-    from asap_core.patterns import pattern_from_selection
+    from asap_core.analyses.patterns import pattern_from_selection
 
     C.save_pattern_form(b, lambda name, note: pattern_from_selection(name, picked, note), key="pat_sel",
                         base_name=f"cell {cell_txt} selection", label="Save the picked images as pattern")

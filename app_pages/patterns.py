@@ -6,7 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from asap_core.errors import AsapError
-from asap_core.patterns import PatternStore, pattern_impact, rank_patterns
+from asap_core.analyses.patterns import PatternStore, pattern_impact, rank_patterns
 from asap_core.views import attention as va
 from asap_core.views import patterns as vp
 from app_pages import common as C

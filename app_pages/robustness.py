@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from asap_core.errors import AsapError
-from asap_core.laundering import laundered_view
+from asap_core.analyses.laundering import laundered_view
 from asap_core.views import attention as va
 from asap_core.views import robustness as vr
 from app_pages import common as C

@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from asap_core.errors import AsapError
-from asap_core.imageio import sha1_hex
-from asap_core.single_image import analyse_upload, decode_upload
+from asap_core.inputs.imageio import sha1_hex
+from asap_core.analyses.single_image import analyse_upload, decode_upload
 from asap_core.views import single as vsi
 from app_pages import common as C
 

@@ -10,9 +10,11 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Bundle": "bundle", "ClipEncoder": "encoder", "Distiller": "distiller", "DistillerTrainer": "training",
-    "VisionOnlyProjection": "projection", "relevance_maps": "relevance", "AttentionRelevance": "relevance",
-    "scan_folder": "scan", "analyze": "pipeline", "AnalyzeOptions": "pipeline", "AsapError": "errors",
+    "Bundle": "storage.bundle", "ClipEncoder": "model.encoder", "load_encoder": "model.factory",
+    "Distiller": "method.distiller", "DistillerTrainer": "method.training",
+    "VisionOnlyProjection": "method.projection", "relevance_maps": "method.relevance",
+    "AttentionRelevance": "method.relevance", "scan_folder": "inputs.scan", "analyze": "pipeline.analyze",
+    "AnalyzeOptions": "pipeline.analyze", "AsapError": "errors", "settings": "settings",
 }
 __all__ = sorted(_EXPORTS)
 

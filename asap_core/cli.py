@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from .device import DTYPES
+from .model.device import DTYPES
 from .errors import AsapError
 
 
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .pipeline import AnalyzeOptions, analyze
+    from .pipeline.analyze import AnalyzeOptions, analyze
 
     opts = AnalyzeOptions(model=args.model, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
                           compile=args.compile, dtype=args.dtype,
@@ -97,8 +97,8 @@ def cpu_speed_tip(device: str, dtype: str, compiled: bool, embed_seconds: float,
     """
     import torch
 
-    from .device import cpu_has_native_bf16, cxx_compiler, resolve_dtype
-    from .encoder import resolve_device
+    from .model.device import cpu_has_native_bf16, cxx_compiler, resolve_dtype
+    from .model.encoder import resolve_device
 
     dev = resolve_device(device)
     if dev.type != "cpu" or embed_seconds < min_seconds:
@@ -113,7 +113,7 @@ def cpu_speed_tip(device: str, dtype: str, compiled: bool, embed_seconds: float,
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .bundle import Bundle
+    from .storage.bundle import Bundle
 
     b = Bundle.open(args.bundle)
     m = b.meta

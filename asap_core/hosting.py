@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image
 
 from .errors import BundleError, ImageLoadError, InputError
-from .imageio import IMAGE_EXTENSIONS, decode_image
+from .inputs.imageio import IMAGE_EXTENSIONS, decode_image
 
 HOSTED_ENV = "ASAP_HOSTED"
 ROOT_ENV = "ASAP_BUNDLE_ROOT"

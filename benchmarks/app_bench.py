@@ -2,7 +2,7 @@
 
     python benchmarks/app_bench.py [--n 50000] [--out /tmp/app-bench-bundle] [--repeat 5]
 
-Writes a synthetic bundle with ``asap_core.bundle.write_bundle`` (random z, a random distiller, map
+Writes a synthetic bundle with ``asap_core.storage.bundle.write_bundle`` (random z, a random distiller, map
 positions from a mixture of blobs, one tiny JPEG as every thumbnail) and random relevance maps for a few
 images into its map store, then times what a page computes before Streamlit ships the result (the app
 caches each of these per bundle + parameters, so "first" is the cost of the first request for that cell or
@@ -30,8 +30,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asap_core.bundle import IMAGE_COLUMNS, Z_COLUMNS, Bundle, write_bundle  # noqa: E402
-from asap_core.layout import assign_cells, cell_table, regrid  # noqa: E402
+from asap_core.storage.bundle import IMAGE_COLUMNS, Z_COLUMNS, Bundle, write_bundle  # noqa: E402
+from asap_core.method.layout import assign_cells, cell_table, regrid  # noqa: E402
 from asap_core.views import attention as va  # noqa: E402
 from asap_core.views import grid as vg  # noqa: E402
 from asap_core.views import overview as ov  # noqa: E402
@@ -43,7 +43,7 @@ def synthetic_bundle(out: Path, n: int, grid: int = 24, seed: int = 0) -> Path:
     """Write a bundle of ``n`` synthetic images to ``out`` (random distiller, blob map, one thumbnail)."""
     import torch
 
-    from asap_core.distiller import Distiller, DistillerConfig
+    from asap_core.method.distiller import Distiller, DistillerConfig
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -84,7 +84,7 @@ def synthetic_bundle(out: Path, n: int, grid: int = 24, seed: int = 0) -> Path:
 
 def seed_maps(bundle: Bundle, ids: list[str], method: str = "last-block") -> None:
     """Random ``[17, 7, 7]`` maps for ``ids`` in the bundle's map store (so the maps step reads a cache)."""
-    from asap_core.relevance_store import map_store
+    from asap_core.method.relevance_store import map_store
 
     enc = bundle.meta["encoder"]
     store = map_store(bundle.cache_dir, enc["cache_key"], bundle.distiller.fingerprint, method, enc["patch_side"])
@@ -147,7 +147,7 @@ def main() -> None:
     seed_maps(b, picks[12])
 
     def grid_to_maps(ids: list[str]):
-        from asap_core.relevance_store import bundle_maps
+        from asap_core.method.relevance_store import bundle_maps
 
         maps = bundle_maps(b, ids, "last-block")
         va.attention_rows(images, ids, maps, w2, b.thumbnails(ids))

@@ -6,7 +6,7 @@ Same JPEG files, same weights (a random ViT-B/32-architecture ``CLIPModel`` save
 
 (a) naive: ``PIL.Image.open`` + ``CLIPImageProcessor`` + ``CLIPModel.get_image_features`` fp32, batches
     of 32, one loop (decode, then model, then decode ...);
-(b) ours: ``asap_core.embedding.embed_files`` (decoder overlapped with the model, thumbnails and the
+(b) ours: ``asap_core.model.embedding.embed_files`` (decoder overlapped with the model, thumbnails and the
     Parquet cache writes included), plus the model's own forward rate on pre-decoded tensors, which
     bounds (b): "of fwd" says how much of the decode is hidden; with ``--compile`` also compiled
     (``ASAP_COMPILE=1``; the one-off compile time is printed and left out of the rates, like every
@@ -42,11 +42,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from asap_core.cache import RowStore  # noqa: E402
-from asap_core.device import device_name, dtype_name, relevance_batch_size  # noqa: E402
-from asap_core.relevance_store import LAST_INPUT_BATCH  # noqa: E402
-from asap_core.embedding import default_workers, embed_files, resolve_decoder  # noqa: E402
-from asap_core.encoder import ClipEncoder  # noqa: E402
+from asap_core.storage.cache import RowStore  # noqa: E402
+from asap_core.model.device import device_name, dtype_name, relevance_batch_size  # noqa: E402
+from asap_core.method.relevance_store import LAST_INPUT_BATCH  # noqa: E402
+from asap_core.model.embedding import default_workers, embed_files, resolve_decoder  # noqa: E402
+from asap_core.model.encoder import ClipEncoder  # noqa: E402
 
 NAIVE_BATCH = 32
 
@@ -223,8 +223,8 @@ def relevance_rates(encoder: ClipEncoder, n: int, batch: int, methods: list[str]
     """(label, median, min, max img/s) for 17-target relevance, naive vs batched (relevance_speed.run)."""
     from relevance_speed import run
 
-    from asap_core.distiller import Distiller, DistillerConfig
-    from asap_core.relevance import AttentionRelevance
+    from asap_core.method.distiller import Distiller, DistillerConfig
+    from asap_core.method.relevance import AttentionRelevance
 
     dev = encoder.device
     torch.manual_seed(0)
@@ -256,8 +256,8 @@ def kept_input_pass(encoder: ClipEncoder, dist, px: torch.Tensor, batch: int):
 
     import pandas as pd
 
-    from asap_core.cache import RowStore
-    from asap_core.relevance_store import N_TARGETS, compute_missing_maps
+    from asap_core.storage.cache import RowStore
+    from asap_core.method.relevance_store import N_TARGETS, compute_missing_maps
 
     root = Path(tempfile.mkdtemp(prefix="kept-inputs-"))
     ids = [f"im{i}" for i in range(len(px))]
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     hf_logging.disable_progress_bar()
     naive = NaiveProcess(model_dir, dev, paths[:NAIVE_BATCH])
     encoder = ClipEncoder.from_pretrained(str(model_dir), device=str(dev))
-    from asap_core.device import choose_batch_size, configure_threads
+    from asap_core.model.device import choose_batch_size, configure_threads
 
     configure_threads(dev)
     bs = choose_batch_size(encoder, args.batch_size)
@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         "ours fwd": lambda: forward_only(encoder.encode, px, n, bs, dev),
         "naive fwd": lambda: naive.forward(n),
     }
-    from asap_core.device import compiled_forward, cxx_compiler
+    from asap_core.model.device import compiled_forward, cxx_compiler
 
     if args.compile and (dev.type == "cuda" or cxx_compiler()):
         t0 = time.perf_counter()

@@ -5,7 +5,7 @@
 
 Starts ``streamlit run streamlit_app.py`` headless on 127.0.0.1 and a free port, on ``--bundle`` or (without
 one) on a bundle it builds first: ``asap_core/demo_data`` (300 JPEGs) analysed with a random CLIP from
-``asap_core.demo.write_random_clip`` (no download). ``--mode hosted`` (default) serves it the public way
+``asap_core.pipeline.demo.write_random_clip`` (no download). ``--mode hosted`` (default) serves it the public way
 (``ASAP_HOSTED=1``, the bundle's parent folder as ``ASAP_BUNDLE_ROOT``, the bundle picked by name);
 ``--mode local`` with ``ASAP_BUNDLE=PATH``.
 
@@ -57,10 +57,10 @@ TILES_PER_IMAGE = 18  # the image, the fake-logit map and 16 dimension maps
 # ------------------------------------------------------------------------------------------ bundle
 def build_demo_bundle(work: Path) -> Path:
     """``asap_core/demo_data`` analysed with a random CLIP into ``work/bundles/demo`` (reused when there)."""
-    from asap_core.bundle import Bundle
-    from asap_core.demo import DEMO_DATA, RANDOM_CLIP, write_random_clip
+    from asap_core.storage.bundle import Bundle
+    from asap_core.pipeline.demo import DEMO_DATA, RANDOM_CLIP, write_random_clip
     from asap_core.errors import BundleError
-    from asap_core.pipeline import AnalyzeOptions, analyze
+    from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
     out = work / "bundles" / "demo"
     try:
@@ -79,8 +79,8 @@ def build_demo_bundle(work: Path) -> Path:
 
 def cell_plan(bundle_path: Path, grid: int, min_images: int = 3) -> list[tuple[int, int]]:
     """(cell, n shown on the image page) of the cells with at least ``min_images`` images, biggest first."""
-    from asap_core.bundle import Bundle
-    from asap_core.layout import regrid
+    from asap_core.storage.bundle import Bundle
+    from asap_core.method.layout import regrid
     from asap_core.views.grid import MAX_GRID_IMAGES
 
     _, cells = regrid(Bundle.open(bundle_path).images, grid)

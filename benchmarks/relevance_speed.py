@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asap_core.device import relevance_batch_size  # noqa: E402
-from asap_core.distiller import Distiller, DistillerConfig  # noqa: E402
-from asap_core.encoder import CheckpointInfo, ClipEncoder, fold_quick_gelu  # noqa: E402
-from asap_core.preprocess import ClipPreprocessor  # noqa: E402
-from asap_core.relevance import N_TARGETS, AttentionRelevance, eager_attention  # noqa: E402
+from asap_core.model.device import relevance_batch_size  # noqa: E402
+from asap_core.method.distiller import Distiller, DistillerConfig  # noqa: E402
+from asap_core.model.encoder import CheckpointInfo, ClipEncoder, fold_quick_gelu  # noqa: E402
+from asap_core.model.preprocess import ClipPreprocessor  # noqa: E402
+from asap_core.method.relevance import N_TARGETS, AttentionRelevance, eager_attention  # noqa: E402
 
 
 def build(dev: torch.device, dtype: torch.dtype, fold: bool = True) -> tuple[ClipEncoder, Distiller]:
@@ -67,7 +67,7 @@ def _sync(dev: torch.device) -> None:
 def naive_maps(explainer: AttentionRelevance, px: torch.Tensor) -> torch.Tensor:
     """The plain method, one target at a time: for each of the 17 targets a full Hugging Face forward
     (eager attention, every layer's attention kept) and one backward to the attentions, then the formula
-    of ``asap_core.relevance`` written out. ``px [B, 3, S, S]`` -> ``[B, 17, side, side]`` float32 CPU."""
+    of ``asap_core.method.relevance`` written out. ``px [B, 3, S, S]`` -> ``[B, 17, side, side]`` float32 CPU."""
     enc, dist = explainer.encoder, explainer.distiller
     side = enc.patch_side
     out = []

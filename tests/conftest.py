@@ -14,7 +14,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def write_tiny_clip(path: Path, image_size: int = 32, patch_size: int = 8, dim: int = 64, seed: int = 0) -> Path:
     """Save a random CLIP (2 vision layers, hidden 32, projection ``dim``) plus its image processor to ``path``."""
-    from asap_core.demo import write_random_clip
+    from asap_core.pipeline.demo import write_random_clip
 
     return write_random_clip(path, image_size=image_size, patch_size=patch_size, dim=dim, seed=seed)
 
@@ -28,7 +28,7 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_clip_dir):
     """The tiny CLIP loaded through ClipEncoder.from_pretrained, eager attention (for relevance)."""
-    from asap_core.encoder import ClipEncoder
+    from asap_core.model.encoder import ClipEncoder
 
     return ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu", attn_implementation="eager")
 
@@ -59,7 +59,7 @@ def small_folder(tmp_path_factory) -> Path:
 @pytest.fixture
 def encode_counter(monkeypatch):
     """Counts the images passed through ClipEncoder.encode: ``calls["images"]`` (a cache hit adds none)."""
-    from asap_core.encoder import ClipEncoder
+    from asap_core.model.encoder import ClipEncoder
 
     calls = {"images": 0}
     original = ClipEncoder.encode

@@ -18,7 +18,7 @@ def build_tiny_bundle(root: Path, data_dir: Path, model_dir: Path) -> Path:
     """Analyse ``data_dir`` with the tiny CLIP into ``root/bundle`` (cache in ``root/cache``); memoised."""
     key = str(data_dir)
     if key not in _BUILT:
-        from asap_core.pipeline import AnalyzeOptions, analyze
+        from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
         report = analyze(data_dir, root / "bundle",
                          AnalyzeOptions(model=str(model_dir), cache_dir=str(root / "cache"), num_workers=0))
@@ -36,8 +36,8 @@ def tiny_bundle(tmp_path_factory, small_folder, tiny_clip_dir) -> Path:
 
 def analysed_bundle(root: Path, data_dir: Path, model_dir: Path):
     """A private ``Bundle`` of ``data_dir`` in ``root`` (for tests that write into the bundle's cache)."""
-    from asap_core.bundle import Bundle
-    from asap_core.pipeline import AnalyzeOptions, analyze
+    from asap_core.storage.bundle import Bundle
+    from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
     analyze(data_dir, root / "bundle", AnalyzeOptions(model=str(model_dir), cache_dir=str(root / "cache"),
                                                        num_workers=0, projection_samples=16))

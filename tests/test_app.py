@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from asap_core.bundle import Bundle
+from asap_core.storage.bundle import Bundle
 from conftest import write_tiny_clip
 from conftest_app import no_exception, chart_data, tiny_bundle  # noqa: F401  (fixture)
 
@@ -80,7 +80,7 @@ def test_overview_grid_and_filters_change_the_cells(bundle):
     at = app(bundle.path).run()
     at.select_slider(key="w_grid").set_value(8).run()
     no_exception(at)
-    from asap_core.layout import regrid
+    from asap_core.method.layout import regrid
 
     assert chart_data(charts(at)[0])["cell_id"].nunique() == len(regrid(bundle.images, 8)[1])
     at.button_group(key="w_label").set_value("fake").run()
@@ -208,7 +208,7 @@ def test_missing_bundle_and_missing_model_are_reported_not_raised(bundle, tiny_c
 
 
 def test_demo_opens_when_no_bundle_is_given(bundle, monkeypatch):
-    demo = pytest.importorskip("asap_core.demo")
+    demo = pytest.importorskip("asap_core.pipeline.demo")
     calls = []
 
     def fake_demo(model=None, progress=None):  # the real build takes ~20 s; its own tests cover it

@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from asap_core import attribution as attr
-from asap_core.bundle import Bundle
-from asap_core.imageio import read_bytes
-from asap_core.laundering import laundering_table
-from asap_core.patterns import Pattern, PatternStore, pattern_from_selection, pattern_impact
+from asap_core.analyses import attribution as attr
+from asap_core.storage.bundle import Bundle
+from asap_core.inputs.imageio import read_bytes
+from asap_core.analyses.laundering import laundering_table
+from asap_core.analyses.patterns import Pattern, PatternStore, pattern_from_selection, pattern_impact
 from asap_core.views import generators as vgen
 from asap_core.views import patterns as vp
 from asap_core.views import robustness as vr
@@ -160,7 +160,7 @@ def test_generator_views_count_and_cover_every_cell():
     att = pd.Series(np.where(images["pred"] == "fake", rng.choice(["g1", "g2"], n), "real"), index=images["image_id"])
     counts = vgen.attribution_cells(images, att, 5, vgen.ov.Filters())
     assert counts["count"].sum() == n
-    from asap_core.layout import cell_table
+    from asap_core.method.layout import cell_table
 
     slices = vgen.generator_slices(cell_table(images, 5), counts, ["g1", "g2"])
     per_cell = slices.groupby("cell_id")
@@ -283,7 +283,7 @@ def test_hosted_single_image_upload_charges_the_relevance_budget(bundle, tmp_pat
 @pytest.mark.skipif(not FORENSYNTHS.is_dir(), reason="shared data absent")
 def test_forensynths_confusion_matrix_on_the_generators_page(tiny_clip_dir, tmp_path):
     """Tiny random CLIP: mechanics, not meaning. The 10 x 10 matrix is produced and shown."""
-    from asap_core.pipeline import AnalyzeOptions, analyze
+    from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
     analyze(FORENSYNTHS, tmp_path / "b", AnalyzeOptions(model=str(tiny_clip_dir), cache_dir=str(tmp_path / "cache"),
                                                         num_workers=0, projection_samples=16))

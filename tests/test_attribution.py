@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from asap_core.attribution import (attribution_accuracy, confusion_matrix, generator_names, generator_predictions,
+from asap_core.analyses.attribution import (attribution_accuracy, confusion_matrix, generator_names, generator_predictions,
                                    has_generator_head, validation_mask)
-from asap_core.bundle import Z_COLUMNS, Bundle
+from asap_core.storage.bundle import Z_COLUMNS, Bundle
 from asap_core.errors import InputError
-from asap_core.pipeline import AnalyzeOptions, analyze
+from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
 from conftest import SHARED_DATA
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from asap_core.bundle import Bundle
-from asap_core.layout import regrid
+from asap_core.storage.bundle import Bundle
+from asap_core.method.layout import regrid
 from browser_helpers import (CELL_SLICES, CHROMIUM, CHROMIUM_ARGS, GRID_IMAGES, IMAGES_DECODED_JS, MAIN_IMAGES,
                              PICKED_TEXT, SLICES_JS, brush_path, screenshot_dir, serve_bundle, slice_click_point,
                              streamlit_server)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from asap_core.bundle import Bundle
-from asap_core.patterns import PatternStore, pattern_from_selection
+from asap_core.storage.bundle import Bundle
+from asap_core.analyses.patterns import PatternStore, pattern_from_selection
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ERRORS_JS, IMAGES_DECODED_JS, screenshot_dir, serve_bundle
 from conftest_app import tiny_bundle  # noqa: F401  (fixture)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asap_core.cache import RowStore, cached_call, hash_key
+from asap_core.storage.cache import RowStore, cached_call, hash_key
 
 
 def test_rowstore_roundtrip_any_order(tmp_path):
@@ -44,7 +44,7 @@ def test_unfinished_shard_is_ignored(tmp_path):
 WRITER = """
 import sys
 import numpy as np
-from asap_core.cache import RowStore
+from asap_core.storage.cache import RowStore
 root, k = sys.argv[1], int(sys.argv[2])
 s = RowStore(root, "emb", (4,))
 for j in range(20):
@@ -95,7 +95,7 @@ def test_discard_deletes_only_shards_wholly_among_the_ids(tmp_path):
 
 
 def test_free_disk_bytes_walks_up_to_an_existing_folder(tmp_path):
-    from asap_core.cache import free_disk_bytes
+    from asap_core.storage.cache import free_disk_bytes
 
     a, b = free_disk_bytes(tmp_path / "not" / "yet"), free_disk_bytes(tmp_path)
     assert a > 0 and abs(a - b) < 100 * 2 ** 20  # the same disk (other writers may move it a little)

@@ -5,20 +5,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asap_core.bundle import Z_COLUMNS, Bundle
-from asap_core.concepts import (ConceptResult, compute_concepts, crop_to_mask, keep_mask, mask_image,
+from asap_core.storage.bundle import Z_COLUMNS, Bundle
+from asap_core.analyses.concepts import (ConceptResult, compute_concepts, crop_to_mask, keep_mask, mask_image,
                                 mean_fill)
 from asap_core.errors import InputError
-from asap_core.imageio import decode_image, read_bytes
-from asap_core.preprocess import CLIP_MEAN
-from asap_core.relevance_store import bundle_maps
+from asap_core.inputs.imageio import decode_image, read_bytes
+from asap_core.model.preprocess import CLIP_MEAN
+from asap_core.method.relevance_store import bundle_maps
 
 N_SUBSET = 8
 
 
 @pytest.fixture(scope="module")
 def bundle(tiny_clip_dir, small_folder, tmp_path_factory) -> Bundle:
-    from asap_core.pipeline import AnalyzeOptions, analyze
+    from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
     tmp = tmp_path_factory.mktemp("concepts")
     analyze(small_folder, tmp / "bundle", AnalyzeOptions(model=str(tiny_clip_dir), cache_dir=str(tmp / "cache"),

@@ -6,11 +6,11 @@ import time
 import pytest
 from PIL import Image
 
-from asap_core import demo, pipeline
-from asap_core.bundle import Bundle
-from asap_core.demo import DEMO_DATA, demo_bundle_path, ensure_demo_bundle, write_random_clip
-from asap_core.encoder import inspect_checkpoint
-from asap_core.scan import scan_folder
+from asap_core.pipeline import analyze as pipeline, demo
+from asap_core.storage.bundle import Bundle
+from asap_core.pipeline.demo import DEMO_DATA, demo_bundle_path, ensure_demo_bundle, write_random_clip
+from asap_core.model.encoder import inspect_checkpoint
+from asap_core.inputs.scan import scan_folder
 
 # a smaller random CLIP than the app's, so the test analyses the 300 demo images fast on 2 cores
 SMALL_RANDOM_CLIP = dict(image_size=32, patch_size=8, hidden=32, layers=2, dim=64, seed=0)

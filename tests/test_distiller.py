@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from asap_core.distiller import Distiller, DistillerConfig
+from asap_core.method.distiller import Distiller, DistillerConfig
 from asap_core.errors import InputError, ModelLoadError
-from asap_core.training import DistillerTrainer, split_indices
+from asap_core.method.training import DistillerTrainer, split_indices
 
 
 def _separable(n: int = 500, d: int = 64, seed: int = 0):

@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from asap_core import device as device_mod
-from asap_core import embedding
-from asap_core.cache import RowStore
-from asap_core.embedding import crop_uint8, embed_files, normalize, resize_crop_tensors
-from asap_core.encoder import ClipEncoder
-from asap_core.imageio import decode_image, read_bytes
-from asap_core.preprocess import ClipPreprocessor
+from asap_core.model import device as device_mod
+from asap_core.model import embedding
+from asap_core.storage.cache import RowStore
+from asap_core.model.embedding import crop_uint8, embed_files, normalize, resize_crop_tensors
+from asap_core.model.encoder import ClipEncoder
+from asap_core.inputs.imageio import decode_image, read_bytes
+from asap_core.model.preprocess import ClipPreprocessor
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +71,9 @@ def test_embeddings_equal_direct_encoding(encoder, files, tmp_path, decoder, wor
 
 PROCESS_RUN = """
 import sys
-from asap_core.cache import RowStore
-from asap_core.embedding import embed_files
-from asap_core.encoder import ClipEncoder
+from asap_core.storage.cache import RowStore
+from asap_core.model.embedding import embed_files
+from asap_core.model.encoder import ClipEncoder
 model, store, *files = sys.argv[1:]
 enc = ClipEncoder.from_pretrained(model, device="cpu")
 ids = [f"id{i}" for i in range(len(files))]
@@ -421,7 +421,7 @@ def test_compiled_forward_hands_out_the_last_input_without_padding(encoder, monk
 _FAULTS_SCRIPT = """
 import resource, torch
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-from asap_core.device import keep_freed_memory
+from asap_core.model.device import keep_freed_memory
 on = keep_freed_memory("cpu")
 torch.manual_seed(0)
 model = CLIPVisionModelWithProjection(CLIPVisionConfig(projection_dim=512, num_hidden_layers=1)).eval()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from asap_core.encoder import ClipEncoder, inspect_checkpoint, resolve_model_id
+from asap_core.model.encoder import ClipEncoder, inspect_checkpoint, resolve_model_id
 from asap_core.errors import ModelLoadError
 
 
@@ -75,7 +75,7 @@ def test_quick_gelu_fold_is_the_same_function(tiny_clip_dir):
     from transformers import CLIPVisionModelWithProjection
     from transformers.activations import QuickGELUActivation
 
-    from asap_core.encoder import fold_quick_gelu
+    from asap_core.model.encoder import fold_quick_gelu
 
     enc = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu")
     acts = [m.activation_fn for m in enc.vision_model.modules() if hasattr(m, "activation_fn")]
@@ -96,7 +96,7 @@ def test_quick_gelu_fold_is_the_same_function(tiny_clip_dir):
 def test_folded_silu_writes_in_place_only_without_autograd():
     """No graph recorded: ``fc1``'s output is overwritten (no second buffer); with autograd the input is
     kept for the backward, and both give ``silu``."""
-    from asap_core.encoder import SiLU
+    from asap_core.model.encoder import SiLU
 
     act = SiLU()
     x = torch.randn(3, 5, 8)
@@ -118,7 +118,7 @@ def test_folded_silu_writes_in_place_only_without_autograd():
 def test_quick_gelu_fold_leaves_other_activations(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from asap_core.encoder import fold_quick_gelu
+    from asap_core.model.encoder import fold_quick_gelu
 
     torch.manual_seed(0)
     cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

@@ -1,4 +1,4 @@
-"""asap_core.imageio: every bad input becomes ImageLoadError; every good one an upright RGB image."""
+"""asap_core.inputs.imageio: every bad input becomes ImageLoadError; every good one an upright RGB image."""
 from __future__ import annotations
 
 import hashlib
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, features
 
-from asap_core import imageio
+from asap_core.inputs import imageio
 from asap_core.errors import ImageLoadError
-from asap_core.imageio import (
+from asap_core.inputs.imageio import (
     IMAGE_EXTENSIONS,
     decode_image,
     file_sha1,

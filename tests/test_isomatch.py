@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from asap_core.errors import InputError
-from asap_core.isomatch import grid_shape, isomatch_grid, neighbourhood_preservation
+from asap_core.method.isomatch import grid_shape, isomatch_grid, neighbourhood_preservation
 
 
 def blobs(rng: np.random.Generator, n: int, k: int = 3, d: int = 16, spread: float = 3.0):

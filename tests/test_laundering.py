@@ -6,11 +6,11 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from asap_core.bundle import Bundle
+from asap_core.storage.bundle import Bundle
 from asap_core.errors import InputError
-from asap_core.laundering import (launder, laundered_view, laundering_summary, laundering_table,
+from asap_core.analyses.laundering import (launder, laundered_view, laundering_summary, laundering_table,
                                   map_correlation)
-from asap_core.relevance_store import bundle_maps
+from asap_core.method.relevance_store import bundle_maps
 from conftest_app import analysed_bundle
 
 QUALITIES = (None, 90, 20)

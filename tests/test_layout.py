@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from asap_core.errors import InputError
-from asap_core.layout import CELL_COLUMNS, assign_cells, cell_table, embed_2d, regrid
+from asap_core.method.layout import CELL_COLUMNS, assign_cells, cell_table, embed_2d, regrid
 
 
 def blobs(rng: np.random.Generator, n: int, k: int = 3, d: int = 16, spread: float = 6.0):

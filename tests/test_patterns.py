@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from asap_core.bundle import Bundle
-from asap_core.distiller import Distiller, DistillerConfig
+from asap_core.storage.bundle import Bundle
+from asap_core.method.distiller import Distiller, DistillerConfig
 from asap_core.errors import InputError
-from asap_core.imageio import decode_image, read_bytes
-from asap_core.patterns import (Pattern, PatternStore, contact_sheet, export_patterns, pattern_from_concept,
+from asap_core.inputs.imageio import decode_image, read_bytes
+from asap_core.analyses.patterns import (Pattern, PatternStore, contact_sheet, export_patterns, pattern_from_concept,
                                 pattern_from_selection, pattern_impact, rank_patterns, region_masks)
-from asap_core.pipeline import AnalyzeOptions, analyze
+from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
 SIDE = 4  # the tiny CLIP: 32 px input, 8 px patches
 PLANTED = np.zeros((SIDE, SIDE), bool)
@@ -180,7 +180,7 @@ def test_rank_and_export(bundle, fakes, tiny_encoder, tmp_path):
 
 
 def test_pattern_from_concept(bundle, fakes, tiny_encoder):
-    from asap_core.concepts import compute_concepts
+    from asap_core.analyses.concepts import compute_concepts
 
     ids = fakes[:4] + bundle.images.loc[bundle.images["label"] == "real", "image_id"].tolist()[:4]
     res = compute_concepts(bundle, ids, k=2, encoder=tiny_encoder)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asap_core import pipeline
-from asap_core.bundle import Bundle
-from asap_core.encoder import ClipEncoder
+from asap_core.pipeline import analyze as pipeline
+from asap_core.storage.bundle import Bundle
+from asap_core.model.encoder import ClipEncoder
 from asap_core.errors import BundleError, InputError
-from asap_core.pipeline import AnalyzeOptions, analyze
+from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
 from conftest import SHARED_DATA, make_image
 
@@ -44,7 +44,7 @@ def test_bundle_is_complete(built, small_folder):
     assert all(t is not None for t in b.thumbnails(b.images.image_id.tolist()))
     assert {"val", "train", "max_offdiag_cos"} <= set(b.metrics)
     # predictions agree with the stored distiller applied to the cached embeddings
-    from asap_core.cache import RowStore
+    from asap_core.storage.cache import RowStore
 
     store = RowStore(tmp / "cache", f"emb-{b.meta['encoder']['cache_key']}", (64,))
     z, p = b.distiller.predict(store.get(b.images.image_id.tolist()))
@@ -75,8 +75,8 @@ def test_embedding_cache_is_keyed_by_dtype(built, small_folder, tiny_clip_dir, m
     """A bf16 run (opt-in on CPU) never reuses fp32 rows and keeps its own store; a second bf16 run is cached."""
     import torch
 
-    from asap_core import device as device_mod
-    from asap_core.pipeline import embedding_store_name
+    from asap_core.model import device as device_mod
+    from asap_core.pipeline.analyze import embedding_store_name
 
     tmp, first = built
     key = Bundle.open(first.bundle).meta["encoder"]["cache_key"]
@@ -161,7 +161,7 @@ def test_crash_while_writing_leaves_no_half_bundle(built, small_folder, tiny_cli
     def broken_writer(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr("asap_core.distiller.Distiller.save_pretrained", broken_writer)
+    monkeypatch.setattr("asap_core.method.distiller.Distiller.save_pretrained", broken_writer)
     with pytest.raises(OSError):
         analyze(small_folder, first.bundle, _opts(tiny_clip_dir, tmp / "cache"))
     assert (first.bundle / "images.parquet").read_bytes() == before  # the old bundle is untouched
@@ -183,7 +183,7 @@ def test_incomplete_folder_does_not_open(tmp_path):
 
 
 def test_relevance_precompute_lands_in_the_bundle(built, small_folder, tiny_clip_dir, monkeypatch):
-    from asap_core.relevance_store import bundle_maps
+    from asap_core.method.relevance_store import bundle_maps
 
     tmp, _ = built
     report = analyze(small_folder, tmp / "with_maps", _opts(tiny_clip_dir, tmp / "cache", relevance="last-block"))
@@ -201,9 +201,9 @@ def test_relevance_pass_reuses_the_embedding_pass_and_survives_interruption(tmp_
     embeds only its sample's texted copies (the clean ones are cached)."""
     import torch
 
-    from asap_core.encoder import inspect_checkpoint
-    from asap_core.relevance import AttentionRelevance
-    from asap_core.relevance_store import bundle_maps, last_input_store
+    from asap_core.model.encoder import inspect_checkpoint
+    from asap_core.method.relevance import AttentionRelevance
+    from asap_core.method.relevance_store import bundle_maps, last_input_store
 
     calls = {"pixels": 0, "kept": 0}
     from_pixels, from_kept = AttentionRelevance.attribute, AttentionRelevance.attribute_from_last_input
@@ -253,7 +253,7 @@ def test_cli_end_to_end(tmp_path, small_folder, tiny_clip_dir):
 
 
 def test_cli_speed_tip_only_after_long_cpu_runs_and_only_what_applies(monkeypatch):
-    from asap_core import device as device_mod
+    from asap_core.model import device as device_mod
     from asap_core.cli import cpu_speed_tip
 
     monkeypatch.delenv(device_mod.CPU_BF16_ENV, raising=False)

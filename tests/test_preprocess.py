@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from asap_core.imageio import decode_image
-from asap_core.preprocess import ClipPreprocessor, resize_output_size
+from asap_core.inputs.imageio import decode_image
+from asap_core.model.preprocess import ClipPreprocessor, resize_output_size
 
 try:  # transformers >= 5: what CLIPImageProcessor() falls back to without torchvision
     from transformers import CLIPImageProcessorPil as RefProcessor

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from asap_core.errors import ModelLoadError
-from asap_core.projection import VisionOnlyProjection, render_text
+from asap_core.method.projection import VisionOnlyProjection, render_text
 
 
 def test_render_text_changes_pixels():
@@ -67,7 +67,7 @@ def test_fit_takes_the_sample_embeddings_at_hand(tiny_encoder, small_folder, enc
     embedded, and the written subspace is the one found when the sample is embedded afresh."""
     import pandas as pd
 
-    from asap_core.pipeline import _fit_projection
+    from asap_core.pipeline.analyze import _fit_projection
 
     paths = [str(p) for p in sorted(small_folder.rglob("*.jpg"))]
     embeds = tiny_encoder.encode_images([Image.open(p).convert("RGB") for p in paths]).numpy()

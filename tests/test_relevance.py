@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from asap_core.distiller import Distiller, DistillerConfig
+from asap_core.method.distiller import Distiller, DistillerConfig
 from asap_core.errors import InputError
-from asap_core.relevance import (
+from asap_core.method.relevance import (
     N_TARGETS,
     TARGET_NAMES,
     AttentionRelevance,
@@ -92,7 +92,7 @@ def test_attribute_targets_and_errors(tiny_encoder):
 
 
 def test_works_under_inference_mode_and_with_sdpa_encoder(tiny_clip_dir, tiny_encoder):
-    from asap_core.encoder import ClipEncoder
+    from asap_core.model.encoder import ClipEncoder
 
     torch.manual_seed(4)
     px = torch.randn(2, 3, 32, 32)
@@ -223,7 +223,7 @@ def test_display_helpers_import_without_torch():
 
     code = ("import sys; sys.modules['torch'] = None\n"
             "import numpy as np; from PIL import Image\n"
-            "from asap_core.relevance import overlay, upsample_map, TARGET_NAMES\n"
+            "from asap_core.method.relevance import overlay, upsample_map, TARGET_NAMES\n"
             "print(overlay(Image.new('RGB', (20, 20)), np.eye(4)).size, upsample_map(np.eye(4), 8).shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=60)
@@ -236,8 +236,8 @@ def test_precomputed_maps_equal_direct_maps_and_name_bad_files(tiny_encoder, tmp
     """The relevance pass decodes through the embedding stage's decoder: same maps as from PIL images."""
     import pandas as pd
 
-    from asap_core.cache import RowStore
-    from asap_core.relevance_store import compute_missing_maps
+    from asap_core.storage.cache import RowStore
+    from asap_core.method.relevance_store import compute_missing_maps
 
     rng = np.random.default_rng(5)
     images = [_planted_image(rng, int(rng.integers(16))) for _ in range(7)]
@@ -308,10 +308,10 @@ def test_relevance_pass_starts_from_the_kept_last_inputs(tiny_encoder, tmp_path)
     layers 0..L-2 for those images, decodes the others, and ``precompute_relevance`` deletes the rows."""
     import pandas as pd
 
-    from asap_core.cache import RowStore
-    from asap_core.embedding import embed_files
-    from asap_core.encoder import inspect_checkpoint
-    from asap_core.relevance_store import last_input_store, map_store, precompute_relevance
+    from asap_core.storage.cache import RowStore
+    from asap_core.model.embedding import embed_files
+    from asap_core.model.encoder import inspect_checkpoint
+    from asap_core.method.relevance_store import last_input_store, map_store, precompute_relevance
 
     rng = np.random.default_rng(9)
     images = [_planted_image(rng, int(rng.integers(16))) for _ in range(7)]

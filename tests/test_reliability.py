@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asap_core.bundle import Bundle
-from asap_core.cache import RowStore
+from asap_core.storage.bundle import Bundle
+from asap_core.storage.cache import RowStore
 from asap_core.errors import BundleError, ImageLoadError, InputError
 from asap_core.hosting import HostedPolicy, check_bundle_files
-from asap_core.pipeline import AnalyzeOptions, analyze
+from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
 from conftest import make_image
 

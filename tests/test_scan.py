@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from asap_core.errors import InputError
-from asap_core.scan import scan_folder
+from asap_core.inputs.scan import scan_folder
 
 from conftest import SHARED_DATA
 

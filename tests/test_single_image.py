@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asap_core.bundle import Bundle
+from asap_core.storage.bundle import Bundle
 from asap_core.errors import ImageLoadError, InputError
 from asap_core.hosting import HostedPolicy
-from asap_core.imageio import read_bytes
-from asap_core.relevance_store import bundle_maps
-from asap_core.single_image import analyse_upload, clear_memo, nearest_images
+from asap_core.inputs.imageio import read_bytes
+from asap_core.method.relevance_store import bundle_maps
+from asap_core.analyses.single_image import analyse_upload, clear_memo, nearest_images
 
 from conftest import make_image
 from conftest_app import analysed_bundle

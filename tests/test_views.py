@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from asap_core.bundle import Z_COLUMNS, Bundle
+from asap_core.storage.bundle import Z_COLUMNS, Bundle
 from asap_core.views import attention as va
 from asap_core.views import concept as vc
 from asap_core.views import dimensions as vd
@@ -241,8 +241,8 @@ def test_mean_map_normalises_each_map():
 # ------------------------------------------------------------------------------------------ concepts
 def test_concept_cards_from_compute_concepts(bundle, tiny_clip_dir):
     if vc.concepts_module() is None:
-        pytest.skip("asap_core.concepts is not there yet")
-    from asap_core.encoder import ClipEncoder
+        pytest.skip("asap_core.analyses.concepts is not there yet")
+    from asap_core.model.encoder import ClipEncoder
 
     enc = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu", attn_implementation="eager")
     ids = bundle.images["image_id"].tolist()[:8]

@@ -5,7 +5,7 @@
 - ``grid``: a cell's images on an IsoMatch grid, thumbnails as data URIs, the grid chart.
 - ``attention``: per-image contributions, dimension order, relevance overlays.
 - ``dimensions``: per-dimension statistics, distributions, top images, mean maps.
-- ``concept``: the concept view on top of ``asap_core.concepts`` (optional module).
+- ``concept``: the concept view on top of ``asap_core.analyses.concepts`` (optional module).
 
 None of these import Streamlit: the pages in ``app_pages/`` only lay them out and hold the widgets.
 """

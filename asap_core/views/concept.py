@@ -1,4 +1,4 @@
-"""Concept view of a cell (FaXplainer Fig. 1D) on top of ``asap_core.concepts`` (optional module).
+"""Concept view of a cell (FaXplainer Fig. 1D) on top of ``asap_core.analyses.concepts`` (optional module).
 
 ``compute_concepts(bundle, image_ids, k, method, encoder) -> ConceptResult`` does the work; this module
 only checks that it exists and turns its result into cards (numbers + exemplar crops) for display.
@@ -14,10 +14,10 @@ NOT_AVAILABLE = "concepts not available yet"
 
 
 def concepts_module():
-    """``asap_core.concepts`` if it is installed, else None."""
-    if importlib.util.find_spec("asap_core.concepts") is None:
+    """``asap_core.analyses.concepts`` if it is installed, else None."""
+    if importlib.util.find_spec("asap_core.analyses.concepts") is None:
         return None
-    return importlib.import_module("asap_core.concepts")
+    return importlib.import_module("asap_core.analyses.concepts")
 
 
 def compute(bundle, image_ids: list[str], k: int = 3, method: str = "last-block", encoder=None,

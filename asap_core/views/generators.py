@@ -1,7 +1,7 @@
 """Generator attribution views (seed 003): the confusion-matrix heat map, per-generator recall / precision,
 and the overview's pies coloured by *predicted* generator.
 
-Plain functions over ``asap_core.attribution`` results; no Streamlit.
+Plain functions over ``asap_core.analyses.attribution`` results; no Streamlit.
 """
 from __future__ import annotations
 

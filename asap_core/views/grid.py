@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..bundle import Z_COLUMNS
-from ..isomatch import isomatch_grid
+from ..storage.bundle import Z_COLUMNS
+from ..method.isomatch import isomatch_grid
 
 MAX_GRID_IMAGES = 400
 THUMB_PX = 64

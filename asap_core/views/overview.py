@@ -13,7 +13,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ..layout import cell_table
+from ..method.layout import cell_table
 
 CATEGORIES: list[str] = ["real, correct", "real, wrong", "fake, correct", "fake, wrong", "unlabelled"]
 COUNT_COLUMNS: list[str] = ["n_real_ok", "n_real_wrong", "n_fake_ok", "n_fake_wrong", "n_unlabelled"]

@@ -1,6 +1,6 @@
 """Pattern view (ASAP; DESIGN §3): saved patterns, their impact and ranking, charts, export as one zip.
 
-Plain functions over ``asap_core.patterns``; no Streamlit. Impact = mean drop of p_fake when the pattern's
+Plain functions over ``asap_core.analyses.patterns``; no Streamlit. Impact = mean drop of p_fake when the pattern's
 regions are painted out, against an area-matched random mask (``patterns.pattern_impact``).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ..patterns import (IMPACT_NAMESPACE, Pattern, contact_sheet, export_patterns, impact_cache_key)
+from ..analyses.patterns import (IMPACT_NAMESPACE, Pattern, contact_sheet, export_patterns, impact_cache_key)
 
 N_RANDOM = 3
 SEED = 0

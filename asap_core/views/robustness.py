@@ -12,7 +12,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ..laundering import laundering_summary, laundering_table
+from ..analyses.laundering import laundering_summary, laundering_table
 
 MAX_IMAGES = 64
 Setting = tuple  # (int | None, float)
@@ -117,7 +117,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 def view_tiles(view: dict, size: int = 160, alpha: float = 0.5) -> tuple[list, list[str]]:
     """``(images, captions)`` of one ``laundering.laundered_view``: the original and the laundered image
     (centre squares, ``size`` px, as CLIP sees them) and their fake-logit relevance overlays."""
-    from ..relevance import FAKE_LOGIT, overlay
+    from ..method.relevance import FAKE_LOGIT, overlay
 
     def sq(im):
         w, h = im.size

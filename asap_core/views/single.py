@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..imageio import IMAGE_EXTENSIONS
+from ..inputs.imageio import IMAGE_EXTENSIONS
 from . import attention as va
 
 #: file types offered by the uploader (without the dot)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .errors import InputError
+from ..errors import InputError
 from .layout import finite_rows, pca_2d, scale_unit, tsne_2d
 
 #: t-SNE settings for a cell's grid: a small neighbourhood (perplexity <= 10, clipped to

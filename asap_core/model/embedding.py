@@ -39,9 +39,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .cache import RowStore
-from .errors import ImageLoadError
-from .imageio import decode_image, make_thumbnail, read_bytes
+from ..storage.cache import RowStore
+from ..errors import ImageLoadError
+from ..inputs.imageio import decode_image, make_thumbnail, read_bytes
 from .preprocess import ClipPreprocessor, resize_output_size
 
 if TYPE_CHECKING:  # pragma: no cover - typing only

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 EmbedFn = Callable[[Sequence[Image.Image]], np.ndarray]
 

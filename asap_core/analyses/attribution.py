@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 REAL = "real"
 VAL_TOLERANCE = 1e-6
@@ -47,7 +47,7 @@ def validation_mask(bundle) -> np.ndarray | None:
     those rows must equal the stored ``generator_val_accuracy``. None when the split cannot be recovered
     (a distiller trained elsewhere, no stored metric, or a mismatch).
     """
-    from .training import DistillerTrainer, split_indices
+    from ..method.training import DistillerTrainer, split_indices
 
     opts = bundle.meta.get("options") or {}
     stored = (bundle.metrics or {}).get("generator_val_accuracy")

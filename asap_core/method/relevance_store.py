@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import pandas as pd
 
-from .cache import RowStore
+from ..storage.cache import RowStore
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -34,7 +34,7 @@ def last_input_store(cache_dir: str | Path, info, dtype: "torch.dtype") -> RowSt
     """The RowStore of the last layer's inputs ``[T, d]`` float16 that the embedding pass of ``analyze``
     keeps for its ``last-block`` relevance pass (``T = patch_side² + 1``, ``d = info.hidden_size``); keyed
     by encoder and precision. ``precompute_relevance`` deletes the rows once it has used them."""
-    from .device import dtype_name
+    from ..model.device import dtype_name
 
     return RowStore(cache_dir, f"lastin-{info.cache_key}-{dtype_name(dtype)}",
                     (info.patch_side ** 2 + 1, info.hidden_size))
@@ -73,8 +73,8 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
 
     import torch
 
-    from .device import keep_freed_memory, relevance_batch_size
-    from .embedding import approximate_decoding, decoded_batches
+    from ..model.device import keep_freed_memory, relevance_batch_size
+    from ..model.embedding import approximate_decoding, decoded_batches
     from .relevance import AttentionRelevance
 
     todo = images[images["image_id"].isin(store.missing(images["image_id"]))]
@@ -155,7 +155,7 @@ def bundle_maps(bundle, image_ids: list[str], method: str = "last-block", encode
         failures = compute_missing_maps(store, encoder, bundle.distiller, rows, method, progress=progress,
                                         decoder="thread")
         if failures:
-            from .errors import BundleError
+            from ..errors import BundleError
 
             path, reason = failures[0]
             raise BundleError(f"{path}: {reason}; its relevance maps cannot be computed.",

@@ -157,7 +157,7 @@ def resolve_dtype(dtype: "str | torch.dtype | None", device: "torch.device | str
         return dtype
     if dtype in ("float32", "bfloat16"):
         return getattr(torch, dtype)
-    from .errors import InputError
+    from ..errors import InputError
 
     raise InputError(f"dtype {dtype!r} is not supported.", f"use one of {', '.join(DTYPES)}.")
 

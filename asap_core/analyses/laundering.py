@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .cache import cached_call, hash_key
-from .errors import BundleError, ImageLoadError, InputError
-from .imageio import decode_image, read_bytes, to_rgb
+from ..storage.cache import cached_call, hash_key
+from ..errors import BundleError, ImageLoadError, InputError
+from ..inputs.imageio import decode_image, read_bytes, to_rgb
 
 FAKE_LOGIT = 16
 DEFAULT_QUALITIES: tuple[int, ...] = (95, 75, 50)
@@ -131,8 +131,8 @@ def laundering_table(bundle, image_ids: Sequence[str], qualities: Sequence[int |
 
 
 def _launder_rows(bundle, ids, settings, encoder, with_maps, method, batch_size, progress) -> pd.DataFrame:
-    from .relevance import relevance_for_images
-    from .relevance_store import bundle_maps
+    from ..method.relevance import relevance_for_images
+    from ..method.relevance_store import bundle_maps
 
     distiller = bundle.distiller
     labels = bundle.images.set_index("image_id")["label"]
@@ -206,8 +206,8 @@ def laundered_view(bundle, image_id: str, jpeg_quality: int | None, scale: float
     "maps" [17, side, side] (float32), "map_corr" (fake-logit maps)}``. The original's maps come from the
     bundle's map cache; the laundered image's are computed (one forward + one batched VJP).
     """
-    from .relevance import relevance_for_images
-    from .relevance_store import bundle_maps
+    from ..method.relevance import relevance_for_images
+    from ..method.relevance_store import bundle_maps
 
     q, s = _check_setting(jpeg_quality, scale)
     if image_id not in set(bundle.images["image_id"]):

@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .errors import InputError
-from .hosting import HostedPolicy, hosted_mode
-from .imageio import decode_image, sha1_hex
+from ..errors import InputError
+from ..hosting import HostedPolicy, hosted_mode
+from ..inputs.imageio import decode_image, sha1_hex
 
 N_MEMO = 16
 _MEMO: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
@@ -78,7 +78,7 @@ def _embed_and_maps(encoder, distiller, image: Image.Image, key: tuple, method: 
         if hit is not None:
             _MEMO.move_to_end(key)
             return hit
-    from .relevance import relevance_for_images
+    from ..method.relevance import relevance_for_images
 
     if policy is not None and session_id is not None:
         policy.charge_relevance(session_id, 1)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from .device import preferred_dtype
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 from .image_forward import ClipImageForward
 from .preprocess import ClipPreprocessor
 

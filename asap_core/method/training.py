@@ -10,7 +10,7 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from .distiller import Distiller, DistillerConfig
-from .errors import InputError
+from ..errors import InputError
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:

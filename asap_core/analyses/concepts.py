@@ -22,11 +22,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .bundle import Z_COLUMNS
-from .cache import cached_call, hash_key
-from .errors import AsapError, BundleError, ImageLoadError, InputError
-from .imageio import decode_image, read_bytes
-from .preprocess import CLIP_MEAN, ClipPreprocessor
+from ..storage.bundle import Z_COLUMNS
+from ..storage.cache import cached_call, hash_key
+from ..errors import AsapError, BundleError, ImageLoadError, InputError
+from ..inputs.imageio import decode_image, read_bytes
+from ..model.preprocess import CLIP_MEAN, ClipPreprocessor
 
 FAKE_LOGIT = 16
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.10, 0.25, 0.50)
@@ -216,7 +216,7 @@ def _preprocessor_for(bundle, encoder=None) -> ClipPreprocessor:
         return encoder.preprocessor
     enc = bundle.meta.get("encoder", {})
     try:
-        from .encoder import inspect_checkpoint
+        from ..model.encoder import inspect_checkpoint
 
         return inspect_checkpoint(enc["model_id"]).preprocessor
     except (AsapError, KeyError, OSError):
@@ -266,7 +266,7 @@ def segment_embeddings(bundle, image_ids: list[str], method: str, fractions: tup
     """
     import torch
 
-    from .relevance_store import bundle_maps
+    from ..method.relevance_store import bundle_maps
 
     maps = np.asarray(bundle_maps(bundle, image_ids, method, encoder=encoder), np.float32)[:, FAKE_LOGIT]
     pre = encoder.preprocessor

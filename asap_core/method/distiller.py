@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ModelLoadError
+from ..errors import ModelLoadError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "distiller.safetensors"

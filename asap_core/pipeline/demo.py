@@ -1,6 +1,6 @@
-"""The embedded demo: a bundle of ``demo_data/`` built once into the cache, with or without CLIP weights.
+"""The embedded demo: a bundle of ``asap_core/demo_data/`` built once into the cache, with or without CLIP weights.
 
-``demo_data/`` (made by ``scripts/make_demo_data.py``, see ``demo_data/SOURCE.md``) holds crops of
+``asap_core/demo_data/`` (made by ``scripts/make_demo_data.py``, see ``demo_data/SOURCE.md``) holds crops of
 scikit-learn's two sample photographs in ``real/`` and samples of two small generative networks in
 ``fake/vae`` and ``fake/gan``. ``ensure_demo_bundle`` analyses it with the configured CLIP
 (``--model`` / ``$ASAP_MODEL`` / the default); when those weights cannot be had (offline, not cached)
@@ -13,10 +13,10 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .cache import default_cache_dir, hash_key
-from .errors import BundleError, ModelLoadError
+from ..storage.cache import default_cache_dir, hash_key
+from ..errors import BundleError, ModelLoadError
 
-DEMO_DATA = Path(__file__).resolve().parent / "demo_data"
+DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data"
 # the random CLIP of the fallback: 64 px input, 8 px patches -> 8x8 relevance maps, D = 64
 RANDOM_CLIP = dict(image_size=64, patch_size=8, hidden=64, layers=4, dim=64, seed=0)
 
@@ -91,7 +91,7 @@ def _demo_data_key() -> str:
 
 def _resolve(model: str | None) -> tuple[str | None, str, str]:
     """(model for ``analyze`` or None for the random fallback, bundle key, note for the user)."""
-    from .encoder import inspect_checkpoint, resolve_model_id
+    from ..model.encoder import inspect_checkpoint, resolve_model_id
 
     try:
         info = inspect_checkpoint(model)
@@ -121,8 +121,8 @@ def ensure_demo_bundle(model: str | None = None, progress=None) -> tuple[Path, s
     ``note`` is ``""`` with a real CLIP; with the random fallback it says so and how to provide a model.
     ``progress(stage, done, total)`` is passed to ``analyze``.
     """
-    from .bundle import Bundle
-    from .pipeline import AnalyzeOptions, analyze
+    from ..storage.bundle import Bundle
+    from .analyze import AnalyzeOptions, analyze
 
     model_id, key, note = _resolve(model)
     out = _bundle_path(key)

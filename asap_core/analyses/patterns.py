@@ -34,10 +34,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from .cache import cached_call, hash_key
+from ..storage.cache import cached_call, hash_key
 from .concepts import FAKE_LOGIT, apply_mask, keep_mask, mean_fill
-from .errors import BundleError, ImageLoadError, InputError
-from .imageio import decode_image, read_bytes
+from ..errors import BundleError, ImageLoadError, InputError
+from ..inputs.imageio import decode_image, read_bytes
 
 SOURCES = ("concept", "selection")
 DEFAULT_FRACTION = 0.25
@@ -280,7 +280,7 @@ def region_masks(bundle, pattern: Pattern, encoder=None, method: str = "last-blo
     side = _check_side(bundle, pattern)
     if pattern.masks is not None:
         return np.stack([pattern.masks[i] for i in pattern.image_ids])
-    from .relevance_store import bundle_maps
+    from ..method.relevance_store import bundle_maps
 
     maps = np.asarray(bundle_maps(bundle, pattern.image_ids, method, encoder=encoder), np.float32)[:, FAKE_LOGIT]
     return np.stack([keep_mask(m, pattern.fraction) for m in maps]).reshape(len(maps), side, side)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 from .imageio import IMAGE_EXTENSIONS
 REAL_WORDS = frozenset({"real", "0_real", "nature", "authentic", "genuine"})
 FAKE_WORDS = frozenset({"fake", "1_fake", "ai", "synthetic", "generated"})

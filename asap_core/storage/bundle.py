@@ -19,11 +19,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import BundleError
+from ..errors import BundleError
 
 if TYPE_CHECKING:  # torch stays optional for viewing bundles
-    from .distiller import Distiller
-    from .encoder import ClipEncoder
+    from ..method.distiller import Distiller
+    from ..model.encoder import ClipEncoder
 
 BUNDLE_VERSION = 1
 META_NAME = "bundle.json"
@@ -160,13 +160,13 @@ class Bundle:
 
     @cached_property
     def distiller(self) -> "Distiller":
-        from .distiller import Distiller
+        from ..method.distiller import Distiller
 
         return Distiller.from_pretrained(self.path / "model")
 
     def encoder(self, model: str | None = None, device: str = "auto", attn_implementation: str = "sdpa") -> "ClipEncoder":
         """Load the bundle's CLIP (or ``model``, e.g. a local copy of the same checkpoint)."""
-        from .encoder import ClipEncoder
+        from ..model.encoder import ClipEncoder
 
         return ClipEncoder.from_pretrained(model or self.meta["encoder"]["model_id"], device=device,
                                            attn_implementation=attn_implementation)

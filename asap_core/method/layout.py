@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 #: t-SNE iterations used by :func:`embed_2d`. sklearn's default is 1000; the layout is
 #: settled well before that for a map we only bin into cells, and 500 halves the cost

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import pandas as pd
 
-from .bundle import Z_COLUMNS, write_bundle
-from .cache import RowStore, cached_call, default_cache_dir, free_disk_bytes, hash_key
-from .device import dtype_name
-from .errors import ImageLoadError, InputError
-from .imageio import decode_image, file_sha1, read_bytes
-from .scan import scan_folder
+from ..storage.bundle import Z_COLUMNS, write_bundle
+from ..storage.cache import RowStore, cached_call, default_cache_dir, free_disk_bytes, hash_key
+from ..model.device import dtype_name
+from ..errors import ImageLoadError, InputError
+from ..inputs.imageio import decode_image, file_sha1, read_bytes
+from ..inputs.scan import scan_folder
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -140,7 +140,7 @@ def _fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int,
     embeddings are taken from ``embeds`` and only its texted copies go through the model; otherwise
     (JPEG draft / nvJPEG for bf16) both are embedded the same way, so that their difference is the text.
     """
-    from .projection import VisionOnlyProjection
+    from ..method.projection import VisionOnlyProjection
 
     idx, sample = _sample_images(images["path"].tolist(), n, seed)
     return VisionOnlyProjection(random_state=seed).fit(
@@ -160,13 +160,13 @@ def embedding_store_name(encoder_key: str, dtype: "torch.dtype") -> str:
 def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | None = None,
             progress: StageProgress | None = None) -> AnalyzeReport:
     """Scan ``data_dir``, embed (cached), fit projection and distiller (cached), lay out, write the bundle ``out``."""
-    from .distiller import Distiller
-    from .embedding import DECODERS, approximate_decoding, embed_files
-    from .device import resolve_dtype
-    from .encoder import ClipEncoder, inspect_checkpoint, resolve_device
-    from .layout import assign_cells, cell_table, embed_2d
-    from .projection import VisionOnlyProjection
-    from .training import DistillerTrainer
+    from ..method.distiller import Distiller
+    from ..model.embedding import DECODERS, approximate_decoding, embed_files
+    from ..model.device import resolve_dtype
+    from ..model.encoder import ClipEncoder, inspect_checkpoint, resolve_device
+    from ..method.layout import assign_cells, cell_table, embed_2d
+    from ..method.projection import VisionOnlyProjection
+    from ..method.training import DistillerTrainer
 
     opt = options or AnalyzeOptions()
     if opt.relevance not in RELEVANCE_METHODS:
@@ -211,7 +211,7 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
     thumb_store = RowStore(cache, "thumbs-128", None)
     last_inputs = None  # last-block relevance starts from the last layer's input the embedding pass keeps
     if opt.relevance == "last-block":
-        from .relevance_store import keeps_last_inputs, last_input_bytes, last_input_store
+        from ..method.relevance_store import keeps_last_inputs, last_input_bytes, last_input_store
 
         if keeps_last_inputs(device) and last_input_bytes(info, len(images)) <= free_disk_bytes(cache) // 2:
             last_inputs = last_input_store(cache, info, dtype)
@@ -275,7 +275,7 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
         cells = cell_table(images, opt.grid)
     rel_store = None
     if opt.relevance != "none":
-        from .relevance_store import precompute_relevance
+        from ..method.relevance_store import precompute_relevance
 
         with _timed(timings, f"relevance ({opt.relevance})"):
             rel_store = precompute_relevance(cache, info, load_encoder, distiller, images, opt.relevance,
@@ -284,7 +284,7 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
                                              progress=(lambda d, t: progress("relevance", d, t)) if progress else None)
     metrics = dict(trainer_metrics)
     if labelled.any() and opt.distiller is not None:
-        from .training import classification_metrics
+        from ..method.training import classification_metrics
 
         metrics["all"] = classification_metrics(y[labelled], p_fake[labelled])
         metrics["max_offdiag_cos"] = distiller.orthogonality()

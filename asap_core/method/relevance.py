@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import InputError
+from ..errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -226,7 +226,7 @@ def relevance_for_images(encoder, distiller, images: Sequence[Image.Image], meth
     total = len(images)
     out = np.zeros((total, N_TARGETS, side, side), dtype=np.float16)
     explainer = AttentionRelevance(encoder, distiller, method)
-    from .device import relevance_batch_size
+    from ..model.device import relevance_batch_size
 
     bs = max(relevance_batch_size(encoder.device, batch_size), 1)
     for start in range(0, total, bs):

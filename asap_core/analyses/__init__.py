@@ -1,0 +1,1 @@
+"""On-demand analyses of an open bundle: concepts, patterns and their impact, laundering, generators, one upload."""

@@ -1,0 +1,1 @@
+"""The ASAP method: vision-only projection, distiller and its training, 2-D map and cells, relevance maps."""

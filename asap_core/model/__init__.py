@@ -1,0 +1,1 @@
+"""CLIP and embedding: preprocessing, the encoder and its one factory, device choices, the embedding stage."""

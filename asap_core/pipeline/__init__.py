@@ -1,0 +1,1 @@
+"""``analyze`` as named stages (folder -> bundle) and the built-in demo bundle."""
