@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,23 +18,19 @@ from PIL import Image
 
 from .errors import BundleError, ImageLoadError, InputError
 from .inputs.imageio import IMAGE_EXTENSIONS, decode_image
+from .settings import Settings, settings
 
-HOSTED_ENV = "ASAP_HOSTED"
-ROOT_ENV = "ASAP_BUNDLE_ROOT"
-ALLOWLIST_ENV = "ASAP_MODEL_ALLOWLIST"
-MAX_UPLOAD_ENV = "ASAP_MAX_UPLOAD_MB"
-BUDGET_ENV = "ASAP_RELEVANCE_BUDGET"
 SAFE_BUNDLE_SUFFIXES = frozenset({".json", ".parquet", ".safetensors", ".md", ".txt", ".csv", ".png", ".jpg", ".npy"})
 
 
 def hosted_mode() -> bool:
-    """True when ``ASAP_HOSTED`` is set to 1/true/yes."""
-    return os.environ.get(HOSTED_ENV, "").strip().lower() in {"1", "true", "yes"}
+    """True when ``ASAP_HOSTED`` is on."""
+    return settings().hosted
 
 
 @dataclass
 class HostedPolicy:
-    """The limits of a hosted explorer; ``from_env()`` reads them from the environment.
+    """The limits of a hosted explorer; ``from_settings()`` takes them from ``asap_core.settings``.
 
     ``bundle_root``: folder of the bundles visitors may open; ``model_allowlist``: model ids visitors may
     pick; ``max_upload_bytes``; ``relevance_budget``: images with on-demand maps per session.
@@ -48,15 +43,13 @@ class HostedPolicy:
     used: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls) -> "HostedPolicy":
-        root = os.environ.get(ROOT_ENV)
-        if not root:
-            raise InputError(f"{HOSTED_ENV}=1 needs {ROOT_ENV}: the folder that holds the bundles to serve.",
-                             f"set {ROOT_ENV}=/srv/asap-bundles (bundles as sub-folders).")
-        allow = tuple(m.strip() for m in os.environ.get(ALLOWLIST_ENV, "").split(",") if m.strip())
-        return cls(Path(root).expanduser().resolve(), allow,
-                   int(float(os.environ.get(MAX_UPLOAD_ENV, "10")) * 1024 * 1024),
-                   int(os.environ.get(BUDGET_ENV, "200")))
+    def from_settings(cls, s: Settings | None = None) -> "HostedPolicy":
+        """The policy the settings describe; ``InputError`` when ``ASAP_BUNDLE_ROOT`` is missing."""
+        s = s or settings()
+        if s.bundle_root is None:
+            raise InputError("ASAP_HOSTED=1 needs ASAP_BUNDLE_ROOT: the folder that holds the bundles to serve.",
+                             "set ASAP_BUNDLE_ROOT=/srv/asap-bundles (bundles as sub-folders).")
+        return cls(s.bundle_root, s.model_allowlist, s.max_upload_bytes, s.relevance_budget)
 
     def list_bundles(self) -> list[str]:
         """Names (relative to the root) of the sub-folders that hold a ``bundle.json``."""

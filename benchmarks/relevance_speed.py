@@ -26,7 +26,9 @@ from asap_core.model.device import relevance_batch_size  # noqa: E402
 from asap_core.method.distiller import Distiller, DistillerConfig  # noqa: E402
 from asap_core.model.encoder import CheckpointInfo, ClipEncoder, fold_quick_gelu  # noqa: E402
 from asap_core.model.preprocess import ClipPreprocessor  # noqa: E402
-from asap_core.method.relevance import N_TARGETS, AttentionRelevance, eager_attention  # noqa: E402
+from asap_core.method.relevance import AttentionRelevance  # noqa: E402
+from asap_core.model.encoder import eager_attention  # noqa: E402
+from asap_core.storage.schema import N_TARGETS  # noqa: E402
 
 
 def build(dev: torch.device, dtype: torch.dtype, fold: bool = True) -> tuple[ClipEncoder, Distiller]:

@@ -19,6 +19,31 @@ def write_tiny_clip(path: Path, image_size: int = 32, patch_size: int = 8, dim: 
     return write_random_clip(path, image_size=image_size, patch_size=patch_size, dim=dim, seed=seed)
 
 
+@pytest.fixture(autouse=True)
+def _settings_from_environment():
+    """Every test starts with ``asap_core.settings`` read from the environment as it is now."""
+    from asap_core.settings import reload_settings
+
+    reload_settings()
+
+
+@pytest.fixture
+def set_env(monkeypatch):
+    """``set_env(NAME=value, ...)``: set (``None``: unset) environment variables for this test and re-read
+    ``asap_core.settings``; returns the new ``Settings``."""
+    from asap_core.settings import reload_settings
+
+    def apply(**values):
+        for name, value in values.items():
+            if value is None:
+                monkeypatch.delenv(name, raising=False)
+            else:
+                monkeypatch.setenv(name, str(value))
+        return reload_settings()
+
+    return apply
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     """A tiny CLIP checkpoint directory (32 px input, 4x4 patches, D = 64)."""
@@ -30,7 +55,7 @@ def tiny_encoder(tiny_clip_dir):
     """The tiny CLIP loaded through ClipEncoder.from_pretrained, eager attention (for relevance)."""
     from asap_core.model.encoder import ClipEncoder
 
-    return ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu", attn_implementation="eager")
+    return ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu")
 
 
 def make_image(rng: np.random.Generator, fake: bool, size: int = 48) -> Image.Image:

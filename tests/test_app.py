@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from asap_core.storage.bundle import Bundle
+from asap_core.settings import reload_settings
 from conftest import write_tiny_clip
 from conftest_app import no_exception, chart_data, tiny_bundle  # noqa: F401  (fixture)
 
@@ -26,6 +27,7 @@ def bundle(tiny_bundle) -> Bundle:  # noqa: F811
 def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.delenv("ASAP_BUNDLE", raising=False)
     monkeypatch.setenv("ASAP_CACHE_DIR", str(tmp_path / "cache"))
+    reload_settings()
 
 
 def app(bundle_path, **state) -> AppTest:

@@ -22,6 +22,7 @@ from asap_core.analyses.patterns import Pattern, PatternStore, pattern_from_sele
 from asap_core.views import generators as vgen
 from asap_core.views import patterns as vp
 from asap_core.views import robustness as vr
+from asap_core.settings import reload_settings
 from conftest import SHARED_DATA
 from conftest_app import no_exception, chart_data, tiny_bundle  # noqa: F401  (fixture)
 
@@ -43,6 +44,7 @@ def _isolated_env(monkeypatch, tmp_path):
     for k in ("ASAP_BUNDLE", "ASAP_HOSTED", "ASAP_BUNDLE_ROOT", "ASAP_MODEL_ALLOWLIST"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("ASAP_CACHE_DIR", str(tmp_path / "cache"))
+    reload_settings()
 
 
 def app_on(bundle_path, page: str | None = None, **state) -> AppTest:
@@ -264,6 +266,7 @@ def test_hosted_single_image_upload_charges_the_relevance_budget(bundle, tmp_pat
     monkeypatch.setenv("ASAP_HOSTED", "1")
     monkeypatch.setenv("ASAP_BUNDLE_ROOT", str(root))
     monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "1")
+    reload_settings()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params.update({"bundle": "tiny"})
     at.run()

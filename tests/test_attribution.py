@@ -9,7 +9,8 @@ from PIL import Image
 
 from asap_core.analyses.attribution import (attribution_accuracy, confusion_matrix, generator_names, generator_predictions,
                                    has_generator_head, validation_mask)
-from asap_core.storage.bundle import Z_COLUMNS, Bundle
+from asap_core.storage.bundle import Bundle
+from asap_core.storage.schema import Z_COLUMNS
 from asap_core.errors import InputError
 from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asap_core.storage.bundle import Z_COLUMNS, Bundle
+from asap_core.storage.bundle import Bundle
+from asap_core.storage.schema import Z_COLUMNS
 from asap_core.analyses.concepts import (ConceptResult, compute_concepts, crop_to_mask, keep_mask, mask_image,
                                 mean_fill)
 from asap_core.errors import InputError

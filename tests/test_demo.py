@@ -11,6 +11,7 @@ from asap_core.storage.bundle import Bundle
 from asap_core.pipeline.demo import DEMO_DATA, demo_bundle_path, ensure_demo_bundle, write_random_clip
 from asap_core.model.encoder import inspect_checkpoint
 from asap_core.inputs.scan import scan_folder
+from asap_core.settings import reload_settings
 
 # a smaller random CLIP than the app's, so the test analyses the 300 demo images fast on 2 cores
 SMALL_RANDOM_CLIP = dict(image_size=32, patch_size=8, hidden=32, layers=2, dim=64, seed=0)
@@ -46,6 +47,7 @@ def offline_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ASAP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("ASAP_MODEL", "no-such-org/no-such-clip")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reload_settings()
     monkeypatch.setattr(demo, "RANDOM_CLIP", SMALL_RANDOM_CLIP)
     calls = []
     real_analyze = pipeline.analyze
@@ -88,6 +90,7 @@ def test_real_model_gets_its_own_bundle_and_no_note(offline_cache, tmp_path, mon
     fallback = demo_bundle_path()
     clip = write_random_clip(tmp_path / "local_clip", seed=1)
     monkeypatch.setenv("ASAP_MODEL", str(clip))
+    reload_settings()
     seen = []
     monkeypatch.setattr(pipeline, "analyze", lambda data, out, opt, progress=None: seen.append((data, out, opt)))
     path, note = ensure_demo_bundle()

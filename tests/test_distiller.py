@@ -46,7 +46,7 @@ def test_from_pretrained_missing_folder_is_clear(tmp_path):
 
 def test_learns_separable_data_with_orthonormal_rows():
     x, y = _separable()
-    trainer = DistillerTrainer(seed=0).fit(x, y, _projection(48, 64))
+    trainer = DistillerTrainer(_projection(48, 64), seed=0).fit(x, y)
     m = trainer.metrics_
     assert m["val"]["accuracy"] >= 0.9 and m["val"]["roc_auc"] >= 0.95
     assert m["max_offdiag_cos"] <= 0.1
@@ -60,7 +60,7 @@ def test_learns_separable_data_with_orthonormal_rows():
 
 def test_without_penalty_rows_are_not_orthonormal():
     x, y = _separable()
-    free = DistillerTrainer(seed=0, ortho_weight=0.0, max_epochs=60).fit(x, y, _projection(48, 64))
+    free = DistillerTrainer(_projection(48, 64), seed=0, ortho_weight=0.0, max_epochs=60).fit(x, y)
     w = free.model_.dims.weight.detach()
     assert not torch.allclose(w @ w.T, torch.eye(16), atol=0.1)
 
@@ -75,7 +75,7 @@ def test_generator_head_learns_known_generators():
     x[y == 1, 10 + gen_idx[y == 1]] += 3.0  # each generator leaves its own trace
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     gens = np.where(y == 1, np.array(["biggan", "sd", "dalle"])[gen_idx], None)
-    t = DistillerTrainer(seed=0).fit(x, y, _projection(60, 64), generators=gens)
+    t = DistillerTrainer(_projection(60, 64), seed=0).fit(x, y, generators=gens)
     assert t.model_.config.generator_names == ("biggan", "dalle", "sd")
     assert t.metrics_["generator_val_accuracy"] >= 0.8
 
@@ -83,7 +83,7 @@ def test_generator_head_learns_known_generators():
 def test_one_class_is_a_clear_error():
     x, _ = _separable(40)
     with pytest.raises(InputError, match="needs real and fake"):
-        DistillerTrainer().fit(x, np.ones(40, int), _projection(48, 64))
+        DistillerTrainer(_projection(48, 64)).fit(x, np.ones(40, int))
 
 
 def test_folder_split_is_respected():
@@ -100,7 +100,7 @@ def test_saturated_auc_still_trains_to_confident_predictions():
     x, y = _separable(300)
     x[:, 0] += (2 * y - 1) * 3.0
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    t = DistillerTrainer(seed=0).fit(x, y, _projection(48, 64))
+    t = DistillerTrainer(_projection(48, 64), seed=0).fit(x, y)
     _, p = t.model_.predict(x)
     assert t.metrics_["val"]["roc_auc"] == 1.0
     assert np.abs(2 * p - 1).mean() > 0.8  # mean confidence, not p ~ 0.5

@@ -19,6 +19,7 @@ from asap_core.model.embedding import crop_uint8, embed_files, normalize, resize
 from asap_core.model.encoder import ClipEncoder
 from asap_core.inputs.imageio import decode_image, read_bytes
 from asap_core.model.preprocess import ClipPreprocessor
+from asap_core.settings import reload_settings
 
 
 @pytest.fixture(scope="module")
@@ -230,9 +231,11 @@ def test_device_helpers_on_cpu(encoder, monkeypatch):
     finally:
         torch.set_num_threads(before)
     cpu = torch.device("cpu")
-    monkeypatch.delenv(device_mod.CPU_BF16_ENV, raising=False)
+    monkeypatch.delenv("ASAP_CPU_BF16", raising=False)
+    reload_settings()
     assert device_mod.preferred_dtype(cpu) == torch.float32
-    monkeypatch.setenv(device_mod.CPU_BF16_ENV, "1")
+    monkeypatch.setenv("ASAP_CPU_BF16", "1")
+    reload_settings()
     native = device_mod.cpu_has_native_bf16()
     assert device_mod.preferred_dtype(cpu) == (torch.bfloat16 if native else torch.float32)
     assert device_mod.preferred_dtype("cuda") == torch.bfloat16
@@ -248,14 +251,18 @@ def test_device_helpers_on_cpu(encoder, monkeypatch):
 
 
 def test_compile_switch(monkeypatch):
-    monkeypatch.delenv(device_mod.COMPILE_ENV, raising=False)
+    monkeypatch.delenv("ASAP_COMPILE", raising=False)
+    reload_settings()
     assert not device_mod.compile_enabled() and device_mod.compile_enabled(True)
-    monkeypatch.setenv(device_mod.COMPILE_ENV, "1")
+    monkeypatch.setenv("ASAP_COMPILE", "1")
+    reload_settings()
     assert device_mod.compile_enabled() and not device_mod.compile_enabled(False)
-    monkeypatch.setenv(device_mod.COMPILE_ENV, "0")
+    monkeypatch.setenv("ASAP_COMPILE", "0")
+    reload_settings()
     assert not device_mod.compile_enabled()
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setenv("PATH", "")
+    reload_settings()
     assert device_mod.cxx_compiler() is None
 
 
@@ -445,10 +452,10 @@ def test_keep_freed_memory_stops_page_faults_on_repeated_batches():
     on which thread frees what first, and gave 0 or ~12k faults a batch on runs of the same script."""
 
     def run(env_value: str | None) -> tuple[str, int]:
-        env = {k: v for k, v in os.environ.items() if k != device_mod.MALLOC_ENV}
+        env = {k: v for k, v in os.environ.items() if k != "ASAP_MALLOC_KEEP"}
         env.update(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
         if env_value is not None:
-            env[device_mod.MALLOC_ENV] = env_value
+            env["ASAP_MALLOC_KEEP"] = env_value
         out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], env=env, capture_output=True, text=True,
                              check=True, cwd=str(Path(__file__).resolve().parents[1])).stdout.split()
         return out[0], int(out[1])

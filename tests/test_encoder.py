@@ -10,6 +10,7 @@ from PIL import Image
 
 from asap_core.model.encoder import ClipEncoder, inspect_checkpoint, resolve_model_id
 from asap_core.errors import ModelLoadError
+from asap_core.settings import reload_settings
 
 
 def test_loads_saved_checkpoint_and_matches_clipmodel(tiny_clip_dir):
@@ -42,6 +43,7 @@ def test_cache_key_follows_weights(tmp_path, tiny_clip_dir):
 
 def test_model_from_environment(monkeypatch, tiny_clip_dir):
     monkeypatch.setenv("ASAP_MODEL", str(tiny_clip_dir))
+    reload_settings()
     assert resolve_model_id() == str(tiny_clip_dir)
     assert resolve_model_id("x/y") == "x/y"
     assert inspect_checkpoint().embed_dim == 64
@@ -51,6 +53,7 @@ def test_model_from_environment(monkeypatch, tiny_clip_dir):
 def test_unavailable_weights_give_one_clear_message(model, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reload_settings()
     with pytest.raises(ModelLoadError) as err:
         ClipEncoder.from_pretrained(model)
     assert "--model" in err.value.hint and model.strip("./") in err.value.message

@@ -10,6 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from asap_core.storage.bundle import Bundle
+from asap_core.settings import reload_settings
 from conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
@@ -36,6 +37,7 @@ def root(tiny_bundle, tmp_path, monkeypatch) -> Path:  # noqa: F811
     monkeypatch.setenv("ASAP_BUNDLE_ROOT", str(root))
     monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "200")
     monkeypatch.delenv("ASAP_MODEL_ALLOWLIST", raising=False)
+    reload_settings()
     return root
 
 
@@ -112,6 +114,7 @@ def test_model_override_only_from_the_allow_list(root, tiny_clip_dir, tmp_path, 
     assert not at.text_input and len(at.sidebar.selectbox) == 1  # only the bundle picker, no model box
 
     monkeypatch.setenv("ASAP_MODEL_ALLOWLIST", f"openai/clip-vit-base-patch32,{tiny_clip_dir}")
+    reload_settings()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params.update({"bundle": "tiny"})
     at.session_state["sel_images"] = ids
@@ -129,6 +132,7 @@ def test_model_override_only_from_the_allow_list(root, tiny_clip_dir, tmp_path, 
 
 def test_relevance_budget_stops_on_demand_maps(root, monkeypatch):
     monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "1")
+    reload_settings()
     ids = Bundle.open(root / "tiny").images["image_id"].tolist()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params.update({"bundle": "tiny"})

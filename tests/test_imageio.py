@@ -13,6 +13,7 @@ from PIL import Image, ImageFile, features
 
 from asap_core.inputs import imageio
 from asap_core.errors import ImageLoadError
+from asap_core.settings import reload_settings
 from asap_core.inputs.imageio import (
     IMAGE_EXTENSIONS,
     decode_image,
@@ -25,7 +26,8 @@ from asap_core.inputs.imageio import (
 
 @pytest.fixture(autouse=True)
 def _no_pixel_env(monkeypatch):
-    monkeypatch.delenv(imageio.MAX_PIXELS_ENV, raising=False)
+    monkeypatch.delenv("ASAP_MAX_IMAGE_PIXELS", raising=False)
+    reload_settings()
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -244,7 +246,7 @@ def test_decompression_bomb_error_is_skipped(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # error above 2000 pixels
     err = _load_error(p)
     assert err.reason.startswith("decompression bomb: 100 x 60 pixels exceeds the limit")
-    assert imageio.MAX_PIXELS_ENV in err.hint
+    assert "ASAP_MAX_IMAGE_PIXELS" in err.hint
 
 
 def test_decompression_bomb_warning_loads_silently(tmp_path, monkeypatch):
@@ -260,7 +262,8 @@ def test_decompression_bomb_warning_loads_silently(tmp_path, monkeypatch):
 def test_env_var_raises_pixel_limit(tmp_path, monkeypatch):
     p = _save(Image.new("RGB", (100, 60)), tmp_path / "bomb.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
-    monkeypatch.setenv(imageio.MAX_PIXELS_ENV, "10000")
+    monkeypatch.setenv("ASAP_MAX_IMAGE_PIXELS", "10000")
+    reload_settings()
     _, im = load_image(p)
     assert im.size == (100, 60)
 

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from asap_core.errors import InputError
-from asap_core.method.layout import CELL_COLUMNS, assign_cells, cell_table, embed_2d, regrid
+from asap_core.method.layout import assign_cells, cell_table, embed_2d, regrid
+from asap_core.storage.schema import CELL_COLUMNS
 
 
 def blobs(rng: np.random.Generator, n: int, k: int = 3, d: int = 16, spread: float = 6.0):
@@ -62,7 +63,7 @@ def test_cell_counts_add_up_and_match_naive_loop():
     grid = 6
     images = make_images(rng, 3000, grid)
     cells = cell_table(images, grid)
-    assert list(cells.columns) == CELL_COLUMNS
+    assert list(cells.columns) == list(CELL_COLUMNS)
     assert cells["n"].sum() == len(images)
     parts = cells[["n_real_ok", "n_real_wrong", "n_fake_ok", "n_fake_wrong", "n_unlabelled"]].sum(axis=1)
     assert (parts == cells["n"]).all()

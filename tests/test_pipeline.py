@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from asap_core.pipeline import analyze as pipeline
+from asap_core.pipeline import stages
 from asap_core.storage.bundle import Bundle
 from asap_core.model.encoder import ClipEncoder
 from asap_core.errors import BundleError, InputError
 from asap_core.pipeline.analyze import AnalyzeOptions, analyze
+from asap_core.settings import reload_settings
 
 from conftest import SHARED_DATA, make_image
 
@@ -46,7 +47,11 @@ def test_bundle_is_complete(built, small_folder):
     # predictions agree with the stored distiller applied to the cached embeddings
     from asap_core.storage.cache import RowStore
 
-    store = RowStore(tmp / "cache", f"emb-{b.meta['encoder']['cache_key']}", (64,))
+    import torch
+
+    from asap_core.pipeline.stages import embedding_store_name
+
+    store = RowStore(tmp / "cache", embedding_store_name(b.encoder_info.cache_key, torch.float32), (64,))
     z, p = b.distiller.predict(store.get(b.images.image_id.tolist()))
     np.testing.assert_allclose(p, b.images.p_fake, atol=1e-5)
     np.testing.assert_allclose(z, b.z, atol=1e-5)
@@ -76,19 +81,20 @@ def test_embedding_cache_is_keyed_by_dtype(built, small_folder, tiny_clip_dir, m
     import torch
 
     from asap_core.model import device as device_mod
-    from asap_core.pipeline.analyze import embedding_store_name
+    from asap_core.pipeline.stages import EMBEDDING_VERSION, embedding_store_name
 
     tmp, first = built
     key = Bundle.open(first.bundle).meta["encoder"]["cache_key"]
-    assert embedding_store_name(key, torch.float32) == f"emb-{key}"
-    assert embedding_store_name(key, torch.bfloat16) == f"emb-{key}-bfloat16"
-    fp32_files = sorted(p.name for p in (tmp / "cache" / f"emb-{key}").rglob("*") if p.is_file())
-    monkeypatch.setenv(device_mod.CPU_BF16_ENV, "1")
+    assert embedding_store_name(key, torch.float32) == f"emb-v{EMBEDDING_VERSION}-{key}"
+    assert embedding_store_name(key, torch.bfloat16) == f"emb-v{EMBEDDING_VERSION}-{key}-bfloat16"
+    fp32_files = sorted(p.name for p in (tmp / "cache" / embedding_store_name(key, torch.float32)).rglob("*") if p.is_file())
+    monkeypatch.setenv("ASAP_CPU_BF16", "1")
+    reload_settings()
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
     report = analyze(small_folder, tmp / "bundle-bf16", _opts(tiny_clip_dir, tmp / "cache"))
     assert "load model" in report.timings  # nothing reused from the fp32 store
-    assert (tmp / "cache" / f"emb-{key}-bfloat16").is_dir()
-    assert sorted(p.name for p in (tmp / "cache" / f"emb-{key}").rglob("*") if p.is_file()) == fp32_files
+    assert (tmp / "cache" / embedding_store_name(key, torch.bfloat16)).is_dir()
+    assert sorted(p.name for p in (tmp / "cache" / embedding_store_name(key, torch.float32)).rglob("*") if p.is_file()) == fp32_files
     again = analyze(small_folder, tmp / "bundle-bf16b", _opts(tiny_clip_dir, tmp / "cache"))
     assert "load model" not in again.timings
     assert Bundle.open(again.bundle).meta["encoder"]["dtype"] == "bfloat16"
@@ -96,7 +102,8 @@ def test_embedding_cache_is_keyed_by_dtype(built, small_folder, tiny_clip_dir, m
 
     capsys.readouterr()
     assert main(["info", str(again.bundle)]) == 0 and "(bfloat16)" in capsys.readouterr().out
-    monkeypatch.delenv(device_mod.CPU_BF16_ENV)  # the option says the same without the environment
+    monkeypatch.delenv("ASAP_CPU_BF16")  # the option says the same without the environment
+    reload_settings()
     explicit = analyze(small_folder, tmp / "bundle-bf16c", _opts(tiny_clip_dir, tmp / "cache", dtype="bfloat16"))
     assert "load model" not in explicit.timings
     fp32 = analyze(small_folder, tmp / "bundle-fp32", _opts(tiny_clip_dir, tmp / "cache", dtype="float32"))
@@ -232,7 +239,7 @@ def test_relevance_pass_reuses_the_embedding_pass_and_survives_interruption(tmp_
     b = Bundle.open(report.bundle)
     ids = b.images.image_id.tolist()
     maps = bundle_maps(b, ids).astype(np.float32)
-    monkeypatch.setattr(pipeline, "free_disk_bytes", lambda path: 0)
+    monkeypatch.setattr(stages, "free_disk_bytes", lambda path: 0)
     again = analyze(small_folder, tmp_path / "b2", _opts(tiny_clip_dir, tmp_path / "cache2", relevance="last-block"))
     assert calls["pixels"] == again.n_used == report.n_used and calls["kept"] == report.n_used
     assert not list((tmp_path / "cache2").glob("lastin-*/*.parquet"))  # nothing kept without room
@@ -256,7 +263,8 @@ def test_cli_speed_tip_only_after_long_cpu_runs_and_only_what_applies(monkeypatc
     from asap_core.model import device as device_mod
     from asap_core.cli import cpu_speed_tip
 
-    monkeypatch.delenv(device_mod.CPU_BF16_ENV, raising=False)
+    monkeypatch.delenv("ASAP_CPU_BF16", raising=False)
+    reload_settings()
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(device_mod, "cxx_compiler", lambda: "/usr/bin/c++")
     tip = cpu_speed_tip("cpu", "auto", False, 120.0)

@@ -41,15 +41,15 @@ def test_load_formats_and_shape_check(tmp_path, fmt):
     m = np.linalg.qr(np.random.default_rng(0).normal(size=(64, 32)))[0].T.astype(np.float32)
     path = tmp_path / f"p.{fmt}"
     if fmt == "safetensors":
-        VisionOnlyProjection.from_components(m).save(path)
+        path = VisionOnlyProjection.from_components(m).save_pretrained(tmp_path / "folder")
     elif fmt == "npy":
         np.save(path, m)
     else:
         torch.save({"proj": torch.from_numpy(m)}, path)
-    loaded = VisionOnlyProjection.load(path, embed_dim=64)
+    loaded = VisionOnlyProjection.from_pretrained(path, embed_dim=64)
     np.testing.assert_array_equal(loaded.components_, m)
     with pytest.raises(ModelLoadError, match="encoder's D is 512"):
-        VisionOnlyProjection.load(path, embed_dim=512)
+        VisionOnlyProjection.from_pretrained(path, embed_dim=512)
 
 
 def test_load_refuses_pickled_objects(tmp_path):
@@ -59,7 +59,7 @@ def test_load_refuses_pickled_objects(tmp_path):
     with open(path, "wb") as fh:
         pickle.dump({"x": object()}, fh)
     with pytest.raises(ModelLoadError, match="cannot read a projection"):
-        VisionOnlyProjection.load(path, embed_dim=64)
+        VisionOnlyProjection.from_pretrained(path, embed_dim=64)
 
 
 def test_fit_takes_the_sample_embeddings_at_hand(tiny_encoder, small_folder, encode_counter):
@@ -67,18 +67,39 @@ def test_fit_takes_the_sample_embeddings_at_hand(tiny_encoder, small_folder, enc
     embedded, and the written subspace is the one found when the sample is embedded afresh."""
     import pandas as pd
 
-    from asap_core.pipeline.analyze import _fit_projection
+    from asap_core.pipeline.stages import fit_projection
 
     paths = [str(p) for p in sorted(small_folder.rglob("*.jpg"))]
     embeds = tiny_encoder.encode_images([Image.open(p).convert("RGB") for p in paths]).numpy()
     encode_counter["images"] = 0
     frame = pd.DataFrame({"path": paths})
     embed = lambda ims: tiny_encoder.encode_images(ims).numpy()  # noqa: E731
-    reused = _fit_projection(frame, embeds, 16, 0, embed, exact_decode=True)
+    reused = fit_projection(frame, embeds, 16, 0, embed, exact_decode=True)
     assert encode_counter["images"] == 16
-    afresh = _fit_projection(frame, embeds, 16, 0, embed, exact_decode=False)
+    afresh = fit_projection(frame, embeds, 16, 0, embed, exact_decode=False)
     assert encode_counter["images"] == 16 + 32
     t1, t2 = reused.text_components_.astype(np.float64), afresh.text_components_.astype(np.float64)
     np.testing.assert_allclose(t1.T @ t1, t2.T @ t2, atol=1e-4)  # the same subspace
     with pytest.raises(ValueError, match="rows for"):
         VisionOnlyProjection().fit([Image.new("RGB", (8, 8))], embed, image_embeds=embeds[:2])
+
+
+def test_projection_round_trips_and_checks_fit_and_shapes(tmp_path):
+    """save_pretrained / from_pretrained keep the fitted matrices; transform refuses before fit and on
+    embeddings of another width."""
+    from asap_core.errors import InputError
+
+    rng = np.random.default_rng(1)
+    clean = rng.normal(size=(40, 32))
+    images = [Image.new("RGB", (16, 16), tuple(int(c) for c in rng.integers(0, 255, 3))) for _ in range(6)]
+    embed = lambda ims: rng.normal(size=(len(ims), 32))  # noqa: E731
+    with pytest.raises(InputError, match="not fitted"):
+        VisionOnlyProjection().transform(clean)
+    proj = VisionOnlyProjection(n_components=8, n_text_components=2).fit(images, embed, clean_embeds=clean)
+    proj.save_pretrained(tmp_path)
+    back = VisionOnlyProjection.from_pretrained(tmp_path, embed_dim=32)
+    np.testing.assert_array_equal(back.components_, proj.components_)
+    np.testing.assert_array_equal(back.text_components_, proj.text_components_)
+    assert proj.transform(clean).shape == (40, 8)
+    with pytest.raises(InputError, match=r"\[N, 32\]"):
+        proj.transform(clean[:, :16])

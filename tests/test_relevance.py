@@ -10,9 +10,8 @@ from PIL import Image
 
 from asap_core.method.distiller import Distiller, DistillerConfig
 from asap_core.errors import InputError
+from asap_core.storage.schema import N_TARGETS, TARGET_NAMES
 from asap_core.method.relevance import (
-    N_TARGETS,
-    TARGET_NAMES,
     AttentionRelevance,
     overlay,
     relevance_for_images,
@@ -102,7 +101,7 @@ def test_works_under_inference_mode_and_with_sdpa_encoder(tiny_clip_dir, tiny_en
         px_inf = px.clone()  # an inference tensor
         got = relevance_maps(tiny_encoder, dist, px_inf)
     assert torch.allclose(got, expected, atol=1e-6)
-    sdpa = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu", attn_implementation="sdpa")
+    sdpa = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu")
     assert sdpa.vision_model.config._attn_implementation == "sdpa"
     got = relevance_maps(sdpa, dist, px, method="rollout")
     assert torch.allclose(got, relevance_maps(tiny_encoder, dist, px, method="rollout"), atol=1e-5)
@@ -223,7 +222,8 @@ def test_display_helpers_import_without_torch():
 
     code = ("import sys; sys.modules['torch'] = None\n"
             "import numpy as np; from PIL import Image\n"
-            "from asap_core.method.relevance import overlay, upsample_map, TARGET_NAMES\n"
+            "from asap_core.method.relevance import overlay, upsample_map\n"
+            "from asap_core.storage.schema import TARGET_NAMES\n"
             "print(overlay(Image.new('RGB', (20, 20)), np.eye(4)).size, upsample_map(np.eye(4), 8).shape)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=60)

@@ -17,6 +17,7 @@ from asap_core.storage.cache import RowStore
 from asap_core.errors import BundleError, ImageLoadError, InputError
 from asap_core.hosting import HostedPolicy, check_bundle_files
 from asap_core.pipeline.analyze import AnalyzeOptions, analyze
+from asap_core.settings import reload_settings
 
 from conftest import make_image
 
@@ -155,9 +156,13 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(point, tmp_path, tiny_clip_
     assert rerun.returncode == 0, rerun.stderr
     a, b = Bundle.open(ref_bundle), Bundle.open(out)
     assert a.images.image_id.tolist() == b.images.image_id.tolist()
-    key = a.meta["encoder"]["cache_key"]
-    ea = RowStore(ref_cache, f"emb-{key}", (64,)).get(a.images.image_id.tolist())
-    eb = RowStore(cache, f"emb-{key}", (64,)).get(b.images.image_id.tolist())
+    import torch
+
+    from asap_core.pipeline.stages import embedding_store_name
+
+    name = embedding_store_name(a.encoder_info.cache_key, torch.float32)
+    ea = RowStore(ref_cache, name, (64,)).get(a.images.image_id.tolist())
+    eb = RowStore(cache, name, (64,)).get(b.images.image_id.tolist())
     np.testing.assert_allclose(ea, eb, atol=1e-6)
     np.testing.assert_allclose(a.images.p_fake, b.images.p_fake, atol=1e-5)
     # the rerun embedded only what the killed run had not stored: 48 images in batches of 8 = 6 shards
@@ -178,7 +183,8 @@ def policy(tmp_path, monkeypatch):
     monkeypatch.setenv("ASAP_MODEL_ALLOWLIST", "openai/clip-vit-base-patch32, openai/clip-vit-large-patch14")
     monkeypatch.setenv("ASAP_MAX_UPLOAD_MB", "1")
     monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "10")
-    return HostedPolicy.from_env()
+    reload_settings()
+    return HostedPolicy.from_settings()
 
 
 def test_hosted_paths_cannot_escape(policy, tmp_path):
@@ -234,8 +240,9 @@ def test_hosted_relevance_budget(policy):
 
 def test_hosted_mode_needs_a_root(monkeypatch):
     monkeypatch.delenv("ASAP_BUNDLE_ROOT", raising=False)
+    reload_settings()
     with pytest.raises(InputError, match="ASAP_BUNDLE_ROOT"):
-        HostedPolicy.from_env()
+        HostedPolicy.from_settings()
 
 
 def test_no_trust_remote_code_anywhere():

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from asap_core.storage.bundle import Z_COLUMNS, Bundle
+from asap_core.storage.bundle import Bundle
+from asap_core.storage.schema import Z_COLUMNS
 from asap_core.views import attention as va
 from asap_core.views import concept as vc
 from asap_core.views import dimensions as vd
@@ -244,7 +245,7 @@ def test_concept_cards_from_compute_concepts(bundle, tiny_clip_dir):
         pytest.skip("asap_core.analyses.concepts is not there yet")
     from asap_core.model.encoder import ClipEncoder
 
-    enc = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu", attn_implementation="eager")
+    enc = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu")
     ids = bundle.images["image_id"].tolist()[:8]
     cards = vc.concept_cards(vc.compute(bundle, ids, k=3, encoder=enc), n_exemplars=2)
     assert len(cards) == 3

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -22,18 +21,16 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..storage.bundle import Z_COLUMNS
+from ..storage.schema import FAKE_LOGIT, Z_COLUMNS
 from ..storage.cache import cached_call, hash_key
-from ..errors import AsapError, BundleError, ImageLoadError, InputError
-from ..inputs.imageio import decode_image, read_bytes
+from ..errors import AsapError, InputError
 from ..model.preprocess import CLIP_MEAN, ClipPreprocessor
 
-FAKE_LOGIT = 16
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.10, 0.25, 0.50)
 N_EXEMPLARS = 6
 N_DOMINANT = 3
 CACHE_NAMESPACE = "concepts"
-CACHE_VERSION = "concepts-1"
+CACHE_VERSION = "concepts-2"
 
 
 # ----------------------------------------------------------------------------- masking
@@ -98,14 +95,6 @@ def crop_to_mask(image: Image.Image, keep: np.ndarray) -> Image.Image:
     ys = _patch_edges(image.height, keep.shape[0])
     xs = _patch_edges(image.width, keep.shape[1])
     return image.crop((int(xs[c[0]]), int(ys[r[0]]), int(xs[c[-1] + 1]), int(ys[r[-1] + 1])))
-
-
-def _normalise(preprocessor: ClipPreprocessor, images: Sequence[Image.Image]) -> np.ndarray:
-    """Already model-sized RGB images -> pixel values ``[B, 3, S, S]`` float32 (no further resize)."""
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images]).transpose(0, 3, 1, 2)
-    mean = np.asarray(preprocessor.mean, np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(preprocessor.std, np.float32).reshape(1, 3, 1, 1)
-    return np.ascontiguousarray((arr / np.float32(255.0) - mean) / std, dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- result
@@ -214,40 +203,13 @@ def _preprocessor_for(bundle, encoder=None) -> ClipPreprocessor:
     """The encoder's preprocessing, else the bundle checkpoint's (read from its files), else CLIP defaults."""
     if encoder is not None:
         return encoder.preprocessor
-    enc = bundle.meta.get("encoder", {})
+    info = bundle.encoder_info
     try:
         from ..model.encoder import inspect_checkpoint
 
-        return inspect_checkpoint(enc["model_id"]).preprocessor
-    except (AsapError, KeyError, OSError):
-        side = int(enc.get("image_size", 224))
-        return ClipPreprocessor(size=side, crop_size=side)
-
-
-def _source_loader(bundle, preprocessor: Callable[[], ClipPreprocessor]) -> Callable[[str], Image.Image]:
-    """``image_id -> model-input PIL`` (decoded, resized, centre-cropped); the bundle thumbnail if the file is gone."""
-    paths = dict(zip(bundle.images["image_id"], bundle.images["path"]))
-
-    def load(image_id: str) -> Image.Image:
-        path = paths[image_id]
-        try:
-            im = decode_image(read_bytes(path), path)
-        except ImageLoadError:
-            thumb = bundle.thumbnails([image_id])[0]
-            if thumb is None:
-                raise
-            im = decode_image(thumb, f"thumbnail of {path}")
-        return preprocessor().resize_and_crop(im).convert("RGB")
-
-    return load
-
-
-def _writable(folder: Path) -> bool:
-    """True when ``folder`` (or, if absent, its nearest existing parent) accepts new files."""
-    p = Path(folder)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return os.access(p, os.W_OK)
+        return inspect_checkpoint(info.model_id).preprocessor
+    except (AsapError, OSError):
+        return ClipPreprocessor(size=info.image_size, crop_size=info.image_size)
 
 
 def _check_fractions(fractions: Sequence[float]) -> tuple[float, ...]:
@@ -264,14 +226,11 @@ def segment_embeddings(bundle, image_ids: list[str], method: str, fractions: tup
 
     Segment ``i * F + j`` is image ``i`` kept at ``fractions[j]`` of its fake-logit map. Not cached here.
     """
-    import torch
-
     from ..method.relevance_store import bundle_maps
 
     maps = np.asarray(bundle_maps(bundle, image_ids, method, encoder=encoder), np.float32)[:, FAKE_LOGIT]
     pre = encoder.preprocessor
     fill = mean_fill(pre.mean)
-    paths = bundle.images.set_index("image_id")["path"]
     n_seg = len(image_ids) * len(fractions)
     masks = np.zeros((n_seg, *maps.shape[1:]), dtype=bool)
     embeds = np.zeros((n_seg, encoder.embed_dim), dtype=np.float32)
@@ -279,18 +238,13 @@ def segment_embeddings(bundle, image_ids: list[str], method: str, fractions: tup
     for start in range(0, len(image_ids), per_batch):
         pics: list[Image.Image] = []
         for i in range(start, min(start + per_batch, len(image_ids))):
-            path = paths[image_ids[i]]
-            try:
-                base = pre.resize_and_crop(decode_image(read_bytes(path), path)).convert("RGB")
-            except ImageLoadError as exc:
-                raise BundleError(f"{path}: {exc.reason}; its concept segments cannot be computed.",
-                                  "keep the analysed images where they were when the bundle was made.") from None
+            base = bundle.model_input(image_ids[i], pre, "its concept segments")
             for j, f in enumerate(fractions):
                 keep = keep_mask(maps[i], f)
                 masks[i * len(fractions) + j] = keep
                 pics.append(apply_mask(base, keep, fill))
         lo = start * len(fractions)
-        embeds[lo:lo + len(pics)] = encoder.encode(torch.from_numpy(_normalise(pre, pics))).numpy()
+        embeds[lo:lo + len(pics)] = encoder.encode_crops(pics).numpy()
         if progress:
             progress(lo + len(pics), n_seg)
     return embeds, masks
@@ -299,9 +253,8 @@ def segment_embeddings(bundle, image_ids: list[str], method: str, fractions: tup
 def concept_cache_key(bundle, image_ids: Sequence[str], method: str, fractions: Sequence[float],
                       encoder=None) -> str:
     """Cache key of the masked embeddings of one subset (ids, method, fractions, encoder, distiller)."""
-    enc_key = encoder.cache_key if encoder is not None else bundle.meta["encoder"]["cache_key"]
-    return hash_key(CACHE_VERSION, list(image_ids), method, tuple(float(f) for f in fractions), enc_key,
-                    bundle.distiller.fingerprint)
+    return hash_key(CACHE_VERSION, list(image_ids), method, tuple(float(f) for f in fractions),
+                    bundle.model_key(encoder))
 
 
 def compute_concepts(bundle, image_ids: list[str], k: int = 3, method: str = "last-block",
@@ -313,16 +266,12 @@ def compute_concepts(bundle, image_ids: list[str], k: int = 3, method: str = "la
     ``bundle.cache_dir``; only a cache miss loads the encoder (``encoder`` or the bundle's own).
     ``progress(done, total)`` reports encoded segments.
     """
-    ids = list(dict.fromkeys(str(i) for i in image_ids))
+    ids = bundle.check_ids(image_ids)
     if not ids:
         raise InputError("No images were selected for concepts.", "select a cell or at least one image.")
     if int(k) < 1:
         raise InputError(f"k = {k}: the number of concepts must be at least 1.", "use k >= 1 (default 3).")
     table = bundle.images.set_index("image_id")
-    unknown = [i for i in ids if i not in table.index]
-    if unknown:
-        raise InputError(f"{len(unknown)} image id(s) are not in the bundle {bundle.path} (e.g. {unknown[0]}).",
-                         "pass image_id values from bundle.images.")
     fr = _check_fractions(fractions)
 
     def compute():
@@ -338,11 +287,7 @@ def compute_concepts(bundle, image_ids: list[str], k: int = 3, method: str = "la
         return np.load(d / "embeds.npy"), np.load(d / "masks.npy")
 
     key = concept_cache_key(bundle, ids, method, fr, encoder)
-    if _writable(bundle.cache_dir):
-        embeds, masks = cached_call(bundle.cache_dir, CACHE_NAMESPACE, key, compute, save, load)
-    else:  # a read-only bundle (e.g. shipped demo): use what is cached, compute the rest without storing
-        hit = Path(bundle.cache_dir) / CACHE_NAMESPACE / key
-        embeds, masks = load(hit) if hit.is_dir() else compute()
+    embeds, masks = cached_call(bundle.cache_dir, CACHE_NAMESPACE, key, compute, save, load)  # read-only: not stored
     z, seg_p = bundle.distiller.predict(embeds)
 
     labels, centers, k_eff = cluster_segments(z, k, random_state)
@@ -364,7 +309,8 @@ def compute_concepts(bundle, image_ids: list[str], k: int = 3, method: str = "la
     return ConceptResult(
         segments=seg, concepts=_concept_table(seg, z.astype(np.float64), centers), centers=centers.astype(np.float32),
         masks=masks, k=k_eff, method=method, fractions=fr,
-        _load_image=_source_loader(bundle, pre_cache), _fill=lambda: mean_fill(pre_cache().mean))
+        _load_image=lambda i: bundle.model_input(i, pre_cache(), "its concept crop", thumbnail_fallback=True),
+        _fill=lambda: mean_fill(pre_cache().mean))
 
 
 __all__ = ["ConceptResult", "apply_mask", "cluster_segments", "compute_concepts", "concept_cache_key",

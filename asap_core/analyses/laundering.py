@@ -17,10 +17,10 @@ import pandas as pd
 from PIL import Image
 
 from ..storage.cache import cached_call, hash_key
-from ..errors import BundleError, ImageLoadError, InputError
-from ..inputs.imageio import decode_image, read_bytes, to_rgb
+from ..errors import InputError
+from ..inputs.imageio import to_rgb
+from ..storage.schema import DECISION_THRESHOLD, FAKE_LOGIT
 
-FAKE_LOGIT = 16
 DEFAULT_QUALITIES: tuple[int, ...] = (95, 75, 50)
 DEFAULT_SCALES: tuple[float, ...] = (1.0, 0.75, 0.5)
 MAX_SCALE = 4.0
@@ -59,19 +59,6 @@ def launder(image: Image.Image, jpeg_quality: int | None = 75, scale: float = 1.
     return out.convert("RGB")
 
 
-def _originals(bundle, ids: Sequence[str]) -> list[Image.Image]:
-    paths = bundle.images.set_index("image_id")["path"]
-    out = []
-    for i in ids:
-        path = paths[i]
-        try:
-            out.append(decode_image(read_bytes(path), path))
-        except ImageLoadError as exc:
-            raise BundleError(f"{path}: {exc.reason}; it cannot be laundered.",
-                              "keep the analysed images where they were when the bundle was made.") from None
-    return out
-
-
 def _p_fake(encoder, distiller, pics: Sequence[Image.Image], batch_size: int) -> np.ndarray:
     out = []
     for start in range(0, len(pics), batch_size):
@@ -108,23 +95,17 @@ def laundering_table(bundle, image_ids: Sequence[str], qualities: Sequence[int |
     the Pearson correlation of the fake-logit relevance map before and after. Cached in the bundle;
     ``encoder`` (default: the bundle's own) is loaded only on a cache miss. ``progress(done, total)`` per image.
     """
-    ids = list(dict.fromkeys(str(i) for i in image_ids))
+    ids = bundle.check_ids(image_ids)
     if not ids:
         raise InputError("No images were chosen for laundering.", "select at least one image.")
-    known = set(bundle.images["image_id"])
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        raise InputError(f"{len(unknown)} image id(s) are not in the bundle {bundle.path} (e.g. {unknown[0]}).",
-                         "pass image_id values from bundle.images.")
     settings = _settings(qualities, scales)
 
     def compute() -> pd.DataFrame:
         enc = encoder or bundle.encoder()
         return _launder_rows(bundle, ids, settings, enc, with_maps, method, max(1, int(batch_size)), progress)
 
-    enc_key = encoder.cache_key if encoder is not None else bundle.meta["encoder"]["cache_key"]
-    key = hash_key(CACHE_VERSION, ids, settings, bool(with_maps), method if with_maps else "", enc_key,
-                   bundle.distiller.fingerprint)
+    key = hash_key(CACHE_VERSION, ids, settings, bool(with_maps), method if with_maps else "",
+                   bundle.model_key(encoder))
     return cached_call(bundle.cache_dir, CACHE_NAMESPACE, key, compute,
                        lambda t, d: t.to_parquet(d / "table.parquet", index=False),
                        lambda d: pd.read_parquet(d / "table.parquet"))
@@ -140,7 +121,7 @@ def _launder_rows(bundle, ids, settings, encoder, with_maps, method, batch_size,
     frames = []
     for start in range(0, len(ids), per):
         chunk = ids[start:start + per]
-        originals = _originals(bundle, chunk)
+        originals = [bundle.decode(i, "its laundering") for i in chunk]
         p0 = _p_fake(encoder, distiller, originals, batch_size)
         pics = [launder(im, q, s) for im in originals for q, s in settings]
         p = _p_fake(encoder, distiller, pics, batch_size)
@@ -154,7 +135,7 @@ def _launder_rows(bundle, ids, settings, encoder, with_maps, method, batch_size,
             "p_fake_original": np.repeat(p0, n_set),
         })
         part["delta"] = part["p_fake"] - part["p_fake_original"]
-        part["flipped"] = (part["p_fake"] >= 0.5) != (part["p_fake_original"] >= 0.5)
+        part["flipped"] = (part["p_fake"] >= DECISION_THRESHOLD) != (part["p_fake_original"] >= DECISION_THRESHOLD)
         if with_maps:
             before = np.asarray(bundle_maps(bundle, chunk, method, encoder=encoder), np.float32)[:, FAKE_LOGIT]
             after = relevance_for_images(encoder, distiller, pics, method)[:, FAKE_LOGIT]
@@ -177,7 +158,7 @@ def laundering_summary(table: pd.DataFrame) -> pd.DataFrame:
         y = (lab["label"] == "fake").to_numpy()
         both = len(np.unique(y)) == 2
         def acc(col: str) -> float:
-            return float(((lab[col] >= 0.5).to_numpy() == y).mean()) if len(lab) else float("nan")
+            return float(((lab[col] >= DECISION_THRESHOLD).to_numpy() == y).mean()) if len(lab) else float("nan")
 
         def auc(col: str) -> float:
             return float(roc_auc_score(y, lab[col])) if both else float("nan")
@@ -210,10 +191,9 @@ def laundered_view(bundle, image_id: str, jpeg_quality: int | None, scale: float
     from ..method.relevance_store import bundle_maps
 
     q, s = _check_setting(jpeg_quality, scale)
-    if image_id not in set(bundle.images["image_id"]):
-        raise InputError(f"Image {image_id} is not in the bundle {bundle.path}.", "pass an image_id of bundle.images.")
+    image_id = bundle.check_ids([image_id])[0]
     enc = encoder or bundle.encoder()
-    original = _originals(bundle, [image_id])[0]
+    original = bundle.decode(image_id, "its laundering")
     laundered = launder(original, q, s)
     p = _p_fake(enc, bundle.distiller, [original, laundered], 2)
     before = np.asarray(bundle_maps(bundle, [image_id], method, encoder=enc), np.float32)[0]

@@ -34,10 +34,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from ..storage.cache import cached_call, hash_key
-from .concepts import FAKE_LOGIT, apply_mask, keep_mask, mean_fill
-from ..errors import BundleError, ImageLoadError, InputError
-from ..inputs.imageio import decode_image, read_bytes
+from ..storage.cache import cached_call, hash_key, is_cached
+from .concepts import apply_mask, keep_mask, mean_fill
+from ..storage.schema import DECISION_THRESHOLD, FAKE_LOGIT, p_fake_from_logit
+from ..errors import BundleError, InputError
+from ..inputs.imageio import decode_image
 
 SOURCES = ("concept", "selection")
 DEFAULT_FRACTION = 0.25
@@ -178,7 +179,7 @@ class PatternStore:
 
     def add(self, pattern: Pattern, overwrite: bool = False) -> Path:
         """Save ``pattern``; ``InputError`` if the name is taken (unless ``overwrite``) or ids are unknown."""
-        _check_ids(self.bundle, pattern.image_ids)
+        self.bundle.check_ids(pattern.image_ids)
         _check_side(self.bundle, pattern)
         path = self._path(pattern.name)
         if path.exists() and not overwrite:
@@ -230,46 +231,23 @@ class PatternStore:
 # ----------------------------------------------------------------------------- impact
 
 
-def _check_ids(bundle, ids: Sequence[str]) -> None:
-    known = set(bundle.images["image_id"])
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        raise InputError(f"{len(unknown)} image id(s) are not in the bundle {bundle.path} (e.g. {unknown[0]}).",
-                         "pass image_id values from bundle.images.")
-
-
 def _check_side(bundle, pattern: Pattern) -> int:
-    side = int(bundle.meta["encoder"]["patch_side"])
+    side = bundle.encoder_info.patch_side
     if pattern.side is not None and pattern.side != side:
         raise InputError(f"Pattern '{pattern.name}' has {pattern.side}x{pattern.side} patch masks; this bundle's "
                          f"encoder has {side}x{side} patches.", "make the pattern from this bundle's concepts.")
     return side
 
 
-def _model_inputs(bundle, ids: Sequence[str], preprocessor) -> list[Image.Image]:
-    """Decoded, resized and centre-cropped RGB images (what CLIP sees) for ``ids``."""
-    paths = bundle.images.set_index("image_id")["path"]
-    out = []
-    for i in ids:
-        path = paths[i]
-        try:
-            im = decode_image(read_bytes(path), path)
-        except ImageLoadError as exc:
-            raise BundleError(f"{path}: {exc.reason}; the pattern impact cannot be computed.",
-                              "keep the analysed images where they were when the bundle was made.") from None
-        out.append(preprocessor.resize_and_crop(im).convert("RGB"))
-    return out
-
-
 def _predict(encoder, distiller, pics: list[Image.Image]) -> tuple[np.ndarray, np.ndarray]:
-    """``(p_fake [n], fake logit [n])`` of model-sized images."""
+    """``(p_fake [n], fake logit [n])`` float64 of model-sized images."""
     import torch
 
-    emb = encoder.encode_images(pics)
+    emb = encoder.encode_crops(pics)
     with torch.no_grad():
         _, logit = distiller(emb)
     logit = logit.double().numpy()
-    return (1.0 / (1.0 + np.exp(-logit))), logit
+    return p_fake_from_logit(logit), logit
 
 
 def region_masks(bundle, pattern: Pattern, encoder=None, method: str = "last-block") -> np.ndarray:
@@ -314,7 +292,7 @@ def _impact_table(bundle, ids: list[str], regions: np.ndarray, encoder, n_random
     per = max(1, int(batch_size) // (2 + n_random))
     for start in range(0, n, per):
         stop = min(start + per, n)
-        bases = _model_inputs(bundle, ids[start:stop], encoder.preprocessor)
+        bases = [bundle.model_input(i, encoder.preprocessor, "the pattern impact") for i in ids[start:stop]]
         pics = list(bases)
         pics += [apply_mask(b, ~regions[start + j], fill) for j, b in enumerate(bases)]
         for r in range(n_random):
@@ -328,7 +306,7 @@ def _impact_table(bundle, ids: list[str], regions: np.ndarray, encoder, n_random
             pr[r, start:stop], lr[r, start:stop] = p[lo:lo + m], lg[lo:lo + m]
         if progress:
             progress(stop, n)
-    side_flip = lambda a, b: (a >= 0.5) != (b >= 0.5)  # noqa: E731
+    side_flip = lambda a, b: (a >= DECISION_THRESHOLD) != (b >= DECISION_THRESHOLD)  # noqa: E731
     table = bundle.images.set_index("image_id").loc[ids]
     return pd.DataFrame({
         "image_id": ids,
@@ -366,10 +344,14 @@ def summarise_impact(table: pd.DataFrame) -> dict:
 
 def impact_cache_key(bundle, pattern: Pattern, n_random: int, seed: int, method: str, encoder=None) -> str:
     """Cache key of one impact result: pattern content, settings, encoder and distiller."""
-    enc_key = encoder.cache_key if encoder is not None else bundle.meta["encoder"]["cache_key"]
     how = method if pattern.masks is None else "stored"
-    return hash_key(IMPACT_VERSION, pattern.content_key(), int(n_random), int(seed), how, enc_key,
-                    bundle.distiller.fingerprint)
+    return hash_key(IMPACT_VERSION, pattern.content_key(), int(n_random), int(seed), how, bundle.model_key(encoder))
+
+
+def impact_cached(bundle, pattern: Pattern, method: str, n_random: int = 3, seed: int = 0, encoder=None) -> bool:
+    """True when the impact of ``pattern`` with these settings is already in the bundle's cache."""
+    return is_cached(bundle.cache_dir, IMPACT_NAMESPACE,
+                     impact_cache_key(bundle, pattern, n_random, seed, method, encoder))
 
 
 def pattern_impact(bundle, pattern: Pattern, encoder=None, n_random: int = 3, seed: int = 0,
@@ -390,9 +372,8 @@ def pattern_impact(bundle, pattern: Pattern, encoder=None, n_random: int = 3, se
     """
     if int(n_random) < 1:
         raise InputError(f"n_random = {n_random}: the random baseline needs at least one draw.", "use 3.")
-    _check_ids(bundle, pattern.image_ids)
+    ids = bundle.check_ids(pattern.image_ids)
     _check_side(bundle, pattern)
-    ids = list(pattern.image_ids)
 
     def compute() -> pd.DataFrame:
         enc = encoder or bundle.encoder()
@@ -411,12 +392,8 @@ def rank_patterns(bundle, patterns: Sequence[Pattern], encoder=None, n_random: i
     """One row per pattern, best first: rank, name, note, source, created and ``SUMMARY_KEYS``,
     sorted by ``excess`` (impact minus random impact), descending. ``progress(done, total)`` per pattern."""
     rows = []
-    enc = encoder
     for k, p in enumerate(patterns):
-        if enc is None and not (Path(bundle.cache_dir) / IMPACT_NAMESPACE /
-                                impact_cache_key(bundle, p, n_random, seed, method)).is_dir():
-            enc = bundle.encoder()  # load once for all misses
-        res = pattern_impact(bundle, p, enc, n_random, seed, method)
+        res = pattern_impact(bundle, p, encoder, n_random, seed, method)  # the model loads on a miss only
         rows.append({"name": p.name, "note": p.note, "source": p.source, "created": p.created,
                      **{key: res[key] for key in SUMMARY_KEYS}})
         if progress:
@@ -500,13 +477,9 @@ def export_patterns(bundle, patterns: Sequence[Pattern], out_dir: str | Path, wi
     out.mkdir(parents=True, exist_ok=True)
     patterns = list(patterns)
     impacts: dict[str, dict] = {}
-    if with_impact and patterns:
-        enc = encoder
+    if with_impact:
         for p in patterns:
-            key = impact_cache_key(bundle, p, n_random, seed, method)
-            if enc is None and not (Path(bundle.cache_dir) / IMPACT_NAMESPACE / key).is_dir():
-                enc = bundle.encoder()
-            impacts[p.name] = pattern_impact(bundle, p, enc, n_random, seed, method)
+            impacts[p.name] = pattern_impact(bundle, p, encoder, n_random, seed, method)
     written: list[Path] = []
     sheets: dict[str, str] = {}
     used: set[str] = set()
@@ -524,7 +497,7 @@ def export_patterns(bundle, patterns: Sequence[Pattern], out_dir: str | Path, wi
         if p.name in impacts:
             rec["impact"] = {k: impacts[p.name][k] for k in SUMMARY_KEYS}
         records.append(rec)
-    meta = {"bundle": str(bundle.path), "encoder": bundle.meta.get("encoder", {}).get("model_id"),
+    meta = {"bundle": bundle.path.name, "encoder": bundle.encoder_info.model_id,
             "distiller": bundle.distiller.fingerprint if with_impact else None, "exported": _now(),
             "impact_settings": {"n_random": n_random, "seed": seed, "method": method} if with_impact else None,
             "patterns": records}

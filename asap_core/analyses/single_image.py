@@ -2,10 +2,10 @@
 
 Upload only: the bytes of a file the user chose. A URL is never fetched. Decoding goes through
 ``imageio.decode_image`` (Pillow's pixel limit, every failure an ``ImageLoadError`` naming the file); in hosted
-mode (``ASAP_HOSTED=1``) or with an explicit ``HostedPolicy``, the policy's upload checks (type, size) and its
-relevance budget apply as well. Embedding and maps of recent uploads are kept in memory (by content hash,
+mode (``ASAP_HOSTED=1``) or with an explicit ``HostedPolicy``, the policy's upload checks (type, size) apply as
+well. Embedding and maps of recent uploads are kept in memory (by content hash,
 encoder, distiller and method), so a rerun of the app's script does not recompute them; nothing of an upload is
-written to disk.
+written to disk. Budgets for visitors are the app's business (charged in one place, ``app_pages/glue/budget``).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from PIL import Image
 from ..errors import InputError
 from ..hosting import HostedPolicy, hosted_mode
 from ..inputs.imageio import decode_image, sha1_hex
+from ..storage.schema import DEFAULT_METHOD, confidence, p_fake_from_logit, predicted_label
 
 N_MEMO = 16
 _MEMO: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
@@ -64,14 +65,13 @@ def decode_upload(name: str, data: bytes, policy: HostedPolicy | None = None) ->
                          "URLs are not fetched.", "download the image yourself and upload the file.")
     data = bytes(data)
     if policy is None and hosted_mode():
-        policy = HostedPolicy.from_env()
+        policy = HostedPolicy.from_settings()
     if policy is not None:
         return policy.check_upload(name, data)
     return decode_image(data, name)
 
 
-def _embed_and_maps(encoder, distiller, image: Image.Image, key: tuple, method: str,
-                    policy: HostedPolicy | None, session_id: str | None) -> tuple[np.ndarray, np.ndarray]:
+def _embed_and_maps(encoder, distiller, image: Image.Image, key: tuple, method: str) -> tuple[np.ndarray, np.ndarray]:
     """``(embedding [D] float32, maps [17, side, side] float32)``, from memory when seen before."""
     with _MEMO_LOCK:
         hit = _MEMO.get(key)
@@ -80,8 +80,6 @@ def _embed_and_maps(encoder, distiller, image: Image.Image, key: tuple, method: 
             return hit
     from ..method.relevance import relevance_for_images
 
-    if policy is not None and session_id is not None:
-        policy.charge_relevance(session_id, 1)
     emb = encoder.encode_images([image]).numpy()[0].astype(np.float32)
     maps = relevance_for_images(encoder, distiller, [image], method)[0].astype(np.float32)
     with _MEMO_LOCK:
@@ -107,36 +105,33 @@ def nearest_images(bundle, z: np.ndarray, k: int = 8) -> pd.DataFrame:
 
 
 def analyse_upload(bundle, name: str, data: bytes, encoder=None, k_neighbours: int = 8,
-                   method: str = "last-block", policy: HostedPolicy | None = None,
-                   session_id: str | None = None) -> SingleImageResult:
+                   method: str = DEFAULT_METHOD, policy: HostedPolicy | None = None) -> SingleImageResult:
     """Analyse one uploaded image (``data``: the file's bytes, ``name``: its file name) with the bundle's
     encoder and distiller: p_fake, z, the ``k_neighbours`` nearest bundle images in z and the cell of the
-    nearest, and the 17 relevance maps. ``policy`` / hosted mode add upload limits and, with ``session_id``,
-    count the maps against the session's relevance budget. The encoder defaults to the bundle's own."""
+    nearest, and the 17 relevance maps. ``policy`` / hosted mode add the upload limits. The encoder defaults to
+    the bundle's own."""
     if int(k_neighbours) < 1:
         raise InputError(f"k_neighbours = {k_neighbours} must be at least 1.", "use e.g. 8.")
-    if policy is None and hosted_mode():
-        policy = HostedPolicy.from_env()
     image = decode_upload(name, data, policy)
     image_id = sha1_hex(bytes(data))
     enc = encoder or bundle.encoder()
     distiller = bundle.distiller
     key = (image_id, enc.cache_key, distiller.fingerprint, method)
-    emb, maps = _embed_and_maps(enc, distiller, image, key, method, policy, session_id)
+    emb, maps = _embed_and_maps(enc, distiller, image, key, method)
     import torch
 
     with torch.no_grad():
         z, logit = distiller(torch.from_numpy(emb[None]))
     z = z.numpy()[0].astype(np.float32)
     logit = float(logit[0])
-    p = float(1.0 / (1.0 + np.exp(-logit)))
+    p = p_fake_from_logit(logit)
     nb = nearest_images(bundle, z, k_neighbours)
     cell = int(nb["cell"].iloc[0]) if "cell" in nb and len(nb) and pd.notna(nb["cell"].iloc[0]) else None
     xy = (float(nb["map_x"].mean()), float(nb["map_y"].mean())) if {"map_x", "map_y"} <= set(nb) else (np.nan, np.nan)
     return SingleImageResult(
         name=Path(str(name)).name, image=image, image_id=image_id,
         in_bundle=bool((bundle.images["image_id"] == image_id).any()), p_fake=p, logit=logit,
-        pred="fake" if p >= 0.5 else "real", confidence=abs(2 * p - 1), z=z, neighbours=nb, cell=cell,
+        pred=str(predicted_label(p)), confidence=float(confidence(p)), z=z, neighbours=nb, cell=cell,
         map_xy=xy, maps=maps, method=method)
 
 

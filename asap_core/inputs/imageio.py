@@ -31,12 +31,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageLoadError
+from ..settings import settings
+from ..storage.schema import THUMB_SIDE
 
 PathLike = str | os.PathLike
 
-MAX_PIXELS_ENV = "ASAP_MAX_IMAGE_PIXELS"
 _BOMB_HINT = (
-    f"if you trust this file, raise the limit with the environment variable {MAX_PIXELS_ENV}"
+    "if you trust this file, raise the limit with the environment variable ASAP_MAX_IMAGE_PIXELS"
     " (pixels; 0 disables the check)"
 )
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
@@ -126,20 +127,6 @@ def file_sha1(path: PathLike) -> str:
 
 
 # ----------------------------------------------------------------------------- decoding
-
-
-def _apply_pixel_limit() -> None:
-    """Copy ``ASAP_MAX_IMAGE_PIXELS`` (if set) into ``Image.MAX_IMAGE_PIXELS``."""
-    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not raw:
-        return
-    if raw.lower() in ("0", "none", "off"):
-        Image.MAX_IMAGE_PIXELS = None
-        return
-    try:
-        Image.MAX_IMAGE_PIXELS = int(float(raw))
-    except ValueError:
-        pass  # a malformed value keeps Pillow's limit
 
 
 def _probe_size(data: bytes) -> tuple[int, int] | None:
@@ -235,7 +222,7 @@ def decode_image(data: bytes, path: PathLike, draft_size: int | None = None) -> 
     """
     if not data:
         raise ImageLoadError(str(path), "empty file (0 bytes)", "the file was probably not fully copied")
-    _apply_pixel_limit()
+    settings()  # applies ASAP_MAX_IMAGE_PIXELS to Pillow (once per process)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -264,7 +251,7 @@ def load_image(path: PathLike, draft_size: int | None = None) -> tuple[str, Imag
     return sha1_hex(data), decode_image(data, path, draft_size=draft_size)
 
 
-def make_thumbnail(image: Image.Image, longest: int = 128) -> bytes:
+def make_thumbnail(image: Image.Image, longest: int = THUMB_SIDE) -> bytes:
     """JPEG bytes (quality 85) of ``image`` shrunk so its longest side is <= ``longest`` pixels."""
     thumb = to_rgb(image)
     if max(thumb.size) > longest:
@@ -277,7 +264,6 @@ def make_thumbnail(image: Image.Image, longest: int = 128) -> bytes:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "MAX_PIXELS_ENV",
     "decode_image",
     "file_sha1",
     "load_image",

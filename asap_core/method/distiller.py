@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from ..storage.schema import N_DIMS
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "distiller.safetensors"
@@ -17,11 +18,11 @@ WEIGHTS_NAME = "distiller.safetensors"
 
 @dataclass
 class DistillerConfig:
-    """Shapes of a distiller: ``embed_dim`` (D) -> ``proj_dim`` (<= 256) -> ``n_dims`` (16) -> 1."""
+    """Shapes of a distiller: ``embed_dim`` (D) -> ``proj_dim`` (<= 256) -> ``n_dims`` (``schema.N_DIMS``) -> 1."""
 
     embed_dim: int
     proj_dim: int
-    n_dims: int = 16
+    n_dims: int = N_DIMS
     n_generators: int = 0
     generator_names: tuple[str, ...] = ()
 
@@ -108,20 +109,23 @@ class Distiller(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "Distiller":
         """Load what ``save_pretrained`` wrote (safetensors only, no pickle)."""
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         path = Path(path)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise ModelLoadError(f"{path} holds no distiller ({CONFIG_NAME} + {WEIGHTS_NAME}).",
                                  "point at a bundle's model/ folder, or re-run `python -m asap_core analyze`.")
-        cfg = json.loads((path / CONFIG_NAME).read_text())
-        cfg.pop("model_type", None)
-        cfg["generator_names"] = tuple(cfg.get("generator_names", ()))
-        state = load_file(str(path / WEIGHTS_NAME))
         try:
+            cfg = json.loads((path / CONFIG_NAME).read_text())
+            cfg.pop("model_type", None)
+            cfg["generator_names"] = tuple(cfg.get("generator_names", ()))
+            if cfg.get("n_dims", N_DIMS) != N_DIMS:
+                raise ValueError(f"{cfg['n_dims']} dimensions, this version reads {N_DIMS}")
+            state = load_file(str(path / WEIGHTS_NAME))
             model = cls(DistillerConfig(**cfg), projection=state["projection"])
             model.load_state_dict(state)
-        except (KeyError, TypeError, RuntimeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, SafetensorError) as exc:
             raise ModelLoadError(f"{path} holds a distiller this version cannot read ({exc}).",
                                  "re-run `python -m asap_core analyze` to train it again.") from None
         return model.eval()

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..storage.schema import CELL_COLUMNS, DEFAULT_GRID
 
 #: t-SNE iterations used by :func:`embed_2d`. sklearn's default is 1000; the layout is
 #: settled well before that for a map we only bin into cells, and 500 halves the cost
@@ -23,12 +24,6 @@ TSNE_MAX_ITER = 500
 #: Largest t-SNE fit run on one OpenMP thread when ``n_threads`` is left to auto (see tsne_2d).
 SINGLE_THREAD_MAX = 5000
 
-#: Columns of the table returned by :func:`cell_table`, in order.
-CELL_COLUMNS = [
-    "cell", "col", "row", "x", "y", "n",
-    "n_real_ok", "n_real_wrong", "n_fake_ok", "n_fake_wrong", "n_unlabelled",
-    "mean_conf", "accuracy", "dominant_generator", "share_fake",
-]
 
 
 # --------------------------------------------------------------------------- projections
@@ -195,7 +190,7 @@ def _embed_sampled(
 
 
 # --------------------------------------------------------------------------- cells
-def assign_cells(xy: np.ndarray, grid: int = 24) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def assign_cells(xy: np.ndarray, grid: int = DEFAULT_GRID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bin map points ``xy`` [N, 2] in [0, 1] into a ``grid`` x ``grid`` lattice.
 
     Returns ``(cell, col, row)``, each [N] int64, with ``cell = row * grid + col``;
@@ -299,7 +294,7 @@ def cell_table(images: pd.DataFrame, grid: int) -> pd.DataFrame:
         "dominant_generator": pd.Series(dominant[keep], dtype=object),
         "share_fake": share_fake,
     })
-    return out[CELL_COLUMNS]
+    return out[list(CELL_COLUMNS)]
 
 
 def regrid(images: pd.DataFrame, grid: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import ModelLoadError
+from ..errors import InputError, ModelLoadError
 
 EmbedFn = Callable[[Sequence[Image.Image]], np.ndarray]
 
@@ -37,12 +37,18 @@ def render_text(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     return img
 
 
+WEIGHTS_NAME = "projection.safetensors"
+
+
 class VisionOnlyProjection:
     """Linear map ``[D] -> [K]`` (orthonormal rows) that drops the written-text subspace of CLIP.
 
     Parameters: ``n_components`` (K, at most 256; fewer when D or the data is smaller),
     ``n_text_components`` (size of the written subspace), ``random_state``.
     Fitted: ``components_ [K, D]``, ``text_components_ [T, D]``.
+
+    Example: ``VisionOnlyProjection(random_state=0).fit(images, embed).transform(E)`` -> ``[N, K]``;
+    ``save_pretrained(folder)`` / ``VisionOnlyProjection.from_pretrained(folder_or_file)``.
     """
 
     def __init__(self, n_components: int = 256, n_text_components: int = 8, random_state: int = 0) -> None:
@@ -60,6 +66,8 @@ class VisionOnlyProjection:
         the same decode and model as ``embed`` or their difference is not the written text alone.
         """
         rng = np.random.default_rng(self.random_state)
+        if not len(images):
+            raise InputError("VisionOnlyProjection.fit got no images.", "pass at least two sample images.")
         if image_embeds is not None and len(image_embeds) != len(images):
             raise ValueError(f"image_embeds has {len(image_embeds)} rows for {len(images)} images")
         clean = np.asarray(embed(list(images)) if image_embeds is None else image_embeds, dtype=np.float64)
@@ -69,11 +77,6 @@ class VisionOnlyProjection:
         _, _, vt = np.linalg.svd(diff - diff.mean(0), full_matrices=False)
         self.text_components_ = vt[:n_text].astype(np.float32)
         return self._fit_visual(clean if clean_embeds is None else np.asarray(clean_embeds, np.float64))
-
-    def fit_from_text_components(self, text_components: np.ndarray, clean_embeds: np.ndarray) -> "VisionOnlyProjection":
-        """Fit with a given written subspace ``[T, D]`` (e.g. from a paper) on embeddings ``[M, D]``."""
-        self.text_components_ = np.asarray(text_components, np.float32)
-        return self._fit_visual(np.asarray(clean_embeds, np.float64))
 
     def _fit_visual(self, clean: np.ndarray) -> "VisionOnlyProjection":
         t = self.text_components_.astype(np.float64)
@@ -89,59 +92,55 @@ class VisionOnlyProjection:
         self.components_ = basis.T[:k].astype(np.float32)
         return self
 
-    def transform(self, embeds: np.ndarray) -> np.ndarray:
-        """``[N, D]`` -> ``[N, K]``."""
-        return np.asarray(embeds, np.float32) @ self.components_.T
+    def _check_is_fitted(self) -> None:
+        if not hasattr(self, "components_"):
+            raise InputError("This VisionOnlyProjection is not fitted yet.",
+                             "call fit(...) first, or load one with VisionOnlyProjection.from_pretrained(path).")
 
-    def save(self, path: str | Path) -> None:
-        """Write ``components_`` (and the written subspace) to a ``.safetensors`` file."""
+    def transform(self, embeds: np.ndarray) -> np.ndarray:
+        """``[N, D]`` -> ``[N, K]`` float32."""
+        self._check_is_fitted()
+        embeds = np.asarray(embeds, np.float32)
+        if embeds.ndim != 2 or embeds.shape[1] != self.components_.shape[1]:
+            raise InputError(f"transform expects embeddings [N, {self.components_.shape[1]}], got {embeds.shape}.",
+                             "embed with the CLIP this projection was fitted for.")
+        return embeds @ self.components_.T
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Write ``folder/projection.safetensors`` (``components`` ``[K, D]``, ``text_components`` ``[T, D]``,
+        the parameters as metadata); returns the file."""
         from safetensors.numpy import save_file
 
+        self._check_is_fitted()
+        path = Path(folder) / WEIGHTS_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        params = {k: str(getattr(self, k)) for k in ("n_components", "n_text_components", "random_state")}
         save_file({"components": np.ascontiguousarray(self.components_),
-                   "text_components": np.ascontiguousarray(self.text_components_)}, str(path))
+                   "text_components": np.ascontiguousarray(self.text_components_)}, str(path), metadata=params)
+        return path
 
     @classmethod
-    def load(cls, path: str | Path, embed_dim: int | None = None) -> "VisionOnlyProjection":
-        """Load a projection matrix ``[K, D]`` from ``.safetensors``, ``.npy`` or ``.pt`` (``weights_only``).
+    def from_pretrained(cls, path: str | Path, embed_dim: int | None = None) -> "VisionOnlyProjection":
+        """A fitted projection from a folder written by ``save_pretrained``, or from a published matrix file
+        ``[K, D]`` (``.safetensors``, ``.npy`` without pickle, ``.pt`` with ``weights_only``).
 
-        Raises ``ModelLoadError`` when the file is missing, unreadable, or its D does not match ``embed_dim``.
+        Raises ``ModelLoadError`` when it is missing, unreadable, or its D does not match ``embed_dim``.
         """
         path = Path(path)
+        if path.is_dir():
+            path = path / WEIGHTS_NAME
         if not path.is_file():
             raise ModelLoadError(f"Projection file {path} does not exist.", "pass a .safetensors, .npy or .pt file.")
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.numpy import load_file
-
-                d = load_file(str(path))
-                comps = d.get("components", next(iter(d.values())))
-                text = d.get("text_components")
-            elif path.suffix == ".npy":
-                comps, text = np.load(path, allow_pickle=False), None
-            elif path.suffix in (".pt", ".pth"):
-                import torch
-
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-                if isinstance(obj, dict):
-                    obj = next(v for v in obj.values() if hasattr(v, "shape"))
-                comps, text = obj.float().numpy(), None
-            else:
-                raise ModelLoadError(f"{path}: unknown projection format '{path.suffix}'.",
-                                     "use .safetensors, .npy or .pt.")
-        except ModelLoadError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any parse failure is reported the same way
-            raise ModelLoadError(f"{path}: cannot read a projection matrix ({exc}).",
-                                 "save it as a [K, D] float array in .safetensors, .npy or .pt.") from None
+        comps, text = _read_matrix(path)
         comps = np.asarray(comps, np.float32)
         if comps.ndim != 2:
-            raise ModelLoadError(f"{path}: projection must be 2-D [K, D], got shape {comps.shape}.", "")
+            raise ModelLoadError(f"{path}: projection must be 2-D [K, D], got shape {comps.shape}.",
+                                 "save it as a [K, D] float array.")
         if embed_dim is not None and comps.shape[1] != embed_dim:
-            if comps.shape[0] == embed_dim:
-                comps = comps.T  # stored as [D, K]
-            else:
+            if comps.shape[0] != embed_dim:
                 raise ModelLoadError(f"{path}: projection has shape {comps.shape}, but the encoder's D is {embed_dim}.",
                                      "use a projection made for this CLIP model, or omit it to learn one.")
+            comps = comps.T  # stored as [D, K]
         return cls.from_components(comps, text)
 
     @classmethod
@@ -154,3 +153,26 @@ class VisionOnlyProjection:
         proj.text_components_ = (np.zeros((0, comps.shape[1]), np.float32) if text_components is None
                                  else np.asarray(text_components, np.float32))
         return proj
+
+
+def _read_matrix(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(components, text components or None) from a ``.safetensors``, ``.npy`` or ``.pt`` file."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            d = load_file(str(path))
+            return d.get("components", next(iter(d.values()))), d.get("text_components")
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False), None
+        if path.suffix in (".pt", ".pth"):
+            import torch
+
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                obj = next(v for v in obj.values() if hasattr(v, "shape"))
+            return obj.float().numpy(), None
+    except Exception as exc:  # noqa: BLE001 - any parse failure is reported the same way
+        raise ModelLoadError(f"{path}: cannot read a projection matrix ({exc}).",
+                             "save it as a [K, D] float array in .safetensors, .npy or .pt.") from None
+    raise ModelLoadError(f"{path}: unknown projection format '{path.suffix}'.", "use .safetensors, .npy or .pt.")

@@ -17,30 +17,22 @@ this module imports without torch (torch is imported inside the functions that n
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from ..storage.schema import FAKE_LOGIT, N_DIMS, N_TARGETS, RELEVANCE_METHODS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-N_DIMS = 16
-N_TARGETS = 17
-FAKE_LOGIT = 16
-TARGET_NAMES: list[str] = [f"dim {i}" for i in range(N_DIMS)] + ["fake logit"]
-METHODS: tuple[str, ...] = ("last-block", "rollout")
-# Serialises rollout computations in one process: its attention switch below mutates the shared model.
-_LOCK = threading.RLock()
 
 
 def _check_method(method: str) -> str:
-    if method not in METHODS:
-        raise InputError(f"Unknown relevance method '{method}'.", f"use one of: {', '.join(METHODS)}.")
+    if method not in RELEVANCE_METHODS:
+        raise InputError(f"Unknown relevance method '{method}'.", f"use one of: {', '.join(RELEVANCE_METHODS)}.")
     return method
 
 
@@ -56,25 +48,6 @@ def _target_indices(target: int | Sequence[int] | None) -> list[int]:
         raise InputError(f"Relevance target(s) {bad} out of range.",
                          f"targets are 0..{N_DIMS - 1} (dimensions) and {FAKE_LOGIT} (fake logit).")
     return idx
-
-
-@contextmanager
-def eager_attention(vision_model) -> Iterator[None]:
-    """Temporarily switch a HF model to eager attention (sdpa/flash return no attention probabilities).
-
-    Restores the previous implementation afterwards. The switch mutates the shared model: relevance
-    calls hold a process-wide lock; a plain ``encode`` running at the same time in another thread
-    merely runs eager (same numbers, slower).
-    """
-    previous = vision_model.config._attn_implementation
-    if previous == "eager":
-        yield
-        return
-    vision_model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        vision_model.set_attn_implementation(previous)
 
 
 class AttentionRelevance:
@@ -115,7 +88,9 @@ class AttentionRelevance:
             if self.method == "last-block":  # no switch of the shared model: no lock
                 maps = self._attribute(pixel_values, idx)
             else:
-                with _LOCK, eager_attention(self.encoder.vision_model):
+                from ..model.encoder import eager_attention
+
+                with eager_attention(self.encoder.vision_model):
                     maps = self._attribute(pixel_values, idx)
         return maps.reshape(n, len(idx), side, side)
 

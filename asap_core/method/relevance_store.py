@@ -8,16 +8,18 @@ import numpy as np
 import pandas as pd
 
 from ..storage.cache import RowStore
+from ..storage.schema import N_TARGETS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-N_TARGETS = 17
+
+RELEVANCE_VERSION = 1  # bump when the maps of a method change for the same encoder and distiller
 
 
 def relevance_namespace(encoder_key: str, distiller_fingerprint: str, method: str) -> str:
-    """Folder name of the map store for one encoder + distiller + method."""
-    return f"rel-{method}-{encoder_key}-{distiller_fingerprint}"
+    """Folder name of the map store for one encoder + distiller + method (and ``RELEVANCE_VERSION``)."""
+    return f"rel-v{RELEVANCE_VERSION}-{method}-{encoder_key}-{distiller_fingerprint}"
 
 
 def map_store(cache_dir: str | Path, encoder_key: str, distiller_fingerprint: str, method: str, side: int) -> RowStore:
@@ -36,7 +38,7 @@ def last_input_store(cache_dir: str | Path, info, dtype: "torch.dtype") -> RowSt
     by encoder and precision. ``precompute_relevance`` deletes the rows once it has used them."""
     from ..model.device import dtype_name
 
-    return RowStore(cache_dir, f"lastin-{info.cache_key}-{dtype_name(dtype)}",
+    return RowStore(cache_dir, f"lastin-v{RELEVANCE_VERSION}-{info.cache_key}-{dtype_name(dtype)}",
                     (info.patch_side ** 2 + 1, info.hidden_size))
 
 
@@ -140,16 +142,25 @@ def precompute_relevance(cache_dir: str | Path, info, load_encoder: Callable, di
     return store
 
 
+def bundle_map_store(bundle, method: str) -> RowStore:
+    """The map store of an open ``Bundle`` for ``method`` (in the bundle's ``cache/``)."""
+    enc = bundle.encoder_info
+    return map_store(bundle.cache_dir, enc.cache_key, bundle.distiller.fingerprint, method, enc.patch_side)
+
+
+def missing_maps(bundle, image_ids: list[str], method: str) -> list[str]:
+    """The ids of ``bundle`` whose maps for ``method`` are not cached yet (computing them needs the encoder)."""
+    return bundle_map_store(bundle, method).missing(image_ids)
+
+
 def bundle_maps(bundle, image_ids: list[str], method: str = "last-block", encoder=None,
                 progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Maps ``[n, 17, side, side]`` (float16) for ``image_ids`` of an open ``Bundle``; computed once, then cached
     in the bundle's ``cache/``. ``encoder`` defaults to the bundle's own (loaded on first need)."""
-    enc_meta = bundle.meta["encoder"]
-    store = map_store(bundle.cache_dir, enc_meta["cache_key"], bundle.distiller.fingerprint, method,
-                      enc_meta["patch_side"])
+    store = bundle_map_store(bundle, method)
     missing = store.missing(image_ids)
     if missing:
-        encoder = encoder or bundle.encoder(attn_implementation="eager")
+        encoder = encoder or bundle.encoder()
         rows = bundle.images.set_index("image_id").loc[missing, ["path"]].reset_index()
         # decoded in threads: a worker process would re-import the app's script under Streamlit
         failures = compute_missing_maps(store, encoder, bundle.distiller, rows, method, progress=progress,

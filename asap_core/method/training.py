@@ -11,12 +11,13 @@ from torch import nn
 
 from .distiller import Distiller, DistillerConfig
 from ..errors import InputError
+from ..storage.schema import DECISION_THRESHOLD
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     """Accuracy (threshold 0.5), average precision and ROC-AUC of ``p_fake [N]`` against ``y [N]`` (1 = fake)."""
     y = np.asarray(y).astype(int)
-    out = {"n": int(len(y)), "accuracy": float(accuracy_score(y, p >= 0.5)) if len(y) else float("nan")}
+    out = {"n": int(len(y)), "accuracy": float(accuracy_score(y, p >= DECISION_THRESHOLD)) if len(y) else float("nan")}
     both = len(np.unique(y)) == 2
     out["ap"] = float(average_precision_score(y, p)) if both else float("nan")
     out["roc_auc"] = float(roc_auc_score(y, p)) if both else float("nan")
@@ -44,16 +45,19 @@ TRAINING_VERSION = 2  # part of cache keys: bump when training changes what a fi
 class DistillerTrainer:
     """Fits a ``Distiller`` on CLIP embeddings, scikit-learn style.
 
-    Parameters: ``n_dims`` (16), ``ortho_weight`` (λ of ‖W1 W1ᵀ − I‖²_F), ``lr``, ``weight_decay``,
-    ``batch_size``, ``max_epochs``, ``patience`` (epochs without validation-loss gain), ``val_fraction``, ``seed``,
-    ``generator_weight`` (loss weight of the optional generator head; 0 disables it).
+    Parameters: ``projection`` (``[P, D]`` vision-only projection, e.g. ``VisionOnlyProjection.components_``),
+    ``ortho_weight`` (λ of ‖W1 W1ᵀ − I‖²_F), ``lr``, ``weight_decay``, ``batch_size``, ``max_epochs``,
+    ``patience`` (epochs without validation-loss gain), ``val_fraction``, ``seed``, ``generator_weight`` (loss
+    weight of the optional generator head; 0 disables it). z has ``schema.N_DIMS`` dimensions.
     Fitted: ``model_`` (Distiller), ``metrics_`` (dict), ``train_index_``, ``val_index_``, ``history_``.
+
+    Example: ``DistillerTrainer(projection=P).fit(E, y).model_.predict(E)``.
     """
 
-    def __init__(self, n_dims: int = 16, ortho_weight: float = 1.0, lr: float = 3e-3, weight_decay: float = 0.0,
-                 batch_size: int = 256, max_epochs: int = 300, patience: int = 25, val_fraction: float = 0.2,
-                 seed: int = 0, generator_weight: float = 0.5) -> None:
-        self.n_dims = n_dims
+    def __init__(self, projection: np.ndarray | None = None, ortho_weight: float = 1.0, lr: float = 3e-3,
+                 weight_decay: float = 0.0, batch_size: int = 256, max_epochs: int = 300, patience: int = 25,
+                 val_fraction: float = 0.2, seed: int = 0, generator_weight: float = 0.5) -> None:
+        self.projection = projection
         self.ortho_weight = ortho_weight
         self.lr = lr
         self.weight_decay = weight_decay
@@ -65,16 +69,19 @@ class DistillerTrainer:
         self.generator_weight = generator_weight
 
     def get_params(self) -> dict:
-        """All ``__init__`` parameters (for cache keys and reports)."""
-        return {"version": TRAINING_VERSION} | {k: getattr(self, k) for k in ("n_dims", "ortho_weight", "lr", "weight_decay", "batch_size",
-                                              "max_epochs", "patience", "val_fraction", "seed", "generator_weight")}
+        """All ``__init__`` parameters and the training version (cache keys hash this dict)."""
+        return {"version": TRAINING_VERSION} | {k: getattr(self, k) for k in (
+            "projection", "ortho_weight", "lr", "weight_decay", "batch_size", "max_epochs", "patience",
+            "val_fraction", "seed", "generator_weight")}
 
-    def fit(self, embeds: np.ndarray, y: np.ndarray, projection: np.ndarray, split: np.ndarray | None = None,
+    def fit(self, embeds: np.ndarray, y: np.ndarray, split: np.ndarray | None = None,
             generators: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None
             ) -> "DistillerTrainer":
-        """``embeds [N, D]``, ``y [N]`` (1 = fake), ``projection [P, D]``; optional ``split [N]`` and
+        """``embeds [N, D]``, ``y [N]`` (1 = fake); optional ``split [N]`` (train/val/test names) and
         ``generators [N]`` (names for fakes, None elsewhere: trains the generator head when >= 2 names)."""
+        embeds = np.asarray(embeds, np.float32)
         y = np.asarray(y).astype(np.int64)
+        proj = self._check_inputs(embeds, y)
         counts = np.bincount(y, minlength=2)
         if counts.min() < 2:
             raise InputError(
@@ -84,72 +91,55 @@ class DistillerTrainer:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # [B, 256] x [256, 16] steps: threading costs more than it gives
         try:
-            return self._fit(embeds, y, counts, projection, split, generators, progress)
+            return self._fit(embeds, y, counts, proj, split, generators, progress)
         finally:
             torch.set_num_threads(threads)
 
+    def _check_inputs(self, embeds: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The projection ``[P, D]`` as float32, after checking the shapes of ``embeds [N, D]`` and ``y [N]``."""
+        if self.projection is None:
+            raise InputError("DistillerTrainer has no projection.", "pass projection=[P, D] to DistillerTrainer(...).")
+        proj = np.asarray(self.projection, np.float32)
+        if proj.ndim != 2 or embeds.ndim != 2 or embeds.shape[1] != proj.shape[1]:
+            raise InputError(f"embeds {embeds.shape} and projection {proj.shape} do not fit: need [N, D] and [P, D].",
+                             "embed with the CLIP the projection was made for.")
+        if len(y) != len(embeds):
+            raise InputError(f"{len(y)} labels for {len(embeds)} embeddings.", "pass one label per embedding.")
+        return proj
+
     def _fit(self, embeds, y, counts, projection, split, generators, progress) -> "DistillerTrainer":
         torch.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
         tr, va = split_indices(y, split, self.val_fraction, self.seed)
-        gen_names: tuple[str, ...] = ()
-        g_idx = np.full(len(y), -1)
-        if generators is not None and self.generator_weight > 0:
-            names = sorted({str(g) for g, l in zip(generators, y) if l == 1 and g is not None and g == g})
-            if len(names) >= 2:
-                gen_names = tuple(names)
-                lookup = {n: i for i, n in enumerate(names)}
-                g_idx = np.array([lookup.get(str(g), -1) if l == 1 else -1 for g, l in zip(generators, y)])
-        proj = torch.as_tensor(np.asarray(projection, np.float32))
-        cfg = DistillerConfig(embed_dim=proj.shape[1], proj_dim=proj.shape[0], n_dims=self.n_dims,
-                              n_generators=len(gen_names), generator_names=gen_names)
-        model = Distiller(cfg, projection=proj)
-        nn.init.orthogonal_(model.dims.weight)
-        with torch.no_grad():
-            raw = model.project(torch.as_tensor(np.asarray(embeds, np.float32)))  # [N, P]
-            model.center.copy_(raw[tr].mean(0))
-            model.scale.fill_(1.0 / float((raw[tr] - model.center).pow(2).sum(1).mean().sqrt().clamp_min(1e-8)) * np.sqrt(raw.shape[1]))
-        v = model.project(torch.as_tensor(np.asarray(embeds, np.float32)))  # [N, P] standardised, fixed
-        yt = torch.as_tensor(y, dtype=torch.float32)
-        gt = torch.as_tensor(g_idx)
-        pos_weight = torch.tensor(counts[0] / counts[1], dtype=torch.float32)
-        bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
-        opt = torch.optim.Adam([p for n, p in model.named_parameters()], lr=self.lr, weight_decay=self.weight_decay)
-        eye = torch.eye(self.n_dims)
+        gen_names, g_idx = _generator_targets(generators, y, self.generator_weight)
+        model = _initial_model(embeds, projection, tr, gen_names)
+        v = model.project(torch.as_tensor(embeds))  # [N, P] standardised, fixed
+        state = _TrainState(v, torch.as_tensor(y, dtype=torch.float32), torch.as_tensor(g_idx),
+                            nn.BCEWithLogitsLoss(pos_weight=torch.tensor(counts[0] / counts[1], dtype=torch.float32)),
+                            bool(gen_names))
+        history = self._train(model, state, tr, va, y, progress)
+        self.model_ = model
+        self.train_index_, self.val_index_ = tr, va
+        self.history_ = history
+        self.metrics_ = self._metrics(model, embeds, y, tr, va, v, g_idx, gen_names)
+        return self
+
+    def _train(self, model: Distiller, s: "_TrainState", tr: np.ndarray, va: np.ndarray, y: np.ndarray,
+               progress: Callable[[int, int], None] | None) -> list[dict]:
+        """Adam epochs with early stopping; leaves the best state in ``model``; returns the history."""
+        rng = np.random.default_rng(self.seed)
+        opt = torch.optim.Adam(list(model.parameters()), lr=self.lr, weight_decay=self.weight_decay)
         best: tuple[float, float] = (float("-inf"), float("-inf"))
         best_state, bad, history = None, 0, []
         for epoch in range(self.max_epochs):
-            model.train()
-            for b in np.array_split(rng.permutation(tr), max(1, int(np.ceil(len(tr) / self.batch_size)))):
-                z = model.dims(v[b])
-                loss = bce(model.head(z).squeeze(-1), yt[b])
-                w = model.dims.weight
-                loss = loss + self.ortho_weight * ((w @ w.T - eye) ** 2).sum()
-                if gen_names:
-                    gb = gt[b]
-                    m = gb >= 0
-                    if m.any():
-                        loss = loss + self.generator_weight * nn.functional.cross_entropy(
-                            model.generator_head(z[m]), gb[m])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            model.eval()
-            with torch.no_grad():
-                z_val = model.dims(v[va])
-                logit_val = model.head(z_val).squeeze(-1)
-                val_loss = float(bce(logit_val, yt[va]))
-                if gen_names and (gt[va] >= 0).any():
-                    m = gt[va] >= 0
-                    val_loss += self.generator_weight * float(
-                        nn.functional.cross_entropy(model.generator_head(z_val[m]), gt[va][m]))
-            auc = classification_metrics(y[va], torch.sigmoid(logit_val).numpy())["roc_auc"]
-            history.append({"epoch": epoch, "loss": float(loss.detach()), "val_loss": val_loss, "val_auc": auc})
+            loss = self._epoch(model, s, opt, rng.permutation(tr))
+            val_loss, p_val = _validate(model, s, va, self.generator_weight)
+            auc = classification_metrics(y[va], p_val)["roc_auc"]
+            history.append({"epoch": epoch, "loss": loss, "val_loss": val_loss, "val_auc": auc})
             if progress:
                 progress(epoch + 1, self.max_epochs)
             # early stopping on the validation loss (BCE + generator cross-entropy), not on AUC alone: AUC
-            # saturates at 1.0 on separable data within a few epochs (p_fake still ~0.5) and ignores the
-            # generator head; the loss keeps improving until both are trained. AUC breaks exact ties.
+            # saturates on separable data long before p_fake is trained, and ignores the generator head.
+            # AUC breaks exact ties.
             score = (-round(val_loss, 4), round(auc, 4))
             if score > best:
                 best, bad = score, 0
@@ -160,15 +150,86 @@ class DistillerTrainer:
                     break
         model.load_state_dict(best_state)
         model.eval()
-        self.model_ = model
-        self.train_index_, self.val_index_ = tr, va
-        self.history_ = history
-        _, p = model.predict(np.asarray(embeds, np.float32))
-        self.metrics_ = {"val": classification_metrics(y[va], p[va]), "train": classification_metrics(y[tr], p[tr]),
-                         "epochs": len(history), "max_offdiag_cos": model.orthogonality()}
+        return history
+
+    def _epoch(self, model: Distiller, s: "_TrainState", opt, order: np.ndarray) -> float:
+        """One pass over the training rows in ``order``, mini-batches of ``batch_size``; returns the last loss."""
+        model.train()
+        eye = torch.eye(model.config.n_dims)
+        loss = torch.zeros(())
+        for b in np.array_split(order, max(1, int(np.ceil(len(order) / self.batch_size)))):
+            z = model.dims(s.v[b])
+            loss = s.bce(model.head(z).squeeze(-1), s.y[b])
+            w = model.dims.weight
+            loss = loss + self.ortho_weight * ((w @ w.T - eye) ** 2).sum()
+            if s.with_generators:
+                m = s.g[b] >= 0
+                if m.any():
+                    loss = loss + self.generator_weight * nn.functional.cross_entropy(
+                        model.generator_head(z[m]), s.g[b][m])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return float(loss.detach())
+
+    def _metrics(self, model: Distiller, embeds, y, tr, va, v, g_idx, gen_names) -> dict:
+        """Validation / train classification metrics, epochs, orthogonality, generator accuracy."""
+        _, p = model.predict(embeds)
+        metrics = {"val": classification_metrics(y[va], p[va]), "train": classification_metrics(y[tr], p[tr]),
+                   "epochs": len(self.history_), "max_offdiag_cos": model.orthogonality()}
         if gen_names:
             with torch.no_grad():
                 pred_g = model.generator_logits(model.dims(v[va])).argmax(1).numpy()
             m = g_idx[va] >= 0
-            self.metrics_["generator_val_accuracy"] = float((pred_g[m] == g_idx[va][m]).mean()) if m.any() else float("nan")
-        return self
+            metrics["generator_val_accuracy"] = float((pred_g[m] == g_idx[va][m]).mean()) if m.any() else float("nan")
+        return metrics
+
+
+class _TrainState:
+    """What every epoch reads: standardised projections ``v [N, P]``, labels ``y [N]``, generator targets
+    ``g [N]`` (-1: none), the class-balanced BCE and whether the generator head trains."""
+
+    def __init__(self, v, y, g, bce, with_generators: bool) -> None:
+        self.v, self.y, self.g, self.bce, self.with_generators = v, y, g, bce, with_generators
+
+
+def _generator_targets(generators: np.ndarray | None, y: np.ndarray, weight: float
+                       ) -> tuple[tuple[str, ...], np.ndarray]:
+    """(generator names, index per row into them or -1): only fakes with a name, only with >= 2 names."""
+    g_idx = np.full(len(y), -1)
+    if generators is None or weight <= 0:
+        return (), g_idx
+    names = sorted({str(g) for g, l in zip(generators, y) if l == 1 and g is not None and g == g})
+    if len(names) < 2:
+        return (), g_idx
+    lookup = {n: i for i, n in enumerate(names)}
+    return tuple(names), np.array([lookup.get(str(g), -1) if l == 1 else -1 for g, l in zip(generators, y)])
+
+
+def _initial_model(embeds: np.ndarray, projection: np.ndarray, tr: np.ndarray, gen_names: tuple[str, ...]
+                   ) -> Distiller:
+    """A distiller with orthogonal W1 and the standardisation (centre, scale) fitted on the training rows."""
+    proj = torch.as_tensor(projection)
+    cfg = DistillerConfig(embed_dim=proj.shape[1], proj_dim=proj.shape[0], n_generators=len(gen_names),
+                          generator_names=gen_names)
+    model = Distiller(cfg, projection=proj)
+    nn.init.orthogonal_(model.dims.weight)
+    with torch.no_grad():
+        raw = model.project(torch.as_tensor(embeds))  # [N, P]
+        model.center.copy_(raw[tr].mean(0))
+        spread = float((raw[tr] - model.center).pow(2).sum(1).mean().sqrt().clamp_min(1e-8))
+        model.scale.fill_(np.sqrt(raw.shape[1]) / spread)
+    return model
+
+
+def _validate(model: Distiller, s: _TrainState, va: np.ndarray, generator_weight: float) -> tuple[float, np.ndarray]:
+    """(validation loss: BCE + weighted generator cross-entropy, p_fake of the validation rows)."""
+    model.eval()
+    with torch.no_grad():
+        z_val = model.dims(s.v[va])
+        logit_val = model.head(z_val).squeeze(-1)
+        val_loss = float(s.bce(logit_val, s.y[va]))
+        m = s.g[va] >= 0
+        if s.with_generators and m.any():
+            val_loss += generator_weight * float(nn.functional.cross_entropy(model.generator_head(z_val[m]), s.g[va][m]))
+    return val_loss, torch.sigmoid(logit_val).numpy()

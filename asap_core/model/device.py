@@ -13,13 +13,12 @@ import shutil
 import warnings
 from typing import TYPE_CHECKING, Callable
 
+from ..settings import settings
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-COMPILE_ENV = "ASAP_COMPILE"
-MALLOC_ENV = "ASAP_MALLOC_KEEP"  # "0": leave glibc's malloc as it is (see keep_freed_memory)
 MALLOC_KEEP_BYTES = 256 << 20
-CPU_BF16_ENV = "ASAP_CPU_BF16"
 CPU_BATCH_SIZE = 32
 GPU_MAX_BATCH = 1024
 
@@ -65,7 +64,7 @@ def keep_freed_memory(device: "torch.device | str", limit_bytes: int = MALLOC_KE
     """
     import torch
 
-    if torch.device(device).type != "cpu" or os.environ.get(MALLOC_ENV, "").strip() == "0":
+    if torch.device(device).type != "cpu" or not settings().malloc_keep:
         return _MALLOC_STATE.get("on", False)
     if "on" not in _MALLOC_STATE:
         _MALLOC_STATE["on"] = _mallopt_keep(limit_bytes)
@@ -124,13 +123,12 @@ def preferred_dtype(device: "torch.device | str") -> "torch.dtype":
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.bfloat16
-    wanted = os.environ.get(CPU_BF16_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-    return torch.bfloat16 if wanted and cpu_has_native_bf16() else torch.float32
+    return torch.bfloat16 if settings().cpu_bf16 and cpu_has_native_bf16() else torch.float32
 
 
 def cxx_compiler() -> str | None:
     """Path of the C++ compiler ``torch.compile`` needs on CPU (``$CXX``, ``c++``, ``g++``, ``clang++``), or None."""
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+    for name in (settings().cxx, "c++", "g++", "clang++"):
         if name and shutil.which(name):
             return shutil.which(name)
     return None
@@ -172,7 +170,7 @@ def compile_enabled(compile: bool | None = None) -> bool:
     """
     if compile is not None:
         return bool(compile)
-    return os.environ.get(COMPILE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return settings().compile
 
 
 def compiled_forward(image_forward, batch_size: int, with_last_input: bool = False) -> Callable:
@@ -215,7 +213,7 @@ def compiled_forward(image_forward, batch_size: int, with_last_input: bool = Fal
             if state["ok"]:
                 raise
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-                          f"running the model uncompiled. Set {COMPILE_ENV}=0 to skip the attempt.", RuntimeWarning,
+                          f"running the model uncompiled. Set ASAP_COMPILE=0 to skip the attempt.", RuntimeWarning,
                           stacklevel=2)
             state["fn"] = image_forward
             out = _rows(image_forward(pixels, with_last_input=with_last_input), n)
@@ -308,7 +306,7 @@ def to_pinned_host(t: "torch.Tensor | None") -> "torch.Tensor | None":
     return host
 
 
-__all__ = ["COMPILE_ENV", "CPU_BATCH_SIZE", "CPU_BF16_ENV", "CPU_RELEVANCE_BATCH", "DTYPES", "GPU_RELEVANCE_BATCH",
+__all__ = ["CPU_BATCH_SIZE", "CPU_RELEVANCE_BATCH", "DTYPES", "GPU_RELEVANCE_BATCH",
            "choose_batch_size", "compile_enabled", "compiled_forward", "configure_threads", "cpu_cores",
            "cpu_has_native_bf16", "cxx_compiler", "device_name", "dtype_name", "gpu_batch_size",
            "keep_freed_memory", "preferred_dtype", "relevance_batch_size", "resolve_dtype", "to_device",

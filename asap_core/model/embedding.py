@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 import numpy as np
 
 from ..storage.cache import RowStore
+from ..storage.schema import THUMB_SIDE
 from ..errors import ImageLoadError
 from ..inputs.imageio import decode_image, make_thumbnail, read_bytes
 from .preprocess import ClipPreprocessor, resize_output_size
@@ -50,7 +51,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from .encoder import ClipEncoder
 
 Progress = Callable[[int, int], None]
-THUMB_SIDE = 128
 DECODERS = ("auto", "inline", "thread", "process", "nvjpeg")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import hashlib
+import threading
+from contextlib import contextmanager
 import json
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -16,15 +17,16 @@ from .device import preferred_dtype
 from ..errors import ModelLoadError
 from .image_forward import ClipImageForward
 from .preprocess import ClipPreprocessor
+from ..settings import settings
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
-MODEL_ENV = "ASAP_MODEL"
+ATTENTION = "sdpa"  # the one attention policy (model.factory); rollout switches to eager for its call
 QUICK_GELU_SCALE = 1.702  # quick_gelu(h) = h * sigmoid(1.702 h)
 
 
 def resolve_model_id(model: str | None = None) -> str:
     """``model`` if given, else ``$ASAP_MODEL``, else the default ViT-B/32."""
-    return model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    return model or settings().model or DEFAULT_MODEL
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -39,9 +41,10 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """True when the Hugging Face Hub answers a TCP connect within ``timeout`` seconds."""
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+    s = settings()
+    if s.hf_offline:
         return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    host = s.hf_endpoint.split("://")[-1].split("/")[0]
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True
@@ -51,7 +54,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _load_hint(model_id: str) -> str:
     return (
-        f"pass --model /path/to/a/local/CLIP/directory (or set {MODEL_ENV}), "
+        f"pass --model /path/to/a/local/CLIP/directory (or set ASAP_MODEL), "
         f"or on a machine with internet run `huggingface-cli download {model_id}` "
         "and copy ~/.cache/huggingface to this machine."
     )
@@ -164,8 +167,9 @@ class ClipEncoder:
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, device: str = "auto",
-                        dtype: torch.dtype | None = None, attn_implementation: str = "sdpa") -> "ClipEncoder":
-        """Load a CLIP checkpoint by hub id or local directory (``CLIPModel`` or ``CLIPVisionModelWithProjection``).
+                        dtype: torch.dtype | None = None) -> "ClipEncoder":
+        """Load a CLIP checkpoint by hub id or local directory (``CLIPModel`` or ``CLIPVisionModelWithProjection``),
+        with ``ATTENTION`` (see ``model.factory``: callers get encoders from ``load_encoder``, which caches).
 
         Raises ``ModelLoadError`` with a fix when the weights cannot be had (offline, no such directory).
         """
@@ -180,7 +184,7 @@ class ClipEncoder:
         hf_logging.disable_progress_bar()
         try:
             vm = CLIPVisionModelWithProjection.from_pretrained(  # fp32 first: the fold below is exact there
-                str(info.model_dir), local_files_only=True, attn_implementation=attn_implementation,
+                str(info.model_dir), local_files_only=True, attn_implementation=ATTENTION,
                 dtype=torch.float32)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             raise ModelLoadError(f"Could not load CLIP model '{info.model_id}' from {info.model_dir}: {exc}",
@@ -205,7 +209,8 @@ class ClipEncoder:
         pixel_values = pixel_values.to(self.device, self.dtype)
         if not output_attentions:
             return torch.nn.functional.normalize(self.image_forward(pixel_values).float(), dim=-1)
-        out = self.vision_model(pixel_values=pixel_values, output_attentions=True)
+        with eager_attention(self.vision_model):
+            out = self.vision_model(pixel_values=pixel_values, output_attentions=True)
         return torch.nn.functional.normalize(out.image_embeds.float(), dim=-1), out.attentions
 
     @torch.inference_mode()
@@ -216,6 +221,34 @@ class ClipEncoder:
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> normalised embeddings ``[B, D]`` float32 on CPU."""
         return self.encode(self.preprocess(images))
+
+    def encode_crops(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Images already at the model input size (``preprocessor.crops``) -> embeddings ``[B, D]`` float32."""
+        return self.encode(torch.from_numpy(self.preprocessor.crops(images)))
+
+
+# Serialises the switch below in one process: it mutates a model shared by every caller of load_encoder.
+_ATTENTION_LOCK = threading.RLock()
+
+
+@contextmanager
+def eager_attention(vision_model) -> Iterator[None]:
+    """Run the block with eager attention (``sdpa`` returns no attention probabilities), then switch back.
+
+    The one exception to the ``ATTENTION`` policy: for full attention maps (rollout relevance,
+    ``ClipEncoder.embed(..., output_attentions=True)``). Holds a process-wide lock for the block; a plain
+    ``encode`` running at the same time in another thread merely runs eager (same numbers, slower).
+    """
+    with _ATTENTION_LOCK:
+        previous = vision_model.config._attn_implementation
+        if previous == "eager":
+            yield
+            return
+        vision_model.set_attn_implementation("eager")
+        try:
+            yield
+        finally:
+            vision_model.set_attn_implementation(previous)
 
 
 def fold_quick_gelu(vision_model) -> int:

@@ -121,13 +121,27 @@ class ClipPreprocessor:
 
     def to_array(self, image: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
         """One image -> normalised ``[3, crop, crop]`` float32 (written into ``out`` when given)."""
+        return self._normalise(np.asarray(self.resize_and_crop(image)), out)
+
+    def _normalise(self, pix: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 ``[c, c]`` (grey) or ``[c, c, 3]`` -> normalised ``[3, c, c]`` float32 (into ``out``)."""
         c = self.crop_size
         if out is None:
             out = np.empty((3, c, c), dtype=np.float32)
-        pix = np.asarray(self.resize_and_crop(image))  # [c, c] (grey) or [c, c, 3] uint8
         src = pix[None] if pix.ndim == 2 else pix.transpose(2, 0, 1)
         np.multiply(src, self._scale, out=out)
         np.subtract(out, self._shift, out=out)
+        return out
+
+    def crops(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images already cut to the model input (``crop x crop`` px, e.g. masked ``resize_and_crop`` outputs)
+        -> ``[B, 3, crop, crop]`` float32, normalised without resampling; ``ValueError`` for another size."""
+        c = self.crop_size
+        out = np.empty((len(images), 3, c, c), dtype=np.float32)
+        for i, im in enumerate(images):
+            if im.size != (c, c):
+                raise ValueError(f"crops() takes {c}x{c} images, got {im.size[0]}x{im.size[1]}")
+            self._normalise(np.asarray(to_rgb(im)), out=out[i])
         return out
 
     def batch(self, images: Sequence[Image.Image]) -> np.ndarray:

@@ -1,7 +1,10 @@
-"""The analysis bundle on disk (DESIGN §4): Parquet tables, JSON metadata, safetensors weights.
+"""The analysis bundle on disk (DESIGN §4, ``schema``): Parquet tables, JSON metadata, safetensors weights.
 
 Written atomically: everything goes into a temporary sibling folder that is renamed into place at the
-end, and ``bundle.json`` carries ``"complete": true``; a folder without it never opens.
+end, and ``bundle.json`` carries ``"complete": true``; a folder without it never opens. ``Bundle.open``
+checks the folder against ``schema`` (files, required ``bundle.json`` fields and their types, table
+columns and their types, unique image ids, format version) and raises one ``BundleError`` that names
+the file and the problem.
 """
 from __future__ import annotations
 
@@ -12,29 +15,29 @@ import uuid
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import BundleError
+from ..errors import BundleError, ImageLoadError, InputError
+from . import schema as S
 
 if TYPE_CHECKING:  # torch stays optional for viewing bundles
+    from PIL import Image
+
     from ..method.distiller import Distiller
     from ..model.encoder import ClipEncoder
+    from ..model.preprocess import ClipPreprocessor
 
-BUNDLE_VERSION = 1
-META_NAME = "bundle.json"
-N_DIMS = 16
-Z_COLUMNS = [f"z{i}" for i in range(N_DIMS)]
-IMAGE_COLUMNS = ["image_id", "path", "relpath", "label", "generator", "source", "split", "p_fake", "pred",
-                 "correct", "confidence", *Z_COLUMNS, "map_x", "map_y", "cell", "col", "row"]
+RERUN = "re-run `python -m asap_core analyze` to write the bundle again."
 
 
 def write_bundle(out: str | Path, meta: dict, images: pd.DataFrame, cells: pd.DataFrame,
-                 thumbs: tuple[list[str], list[bytes]], model_writer, extra_tables: dict[str, pd.DataFrame] | None = None,
+                 thumbs: tuple[list[str], list[bytes]], model_writer: Callable[[Path], None],
                  cache_stores: tuple = ()) -> Path:
     """Write a complete bundle to ``out`` atomically; an existing bundle there is replaced only at the end.
 
@@ -46,38 +49,41 @@ def write_bundle(out: str | Path, meta: dict, images: pd.DataFrame, cells: pd.Da
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     tmp.mkdir()
     try:
-        images.to_parquet(tmp / "images.parquet", index=False)
-        cells.to_parquet(tmp / "cells.parquet", index=False)
+        images.to_parquet(tmp / S.IMAGES_FILE, index=False)
+        cells.to_parquet(tmp / S.CELLS_FILE, index=False)
         ids, data = thumbs
         pq.write_table(pa.table({"image_id": pa.array(ids, pa.string()), "jpeg": pa.array(data, pa.binary())}),
-                       tmp / "thumbs.parquet")
-        for name, table in (extra_tables or {}).items():
-            table.to_parquet(tmp / f"{name}.parquet", index=False)
-        (tmp / "model").mkdir()
-        model_writer(tmp / "model")
-        (tmp / "cache").mkdir()
+                       tmp / S.THUMBS_FILE)
+        (tmp / S.MODEL_DIR).mkdir()
+        model_writer(tmp / S.MODEL_DIR)
+        (tmp / S.CACHE_DIR).mkdir()
         for store in cache_stores:
-            store.copy_to(tmp / "cache")
-        meta = {**meta, "version": BUNDLE_VERSION, "complete": True,
+            store.copy_to(tmp / S.CACHE_DIR)
+        meta = {**meta, "version": S.FORMAT_VERSION, "complete": True,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=2, default=_json_default))
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:6]}")
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        (tmp / S.META_NAME).write_text(json.dumps(meta, indent=2, default=_json_default))
+        _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished folder ``tmp`` to ``out``, moving an existing ``out`` aside first."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:6]}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def _json_default(o):
-    if isinstance(o, (np.integer,)):
+    if isinstance(o, np.integer):
         return int(o)
-    if isinstance(o, (np.floating,)):
+    if isinstance(o, np.floating):
         return float(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
@@ -86,11 +92,94 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o)}")
 
 
-class Bundle:
-    """A finished analysis on disk. ``Bundle.open(path)``; tables load lazily.
+# ----------------------------------------------------------------------------- validation
 
-    ``images`` (one row per image, ``IMAGE_COLUMNS``), ``cells`` (one row per non-empty cell), ``metrics``,
-    ``meta`` (all of ``bundle.json``), ``z`` (``[N, 16]``), ``distiller`` and ``encoder()`` (need torch).
+
+def read_meta(path: Path) -> dict:
+    """``bundle.json`` of the folder ``path``, checked against ``schema.META_FIELDS``; ``BundleError`` otherwise."""
+    if not path.is_dir():
+        raise BundleError(f"{path} is not a folder.", "pass a bundle folder written by `python -m asap_core analyze`.")
+    meta_path = path / S.META_NAME
+    if not meta_path.is_file():
+        raise BundleError(f"{path} has no {S.META_NAME}: not a bundle, or its analysis did not finish.",
+                          f"run `python -m asap_core analyze DATA_DIR --out {path}` (again).")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{meta_path} cannot be read ({exc}).", RERUN) from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{meta_path} holds a JSON {type(meta).__name__}, not an object.", RERUN)
+    if not meta.get("complete"):
+        raise BundleError(f"{path} is incomplete.", RERUN)
+    for name, kind in S.META_FIELDS.items():
+        if name not in meta:
+            raise BundleError(f"{meta_path} lacks the field '{name}'.", RERUN)
+        if not isinstance(meta[name], kind) or (kind is int and isinstance(meta[name], bool)):
+            raise BundleError(f"{meta_path}: '{name}' is {type(meta[name]).__name__}, expected {kind.__name__}.",
+                              RERUN)
+    if meta["version"] > S.FORMAT_VERSION:
+        raise BundleError(f"{path} was written by a newer ASAP Explorer (bundle version {meta['version']}).",
+                          "upgrade asap_core.")
+    for section in S.SECTIONS:
+        problem = S.section_problem(meta, section)
+        if problem:
+            raise BundleError(f"{meta_path}: {problem}.", RERUN)
+    return meta
+
+
+_KINDS: dict[str, Callable[[pa.DataType], bool]] = {
+    "string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    "float": pa.types.is_floating,
+    "int": pa.types.is_integer,
+    "bool": pa.types.is_boolean,
+    "binary": lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t),
+}
+
+
+def check_table(file: Path, columns: dict[str, str]) -> None:
+    """``BundleError`` unless the Parquet ``file`` has every column of ``columns`` with its kind of type."""
+    if not file.is_file():
+        raise BundleError(f"{file} is missing.", RERUN)
+    try:
+        arrow_schema = pq.read_schema(file)
+    except (OSError, pa.ArrowException) as exc:
+        raise BundleError(f"{file} is not a readable Parquet table ({exc}).", RERUN) from None
+    for name, kind in columns.items():
+        if name not in arrow_schema.names:
+            raise BundleError(f"{file} lacks the column '{name}'.", RERUN)
+        t = arrow_schema.field(name).type
+        if not (pa.types.is_null(t) or _KINDS[kind](t)):
+            raise BundleError(f"{file}: column '{name}' holds {t}, expected {kind}.", RERUN)
+
+
+def validate(path: Path) -> dict:
+    """Check a bundle folder against the schema (cheap: metadata, Parquet footers and the id column only);
+    returns its ``bundle.json``. ``BundleError`` names the first problem."""
+    meta = read_meta(path)
+    for name, columns in S.TABLES.items():
+        check_table(path / name, columns)
+    if not (path / S.MODEL_DIR).is_dir():
+        raise BundleError(f"{path / S.MODEL_DIR} is missing (the distiller and projection).", RERUN)
+    try:
+        ids = pq.read_table(path / S.IMAGES_FILE, columns=["image_id"]).column(0)
+    except (OSError, pa.ArrowException) as exc:
+        raise BundleError(f"{path / S.IMAGES_FILE} cannot be read ({exc}).", RERUN) from None
+    if ids.null_count or len(pc.unique(ids)) != len(ids):
+        raise BundleError(f"{path / S.IMAGES_FILE}: image ids are missing or repeated.", RERUN)
+    if len(ids) == 0:
+        raise BundleError(f"{path / S.IMAGES_FILE} holds no image.", RERUN)
+    return meta
+
+
+# ----------------------------------------------------------------------------- the bundle
+
+
+class Bundle:
+    """A finished analysis on disk. ``Bundle.open(path)`` checks it; tables load lazily.
+
+    Tables: ``images`` (one row per image, ``schema.IMAGE_COLUMNS``), ``cells`` (one row per non-empty
+    cell), ``z`` (``[N, 16]``). Metadata, typed: ``encoder_info``, ``counts``, ``options``, ``metrics``,
+    ``grid``, ``layout``, ``skipped``. Models (need torch): ``distiller``, ``encoder()``.
     """
 
     def __init__(self, path: Path, meta: dict) -> None:
@@ -99,74 +188,128 @@ class Bundle:
 
     @classmethod
     def open(cls, path: str | Path) -> "Bundle":
-        """Open a complete bundle; ``BundleError`` names what is missing otherwise."""
+        """Open a complete bundle; ``BundleError`` names what is missing or malformed otherwise."""
         path = Path(path).expanduser()
-        meta_path = path / META_NAME
-        if not path.is_dir():
-            raise BundleError(f"{path} is not a folder.", "pass a bundle folder written by `python -m asap_core analyze`.")
-        if not meta_path.is_file():
-            raise BundleError(f"{path} has no {META_NAME}: not a bundle, or its analysis did not finish.",
-                              "run `python -m asap_core analyze DATA_DIR --out " f"{path}` (again).")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BundleError(f"{meta_path} cannot be read ({exc}).", "re-run the analysis.") from None
-        if not meta.get("complete"):
-            raise BundleError(f"{path} is incomplete.", "re-run the analysis.")
-        if meta.get("version", 0) > BUNDLE_VERSION:
-            raise BundleError(f"{path} was written by a newer ASAP Explorer (bundle version {meta['version']}).",
-                              "upgrade asap_core.")
-        for name in ("images.parquet", "cells.parquet"):
-            if not (path / name).is_file():
-                raise BundleError(f"{path / name} is missing.", "re-run the analysis.")
-        return cls(path, meta)
+        return cls(path, validate(path))
+
+    # ---- metadata
+    @cached_property
+    def encoder_info(self) -> S.EncoderInfo:
+        return S.read_section(self.meta, "encoder")
 
     @cached_property
-    def images(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / "images.parquet")
+    def counts(self) -> S.Counts:
+        return S.read_section(self.meta, "counts")
 
-    @cached_property
-    def cells(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / "cells.parquet")
-
-    def table(self, name: str) -> pd.DataFrame | None:
-        """An extra Parquet table of the bundle (e.g. ``skipped``), or None."""
-        p = self.path / f"{name}.parquet"
-        return pd.read_parquet(p) if p.is_file() else None
+    @property
+    def options(self) -> dict:
+        """The ``analyze`` options the bundle was made with."""
+        return self.meta["options"]
 
     @property
     def metrics(self) -> dict:
-        return self.meta.get("metrics", {})
+        """Classifier metrics: ``val`` / ``train`` / ``all`` (accuracy, ap, roc_auc, n), ``max_offdiag_cos`` ..."""
+        return self.meta["metrics"]
+
+    @property
+    def layout(self) -> str:
+        """The folder layout the labels were read from."""
+        return self.meta["layout"]
+
+    @property
+    def skipped(self) -> list[dict]:
+        """Files left out of the analysis: ``{"path", "reason"}``."""
+        return self.meta["skipped"]
+
+    @cached_property
+    def grid(self) -> int:
+        """Cells per side of the bundle's own overview (its options; else read off the cell table)."""
+        g = self.options.get("grid")
+        if g:
+            return int(g)
+        cells = self.cells
+        return int(max(cells["col"].max(), cells["row"].max()) + 1) if len(cells) else S.DEFAULT_GRID
+
+    # ---- tables
+    @cached_property
+    def images(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / S.IMAGES_FILE)
+
+    @cached_property
+    def cells(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / S.CELLS_FILE)
 
     @property
     def z(self) -> np.ndarray:
         """``[N, 16]`` float32 in the order of ``images``."""
-        return self.images[Z_COLUMNS].to_numpy(np.float32)
+        return self.images[S.Z_COLUMNS].to_numpy(np.float32)
 
     @property
     def cache_dir(self) -> Path:
         """Where on-demand results for this bundle are cached (``bundle/cache``)."""
-        return self.path / "cache"
+        return self.path / S.CACHE_DIR
 
     @cached_property
     def _thumb_table(self) -> dict[str, bytes]:
-        t = pq.read_table(self.path / "thumbs.parquet")
+        t = pq.read_table(self.path / S.THUMBS_FILE)
         return dict(zip(t.column("image_id").to_pylist(), t.column("jpeg").to_pylist()))
 
     def thumbnails(self, ids: list[str]) -> list[bytes | None]:
-        """JPEG bytes (longest side 128 px) per image id; None where absent."""
+        """JPEG bytes (longest side ``schema.THUMB_SIDE``) per image id; None where absent."""
         table = self._thumb_table
         return [table.get(i) for i in ids]
 
+    # ---- images
+    @cached_property
+    def _paths(self) -> dict[str, str]:
+        return dict(zip(self.images["image_id"], self.images["path"]))
+
+    def check_ids(self, ids: Sequence[str]) -> list[str]:
+        """``ids`` without duplicates (order kept); ``InputError`` if one is not an image of this bundle."""
+        ids = list(dict.fromkeys(str(i) for i in ids))
+        unknown = [i for i in ids if i not in self._paths]
+        if unknown:
+            raise InputError(f"{len(unknown)} image id(s) are not in the bundle {self.path.name} "
+                             f"(e.g. {unknown[0]}).", "pass image_id values from bundle.images.")
+        return ids
+
+    def decode(self, image_id: str, needed_for: str, thumbnail_fallback: bool = False) -> "Image.Image":
+        """The analysed file of ``image_id`` as an upright RGB image. When it cannot be read any more:
+        its thumbnail with ``thumbnail_fallback``, else ``BundleError`` naming the file and ``needed_for``
+        (e.g. "its concept segments")."""
+        from ..inputs.imageio import decode_image, read_bytes
+
+        path = self._paths[image_id]
+        try:
+            return decode_image(read_bytes(path), path)
+        except ImageLoadError as exc:
+            thumb = self.thumbnails([image_id])[0] if thumbnail_fallback else None
+            if thumb is None:
+                raise BundleError(f"{path}: {exc.reason}; {needed_for} cannot be computed.",
+                                  "keep the analysed images where they were when the bundle was made.") from None
+            return decode_image(thumb, f"thumbnail of {path}")
+
+    def model_input(self, image_id: str, preprocessor: "ClipPreprocessor", needed_for: str,
+                    thumbnail_fallback: bool = False) -> "Image.Image":
+        """``decode`` resized and centre-cropped to what CLIP sees (``[S, S]`` RGB)."""
+        image = self.decode(image_id, needed_for, thumbnail_fallback)
+        return preprocessor.resize_and_crop(image).convert("RGB")
+
+    # ---- models
     @cached_property
     def distiller(self) -> "Distiller":
         from ..method.distiller import Distiller
 
-        return Distiller.from_pretrained(self.path / "model")
+        return Distiller.from_pretrained(self.path / S.MODEL_DIR)
 
-    def encoder(self, model: str | None = None, device: str = "auto", attn_implementation: str = "sdpa") -> "ClipEncoder":
-        """Load the bundle's CLIP (or ``model``, e.g. a local copy of the same checkpoint)."""
-        from ..model.encoder import ClipEncoder
+    def encoder(self, model: str | None = None) -> "ClipEncoder":
+        """The bundle's CLIP (or ``model``, e.g. a local copy of the same checkpoint), from the one cached
+        encoder factory."""
+        from ..model.factory import load_encoder
 
-        return ClipEncoder.from_pretrained(model or self.meta["encoder"]["model_id"], device=device,
-                                           attn_implementation=attn_implementation)
+        return load_encoder(model or self.encoder_info.model_id)
+
+    def model_key(self, encoder: "ClipEncoder | None" = None) -> str:
+        """Cache key of results that depend on the encoder (``encoder``'s, else the bundle's) and the distiller."""
+        enc_key = encoder.cache_key if encoder is not None else self.encoder_info.cache_key
+        return f"{enc_key}-{self.distiller.fingerprint}"

@@ -20,13 +20,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-CACHE_ENV = "ASAP_CACHE_DIR"
 T = TypeVar("T")
 
 
 def default_cache_dir() -> Path:
-    """``$ASAP_CACHE_DIR``, else ``~/.cache/asap_explorer``."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "asap_explorer")
+    """``$ASAP_CACHE_DIR``, else ``~/.cache/asap_explorer`` (``settings().cache_dir``)."""
+    from ..settings import settings
+
+    return settings().cache_dir
 
 
 def free_disk_bytes(path: str | Path) -> int:
@@ -38,31 +39,39 @@ def free_disk_bytes(path: str | Path) -> int:
 
 
 def hash_key(*parts: object) -> str:
-    """SHA-1 (first 20 hex) over strings, bytes and numpy arrays (dtype, shape and bytes)."""
+    """SHA-1 (first 20 hex) over strings, bytes, numpy arrays (dtype, shape and every byte) and dicts, lists
+    and tuples of them (recursively: an array inside a dict is hashed whole, not by its abbreviated repr)."""
     h = hashlib.sha1()
     for p in parts:
-        if isinstance(p, np.ndarray):
-            a = np.ascontiguousarray(p)
-            h.update(f"{a.dtype}{a.shape}".encode())
-            h.update(a.tobytes())
-        elif isinstance(p, bytes):
-            h.update(p)
-        else:
-            h.update(repr(p).encode())
-        h.update(b"\x1f")
+        _update(h, p)
     return h.hexdigest()[:20]
+
+
+def _update(h, p: object) -> None:
+    if isinstance(p, np.ndarray):
+        a = np.ascontiguousarray(p)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    elif isinstance(p, bytes):
+        h.update(p)
+    elif isinstance(p, dict):
+        h.update(b"{")
+        for k in sorted(p, key=repr):
+            _update(h, k)
+            _update(h, p[k])
+        h.update(b"}")
+    elif isinstance(p, (list, tuple)):
+        h.update(b"[")
+        for v in p:
+            _update(h, v)
+        h.update(b"]")
+    else:
+        h.update(repr(p).encode())
+    h.update(b"\x1f")
 
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _to_arrow(values: np.ndarray | list[bytes]) -> pa.Array:
@@ -175,6 +184,11 @@ class RowStore:
                 shutil.copy2(shard, dest / shard.name)
 
 
+def is_cached(root: str | Path, namespace: str, key: str) -> bool:
+    """True when ``cached_call(root, namespace, key, ...)`` would load instead of compute."""
+    return (Path(root) / namespace / key).is_dir()
+
+
 def cached_call(root: str | Path, namespace: str, key: str, compute: Callable[[], T],
                 save: Callable[[T, Path], None], load: Callable[[Path], T]) -> T:
     """Return ``load(dir)`` if ``root/namespace/key`` exists, else compute, ``save`` atomically, return.
@@ -182,7 +196,7 @@ def cached_call(root: str | Path, namespace: str, key: str, compute: Callable[[]
     ``save`` writes into an empty temporary folder that is renamed into place when complete.
     """
     final = Path(root) / namespace / key
-    if final.is_dir():
+    if is_cached(root, namespace, key):
         return load(final)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)

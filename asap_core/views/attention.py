@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..storage.bundle import Z_COLUMNS
-from ..method.relevance import FAKE_LOGIT, TARGET_NAMES, overlay
+from ..method.relevance import overlay
+from ..storage.schema import FAKE_LOGIT, TARGET_NAMES, Z_COLUMNS
 
 MAX_ATTENTION_IMAGES = 12
 
@@ -124,10 +124,3 @@ def contribution_frame(images: pd.DataFrame, ids: list[str], w2: np.ndarray) -> 
     })
 
 
-def missing_maps(bundle, image_ids: list[str], method: str) -> list[str]:
-    """The ids whose maps for ``method`` are not cached in ``bundle`` yet (need the encoder)."""
-    from ..method.relevance_store import map_store
-
-    enc = bundle.meta["encoder"]
-    store = map_store(bundle.cache_dir, enc["cache_key"], bundle.distiller.fingerprint, method, enc["patch_side"])
-    return store.missing(image_ids)

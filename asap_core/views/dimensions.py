@@ -6,7 +6,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ..storage.bundle import N_DIMS, Z_COLUMNS
+from ..storage.schema import N_DIMS, Z_COLUMNS
 
 LABEL_COLORS = {"real": "#1f77b4", "fake": "#ff7f0e"}
 

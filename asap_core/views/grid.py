@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..storage.bundle import Z_COLUMNS
+from ..storage.schema import Z_COLUMNS
 from ..method.isomatch import isomatch_grid
 
 MAX_GRID_IMAGES = 400

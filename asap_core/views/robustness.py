@@ -117,7 +117,8 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
 def view_tiles(view: dict, size: int = 160, alpha: float = 0.5) -> tuple[list, list[str]]:
     """``(images, captions)`` of one ``laundering.laundered_view``: the original and the laundered image
     (centre squares, ``size`` px, as CLIP sees them) and their fake-logit relevance overlays."""
-    from ..method.relevance import FAKE_LOGIT, overlay
+    from ..method.relevance import overlay
+    from ..storage.schema import FAKE_LOGIT
 
     def sq(im):
         w, h = im.size

@@ -1,0 +1,394 @@
+"""The stages of ``analyze``, each a function with typed inputs and outputs (DESIGN.md §1):
+
+    scan -> hash -> embed -> project -> train -> layout -> relevance -> write
+
+Every heavy result goes through the content-keyed cache (``storage.cache``) under a key that carries
+the method's version, so a change of method never reuses a stale result: embeddings per checkpoint,
+dtype and ``EMBEDDING_VERSION``; the projection per embeddings, sample and ``PROJECTION_VERSION``; the
+distiller per training data and ``TRAINING_VERSION``; the 2-D map per z and ``LAYOUT_VERSION``;
+relevance maps per encoder, distiller, method and ``RELEVANCE_VERSION``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from ..errors import ImageLoadError, InputError
+from ..inputs.imageio import decode_image, file_sha1, read_bytes
+from ..inputs.scan import ScanResult
+from ..model.device import dtype_name
+from ..model.encoder import CheckpointInfo
+from ..storage import schema as S
+from ..storage.cache import RowStore, cached_call, default_cache_dir, free_disk_bytes, hash_key
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+    from ..method.distiller import Distiller
+    from ..method.projection import VisionOnlyProjection
+    from ..model.encoder import ClipEncoder
+    from .analyze import AnalyzeOptions
+
+# progress(stage, done, total): the CLI draws tqdm bars, the app a st.progress
+StageProgress = Callable[[str, int, int], None]
+EMBEDDING_VERSION = 1  # bump when the embedding stage computes other values for the same files
+PROJECTION_VERSION = 1
+LAYOUT_VERSION = 1
+
+
+@dataclass
+class RunContext:
+    """What every stage of one ``analyze`` run shares: options, device, precision, the checkpoint, the
+    cache folder, the encoder (loaded on first need only), skipped files and seconds per stage."""
+
+    options: "AnalyzeOptions"
+    device: "torch.device"
+    dtype: "torch.dtype"
+    info: CheckpointInfo
+    cache: Path
+    progress: StageProgress | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    _encoder: "ClipEncoder | None" = None
+
+    @classmethod
+    def create(cls, options: "AnalyzeOptions", progress: StageProgress | None) -> "RunContext":
+        """Check the options (before any work) and resolve device, precision and checkpoint."""
+        from ..model.device import resolve_dtype
+        from ..model.encoder import inspect_checkpoint, resolve_device
+
+        options.check()
+        device = resolve_device(options.device)
+        dtype = resolve_dtype(options.dtype, device)
+        cache = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+        return cls(options, device, dtype, inspect_checkpoint(options.model), cache, progress)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name`` (seconds add up when a stage runs twice)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def report(self, stage: str) -> Callable[[int, int], None] | None:
+        """``progress(done, total)`` for one stage, or None without a progress callback."""
+        return (lambda d, t: self.progress(stage, d, t)) if self.progress else None
+
+    def encoder(self) -> "ClipEncoder":
+        """The model, from the one encoder factory; loaded only when a stage needs it (a fully cached run
+        never does)."""
+        if self._encoder is None:
+            from ..model.factory import load_encoder
+
+            with self.stage("load model"):
+                self._encoder = load_encoder(self.info.model_id, device=self.options.device, dtype=self.dtype)
+        return self._encoder
+
+
+# ----------------------------------------------------------------------------- hash
+
+
+def hash_files(paths: list[str], progress: Callable[[int, int], None] | None = None
+               ) -> tuple[list[str | None], list[tuple[str, str]]]:
+    """SHA-1 image ids for ``paths`` (None where unreadable) and the unreadable files with reasons."""
+    ids: list[str | None] = []
+    bad: list[tuple[str, str]] = []
+    for n, p in enumerate(paths):
+        try:
+            ids.append(file_sha1(p))
+        except ImageLoadError as exc:
+            ids.append(None)
+            bad.append((p, exc.reason))
+        if progress and (n % 256 == 0 or n == len(paths) - 1):
+            progress(n + 1, len(paths))
+    return ids, bad
+
+
+def dedupe(images: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Keep the first file of each image id; report the others (label conflicts named as such)."""
+    first = images.drop_duplicates("image_id")
+    dup = images[images.duplicated("image_id")]
+    reasons = []
+    lookup = first.set_index("image_id")
+    for row in dup.itertuples():
+        orig = lookup.loc[row.image_id]
+        if row.label != orig["label"] and row.label is not None and orig["label"] is not None:
+            reasons.append((row.path, f"label conflict: same bytes as {orig['path']} labelled {orig['label']}, "
+                                      f"here labelled {row.label}; the first one is kept"))
+        else:
+            reasons.append((row.path, f"duplicate of {orig['path']}; the first one is kept"))
+    return first.reset_index(drop=True), reasons
+
+
+def hash_stage(ctx: RunContext, scan: ScanResult) -> pd.DataFrame:
+    """The scanned files with an ``image_id`` column (SHA-1 of the bytes), unreadable files and duplicates
+    moved to ``ctx.skipped``."""
+    images = scan.images.copy()
+    ids, bad = hash_files(images["path"].tolist(), ctx.report("hash"))
+    ctx.skipped += bad
+    images["image_id"] = ids
+    images, dups = dedupe(images[images["image_id"].notna()])
+    ctx.skipped += dups
+    return images
+
+
+def check_labels(ctx: RunContext, scan: ScanResult, images: pd.DataFrame) -> None:
+    """``InputError`` when a distiller is to be trained and the folder lacks 2 real and 2 fake images."""
+    if ctx.options.distiller is not None:
+        return
+    labelled = images["label"].notna()
+    counts = images.loc[labelled, "label"].value_counts()
+    if counts.get("real", 0) < 2 or counts.get("fake", 0) < 2:
+        raise InputError(
+            f"{scan.root}: found {counts.get('real', 0)} real and {counts.get('fake', 0)} fake images "
+            f"({int((~labelled).sum())} unlabelled); the distiller needs at least 2 of each to learn.",
+            "put images in real/ and fake/ subfolders (or 0_real/1_fake, nature/ai, REAL/FAKE, or a CSV "
+            "with path,label), or pass --distiller OTHER_BUNDLE to apply a distiller trained elsewhere.")
+
+
+# ----------------------------------------------------------------------------- embed
+
+
+def embedding_store_name(encoder_key: str, dtype: "torch.dtype") -> str:
+    """Cache store of the embeddings of one checkpoint in one dtype: ``emb-v1-KEY`` (fp32),
+    ``emb-v1-KEY-bfloat16``. bf16 embeddings differ slightly from fp32 ones: one store never mixes them."""
+    name = dtype_name(dtype)
+    base = f"emb-v{EMBEDDING_VERSION}-{encoder_key}"
+    return base if name == "float32" else f"{base}-{name}"
+
+
+@dataclass
+class Embedded:
+    """Output of the embed stage: the images that decoded (``images``), their embeddings ``embeds [N, D]``
+    (float32, L2-normalised), the thumbnail store and the kept last-layer inputs (or None)."""
+
+    images: pd.DataFrame
+    embeds: np.ndarray
+    thumbs: RowStore
+    last_inputs: RowStore | None
+
+
+def _last_input_store(ctx: RunContext, n_images: int) -> RowStore | None:
+    """Where the embedding pass keeps each image's last-layer input for ``last-block`` relevance, or None
+    (another method, not on this device, or not enough free disk)."""
+    from ..method.relevance_store import keeps_last_inputs, last_input_bytes, last_input_store
+
+    if ctx.options.relevance != "last-block" or not keeps_last_inputs(ctx.device):
+        return None
+    if last_input_bytes(ctx.info, n_images) > free_disk_bytes(ctx.cache) // 2:
+        return None
+    return last_input_store(ctx.cache, ctx.info, ctx.dtype)
+
+
+def embed_stage(ctx: RunContext, images: pd.DataFrame, root: Path) -> Embedded:
+    """Embed (cached per image id) and thumbnail every image; files that fail to decode are skipped."""
+    from ..model.embedding import embed_files
+
+    o = ctx.options
+    store = RowStore(ctx.cache, embedding_store_name(ctx.info.cache_key, ctx.dtype), (ctx.info.embed_dim,))
+    thumbs = RowStore(ctx.cache, f"thumbs-v{EMBEDDING_VERSION}-{S.THUMB_SIDE}", None)
+    last_inputs = _last_input_store(ctx, len(images))
+    failures = embed_files(ctx.encoder, ctx.info.preprocessor, images["path"].tolist(), images["image_id"].tolist(),
+                           store, thumbs, batch_size=o.batch_size, num_workers=o.num_workers, decoder=o.decoder,
+                           compile=o.compile, last_input_store=last_inputs, progress=ctx.report("embed"))
+    ctx.skipped += failures
+    failed = {p for p, _ in failures}
+    images = images[~images["path"].isin(failed)].reset_index(drop=True)
+    if images.empty:
+        raise InputError(f"None of the images in {root} could be decoded.", "see the reasons listed above.")
+    return Embedded(images, store.get(images["image_id"].tolist()), thumbs, last_inputs)
+
+
+# ----------------------------------------------------------------------------- project
+
+
+def _sample_images(paths: list[str], n: int, seed: int) -> tuple[list[int], list]:
+    """Up to ``n`` decoded PIL images from ``paths`` (a seeded sample; unreadable ones are passed over),
+    and their positions in ``paths``."""
+    rng = np.random.default_rng(seed)
+    idx, out = [], []
+    for i in rng.permutation(len(paths)):
+        try:
+            out.append(decode_image(read_bytes(paths[i]), paths[i]))
+        except ImageLoadError:
+            continue
+        idx.append(int(i))
+        if len(out) >= n:
+            break
+    return idx, out
+
+
+def fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int, embed_images: Callable,
+                   exact_decode: bool) -> "VisionOnlyProjection":
+    """``VisionOnlyProjection`` from ``n`` sampled images of ``images`` (rows of ``embeds [N, D]``).
+
+    With ``exact_decode`` (the embedding pass decoded exactly as ``embed_images`` does: fp32) the sample's
+    embeddings are taken from ``embeds`` and only its texted copies go through the model; otherwise
+    (JPEG draft / nvJPEG for bf16) both are embedded the same way, so that their difference is the text.
+    """
+    from ..method.projection import VisionOnlyProjection
+
+    idx, sample = _sample_images(images["path"].tolist(), n, seed)
+    return VisionOnlyProjection(random_state=seed).fit(
+        sample, embed_images, clean_embeds=embeds, image_embeds=embeds[idx] if exact_decode else None)
+
+
+def project_stage(ctx: RunContext, emb: Embedded) -> "VisionOnlyProjection":
+    """The vision-only projection: the given distiller's, a file's, or fitted on a sample (cached)."""
+    from ..method.distiller import Distiller
+    from ..method.projection import VisionOnlyProjection
+    from ..model.embedding import approximate_decoding
+
+    o = ctx.options
+    if o.distiller is not None:
+        return VisionOnlyProjection.from_components(Distiller.from_pretrained(model_dir(o.distiller)).projection.numpy())
+    if o.projection_file:
+        return VisionOnlyProjection.from_pretrained(o.projection_file, ctx.info.embed_dim)
+    key = hash_key(PROJECTION_VERSION, ctx.info.cache_key, emb.embeds, o.projection_samples, o.seed)
+    return cached_call(
+        ctx.cache, "projection", key,
+        lambda: fit_projection(emb.images, emb.embeds, o.projection_samples, o.seed,
+                               lambda ims: ctx.encoder().encode_images(ims).numpy(),
+                               exact_decode=not approximate_decoding(ctx.dtype)),
+        lambda p, d: p.save_pretrained(d), VisionOnlyProjection.from_pretrained)
+
+
+def model_dir(path: str) -> Path:
+    """A distiller folder, or a bundle whose ``model/`` holds one."""
+    p = Path(path).expanduser()
+    return p / S.MODEL_DIR if (p / S.MODEL_DIR).is_dir() else p
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train_stage(ctx: RunContext, emb: Embedded, projection: "VisionOnlyProjection") -> tuple["Distiller", dict]:
+    """The distiller (trained on the labelled images, cached; or the given one) and its metrics."""
+    from ..method.distiller import Distiller
+    from ..method.training import DistillerTrainer, classification_metrics
+
+    images, embeds = emb.images, emb.embeds
+    y = (images["label"] == "fake").to_numpy()
+    labelled = images["label"].notna().to_numpy()
+    if ctx.options.distiller is not None:
+        distiller = Distiller.from_pretrained(model_dir(ctx.options.distiller))
+        metrics: dict = {"max_offdiag_cos": distiller.orthogonality()}
+        if labelled.any():
+            metrics["all"] = classification_metrics(y[labelled], distiller.predict(embeds[labelled])[1])
+        return distiller, metrics
+    trainer = DistillerTrainer(projection=projection.components_, seed=ctx.options.seed)
+    idx = np.flatnonzero(labelled)
+    split = images["split"].to_numpy(dtype=object)[idx]
+    gens = images["generator"].to_numpy(dtype=object)[idx]
+    key = hash_key(embeds[idx], y[idx], split.astype(str), gens.astype(str), trainer.get_params())
+
+    def fit() -> tuple["Distiller", dict]:
+        t = trainer.fit(embeds[idx], y[idx], split=split, generators=gens)
+        return t.model_, t.metrics_
+
+    def save(res: tuple["Distiller", dict], d: Path) -> None:
+        res[0].save_pretrained(d)
+        (d / "metrics.json").write_text(json.dumps(res[1], default=float))
+
+    def load(d: Path) -> tuple["Distiller", dict]:
+        return Distiller.from_pretrained(d), json.loads((d / "metrics.json").read_text())
+
+    return cached_call(ctx.cache, "distiller", key, fit, save, load)
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+def prediction_columns(images: pd.DataFrame, z: np.ndarray, p_fake: np.ndarray) -> pd.DataFrame:
+    """Add p_fake, pred, correct (NA when unlabelled), confidence and z0..z15 (``schema``)."""
+    images = images.copy()
+    images["p_fake"] = p_fake.astype(np.float32)
+    images["pred"] = S.predicted_label(p_fake)
+    correct = pd.Series(images["pred"].to_numpy() == images["label"].to_numpy(), dtype="boolean")
+    correct[images["label"].isna().to_numpy()] = pd.NA
+    images["correct"] = correct.to_numpy()
+    images["confidence"] = S.confidence(p_fake).astype(np.float32)
+    zdf = pd.DataFrame(z.astype(np.float32), columns=S.Z_COLUMNS)
+    return pd.concat([images.reset_index(drop=True), zdf], axis=1)
+
+
+def layout_stage(ctx: RunContext, images: pd.DataFrame, z: np.ndarray, p_fake: np.ndarray
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(images with predictions, map position and cell; the cell table) on the options' grid."""
+    from ..method.layout import assign_cells, cell_table, embed_2d
+
+    images = prediction_columns(images, z, p_fake)
+    seed = ctx.options.seed
+    xy = cached_call(ctx.cache, "map2d", hash_key(LAYOUT_VERSION, z, seed), lambda: embed_2d(z, random_state=seed),
+                     lambda a, d: np.save(d / "xy.npy", a), lambda d: np.load(d / "xy.npy"))
+    images["map_x"], images["map_y"] = xy[:, 0], xy[:, 1]
+    images["cell"], images["col"], images["row"] = assign_cells(xy, ctx.options.grid)
+    return images, cell_table(images, ctx.options.grid)
+
+
+# ----------------------------------------------------------------------------- relevance
+
+
+def relevance_stage(ctx: RunContext, images: pd.DataFrame, distiller: "Distiller",
+                    last_inputs: RowStore | None) -> RowStore:
+    """Precomputed relevance maps of every image with the options' method (``--relevance``)."""
+    from ..method.relevance_store import precompute_relevance
+
+    return precompute_relevance(ctx.cache, ctx.info, ctx.encoder, distiller, images, ctx.options.relevance,
+                                batch_size=ctx.options.relevance_batch_size, decoder=ctx.options.decoder,
+                                last_inputs=last_inputs, progress=ctx.report("relevance"))
+
+
+# ----------------------------------------------------------------------------- write
+
+
+@dataclass
+class Results:
+    """What the write stage puts into the bundle."""
+
+    scan: ScanResult
+    images: pd.DataFrame
+    cells: pd.DataFrame
+    thumbs: RowStore
+    distiller: "Distiller"
+    projection: "VisionOnlyProjection"
+    metrics: dict
+    maps: RowStore | None
+
+
+def bundle_meta(ctx: RunContext, r: Results) -> dict:
+    """``bundle.json`` (``schema.META_FIELDS``) of a finished run."""
+    images = r.images
+    counts = S.Counts(found=len(r.scan.images) + len(r.scan.skipped), used=len(images),
+                      real=int((images["label"] == "real").sum()), fake=int((images["label"] == "fake").sum()),
+                      unlabelled=int(images["label"].isna().sum()), cells=len(r.cells))
+    encoder = S.EncoderInfo(ctx.info.model_id, ctx.info.cache_key, ctx.info.embed_dim, ctx.info.patch_side,
+                            ctx.info.image_size, dtype_name(ctx.dtype))
+    return {"data_dir": str(r.scan.root.resolve()), "layout": r.scan.layout, "encoder": encoder.to_dict(),
+            "preprocessing": ctx.info.preprocessor.version,
+            "options": {k: v for k, v in vars(ctx.options).items() if k != "cache_dir"},
+            "counts": counts.to_dict(), "metrics": r.metrics,
+            "skipped": [{"path": p, "reason": why} for p, why in ctx.skipped], "timings": ctx.timings}
+
+
+def write_stage(ctx: RunContext, out: str | Path, r: Results) -> Path:
+    """Write the bundle ``out`` atomically (tables, thumbnails, model, precomputed maps)."""
+    from ..storage.bundle import write_bundle
+
+    ids = r.images["image_id"].tolist()
+
+    def model_writer(d: Path) -> None:
+        r.distiller.save_pretrained(d)
+        r.projection.save_pretrained(d)
+
+    return write_bundle(out, bundle_meta(ctx, r), r.images, r.cells, (ids, r.thumbs.get(ids)), model_writer,
+                        cache_stores=(r.maps,) if r.maps is not None else ())

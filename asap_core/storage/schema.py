@@ -1,0 +1,138 @@
+"""The bundle schema: what a bundle is, and the constants every layer shares (one home for each).
+
+A bundle folder (DESIGN.md §4) holds ``bundle.json`` (``META_FIELDS``), ``images.parquet``
+(``IMAGE_COLUMNS``), ``cells.parquet`` (``CELL_COLUMNS``), ``thumbs.parquet`` (``THUMB_COLUMNS``),
+``model/`` (distiller + projection, safetensors) and ``cache/`` (on-demand results).
+
+Targets of the relevance maps: the ``N_DIMS`` dimensions of z (0..15), then the fake logit (``FAKE_LOGIT``).
+A prediction is ``fake`` when ``p_fake >= DECISION_THRESHOLD``; confidence is ``|2 p_fake - 1|``.
+"""
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, get_type_hints
+
+import numpy as np
+
+FORMAT_VERSION = 1
+META_NAME = "bundle.json"
+IMAGES_FILE = "images.parquet"
+CELLS_FILE = "cells.parquet"
+THUMBS_FILE = "thumbs.parquet"
+MODEL_DIR = "model"
+CACHE_DIR = "cache"
+
+N_DIMS = 16
+Z_COLUMNS: list[str] = [f"z{i}" for i in range(N_DIMS)]
+FAKE_LOGIT = N_DIMS  # index of the fake logit among the relevance targets
+N_TARGETS = N_DIMS + 1
+TARGET_NAMES: list[str] = [f"dim {i}" for i in range(N_DIMS)] + ["fake logit"]
+RELEVANCE_METHODS: tuple[str, ...] = ("last-block", "rollout")
+DEFAULT_METHOD = RELEVANCE_METHODS[0]
+NO_RELEVANCE = "none"
+DECISION_THRESHOLD = 0.5
+LABELS: tuple[str, str] = ("real", "fake")
+DEFAULT_GRID = 24
+THUMB_SIDE = 128  # longest side of the thumbnails, px
+
+# column -> kind; kinds: "string", "float", "int", "bool" (null-typed columns pass: all values missing)
+IMAGE_COLUMNS: dict[str, str] = {
+    "image_id": "string", "path": "string", "relpath": "string", "label": "string", "generator": "string",
+    "source": "string", "split": "string", "p_fake": "float", "pred": "string", "correct": "bool",
+    "confidence": "float", **{z: "float" for z in Z_COLUMNS}, "map_x": "float", "map_y": "float",
+    "cell": "int", "col": "int", "row": "int",
+}
+CELL_COLUMNS: dict[str, str] = {
+    "cell": "int", "col": "int", "row": "int", "x": "float", "y": "float", "n": "int",
+    "n_real_ok": "int", "n_real_wrong": "int", "n_fake_ok": "int", "n_fake_wrong": "int", "n_unlabelled": "int",
+    "mean_conf": "float", "accuracy": "float", "dominant_generator": "string", "share_fake": "float",
+}
+THUMB_COLUMNS: dict[str, str] = {"image_id": "string", "jpeg": "binary"}
+TABLES: dict[str, dict[str, str]] = {IMAGES_FILE: IMAGE_COLUMNS, CELLS_FILE: CELL_COLUMNS, THUMBS_FILE: THUMB_COLUMNS}
+
+# bundle.json: required field -> type
+META_FIELDS: dict[str, type] = {"version": int, "complete": bool, "layout": str, "encoder": dict, "counts": dict,
+                                "options": dict, "metrics": dict, "skipped": list}
+
+
+@dataclass(frozen=True)
+class EncoderInfo:
+    """``bundle.json["encoder"]``: the CLIP a bundle was made with.
+
+    ``model_id`` (HF id or local folder), ``cache_key`` (weights + preprocessing), ``embed_dim`` (D),
+    ``patch_side`` (patches per side: maps are ``[patch_side, patch_side]``), ``image_size`` (px), ``dtype``.
+    """
+
+    model_id: str
+    cache_key: str
+    embed_dim: int
+    patch_side: int
+    image_size: int
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Counts:
+    """``bundle.json["counts"]``: files found, images used, real / fake / unlabelled images, cells."""
+
+    found: int
+    used: int
+    real: int
+    fake: int
+    unlabelled: int
+    cells: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+SECTIONS: dict[str, type] = {"encoder": EncoderInfo, "counts": Counts}
+
+
+def section_problem(meta: dict, name: str) -> str | None:
+    """What is wrong with ``meta[name]`` (a ``SECTIONS`` dataclass written as a dict), or None."""
+    cls = SECTIONS[name]
+    value = meta.get(name)
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        if f.name not in value:
+            if f.default is MISSING:
+                return f"'{name}' lacks '{f.name}'"
+            continue
+        v, want = value[f.name], hints[f.name]
+        if not isinstance(v, want) or (isinstance(v, bool) and want is not bool):
+            return f"'{name}.{f.name}' is {type(v).__name__}, expected {want.__name__}"
+    return None
+
+
+def read_section(meta: dict, name: str):
+    """``meta[name]`` as its ``SECTIONS`` dataclass (unknown keys ignored)."""
+    cls = SECTIONS[name]
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in meta[name].items() if k in known})
+
+
+def p_fake_from_logit(logit: np.ndarray | float) -> np.ndarray | float:
+    """``sigmoid(logit)``: the fake logit -> p_fake (float64; a float for a float)."""
+    p = 1.0 / (1.0 + np.exp(-np.asarray(logit, dtype=np.float64)))
+    return float(p) if np.ndim(p) == 0 else p
+
+
+def predicted_label(p_fake: np.ndarray) -> np.ndarray:
+    """``"fake"`` where ``p_fake >= DECISION_THRESHOLD``, else ``"real"`` (object array)."""
+    return np.where(np.asarray(p_fake) >= DECISION_THRESHOLD, "fake", "real").astype(object)
+
+
+def confidence(p_fake: np.ndarray) -> np.ndarray:
+    """``|2 p_fake - 1|`` in [0, 1]: 0 on the decision boundary, 1 when certain."""
+    return np.abs(2 * np.asarray(p_fake, dtype=np.float64) - 1)
+
+
+__all__ = ["CACHE_DIR", "CELLS_FILE", "CELL_COLUMNS", "Counts", "DECISION_THRESHOLD", "DEFAULT_GRID",
+           "DEFAULT_METHOD", "EncoderInfo", "FAKE_LOGIT", "FORMAT_VERSION", "IMAGES_FILE", "IMAGE_COLUMNS", "LABELS",
+           "META_FIELDS", "META_NAME", "MODEL_DIR", "NO_RELEVANCE", "N_DIMS", "N_TARGETS", "RELEVANCE_METHODS",
+           "TABLES", "TARGET_NAMES", "THUMBS_FILE", "THUMB_COLUMNS", "THUMB_SIDE", "Z_COLUMNS", "confidence",
+           "p_fake_from_logit", "predicted_label", "read_section", "section_problem"]
