@@ -4,7 +4,7 @@ Public server: ``ASAP_HOSTED=1 ASAP_BUNDLE_ROOT=/srv/bundles [ASAP_BUNDLE=name] 
 [ASAP_RELEVANCE_BUDGET=200]``: visitors pick bundles by name, type no paths (see ``asap_core.hosting``).
 
 Runs on every page: reads the link once, then runs the page chosen in the navigation (each page opens
-the bundle through the cache and draws the shared sidebar with ``common.page_start()``), and finally
+the bundle through the cache and draws the shared sidebar with ``glue.sidebar.page_start()``), and finally
 mirrors the selection into the URL.
 """
 from __future__ import annotations
@@ -18,33 +18,27 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from app_pages import common  # noqa: E402
+from app_pages.glue import keys, state  # noqa: E402
 
 st.set_page_config(page_title="ASAP Explorer", page_icon=":material/image_search:", layout="wide")
 
-common.init_from_link()
+state.init_from_link()
 
-PAGES = {
-    "overview": st.Page("app_pages/overview.py", title="Overview", icon=":material/bubble_chart:", default=True),
-    "images": st.Page("app_pages/images.py", title="Images", icon=":material/grid_view:", url_path="images"),
-    "attention": st.Page("app_pages/attention.py", title="Attention", icon=":material/visibility:",
-                         url_path="attention"),
-    "dimensions": st.Page("app_pages/dimensions.py", title="Dimensions", icon=":material/bar_chart:",
-                          url_path="dimensions"),
-    "patterns": st.Page("app_pages/patterns.py", title="Patterns", icon=":material/bookmarks:", url_path="patterns"),
-    "generators": st.Page("app_pages/generators.py", title="Generators", icon=":material/factory:",
-                          url_path="generators"),
-    "robustness": st.Page("app_pages/robustness.py", title="Robustness", icon=":material/compress:",
-                          url_path="robustness"),
-    "single": st.Page("app_pages/single_image.py", title="Single image", icon=":material/upload:", url_path="single"),
+NAV = {  # slug: (title, icon); files in keys.PAGE_FILES
+    "overview": ("Overview", ":material/bubble_chart:"), "images": ("Images", ":material/grid_view:"),
+    "attention": ("Attention", ":material/visibility:"), "dimensions": ("Dimensions", ":material/bar_chart:"),
+    "patterns": ("Patterns", ":material/bookmarks:"), "generators": ("Generators", ":material/factory:"),
+    "robustness": ("Robustness", ":material/compress:"), "single": ("Single image", ":material/upload:"),
 }
+PAGES = {slug: st.Page(keys.PAGE_FILES[slug], title=title, icon=icon, default=slug == "overview",
+                       url_path=None if slug == "overview" else slug) for slug, (title, icon) in NAV.items()}
 page = st.navigation(list(PAGES.values()), position="sidebar")
 slug = next((s for s, p in PAGES.items() if p.title == page.title), "overview")
 
-pending = st.session_state.pop(common.K_PENDING_PAGE, None)
+pending = st.session_state.pop(keys.K_PENDING_PAGE, None)
 if pending and pending != slug and pending in PAGES:
     st.switch_page(PAGES[pending])
 
-common.write_link(slug)
+state.write_link(slug)
 page.run()
-common.write_link(slug)
+state.write_link(slug)

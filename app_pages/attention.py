@@ -5,25 +5,28 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
+from asap_core.storage.schema import RELEVANCE_METHODS
 from asap_core.views import attention as va
-from app_pages import common as C
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue.sidebar import page_start
 
-b = C.page_start()
+b = page_start()
 ss = st.session_state
-path, stamp = C.ref(b)
+path, stamp = D.ref(b)
 
 st.subheader("Attention view")
-ids = list(ss[C.K_IMAGES])
+ids = list(ss[K.K_IMAGES])
 if not ids:
     st.info("No image picked: drag a box over images in the Image view (or pick top images on the "
             "Dimensions page).")
-    st.page_link(C.PAGE_FILES["images"], label="Go to the image view", icon=":material/grid_view:")
+    st.page_link(K.PAGE_FILES["images"], label="Go to the image view", icon=":material/grid_view:")
     st.stop()
 
 c1, c2, c3 = st.columns([2, 2, 3])
-ss.setdefault("w_method", ss[C.K_METHOD])
-method = c1.segmented_control("Method", C.METHODS, key="w_method") or ss[C.K_METHOD]
-ss[C.K_METHOD] = method
+ss.setdefault("w_method", ss[K.K_METHOD])
+method = c1.segmented_control("Method", RELEVANCE_METHODS, key="w_method") or ss[K.K_METHOD]
+ss[K.K_METHOD] = method
 alpha = c2.slider("Overlay opacity", 0.2, 0.9, 0.5, 0.05, key="w_alpha")
 shown = ids[:va.MAX_ATTENTION_IMAGES]
 c3.caption(f"{len(ids)} image{'s' if len(ids) > 1 else ''} picked"
@@ -31,10 +34,10 @@ c3.caption(f"{len(ids)} image{'s' if len(ids) > 1 else ''} picked"
            + ". Each tile: map over the image (red = high relevance), with the dimension's contribution "
              "z_i·w2_i to the fake logit; dimensions sorted by support for the prediction.")
 
-maps = C.maps_for(b, shown, method)
+maps = D.maps_for(b, shown, method)
 if maps is None:
     st.stop()
-w2 = C.head_weights(path, stamp)
+w2 = D.head_weights(path, stamp)
 rows = va.attention_rows(b.images, shown, maps, w2, b.thumbnails(shown), alpha=alpha)
 for r in rows:
     with st.container(border=True):

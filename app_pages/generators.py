@@ -2,33 +2,25 @@
 the confusion matrix (all fakes, or only those the distiller held out) and per-generator recall / precision."""
 from __future__ import annotations
 
-import pandas as pd
 import streamlit as st
 
-from asap_core.analyses import attribution as attr
+from asap_core.analyses.attribution import attribution_accuracy
 from asap_core.views import generators as vgen
-from app_pages import common as C
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue.sidebar import page_start
 
-b = C.page_start()
+b = page_start()
 ss = st.session_state
-path, stamp = C.ref(b)
+path, stamp = D.ref(b)
 
 st.subheader("Generator attribution")
-data = C.generator_data(path, stamp)
-if data is None:
+gen_data = D.generator_data(path, stamp)
+if gen_data is None:
     st.info("This bundle's distiller has no generator head: the folder did not name at least two generators. "
             "Analyse a folder with one subfolder per generator (fake/<generator>/...) to get one.")
     st.stop()
-pred, names = data
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def confusion(path: str, stamp: int, held_out_only: bool, with_real: bool) -> tuple[pd.DataFrame, bool]:
-    """(count confusion matrix, whether the held-out split could be recovered)."""
-    bb = C.load_bundle(path, stamp)
-    val_ok = attr.validation_mask(bb) is not None
-    return attr.confusion_matrix(bb, only_fakes=not with_real, held_out_only=held_out_only and val_ok), val_ok
-
+pred, names = gen_data
 
 c1, c2, c3 = st.columns([2, 1.4, 1.6])
 scope = c1.segmented_control("Fakes counted", ["all", "held out"], default="all", key="w_gen_scope",
@@ -37,17 +29,15 @@ scope = c1.segmented_control("Fakes counted", ["all", "held out"], default="all"
 normalize = c2.toggle("Row shares", value=True, key="w_gen_norm", help="colour = share of the true generator's images")
 with_real = c3.toggle("Add real images", value=False, key="w_gen_real",
                       help="a 'real' row and column: real images, and fakes the detector calls real")
-cm, val_ok = confusion(path, stamp, scope == "held out", with_real)
+cm, fake_cm, val_ok = D.confusion(path, stamp, scope == "held out", with_real)
 if scope == "held out" and not val_ok:
     st.warning("The distiller's validation split cannot be recovered for this bundle (distiller trained "
                "elsewhere, or an older bundle): counting all fakes instead.")
     scope = "all"
 
-fake_cm = cm.drop(index="real", columns="real", errors="ignore") if with_real else cm
-acc = attr.attribution_accuracy(fake_cm)
-n = int(fake_cm.to_numpy().sum())
-st.markdown(vgen.accuracy_line(acc, n, len(names), "held-out" if scope == "held out" else "labelled"))
-stored = (b.metrics or {}).get("generator_val_accuracy")
+st.markdown(vgen.accuracy_line(attribution_accuracy(fake_cm), int(fake_cm.to_numpy().sum()), len(names),
+                               "held-out" if scope == "held out" else "labelled"))
+stored = b.metrics.get("generator_val_accuracy")
 if stored is not None:
     st.caption(f"Validation accuracy stored at training time: {float(stored):.1%}. "
                + ("Counting all fakes includes the distiller's training fakes (in-sample)." if scope == "all" else ""))
@@ -69,6 +59,6 @@ with st.expander("Predictions per image"):
         ["image_id", "generator", "predicted_generator", "probability", "p_fake", "pred", "held_out"]],
         hide_index=True)
 if st.button("Colour the overview by predicted generator", key="gen_to_overview", icon=":material/bubble_chart:"):
-    ss[C.K_COLOR_BY] = "predicted generator"
+    ss[K.K_COLOR_BY] = "predicted generator"
     ss.pop("w_color", None)
-    st.switch_page(C.PAGE_FILES["overview"])
+    st.switch_page(K.PAGE_FILES["overview"])

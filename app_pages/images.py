@@ -4,29 +4,36 @@ from __future__ import annotations
 
 import streamlit as st
 
+from asap_core.analyses.concepts import compute_concepts
+from asap_core.analyses.patterns import pattern_from_concept, pattern_from_selection
 from asap_core.errors import AsapError
-from asap_core.views import attention as va
+from asap_core.settings import settings
 from asap_core.views import concept as vc
 from asap_core.views import grid as vg
 from asap_core.views import state as vs
-from app_pages import common as C
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue import state as S
+from app_pages.glue.sidebar import page_start
+from app_pages.glue.widgets import next_or_clear, save_pattern_form
 
-b = C.page_start()
+b = page_start()
 ss = st.session_state
-path, stamp = C.ref(b)
-grid = int(ss[C.K_GRID])
-filters = ss[C.K_FILTERS]
-cells = list(ss[C.K_CELLS])
+path, stamp = D.ref(b)
+grid = int(ss[K.K_GRID])
+filters = ss[K.K_FILTERS]
+cells = list(ss[K.K_CELLS])
+method = ss[K.K_METHOD]
 
 head, toggle_col = st.columns([5, 1])
 concept_on = toggle_col.toggle("Concept view", key="w_concepts", help="Concepts shared by the cell's images")
 if not cells:
     head.subheader("Image view")
     st.info("No cell selected: click a cell on the Overview first.")
-    st.page_link(C.PAGE_FILES["overview"], label="Go to the overview", icon=":material/bubble_chart:")
+    st.page_link(K.PAGE_FILES["overview"], label="Go to the overview", icon=":material/bubble_chart:")
     st.stop()
 
-layout, n_rows, n_cols, n_members = C.grid_for(path, stamp, grid, tuple(cells), filters)
+layout, n_rows, n_cols, n_members = D.grid_for(path, stamp, grid, tuple(cells), filters)
 cell_txt = ", ".join(str(c) for c in cells)
 head.subheader(f"Cell{'s' if len(cells) > 1 else ''} {cell_txt} · {n_members:,} images")
 if n_members == 0:
@@ -36,66 +43,48 @@ if n_members == 0:
 if concept_on:
     ids = layout["image_id"].tolist()
     k = st.columns([1, 3])[0].slider("Concepts (k)", 2, 8, 3, key="w_k")
-    if vc.concepts_module() is None:
-        st.info(vc.NOT_AVAILABLE)
-        st.stop()
-    missing = va.missing_maps(b, ids, ss[C.K_METHOD])  # concepts cut images along their relevance maps
-    if missing and not C.charge_relevance(len(missing)):
+    if D.maps_for(b, ids, method) is None:  # concepts cut images along their relevance maps
         st.stop()
     try:  # the cached encoder; without one, only concepts already cached in the bundle can show
-        encoder = C.get_encoder(C.encoder_model(b))
+        encoder = D.get_encoder(D.encoder_model(b))
     except AsapError:
         encoder = None
-    try:
-        bar = st.progress(0.0, text="Computing concepts ...")
-        result = vc.compute(b, ids, k=k, method=ss[C.K_METHOD], encoder=encoder,
-                            progress=lambda d, t: bar.progress(min(d / max(t, 1), 1.0),
-                                                               text=f"Encoding segments: {d}/{t}"))
-        bar.empty()
-    except AsapError as exc:
-        st.error(exc.message)
-        if exc.hint:
-            st.caption(f"Fix: {exc.hint}")
+    result = D.run_shown(compute_concepts, b, ids, k=k, method=method, encoder=encoder,
+                         progress_text="Encoding segments")
+    if result is None:
         st.stop()
     st.caption(f"{len(ids)} images, each cut to its top 10 % / 25 % / 50 % fake-logit regions "
-               f"({ss[C.K_METHOD]} maps); k-means over the segments in the 16 dimensions.")
+               f"({method} maps); k-means over the segments in the 16 dimensions.")
     cards = vc.concept_cards(result)
     for card in cards:
         with st.container(border=True):
             st.markdown(f"**Concept {card['concept'] + 1}** · {vc.describe(card)}")
             if card["crops"]:
                 st.image(card["crops"], width=96)
-    from asap_core.analyses.patterns import pattern_from_concept
-
-    C.save_pattern_form(b, lambda name, note, c: pattern_from_concept(result, c, name, note), key="pat_con",
-                        base_name=f"cell {cell_txt} concept", label="Save a concept as pattern",
-                        choices=[card["concept"] for card in cards], format_choice=lambda c: f"Concept {c + 1}")
+    save_pattern_form(b, lambda name, note, c: pattern_from_concept(result, c, name, note), key="pat_con",
+                      base_name=f"cell {cell_txt} concept", label="Save a concept as pattern",
+                      choices=[card["concept"] for card in cards], format_choice=lambda c: f"Concept {c + 1}",
+                      read_only=settings().hosted)
     st.stop()
 
 st.caption("Frames: green = predicted right, red = predicted wrong. Hover for file, label and p_fake. "
            "Drag a box to pick images, shift-click to add single ones, double-click to clear."
            + (f" Showing a sample of {len(layout)} of {n_members:,} images." if len(layout) < n_members else ""))
 chart_key = f"grid_{grid}_{vs.short_hash(cell_txt + repr(filters))}"
-C.fresh_chart(chart_key)
+S.fresh_chart(chart_key)
 chart = vg.grid_chart(layout, n_rows, n_cols, tile=vg.tile_size(n_cols))
 event = st.altair_chart(chart, key=chart_key, on_select="rerun", selection_mode=["brush", "pick"],
                         theme=None, width="content")
-ss[C.K_IMAGES] = C.consume_event(chart_key, event, ss[C.K_IMAGES], lambda ev: vs.picked_ids(ev, layout))
+ss[K.K_IMAGES] = S.consume_event(chart_key, event, ss[K.K_IMAGES], lambda ev: vs.picked_ids(ev, layout))
 
-picked = ss[C.K_IMAGES]
+picked = ss[K.K_IMAGES]
 if picked:
     st.markdown(f"**{len(picked)} image{'s' if len(picked) > 1 else ''} picked**")
-    st.image(C.thumbs(b, picked[:24]), width=56)
-    b1, b2 = st.columns([1, 1])
-    if b1.button("Show attention maps", type="primary", key="img_attn", icon=":material/visibility:"):
-        st.switch_page(C.PAGE_FILES["attention"])
-    if b2.button("Clear picks", key="img_clear"):
-        ss[C.K_IMAGES] = []
-        ss.pop(chart_key, None)
-        st.rerun()
-    from asap_core.analyses.patterns import pattern_from_selection
-
-    C.save_pattern_form(b, lambda name, note: pattern_from_selection(name, picked, note), key="pat_sel",
-                        base_name=f"cell {cell_txt} selection", label="Save the picked images as pattern")
+    st.image(D.thumbs(b, picked[:24]), width=56)
+    next_or_clear("Show attention maps", "attention", ":material/visibility:", K.K_IMAGES, chart_key,
+                  ("img_attn", "img_clear"), "Clear picks")
+    save_pattern_form(b, lambda name, note: pattern_from_selection(name, picked, note), key="pat_sel",
+                      base_name=f"cell {cell_txt} selection", label="Save the picked images as pattern",
+                      read_only=settings().hosted)
 else:
     st.caption("No image picked yet.")

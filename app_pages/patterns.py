@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import streamlit as st
 
+from asap_core.analyses.patterns import PatternStore, impact_cached, pattern_impact
 from asap_core.errors import AsapError
-from asap_core.analyses.patterns import PatternStore, pattern_impact, rank_patterns
-from asap_core.views import attention as va
 from asap_core.views import patterns as vp
-from app_pages import common as C
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue.errors import show_error
+from app_pages.glue.sidebar import page_start
+from app_pages.glue.widgets import progress_bar
 
-b = C.page_start()
+b = page_start()
 ss = st.session_state
-path, stamp = C.ref(b)
-method = ss[C.K_METHOD]
+path, stamp = D.ref(b)
+method = ss[K.K_METHOD]
 
 st.subheader("Pattern view")
 store = PatternStore(b)
@@ -22,7 +25,7 @@ patterns = store.list()
 if not patterns:
     st.info("No pattern saved yet. Pick images on the Images page (or open its concept view) and use "
             "“Save … as pattern”.")
-    st.page_link(C.PAGE_FILES["images"], label="Go to the image view", icon=":material/grid_view:")
+    st.page_link(K.PAGE_FILES["images"], label="Go to the image view", icon=":material/grid_view:")
     st.stop()
 
 st.caption("Impact of a pattern: its regions are painted in the CLIP mean colour and each image is re-encoded; "
@@ -32,33 +35,32 @@ st.caption("Impact of a pattern: its regions are painted in the CLIP mean colour
            f"patches by fake-logit relevance ({method} maps).")
 st.dataframe(vp.pattern_frame(patterns), hide_index=True, key="pat_list")
 
-cached = [vp.impact_cached(b, p, method) for p in patterns]
+cached = [impact_cached(b, p, method, vp.N_RANDOM, vp.SEED) for p in patterns]
 todo = [p for p, ok in zip(patterns, cached) if not ok]
 if todo:
     st.markdown(f"**{len(todo)} of {len(patterns)} pattern{'s' if len(patterns) > 1 else ''} without impact yet** "
                 f"({sum(len(p.image_ids) for p in todo):,} images to re-encode "
                 f"{2 + vp.N_RANDOM} times each).")
 if todo and st.button("Compute impact", key="pat_impact", type="primary", icon=":material/calculate:"):
-    need_maps = va.missing_maps(b, vp.ids_needing_maps(todo), method)
-    if need_maps and not C.charge_relevance(len(need_maps)):
+    need_maps = vp.ids_needing_maps(todo)  # selection patterns: regions from the fake-logit maps
+    if need_maps and D.maps_for(b, need_maps, method) is None:
         st.stop()
-    encoder = C.encoder_for(C.encoder_model(b), "Pattern impacts")
+    encoder = D.encoder_for(b, "Pattern impacts")
     if encoder is None:
         st.stop()
     total = sum(len(p.image_ids) for p in todo)
-    bar = st.progress(0.0, text=f"Masking and re-encoding {total:,} images ...")
-    done = 0
-    try:
-        for p in todo:
-            pattern_impact(b, p, encoder, vp.N_RANDOM, vp.SEED, method,
-                           progress=lambda d, t, p=p, base=done: bar.progress(
-                               min((base + d) / max(total, 1), 1.0), text=f"{p.name}: {d}/{t} images"))
-            done += len(p.image_ids)
-    except AsapError as exc:
-        bar.empty()
-        C.show_error(exc)
-        st.stop()
-    bar.empty()
+    step = {"base": 0, "name": ""}
+    with progress_bar(f"Masking and re-encoding {total:,} images ...",
+                      lambda d, t: f"{step['name']}: {d:,}/{t:,} images") as progress:
+        try:
+            for p in todo:
+                step["name"] = p.name
+                pattern_impact(b, p, encoder, vp.N_RANDOM, vp.SEED, method,
+                               progress=lambda d, t, base=step["base"]: progress(base + d, total))
+                step["base"] += len(p.image_ids)
+        except AsapError as exc:
+            show_error(exc)
+            st.stop()
     st.rerun()
 
 ready = [p for p, ok in zip(patterns, cached) if ok]
@@ -66,18 +68,10 @@ if not ready:
     st.stop()
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def ranking(path: str, stamp: int, names: tuple[str, ...], keys: tuple[str, ...], method: str):
-    """``rank_patterns`` of the named patterns (all impacts cached; ``keys`` = their content keys)."""
-    bb = C.load_bundle(path, stamp)
-    pats = [p for p in PatternStore(bb).list() if p.name in set(names)]
-    return rank_patterns(bb, pats, None, vp.N_RANDOM, vp.SEED, method)
-
-
 try:
-    ranked = ranking(path, stamp, tuple(p.name for p in ready), tuple(p.content_key() for p in ready), method)
+    ranked = D.pattern_ranking(path, stamp, tuple(p.name for p in ready), tuple(p.content_key() for p in ready), method)
 except AsapError as exc:
-    C.show_error(exc)
+    show_error(exc)
     st.stop()
 st.markdown("**Ranking** (by excess impact over the random mask)")
 st.dataframe(vp.ranking_display(ranked), hide_index=True, key="pat_rank",
@@ -101,8 +95,8 @@ with c2:
              if pat.masks is not None else f"{pat.name}: its images")
 d1, d2 = st.columns([1, 1])
 if d1.button("Send these images to the attention view", key="pat_attn", icon=":material/visibility:"):
-    ss[C.K_IMAGES] = list(pat.image_ids)
-    st.switch_page(C.PAGE_FILES["attention"])
+    ss[K.K_IMAGES] = list(pat.image_ids)
+    st.switch_page(K.PAGE_FILES["attention"])
 if d2.button(f"Delete pattern '{pat.name}'", key="pat_delete", icon=":material/delete:"):
     store.delete(pat.name)
     st.rerun()
@@ -116,7 +110,7 @@ if st.button("Prepare export", key="pat_export", icon=":material/archive:"):
         with st.spinner("Writing the export ..."):
             ss["_pat_zip"] = (str(b.path), vp.export_zip(b, patterns, with_impact=not todo, method=method))
     except AsapError as exc:
-        C.show_error(exc)
+        show_error(exc)
 zip_path, zip_bytes = ss.get("_pat_zip") or (None, None)
 if zip_bytes and zip_path == str(b.path):
     st.download_button("Download patterns.zip", zip_bytes, file_name=f"{b.path.name}-patterns.zip",

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import streamlit as st
 
-from asap_core.errors import AsapError
-from asap_core.analyses.laundering import laundered_view
-from asap_core.views import attention as va
 from asap_core.views import robustness as vr
-from app_pages import common as C
+from asap_core.views import state as vs
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue.sidebar import page_start
 
 MAX_KEPT = 8  # laundering tables kept in this session
 
-b = C.page_start()
+b = page_start()
 ss = st.session_state
-path, stamp = C.ref(b)
-method = ss[C.K_METHOD]
-grid = int(ss[C.K_GRID])
+path, stamp = D.ref(b)
+method = ss[K.K_METHOD]
+grid = int(ss[K.K_GRID])
 
 st.subheader("Robustness to laundering")
 st.caption("Each image is resized by s (bicubic), then re-encoded as JPEG at quality q, and the detector runs "
@@ -30,11 +30,11 @@ each = c3.toggle("Each step alone too", value=True, key="w_rob_each",
                  help="also JPEG only (no resize) and resize only (no JPEG): which step moves p_fake")
 with_maps = c4.toggle("Compare maps", value=False, key="w_rob_maps",
                       help="also the correlation of the fake-logit relevance map before / after (slower)")
-images, _ = C.gridded(path, stamp, grid)
+images, _ = D.gridded(path, stamp, grid)
 n_sample = 16
-if not ss[C.K_IMAGES] and not ss[C.K_CELLS]:
+if not ss[K.K_IMAGES] and not ss[K.K_CELLS]:
     n_sample = st.columns([2, 3])[0].slider("Sample size", 4, vr.MAX_IMAGES, 16, 4, key="w_rob_n")
-ids, source = vr.choose_images(images, ss[C.K_IMAGES], ss[C.K_CELLS], n_sample)
+ids, source = vr.choose_images(images, ss[K.K_IMAGES], ss[K.K_CELLS], n_sample)
 settings = vr.settings_for(q, s, each)
 st.caption(f"Images: {source} · settings: " + "; ".join(vr.setting_label(*st_) for st_ in settings))
 
@@ -42,24 +42,10 @@ params = (str(b.path), tuple(ids), tuple(settings), bool(with_maps), method)
 done: dict = ss.setdefault("_rob_tables", {})  # tables run in this session (also cached in the bundle)
 ran = params in done
 if st.button("Re-encode and predict", key="rob_run", type="primary", icon=":material/play_arrow:") and not ran:
-    n_maps = len(ids) * len(settings) + len(va.missing_maps(b, ids, method)) if with_maps else 0
-    if n_maps and not C.charge_relevance(n_maps):
+    table = D.laundering_run(b, ids, settings, with_maps, method)
+    if table is None:
         st.stop()
-    encoder = C.encoder_for(C.encoder_model(b), "Laundering runs")
-    if encoder is None:
-        st.stop()
-    bar = st.progress(0.0, text=f"Laundering {len(ids)} images x {len(settings)} settings ...")
-    try:
-        done[params] = vr.run_settings(
-            b, ids, settings, encoder, with_maps, method,
-            progress=lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=f"Laundered {d}/{t}"))
-    except AsapError as exc:
-        bar.empty()
-        C.show_error(exc)
-        st.stop()
-    bar.empty()
-    while len(done) > MAX_KEPT:
-        done.pop(next(iter(done)))
+    vs.keep_recent(done, params, table, MAX_KEPT)
     ran = True
 if not ran:
     st.info("Set q and s, then press “Re-encode and predict”.")
@@ -80,27 +66,10 @@ st.altair_chart(vr.shift_chart(table), theme=None, width="content")
 st.markdown("**Per setting**")
 st.dataframe(summary, hide_index=True, key="rob_summary")
 st.markdown(f"**Maps before and after** ({vr.setting_label(q, s)})")
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def laundered(path: str, stamp: int, image_id: str, q: int, s: float, method: str, model: str) -> dict:
-    """``laundered_view`` of one image (PIL images and maps), computed once per setting."""
-    return laundered_view(C.load_bundle(path, stamp), image_id, q, s, encoder=C.get_encoder(model), method=method)
-
-
 labels = table.drop_duplicates("image_id").set_index("image_id")["label"]
 labels = labels.where(labels.notna(), "unlabelled")
 pick = st.selectbox("Image", ids, key="w_rob_img", format_func=lambda i: f"{i[:10]} · {labels.get(i)}")
-charged = ss.setdefault("_rob_charged", set())
-view_key = (str(b.path), pick, q, s, method)
-view = None
-if view_key in charged or C.charge_relevance(1 + len(va.missing_maps(b, [pick], method))):
-    charged.add(view_key)
-    try:
-        with st.spinner("Computing the laundered image's maps ..."):
-            view = laundered(path, stamp, pick, q, s, method, C.encoder_model(b))
-    except AsapError as exc:  # the table below still shows
-        C.show_error(exc)
+view = D.laundered_for(b, pick, q, s, method, ss.setdefault("_rob_charged", set()))  # the table still shows
 if view is not None:
     tiles, captions = vr.view_tiles(view)
     st.image(tiles, caption=captions, width=160)

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import streamlit as st
 
+from asap_core.analyses.single_image import decode_upload
 from asap_core.errors import AsapError
 from asap_core.inputs.imageio import sha1_hex
-from asap_core.analyses.single_image import analyse_upload, decode_upload
 from asap_core.views import single as vsi
-from app_pages import common as C
+from asap_core.views import state as vs
+from app_pages.glue import budget
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue.errors import show_error
+from app_pages.glue.sidebar import page_start
 
 MAX_KEPT = 4  # results of recent uploads kept in this session
 
-b = C.page_start()
+b = page_start()
 ss = st.session_state
-path, stamp = C.ref(b)
-method = ss[C.K_METHOD]
+path, stamp = D.ref(b)
+method = ss[K.K_METHOD]
 
 st.subheader("Single image")
 st.caption("Upload one image file: the bundle's CLIP and distiller give its p_fake, its nearest bundle images in "
@@ -29,39 +34,20 @@ if up is None:
     st.stop()
 
 data = up.getvalue()
-policy = C.hosted_policy()
 try:
-    decode_upload(up.name, data, policy)  # type, size and decoding checks before any model work
+    decode_upload(up.name, data, budget.hosted_policy())  # type, size and decoding checks before any model work
 except AsapError as exc:
-    C.show_error(exc)
+    show_error(exc)
     st.stop()
 
-model = C.encoder_model(b)
-digest = sha1_hex(data)
-key = (str(b.path), digest, int(k), method, model)
+key = (str(b.path), sha1_hex(data), int(k), method, D.encoder_model(b))
 kept: dict = ss.setdefault("_single_results", {})
 res = kept.get(key)
 if res is None:
-    charged = ss.setdefault("_single_charged", set())
-    if (str(b.path), digest, method, model) not in charged:  # one map computation per upload and method
-        if not C.charge_relevance(1):
-            st.stop()
-        charged.add((str(b.path), digest, method, model))
-    encoder = C.encoder_for(model, "Uploads")
-    if encoder is None:
+    res = D.upload_result(b, up.name, data, int(k), method, ss.setdefault("_single_charged", set()))
+    if res is None:
         st.stop()
-    bar = st.progress(0.0, text=f"Embedding {up.name} and computing its {method} maps ...")
-    try:
-        res = analyse_upload(b, up.name, data, encoder=encoder, k_neighbours=int(k), method=method, policy=policy)
-    except AsapError as exc:
-        bar.empty()
-        C.show_error(exc)
-        st.stop()
-    bar.progress(1.0, text="Done")
-    bar.empty()
-    kept[key] = res
-    while len(kept) > MAX_KEPT:
-        kept.pop(next(iter(kept)))
+    vs.keep_recent(kept, key, res, MAX_KEPT)
 
 left, right = st.columns([1, 3], gap="large")
 with left:
@@ -75,23 +61,23 @@ with right:
     b1, b2, b3 = st.columns(3)
     if res.cell is not None and b1.button(f"Cell {res.cell} on the overview", key="single_cell",
                                           icon=":material/bubble_chart:"):
-        ss[C.K_CELLS] = [int(res.cell)]
-        st.switch_page(C.PAGE_FILES["overview"])
+        ss[K.K_CELLS] = [int(res.cell)]
+        st.switch_page(K.PAGE_FILES["overview"])
     if res.cell is not None and b2.button("The cell's images", key="single_grid", icon=":material/grid_view:"):
-        ss[C.K_CELLS] = [int(res.cell)]
-        st.switch_page(C.PAGE_FILES["images"])
+        ss[K.K_CELLS] = [int(res.cell)]
+        st.switch_page(K.PAGE_FILES["images"])
     if b3.button("Neighbours' maps", key="single_attn", icon=":material/visibility:"):
-        ss[C.K_IMAGES] = res.neighbours["image_id"].tolist()
-        st.switch_page(C.PAGE_FILES["attention"])
+        ss[K.K_IMAGES] = res.neighbours["image_id"].tolist()
+        st.switch_page(K.PAGE_FILES["attention"])
 
 nb = res.neighbours
 st.markdown(f"**{len(nb)} nearest bundle images** (Euclidean distance in the 16 dimensions)")
 st.caption(vsi.neighbour_summary(nb))
-st.image(C.thumbs(b, nb["image_id"].tolist()), caption=vsi.neighbour_captions(nb), width=96)
+st.image(D.thumbs(b, nb["image_id"].tolist()), caption=vsi.neighbour_captions(nb), width=96)
 with st.expander("Neighbour table"):
     st.dataframe(vsi.neighbours_display(nb), hide_index=True, key="single_nb")
 
 st.markdown(f"**Relevance maps** ({method}): the fake logit, then the 16 dimensions ordered by support for the "
             "prediction (contribution z_i·w2_i)")
-tiles = vsi.map_tiles(res, C.head_weights(path, stamp))
+tiles = vsi.map_tiles(res, D.head_weights(path, stamp))
 st.image([t.image for t in tiles], caption=[t.caption for t in tiles], width=92)

@@ -118,11 +118,6 @@ def test_concept_toggle(bundle):
     at.switch_page("app_pages/images.py").run()
     at.toggle(key="w_concepts").set_value(True).run()
     no_exception(at)
-    from asap_core.views.concept import NOT_AVAILABLE, concepts_module
-
-    if concepts_module() is None:
-        assert any(NOT_AVAILABLE in i.value for i in at.info)
-        return
     titles = [m.value for m in at.markdown if m.value.startswith("**Concept ")]
     assert len(titles) == 3
     at.slider(key="w_k").set_value(2).run()

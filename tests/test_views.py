@@ -241,13 +241,12 @@ def test_mean_map_normalises_each_map():
 
 # ------------------------------------------------------------------------------------------ concepts
 def test_concept_cards_from_compute_concepts(bundle, tiny_clip_dir):
-    if vc.concepts_module() is None:
-        pytest.skip("asap_core.analyses.concepts is not there yet")
-    from asap_core.model.encoder import ClipEncoder
+    from asap_core.analyses.concepts import compute_concepts
+    from asap_core.model.factory import load_encoder
 
-    enc = ClipEncoder.from_pretrained(str(tiny_clip_dir), device="cpu")
+    enc = load_encoder(str(tiny_clip_dir), device="cpu")
     ids = bundle.images["image_id"].tolist()[:8]
-    cards = vc.concept_cards(vc.compute(bundle, ids, k=3, encoder=enc), n_exemplars=2)
+    cards = vc.concept_cards(compute_concepts(bundle, ids, k=3, encoder=enc), n_exemplars=2)
     assert len(cards) == 3
     assert sum(c["n_segments"] for c in cards) == 8 * 3
     assert all(1 <= len(c["crops"]) <= 2 for c in cards)

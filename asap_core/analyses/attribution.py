@@ -79,11 +79,6 @@ def _probabilities(bundle) -> tuple[np.ndarray, list[str]]:
     return proba, list(d.config.generator_names)
 
 
-def generator_probabilities(bundle) -> tuple[np.ndarray, list[str]]:
-    """``(proba [N, G], generator names)`` in the order of ``bundle.images``; ``InputError`` without a head."""
-    return _probabilities(bundle)
-
-
 def generator_predictions(bundle, with_probabilities: bool = False) -> pd.DataFrame:
     """One row per image of the bundle: image_id, label, generator (true, may be None), pred, p_fake,
     predicted_generator, probability (of that generator), attribution (``"real"`` where the detector says
@@ -158,4 +153,4 @@ def attribution_accuracy(cm: pd.DataFrame) -> float:
 
 
 __all__ = ["attribution_accuracy", "confusion_matrix", "generator_names", "generator_predictions",
-           "generator_probabilities", "has_generator_head", "validation_mask"]
+           "has_generator_head", "validation_mask"]

@@ -257,33 +257,15 @@ def cell_table(images: pd.DataFrame, grid: int) -> pd.DataFrame:
     fake_ok, fake_wrong = count(is_fake & ok), count(is_fake & ~ok)
     labelled = real_ok + real_wrong + fake_ok + fake_wrong
 
-    if "confidence" in images.columns:
-        conf = pd.to_numeric(images["confidence"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-    else:
-        conf = np.full(n_rows, np.nan)
-    has_conf = np.isfinite(conf)
-    conf_sum = np.bincount(cell[has_conf], weights=conf[has_conf], minlength=n_cells)
-    conf_n = count(has_conf)
-
     keep = np.flatnonzero(n > 0)
     col, row, x, y = cell_centres(keep, grid)
+    mean_conf = _mean_confidence(images, cell, n_cells)[keep]
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_conf = np.where(conf_n[keep] > 0, conf_sum[keep] / np.maximum(conf_n[keep], 1), np.nan)
         lab = labelled[keep]
         accuracy = np.where(lab > 0, (real_ok[keep] + fake_ok[keep]) / np.maximum(lab, 1), np.nan)
         share_fake = np.where(lab > 0, (fake_ok[keep] + fake_wrong[keep]) / np.maximum(lab, 1), np.nan)
 
-    dominant = np.full(n_cells, None, dtype=object)
-    if "generator" in images.columns and is_fake.any():
-        gen = _str_col(images, "generator", n_rows)
-        m = is_fake & (gen != "")
-        if m.any():
-            counts = (pd.DataFrame({"cell": cell[m], "gen": gen[m]})
-                      .groupby(["cell", "gen"], sort=True).size().rename("k").reset_index())
-            counts = counts.sort_values(["cell", "k", "gen"], ascending=[True, False, True], kind="stable")
-            top = counts.drop_duplicates("cell", keep="first")
-            dominant[top["cell"].to_numpy(dtype=np.int64)] = top["gen"].to_numpy(dtype=object)
-
+    dominant = _dominant_generator(images, cell, is_fake, n_cells)
     out = pd.DataFrame({
         "cell": keep.astype(np.int64), "col": col, "row": row, "x": x, "y": y,
         "n": n[keep].astype(np.int64),
@@ -316,6 +298,35 @@ def regrid(images: pd.DataFrame, grid: int) -> tuple[pd.DataFrame, pd.DataFrame]
     if "row" in out.columns:
         out["row"] = row
     return out, cell_table(out, grid)
+
+
+def _mean_confidence(images: pd.DataFrame, cell: np.ndarray, n_cells: int) -> np.ndarray:
+    """Mean ``confidence`` per cell id ``[n_cells]`` (NaN where a cell has none, or without the column)."""
+    if "confidence" not in images.columns:
+        return np.full(n_cells, np.nan)
+    conf = pd.to_numeric(images["confidence"], errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    has = np.isfinite(conf)
+    total = np.bincount(cell[has], weights=conf[has], minlength=n_cells)
+    n = np.bincount(cell[has], minlength=n_cells)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def _dominant_generator(images: pd.DataFrame, cell: np.ndarray, is_fake: np.ndarray, n_cells: int) -> np.ndarray:
+    """Most common generator among the labelled fakes of each cell id ``[n_cells]`` (object; ties
+    alphabetically; None where a cell has none)."""
+    dominant = np.full(n_cells, None, dtype=object)
+    if "generator" not in images.columns or not is_fake.any():
+        return dominant
+    gen = _str_col(images, "generator", len(images))
+    m = is_fake & (gen != "")
+    if m.any():
+        counts = (pd.DataFrame({"cell": cell[m], "gen": gen[m]})
+                  .groupby(["cell", "gen"], sort=True).size().rename("k").reset_index())
+        counts = counts.sort_values(["cell", "k", "gen"], ascending=[True, False, True], kind="stable")
+        top = counts.drop_duplicates("cell", keep="first")
+        dominant[top["cell"].to_numpy(dtype=np.int64)] = top["gen"].to_numpy(dtype=object)
+    return dominant
 
 
 # --------------------------------------------------------------------------- helpers

@@ -73,8 +73,6 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
     """
     from contextlib import closing
 
-    import torch
-
     from ..model.device import keep_freed_memory, relevance_batch_size
     from ..model.embedding import approximate_decoding, decoded_batches
     from .relevance import AttentionRelevance
@@ -89,22 +87,9 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
     keep_freed_memory(encoder.device)
     explainer = AttentionRelevance(encoder, distiller, method)
     if last_inputs is not None and method == "last-block":
-        kept = todo["image_id"].isin(set(todo["image_id"]) - set(last_inputs.missing(todo["image_id"])))
-        ids = todo.loc[kept, "image_id"].tolist()
-        step = max(LAST_INPUT_BATCH, relevance_batch_size(encoder.device, batch_size))
-        for start in range(0, len(ids), step):
-            chunk = ids[start:start + step]
-            try:
-                h = last_inputs.get(chunk)
-            except (KeyError, OSError):  # deleted meanwhile (another run finished with them): from the pixels
-                kept[todo["image_id"].isin(chunk)] = False
-                continue
-            maps = explainer.attribute_from_last_input(torch.from_numpy(h), target=None)
-            store.put(chunk, maps.numpy().astype(np.float16))
-            done += len(chunk)
-            if progress:
-                progress(done, total)
-        todo = todo[~kept]
+        done, from_pixels = _maps_from_last_inputs(store, explainer, todo["image_id"], last_inputs,
+                                                   relevance_batch_size(encoder.device, batch_size), total, progress)
+        todo = todo[todo["image_id"].isin(from_pixels)]
     ids, paths = todo["image_id"].tolist(), todo["path"].tolist()
     if not ids:
         return failures
@@ -121,6 +106,31 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
             if progress:
                 progress(done, total)
     return failures
+
+
+def _maps_from_last_inputs(store: RowStore, explainer, ids: pd.Series, last_inputs: RowStore, batch_size: int,
+                           total: int, progress: Callable[[int, int], None] | None) -> tuple[int, set[str]]:
+    """Maps of the ``ids`` whose last-layer input ``last_inputs`` holds, at least ``LAST_INPUT_BATCH`` per
+    batched VJP, stored as they are done. Returns (images done, ids that need the pixel path)."""
+    import torch
+
+    have = set(ids) - set(last_inputs.missing(ids))
+    from_pixels = set(ids) - have
+    kept = [i for i in ids if i in have]
+    step, done = max(LAST_INPUT_BATCH, batch_size), 0
+    for start in range(0, len(kept), step):
+        chunk = kept[start:start + step]
+        try:
+            h = last_inputs.get(chunk)
+        except (KeyError, OSError):  # deleted meanwhile (another run finished with them): from the pixels
+            from_pixels.update(chunk)
+            continue
+        maps = explainer.attribute_from_last_input(torch.from_numpy(h), target=None)
+        store.put(chunk, maps.numpy().astype(np.float16))
+        done += len(chunk)
+        if progress:
+            progress(done, total)
+    return done, from_pixels
 
 
 def precompute_relevance(cache_dir: str | Path, info, load_encoder: Callable, distiller, images: pd.DataFrame,

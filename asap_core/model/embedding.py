@@ -197,57 +197,73 @@ def resize_crop_tensors(images: Sequence["torch.Tensor"], preprocessor: ClipPrep
     memory without blocking (``HostThumb.ready``).
     """
     import torch
-    import torch.nn.functional as F
 
-    n, c, size = len(images), preprocessor.crop_size, preprocessor.size
+    n, c = len(images), preprocessor.crop_size
     if n == 0:
         return torch.zeros(0, 3, c, c, dtype=torch.uint8), []
     dev = images[0].device
-    cuda = dev.type == "cuda"
     thumbs: list = [None] * n
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(images):
         groups.setdefault((int(im.shape[-2]), int(im.shape[-1])), []).append(i)
     parts, order = [], []
-    for (h, w), idx in groups.items():
+    for idx in groups.values():
         batch = torch.stack([images[i] for i in idx])  # [g, 3, h, w] uint8
-        new_w, new_h = resize_output_size(w, h, size)
-        if (new_h, new_w) != (h, w):
-            x = F.interpolate(batch.float(), size=(new_h, new_w), mode="bicubic", antialias=True,
-                              align_corners=False)
-            resized = x.round_().clamp_(0, 255).to(torch.uint8)
-        else:
-            resized = batch
-        top, left = (new_h - c) // 2, (new_w - c) // 2
-        src_t, src_l = max(top, 0), max(left, 0)
-        dst_t, dst_l = max(-top, 0), max(-left, 0)
-        hh, ww = min(c, new_h), min(c, new_w)
-        crop = torch.zeros(len(idx), 3, c, c, dtype=torch.uint8, device=dev)  # zero = the processor's padding
-        crop[:, :, dst_t:dst_t + hh, dst_l:dst_l + ww] = resized[:, :, src_t:src_t + hh, src_l:src_l + ww]
-        parts.append(crop)
+        parts.append(_resize_crop_group(batch, preprocessor))
         order += idx
         if thumb_side:
-            s = thumb_side / max(h, w)
-            small = batch
-            if s < 1:
-                th, tw = max(1, round(h * s)), max(1, round(w * s))
-                small = F.interpolate(batch.float(), size=(th, tw), mode="bilinear", antialias=True,
-                                      align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-            ready = None
-            if cuda:
-                small = small.to("cpu", non_blocking=True)  # pinned destination, copied asynchronously
-                ready = torch.cuda.Event()
-                ready.record()
-            for j, i in enumerate(idx):
-                thumbs[i] = HostThumb(small[j], ready)
+            for i, thumb in zip(idx, _group_thumbnails(batch, thumb_side)):
+                thumbs[i] = thumb
     crops = torch.cat(parts) if len(parts) > 1 else parts[0]
     if order != list(range(n)):  # back to input order
         inverse = [0] * n
         for pos, i in enumerate(order):
             inverse[i] = pos
         perm = torch.tensor(inverse)
-        crops = crops[perm.pin_memory().to(dev, non_blocking=True) if cuda else perm]
+        crops = crops[perm.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else perm]
     return crops, (thumbs if thumb_side else [])
+
+
+def _resize_crop_group(batch: "torch.Tensor", preprocessor: ClipPreprocessor) -> "torch.Tensor":
+    """Images of one size ``[g, 3, h, w]`` uint8 -> CLIP crops ``[g, 3, S, S]`` uint8 on the same device
+    (antialiased bicubic resize of the shortest side, centre crop, zero padding as the processor does)."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w, c = int(batch.shape[-2]), int(batch.shape[-1]), preprocessor.crop_size
+    new_w, new_h = resize_output_size(w, h, preprocessor.size)
+    resized = batch
+    if (new_h, new_w) != (h, w):
+        x = F.interpolate(batch.float(), size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+        resized = x.round_().clamp_(0, 255).to(torch.uint8)
+    top, left = (new_h - c) // 2, (new_w - c) // 2
+    src_t, src_l = max(top, 0), max(left, 0)
+    dst_t, dst_l = max(-top, 0), max(-left, 0)
+    hh, ww = min(c, new_h), min(c, new_w)
+    crop = torch.zeros(len(batch), 3, c, c, dtype=torch.uint8, device=batch.device)  # zero = the processor's padding
+    crop[:, :, dst_t:dst_t + hh, dst_l:dst_l + ww] = resized[:, :, src_t:src_t + hh, src_l:src_l + ww]
+    return crop
+
+
+def _group_thumbnails(batch: "torch.Tensor", side: int) -> list[HostThumb]:
+    """Thumbnails (longest side ``side``, antialiased bilinear) of images of one size ``[g, 3, h, w]`` uint8;
+    from a GPU copied to pinned host memory without waiting (``HostThumb.ready``)."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = int(batch.shape[-2]), int(batch.shape[-1])
+    s = side / max(h, w)
+    small = batch
+    if s < 1:
+        th, tw = max(1, round(h * s)), max(1, round(w * s))
+        small = F.interpolate(batch.float(), size=(th, tw), mode="bilinear", antialias=True,
+                              align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
+    ready = None
+    if batch.device.type == "cuda":
+        small = small.to("cpu", non_blocking=True)  # pinned destination, copied asynchronously
+        ready = torch.cuda.Event()
+        ready.record()
+    return [HostThumb(small[j], ready) for j in range(len(batch))]
 
 
 def nvjpeg_available() -> bool:
@@ -564,76 +580,101 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
     """
     missing = set(embed_store.missing(ids))  # one scan of the store, not one per id
     todo = [i for i, image_id in enumerate(ids) if image_id in missing]
-    total, done = len(todo), 0
+    total = len(todo)
     failures: list[tuple[str, str]] = []
     if progress:
         progress(0, total)
     if not todo:
         return failures
 
-    import torch
-
-    from .device import (choose_batch_size, compile_enabled, compiled_forward, configure_threads, keep_freed_memory,
-                         to_pinned_host)
+    from .device import choose_batch_size, configure_threads, keep_freed_memory
 
     encoder = load_encoder()
     dev = encoder.device
     configure_threads(dev)
     keep_freed_memory(dev)
     bs = choose_batch_size(encoder, batch_size)
-    keep_last = last_input_store is not None
-    forward = (compiled_forward(encoder.image_forward, bs, with_last_input=keep_last) if compile_enabled(compile)
-               else partial(encoder.image_forward, with_last_input=keep_last))
-
-    def encode(x: "torch.Tensor") -> tuple["torch.Tensor", "torch.Tensor | None"]:
-        """float32 pixels on the device -> normalised embeddings [n, D] float32 and (with ``keep_last``)
-        the last layer's input [n, T, d] float16, on the device (async on GPU)."""
-        with torch.inference_mode():
-            out = forward(x)
-            emb, last = out if keep_last else (out, None)
-            return (torch.nn.functional.normalize(emb.float(), dim=-1),
-                    last.to(torch.float16) if last is not None else None)
-
-    def store(job) -> int:
-        batch_ids, thumbs, emb, last, ready, n = job
-        if ready is not None:
-            ready.synchronize()
-        thumb_store.put(batch_ids, [t.result() if isinstance(t, Future) else t for t in thumbs])
-        if last is not None:
-            last = last.numpy()
-            if np.isfinite(last).all():
-                last_input_store.put(batch_ids, last)
-        embed_store.put(batch_ids, emb.numpy().astype(np.float32, copy=False))
-        return n
-
-    waiting = None  # the previous batch, whose embeddings are still being copied back (GPU)
+    encode = _batch_encoder(encoder, bs, compile, keep_last=last_input_store is not None)
+    writer = _BatchWriter(embed_store, thumb_store, last_input_store, total, progress)
     fast = approximate_decoding(encoder.dtype) if fast_decode is None else bool(fast_decode)
     with closing(decoded_batches(paths, todo, preprocessor, dev, bs, decoder=decoder, num_workers=num_workers,
                                  prefetch=prefetch, fast_decode=fast, thumb_side=thumb_side)) as source:
         for dec, px in source:
             failures.extend((path, reason) for _, path, reason in dec.failed)
-            job = None
-            if px is not None:
-                emb, last = encode(px)
-                ready = None
-                if dev.type == "cuda":
-                    emb, last = (to_pinned_host(t) for t in (emb, last))
-                    ready = torch.cuda.Event()
-                    ready.record()
-                job = ([ids[i] for i in dec.rows], dec.thumbs, emb, last, ready, len(dec))
-            if waiting is not None:  # GPU: batch k-1 is stored once batch k runs
-                done += store(waiting)
-                waiting = None
-                if progress:
-                    progress(done, total)
-            if job is not None and job[4] is not None:
-                waiting = job
-                continue
-            done += store(job) if job is not None else len(dec)
-            if progress:
-                progress(done, total)
-        if waiting is not None:
-            done += store(waiting)
-            if progress:
-                progress(done, total)
+            writer.add([ids[i] for i in dec.rows], dec, encode(px) if px is not None else None)
+        writer.flush()
     return failures
+
+
+def _batch_encoder(encoder: "ClipEncoder", batch_size: int, compile: bool | None, keep_last: bool) -> Callable:
+    """``encode(pixels [n, 3, S, S] float32 on the device) -> (embeddings [n, D] float32 normalised, last
+    layer's input [n, T, d] float16 or None, ready)``. On a GPU the outputs are pinned host copies still in
+    flight: ``ready`` is the CUDA event after which they can be read (None on CPU)."""
+    import torch
+
+    from .device import compile_enabled, compiled_forward, to_pinned_host
+
+    forward = (compiled_forward(encoder.image_forward, batch_size, with_last_input=keep_last)
+               if compile_enabled(compile) else partial(encoder.image_forward, with_last_input=keep_last))
+
+    def encode(x: "torch.Tensor") -> tuple:
+        with torch.inference_mode():
+            out = forward(x)
+            emb, last = out if keep_last else (out, None)
+            emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+            last = last.to(torch.float16) if last is not None else None
+        if encoder.device.type != "cuda":
+            return emb, last, None
+        emb, last = (to_pinned_host(t) for t in (emb, last))
+        ready = torch.cuda.Event()
+        ready.record()
+        return emb, last, ready
+
+    return encode
+
+
+class _BatchWriter:
+    """Stores each encoded batch (thumbnails, then kept last-layer inputs, then embeddings) and reports
+    progress. A GPU batch (one with a ``ready`` event) is stored when the next batch has been queued, so its
+    copy back overlaps with the model."""
+
+    def __init__(self, embed_store: RowStore, thumb_store: RowStore, last_store: RowStore | None, total: int,
+                 progress: Progress | None) -> None:
+        self.embed_store, self.thumb_store, self.last_store = embed_store, thumb_store, last_store
+        self.total, self.progress, self.done = total, progress, 0
+        self.waiting: tuple | None = None
+
+    def add(self, batch_ids: list[str], dec: DecodedBatch, encoded: tuple | None) -> None:
+        """One decoded batch and its ``encode`` output (None when nothing in it decoded)."""
+        self.flush()
+        if encoded is None:
+            self._advance(len(dec))
+            return
+        job = (batch_ids, dec.thumbs, *encoded, len(dec))
+        if encoded[2] is not None:
+            self.waiting = job
+        else:
+            self._store(job)
+
+    def flush(self) -> None:
+        """Store the batch still waiting for its copy back, if any."""
+        if self.waiting is not None:
+            job, self.waiting = self.waiting, None
+            self._store(job)
+
+    def _store(self, job: tuple) -> None:
+        batch_ids, thumbs, emb, last, ready, n = job
+        if ready is not None:
+            ready.synchronize()
+        self.thumb_store.put(batch_ids, [t.result() if isinstance(t, Future) else t for t in thumbs])
+        if last is not None:
+            last = last.numpy()
+            if np.isfinite(last).all():  # a batch that overflowed float16 is recomputed from the pixels later
+                self.last_store.put(batch_ids, last)
+        self.embed_store.put(batch_ids, emb.numpy().astype(np.float32, copy=False))
+        self._advance(n)
+
+    def _advance(self, n: int) -> None:
+        self.done += n
+        if self.progress:
+            self.progress(self.done, self.total)

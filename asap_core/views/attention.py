@@ -25,10 +25,6 @@ def head_weights(distiller) -> np.ndarray:
     return w.astype(np.float64)
 
 
-def head_bias(distiller) -> float:
-    return float(distiller.head.bias.detach().cpu().numpy().reshape(-1)[0])
-
-
 def contributions(z: np.ndarray, w2: np.ndarray) -> np.ndarray:
     """``z [n, 16] * w2 [16]`` -> ``[n, 16]``: each dimension's share of the fake logit (before the bias)."""
     return np.asarray(z, np.float64) * np.asarray(w2, np.float64)[None, :]

@@ -1,35 +1,9 @@
-"""Concept view of a cell (FaXplainer Fig. 1D) on top of ``asap_core.analyses.concepts`` (optional module).
-
-``compute_concepts(bundle, image_ids, k, method, encoder) -> ConceptResult`` does the work; this module
-only checks that it exists and turns its result into cards (numbers + exemplar crops) for display.
-"""
+"""Concept view of a cell (FaXplainer Fig. 1D): the result of ``analyses.concepts.compute_concepts`` as
+cards (numbers + exemplar crops) for display."""
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
-from typing import Any, Callable
-
-NOT_AVAILABLE = "concepts not available yet"
-
-
-def concepts_module():
-    """``asap_core.analyses.concepts`` if it is installed, else None."""
-    if importlib.util.find_spec("asap_core.analyses.concepts") is None:
-        return None
-    return importlib.import_module("asap_core.analyses.concepts")
-
-
-def compute(bundle, image_ids: list[str], k: int = 3, method: str = "last-block", encoder=None,
-            progress: Callable[[int, int], None] | None = None) -> Any:
-    """``compute_concepts`` of the concepts module; ``RuntimeError(NOT_AVAILABLE)`` when it is missing."""
-    mod = concepts_module()
-    if mod is None or not hasattr(mod, "compute_concepts"):
-        raise RuntimeError(NOT_AVAILABLE)
-    kwargs: dict[str, Any] = {"k": int(k), "method": method, "encoder": encoder}
-    if progress is not None:
-        kwargs["progress"] = progress
-    return mod.compute_concepts(bundle, list(image_ids), **kwargs)
+from typing import Any
 
 
 def _num(v: Any) -> float:

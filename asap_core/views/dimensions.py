@@ -128,3 +128,26 @@ def mean_map(maps: np.ndarray, target: int, normalize: bool = True) -> np.ndarra
         hi = m.max(axis=(1, 2), keepdims=True)
         m = np.where(hi > lo, (m - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
     return m.mean(axis=0)
+
+
+def dimension_order(table: pd.DataFrame) -> list[int]:
+    """Dimensions of a ``dimension_table``, the most telling first (largest ``|auc - 0.5|``)."""
+    key = (table["auc"] - 0.5).abs()
+    return table.assign(key=key).sort_values("key", ascending=False, kind="stable")["dim"].astype(int).tolist()
+
+
+def mean_map_tiles(maps: np.ndarray, dim: int, first_thumb: bytes | None, size: int = 128) -> tuple[list, list[str], str]:
+    """(two PIL tiles: the mean map of ``dim`` as a heat map and over the first image's thumbnail; their
+    captions; a note on the value range) for ``maps [n, 17, side, side]`` of the top images."""
+    from PIL import Image
+
+    from ..method.relevance import colormap, overlay, upsample_map
+    from .attention import decode_thumb
+
+    mean = mean_map(maps, dim)
+    heat = Image.fromarray(colormap(upsample_map(mean, size))).convert("RGB")
+    tiles = [heat, overlay(decode_thumb(first_thumb, size), mean, alpha=0.5)]
+    captions = [f"mean relevance of dim {dim} over the top {len(maps)}", "over the first top image"]
+    note = (f"Mean of the per-image min-max-scaled maps; range before averaging "
+            f"{float(np.min(maps[:, dim])):.3g} .. {float(np.max(maps[:, dim])):.3g}.")
+    return tiles, captions, note

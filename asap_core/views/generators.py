@@ -173,6 +173,34 @@ def _esc(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-__all__ = ["COLOR_BY", "PALETTE", "accuracy_line", "attribution_cells", "confusion_chart", "confusion_long",
-           "generator_colors", "generator_legend_svg", "generator_overview_chart", "generator_slices",
-           "per_generator_table"]
+def generator_overview_spec(images: pd.DataFrame, predictions: pd.DataFrame, names: list[str], grid: int,
+                            filters: ov.Filters, selected: list[int]) -> dict:
+    """Vega-Lite spec of the overview with slices coloured by predicted generator; ``images`` binned on
+    ``grid``, ``predictions`` from ``attribution.generator_predictions``."""
+    counts = attribution_cells(images, predictions.set_index("image_id")["attribution"], grid, filters)
+    slices = generator_slices(ov.filtered_cells(images, grid, filters), counts, names)
+    return generator_overview_chart(slices, grid, names, selected).to_dict()
+
+
+def confusion_tables(bundle, held_out_only: bool, with_real: bool) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """(count confusion matrix as shown, its fakes-only part, whether the held-out split was recovered).
+
+    ``held_out_only`` counts only images the distiller did not train on, when its split can be recovered
+    (else every fake); ``with_real`` adds a "real" row and column."""
+    from ..analyses.attribution import confusion_matrix, validation_mask
+
+    val_ok = validation_mask(bundle) is not None
+    cm = confusion_matrix(bundle, only_fakes=not with_real, held_out_only=held_out_only and val_ok)
+    fakes = cm.drop(index="real", columns="real", errors="ignore") if with_real else cm
+    return cm, fakes, val_ok
+
+
+def attribution_caption(predictions: pd.DataFrame, image_ids: list[str]) -> str:
+    """``"predicted: gan 12 · real 3"``: the predicted generators of ``image_ids``, most common first."""
+    att = predictions.set_index("image_id")["attribution"].reindex(image_ids).value_counts()
+    return "predicted: " + " · ".join(f"{k} {v}" for k, v in att.items())
+
+
+__all__ = ["COLOR_BY", "PALETTE", "accuracy_line", "attribution_caption", "attribution_cells", "confusion_chart",
+           "confusion_long", "confusion_tables", "generator_colors", "generator_legend_svg",
+           "generator_overview_chart", "generator_overview_spec", "generator_slices", "per_generator_table"]

@@ -22,11 +22,6 @@ THUMB_PX = 64
 FRAME_COLORS = {"right": "#2ca02c", "wrong": "#d62728", "unlabelled": "#9e9e9e"}
 
 
-def cell_members(images: pd.DataFrame, cells: list[int]) -> pd.DataFrame:
-    """Rows of ``images`` in any of ``cells`` (order of the image table kept)."""
-    return images[images["cell"].isin([int(c) for c in cells])]
-
-
 def subsample(members: pd.DataFrame, max_items: int = MAX_GRID_IMAGES, random_state: int = 0) -> pd.DataFrame:
     """At most ``max_items`` rows: a seeded random sample (table order kept) when there are more."""
     if len(members) <= max_items:

@@ -237,3 +237,9 @@ def boundary_cells(cells: pd.DataFrame, k: int = 5, min_n: int = 3) -> pd.DataFr
     share = c["share_fake"].fillna(0.5)
     c["boundary_score"] = c["mean_conf"].fillna(0) - np.minimum(share, 1 - share)
     return c.sort_values(["boundary_score", "n"], ascending=[True, False]).head(k)
+
+
+def selected_members(images: pd.DataFrame, selected: list[int], filters: Filters) -> pd.DataFrame:
+    """The images of the ``selected`` cells that pass ``filters`` (table order kept)."""
+    members = images[images["cell"].isin(selected)]
+    return members[filter_mask(members, filters)] if filters.active() else members

@@ -15,7 +15,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ..analyses.patterns import (IMPACT_NAMESPACE, Pattern, contact_sheet, export_patterns, impact_cache_key)
+from ..analyses.patterns import Pattern, contact_sheet, export_patterns
 
 N_RANDOM = 3
 SEED = 0
@@ -35,13 +35,6 @@ def pattern_frame(patterns: Sequence[Pattern]) -> pd.DataFrame:
     return pd.DataFrame([{"name": p.name, "source": p.source, "n_images": len(p.image_ids),
                           "regions": regions_text(p), "note": p.note, "created": p.created} for p in patterns],
                         columns=["name", "source", "n_images", "regions", "note", "created"])
-
-
-def impact_cached(bundle, pattern: Pattern, method: str, encoder=None, n_random: int = N_RANDOM,
-                  seed: int = SEED) -> bool:
-    """True when the impact of ``pattern`` with these settings is already in the bundle's cache."""
-    key = impact_cache_key(bundle, pattern, n_random, seed, method, encoder)
-    return (Path(bundle.cache_dir) / IMPACT_NAMESPACE / key).is_dir()
 
 
 def ids_needing_maps(patterns: Sequence[Pattern]) -> list[str]:
@@ -139,6 +132,6 @@ def unique_name(base: str, existing: Sequence[str]) -> str:
     return f"{base} {k}"
 
 
-__all__ = ["N_RANDOM", "SEED", "contact_sheet_png", "export_zip", "ids_needing_maps", "impact_cached",
+__all__ = ["N_RANDOM", "SEED", "contact_sheet_png", "export_zip", "ids_needing_maps",
            "impact_chart", "impact_line", "pattern_frame", "per_image_chart", "ranking_display", "regions_text",
            "unique_name"]

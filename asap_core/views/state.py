@@ -192,3 +192,10 @@ def short_hash(text: str, n: int = 8) -> str:
     import hashlib
 
     return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+def keep_recent(store: dict, key, value, max_items: int) -> None:
+    """``store[key] = value``, dropping the oldest entries beyond ``max_items`` (a session's recent results)."""
+    store[key] = value
+    while len(store) > max_items:
+        store.pop(next(iter(store)))

@@ -1,0 +1,303 @@
+"""Cached access to bundles and to what the pages show; heavy on-demand work is charged to the visitor here.
+
+Results are cached per bundle version (path + ``bundle.json`` mtime: a rewritten bundle gets fresh
+entries): ``st.cache_resource`` for shared objects (bundles, binned tables), ``st.cache_data`` for frames
+and chart specs. The encoder comes from ``asap_core``'s one cached factory. Every computation is an
+``asap_core`` function; this module only caches, charges (``budget.charge``) and reports progress.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from asap_core.errors import AsapError
+from asap_core.storage.bundle import Bundle
+from asap_core.views import attention as va
+from asap_core.views import dimensions as vd
+from asap_core.views import generators as vgen
+from asap_core.views import grid as vg
+from asap_core.views import overview as ov
+
+from . import budget
+from .errors import show_error
+from .keys import K_MODEL_OVERRIDE
+from .widgets import progress_bar
+
+
+# ------------------------------------------------------------------------------------------ bundles
+def stamp(path: str) -> int:
+    """mtime (ns) of bundle.json: a rewritten bundle gets fresh cache entries."""
+    try:
+        return (Path(path).expanduser() / "bundle.json").stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_resource(max_entries=4, show_spinner="Opening bundle ...")
+def load_bundle(path: str, stamp: int) -> Bundle:
+    """The open bundle (tables loaded once, shared by all sessions; treat as read-only)."""
+    b = Bundle.open(path)
+    _ = b.images, b.cells
+    return b
+
+
+def ref(b: Bundle) -> tuple[str, int]:
+    """Cache key of a bundle: (path, bundle.json mtime)."""
+    return str(b.path), stamp(str(b.path))
+
+
+@st.cache_resource(max_entries=8)
+def gridded(path: str, stamp: int, grid: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(images, cells) on ``grid`` x ``grid`` cells (the bundle's own tables for its own grid)."""
+    from asap_core.method.layout import regrid
+
+    b = load_bundle(path, stamp)
+    if grid == b.grid:
+        return b.images, b.cells
+    return regrid(b.images, grid)
+
+
+def thumbs(b: Bundle, ids: list[str]) -> list[bytes]:
+    """Thumbnail JPEG bytes for ``ids`` (a grey placeholder where one is missing)."""
+    return [j if j is not None else _grey() for j in b.thumbnails(ids)]
+
+
+@st.cache_data
+def _grey() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 200, 200)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------------------------------ overview, grid
+@st.cache_data(max_entries=32, show_spinner=False)
+def filtered_cells(path: str, stamp: int, grid: int, filters: ov.Filters) -> pd.DataFrame:
+    images, _ = gridded(path, stamp, grid)
+    return ov.filtered_cells(images, grid, filters)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def overview_spec(path: str, stamp: int, grid: int, filters: ov.Filters, value: tuple[int, ...],
+                  by_generator: bool = False) -> dict:
+    """Vega-Lite spec of the overview (coloured by label, or by predicted generator) with ``value`` selected."""
+    images, _ = gridded(path, stamp, grid)
+    if by_generator:
+        pred, names = generator_data(path, stamp)
+        return vgen.generator_overview_spec(images, pred, names, grid, filters, list(value))
+    cells = ov.filtered_cells(images, grid, filters)
+    return ov.overview_chart(ov.pie_slices(cells), grid, list(value)).to_dict()
+
+
+@st.cache_data(max_entries=32, show_spinner="Arranging images ...")
+def grid_for(path: str, stamp: int, grid: int, cells: tuple[int, ...], filters: ov.Filters,
+             max_items: int = vg.MAX_GRID_IMAGES) -> tuple[pd.DataFrame, int, int, int]:
+    """(layout with thumbnail URLs, n_rows, n_cols, n_members) of the images of ``cells`` passing ``filters``."""
+    images, _ = gridded(path, stamp, grid)
+    members = ov.selected_members(images, list(cells), filters)
+    layout, n_rows, n_cols = vg.grid_layout(vg.subsample(members, max_items))
+    b = load_bundle(path, stamp)
+    px = vg.thumb_px(vg.tile_size(n_cols))
+    return vg.with_thumbs(layout, b.thumbnails(layout["image_id"].tolist()), px), n_rows, n_cols, len(members)
+
+
+# ------------------------------------------------------------------------------------------ the model
+def encoder_model(b: Bundle) -> str:
+    """The model to load for ``b``: a local copy the user named in the sidebar, else the bundle's own."""
+    return st.session_state.get(K_MODEL_OVERRIDE, {}).get(str(b.path)) or b.encoder_info.model_id
+
+
+def get_encoder(model_id: str):
+    """The CLIP encoder of ``model_id`` from ``asap_core``'s cached factory (``ModelLoadError`` if it cannot)."""
+    from asap_core.model.factory import load_encoder
+
+    with st.spinner("Loading CLIP ..."):
+        return load_encoder(model_id)
+
+
+def encoder_for(b: Bundle, needed_for: str):
+    """The encoder of ``b`` (or its override), or None after showing why it cannot be loaded and the fix.
+
+    ``needed_for`` starts the message: "Relevance maps" -> "Relevance maps need the bundle's CLIP: ...".
+    """
+    try:
+        return get_encoder(encoder_model(b))
+    except AsapError as exc:
+        show_error(AsapError(f"{needed_for} need the bundle's CLIP: {exc.message}", exc.hint))
+        return None
+
+
+@st.cache_data(max_entries=8, ttl=600, show_spinner=False)
+def model_status(model_id: str) -> tuple[bool, str, str, str | None]:
+    """(ok, message, hint, cache key) for a model id: can its weights be had here?"""
+    try:
+        from asap_core.model.encoder import inspect_checkpoint
+
+        info = inspect_checkpoint(model_id)
+    except AsapError as exc:
+        return False, exc.message, exc.hint, None
+    except ImportError as exc:
+        return False, f"torch / transformers are not installed ({exc}).", "bundles still open view-only.", None
+    return True, f"{info.model_id} (D = {info.embed_dim}, {info.patch_side}x{info.patch_side} patches)", "", \
+        info.cache_key
+
+
+# ------------------------------------------------------------------------------------------ relevance maps
+@st.cache_data(max_entries=64, show_spinner=False)
+def stored_maps(path: str, stamp: int, ids: tuple[str, ...], method: str) -> np.ndarray:
+    """Cached maps ``[n, 17, side, side]`` float16 of ``ids`` (all must be in the bundle's map store)."""
+    from asap_core.method.relevance_store import bundle_maps
+
+    return bundle_maps(load_bundle(path, stamp), list(ids), method)
+
+
+def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
+    """Maps of ``ids``: those not cached yet are charged to the visitor and computed (progress bar), then
+    all are read from the store. None, with the error and its fix shown, when that cannot be done."""
+    from asap_core.method.relevance_store import bundle_maps, missing_maps
+
+    missing = missing_maps(b, ids, method)
+    if missing:
+        if not budget.charge(len(missing)):
+            return None
+        encoder = encoder_for(b, "Relevance maps")
+        if encoder is None:
+            return None
+        done = run_shown(bundle_maps, b, missing, method, encoder=encoder,
+                         progress_text=f"Computing {method} maps for {len(missing)} images",
+                         read_only_hint="precompute the maps (`analyze --relevance last-block`)")
+        if done is None:
+            return None
+        stored_maps.clear()
+    return stored_maps(*ref(b), tuple(ids), method)
+
+
+def run_shown(fn: Callable, *args, progress_text: str, read_only_hint: str = "", **kwargs) -> Any:
+    """``fn(*args, progress=..., **kwargs)`` under a progress bar; None, with the message and fix shown, when
+    it raises an ``AsapError`` or cannot write into the bundle's cache (read-only folder)."""
+    with progress_bar(f"{progress_text} ...", lambda d, t: f"{progress_text}: {d:,}/{t:,}") as progress:
+        try:
+            return fn(*args, progress=progress, **kwargs)
+        except AsapError as exc:
+            show_error(exc)
+        except OSError as exc:  # e.g. a read-only bundle folder: results cannot be stored in its cache/
+            show_error(AsapError(f"The results cannot be stored in the bundle's cache folder ({exc.strerror or exc}).",
+                                 "make the bundle's cache/ writable for the app"
+                                 + (f", or {read_only_hint}" if read_only_hint else "") + "."))
+    return None
+
+
+# ------------------------------------------------------------------------------------------ per-view data
+@st.cache_resource(max_entries=8)
+def head_weights(path: str, stamp: int) -> np.ndarray:
+    """w2 ``[16]``: the classifier weight of each dimension."""
+    return va.head_weights(load_bundle(path, stamp).distiller)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def dimension_data(path: str, stamp: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-dimension table, histogram frame) of a bundle."""
+    b = load_bundle(path, stamp)
+    return vd.dimension_table(b.images, head_weights(path, stamp)), vd.distribution_frame(b.images)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def generator_data(path: str, stamp: int) -> tuple[pd.DataFrame, list[str]] | None:
+    """(``attribution.generator_predictions``, generator names) of a bundle; None without a generator head."""
+    from asap_core.analyses import attribution as attr
+
+    b = load_bundle(path, stamp)
+    if not attr.has_generator_head(b):
+        return None
+    return attr.generator_predictions(b), attr.generator_names(b)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def confusion(path: str, stamp: int, held_out_only: bool, with_real: bool) -> tuple[pd.DataFrame, pd.DataFrame, bool]:
+    """``views.generators.confusion_tables`` of a bundle."""
+    return vgen.confusion_tables(load_bundle(path, stamp), held_out_only, with_real)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def pattern_ranking(path: str, stamp: int, names: tuple[str, ...], keys: tuple[str, ...], method: str) -> pd.DataFrame:
+    """``rank_patterns`` of the named patterns (all impacts cached; ``keys`` = their content keys)."""
+    from asap_core.analyses.patterns import PatternStore, rank_patterns
+    from asap_core.views.patterns import N_RANDOM, SEED
+
+    b = load_bundle(path, stamp)
+    pats = [p for p in PatternStore(b).list() if p.name in set(names)]
+    return rank_patterns(b, pats, None, N_RANDOM, SEED, method)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def laundered(path: str, stamp: int, image_id: str, q: int, s: float, method: str, model: str) -> dict:
+    """``laundered_view`` of one image (PIL images and maps), computed once per setting."""
+    from asap_core.analyses.laundering import laundered_view
+
+    return laundered_view(load_bundle(path, stamp), image_id, q, s, encoder=get_encoder(model), method=method)
+
+
+# ------------------------------------------------------------------------------------------ charged on-demand work
+def laundering_run(b: Bundle, ids: list[str], settings: list, with_maps: bool, method: str) -> pd.DataFrame | None:
+    """``views.robustness.run_settings`` for the page (maps of the laundered images charged to the visitor),
+    under a progress bar; None with the reason shown when it cannot run."""
+    from asap_core.method.relevance_store import missing_maps
+    from asap_core.views import robustness as vr
+
+    n_maps = len(ids) * len(settings) + len(missing_maps(b, ids, method)) if with_maps else 0
+    if n_maps and not budget.charge(n_maps):
+        return None
+    encoder = encoder_for(b, "Laundering runs")
+    if encoder is None:
+        return None
+    return run_shown(vr.run_settings, b, ids, settings, encoder, with_maps, method,
+                     progress_text=f"Laundering {len(ids)} images x {len(settings)} settings")
+
+
+def laundered_for(b: Bundle, image_id: str, q: int, s: float, method: str, charged: set) -> dict | None:
+    """One image before / after laundering with maps (``laundered``), charged once per image and setting
+    (``charged`` remembers what this session paid for); None with the reason shown."""
+    from asap_core.method.relevance_store import missing_maps
+
+    key = (str(b.path), image_id, q, s, method)
+    if key not in charged:
+        if not budget.charge(1 + len(missing_maps(b, [image_id], method))):
+            return None
+        charged.add(key)
+    try:
+        with st.spinner("Computing the laundered image's maps ..."):
+            return laundered(*ref(b), image_id, q, s, method, encoder_model(b))
+    except AsapError as exc:
+        show_error(exc)
+        return None
+
+
+def upload_result(b: Bundle, name: str, data: bytes, k: int, method: str, charged: set):
+    """``analyses.single_image.analyse_upload`` of one upload, its maps charged once per upload, method and
+    model (``charged`` remembers what this session paid for); None with the reason shown."""
+    from asap_core.analyses.single_image import analyse_upload
+    from asap_core.inputs.imageio import sha1_hex
+
+    model = encoder_model(b)
+    key = (str(b.path), sha1_hex(data), method, model)
+    if key not in charged:
+        if not budget.charge(1):
+            return None
+        charged.add(key)
+    encoder = encoder_for(b, "Uploads")
+    if encoder is None:
+        return None
+    try:
+        with st.spinner(f"Embedding {name} and computing its {method} maps ..."):
+            return analyse_upload(b, name, data, encoder=encoder, k_neighbours=int(k), method=method,
+                                  policy=budget.hosted_policy())
+    except AsapError as exc:
+        show_error(exc)
+        return None

@@ -1,0 +1,35 @@
+"""Names shared across pages: session-state keys (plain keys survive page switches) and page files.
+
+``bundle_path`` (str), ``grid`` (int), ``filters`` (``views.overview.Filters``), ``sel_cells`` (list[int]),
+``sel_images`` (list[str] full ids), ``method`` (a ``schema.RELEVANCE_METHODS`` name).
+"""
+from __future__ import annotations
+
+K_BUNDLE = "bundle_path"
+K_GRID = "grid"
+K_FILTERS = "filters"
+K_CELLS = "sel_cells"
+K_IMAGES = "sel_images"
+K_METHOD = "method"
+K_COLOR_BY = "color_by"  # overview colouring: views.generators.COLOR_BY
+K_MODEL_OVERRIDE = "model_override"  # {bundle path: model id}: a local copy of a bundle's CLIP
+K_INIT = "_link_loaded"
+K_PENDING_IMAGES = "_link_images"
+K_PENDING_PAGE = "_link_page"
+K_ERROR = "_bundle_error"
+K_WANT_DEMO = "_want_demo"
+K_DEMO_NOTE = "_demo_note"
+K_LAST_REPORT = "_last_analysis"
+# widget keys of the overview that belong to one bundle (dropped when another opens)
+BUNDLE_WIDGETS = ("w_grid", "w_label", "w_outcome", "w_gens")
+
+PAGE_FILES = {
+    "overview": "app_pages/overview.py",
+    "images": "app_pages/images.py",
+    "attention": "app_pages/attention.py",
+    "dimensions": "app_pages/dimensions.py",
+    "patterns": "app_pages/patterns.py",
+    "generators": "app_pages/generators.py",
+    "robustness": "app_pages/robustness.py",
+    "single": "app_pages/single_image.py",
+}

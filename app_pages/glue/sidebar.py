@@ -1,0 +1,214 @@
+"""The sidebar every page draws (open bundle, metrics, model in use; open another bundle; analyse a folder)
+and ``page_start``, the first call of every page."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from asap_core.errors import AsapError
+from asap_core.settings import settings
+from asap_core.storage.bundle import Bundle
+from asap_core.storage.schema import NO_RELEVANCE, RELEVANCE_METHODS
+
+from . import budget, data, state
+from .errors import show_error, show_warning
+from .keys import K_BUNDLE, K_DEMO_NOTE, K_ERROR, K_LAST_REPORT, K_MODEL_OVERRIDE, K_WANT_DEMO
+from .widgets import progress_bar
+
+
+def page_start() -> Bundle:
+    """First call of every page: link state, the open bundle, the sidebar; ``st.stop()`` without a bundle.
+
+    The sidebar is drawn by the pages rather than the entry script so that it is part of every run
+    (AppTest reruns execute only the page script).
+    """
+    state.init_from_link()
+    try:
+        budget.hosted_policy()
+    except AsapError as exc:  # ASAP_HOSTED=1 without a usable configuration: say so, serve nothing
+        show_error(exc)
+        st.stop()
+    if st.session_state.pop(K_WANT_DEMO, False):
+        open_demo()
+    b = state.current_bundle()
+    sidebar(b)
+    if b is None:
+        if settings().hosted:
+            st.info("No bundle is open. Pick one of this explorer's bundles in the sidebar.")
+        else:
+            st.info("No bundle is open. Open one in the sidebar (a folder written by "
+                    "`python -m asap_core analyze`), set `ASAP_BUNDLE`, or analyse an image folder there.")
+        st.stop()
+    return b
+
+
+def open_demo() -> None:
+    """Build (once, with a progress bar) and open the embedded demo bundle; errors go to the sidebar."""
+    from asap_core.pipeline.demo import ensure_demo_bundle
+
+    with progress_bar("Preparing the demo bundle (only the first time) ...",
+                      lambda d, t: f"demo: {d}/{t}") as progress:
+        try:
+            path, note = ensure_demo_bundle(progress=lambda stage, d, t: progress(d, t))
+        except AsapError as exc:
+            st.session_state[K_ERROR] = exc
+            return
+    st.session_state[K_BUNDLE] = str(path)
+    st.session_state[K_DEMO_NOTE] = note
+
+
+def sidebar(b: Bundle | None) -> None:
+    """Open bundle (name, metrics, model in use), open another, analyse a folder with a progress bar."""
+    ss = st.session_state
+    with st.sidebar:
+        st.markdown("**ASAP Explorer** · why images look fake")
+        if b is not None:
+            _bundle_summary(b)
+            _model_line(b)
+        elif ss.get(K_ERROR) is not None:
+            show_error(ss[K_ERROR])
+        else:
+            st.info("No bundle open.")
+        if settings().hosted:
+            _hosted_bundle_picker()
+            return
+        with st.expander("Open another bundle", expanded=b is None):
+            path = st.text_input("Bundle folder", key="w_open_path", placeholder="/path/to/bundle")
+            if st.button("Open", key="w_open_btn") and path and state.open_bundle(path):
+                st.rerun()
+        with st.expander("Analyse an image folder"):
+            _analyse_form()
+        if ss.get(K_LAST_REPORT):
+            with st.expander("Last analysis", expanded=False):
+                st.code(ss[K_LAST_REPORT], language=None)
+
+
+def _bundle_summary(b: Bundle) -> None:
+    """Name (and, locally, path), the demo's note, counts and validation metrics of the open bundle."""
+    st.markdown(f"**Bundle** `{b.path.name}`")
+    if not settings().hosted:  # a public explorer does not show server paths
+        st.caption(str(b.path))
+    note = st.session_state.get(K_DEMO_NOTE)
+    if note and str(b.path) == str(st.session_state.get(K_BUNDLE)):
+        st.info(note)
+    counts = b.counts
+    st.caption(f"{len(b.images):,} images · {len(b.cells):,} cells · {counts.real:,} real / {counts.fake:,} fake")
+    val = b.metrics.get("val") or b.metrics.get("all") or {}
+    if val:
+        st.caption(f"validation: accuracy {val.get('accuracy', float('nan')):.3f} · "
+                   f"ROC-AUC {val.get('roc_auc', float('nan')):.3f}")
+
+
+def _model_line(b: Bundle) -> None:
+    """The model in use and whether it can be loaded here; a way to name another copy when it cannot."""
+    model_id = data.encoder_model(b)
+    ok, msg, hint, _ = data.model_status(model_id)
+    shown = Path(model_id).name if "/" in model_id and Path(model_id).exists() else model_id
+    st.markdown(f"**Model** `{shown}`")
+    if ok:
+        st.caption(msg)
+        return
+    show_warning(msg, hint)
+    st.caption("The bundle stays open; maps already cached still show.")
+    _model_override_input(b)
+
+
+def _model_override_input(b: Bundle) -> None:
+    """Another copy of the bundle's model: a path box, or in hosted mode a pick from the allow-list."""
+    policy = budget.hosted_policy()
+    if policy is None:
+        local = st.text_input("Local copy of this model", key="w_model_override", placeholder="/path/to/clip-folder")
+    elif policy.model_allowlist:
+        local = st.selectbox("Model offered here", policy.model_allowlist, key="w_model_override")
+    else:
+        st.caption("No other model is offered on this explorer.")
+        return
+    if st.button("Use this model", key="w_model_btn") and local and set_model_override(b, local):
+        st.rerun()
+
+
+def set_model_override(b: Bundle, model: str) -> bool:
+    """Use ``model`` (a local copy of the bundle's CLIP) for ``b``; refused unless it is the same checkpoint
+    (and, in hosted mode, unless it is on the allow-list)."""
+    policy = budget.hosted_policy()
+    if policy is not None:
+        try:
+            policy.check_model(model)
+        except AsapError as exc:
+            show_error(exc, st.sidebar)
+            return False
+    ok, msg, hint, key = data.model_status(model)
+    if not ok:
+        show_warning(msg, hint)
+        return False
+    want = b.encoder_info.cache_key
+    if key != want:
+        st.warning(f"{model} is not the checkpoint this bundle was made with (cache key {key}, bundle {want}); "
+                   "its maps would not match the bundle's dimensions.")
+        return False
+    st.session_state.setdefault(K_MODEL_OVERRIDE, {})[str(b.path)] = model
+    return True
+
+
+def _hosted_bundle_picker() -> None:
+    """Hosted mode: a select box of the bundles under the policy's root (no folder paths)."""
+    policy = budget.hosted_policy()
+    if policy is None:
+        return
+    names = policy.list_bundles()
+    current = budget.hosted_name(st.session_state.get(K_BUNDLE), policy)
+    if not names:
+        st.warning("This explorer serves no bundles yet.")
+        return
+    choice = st.selectbox("Bundle", names, index=names.index(current) if current in names else None,
+                          placeholder="pick a bundle")
+    if choice and choice != current:
+        path = state.resolve_hosted(choice, policy)
+        if path is None:
+            show_error(st.session_state.pop(K_ERROR))
+        elif state.open_bundle(path):
+            st.rerun()
+
+
+def _analyse_form() -> None:
+    """Folder, output, model and relevance method of a new analysis; runs it on "Analyse"."""
+    from asap_core.model.encoder import resolve_model_id
+
+    data_dir = st.text_input("Image folder", key="w_an_dir", placeholder="/path/to/images (real/, fake/ ...)")
+    out = st.text_input("Write bundle to", key="w_an_out",
+                        placeholder=f"{data_dir.rstrip('/')}-bundle" if data_dir else "/path/to/new-bundle")
+    model = st.text_input("Model (HF id or local folder)", value=resolve_model_id(), key="w_an_model")
+    relevance = st.selectbox("Precompute relevance", [NO_RELEVANCE, *RELEVANCE_METHODS], key="w_an_rel")
+    ok, msg, hint, _ = data.model_status(model) if model else (False, "no model given", "", None)
+    if not ok:
+        show_warning(msg, hint)
+    if st.button("Analyse", key="w_an_btn"):
+        if not data_dir:
+            st.warning("Name the image folder first.")
+        else:
+            run_analysis(data_dir, out or f"{data_dir.rstrip('/')}-bundle", model, relevance)
+
+
+def run_analysis(data_dir: str, out: str, model: str, relevance: str) -> None:
+    """Run ``analyze`` with a live progress bar per stage, then open the new bundle."""
+    from asap_core.pipeline.analyze import AnalyzeOptions, analyze
+
+    t0 = time.perf_counter()
+    stage_now = {"name": ""}
+    with progress_bar("Starting analysis ...", lambda d, t: f"{stage_now['name']}: {d:,}/{t:,}") as progress:
+        def on_stage(stage: str, done: int, total: int) -> None:
+            stage_now["name"] = stage
+            progress(done, total)
+
+        try:
+            # decode threads: spawned worker processes would re-run this app's script (Streamlit's __main__)
+            report = analyze(data_dir, out, AnalyzeOptions(model=model, relevance=relevance, decoder="thread"),
+                             progress=on_stage)
+        except AsapError as exc:
+            show_error(exc)
+            return
+    if state.open_bundle(str(report.bundle)):
+        st.session_state[K_LAST_REPORT] = report.summary() + f"\nIn the app: {time.perf_counter() - t0:.1f} s"
+        st.rerun()

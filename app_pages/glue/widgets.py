@@ -1,0 +1,62 @@
+"""Small widget groups more than one page uses: a progress bar for long work, the "save as pattern" form."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import streamlit as st
+
+from asap_core.errors import AsapError
+
+from .errors import show_error
+from .keys import PAGE_FILES
+
+
+@contextmanager
+def progress_bar(start: str, step: Callable[[int, int], str]) -> Iterator[Callable[[int, int], None]]:
+    """A ``st.progress`` bar shown for the block; yields ``progress(done, total)``, whose text is
+    ``step(done, total)``. The bar is removed when the block ends (also on an error)."""
+    bar = st.progress(0.0, text=start)
+    try:
+        yield lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=step(d, t))
+    finally:
+        bar.empty()
+
+
+def save_pattern_form(b, make: Callable, key: str, base_name: str, label: str = "Save as pattern",
+                      choices: list | None = None, format_choice: Callable = str, read_only: bool = False) -> None:
+    """An expander with name + note (+ a pick among ``choices``) that saves ``make(name, note[, choice])``
+    (a ``Pattern``) in the bundle's ``PatternStore``; errors (name taken, read-only bundle) with their fix.
+    ``read_only`` (a hosted explorer: every visitor sees the served bundle) shows a note instead."""
+    from asap_core.analyses.patterns import PatternStore
+    from asap_core.views.patterns import unique_name
+
+    if read_only:
+        st.caption("Saving patterns is off on this hosted explorer; run ASAP Explorer locally to save your own.")
+        return
+    store = PatternStore(b)
+    with st.expander(label, icon=":material/bookmark_add:"):
+        choice = st.selectbox("Which", choices, format_func=format_choice, key=f"{key}_choice") if choices else None
+        name = st.text_input("Pattern name", value=unique_name(base_name, store.names()), key=f"{key}_name")
+        note = st.text_input("Note", key=f"{key}_note", placeholder="what the regions show")
+        if st.button("Save pattern", key=f"{key}_save", icon=":material/bookmark_add:"):
+            try:
+                store.add(make(name, note) if choices is None else make(name, note, choice))
+            except AsapError as exc:
+                show_error(exc)
+                return
+            st.success(f"Saved pattern '{name.strip()}'.")
+            st.page_link(PAGE_FILES["patterns"], label="Open the pattern view", icon=":material/bookmarks:")
+
+
+def next_or_clear(next_label: str, next_page: str, icon: str, selection_key: str, chart_key: str,
+                  keys: tuple[str, str], clear_label: str) -> None:
+    """Two buttons under a selection: go on to ``next_page`` with it, or clear it (the chart's own event
+    state too, so the chart draws without it)."""
+    b1, b2 = st.columns(2)
+    if b1.button(next_label, type="primary", key=keys[0], icon=icon):
+        st.switch_page(PAGE_FILES[next_page])
+    if b2.button(clear_label, key=keys[1]):
+        st.session_state[selection_key] = []
+        st.session_state.pop(chart_key, None)
+        st.rerun()
