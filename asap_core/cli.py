@@ -7,6 +7,7 @@ import time
 
 from .model.device import DTYPES
 from .errors import AsapError
+from .storage import schema as S
 
 
 class TqdmProgress:
@@ -51,14 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decode workers (default: on CPU one thread per core, decoding each batch while the model "
                         "waits; on a GPU, nvJPEG or 1 process per core but one, running ahead)")
     a.add_argument("--dtype", choices=DTYPES, default="auto",
-                   help="model precision (auto: bfloat16 on GPU, float32 on CPU unless ASAP_CPU_BF16=1; bfloat16 "
-                        "on a CPU with AMX is ~3x faster, embeddings within cosine 0.9999 of float32)")
+                   help="model precision (auto: bfloat16 on GPU, float32 on CPU unless ASAP_CPU_BF16=1); bfloat16 is "
+                        "much faster on CPUs with bf16 units, its embeddings differ slightly and are cached apart")
     a.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the CLIP forward (default: $ASAP_COMPILE, off). On CPU ~1.15x faster "
-                        "after a one-off ~10 s compile and ~0.5 GB more memory: worth it from a few thousand images")
-    a.add_argument("--relevance", default="none", choices=["none", "last-block", "rollout"],
+                   help="torch.compile the CLIP forward (default: $ASAP_COMPILE, off): a one-off compile and more "
+                        "memory, then a faster forward on some CPUs; pays on long runs (benchmarks/RESULTS.md)")
+    a.add_argument("--relevance", default=S.NO_RELEVANCE, choices=[S.NO_RELEVANCE, *S.RELEVANCE_METHODS],
                    help="precompute relevance maps for every image")
-    a.add_argument("--grid", type=int, default=24, help="cells per side of the overview")
+    a.add_argument("--grid", type=int, default=S.DEFAULT_GRID, help="cells per side of the overview")
     a.add_argument("--projection", default=None, help="vision-only projection matrix file (.safetensors/.npy/.pt)")
     a.add_argument("--distiller", default=None, help="apply the distiller of this bundle instead of training one")
     a.add_argument("--cache-dir", default=None, help="cache folder (default: $ASAP_CACHE_DIR or ~/.cache/asap_explorer)")
@@ -105,10 +106,10 @@ def cpu_speed_tip(device: str, dtype: str, compiled: bool, embed_seconds: float,
         return None
     options = []
     if not compiled and cxx_compiler():
-        options.append("`--compile` (~1.15x after a ~10 s compile, same embeddings to 1e-5)")
+        options.append("`--compile` (a one-off compile, then a faster forward; same embeddings to float rounding)")
     if resolve_dtype(dtype, dev) == torch.float32 and cpu_has_native_bf16():
-        options.append("`--dtype bfloat16` (~3-4x on this CPU's bf16 units; embeddings within cosine 0.9999 of "
-                       "float32, cached separately)")
+        options.append("`--dtype bfloat16` (this CPU multiplies bf16 in hardware; embeddings differ slightly from "
+                       "float32 and are cached separately)")
     return "Tip: to embed faster on this CPU, " + "; ".join(options) + "." if options else None
 
 
@@ -116,14 +117,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .storage.bundle import Bundle
 
     b = Bundle.open(args.bundle)
-    m = b.meta
-    print(f"{b.path}: {m['counts']['used']} images ({m['counts']['real']} real, {m['counts']['fake']} fake), "
-          f"{m['counts']['cells']} cells; encoder {m['encoder']['model_id']}"
-          f"{' (' + m['encoder']['dtype'] + ')' if m['encoder'].get('dtype') else ''}; layout {m['layout']}")
-    val = m.get("metrics", {}).get("val")
+    c, enc = b.counts, b.encoder_info
+    print(f"{b.path}: {c.used} images ({c.real} real, {c.fake} fake), {c.cells} cells; encoder {enc.model_id} "
+          f"({enc.dtype}); layout {b.layout}")
+    val = b.metrics.get("val")
     if val:
         print(f"validation accuracy {val['accuracy']:.3f}, AP {val['ap']:.3f}, ROC-AUC {val['roc_auc']:.3f}")
-    print(f"skipped files: {len(m.get('skipped', []))}")
+    print(f"skipped files: {len(b.skipped)}")
     return 0
 
 

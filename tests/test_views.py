@@ -145,7 +145,8 @@ def test_boundary_cells_prefer_mixed_low_confidence():
 # ------------------------------------------------------------------------------------------ grid
 def test_grid_layout_places_every_image_once(bundle):
     big = bundle.cells.sort_values("n").iloc[-3:]["cell"].tolist()
-    members = vg.cell_members(bundle.images, big)
+    members = ov.selected_members(bundle.images, big, ov.Filters())
+    assert len(members) == bundle.cells.set_index("cell").loc[big, "n"].sum()
     layout, n_rows, n_cols = vg.grid_layout(members)
     assert sorted(layout["image_id"]) == sorted(members["image_id"])
     assert len(set(zip(layout["gx"], layout["gy"]))) == len(layout)
@@ -178,7 +179,7 @@ def test_grid_chart_has_brush_and_pick(bundle):
 def test_contributions_add_up_to_the_logit(bundle):
     w2 = va.head_weights(bundle.distiller)
     z = bundle.images[Z_COLUMNS].to_numpy(np.float64)
-    logit = va.contributions(z, w2).sum(axis=1) + va.head_bias(bundle.distiller)
+    logit = va.contributions(z, w2).sum(axis=1) + float(bundle.distiller.head.bias.detach())
     np.testing.assert_allclose(1 / (1 + np.exp(-logit)), bundle.images["p_fake"], atol=1e-4)
 
 
@@ -252,3 +253,25 @@ def test_concept_cards_from_compute_concepts(bundle, tiny_clip_dir):
     assert all(1 <= len(c["crops"]) <= 2 for c in cards)
     assert all(im.size == (96, 96) for c in cards for im in c["crops"])
     assert "share fake" in vc.describe(cards[0])
+
+
+def test_selected_members_and_views_of_the_pages(bundle):
+    """The computations the pages used to do inline: members of selected cells under a filter, the order
+    of the dimensions, the confusion tables, a bounded store of recent results."""
+    from asap_core.views import generators as vgen
+
+    cells = bundle.cells.sort_values("n").iloc[-2:]["cell"].tolist()
+    fakes = ov.selected_members(bundle.images, cells, ov.Filters(label="fake"))
+    assert (fakes["label"] == "fake").all() and fakes["cell"].isin(cells).all()
+    assert len(fakes) == int(bundle.cells.set_index("cell").loc[cells, ["n_fake_ok", "n_fake_wrong"]].sum().sum())
+    table = vd.dimension_table(bundle.images, va.head_weights(bundle.distiller))
+    order = vd.dimension_order(table)
+    gaps = (table.set_index("dim").loc[order, "auc"] - 0.5).abs().to_numpy()
+    assert sorted(order) == list(range(16)) and (np.diff(gaps) <= 1e-12).all()
+    cm, fake_cm, _ = vgen.confusion_tables(bundle, held_out_only=False, with_real=True)
+    assert "real" in cm.index and "real" not in fake_cm.index
+    assert int(fake_cm.to_numpy().sum()) == int((bundle.images["label"] == "fake").sum())
+    store: dict = {}
+    for k in range(5):
+        vs.keep_recent(store, k, k * k, max_items=3)
+    assert list(store) == [2, 3, 4] and store[4] == 16

@@ -212,10 +212,9 @@ def decode_image(data: bytes, path: PathLike, draft_size: int | None = None) -> 
 
     ``draft_size``: opt-in fast path for JPEG only. The decoder scales by 1/2, 1/4 or 1/8 in the DCT
     domain while keeping **both** sides >= ``draft_size`` (so the shortest side stays >= it). This is
-    not bit-equal to a full decode: after CLIP preprocessing the measured max |diff| is 0.19-0.25
-    (mean 0.01-0.02) with ``draft_size=224`` and 0.04-0.10 with 448, for 1024x768 to 4000x3000 JPEGs,
-    far above the 1e-2 parity bound. Use it for thumbnails or speed (2-5x faster decode for large
-    JPEGs), never where CLIPImageProcessor parity is required (benchmarks/preprocess_speed.py).
+    not bit-equal to a full decode: after CLIP preprocessing the pixels differ by more than the 1e-2
+    parity bound (benchmarks/preprocess_speed.py). Use it for thumbnails or speed (large JPEGs decode
+    several times faster), never where CLIPImageProcessor parity is required.
     Raises ImageLoadError (and nothing else) when the bytes cannot be decoded. Warnings are silenced
     with ``warnings.catch_warnings``, which is process-global before Python 3.14: decode in processes
     (or one thread) if other threads rely on their own warning filters.

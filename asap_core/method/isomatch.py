@@ -16,9 +16,9 @@ from ..errors import InputError
 from .layout import finite_rows, pca_2d, scale_unit, tsne_2d
 
 #: t-SNE settings for a cell's grid: a small neighbourhood (perplexity <= 10, clipped to
-#: (n - 1) / 3), 400 iterations and one OpenMP thread: n = 400 items take about 0.4 s on
-#: one core (0.5 s with 500 iterations; 250, sklearn's minimum, stops after the
-#: early-exaggeration phase and loses most of the neighbourhood structure).
+#: (n - 1) / 3), 400 iterations and one OpenMP thread (a grid is drawn while the user waits;
+#: 250, sklearn's minimum, stops after the early-exaggeration phase and loses most of the
+#: neighbourhood structure).
 ISOMATCH_PERPLEXITY = 10.0
 ISOMATCH_MAX_ITER = 400
 

@@ -16,9 +16,8 @@ from ..errors import InputError
 from ..storage.schema import CELL_COLUMNS, DEFAULT_GRID
 
 #: t-SNE iterations used by :func:`embed_2d`. sklearn's default is 1000; the layout is
-#: settled well before that for a map we only bin into cells, and 500 halves the cost
-#: (N = 1,600 x 16-d: about 2.4 s instead of 4.1 s on 2 CPU cores). 250 is sklearn's minimum
-#: and only covers the early-exaggeration phase, so keep this well above it.
+#: settled well before that for a map we only bin into cells, and 500 roughly halves the cost.
+#: 250 is sklearn's minimum and only covers the early-exaggeration phase, so keep this well above it.
 TSNE_MAX_ITER = 500
 
 #: Largest t-SNE fit run on one OpenMP thread when ``n_threads`` is left to auto (see tsne_2d).
@@ -86,9 +85,9 @@ def tsne_2d(
     ``perplexity`` is clipped to (N - 1) / 3 so small sets work. ``n_jobs`` goes to the
     neighbour search. ``n_threads`` caps the OpenMP threads of the gradient loop: None =
     auto (1 thread up to :data:`SINGLE_THREAD_MAX` points, else all cores), -1 = all cores,
-    k > 0 = k threads. Measured on 2 shared CPU cores, N = 1,600: 2.0 s with 2 threads vs
-    2.5 s with 1 when the machine is idle, but 28 s vs 6 s when other jobs keep the cores
-    busy (OpenMP threads wait on each other), hence the single thread for small maps.
+    k > 0 = k threads. On a machine whose cores are busy with other work, OpenMP threads wait
+    on each other and a multi-threaded small fit becomes several times slower than one thread,
+    hence the single thread for small maps.
     """
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits

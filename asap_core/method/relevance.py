@@ -58,8 +58,8 @@ class AttentionRelevance:
     z, 16 is the fake logit, ``None`` means all 17 (in that order).
 
     ``last-block`` runs ``ClipImageForward.class_token_attention``: the layers before the last without
-    autograd, and the backward through one token of the last layer, so it costs about one inference
-    forward. ``rollout`` runs the Hugging Face forward with eager attention and back-propagates through
+    autograd, and the backward through one token of the last layer, so it costs little more than an
+    inference forward. ``rollout`` runs the Hugging Face forward with eager attention and back-propagates through
     every layer. Memory: the batched VJP holds ``K x B x H x T`` gradients for ``last-block`` and
     ``K x B x H x T x T`` per layer for ``rollout``, e.g. ~1.1 GB per layer on ViT-L/14 (L 24, H 16,
     T 257) at B = 32, K = 17 in bf16: lower the batch size for large models.

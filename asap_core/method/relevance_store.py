@@ -27,8 +27,8 @@ def map_store(cache_dir: str | Path, encoder_key: str, distiller_fingerprint: st
     return RowStore(cache_dir, relevance_namespace(encoder_key, distiller_fingerprint, method), (N_TARGETS, side, side))
 
 
-#: Least images per batched VJP from kept last-layer inputs (one layer per image: small; on 2 CPU cores
-#: ViT-B/32 runs 270-300 img/s at 8 to 64, a little less above).
+#: Least images per batched VJP from kept last-layer inputs (one layer per image: small batches waste
+#: calls; the rate is flat from 8 to 64 on CPU).
 LAST_INPUT_BATCH = 64
 
 
@@ -44,10 +44,9 @@ def last_input_store(cache_dir: str | Path, info, dtype: "torch.dtype") -> RowSt
 
 def keeps_last_inputs(device: "torch.device") -> bool:
     """Whether ``analyze --relevance last-block`` keeps the last-layer inputs on ``device``: on CPU, where the
-    model bounds the rate and the kept rows make the relevance pass ~15x faster (no decode, one layer
-    instead of all; writing and reading 77 KB per ViT-B/32 image costs ~1 % of the embedding pass). Not
-    on a GPU: there the decoder bounds both passes and the rows' disk traffic has not been measured
-    against decoding again."""
+    model bounds the rate and the kept rows make the relevance pass many times faster (no decode, one layer
+    instead of all) for little extra cost in the embedding pass. Not on a GPU: there the decoder bounds
+    both passes and the rows' disk traffic has not been measured against decoding again."""
     return device.type == "cpu"
 
 

@@ -57,8 +57,7 @@ def keep_freed_memory(device: "torch.device | str", limit_bytes: int = MALLOC_KE
 
     Why: glibc returns large freed blocks (each ``[32, 50, 3072]`` fp32 MLP activation of a ViT-B/32
     batch is 20 MB) to the kernel, so the next batch's tensors of the same size fault in fresh zeroed
-    pages. On 2 Xeon cores the fp32 B/32 forward ran 40 -> 44 img/s with this (the SiLU alone 44 -> 11
-    ms per batch of 32), peak RSS unchanged. Process-wide (``mallopt``), applied once; the cost is up
+    pages, which costs a measurable share of the forward (benchmarks/RESULTS.md). Process-wide (``mallopt``), applied once; the cost is up
     to ``limit_bytes`` of RSS not returned after a peak. ``$ASAP_MALLOC_KEEP=0`` turns it off; a no-op
     on a GPU and where glibc is absent (macOS, Windows, musl). Returns whether it is in effect.
     """
@@ -115,8 +114,8 @@ def cpu_has_native_bf16() -> bool:
 def preferred_dtype(device: "torch.device | str") -> "torch.dtype":
     """Model dtype: bf16 on CUDA; fp32 on CPU, unless ``$ASAP_CPU_BF16=1`` and the CPU has native bf16.
 
-    CPU bf16 is opt-in because it changes the embeddings (cosine to fp32 ~0.999); where the CPU has
-    ``avx512_bf16`` it roughly doubles the ViT forward rate (benchmarks/embed_speed.py --cpu-bf16).
+    CPU bf16 is opt-in because it changes the embeddings slightly; where the CPU has ``avx512_bf16`` /
+    AMX it makes the ViT forward much faster (``benchmarks/embed_speed.py --cpu-bf16``).
     """
     import torch
 
@@ -163,10 +162,10 @@ def resolve_dtype(dtype: "str | torch.dtype | None", device: "torch.device | str
 def compile_enabled(compile: bool | None = None) -> bool:
     """``compile`` if given, else ``$ASAP_COMPILE`` in (1, true, yes, on). Off by default everywhere.
 
-    Why off (issue 4; ``benchmarks/embed_speed.py --compile``, ViT-B/32): on CPU the frozen compiled
-    forward is 1.13x the eager one (2 Xeon cores, fp32: 46.9 vs 41.4 img/s) but costs a one-off 9-12 s
-    compile and ~0.5 GB, so it pays only from ~4,000 images a run; on a GPU the decoder, not the model,
-    bounds the end-to-end rate (DESIGN.md §6). ``cli.cpu_speed_tip`` suggests it after long CPU runs.
+    Why off (``benchmarks/embed_speed.py --compile``): on CPU the compiled forward gains on some machines
+    and nothing on others, after a one-off compile that costs time and memory, so it pays only on long
+    runs; on a GPU the decoder, not the model, bounds the end-to-end rate (DESIGN.md §6).
+    ``cli.cpu_speed_tip`` suggests it after long CPU runs.
     """
     if compile is not None:
         return bool(compile)
@@ -183,9 +182,8 @@ def compiled_forward(image_forward, batch_size: int, with_last_input: bool = Fal
     unsupported platform) the first call warns once and the run goes on with the eager module.
 
     On CPU the graph is compiled with inductor's ``freezing`` (weights as constants, prepacked for
-    oneDNN, bias and activation fused into the matrix products): ViT-B/32 fp32 on 2 Xeon cores 40 ->
-    47 img/s (compiled without freezing 43), embeddings within 3e-6 of eager; one-off compile 9-12 s (5 s
-    when inductor's on-disk cache has the graph). Needs inference mode (``embed_files`` runs in it).
+    oneDNN, bias and activation fused into the matrix products), the fastest of the variants measured;
+    embeddings equal eager ones to float rounding. Needs inference mode (``embed_files`` runs in it).
     """
     import contextlib
 
@@ -270,10 +268,9 @@ GPU_RELEVANCE_BATCH = 128
 def relevance_batch_size(device: "torch.device | str", requested: int | None = None) -> int:
     """Images per batched relevance VJP: ``requested``, else 128 on a GPU (DESIGN.md §6) and 8 on CPU.
 
-    On CPU (ViT-B/32, 2 cores, ``benchmarks/relevance_speed.py --no-naive``) rollout is faster and half
-    as heavy at 8 as at 32 (1.6 vs 1.3 img/s, 1.7 vs 3.3 GB: its 17 cotangents go back through every
-    layer); last-block, which backpropagates through one token of one layer, runs alike at both
-    (37.7 vs 37.3 img/s, 0.89 vs 1.0 GB).
+    On CPU rollout is faster and lighter at 8 than at 32 (its 17 cotangents go back through every layer);
+    last-block, which backpropagates through one token of one layer, runs alike at both
+    (``benchmarks/relevance_speed.py --no-naive``).
     """
     import torch
 

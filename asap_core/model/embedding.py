@@ -10,10 +10,10 @@ Pipeline (one run of :func:`embed_files`)::
   many files there are (benchmarks/memory_flat.py).
 - On CPU the model's matrix products already fill every core, split statically over torch's threads: a
   decode thread running beside them preempts one of them and the other waits for it, so every
-  millisecond of decoding costs about two of the model's. There each batch is decoded when the model
-  asks for it, by one thread per core, while the model waits (``thread`` decoder on a CPU device):
-  wall time = model time + decode time / cores, the best two cores can do. ViT-B/32, 2 cores, 256
-  JPEGs: bf16 98 -> 120 img/s, fp32 31.4 -> 33.0 img/s against one decode thread running ahead.
+  millisecond of decoding costs the model more than a millisecond. There each batch is decoded when the
+  model asks for it, by one thread per core, while the model waits (``thread`` decoder on a CPU device):
+  wall time = model time + decode time / cores (measured against a decoder running ahead:
+  benchmarks/RESULTS.md).
 - Workers hand back **uint8** crops (4x less to move than float32); normalisation happens on the model's
   device with the same float32 arithmetic as ``ClipPreprocessor.to_array`` (bit-identical on CPU).
 - ``decoder="auto"``: on CPU decode *threads*, one per core, on demand (Pillow releases the GIL while
@@ -91,8 +91,8 @@ def crop_uint8(image, preprocessor: ClipPreprocessor, out: np.ndarray | None = N
 
 def thumbnail_bytes(image, side: int = THUMB_SIDE) -> bytes:
     """JPEG thumbnail (longest side ``side``) via ``make_thumbnail``, box-reduced first by the integer
-    factor that keeps the longest side >= ``side`` (Lanczos from the full image costs ~2 ms for 500x375,
-    as much as the CLIP resize; after the box reduce ~0.3 ms)."""
+    factor that keeps the longest side >= ``side`` (Lanczos over the full image would cost as much as the
+    CLIP resize itself)."""
     k = max(image.size) // side
     if k >= 2:
         image = image.reduce(k)

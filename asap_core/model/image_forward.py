@@ -6,7 +6,7 @@ over all ``T`` tokens) and runs its output projection and MLP on one token inste
 ViT-B/32 (``T = 50``) that drops 10 of the last layer's 12 ``d x d`` matrix products per token, 6.9 % of
 the forward's FLOPs; every other layer is the Hugging Face computation op for op (same modules, same
 ``scaled_dot_product_attention``), so the embeddings equal ``CLIPVisionModelWithProjection``'s
-``image_embeds`` to float rounding (~1e-7; the last layer's products see other matrix shapes).
+``image_embeds`` to float rounding (the last layer's products see other matrix shapes).
 
 The same observation makes ``last-block`` relevance cheap (``class_token_attention``): the targets
 depend on the last layer's attention only through its class-token row, so layers ``0..L-2`` run without

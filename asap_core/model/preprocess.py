@@ -1,7 +1,7 @@
 """CLIP preprocessing: resize shortest side (bicubic), centre crop, scale, normalise.
 
-Equal to ``transformers.CLIPImageProcessor`` within 1e-2 per pixel (measured max |diff| ~1e-6, from
-float32 rounding only): the bicubic resize is the very same Pillow call on the full image, so the
+Equal to ``transformers.CLIPImageProcessor`` within 1e-2 per pixel (the difference is float32 rounding
+only): the bicubic resize is the very same Pillow call on the full image, so the
 uint8 pixels are bit-identical; see tests/test_preprocess.py. It is faster because it skips the
 processor's numpy <-> PIL round trips, float64 rescale and transposed normalise: one fused
 multiply-subtract writes straight into a preallocated ``[B, 3, S, S]`` float32 batch, grey images are
