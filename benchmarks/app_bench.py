@@ -30,7 +30,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asap_core.storage.bundle import IMAGE_COLUMNS, Z_COLUMNS, Bundle, write_bundle  # noqa: E402
+from asap_core.storage.bundle import Bundle, write_bundle  # noqa: E402
+from asap_core.storage.schema import IMAGE_COLUMNS, Z_COLUMNS, Counts, EncoderInfo  # noqa: E402
 from asap_core.method.layout import assign_cells, cell_table, regrid  # noqa: E402
 from asap_core.views import attention as va  # noqa: E402
 from asap_core.views import grid as vg  # noqa: E402
@@ -47,7 +48,7 @@ def synthetic_bundle(out: Path, n: int, grid: int = 24, seed: int = 0) -> Path:
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    distiller = Distiller(DistillerConfig(embed_dim=64, proj_dim=32, n_dims=16)).eval()
+    distiller = Distiller(DistillerConfig(embed_dim=64, proj_dim=32)).eval()
     w2 = distiller.head.weight.detach().numpy().reshape(-1)
     b2 = float(distiller.head.bias.detach().numpy()[0])
 
@@ -70,24 +71,22 @@ def synthetic_bundle(out: Path, n: int, grid: int = 24, seed: int = 0) -> Path:
         "correct": pd.array(pred == label, dtype="boolean"), "confidence": np.abs(2 * p_fake - 1).astype(np.float32),
         **{c: z[:, i] for i, c in enumerate(Z_COLUMNS)}, "map_x": xy[:, 0], "map_y": xy[:, 1],
         "cell": cell, "col": col, "row": row,
-    })[IMAGE_COLUMNS]
+    })[list(IMAGE_COLUMNS)]
     cells = cell_table(images, grid)
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=60)
     thumb = buf.getvalue()
-    meta = {"encoder": {"model_id": "synthetic-clip", "cache_key": "bench", "embed_dim": 64,
-                        "patch_side": PATCH_SIDE, "image_size": 224},
-            "options": {"grid": grid}, "counts": {"used": n, "real": int((~fake).sum()), "fake": int(fake.sum())},
-            "metrics": {}}
+    counts = Counts(found=n, used=n, real=int((~fake).sum()), fake=int(fake.sum()), unlabelled=0, cells=len(cells))
+    meta = {"encoder": EncoderInfo("synthetic-clip", "bench", 64, PATCH_SIDE, 224).to_dict(), "layout": "synthetic",
+            "options": {"grid": grid}, "counts": counts.to_dict(), "metrics": {}, "skipped": []}
     return write_bundle(out, meta, images, cells, (ids, [thumb] * n), distiller.save_pretrained)
 
 
 def seed_maps(bundle: Bundle, ids: list[str], method: str = "last-block") -> None:
     """Random ``[17, 7, 7]`` maps for ``ids`` in the bundle's map store (so the maps step reads a cache)."""
-    from asap_core.method.relevance_store import map_store
+    from asap_core.method.relevance_store import bundle_map_store
 
-    enc = bundle.meta["encoder"]
-    store = map_store(bundle.cache_dir, enc["cache_key"], bundle.distiller.fingerprint, method, enc["patch_side"])
+    store = bundle_map_store(bundle, method)
     todo = store.missing(ids)
     if todo:
         rng = np.random.default_rng(1)
@@ -117,7 +116,7 @@ def main() -> None:
 
     out = Path(args.out)
     t0 = time.perf_counter()
-    if args.rebuild or not (out / "bundle.json").is_file() or Bundle.open(out).meta["counts"]["used"] != args.n:
+    if args.rebuild or not (out / "bundle.json").is_file() or Bundle.open(out).counts.used != args.n:
         synthetic_bundle(out, args.n)
     t_write = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -125,7 +124,7 @@ def main() -> None:
     images, cells = b.images, b.cells
     _ = b.distiller, b.thumbnails([])
     t_open = time.perf_counter() - t0
-    grid = int(b.meta["options"]["grid"])
+    grid = b.grid
 
     by_n = cells.sort_values("n")
     median_cell = int(by_n["cell"].iloc[len(by_n) // 2])
@@ -137,7 +136,7 @@ def main() -> None:
         ov.overview_chart(ov.pie_slices(ov.filtered_cells(imgs, g, filters)), g).to_dict()
 
     def cell_to_grid(cell: int):
-        members = vg.subsample(vg.cell_members(images, [cell]))
+        members = vg.subsample(ov.selected_members(images, [cell], ov.Filters()))
         layout, n_rows, n_cols = vg.grid_layout(members)
         layout = vg.with_thumbs(layout, b.thumbnails(layout["image_id"].tolist()),
                                 vg.thumb_px(vg.tile_size(n_cols)))

@@ -176,3 +176,33 @@ def test_image_forward_hands_out_the_last_layer_input(tiny_clip_dir):
     assert last.shape == (4, enc.patch_side ** 2 + 1, enc.vision_model.config.hidden_size)
     assert torch.allclose(last, hidden[-2], atol=1e-5) and not torch.allclose(last, hidden[-1], atol=1e-3)
     assert torch.equal(again, plain)
+
+
+def test_factory_loads_each_checkpoint_once_keyed_by_content(tiny_clip_dir, tmp_path, monkeypatch):
+    """``load_encoder`` is the one way to a model: one load per checkpoint, device and dtype; a folder
+    rewritten with other weights loads afresh; every encoder uses sdpa attention, and a call that needs
+    attention maps gets them and leaves the shared model on sdpa."""
+    import torch
+
+    from asap_core.model import factory
+    from conftest import write_tiny_clip
+
+    factory.clear_encoders()
+    loads = []
+    original = ClipEncoder.from_pretrained.__func__
+    monkeypatch.setattr(ClipEncoder, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k)))
+    a = factory.load_encoder(str(tiny_clip_dir), device="cpu")
+    assert factory.load_encoder(str(tiny_clip_dir), device="cpu") is a and len(loads) == 1
+    other = write_tiny_clip(tmp_path / "other", seed=1)
+    b = factory.load_encoder(str(other), device="cpu")
+    assert b is not a and len(loads) == 2
+    write_tiny_clip(tmp_path / "other", seed=2)  # same folder, other weights
+    c = factory.load_encoder(str(other), device="cpu")
+    assert c is not b and len(loads) == 3 and c.cache_key != b.cache_key
+    assert a.vision_model.config._attn_implementation == "sdpa"
+    px = torch.zeros(1, 3, a.image_size, a.image_size)
+    _, attentions = a.embed(px, output_attentions=True)
+    assert len(attentions) == a.vision_model.config.num_hidden_layers and attentions[-1].shape[-1] == 17
+    assert a.vision_model.config._attn_implementation == "sdpa"
+    factory.clear_encoders()

@@ -286,3 +286,20 @@ def test_forensynths_keeps_generator_names(tmp_path, tiny_clip_dir):
     assert sorted(b.images.generator.dropna().unique()) == sorted(
         p.name for p in (SHARED_DATA / "forensynths_ranking" / "fake").iterdir())
     assert len(b.distiller.config.generator_names) == 10
+
+
+def test_a_new_method_version_never_reuses_stale_results(built, small_folder, tiny_clip_dir, monkeypatch):
+    """Every cache key carries the version of its method: bumping the projection's or the layout's version
+    computes them anew (the embeddings, whose version did not change, are reused)."""
+    tmp, _ = built
+    cache = tmp / "cache"
+    namespaces = ("projection", "map2d", "distiller", next(cache.glob("emb-v*")).name)
+    before = {ns: len(list((cache / ns).iterdir())) for ns in namespaces}
+    monkeypatch.setattr(stages, "PROJECTION_VERSION", stages.PROJECTION_VERSION + 1)
+    monkeypatch.setattr(stages, "LAYOUT_VERSION", stages.LAYOUT_VERSION + 1)
+    report = analyze(small_folder, tmp / "bundle-new-methods", _opts(tiny_clip_dir, cache))
+    after = {ns: len(list((cache / ns).iterdir())) for ns in namespaces}
+    assert after["projection"] == before["projection"] + 1 and after["map2d"] == before["map2d"] + 1
+    assert after["distiller"] >= before["distiller"]  # its key hashes the projection it is trained on
+    assert after[namespaces[3]] == before[namespaces[3]]  # embeddings: same version, reused
+    assert Bundle.open(report.bundle).counts.used == report.n_used

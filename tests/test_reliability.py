@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def build_messy_folder(root: Path) -> tuple[set[str], set[str]]:
-    """Every bad-input case of the reliability issue plus good images; returns (good names, bad names)."""
+    """Every kind of bad input file plus good images; returns (good names, bad names)."""
     rng = np.random.default_rng(0)
     real, fake = root / "real", root / "fake" / "gen x"
     real.mkdir(parents=True)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ModelLoadError
+from ..errors import InputError, ModelLoadError
 from ..storage.schema import N_DIMS
 
 CONFIG_NAME = "config.json"
@@ -85,7 +85,11 @@ class Distiller(nn.Module):
 
     @torch.no_grad()
     def predict(self, image_embeds: np.ndarray, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-        """``[N, D]`` -> ``(z [N, 16], p_fake [N])`` as float32 numpy."""
+        """``[N, D]`` -> ``(z [N, 16], p_fake [N])`` as float32 numpy; ``InputError`` for another shape."""
+        image_embeds = np.asarray(image_embeds)
+        if image_embeds.ndim != 2 or image_embeds.shape[1] != self.config.embed_dim:
+            raise InputError(f"the distiller takes embeddings [N, {self.config.embed_dim}], got {image_embeds.shape}.",
+                             "embed with the CLIP the distiller was trained on.")
         zs, ps = [], []
         for i in range(0, len(image_embeds), batch_size):
             z, logit = self(torch.as_tensor(image_embeds[i:i + batch_size], dtype=torch.float32))

@@ -1,4 +1,4 @@
-"""AppTest tests of the issue-6 pages (patterns, generators, robustness, single image) and their entry points
+"""AppTest tests of the analysis pages (patterns, generators, robustness, single image) and their entry points
 (save as pattern on the Images page, colour by predicted generator on the Overview), on a copy of the tiny
 bundle; the forensynths test checks the 10 x 10 confusion matrix of the real data set with the tiny CLIP."""
 from __future__ import annotations
@@ -34,7 +34,7 @@ FORENSYNTHS = SHARED_DATA / "forensynths_ranking"
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle, tmp_path_factory) -> Bundle:  # noqa: F811
     """A private copy of the tiny bundle (patterns and caches written here stay out of the shared one)."""
-    dest = tmp_path_factory.mktemp("issue6") / "bundle"
+    dest = tmp_path_factory.mktemp("analysis_pages") / "bundle"
     shutil.copytree(tiny_bundle, dest)
     return Bundle.open(dest)
 

@@ -1,4 +1,4 @@
-"""Browser test of the issue-6 pages (Debian's Chromium + Playwright, a real ``streamlit run``): patterns
+"""Browser test of the analysis pages (Debian's Chromium + Playwright, a real ``streamlit run``): patterns
 (compute the impact of a saved pattern), generators (confusion matrix, then the overview coloured by
 predicted generator), robustness (launder a sample) and single image (upload a file). One screenshot per page
 into ``$ASAP_SCREENSHOTS`` (or the test's tmp folder); no error block may show. Skips without Chromium or
@@ -64,7 +64,7 @@ def _open(page, title: str) -> None:
     page.locator(NAV_LINK, has_text=title).first.click()
 
 
-def test_issue6_pages_in_the_browser(server, bundle_copy, shots):
+def test_analysis_pages_in_the_browser(server, bundle_copy, shots):
     sample = Bundle.open(bundle_copy).images["path"].iloc[0]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -1,0 +1,86 @@
+"""The one-home rules of the codebase (ARCHITECTURE.md), checked on the source: settings read in one module,
+shared constants defined once, one encoder factory, one place that charges a visitor's budget, the README's
+settings table in step with the code, and short functions."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from asap_core.errors import InputError
+from asap_core.settings import ENVIRONMENT, Settings, parse_bool
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = sorted([*(REPO / "asap_core").rglob("*.py"), *(REPO / "app_pages").rglob("*.py"), REPO / "streamlit_app.py"])
+
+
+def _files_matching(pattern: str) -> set[str]:
+    rx = re.compile(pattern)
+    return {str(p.relative_to(REPO)) for p in SOURCES if rx.search(p.read_text())}
+
+
+def test_the_environment_is_read_in_one_module():
+    assert _files_matching(r"os\.environ|os\.getenv|getenv\(") == {"asap_core/settings.py"}
+
+
+@pytest.mark.parametrize("name", ["N_DIMS", "N_TARGETS", "FAKE_LOGIT", "TARGET_NAMES", "RELEVANCE_METHODS",
+                                  "DECISION_THRESHOLD", "DEFAULT_GRID", "THUMB_SIDE", "Z_COLUMNS", "CELL_COLUMNS"])
+def test_shared_constants_are_defined_once(name):
+    assert _files_matching(rf"(?m)^{name}\b[^=\n]*=") == {"asap_core/storage/schema.py"}
+
+
+def test_one_encoder_factory_and_one_budget_charge():
+    # the app, the CLI, relevance, concepts and laundering all load the model through model.factory
+    assert _files_matching(r"ClipEncoder\.from_pretrained\(") == {"asap_core/model/factory.py"}
+    assert _files_matching(r"\.charge_relevance\(") == {"app_pages/glue/budget.py"}
+    assert _files_matching(r"budget\.charge\(") == {"app_pages/glue/data.py"}
+
+
+def test_no_function_is_longer_than_a_screen():
+    long = []
+    for p in SOURCES:
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{p.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert not long
+
+
+def test_asap_core_never_imports_streamlit():
+    assert not {f for f in _files_matching(r"(?m)^\s*(import|from) streamlit\b") if f.startswith("asap_core/")}
+
+
+def test_readme_lists_every_setting_with_its_default():
+    readme = (REPO / "README.md").read_text()
+    rows = dict(re.findall(r"(?m)^\| `([A-Z0-9_]+)` \| ([^|]+) \|", readme))
+    assert set(rows) == set(ENVIRONMENT)
+    for name, (default, _) in ENVIRONMENT.items():
+        assert default.strip("`") in rows[name].replace("`", ""), name
+
+
+def test_settings_parse_one_way_and_name_a_bad_value():
+    assert all(parse_bool("X", v) for v in ("1", "true", "Yes", " on "))
+    assert not any(parse_bool("X", v) for v in ("0", "false", "NO", "off"))
+    assert parse_bool("X", "", default=True) and not parse_bool("X", None)
+    with pytest.raises(InputError, match="ASAP_HOSTED"):
+        Settings.from_env({"ASAP_HOSTED": "maybe"})
+    with pytest.raises(InputError, match="ASAP_MAX_UPLOAD_MB"):
+        Settings.from_env({"ASAP_MAX_UPLOAD_MB": "ten"})
+    s = Settings.from_env({"ASAP_MODEL_ALLOWLIST": " a , b,,", "ASAP_MAX_UPLOAD_MB": "2",
+                           "ASAP_MAX_IMAGE_PIXELS": "0", "TRANSFORMERS_OFFLINE": "1", "ASAP_MALLOC_KEEP": ""})
+    assert s.model_allowlist == ("a", "b") and s.max_upload_bytes == 2 * 1024 * 1024
+    assert s.max_image_pixels is None and s.hf_offline and s.malloc_keep
+    assert Settings.from_env({}) == Settings.from_env({"ASAP_HOSTED": ""})
+
+
+def test_settings_are_read_once_until_reloaded(set_env):
+    from asap_core.settings import settings
+
+    set_env(ASAP_RELEVANCE_BUDGET="7")
+    first = settings()
+    import os
+
+    os.environ["ASAP_RELEVANCE_BUDGET"] = "9"  # changed behind its back (monkeypatch restores it): not seen yet
+    assert settings() is first and settings().relevance_budget == 7
+    assert set_env(ASAP_RELEVANCE_BUDGET="9").relevance_budget == 9
