@@ -14,7 +14,7 @@ _EXPORTS = {
     "Distiller": "method.distiller", "DistillerTrainer": "method.training",
     "VisionOnlyProjection": "method.projection", "relevance_maps": "method.relevance",
     "AttentionRelevance": "method.relevance", "scan_folder": "inputs.scan", "analyze": "pipeline.analyze",
-    "AnalyzeOptions": "pipeline.analyze", "AsapError": "errors", "settings": "settings",
+    "AnalyzeOptions": "pipeline.analyze", "AsapError": "errors",
 }
 __all__ = sorted(_EXPORTS)
 

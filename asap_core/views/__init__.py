@@ -1,11 +1,12 @@
 """Plain (Streamlit-free) building blocks of the explorer app: one module per view.
 
-- ``state``: what a link carries (query params <-> selection), chart events -> ids.
-- ``overview``: filters, pie-glyph slices and the representation chart.
+- ``state``: what a link carries (query params <-> selection), chart events -> ids, recent results.
+- ``overview``: filters, pie-glyph slices, the representation chart, the selected cells' images.
 - ``grid``: a cell's images on an IsoMatch grid, thumbnails as data URIs, the grid chart.
 - ``attention``: per-image contributions, dimension order, relevance overlays.
 - ``dimensions``: per-dimension statistics, distributions, top images, mean maps.
-- ``concept``: the concept view on top of ``asap_core.analyses.concepts`` (optional module).
+- ``concept``: cards of the concept view (``analyses.concepts``).
+- ``patterns``, ``generators``, ``robustness``, ``single``: the analysis pages' tables and charts.
 
 None of these import Streamlit: the pages in ``app_pages/`` only lay them out and hold the widgets.
 """
