@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..analyses.patterns import Pattern, contact_sheet, export_patterns
+from ..storage.schema import DECISION_THRESHOLD
 
 N_RANDOM = 3
 SEED = 0
@@ -77,7 +78,7 @@ def per_image_chart(table: pd.DataFrame) -> alt.LayerChart:
     below the diagonal = the regions pushed towards fake; dashed lines at 0.5 (flips cross them)."""
     data = table.assign(label=table["label"].fillna("unlabelled"), short=table["image_id"].str[:10])
     diag = alt.Chart(pd.DataFrame({"a": [0.0, 1.0]})).mark_line(color="#bbb").encode(x="a:Q", y="a:Q")
-    half = pd.DataFrame({"v": [0.5]})
+    half = pd.DataFrame({"v": [DECISION_THRESHOLD]})
     hline = alt.Chart(half).mark_rule(strokeDash=[4, 3], color="#999").encode(y="v:Q")
     vline = alt.Chart(half).mark_rule(strokeDash=[4, 3], color="#999").encode(x="v:Q")
     pts = alt.Chart(data).mark_circle(size=60, opacity=0.85).encode(

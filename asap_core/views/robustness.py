@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..analyses.laundering import laundering_summary, laundering_table
+from ..storage.schema import DECISION_THRESHOLD
 
 MAX_IMAGES = 64
 Setting = tuple  # (int | None, float)
@@ -100,7 +101,7 @@ def shift_chart(table: pd.DataFrame) -> alt.LayerChart:
         color=alt.Color("label:N", scale=alt.Scale(domain=["real", "fake", "unlabelled"],
                                                    range=["#1f77b4", "#ff7f0e", "#9e9e9e"])),
         tooltip=["short", "label", "setting", alt.Tooltip("p_fake:Q", format=".3f")])
-    rule = alt.Chart(pd.DataFrame({"v": [0.5]})).mark_rule(strokeDash=[4, 3], color="#999").encode(y="v:Q")
+    rule = alt.Chart(pd.DataFrame({"v": [DECISION_THRESHOLD]})).mark_rule(strokeDash=[4, 3], color="#999").encode(y="v:Q")
     return (rule + lines).properties(width=max(300, 130 * len(order)), height=280)
 
 
