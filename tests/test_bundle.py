@@ -92,3 +92,23 @@ def test_a_moved_image_is_named_or_replaced_by_its_thumbnail(tiny_bundle, tmp_pa
     with pytest.raises(BundleError, match="gone.jpg.*its maps cannot be computed"):
         b.decode(first, "its maps")
     assert max(b.decode(first, "its maps", thumbnail_fallback=True).size) <= S.THUMB_SIDE
+
+
+def test_maps_of_a_bundle_written_before_versioned_store_names_still_read(tiny_bundle, tmp_path, monkeypatch):  # noqa: F811
+    """A bundle from before the cache names carried a version keeps its precomputed maps: no model needed."""
+    import numpy as np
+
+    from asap_core.method.relevance_store import bundle_map_store, bundle_maps, missing_maps
+    from asap_core.model import factory
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    b = Bundle.open(copy)
+    ids = b.images["image_id"].tolist()[:3]
+    maps = np.random.default_rng(0).random((3, S.N_TARGETS, 4, 4)).astype(np.float16)
+    store = bundle_map_store(b, "last-block")
+    store.put(ids, maps)
+    store.dir.rename(store.dir.with_name(f"rel-last-block-{b.encoder_info.cache_key}-{b.distiller.fingerprint}"))
+    monkeypatch.setattr(factory, "load_encoder", lambda *a, **k: 1 / 0)  # the maps must come from the cache
+    assert missing_maps(b, ids, "last-block") == []
+    np.testing.assert_array_equal(bundle_maps(b, ids, "last-block"), maps)

@@ -240,8 +240,9 @@ def pattern_ranking(path: str, stamp: int, names: tuple[str, ...], keys: tuple[s
 def laundered(path: str, stamp: int, image_id: str, q: int, s: float, method: str, model: str) -> dict:
     """``laundered_view`` of one image (PIL images and maps), computed once per setting."""
     from asap_core.analyses.laundering import laundered_view
+    from asap_core.model.factory import load_encoder
 
-    return laundered_view(load_bundle(path, stamp), image_id, q, s, encoder=get_encoder(model), method=method)
+    return laundered_view(load_bundle(path, stamp), image_id, q, s, encoder=load_encoder(model), method=method)
 
 
 # ------------------------------------------------------------------------------------------ charged on-demand work

@@ -152,9 +152,14 @@ def precompute_relevance(cache_dir: str | Path, info, load_encoder: Callable, di
 
 
 def bundle_map_store(bundle, method: str) -> RowStore:
-    """The map store of an open ``Bundle`` for ``method`` (in the bundle's ``cache/``)."""
+    """The map store of an open ``Bundle`` for ``method`` (in the bundle's ``cache/``). Bundles written before
+    store names carried a version hold version-1 maps under ``rel-METHOD-...``: those are read as they are."""
     enc = bundle.encoder_info
-    return map_store(bundle.cache_dir, enc.cache_key, bundle.distiller.fingerprint, method, enc.patch_side)
+    store = map_store(bundle.cache_dir, enc.cache_key, bundle.distiller.fingerprint, method, enc.patch_side)
+    legacy = f"rel-{method}-{enc.cache_key}-{bundle.distiller.fingerprint}"
+    if RELEVANCE_VERSION == 1 and not store.dir.is_dir() and (bundle.cache_dir / legacy).is_dir():
+        return RowStore(bundle.cache_dir, legacy, store.row_shape)
+    return store
 
 
 def missing_maps(bundle, image_ids: list[str], method: str) -> list[str]:
