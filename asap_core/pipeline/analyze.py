@@ -4,8 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from ..errors import InputError
-from ..inputs.scan import scan_folder
+from ..inputs.scan import LabelConflict, label_summary_lines, scan_folder
 from ..storage import schema as S
 from .stages import (Results, RunContext, StageProgress, check_labels, embed_stage, hash_stage, layout_stage,
                      project_stage, relevance_stage, train_stage, write_stage)
@@ -56,10 +58,13 @@ class AnalyzeReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    label_counts: pd.DataFrame | None = None  # ScanResult.label_counts(): images per label and top folder
+    conflicts: list[LabelConflict] = field(default_factory=list)  # folders whose label words disagree
 
     def summary(self) -> str:
         """Human-readable multi-line summary (what the CLI prints at the end)."""
         lines = [f"Bundle written: {self.bundle}", f"Layout: {self.layout}",
+                 *label_summary_lines(self.label_counts, self.conflicts),
                  f"Images found: {self.n_found}  used: {self.n_used}  skipped: {len(self.skipped)}"]
         for path, reason in self.skipped[:50]:
             lines.append(f"  skipped {path}: {reason}")
@@ -108,4 +113,4 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
     with ctx.stage("write"):
         bundle = write_stage(ctx, out, results)
     return AnalyzeReport(bundle, scan.layout, len(scan.images) + len(scan.skipped), len(images), ctx.skipped,
-                         metrics, ctx.timings)
+                         metrics, ctx.timings, scan.label_counts(), scan.conflicts)
