@@ -19,10 +19,15 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from app_pages.glue import keys, state  # noqa: E402
+from app_pages.glue.errors import guarded  # noqa: E402
+from asap_core.settings import settings  # noqa: E402
 
 st.set_page_config(page_title="ASAP Explorer", page_icon=":material/image_search:", layout="wide")
+if settings().hosted:  # visitors: no exception details, no developer menu (also set by `python -m asap_core serve`)
+    st.set_option("client.showErrorDetails", "none")
+    st.set_option("client.toolbarMode", "minimal")
 
-state.init_from_link()
+guarded(state.init_from_link)
 
 NAV = {  # slug: (title, icon); files in keys.PAGE_FILES
     "overview": ("Overview", ":material/bubble_chart:"), "images": ("Images", ":material/grid_view:"),
@@ -39,6 +44,6 @@ pending = st.session_state.pop(keys.K_PENDING_PAGE, None)
 if pending and pending != slug and pending in PAGES:
     st.switch_page(PAGES[pending])
 
-state.write_link(slug)
-page.run()
-state.write_link(slug)
+guarded(lambda: state.write_link(slug))
+guarded(page.run)
+guarded(lambda: state.write_link(slug))

@@ -7,12 +7,22 @@
   set anywhere in asap_core.
 - Bundles hold only open formats (JSON, Parquet, safetensors, plain-dtype .npy, JPEG inside Parquet): a
   bundle carrying a pickle-capable file (``.pkl``, ``.pt``, ``.bin``, an object-dtype ``.npy``, ...) is refused.
-- Per-session budget of on-demand relevance images.
+- A budget of on-demand relevance images per visitor (client address, or a proxy's header) and day, not per
+  browser session: opening fresh sessions does not reset it.
+- ``WorkSlots``: at most ``ASAP_HEAVY_SLOTS`` on-demand computations at once; the others wait their turn.
+- What visitors read never holds a server path (``public_text``) or an exception name; ``error_id`` ties
+  what they read to the full message in the server log.
 """
 from __future__ import annotations
 
+import re
+import threading
+import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 
@@ -21,6 +31,8 @@ from .inputs.imageio import IMAGE_EXTENSIONS, decode_image
 from .settings import Settings, settings
 
 SAFE_BUNDLE_SUFFIXES = frozenset({".json", ".parquet", ".safetensors", ".md", ".txt", ".csv", ".png", ".jpg", ".npy"})
+BUDGET_WINDOW_S = 24 * 3600  # a visitor's relevance budget renews after this many seconds
+MAX_NAME_CHARS = 200  # longest bundle name a visitor may send
 
 
 def hosted_mode() -> bool:
@@ -33,14 +45,16 @@ class HostedPolicy:
     """The limits of a hosted explorer; ``from_settings()`` takes them from ``asap_core.settings``.
 
     ``bundle_root``: folder of the bundles visitors may open; ``model_allowlist``: model ids visitors may
-    pick; ``max_upload_bytes``; ``relevance_budget``: images with on-demand maps per session.
+    pick; ``max_upload_bytes``; ``relevance_budget``: images with on-demand maps per client and
+    ``BUDGET_WINDOW_S``. ``used``: client -> (images charged, start of the client's window, epoch seconds).
     """
 
     bundle_root: Path
     model_allowlist: tuple[str, ...] = ()
     max_upload_bytes: int = 10 * 1024 * 1024
     relevance_budget: int = 200
-    used: dict[str, int] = field(default_factory=dict)
+    used: dict[str, tuple[int, float]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @classmethod
     def from_settings(cls, s: Settings | None = None) -> "HostedPolicy":
@@ -52,24 +66,47 @@ class HostedPolicy:
         return cls(s.bundle_root, s.model_allowlist, s.max_upload_bytes, s.relevance_budget)
 
     def list_bundles(self) -> list[str]:
-        """Names (relative to the root) of the sub-folders that hold a ``bundle.json``."""
+        """Names of the root's sub-folders that hold a ``bundle.json``; hidden folders (a run's temp or backup
+        folder, ``.git``, ...) are never offered."""
         if not self.bundle_root.is_dir():
             return []
-        return sorted(p.parent.relative_to(self.bundle_root).as_posix()
-                      for p in self.bundle_root.glob("*/bundle.json"))
+        return sorted(p.parent.name for p in self.bundle_root.glob("*/bundle.json")
+                      if not p.parent.name.startswith(".") and p.parent.is_dir() and not p.parent.is_symlink())
 
     def resolve_bundle(self, name: str) -> Path:
-        """The bundle folder for a visitor-given ``name``; ``InputError`` for any escape from the root."""
-        if not name or name.startswith(("/", "\\", "~")) or ":" in name:
-            raise InputError(f"'{name}' is not a bundle name here.", "pick one of the listed bundles.")
-        parts = Path(name).parts
-        if any(p in ("..", ".") for p in parts):
-            raise InputError(f"'{name}' leaves the bundle folder.", "pick one of the listed bundles.")
+        """The bundle folder for a visitor-given ``name``: one of ``list_bundles()`` exactly, else ``InputError``
+        (escapes, sub-folders, hidden folders, control characters, over-long names)."""
+        shown = visitor_echo(name)
+        if not name or len(name) > MAX_NAME_CHARS or not name.isprintable():
+            raise InputError(f"'{shown}' is not a bundle name here.", "pick one of the listed bundles.")
+        if name not in self.list_bundles():
+            if ".." in Path(name).parts or name.startswith(("/", "\\", "~")):
+                raise InputError(f"'{shown}' leaves the bundle folder.", "pick one of the listed bundles.")
+            raise InputError(f"There is no bundle '{shown}' on this explorer.", "pick one of the listed bundles.")
         path = (self.bundle_root / name).resolve()
-        if path != self.bundle_root and self.bundle_root not in path.parents:
-            raise InputError(f"'{name}' points outside the bundle folder.", "pick one of the listed bundles.")
+        if path.parent != self.bundle_root:
+            raise InputError(f"'{shown}' points outside the bundle folder.", "pick one of the listed bundles.")
         check_bundle_files(path)
         return path
+
+    def bundle_problem(self, name: str) -> str | None:
+        """Why the listed bundle ``name`` cannot be opened, in words a visitor may read (no server paths); None
+        when it passes the same checks as ``Bundle.open`` (schema, ids, open formats)."""
+        from .storage.bundle import validate
+
+        try:
+            validate(self.resolve_bundle(name))
+        except (BundleError, InputError) as exc:
+            return public_text(exc.message, self.bundle_root)
+        except OSError as exc:  # unreadable folder: said without the path
+            return f"bundle '{visitor_echo(name)}' cannot be read ({exc.strerror or 'input/output error'})."
+        return None
+
+    def first_usable(self, preferred: str | None = None) -> str | None:
+        """``preferred`` if it is listed and opens, else the first listed bundle that does; None if none does."""
+        names = self.list_bundles()
+        order = ([preferred] if preferred in names else []) + [n for n in names if n != preferred]
+        return next((n for n in order if self.bundle_problem(n) is None), None)
 
     def check_model(self, model_id: str) -> str:
         """``model_id`` if it is on the allow-list, else ``InputError``."""
@@ -89,14 +126,103 @@ class HostedPolicy:
                              "upload a smaller image (resize or recompress it).")
         return decode_image(data, name)
 
-    def charge_relevance(self, session_id: str, n_images: int) -> None:
-        """Count ``n_images`` of on-demand relevance against the session's budget; ``InputError`` past it."""
-        used = self.used.get(session_id, 0)
-        if used + n_images > self.relevance_budget:
-            raise InputError(f"This session has used {used} of its {self.relevance_budget} on-demand relevance "
-                             f"images; {n_images} more would pass the limit.",
-                             "pick fewer images, or use maps that are already computed.")
-        self.used[session_id] = used + n_images
+    def charge_relevance(self, client: str, n_images: int, now: float | None = None) -> None:
+        """Count ``n_images`` of on-demand relevance against ``client``'s budget (a client address, not a browser
+        session: new sessions share it); ``InputError`` past it. Thread-safe."""
+        now = time.time() if now is None else now
+        with self._lock:
+            used, since = self.used.get(client, (0, now))
+            if now - since >= BUDGET_WINDOW_S:
+                used, since = 0, now
+            if used + n_images > self.relevance_budget:
+                hours = max(1, round((since + BUDGET_WINDOW_S - now) / 3600))
+                raise InputError(f"You have used {used} of the {self.relevance_budget} images with new attention "
+                                 f"maps this explorer computes per visitor and day; {n_images} more would pass "
+                                 "the limit.",
+                                 f"pick images whose maps are already shown elsewhere, or come back in about "
+                                 f"{hours} h.")
+            self.used[client] = (used + n_images, since)
+
+
+class WorkSlots:
+    """At most ``n`` heavy computations at once in this server (``ASAP_HEAVY_SLOTS``); the others wait.
+
+    ``with slots.hold(timeout, on_wait):`` runs the block once a slot is free; ``on_wait(position)`` is called
+    first when the visitor has to wait (``position``: computations ahead, running or waiting);
+    ``InputError`` after ``timeout`` seconds without a slot.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = max(1, int(n))
+        self._sem = threading.BoundedSemaphore(self.n)
+        self._lock = threading.Lock()
+        self.waiting = 0
+        self.running = 0
+
+    @contextmanager
+    def hold(self, timeout: float = 300.0, on_wait=None) -> Iterator[None]:
+        if not self._sem.acquire(blocking=False):
+            with self._lock:
+                self.waiting += 1
+                ahead = self.running + self.waiting - 1
+            if on_wait is not None:
+                on_wait(ahead)
+            try:
+                got = self._sem.acquire(timeout=timeout)
+            finally:
+                with self._lock:
+                    self.waiting -= 1
+            if not got:
+                raise InputError("The explorer is busy: every slot for new computations stayed taken for "
+                                 f"{timeout:.0f} s.", "try again in a minute; what is already computed still shows.")
+        with self._lock:
+            self.running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.running -= 1
+            self._sem.release()
+
+
+_ABS_PATH = re.compile(r"(?<![\w.:/-])(?:~|[A-Za-z]:)?[/\\](?:[^\s'\"`,;()<>\[\]{}|]+[/\\])*[^\s'\"`,;()<>\[\]{}|]*")
+
+
+def public_text(text: str, root: Path | None = None) -> str:
+    """``text`` with every absolute path cut to what a visitor may see: a path under ``root`` becomes its name
+    relative to the root, any other its last component (``/srv/models/clip-b32`` -> ``clip-b32``)."""
+    def repl(m: re.Match) -> str:
+        p = m.group(0).rstrip(".")
+        tail = m.group(0)[len(p):]
+        if root is not None:
+            try:
+                rel = Path(p).relative_to(root).as_posix()
+                return (rel if rel != "." else "the bundle folder") + tail
+            except ValueError:
+                pass
+        name = re.split(r"[/\\]", p.rstrip("/\\"))[-1]
+        return (name or "a server folder") + tail
+
+    return _ABS_PATH.sub(repl, text)
+
+
+def visitor_echo(value: str, limit: int = 60) -> str:
+    """A visitor-sent value as it may be echoed back: printable characters only, at most ``limit`` of them."""
+    clean = "".join(c if c.isprintable() else "?" for c in str(value))
+    return clean if len(clean) <= limit else clean[:limit] + "…"
+
+
+def error_id() -> str:
+    """A short id that ties what a visitor reads to the full message in the server log."""
+    return uuid.uuid4().hex[:8]
+
+
+def model_label(model_id: str) -> str:
+    """How a model is named to visitors: a Hugging Face id as it is, a local folder by its last component."""
+    p = str(model_id)
+    if p.startswith(("/", "~", ".", "\\")) or re.match(r"^[A-Za-z]:", p) or p.count("/") > 1:
+        return Path(p).name or p
+    return p
 
 
 def check_bundle_files(path: Path) -> None:
@@ -133,4 +259,5 @@ def _plain_npy(f: Path) -> bool:
     return not dtype.hasobject
 
 
-__all__ = ["HostedPolicy", "hosted_mode", "check_bundle_files", "ImageLoadError"]
+__all__ = ["HostedPolicy", "WorkSlots", "check_bundle_files", "error_id", "hosted_mode", "model_label",
+           "public_text", "visitor_echo", "ImageLoadError"]

@@ -27,7 +27,9 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "ASAP_BUNDLE_ROOT": ("(none)", "hosted mode: the folder whose sub-folders are the bundles visitors may open"),
     "ASAP_MODEL_ALLOWLIST": ("(none)", "hosted mode: comma-separated model ids visitors may switch to"),
     "ASAP_MAX_UPLOAD_MB": ("10", "hosted mode: largest upload, in MB"),
-    "ASAP_RELEVANCE_BUDGET": ("200", "hosted mode: images with on-demand relevance maps per visitor"),
+    "ASAP_RELEVANCE_BUDGET": ("200", "hosted mode: images with on-demand relevance maps per visitor and day"),
+    "ASAP_HEAVY_SLOTS": ("2", "hosted mode: on-demand computations (maps, uploads, laundering) run at once; others wait"),
+    "ASAP_CLIENT_HEADER": ("(none)", "hosted mode behind a proxy: header naming the visitor, e.g. X-Forwarded-For"),
     "ASAP_COMPILE": ("0", "1: torch.compile the CLIP forward (one-off compile; faster on long runs)"),
     "ASAP_CPU_BF16": ("0", "1: bfloat16 model on CPUs with native bf16 (faster, embeddings differ slightly)"),
     "ASAP_MALLOC_KEEP": ("1", "0: leave glibc's malloc alone (by default it keeps freed activations for reuse)"),
@@ -91,6 +93,8 @@ class Settings:
     model_allowlist: tuple[str, ...] = ()
     max_upload_mb: float = 10.0
     relevance_budget: int = 200
+    heavy_slots: int = 2
+    client_header: str | None = None
     compile: bool = False
     cpu_bf16: bool = False
     malloc_keep: bool = True
@@ -118,6 +122,8 @@ class Settings:
             model_allowlist=tuple(m.strip() for m in (e.get("ASAP_MODEL_ALLOWLIST") or "").split(",") if m.strip()),
             max_upload_mb=_parse_number("ASAP_MAX_UPLOAD_MB", e.get("ASAP_MAX_UPLOAD_MB"), 10.0),
             relevance_budget=int(_parse_number("ASAP_RELEVANCE_BUDGET", e.get("ASAP_RELEVANCE_BUDGET"), 200)),
+            heavy_slots=int(_parse_number("ASAP_HEAVY_SLOTS", e.get("ASAP_HEAVY_SLOTS"), 2, minimum=1)),
+            client_header=(e.get("ASAP_CLIENT_HEADER") or "").strip() or None,
             compile=parse_bool("ASAP_COMPILE", e.get("ASAP_COMPILE")),
             cpu_bf16=parse_bool("ASAP_CPU_BF16", e.get("ASAP_CPU_BF16")),
             malloc_keep=parse_bool("ASAP_MALLOC_KEEP", e.get("ASAP_MALLOC_KEEP"), default=True),

@@ -15,7 +15,7 @@ from PIL import Image
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.cache import RowStore
 from asap_core.errors import BundleError, ImageLoadError, InputError
-from asap_core.hosting import HostedPolicy, check_bundle_files
+from asap_core.hosting import BUDGET_WINDOW_S, HostedPolicy, WorkSlots, check_bundle_files
 from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 from asap_core.settings import reload_settings
 
@@ -232,10 +232,39 @@ def test_hosted_refuses_pickle_bearing_bundle(policy, tmp_path):
 
 
 def test_hosted_relevance_budget(policy):
-    policy.charge_relevance("s1", 6)
-    policy.charge_relevance("s2", 10)
-    with pytest.raises(InputError, match="6 of its 10"):
-        policy.charge_relevance("s1", 5)
+    policy.charge_relevance("s1", 6, now=1000.0)
+    policy.charge_relevance("s2", 10, now=1000.0)
+    with pytest.raises(InputError, match="used 6 of the 10"):
+        policy.charge_relevance("s1", 5, now=2000.0)
+    policy.charge_relevance("s1", 4, now=2000.0)                    # what is left still fits
+    with pytest.raises(InputError, match="used 10 of the 10"):
+        policy.charge_relevance("s1", 1, now=1000.0 + BUDGET_WINDOW_S - 1)
+    policy.charge_relevance("s1", 10, now=1000.0 + BUDGET_WINDOW_S)  # a day later the budget is renewed
+
+
+def test_work_slots_let_n_run_and_the_rest_wait():
+    import threading
+
+    slots = WorkSlots(1)
+    started, release, waited = threading.Event(), threading.Event(), []
+
+    def first():
+        with slots.hold(5):
+            started.set()
+            release.wait(5)
+
+    t = threading.Thread(target=first)
+    t.start()
+    started.wait(5)
+    with pytest.raises(InputError, match="busy"):                    # nothing frees within the timeout
+        with slots.hold(0.05, waited.append):
+            pass
+    assert waited == [1] and slots.waiting == 0 and slots.running == 1
+    release.set()
+    t.join(5)
+    with slots.hold(1, waited.append):                               # free again: no wait
+        assert slots.running == 1
+    assert waited == [1] and slots.running == 0
 
 
 def test_hosted_mode_needs_a_root(monkeypatch):

@@ -3,7 +3,8 @@
 Results are cached per bundle version (path + ``bundle.json`` mtime: a rewritten bundle gets fresh
 entries): ``st.cache_resource`` for shared objects (bundles, binned tables), ``st.cache_data`` for frames
 and chart specs. The encoder comes from ``asap_core``'s one cached factory. Every computation is an
-``asap_core`` function; this module only caches, charges (``budget.charge``) and reports progress.
+``asap_core`` function; this module only caches, charges (``budget.charge``), waits for a free slot
+(``budget.heavy_work``) and reports progress.
 """
 from __future__ import annotations
 
@@ -43,6 +44,14 @@ def load_bundle(path: str, stamp: int) -> Bundle:
     b = Bundle.open(path)
     _ = b.images, b.cells
     return b
+
+
+@st.cache_data(max_entries=256, ttl=300, show_spinner=False)
+def bundle_problem(name: str, stamp: int) -> str | None:
+    """Hosted mode: why the listed bundle ``name`` is unavailable (``HostedPolicy.bundle_problem``), or None;
+    checked once per version of its ``bundle.json`` (and every 5 minutes)."""
+    policy = budget.hosted_policy()
+    return policy.bundle_problem(name) if policy is not None else None
 
 
 def ref(b: Bundle) -> tuple[str, int]:
@@ -182,15 +191,16 @@ def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
 def run_shown(fn: Callable, *args, progress_text: str, read_only_hint: str = "", **kwargs) -> Any:
     """``fn(*args, progress=..., **kwargs)`` under a progress bar; None, with the message and fix shown, when
     it raises an ``AsapError`` or cannot write into the bundle's cache (read-only folder)."""
-    with progress_bar(f"{progress_text} ...", lambda d, t: f"{progress_text}: {d:,}/{t:,}") as progress:
-        try:
+    try:
+        with budget.heavy_work(), progress_bar(f"{progress_text} ...",
+                                               lambda d, t: f"{progress_text}: {d:,}/{t:,}") as progress:
             return fn(*args, progress=progress, **kwargs)
-        except AsapError as exc:
-            show_error(exc)
-        except OSError as exc:  # e.g. a read-only bundle folder: results cannot be stored in its cache/
-            show_error(AsapError(f"The results cannot be stored in the bundle's cache folder ({exc.strerror or exc}).",
-                                 "make the bundle's cache/ writable for the app"
-                                 + (f", or {read_only_hint}" if read_only_hint else "") + "."))
+    except AsapError as exc:
+        show_error(exc)
+    except OSError as exc:  # e.g. a read-only bundle folder: results cannot be stored in its cache/
+        show_error(AsapError(f"The results cannot be stored in the bundle's cache folder ({exc.strerror or exc}).",
+                             "make the bundle's cache/ writable for the app"
+                             + (f", or {read_only_hint}" if read_only_hint else "") + "."))
     return None
 
 
@@ -273,7 +283,7 @@ def laundered_for(b: Bundle, image_id: str, q: int, s: float, method: str, charg
             return None
         charged.add(key)
     try:
-        with st.spinner("Computing the laundered image's maps ..."):
+        with budget.heavy_work(), st.spinner("Computing the laundered image's maps ..."):
             return laundered(*ref(b), image_id, q, s, method, encoder_model(b))
     except AsapError as exc:
         show_error(exc)
@@ -296,7 +306,7 @@ def upload_result(b: Bundle, name: str, data: bytes, k: int, method: str, charge
     if encoder is None:
         return None
     try:
-        with st.spinner(f"Embedding {name} and computing its {method} maps ..."):
+        with budget.heavy_work(), st.spinner(f"Embedding {name} and computing its {method} maps ..."):
             return analyse_upload(b, name, data, encoder=encoder, k_neighbours=int(k), method=method,
                                   policy=budget.hosted_policy())
     except AsapError as exc:

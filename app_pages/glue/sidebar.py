@@ -3,17 +3,17 @@ and ``page_start``, the first call of every page."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import streamlit as st
 
 from asap_core.errors import AsapError
+from asap_core.hosting import model_label
 from asap_core.settings import settings
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import NO_RELEVANCE, RELEVANCE_METHODS
 
 from . import budget, data, state
-from .errors import show_error, show_warning
+from .errors import show_error, show_warning, visible
 from .keys import K_BUNDLE, K_DEMO_NOTE, K_ERROR, K_LAST_REPORT, K_MODEL_OVERRIDE, K_WANT_DEMO
 from .widgets import progress_bar
 
@@ -105,10 +105,9 @@ def _model_line(b: Bundle) -> None:
     """The model in use and whether it can be loaded here; a way to name another copy when it cannot."""
     model_id = data.encoder_model(b)
     ok, msg, hint, _ = data.model_status(model_id)
-    shown = Path(model_id).name if "/" in model_id and Path(model_id).exists() else model_id
-    st.markdown(f"**Model** `{shown}`")
+    st.markdown(f"**Model** `{model_label(model_id)}`")
     if ok:
-        st.caption(msg)
+        st.caption(visible(msg))
         return
     show_warning(msg, hint)
     st.caption("The bundle stays open; maps already cached still show.")
@@ -145,8 +144,8 @@ def set_model_override(b: Bundle, model: str) -> bool:
         return False
     want = b.encoder_info.cache_key
     if key != want:
-        st.warning(f"{model} is not the checkpoint this bundle was made with (cache key {key}, bundle {want}); "
-                   "its maps would not match the bundle's dimensions.")
+        show_warning(f"{model_label(model)} is not the checkpoint this bundle was made with (cache key {key}, bundle {want}); "
+                     "its maps would not match the bundle's dimensions.")
         return False
     st.session_state.setdefault(K_MODEL_OVERRIDE, {})[str(b.path)] = model
     return True
@@ -162,9 +161,14 @@ def _hosted_bundle_picker() -> None:
     if not names:
         st.warning("This explorer serves no bundles yet.")
         return
+    problems = {n: data.bundle_problem(n, data.stamp(str(policy.bundle_root / n))) for n in names}
     choice = st.selectbox("Bundle", names, index=names.index(current) if current in names else None,
-                          placeholder="pick a bundle")
-    if choice and choice != current:
+                          placeholder="pick a bundle",
+                          format_func=lambda n: f"{n} (unavailable)" if problems[n] else n)
+    if choice and problems[choice]:
+        show_warning(f"Bundle '{choice}' is unavailable: {problems[choice]}",
+                     "pick another bundle; the explorer's operator can re-run its analysis.")
+    elif choice and choice != current:
         path = state.resolve_hosted(choice, policy)
         if path is None:
             show_error(st.session_state.pop(K_ERROR))

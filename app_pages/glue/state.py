@@ -43,9 +43,8 @@ def _first_bundle(link: vs.LinkState) -> None:
         ss[K_ERROR], ss[K_BUNDLE], policy = exc, None, None
     if settings().hosted:
         if policy is not None and (link.bundle or not ss.get(K_BUNDLE)):
-            names = policy.list_bundles()
-            default = settings().bundle
-            name = link.bundle or (default if default in names else (names[0] if names else None))
+            # a broken bundle is skipped for the landing page (the picker lists it as unavailable)
+            name = link.bundle or policy.first_usable(settings().bundle)
             ss[K_BUNDLE] = resolve_hosted(name, policy) if name else None
     elif link.bundle:
         ss[K_BUNDLE] = link.bundle
