@@ -1,7 +1,8 @@
 """The analysis bundle on disk (DESIGN §4, ``schema``): Parquet tables, JSON metadata, safetensors weights.
 
 Written atomically: everything goes into a temporary sibling folder that is renamed into place at the
-end, and ``bundle.json`` carries ``"complete": true``; a folder without it never opens. ``Bundle.open``
+end (the old bundle kept in a hidden backup until then, restored by the next write after a crash), and
+``bundle.json`` carries ``"complete": true``; a folder without it never opens. ``Bundle.open``
 checks the folder against ``schema`` (files, required ``bundle.json`` fields and their types, table
 columns and their types, unique image ids, format version) and raises one ``BundleError`` that names
 the file and the problem.
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from datetime import datetime, timezone
 from functools import cached_property
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -25,6 +28,7 @@ import pyarrow.parquet as pq
 
 from ..errors import BundleError, ImageLoadError, InputError
 from . import schema as S
+from .cache import exclusive_lock, pid_alive, remove_path
 
 if TYPE_CHECKING:  # torch stays optional for viewing bundles
     from PIL import Image
@@ -41,12 +45,15 @@ def write_bundle(out: str | Path, meta: dict, images: pd.DataFrame, cells: pd.Da
                  cache_stores: tuple = ()) -> Path:
     """Write a complete bundle to ``out`` atomically; an existing bundle there is replaced only at the end.
 
+    Whenever the process dies, ``out`` holds the old bundle or the new one, or, killed between the two renames
+    of the swap, nothing; then the next call restores the old one first (``recover_bundle``).
     ``model_writer(dir)`` saves the distiller and projection into ``dir`` (the bundle's ``model/``);
     ``cache_stores`` (``RowStore``s, e.g. precomputed relevance maps) are copied into the bundle's ``cache/``.
     """
     out = Path(out).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    recover_bundle(out)
+    tmp = _hidden_sibling(out, "tmp")
     tmp.mkdir()
     try:
         images.to_parquet(tmp / S.IMAGES_FILE, index=False)
@@ -69,15 +76,74 @@ def write_bundle(out: str | Path, meta: dict, images: pd.DataFrame, cells: pd.Da
     return out
 
 
+def recover_bundle(out: str | Path) -> bool:
+    """Repair what a killed ``write_bundle(out)`` left: restore the old bundle from its hidden backup when
+    ``out`` is missing, and delete the hidden ``.{name}.tmp-*`` / ``.{name}.old-*`` folders of dead writers
+    (those of live ones stay). Returns True when a backup was restored."""
+    out = Path(out).expanduser().resolve()
+    if not out.parent.is_dir():
+        return False
+    with exclusive_lock(out.parent):
+        return _recover_locked(out)
+
+
+# ``.{name}.tmp-<pid>-<hex>`` (being written) and ``.{name}.old-<pid>-<hex>`` (the replaced bundle); older
+# versions named the backup ``.{name}.old-<hex>``, without a pid.
+_HIDDEN = r"\.{name}\.(?P<kind>tmp|old)-(?:(?P<pid>\d+)-)?[0-9a-f]+"
+
+
+def _hidden_sibling(out: Path, kind: str) -> Path:
+    """A fresh hidden sibling of ``out`` for ``write_bundle``: ``kind`` is ``tmp`` or ``old``."""
+    return out.with_name(f".{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def _leftovers(out: Path) -> list[tuple[Path, str, int | None]]:
+    """Hidden siblings of ``out`` written by ``write_bundle``: (path, ``tmp`` | ``old``, pid or None)."""
+    pattern = re.compile(_HIDDEN.format(name=re.escape(out.name)))
+    found = []
+    for p in out.parent.glob(f".{glob_escape(out.name)}.*"):
+        m = pattern.fullmatch(p.name)
+        if m:
+            found.append((p, m["kind"], int(m["pid"]) if m["pid"] else None))
+    return found
+
+
+def _recover_locked(out: Path) -> bool:
+    """``recover_bundle`` under the lock on ``out.parent``: no other writer is between its two renames."""
+    dead = [(p, kind) for p, kind, pid in _leftovers(out) if pid is None or not pid_alive(pid)]
+    restored = None
+    if not (out.exists() or out.is_symlink()):
+        backups = sorted((p for p, kind in dead if kind == "old"), key=lambda p: p.stat().st_mtime, reverse=True)
+        if backups:
+            restored = backups[0]
+            os.rename(restored, out)
+    for p, _ in dead:
+        if p != restored:
+            remove_path(p)
+    return restored is not None
+
+
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished folder ``tmp`` to ``out``, moving an existing ``out`` aside first."""
+    """Rename the finished folder ``tmp`` to ``out``, moving an existing ``out`` aside to a hidden backup first.
+
+    A folder cannot be renamed over a non-empty one, hence two renames; killed between them, ``out`` is
+    missing and the backup waits for ``recover_bundle``. Under a lock on ``out.parent``, so concurrent writers
+    of ``out`` swap one after the other; the backup is deleted after the lock is released.
+    """
     old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:6]}")
-        os.replace(out, old)
-    os.replace(tmp, out)
+    with exclusive_lock(out.parent):
+        _recover_locked(out)
+        if out.exists() or out.is_symlink():
+            old = _hidden_sibling(out, "old")
+            os.rename(out, old)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            if old is not None and not out.exists():
+                os.rename(old, out)  # failed, not killed: put the old bundle back now
+            raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_path(old)
 
 
 def _json_default(o):

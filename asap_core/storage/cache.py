@@ -3,24 +3,36 @@
 Two shapes of cached data:
 - ``RowStore``: per-image rows (embeddings ``[D]``, relevance maps ``[17, s, s]``, thumbnail bytes) keyed by
   image id, kept as Parquet shards. Each finished batch is one shard, written to a temporary name and
-  renamed, so an interrupted run keeps every finished batch and concurrent writers never clash.
+  renamed, so an interrupted run keeps every finished batch. Writers take a lock on the store's folder and
+  store only the ids no one stored yet, so concurrent runs never hold a row twice.
 - ``cached_call``: one result per key (trained distiller, projection, 2-D map) in a folder written
   atomically (temporary folder + rename).
+
+Temporary names carry the writer's pid (``.tmp-<pid>-...``): leftovers of dead writers are removed by the
+next writer, those of live ones never.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; writers fall back to their race-tolerant path
+    fcntl = None
+
 T = TypeVar("T")
+_TMP_PID = re.compile(r"\.tmp-(\d+)-")
 
 
 def default_cache_dir() -> Path:
@@ -74,6 +86,64 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
 
 
+@contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on the existing folder or file ``path`` during the block.
+
+    Locking the folder itself leaves no lock file behind (bundles stay plain). Without ``fcntl`` (Windows) or
+    where the file system refuses ``flock`` (some NFS mounts) the block runs unlocked.
+    """
+    if fcntl is None:
+        yield
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def pid_alive(pid: int) -> bool:
+    """False only when no process ``pid`` exists here (``os.kill(pid, 0)``); another user's process is alive."""
+    if os.name == "nt":  # signal 0 means CTRL_C_EVENT there: never probe, assume alive
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # no such process (or no such pid at all)
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def remove_path(path: Path) -> None:
+    """Delete the folder or file ``path`` if it is there (best effort: a read-only folder keeps it)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def remove_dead_tmp(folder: Path) -> int:
+    """Delete the ``.tmp-<pid>-*`` entries of ``folder`` whose writer ``pid`` is dead; returns how many."""
+    removed = 0
+    for entry in folder.glob(".tmp-*"):
+        m = _TMP_PID.match(entry.name)
+        if m and not pid_alive(int(m.group(1))):
+            remove_path(entry)
+            removed += 1
+    return removed
+
+
 def _to_arrow(values: np.ndarray | list[bytes]) -> pa.Array:
     if isinstance(values, np.ndarray):
         flat = pa.array(np.ascontiguousarray(values).reshape(-1))
@@ -86,7 +156,8 @@ class RowStore:
     """Per-image cached rows under ``root/namespace`` as Parquet shards (``image_id`` + ``value``).
 
     ``value`` is a fixed-shape numpy row (``row_shape``, e.g. ``(512,)`` or ``(17, 7, 7)``) or raw bytes
-    (``row_shape=None``). The first value stored for an id wins; later duplicates are ignored.
+    (``row_shape=None``). ``put`` stores only ids not stored yet, so an id has one row; a cache written before
+    that may hold an id twice: the row in the first shard by name wins.
     """
 
     def __init__(self, root: str | Path, namespace: str, row_shape: tuple[int, ...] | None = None) -> None:
@@ -94,11 +165,19 @@ class RowStore:
         self.row_shape = row_shape
         self._index: dict[str, tuple[str, int]] = {}
         self._seen: set[str] = set()
+        self._swept = False
 
     def _refresh(self) -> None:
+        """Index the shards written since the last call (by any process); start over if one was deleted."""
         if not self.dir.is_dir():
+            self._index.clear()
+            self._seen.clear()
             return
-        for shard in sorted(self.dir.glob("[!.]*.parquet")):  # ".tmp-*" files are unfinished writes
+        shards = sorted(self.dir.glob("[!.]*.parquet"))  # ".tmp-*" files are unfinished writes
+        if not self._seen <= {s.name for s in shards}:  # ``discard`` (here or elsewhere) removed rows
+            self._index.clear()
+            self._seen.clear()
+        for shard in shards:
             if shard.name in self._seen:
                 continue
             try:
@@ -119,15 +198,41 @@ class RowStore:
         return image_id in self._index
 
     def put(self, ids: list[str], values: np.ndarray | list[bytes]) -> None:
-        """Store one batch as one shard (atomic)."""
+        """Store the rows of ``ids`` that no one (this or another process) stored yet as one shard (atomic).
+
+        ``values``: ``[N, *row_shape]`` array or N bytes, in the order of ``ids``. One lock on the store's
+        folder per call makes check-and-write atomic among concurrent runs.
+        """
         if not len(ids):
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self.dir):
+            if not self._swept:  # shards half written by killed runs
+                remove_dead_tmp(self.dir)
+                self._swept = True
+            self._refresh()
+            keep = self._new_rows(ids)
+            if keep:
+                self._write_shard([ids[k] for k in keep], _take(values, keep, len(ids)))
+
+    def _new_rows(self, ids: list[str]) -> list[int]:
+        """Positions in ``ids`` of the first occurrence of each id not in the index."""
+        fresh: dict[str, int] = {}
+        for k, image_id in enumerate(ids):
+            if image_id not in self._index and image_id not in fresh:
+                fresh[image_id] = k
+        return list(fresh.values())
+
+    def _write_shard(self, ids: list[str], values: np.ndarray | list[bytes]) -> None:
+        """Write ``ids`` / ``values`` as a new shard (temporary name + rename) and index it."""
         table = pa.table({"image_id": pa.array(ids, type=pa.string()), "value": _to_arrow(values)})
         path = self.dir / f"{uuid.uuid4().hex}.parquet"
         tmp = _tmp_name(path)
         pq.write_table(table, tmp, compression="zstd" if self.row_shape is None else "none")
         os.replace(tmp, path)
+        self._seen.add(path.name)
+        for i, image_id in enumerate(ids):
+            self._index.setdefault(image_id, (path.name, i))
 
     def get(self, ids: list[str]) -> np.ndarray | list[bytes]:
         """Rows for ``ids`` in order: ``[N, *row_shape]`` array, or list of bytes. KeyError if one is missing."""
@@ -161,14 +266,15 @@ class RowStore:
         if not self.dir.is_dir():
             return 0
         drop, deleted = set(ids), 0
-        for shard in sorted(self.dir.glob("[!.]*.parquet")):
-            try:
-                shard_ids = pq.read_table(shard, columns=["image_id"]).column(0).to_pylist()
-            except (OSError, pa.ArrowException):
-                continue
-            if set(shard_ids) <= drop:
-                shard.unlink(missing_ok=True)
-                deleted += 1
+        with exclusive_lock(self.dir):
+            for shard in sorted(self.dir.glob("[!.]*.parquet")):
+                try:
+                    shard_ids = pq.read_table(shard, columns=["image_id"]).column(0).to_pylist()
+                except (OSError, pa.ArrowException):
+                    continue
+                if set(shard_ids) <= drop:
+                    shard.unlink(missing_ok=True)
+                    deleted += 1
         self._index.clear()
         self._seen.clear()
         return deleted
@@ -182,6 +288,15 @@ class RowStore:
         for shard in self.dir.glob("[!.]*.parquet"):
             if not (dest / shard.name).exists():
                 shutil.copy2(shard, dest / shard.name)
+
+
+def _take(values: np.ndarray | list[bytes], keep: list[int], n: int) -> np.ndarray | list[bytes]:
+    """The rows ``keep`` of ``values`` (``values`` itself when that is all ``n``)."""
+    if len(keep) == n:
+        return values
+    if isinstance(values, np.ndarray):
+        return values[np.asarray(keep)]
+    return [values[k] for k in keep]
 
 
 def is_cached(root: str | Path, namespace: str, key: str) -> bool:
@@ -206,6 +321,7 @@ def cached_call(root: str | Path, namespace: str, key: str, compute: Callable[[]
     value = compute()
     if not writable:  # a read-only cache (e.g. a shared bundle): use the result without storing it
         return value
+    remove_dead_tmp(final.parent)  # folders half saved by killed runs
     tmp = _tmp_name(final)
     tmp.mkdir()
     try:
