@@ -1,4 +1,4 @@
-"""Command line: ``python -m asap_core analyze DATA_DIR --out BUNDLE`` and friends."""
+"""Command line: ``python -m asap_core analyze DATA_DIR --out BUNDLE`` and friends (``info``, ``serve``)."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ import time
 
 from .model.device import DTYPES
 from .errors import AsapError
+from .serving import DEFAULT_PORT
 from .storage import schema as S
 
 
@@ -65,6 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cache-dir", default=None, help="cache folder (default: $ASAP_CACHE_DIR or ~/.cache/asap_explorer)")
     i = sub.add_parser("info", help="print what a bundle holds")
     i.add_argument("bundle")
+    s = sub.add_parser("serve", help="serve the explorer (strict public options when ASAP_HOSTED=1)",
+                       description="Run `streamlit run streamlit_app.py` with the options asap_core.serving derives "
+                                   "from the settings: headless, no file watcher; in hosted mode also no error "
+                                   "details for visitors, a minimal toolbar and uploads capped at ASAP_MAX_UPLOAD_MB.")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
+    s.add_argument("--address", default=None,
+                   help="interface to listen on, e.g. 127.0.0.1 or 0.0.0.0 (default: Streamlit's, all of them)")
+    s.add_argument("--print-config", action="store_true",
+                   help="print the options as a .streamlit/config.toml (for hosts that run `streamlit run` "
+                        "themselves) instead of serving")
     return p
 
 
@@ -127,10 +138,40 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Print the config, or replace this process with the ``streamlit run`` of ``asap_core.serving``."""
+    import os
+    import shlex
+
+    from .serving import config_toml, server_options, streamlit_command
+    from .settings import settings
+
+    s = settings()
+    if args.print_config:
+        print(config_toml(server_options(s)), end="")
+        return 0
+    if s.hosted:
+        from .hosting import HostedPolicy
+
+        policy = HostedPolicy.from_settings(s)  # InputError now, not on the first visit, when the root is unset
+        if not policy.list_bundles():
+            print(f"warning: no bundles (sub-folders with a bundle.json) under ASAP_BUNDLE_ROOT={policy.bundle_root}; "
+                  "visitors will have nothing to open.", file=sys.stderr)
+    argv = streamlit_command(s, port=args.port, address=args.address)
+    print(shlex.join(argv), file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    if os.name == "nt":  # no exec on Windows: run it as a child
+        import subprocess
+
+        return subprocess.call(argv)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"analyze": cmd_analyze, "info": cmd_info}[args.command](args)
+        return {"analyze": cmd_analyze, "info": cmd_info, "serve": cmd_serve}[args.command](args)
     except AsapError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:

@@ -127,3 +127,36 @@ def screenshot_dir(tmp_path: Path) -> Path:
     d = Path(os.environ.get("ASAP_SCREENSHOTS") or tmp_path / "screenshots")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+@contextmanager
+def command_server(argv: list[str], port: int, env: Mapping[str, str], log_path: Path,
+                   start_timeout: float = 60.0) -> Iterator[str]:
+    """Any command that serves the app on 127.0.0.1:``port`` (e.g. ``python -m asap_core serve``), run from the
+    repository root with exactly ``env`` as its environment; yields the base URL once Streamlit's health
+    endpoint answers ``ok`` and stops the server (terminate, then kill) on exit."""
+    from asap_core.serving import HEALTH_PATH
+
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(argv, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}{HEALTH_PATH}", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: {Path(log_path).read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
