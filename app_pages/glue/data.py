@@ -174,10 +174,8 @@ def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
 
     missing = missing_maps(b, ids, method)
     if missing:
-        if not budget.charge(len(missing)):
-            return None
-        encoder = encoder_for(b, "Relevance maps")
-        if encoder is None:
+        encoder = encoder_for(b, "Relevance maps")  # first: a visitor is not charged for what cannot run
+        if encoder is None or not budget.charge(len(missing)):
             return None
         done = run_shown(bundle_maps, b, missing, method, encoder=encoder,
                          progress_text=f"Computing {method} maps for {len(missing)} images",
@@ -263,10 +261,8 @@ def laundering_run(b: Bundle, ids: list[str], settings: list, with_maps: bool, m
     from asap_core.views import robustness as vr
 
     n_maps = len(ids) * len(settings) + len(missing_maps(b, ids, method)) if with_maps else 0
-    if n_maps and not budget.charge(n_maps):
-        return None
     encoder = encoder_for(b, "Laundering runs")
-    if encoder is None:
+    if encoder is None or (n_maps and not budget.charge(n_maps)):
         return None
     return run_shown(vr.run_settings, b, ids, settings, encoder, with_maps, method,
                      progress_text=f"Laundering {len(ids)} images x {len(settings)} settings")
@@ -298,13 +294,13 @@ def upload_result(b: Bundle, name: str, data: bytes, k: int, method: str, charge
 
     model = encoder_model(b)
     key = (str(b.path), sha1_hex(data), method, model)
+    encoder = encoder_for(b, "Uploads")
+    if encoder is None:
+        return None
     if key not in charged:
         if not budget.charge(1):
             return None
         charged.add(key)
-    encoder = encoder_for(b, "Uploads")
-    if encoder is None:
-        return None
     try:
         with budget.heavy_work(), st.spinner(f"Embedding {name} and computing its {method} maps ..."):
             return analyse_upload(b, name, data, encoder=encoder, k_neighbours=int(k), method=method,
