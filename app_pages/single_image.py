@@ -7,6 +7,8 @@ import streamlit as st
 from asap_core.analyses.single_image import decode_upload
 from asap_core.errors import AsapError
 from asap_core.inputs.imageio import sha1_hex
+from asap_core.serving import upload_limit_mb
+from asap_core.settings import settings
 from asap_core.views import single as vsi
 from asap_core.views import state as vs
 from app_pages.glue import budget
@@ -27,7 +29,9 @@ st.caption("Upload one image file: the bundle's CLIP and distiller give its p_fa
            "the 16 dimensions (and so its cell) and its relevance maps. Only uploaded files are accepted; "
            "nothing is fetched from a URL and nothing of the upload is stored.")
 c1, c2 = st.columns([3, 1])
-up = c1.file_uploader("Image file", type=vsi.UPLOAD_TYPES, key="w_upload")
+policy = budget.hosted_policy()
+up = c1.file_uploader("Image file", type=vsi.UPLOAD_TYPES, key="w_upload",  # hosted: the browser says the limit
+                      max_upload_size=upload_limit_mb(settings()) if policy is not None else None)
 k = c2.slider("Neighbours (k)", 1, 24, 8, key="w_single_k")
 if up is None:
     st.info("No image uploaded yet.")
@@ -35,7 +39,7 @@ if up is None:
 
 data = up.getvalue()
 try:
-    decode_upload(up.name, data, budget.hosted_policy())  # type, size and decoding checks before any model work
+    decode_upload(up.name, data, policy)  # type, size and decoding checks before any model work
 except AsapError as exc:
     show_error(exc)
     st.stop()

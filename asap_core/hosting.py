@@ -122,7 +122,8 @@ class HostedPolicy:
             raise InputError(f"{name}: '{suffix or 'no extension'}' is not an image type accepted here.",
                              f"upload one of: {', '.join(sorted(IMAGE_EXTENSIONS))}.")
         if len(data) > self.max_upload_bytes:
-            raise InputError(f"{name}: {len(data) / 1e6:.1f} MB is over the {self.max_upload_bytes / 1e6:.0f} MB limit.",
+            mb = 1024 * 1024  # the MB of ASAP_MAX_UPLOAD_MB and of Streamlit's maxUploadSize
+            raise InputError(f"{name}: {len(data) / mb:.1f} MB is over the {self.max_upload_bytes / mb:g} MB limit.",
                              "upload a smaller image (resize or recompress it).")
         return decode_image(data, name)
 
