@@ -160,3 +160,30 @@ def test_relevance_budget_stops_on_demand_maps(root, monkeypatch):
     at.toggle(key="w_dim_maps").set_value(True).run()
     no_exception(at)
     assert any("used 1 of the 1" in e.value for e in at.error)
+
+
+def test_every_tampering_leaves_the_explorer_up(root):
+    """Each tampered bundle of ``test_bundle.TAMPERINGS``, sorted first under the root: the landing page opens the
+    good one, the picker lists the tampered one as unavailable with its problem in words and without paths."""
+    import re
+
+    from test_bundle import TAMPERINGS
+
+    shutil.rmtree(root / "other")
+    for i, (kind, (tamper, _)) in enumerate(TAMPERINGS.items()):
+        tamper(_copy_bundle(root / "tiny", root / f"a{i:02d}"))
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    no_exception(at)
+    assert at.session_state["bundle_path"] == str((root / "tiny").resolve())
+    assert at.get("vega_lite_chart")
+    (picker,) = at.sidebar.selectbox
+    shown = list(picker.options)                                    # as the visitor reads them
+    assert shown == [f"a{i:02d} (unavailable)" for i in range(len(TAMPERINGS))] + ["tiny"]
+    for i, kind in enumerate(TAMPERINGS):
+        picker.set_value(f"a{i:02d}").run()
+        no_exception(at)
+        words = " ".join(w.value for w in at.sidebar.warning)
+        assert "unavailable" in words, kind
+        assert str(root) not in words and not re.search(r"(?<![\w.])/(tmp|root|home)\b", words), (kind, words)
+        assert not re.search(r"\b[A-Z]\w*(Error|Exception)\b", words), (kind, words)
