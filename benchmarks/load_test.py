@@ -1,7 +1,8 @@
 """Load test of the explorer: N concurrent browser sessions against one ``streamlit run`` on 127.0.0.1.
 
     python benchmarks/load_test.py [--bundle PATH] [--sessions 8] [--seconds 60] [--mode hosted|local]
-                                   [--grid 6] [--work DIR] [--json results.json]
+                                   [--grid 6] [--work DIR] [--json results.json] [--maps fresh|keep]
+                                   [--step-timeout 120] [--warmup-timeout 300]
 
 Starts ``streamlit run streamlit_app.py`` headless on 127.0.0.1 and a free port, on ``--bundle`` or (without
 one) on a bundle it builds first: ``asap_core/demo_data`` (300 JPEGs) analysed with a random CLIP from
@@ -16,7 +17,7 @@ per step):
 1. ``overview``: open the app (a new Streamlit session) -> the pie of the round's cell is drawn
 2. ``select_cell``: click the cell's largest slice -> "Selected cell: C" and the "Open image grid" button
 3. ``image_grid``: click "Open image grid" -> the heading "Cell C · n images" and all n thumbnails
-4. ``pick_images``: brush the first three thumbnails -> "k images picked"
+4. ``pick_images``: brush three thumbnails in a row -> "k images picked"
 5. ``attention_maps``: click "Show attention maps" -> 18 decoded tiles per picked image (maps computed on
    demand the first time a picked image is seen, cached afterwards)
 
@@ -25,18 +26,42 @@ relevance maps concurrently and later rounds read them from the cache. Latency o
 the expected element is visible. An error is an exception (timeout, wrong count) or a Streamlit exception /
 ``st.error`` block on the page; the round is then abandoned and the session goes on with the next one.
 Prints median / 95th percentile / max per step and the errors; exit status 1 when there was any error.
-A one-session warm-up round (server imports, model load; reported apart) runs first unless ``--no-warmup``.
+
+Before the concurrent phase (each part can be skipped):
+
+- warm-up (``--no-warmup``): one session, one round on a cell no session starts on: the server's imports, the
+  CLIP load, the first maps. Its steps have their own bound (``--warmup-timeout``, 300 s); a warm-up that is
+  merely slow (even past that bound) is reported, not counted as an error. An error block on its page is one.
+- calibration (``--no-calibration``): one session alone runs two rounds on one more cell, each step after the
+  server has gone idle; for each step the server's CPU seconds (utime + stime of the ``streamlit`` process and
+  its children, from ``/proc``) from the action until the result is visible and until the server is idle again
+  (the whole rerun). The first round computes that cell's maps, the second reads them from the cache.
+
+Server CPU seconds are the figure that transfers to another host: on a small machine the load generator's
+Chromium competes with the server for the cores, so latencies there mostly measure that contention. In the
+concurrent phase the server's CPU time is sampled every 0.25 s and each sample is split evenly between the
+steps in flight (shared attribution: approximate per step, exact in total); the report gives the server's
+utilisation (CPU seconds / wall seconds), the load generator's and the whole machine's.
+
+The server gets ``ASAP_RELEVANCE_BUDGET=100000`` (hosted mode charges maps per client address and day, and
+every session here comes from 127.0.0.1); ``ASAP_HEAVY_SLOTS`` and other settings pass through from the
+environment. The "Waiting for a free slot" box (``st.info``) is no error; rounds that saw it are counted.
+``--maps fresh`` (default for the demo bundle) deletes the bundle's cached relevance maps before the server
+starts, so maps are computed on demand in every run even with a reused ``--work``; ``--maps keep`` (default
+for ``--bundle``) keeps them.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import os
 import re
 import shutil
 import sys
 import tempfile
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +76,148 @@ from browser_helpers import (CELL_SLICES, CHROMIUM, CHROMIUM_ARGS, ERROR_BLOCKS,
                              slice_click_point, streamlit_server)
 
 STEPS = ("overview", "select_cell", "image_grid", "pick_images", "attention_maps")
+PAGES = {"overview": "overview page, new session", "select_cell": "overview page rerun",
+         "image_grid": "images page", "pick_images": "images page rerun", "attention_maps": "attention page"}
 TILES_PER_IMAGE = 18  # the image, the fake-logit map and 16 dimension maps
+RELEVANCE_BUDGET = "100000"  # hosted mode's per-client budget: all sessions here share 127.0.0.1's
+SLOT_WAIT_TEXT = re.compile(r"^Waiting for a free slot")
+SAMPLE_S = 0.25  # period of the server CPU sampler in the concurrent phase
+BETWEEN = "(between steps)"
+
+
+# ------------------------------------------------------------------------------------------ CPU accounting
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name (field 3 = index 0)."""
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    return raw[raw.rindex(")") + 2:].split()
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                out += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid``, its reaped children (cutime + cstime) and its live descendants;
+    0.0 once the process is gone."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            f = _stat_fields(p)
+        except (OSError, ValueError):
+            continue
+        total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])  # utime stime cutime cstime
+        todo += _children(p)
+    return total / _TICK
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy CPU seconds of the whole machine, all cores, since boot; total CPU seconds), from ``/proc/stat``."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    total = sum(v[:8])
+    return (total - idle) / _TICK, total / _TICK
+
+
+class NullProbe:
+    """Called around each step of a round; does nothing."""
+
+    def begin(self, step: str) -> None:
+        pass
+
+    def end(self, step: str) -> None:
+        pass
+
+    async def visible(self, step: str, latency: float) -> None:
+        pass
+
+
+class InFlight(NullProbe):
+    """Which step each session is in (concurrent phase), for the sampler's shared attribution."""
+
+    def __init__(self, key: int, table: dict[int, str], ended: dict[str, int]) -> None:
+        self.key, self.table, self.ended = key, table, ended
+
+    def begin(self, step: str) -> None:
+        self.table[self.key] = step
+
+    def end(self, step: str) -> None:
+        if self.table.pop(self.key, None) is not None:
+            self.ended[step] = self.ended.get(step, 0) + 1
+
+
+async def sample_server_cpu(pid: int, inflight: dict[int, str], attributed: dict[str, float],
+                            stop: asyncio.Event) -> None:
+    """Every ``SAMPLE_S``: the server's CPU seconds since the last sample, split evenly between the steps in
+    flight (``BETWEEN`` when none is)."""
+    prev = tree_cpu(pid)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), SAMPLE_S)
+        except asyncio.TimeoutError:
+            pass
+        now = tree_cpu(pid)
+        d, prev = now - prev, now
+        kinds = list(inflight.values()) or [BETWEEN]
+        for k in kinds:
+            attributed[k] = attributed.get(k, 0.0) + d / len(kinds)
+
+
+async def wait_server_idle(pid: int, quiet_s: float = 0.5, below: float = 0.02, cap_s: float = 60.0) -> float:
+    """Wait until the server used less than ``below`` CPU seconds over ``quiet_s`` (at most ``cap_s``);
+    returns its CPU seconds at that moment."""
+    deadline = time.monotonic() + cap_s
+    hist = [(time.monotonic(), tree_cpu(pid))]
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        hist.append((time.monotonic(), tree_cpu(pid)))
+        t, c = hist[-1]
+        old = [h for h in hist if t - h[0] >= quiet_s]
+        if old and c - old[-1][1] < below:
+            return c
+    return hist[-1][1]
+
+
+@dataclass
+class StepCpu:
+    latency: float
+    cpu_visible: float  # server CPU s from the action until the result was visible
+    cpu_rerun: float  # ... until the server was idle again
+
+
+class Calibrate(NullProbe):
+    """One session alone: server CPU per step, each step started on an idle server."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.steps: dict[str, StepCpu] = {}
+        self._c0 = 0.0
+
+    async def idle(self) -> None:
+        await wait_server_idle(self.pid)
+
+    def begin(self, step: str) -> None:
+        self._c0 = tree_cpu(self.pid)
+
+    async def visible(self, step: str, latency: float) -> None:
+        c_vis = tree_cpu(self.pid)
+        c_end = await wait_server_idle(self.pid)
+        self.steps[step] = StepCpu(latency, c_vis - self._c0, c_end - self._c0)
 
 
 # ------------------------------------------------------------------------------------------ bundle
@@ -65,6 +231,7 @@ def build_demo_bundle(work: Path) -> Path:
     out = work / "bundles" / "demo"
     try:
         Bundle.open(out)
+        print(f"reusing {out}", flush=True)
         return out
     except BundleError:
         pass
@@ -75,6 +242,18 @@ def build_demo_bundle(work: Path) -> Path:
     analyze(DEMO_DATA, out, AnalyzeOptions(model=str(clip), cache_dir=str(work / "analyze-cache"), num_workers=0))
     print(f"built {out} in {time.perf_counter() - t0:.1f} s", flush=True)
     return out
+
+
+def clear_maps(bundle_path: Path) -> int:
+    """Delete the bundle's cached relevance maps (its ``cache/rel-*`` stores; the server is not running yet);
+    returns how many stores were removed."""
+    from asap_core.storage.bundle import Bundle
+
+    cache = Bundle.open(bundle_path).cache_dir
+    stores = [d for d in cache.glob("rel-*") if d.is_dir()] if cache.is_dir() else []
+    for d in stores:
+        shutil.rmtree(d)
+    return len(stores)
 
 
 def cell_plan(bundle_path: Path, grid: int, min_images: int = 3) -> list[tuple[int, int]]:
@@ -93,8 +272,10 @@ def cell_plan(bundle_path: Path, grid: int, min_images: int = 3) -> list[tuple[i
 class Results:
     latencies: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STEPS})
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     rounds: int = 0
     maps_shown: int = 0
+    slot_waits: int = 0  # attention_maps steps that showed "Waiting for a free slot"
 
 
 class PageError(RuntimeError):
@@ -108,7 +289,9 @@ async def _check_page(page, step: str) -> None:
 
 
 async def expect(page, step: str, *waits) -> None:
-    """Await ``waits`` (coroutines) in order; fail at once when an error block appears meanwhile."""
+    """Await ``waits`` (coroutines) in order; fail at once when an error block appears meanwhile.
+    Only ``ERROR_BLOCKS`` (``stException``, ``stAlertContentError``) count: ``st.info`` boxes such as
+    "Waiting for a free slot" do not."""
     err = asyncio.ensure_future(page.wait_for_selector(ERROR_BLOCKS, state="attached", timeout=0))
     pending = list(waits)
     try:
@@ -127,46 +310,80 @@ async def expect(page, step: str, *waits) -> None:
     await _check_page(page, step)
 
 
-async def one_round(page, url: str, grid: int, cell: int, n_shown: int, res: Results) -> None:
+# viewport boxes {x, y, width, height} of the thumbnails on the image page
+BOXES_JS = (f"() => [...document.querySelectorAll({GRID_IMAGES!r})].map(e => {{ const r = e.getBoundingClientRect();"
+            " return {x: r.x, y: r.y, width: r.width, height: r.height}; })")
+
+
+def three_in_a_row(boxes: list[dict]) -> tuple[dict, dict]:
+    """(first, third) of three neighbouring thumbnails in the top row that holds three: a brush from the first
+    to the third picks exactly those three, whatever the grid's layout (the first three in page order need not
+    share a row: a cell of 7 shows 1 + 3 + 3)."""
+    rows: dict[int, list[dict]] = {}
+    for b in boxes:
+        rows.setdefault(round(b["y"]), []).append(b)
+    for y in sorted(rows):
+        row = sorted(rows[y], key=lambda b: b["x"])
+        if len(row) >= 3:
+            return row[0], row[2]
+    raise PageError(f"pick_images: no row of 3 thumbnails among {len(boxes)}")
+
+
+@asynccontextmanager
+async def timed(step: str, times: dict[str, float], probe: NullProbe):
+    """Latency of the block into ``times[step]`` when it succeeds; ``probe`` told when it starts and ends."""
+    probe.begin(step)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        probe.end(step)
+    times[step] = time.perf_counter() - t0
+    await probe.visible(step, times[step])
+
+
+async def one_round(page, url: str, grid: int, cell: int, n_shown: int, res: Results,
+                    probe: NullProbe | None = None) -> None:
     """The five steps for one cell; latencies go to ``res`` only when the whole round succeeds."""
+    probe = probe or NullProbe()
     times: dict[str, float] = {}
 
-    t0 = time.perf_counter()
-    await page.goto(f"{url}/?grid={grid}")
-    await expect(page, "overview", page.wait_for_selector(CELL_SLICES.format(cell=cell), state="visible"))
-    times["overview"] = time.perf_counter() - t0
+    async with timed("overview", times, probe):
+        await page.goto(f"{url}/?grid={grid}")
+        await expect(page, "overview", page.wait_for_selector(CELL_SLICES.format(cell=cell), state="visible"))
 
-    t0 = time.perf_counter()
-    await page.mouse.click(*slice_click_point(await page.evaluate(SLICES_JS, cell)))
     open_grid = page.get_by_role("button", name="Open image grid")
-    await expect(page, "select_cell", page.get_by_text(f"Selected cell: {cell}").wait_for(), open_grid.wait_for())
-    times["select_cell"] = time.perf_counter() - t0
+    async with timed("select_cell", times, probe):
+        await page.mouse.click(*slice_click_point(await page.evaluate(SLICES_JS, cell)))
+        await expect(page, "select_cell", page.get_by_text(f"Selected cell: {cell}").wait_for(), open_grid.wait_for())
 
-    t0 = time.perf_counter()
-    await open_grid.click()
     images = page.locator(GRID_IMAGES)
-    await expect(page, "image_grid", page.get_by_text(re.compile(rf"^Cell {cell} · [\d,]+ images$")).wait_for(),
-                 images.nth(n_shown - 1).wait_for(state="visible"))
-    times["image_grid"] = time.perf_counter() - t0
+    async with timed("image_grid", times, probe):
+        await open_grid.click()
+        await expect(page, "image_grid", page.get_by_text(re.compile(rf"^Cell {cell} · [\d,]+ images$")).wait_for(),
+                     images.nth(n_shown - 1).wait_for(state="visible"))
     if await images.count() != n_shown:
         raise PageError(f"image_grid: {await images.count()} thumbnails, expected {n_shown}")
 
-    t0 = time.perf_counter()
-    start, end = brush_path(await images.nth(0).bounding_box(), await images.nth(2).bounding_box())
-    await page.mouse.move(*start)
-    await page.mouse.down()
-    await page.mouse.move(*end, steps=8)
-    await page.mouse.up()
+    start, end = brush_path(*three_in_a_row(await page.evaluate(BOXES_JS)))
     picked = page.get_by_text(PICKED_TEXT)
-    await expect(page, "pick_images", picked.wait_for())
-    times["pick_images"] = time.perf_counter() - t0
+    async with timed("pick_images", times, probe):
+        await page.mouse.move(*start)
+        await page.mouse.down()
+        await page.mouse.move(*end, steps=8)
+        await page.mouse.up()
+        await expect(page, "pick_images", picked.wait_for())
     n_picked = int((await picked.inner_text()).split()[0])
 
-    t0 = time.perf_counter()
-    await page.get_by_role("button", name="Show attention maps").click()
-    await expect(page, "attention_maps", page.get_by_text("Contributions to the fake logit").wait_for(),
-                 page.wait_for_function(IMAGES_DECODED_JS, arg=n_picked * TILES_PER_IMAGE))
-    times["attention_maps"] = time.perf_counter() - t0
+    waited = asyncio.ensure_future(page.get_by_text(SLOT_WAIT_TEXT).wait_for(state="attached", timeout=0))
+    try:
+        async with timed("attention_maps", times, probe):
+            await page.get_by_role("button", name="Show attention maps").click()
+            await expect(page, "attention_maps", page.get_by_text("Contributions to the fake logit").wait_for(),
+                         page.wait_for_function(IMAGES_DECODED_JS, arg=n_picked * TILES_PER_IMAGE))
+        saw_slot_wait = waited.done() and not waited.cancelled() and waited.exception() is None
+    finally:
+        waited.cancel()
     n_tiles = await page.locator(MAIN_IMAGES).count()
     if n_tiles != n_picked * TILES_PER_IMAGE:
         raise PageError(f"attention_maps: {n_tiles} tiles for {n_picked} picked images")
@@ -175,24 +392,31 @@ async def one_round(page, url: str, grid: int, cell: int, n_shown: int, res: Res
         res.latencies[step].append(dt)
     res.rounds += 1
     res.maps_shown += n_picked
+    res.slot_waits += int(saw_slot_wait)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
 async def session(i: int, browser, url: str, args, plan: list[tuple[int, int]], deadline: float,
-                  res: Results) -> None:
+                  res: Results, inflight: dict[int, str], ended: dict[str, int]) -> None:
     """One browser context looping rounds until ``deadline`` (a started round finishes or times out)."""
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await ctx.new_page()
     page.set_default_timeout(args.step_timeout * 1000)
+    probe = InFlight(i, inflight, ended)
     j = 0
     try:
         while time.monotonic() < deadline:
             cell, n = plan[(i + j * args.sessions) % len(plan)]
             j += 1
             try:
-                await asyncio.wait_for(one_round(page, url, args.grid, cell, n, res),
+                await asyncio.wait_for(one_round(page, url, args.grid, cell, n, res, probe),
                                        timeout=args.step_timeout * len(STEPS))
             except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
-                msg = f"session {i} round {j} (cell {cell}): {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+                msg = f"session {i} round {j} (cell {cell}): {_describe(exc)}"
                 res.errors.append(msg)
                 print("ERROR", msg, flush=True)
                 if args.shots:
@@ -204,48 +428,131 @@ async def session(i: int, browser, url: str, args, plan: list[tuple[int, int]], 
         await ctx.close()
 
 
-async def drive(url: str, args, plan: list[tuple[int, int]]) -> tuple[Results, Results | None, float]:
-    """(results of the concurrent sessions, of the warm-up round, wall seconds of the concurrent phase)."""
+@dataclass
+class Run:
+    res: Results
+    warm: Results | None = None
+    warm_wall: float = 0.0
+    warm_cpu: float = 0.0  # server CPU s of the warm-up round
+    start_cpu: float = 0.0  # server CPU s from its start until the warm-up
+    calib: list[Calibrate] = field(default_factory=list)  # [first visit of a cell, repeat (maps cached)]
+    calib_errors: list[str] = field(default_factory=list)
+    wall: float = 0.0  # concurrent phase
+    server_cpu: float = 0.0  # ... server CPU s
+    loadgen_cpu: float = 0.0  # ... CPU s of this script, its playwright driver and Chromium
+    machine_cpu: float = 0.0  # ... busy CPU s of the whole machine
+    attributed: dict[str, float] = field(default_factory=dict)  # step -> server CPU s (shared attribution)
+    ended: dict[str, int] = field(default_factory=dict)  # step -> steps ended (done or failed)
+
+
+async def _single_round(browser, url: str, args, cell: int, n: int, res: Results, step_timeout: float,
+                        probe: NullProbe | None = None):
+    """One round in a fresh browser context (a new Streamlit session), closed afterwards."""
+    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = await ctx.new_page()
+    page.set_default_timeout(step_timeout * 1000)
+    try:
+        await asyncio.wait_for(one_round(page, url, args.grid, cell, n, res, probe),
+                               timeout=step_timeout * len(STEPS))
+    finally:
+        await ctx.close()
+
+
+async def drive(url: str, args, plan: list[tuple[int, int]], pid: int) -> Run:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        run = Run(Results())
         try:
-            warm = None
+            run.start_cpu = tree_cpu(pid)
             if not args.no_warmup:
-                warm = Results()
-                ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
-                page = await ctx.new_page()
-                page.set_default_timeout(args.step_timeout * 1000)
+                run.warm = Results()
                 cell, n = plan[-1]  # a cell no session starts on
+                c0, t0 = tree_cpu(pid), time.monotonic()
                 try:
-                    await one_round(page, url, args.grid, cell, n, warm)
-                except Exception as exc:  # noqa: BLE001
-                    warm.errors.append(f"warm-up: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-                await ctx.close()
-            res = Results()
+                    await _single_round(browser, url, args, cell, n, run.warm, args.warmup_timeout)
+                except Exception as exc:  # noqa: BLE001 - a timeout (asyncio's or playwright's) is slow, not broken
+                    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in type(exc).__name__:
+                        run.warm.warnings.append(f"warm-up not done within --warmup-timeout {args.warmup_timeout:.0f} "
+                                                 f"s per step (slow, not counted as an error): {_describe(exc)}")
+                    else:
+                        run.warm.errors.append(f"warm-up: {_describe(exc)}")
+                run.warm_wall, run.warm_cpu = time.monotonic() - t0, tree_cpu(pid) - c0
+            if not args.no_calibration:
+                cell, n = plan[-2] if len(plan) > 2 else plan[-1]
+                for label in ("first visit", "repeat (maps cached)"):
+                    probe = Calibrate(pid)
+                    await probe.idle()
+                    try:
+                        await _single_round(browser, url, args, cell, n, Results(), args.step_timeout, probe)
+                    except Exception as exc:  # noqa: BLE001
+                        run.calib_errors.append(f"calibration, {label} (cell {cell}): {_describe(exc)}")
+                        print("ERROR", run.calib_errors[-1], flush=True)
+                    run.calib.append(probe)
+                await wait_server_idle(pid)
+
+            inflight: dict[int, str] = {}
+            stop = asyncio.Event()
+            sampler = asyncio.ensure_future(sample_server_cpu(pid, inflight, run.attributed, stop))
+            me = os.getpid()
+            c0, l0, (m0, _) = tree_cpu(pid), tree_cpu(me), machine_busy()
             t0 = time.monotonic()
             deadline = t0 + args.seconds
-            await asyncio.gather(*(session(i, browser, url, args, plan, deadline, res)
+            await asyncio.gather(*(session(i, browser, url, args, plan, deadline, run.res, inflight, run.ended)
                                    for i in range(args.sessions)))
-            return res, warm, time.monotonic() - t0
+            stop.set()
+            await sampler
+            run.wall = time.monotonic() - t0
+            c1 = tree_cpu(pid)
+            run.server_cpu = c1 - c0
+            run.loadgen_cpu = (tree_cpu(me) - l0) - run.server_cpu  # the server is a child of this script
+            run.machine_cpu = machine_busy()[0] - m0
+            return run
         finally:
             await browser.close()
 
 
 # ------------------------------------------------------------------------------------------ report
-def table(res: Results) -> str:
-    lines = ["| step | n | median (s) | p95 (s) | max (s) |", "|---|---:|---:|---:|---:|"]
+def _fmt(x: float | None, nd: int = 2) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def table(run: Run) -> str:
+    res = run.res
+    first = run.calib[0].steps if run.calib else {}
+    again = run.calib[1].steps if len(run.calib) > 1 else {}
+    lines = ["| step (page) | n | median (s) | p95 (s) | max (s) | server CPU s/rerun, calibrated "
+             "| server CPU s/step under load (shared) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for step in STEPS:
         v = np.asarray(res.latencies[step])
-        if len(v):
-            lines.append(f"| {step} | {len(v)} | {np.median(v):.2f} | {np.percentile(v, 95):.2f} | {v.max():.2f} |")
-        else:
-            lines.append(f"| {step} | 0 | - | - | - |")
+        cal = _fmt(first[step].cpu_rerun) if step in first else "-"
+        if step == "attention_maps" and step in again:
+            cal += f" first / {_fmt(again[step].cpu_rerun)} cached"
+        ended = run.ended.get(step, 0)
+        load = _fmt(run.attributed.get(step, 0.0) / ended) if ended else "-"
+        stats = (f"{np.median(v):.2f} | {np.percentile(v, 95):.2f} | {v.max():.2f}" if len(v) else "- | - | -")
+        lines.append(f"| {step} ({PAGES[step]}) | {len(v)} | {stats} | {cal} | {load} |")
     total = np.sum([np.asarray(res.latencies[s]) for s in STEPS], axis=0) if res.rounds else np.zeros(0)
     if len(total):
+        cal = sum(first[s].cpu_rerun for s in STEPS if s in first) if first else None
         lines.append(f"| whole round | {len(total)} | {np.median(total):.2f} | {np.percentile(total, 95):.2f} "
-                     f"| {total.max():.2f} |")
+                     f"| {total.max():.2f} | {_fmt(cal)} | {_fmt(run.server_cpu / res.rounds)} |")
+        lines.append(f"| (between steps) | | | | | | {_fmt(run.attributed.get(BETWEEN, 0.0), 1)} s in all |")
+    return "\n".join(lines)
+
+
+def calibration_table(run: Run) -> str:
+    lines = ["| step (page) | latency alone (s) | server CPU s to visible | server CPU s whole rerun |",
+             "|---|---:|---:|---:|"]
+    for label, probe in zip(("", " (repeat, maps cached)"), run.calib):
+        for step in STEPS:
+            if label and step != "attention_maps":
+                continue
+            c = probe.steps.get(step)
+            lines.append(f"| {step}{label} ({PAGES[step]}) | {_fmt(c and c.latency)} | {_fmt(c and c.cpu_visible)} "
+                         f"| {_fmt(c and c.cpu_rerun)} |")
     return "\n".join(lines)
 
 
@@ -266,12 +573,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60.0, help="how long sessions start new rounds")
     ap.add_argument("--step-timeout", type=float, default=120.0, help="seconds one step may take")
+    ap.add_argument("--warmup-timeout", type=float, default=300.0,
+                    help="seconds one step of the warm-up round may take (slower: reported, not an error)")
     ap.add_argument("--mode", choices=["hosted", "local"], default="hosted")
     ap.add_argument("--grid", type=int, default=6)
-    ap.add_argument("--work", type=Path, help="work folder (default: a temporary one, removed at the end)")
+    ap.add_argument("--work", type=Path, help="work folder, reused between runs: the demo bundle is built "
+                                              "once (default: a temporary one, removed at the end)")
+    ap.add_argument("--maps", choices=["fresh", "keep"],
+                    help="fresh: delete the bundle's cached relevance maps first, so they are computed on "
+                         "demand (default for the demo bundle); keep: leave them (default for --bundle)")
     ap.add_argument("--json", type=Path, help="also write the results as JSON here")
     ap.add_argument("--shots", type=Path, help="screenshots of failed rounds go here")
     ap.add_argument("--no-warmup", action="store_true")
+    ap.add_argument("--no-calibration", action="store_true", help="skip the one-session server CPU calibration")
     args = ap.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"needs {CHROMIUM} (Debian's chromium) and the playwright package", file=sys.stderr)
@@ -280,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         args.shots.mkdir(parents=True, exist_ok=True)
 
     tmp = None if args.work else Path(tempfile.mkdtemp(prefix="asap-load-"))
-    work = args.work or tmp
+    work = (args.work or tmp).resolve()
     work.mkdir(parents=True, exist_ok=True)
     try:
         bundle = (args.bundle.expanduser().resolve() if args.bundle else build_demo_bundle(work))
@@ -288,36 +602,69 @@ def main(argv: list[str] | None = None) -> int:
         if len(plan) < 2:
             print(f"{bundle} has fewer than 2 cells with 3+ images on a {args.grid}x{args.grid} grid", file=sys.stderr)
             return 2
-        env = {"ASAP_CACHE_DIR": str(work / "server-cache")}
+        maps = args.maps or ("keep" if args.bundle else "fresh")
+        if maps == "fresh":
+            print(f"maps: {clear_maps(bundle)} cached map store(s) of {bundle.name} deleted, maps computed on demand",
+                  flush=True)
+        env = {"ASAP_CACHE_DIR": str(work / "server-cache"), "ASAP_RELEVANCE_BUDGET": RELEVANCE_BUDGET}
         if args.mode == "hosted":
             env.update(ASAP_HOSTED="1", ASAP_BUNDLE_ROOT=str(bundle.parent), ASAP_BUNDLE=bundle.name)
         else:
             env.update(ASAP_BUNDLE=str(bundle), ASAP_HOSTED="0")
         procs: list = []
+        t_start = time.monotonic()
         with streamlit_server(env, work / "server.log", procs=procs) as url:
-            print(f"server {url} ({args.mode} mode) on {bundle}; {args.sessions} sessions for {args.seconds:.0f} s; "
-                  f"{len(plan)} cells with 3+ images on a {args.grid}x{args.grid} grid", flush=True)
-            res, warm, wall = asyncio.run(drive(url, args, plan))
-            rss = peak_rss_mb(procs[0].pid)
+            pid = procs[0].pid
+            print(f"server {url} ({args.mode} mode, pid {pid}, started in {time.monotonic() - t_start:.1f} s) on "
+                  f"{bundle}; {args.sessions} sessions for {args.seconds:.0f} s; {len(plan)} cells with 3+ images "
+                  f"on a {args.grid}x{args.grid} grid; heavy slots {os.environ.get('ASAP_HEAVY_SLOTS', '2')}; "
+                  f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
+            run = asyncio.run(drive(url, args, plan, pid))
+            rss = peak_rss_mb(pid)
+        res, warm = run.res, run.warm
         print()
+        print(f"server start: {run.start_cpu:.1f} server CPU s until the first request")
         if warm is not None:
-            print("warm-up round (1 session): "
-                  + (", ".join(f"{s} {warm.latencies[s][0]:.2f} s" for s in STEPS) if warm.rounds
-                     else "; ".join(warm.errors)))
-        print(f"\n{args.sessions} sessions, {wall:.0f} s: {res.rounds} rounds completed, "
-              f"{res.maps_shown} images' maps shown, errors: {len(res.errors)}"
-              + (f"; server peak RSS {rss:.0f} MB" if rss else ""))
-        print(table(res))
+            if warm.rounds:
+                steps = ", ".join(f"{s} {warm.latencies[s][0]:.2f} s" for s in STEPS)
+            else:
+                steps = "; ".join(warm.warnings + warm.errors)
+            print(f"warm-up round (1 session, {run.warm_wall:.1f} s wall, {run.warm_cpu:.1f} server CPU s): {steps}")
+        if run.calib:
+            print(f"\ncalibration (1 session alone, each step on an idle server; cell "
+                  f"{(plan[-2] if len(plan) > 2 else plan[-1])[0]}):")
+            print(calibration_table(run))
+        for e in run.calib_errors:
+            print("  -", e)
+        cores = os.cpu_count() or 1
+        print(f"\n{args.sessions} sessions, {run.wall:.0f} s: {res.rounds} rounds completed, "
+              f"{res.maps_shown} images' maps shown, {res.slot_waits} rounds waited for a heavy slot, "
+              f"errors: {len(res.errors)}" + (f"; server peak RSS {rss:.0f} MB" if rss else ""))
+        if run.wall > 0:
+            print(f"CPU in the concurrent phase: server {run.server_cpu:.1f} s = {run.server_cpu / run.wall:.2f} "
+                  f"cores busy; load generator (script + Chromium) {run.loadgen_cpu:.1f} s = "
+                  f"{run.loadgen_cpu / run.wall:.2f} cores; whole machine {run.machine_cpu / run.wall:.2f} of "
+                  f"{cores} cores (the rest: other processes)")
+        print(table(run))
         for e in res.errors[:20]:
             print("  -", e)
         if args.json:
             args.json.write_text(json.dumps({
                 "sessions": args.sessions, "seconds": args.seconds, "mode": args.mode, "grid": args.grid,
-                "bundle": str(bundle), "wall_s": wall, "rounds": res.rounds, "errors": res.errors,
-                "latencies": res.latencies, "server_peak_rss_mb": rss,
-                "warmup": None if warm is None else {"latencies": warm.latencies, "errors": warm.errors},
+                "bundle": str(bundle), "maps": maps, "wall_s": run.wall, "rounds": res.rounds,
+                "errors": res.errors, "latencies": res.latencies, "server_peak_rss_mb": rss,
+                "slot_waits": res.slot_waits, "cpus": cores,
+                "server_cpu_s": run.server_cpu, "loadgen_cpu_s": run.loadgen_cpu, "machine_cpu_s": run.machine_cpu,
+                "server_cpu_by_step_shared_s": run.attributed, "steps_ended": run.ended,
+                "server_start_cpu_s": run.start_cpu,
+                "warmup": None if warm is None else {"latencies": warm.latencies, "errors": warm.errors,
+                                                     "warnings": warm.warnings, "wall_s": run.warm_wall,
+                                                     "server_cpu_s": run.warm_cpu},
+                "calibration": [{s: vars(c) for s, c in probe.steps.items()} for probe in run.calib],
+                "calibration_errors": run.calib_errors,
             }, indent=1))
-        return 1 if res.errors or (warm is not None and warm.errors) else 0
+        failed = res.errors or run.calib_errors or (warm is not None and warm.errors)
+        return 1 if failed else 0
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
