@@ -65,7 +65,7 @@ def _rss_now_mb() -> float:
     return float("nan")
 
 
-def _tree_rss_mb(pid: int) -> float:
+def tree_rss_mb(pid: int) -> float:
     """Resident MB of ``pid`` and all its descendants (``/proc``; shared pages counted in each)."""
     total, stack = 0.0, [pid]
     while stack:
@@ -81,7 +81,7 @@ def _tree_rss_mb(pid: int) -> float:
 
 
 class _TreeSampler:
-    """Samples ``_tree_rss_mb`` of this process every ``interval`` s in a thread; ``peak`` is the max seen."""
+    """Samples ``tree_rss_mb`` of this process every ``interval`` s in a thread; ``peak`` is the max seen."""
 
     def __init__(self, interval: float = 0.05) -> None:
         import os
@@ -93,7 +93,7 @@ class _TreeSampler:
 
     def _run(self, pid: int, interval: float) -> None:
         while not self._stop.wait(interval):
-            self.peak = max(self.peak, _tree_rss_mb(pid))
+            self.peak = max(self.peak, tree_rss_mb(pid))
 
     def stop(self) -> float:
         self._stop.set()

@@ -344,7 +344,7 @@ def test_nvjpeg_decoder_orchestration(files, tmp_path, monkeypatch):
     with ThreadPoolExecutor(2) as pool:
         nv = embedding._NvjpegDecoder(pre, torch.device("cpu"), pool, thumb_side=16, draft_size=None)
         nv.max_pixels = 300 * 200 + 1  # forces several nvJPEG calls per batch
-        items = list(enumerate(paths))
+        items = [(i, p, None) for i, p in enumerate(paths)]
         res = nv.finish([nv.read(items[:9]), nv.read(items[9:])])
         res.thumbs = [t.result() if hasattr(t, "result") else t for t in res.thumbs]
         nv.thumb_pool.shutdown()

@@ -12,6 +12,10 @@ run can report the file and skip it. Conversions to RGB (see :func:`to_rgb`):
   float (``F``) is read as [0, 1] when its maximum is <= 1, else as [0, 255].
 - CMYK, YCbCr, 1-bit, palette and grey go through ``Image.convert("RGB")``.
 
+Image ids are SHA-1 hex digests of the file's bytes (:func:`sha1_hex`). The decode paths read a file
+once and check the bytes in hand against the id taken when the run hashed it (:func:`read_checked`): a
+file rewritten in between fails with ``CHANGED_REASON`` instead of storing new pixels under the old id.
+
 Decompression bombs: images above ``2 * Image.MAX_IMAGE_PIXELS`` are refused (Pillow's
 ``DecompressionBombError``); those between 1x and 2x load silently (the ``DecompressionBombWarning`` is
 suppressed). The environment variable ``ASAP_MAX_IMAGE_PIXELS`` sets ``Image.MAX_IMAGE_PIXELS``
@@ -23,6 +27,7 @@ import errno
 import hashlib
 import io
 import os
+import re
 import stat
 import warnings
 from pathlib import Path
@@ -42,6 +47,9 @@ _BOMB_HINT = (
 )
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 _CHUNK = 1 << 20
+_SHA1_HEX = re.compile(r"[0-9a-f]{40}")
+CHANGED_REASON = ("changed while it was being analysed (its content no longer matches the hash taken at the "
+                  "start); run analyze again")
 
 
 def _supported_extensions() -> frozenset[str]:
@@ -108,6 +116,24 @@ def read_bytes(path: PathLike) -> bytes:
 def sha1_hex(data: bytes) -> str:
     """Hex SHA-1 of ``data``: the image id."""
     return hashlib.sha1(data, usedforsecurity=False).hexdigest()
+
+
+def is_content_id(key: object) -> bool:
+    """Whether ``key`` is an image id, i.e. a SHA-1 hex digest (what :func:`sha1_hex` returns)."""
+    return isinstance(key, str) and _SHA1_HEX.fullmatch(key) is not None
+
+
+def read_checked(path: PathLike, image_id: str | None) -> bytes:
+    """All bytes of ``path`` (as :func:`read_bytes`), checked against ``image_id``: ``ImageLoadError`` with
+    ``CHANGED_REASON`` when they hash to another id (the file was rewritten after it was hashed).
+
+    Only image ids (:func:`is_content_id`) are checked; ``None`` and other row keys (tests and benchmarks
+    key rows with labels such as ``"id3"``) make no claim about the bytes.
+    """
+    data = read_bytes(path)
+    if is_content_id(image_id) and sha1_hex(data) != image_id:
+        raise ImageLoadError(str(path), CHANGED_REASON)  # the reason says the fix: runs report reasons only
+    return data
 
 
 def file_sha1(path: PathLike) -> str:
@@ -262,12 +288,15 @@ def make_thumbnail(image: Image.Image, longest: int = THUMB_SIDE) -> bytes:
 
 
 __all__ = [
+    "CHANGED_REASON",
     "IMAGE_EXTENSIONS",
     "decode_image",
     "file_sha1",
+    "is_content_id",
     "load_image",
     "make_thumbnail",
     "read_bytes",
+    "read_checked",
     "sha1_hex",
     "to_rgb",
 ]

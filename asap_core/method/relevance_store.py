@@ -68,7 +68,7 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
     one layer). The others are decoded by the embedding stage's decoder (``embedding.decoded_batches``:
     threads on CPU, on demand; nvJPEG or processes ahead of the model on GPU; ``decoder="inline"``
     decodes in this thread) and run through the whole model. Returns ``(path, reason)`` for images that
-    could not be read any more.
+    could not be read any more, or whose bytes no longer hash to their ``image_id`` (``imageio.read_checked``).
     """
     from contextlib import closing
 
@@ -94,7 +94,7 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
         return failures
     fast = approximate_decoding(encoder.dtype)
     bs = relevance_batch_size(encoder.device, batch_size)
-    with closing(decoded_batches(paths, range(len(ids)), encoder.preprocessor, encoder.device, bs,
+    with closing(decoded_batches(paths, range(len(ids)), encoder.preprocessor, encoder.device, bs, ids=ids,
                                  decoder=decoder, num_workers=num_workers, fast_decode=fast, thumb_side=0)) as batches:
         for dec, px in batches:
             failures.extend((path, reason) for _, path, reason in dec.failed)

@@ -25,6 +25,12 @@ Pipeline (one run of :func:`embed_files`)::
   antialiased bicubic resize (``fast_decode=None`` means: on for bf16, off for fp32).
 - On a GPU, host -> device copies go through pinned memory without blocking, and the embeddings of
   batch k are copied back while batch k+1 runs.
+- Each file is read once and its bytes are checked against its image id before they are decoded
+  (``imageio.read_checked``): a file rewritten since the run hashed it fails with
+  ``imageio.CHANGED_REASON`` and nothing is stored under the stale id.
+- Memory per decode worker: one full-size decode at a time, then the crop and the thumbnail. Strips and
+  panoramas resize only their centre crop (``ClipPreprocessor.crops_before_resizing``), in Pillow on
+  every path (nvJPEG hands them to Pillow).
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ import numpy as np
 from ..storage.cache import RowStore
 from ..storage.schema import THUMB_SIDE
 from ..errors import ImageLoadError
-from ..inputs.imageio import decode_image, make_thumbnail, read_bytes
+from ..inputs.imageio import decode_image, make_thumbnail, read_checked
 from .preprocess import ClipPreprocessor, resize_output_size
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -51,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from .encoder import ClipEncoder
 
 Progress = Callable[[int, int], None]
+Item = tuple[int, str, str | None]  # (index into the caller's paths, path, expected image id or None)
 DECODERS = ("auto", "inline", "thread", "process", "nvjpeg")
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -99,18 +106,20 @@ def thumbnail_bytes(image, side: int = THUMB_SIDE) -> bytes:
     return make_thumbnail(image, side)
 
 
-def decode_batch(items: Sequence[tuple[int, str]], preprocessor: ClipPreprocessor, thumb_side: int = THUMB_SIDE,
+def decode_batch(items: Sequence[Item], preprocessor: ClipPreprocessor, thumb_side: int = THUMB_SIDE,
                  draft_size: int | None = None) -> DecodedBatch:
-    """Decode ``(index, path)`` items into uint8 crops and thumbnails; failures are collected, not raised.
+    """Decode ``(index, path, image_id)`` items into uint8 crops and thumbnails; failures are collected, not
+    raised. Each file is read once and its bytes checked against ``image_id`` (``imageio.read_checked``; a
+    ``None`` id is not checked).
 
     ``draft_size``: JPEG DCT-domain downscale (see ``imageio.decode_image``); ``None`` decodes exactly.
     """
     c = preprocessor.crop_size
     pixels = np.empty((len(items), 3, c, c), dtype=np.uint8)
     res = DecodedBatch()
-    for idx, path in items:
+    for idx, path, image_id in items:
         try:
-            image = decode_image(read_bytes(path), path, draft_size=draft_size)
+            image = decode_image(read_checked(path, image_id), path, draft_size=draft_size)
             crop_uint8(image, preprocessor, out=pixels[len(res.rows)])
             if thumb_side:
                 res.thumbs.append(thumbnail_bytes(image, thumb_side))
@@ -231,6 +240,8 @@ def _resize_crop_group(batch: "torch.Tensor", preprocessor: ClipPreprocessor) ->
     import torch.nn.functional as F
 
     h, w, c = int(batch.shape[-2]), int(batch.shape[-1]), preprocessor.crop_size
+    if preprocessor.crops_before_resizing(w, h):  # a strip: the full resize would be gigapixels; Pillow crops first
+        return _pillow_crops(batch, preprocessor)
     new_w, new_h = resize_output_size(w, h, preprocessor.size)
     resized = batch
     if (new_h, new_w) != (h, w):
@@ -243,6 +254,17 @@ def _resize_crop_group(batch: "torch.Tensor", preprocessor: ClipPreprocessor) ->
     crop = torch.zeros(len(batch), 3, c, c, dtype=torch.uint8, device=batch.device)  # zero = the processor's padding
     crop[:, :, dst_t:dst_t + hh, dst_l:dst_l + ww] = resized[:, :, src_t:src_t + hh, src_l:src_l + ww]
     return crop
+
+
+def _pillow_crops(batch: "torch.Tensor", preprocessor: ClipPreprocessor) -> "torch.Tensor":
+    """``[g, 3, h, w]`` uint8 -> CLIP crops ``[g, 3, S, S]`` uint8 on the same device, through
+    ``ClipPreprocessor.resize_and_crop`` on the host (for strips, which it resizes crop-first)."""
+    import torch
+    from PIL import Image
+
+    host = batch.permute(0, 2, 3, 1).cpu().numpy()
+    crops = np.stack([crop_uint8(Image.fromarray(np.ascontiguousarray(im)), preprocessor) for im in host])
+    return torch.from_numpy(crops).to(batch.device)
 
 
 def _group_thumbnails(batch: "torch.Tensor", side: int) -> list[HostThumb]:
@@ -309,38 +331,42 @@ class _NvjpegDecoder:
         # thumbnails get their own threads: behind the queued reads they would hold up store()
         self.thumb_pool = ThreadPoolExecutor(max(1, pool._max_workers), thread_name_prefix="asap-thumb")
 
-    def read(self, items: Sequence[tuple[int, str]]) -> tuple[list[tuple[int, str, bytes, int]], DecodedBatch]:
-        """(JPEGs for the GPU as (index, path, bytes, pixels), the rest decoded by Pillow). In a worker thread."""
+    def read(self, items: Sequence[Item]) -> tuple[list[tuple[int, str, str | None, bytes, int]], DecodedBatch]:
+        """(JPEGs for the GPU as (index, path, image id, bytes, pixels), the rest decoded by Pillow). In a
+        worker thread.
+
+        The bytes are checked against the item's image id; strips and panoramas go to Pillow, which
+        resizes their crop only (``ClipPreprocessor.crops_before_resizing``)."""
         jpegs, other = [], []
-        for idx, path in items:
+        for idx, path, image_id in items:
             try:
-                data = read_bytes(path)
+                data = read_checked(path, image_id)
             except ImageLoadError:
-                other.append((idx, path))  # decode_batch words the failure
+                other.append((idx, path, image_id))  # decode_batch words the failure
                 continue
             size = _probe_jpeg(data)
-            if size is None:
-                other.append((idx, path))
+            if size is None or self.pre.crops_before_resizing(*size):
+                other.append((idx, path, image_id))
             else:
-                jpegs.append((idx, path, data, size[0] * size[1]))
+                jpegs.append((idx, path, image_id, data, size[0] * size[1]))
         return jpegs, decode_batch(other, self.pre, self.thumb_side, self.draft_size)
 
-    def _decode(self, group: list[tuple[int, str, bytes, int]]) -> tuple[list, list[int], list[tuple[int, str]]]:
-        """nvJPEG on one group -> (images [3, H, W] on the GPU, their indices, (index, path) it refused)."""
+    def _decode(self, group: list[tuple[int, str, str | None, bytes, int]]) -> tuple[list, list[int], list[Item]]:
+        """nvJPEG on one group -> (images [3, H, W] on the GPU, their indices, items it refused)."""
         import torch
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        datas = [torch.from_numpy(np.frombuffer(d, np.uint8).copy()) for _, _, d, _ in group]
+        datas = [torch.from_numpy(np.frombuffer(d, np.uint8).copy()) for _, _, _, d, _ in group]
         try:
             return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device)), [g[0] for g in group], []
         except Exception:  # noqa: BLE001 - one bad file fails the whole call: retry one by one
             images, rows, refused = [], [], []
-            for (i, p, _, _), t in zip(group, datas):
+            for (i, p, image_id, _, _), t in zip(group, datas):
                 try:
                     images.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device))
                     rows.append(i)
-                except Exception:  # noqa: BLE001
-                    refused.append((i, p))
+                except Exception:  # noqa: BLE001 - Pillow reads it again (checked) and words the error
+                    refused.append((i, p, image_id))
             return images, rows, refused
 
     def finish(self, read_results: Sequence[tuple[list, DecodedBatch]]) -> DecodedBatch:
@@ -356,8 +382,8 @@ class _NvjpegDecoder:
         start = 0
         while start < len(jpegs):  # groups of at most max_pixels source pixels
             end, px = start, 0
-            while end < len(jpegs) and (end == start or px + jpegs[end][3] <= self.max_pixels):
-                px += jpegs[end][3]
+            while end < len(jpegs) and (end == start or px + jpegs[end][4] <= self.max_pixels):
+                px += jpegs[end][4]
                 end += 1
             images, r, bad = self._decode(jpegs[start:end])
             c, t = resize_crop_tensors(images, self.pre, self.thumb_side)
@@ -463,13 +489,13 @@ class _Prefetcher:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def submit(self, items: list[tuple[int, str]]) -> None:
+    def submit(self, items: list[Item]) -> None:
         if self.on_demand:  # decoded in take(): one batch in memory at a time
             self.pending.append((self.kind, items))
         else:
             self.pending.append((self.kind, self._start(items)))
 
-    def _start(self, items: list[tuple[int, str]]) -> list:
+    def _start(self, items: list[Item]) -> list:
         """Hand ``items`` to the workers, one interleaved chunk each; returns their futures."""
         args = (self.pre, self.thumb_side, self.draft_size)
         chunks = [items[k::self.workers] for k in range(self.workers) if items[k::self.workers]]
@@ -495,7 +521,7 @@ class _Prefetcher:
         if self.kind == "process":
             self.pool.terminate()
         elif self.pool is not None:
-            if not self.on_demand:  # on demand, pending batches are still (index, path) lists: nothing started
+            if not self.on_demand:  # on demand, pending batches are still item lists: nothing started
                 for _, job in self.pending:
                     for f in job:
                         f.cancel()
@@ -505,11 +531,14 @@ class _Prefetcher:
 
 
 def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: ClipPreprocessor, device: "torch.device",
-                    batch_size: int, *, decoder: str = "auto", num_workers: int | None = None, prefetch: int = 3,
-                    fast_decode: bool = False, thumb_side: int = THUMB_SIDE
-                    ) -> Iterator[tuple[DecodedBatch, "torch.Tensor | None"]]:
+                    batch_size: int, *, ids: Sequence[str] | None = None, decoder: str = "auto",
+                    num_workers: int | None = None, prefetch: int = 3, fast_decode: bool = False,
+                    thumb_side: int = THUMB_SIDE) -> Iterator[tuple[DecodedBatch, "torch.Tensor | None"]]:
     """Decode ``paths[i]`` for ``i`` in ``todo``, ``batch_size`` at a time, ahead of the consumer (on a GPU;
     beside a CPU model when the consumer asks, with every core: ``decodes_on_demand``).
+
+    ``ids[i]``: the image id taken when ``paths[i]`` was hashed; the bytes decoded are checked against it
+    (``imageio.read_checked``), so a file rewritten since fails with ``imageio.CHANGED_REASON``.
 
     Yields, in order, each batch's ``DecodedBatch`` (rows, thumbnails if ``thumb_side``, failures) and its
     pixel values ``[n, 3, S, S]`` float32 on ``device``, normalised exactly as ``ClipPreprocessor`` does
@@ -530,7 +559,8 @@ def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: Cli
         kind = "inline"
     draft = preprocessor.size if fast else None
     bs = max(1, int(batch_size))
-    it = ([(i, paths[i]) for i in todo[s:s + bs]] for s in range(0, len(todo), bs))  # lazily: flat memory
+    it = ([(i, paths[i], None if ids is None else ids[i]) for i in todo[s:s + bs]]
+          for s in range(0, len(todo), bs))  # lazily: flat memory
     source = _Prefetcher(kind, workers, preprocessor, device, thumb_side, draft)
     try:
         for b in it:
@@ -560,6 +590,9 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
                 compile: bool | None = None, thumb_side: int = THUMB_SIDE,
                 last_input_store: RowStore | None = None) -> list[tuple[str, str]]:
     """Embed the images ``paths`` (ids ``ids``) that ``embed_store`` lacks; store embeddings and thumbnails.
+
+    Each file's bytes are checked against its id before they are decoded: a file rewritten since it was
+    hashed is returned as a failure (``imageio.CHANGED_REASON``) and nothing is stored for it.
 
     ``load_encoder()`` is called only if something is missing (a fully cached run never loads the model).
     Returns the failures as ``(path, reason)``. Each finished batch is stored at once (an interrupted run
@@ -597,7 +630,7 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
     encode = _batch_encoder(encoder, bs, compile, keep_last=last_input_store is not None)
     writer = _BatchWriter(embed_store, thumb_store, last_input_store, total, progress)
     fast = approximate_decoding(encoder.dtype) if fast_decode is None else bool(fast_decode)
-    with closing(decoded_batches(paths, todo, preprocessor, dev, bs, decoder=decoder, num_workers=num_workers,
+    with closing(decoded_batches(paths, todo, preprocessor, dev, bs, ids=ids, decoder=decoder, num_workers=num_workers,
                                  prefetch=prefetch, fast_decode=fast, thumb_side=thumb_side)) as source:
         for dec, px in source:
             failures.extend((path, reason) for _, path, reason in dec.failed)

@@ -7,12 +7,27 @@ processor's numpy <-> PIL round trips, float64 rescale and transposed normalise:
 multiply-subtract writes straight into a preallocated ``[B, 3, S, S]`` float32 batch, grey images are
 resized on one channel instead of three (bit-identical), and already-sized images are not resampled.
 Shortcuts that change pixels (``Image.reduce``, JPEG ``draft``, ``resize(box=...)``, ``reducing_gap``)
-are deliberately not used here: one uint8 level is 0.015 after normalisation, above the tolerance.
+are deliberately not used on that path: one uint8 level is 0.015 after normalisation, above the tolerance.
 ``benchmarks/preprocess_speed.py`` prints the timings.
+
+Strips and panoramas (the one exception, decided in issue 15): resizing the shortest side of a 65500 x 1
+image to 224 px makes a 14672000 x 224 image (3.3 gigapixels, 13 GB in Pillow's 4-byte pixels) of which the
+centre crop keeps 224 x 224 (a 276-byte PNG took 14 GB in ``analyze``). Such images are **cropped before resizing**, not refused: when the resize is
+an upscale whose output would exceed ``MAX_RESIZED_CROPS`` crops (``ClipPreprocessor.crops_before_resizing``),
+only the source pixels under the centre crop (plus the bicubic support) are resized, one axis at a time,
+horizontal first as Pillow does for an upscale. The model sees exactly the centre crop anyway, so such
+files cost no more than any other and none is lost. The pixels equal the full resize's crop up to the
+rounding of Pillow's filter coefficients (its box corners are float32): on 3000x200-like images 4 in
+100,000 uint8 values differ, by one level (random noise: 13 in 100,000, single values by two;
+``tests/test_hostile_inputs.py``), so those images hold CLIPImageProcessor parity within two levels instead
+of 1e-2. Downscales are never cropped first: their resized image is smaller than the decoded source, which
+Pillow's pixel limit bounds. So every image whose shortest side is at least ``size`` (any camera photo), and
+every upscale up to 4:1 (when ``size == crop_size``), keeps the exact path.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +40,8 @@ from ..inputs.imageio import to_rgb
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 PREPROCESS_VERSION = "asap-pre-2"
+MAX_RESIZED_CROPS = 4
+"""An upscale to more than this many crops' pixels resizes only the centre crop's source (module doc)."""
 
 
 def resize_output_size(width: int, height: int, shortest_edge: int) -> tuple[int, int]:
@@ -36,6 +53,34 @@ def resize_output_size(width: int, height: int, shortest_edge: int) -> tuple[int
     short, long = (width, height) if width <= height else (height, width)
     new_short, new_long = shortest_edge, int(shortest_edge * long / short)
     return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def _source_span(start: int, n: int, scale: float, limit: int) -> tuple[int, int]:
+    """Source pixels ``[lo, hi)`` that output pixels ``start .. start + n - 1`` of a bicubic resize by
+    ``1 / scale`` read: their centres' span widened by the filter support (2 source pixels, times ``scale``
+    when reducing) and one pixel for rounding, clamped to ``[0, limit)``."""
+    margin = 2.0 * max(scale, 1.0) + 1.0
+    return max(0, math.floor(start * scale - margin)), min(limit, math.ceil((start + n) * scale + margin))
+
+
+def resized_region(image: Image.Image, size: tuple[int, int], region: tuple[int, int, int, int]) -> Image.Image:
+    """``image.resize(size, BICUBIC)`` cut to ``region = (left, top, width, height)`` (in resized pixels),
+    computed from the source pixels that region reads only: memory and time follow the region, not ``size``.
+
+    One axis per Pillow call, horizontal first (Pillow's order for an upscale; the order changes the
+    values where the first pass clips). Equal to the full resize's crop up to the rounding of Pillow's
+    filter coefficients (box corners are float32 there): a few values in 100,000 differ by one or two levels.
+    """
+    (w, h), (left, top, out_w, out_h) = image.size, region
+    sx, sy = w / size[0], h / size[1]
+    x0, x1 = _source_span(left, out_w, sx, w)
+    y0, y1 = _source_span(top, out_h, sy, h)
+    src = image.crop((x0, y0, x1, y1))
+    bicubic = Image.Resampling.BICUBIC
+    rows = src.resize((out_w, y1 - y0), bicubic,
+                      box=(left * sx - x0, 0, min((left + out_w) * sx - x0, x1 - x0), y1 - y0))
+    return rows.resize((out_w, out_h), bicubic,
+                       box=(0, top * sy - y0, out_w, min((top + out_h) * sy - y0, y1 - y0)))
 
 
 @dataclass(frozen=True)
@@ -96,21 +141,34 @@ class ClipPreprocessor:
         """Identifies the preprocessing in cache keys."""
         return f"{PREPROCESS_VERSION}:s{self.size}:c{self.crop_size}:m{self.mean}:sd{self.std}"
 
+    def crops_before_resizing(self, width: int, height: int) -> bool:
+        """Whether ``resize_and_crop`` resizes only the centre crop's source region of a ``width x height``
+        image: an upscale (shortest side below ``size``) to more than ``MAX_RESIZED_CROPS`` crops' pixels,
+        i.e. a strip or panorama (see the module docstring)."""
+        if min(width, height) >= self.size:
+            return False
+        new_w, new_h = resize_output_size(width, height, self.size)
+        return new_w * new_h > MAX_RESIZED_CROPS * self.crop_size ** 2
+
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         """Resize so the shortest side is ``size`` (bicubic), then centre-crop ``crop_size``.
 
         Keeps mode ``L`` (grey, no transparency) as ``L``: resizing one channel gives bit-identical
-        values to resizing its RGB copy; every other mode is converted to RGB first.
+        values to resizing its RGB copy; every other mode is converted to RGB first. Strips and panoramas
+        (``crops_before_resizing``) resize only what the crop keeps: memory stays at a few crops.
         """
         if image.mode != "L" or image.info.get("transparency") is not None:
             image = to_rgb(image)
         w, h = image.size
         new_w, new_h = resize_output_size(w, h, self.size)
-        if (new_w, new_h) != (w, h):  # Pillow returns a plain copy for an equal size: skip it
-            image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
         c = self.crop_size
         top = (new_h - c) // 2
         left = (new_w - c) // 2
+        if self.crops_before_resizing(w, h):  # the resize of the crop's region only; left/top now relative to it
+            image = resized_region(image, (new_w, new_h), (max(left, 0), max(top, 0), min(new_w, c), min(new_h, c)))
+            (new_w, new_h), top, left = image.size, min(top, 0), min(left, 0)
+        elif (new_w, new_h) != (w, h):  # Pillow returns a plain copy for an equal size: skip it
+            image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
         if top < 0 or left < 0:  # smaller than the crop: zero-pad centred (ceil on the leading side)
             canvas = Image.new(image.mode, (max(new_w, c), max(new_h, c)))
             canvas.paste(image, (max(-left, 0), max(-top, 0)))

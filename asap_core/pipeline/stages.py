@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import ImageLoadError, InputError
-from ..inputs.imageio import decode_image, file_sha1, read_bytes
+from ..inputs.imageio import decode_image, file_sha1, read_checked
 from ..inputs.scan import ScanResult
 from ..model.device import dtype_name
 from ..model.encoder import CheckpointInfo
@@ -34,12 +34,13 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from ..method.distiller import Distiller
     from ..method.projection import VisionOnlyProjection
     from ..model.encoder import ClipEncoder
+    from ..model.preprocess import ClipPreprocessor
     from .analyze import AnalyzeOptions
 
 # progress(stage, done, total): the CLI draws tqdm bars, the app a st.progress
 StageProgress = Callable[[str, int, int], None]
 EMBEDDING_VERSION = 1  # bump when the embedding stage computes other values for the same files
-PROJECTION_VERSION = 1
+PROJECTION_VERSION = 2  # 2: text is rendered on the model-input crop of each sample image
 LAYOUT_VERSION = 1
 
 
@@ -211,33 +212,70 @@ def embed_stage(ctx: RunContext, images: pd.DataFrame, root: Path) -> Embedded:
 # ----------------------------------------------------------------------------- project
 
 
-def _sample_images(paths: list[str], n: int, seed: int) -> tuple[list[int], list]:
-    """Up to ``n`` decoded PIL images from ``paths`` (a seeded sample; unreadable ones are passed over),
-    and their positions in ``paths``."""
-    rng = np.random.default_rng(seed)
-    idx, out = [], []
-    for i in rng.permutation(len(paths)):
-        try:
-            out.append(decode_image(read_bytes(paths[i]), paths[i]))
-        except ImageLoadError:
-            continue
-        idx.append(int(i))
-        if len(out) >= n:
-            break
+def _sample_images(paths: list[str], ids: list[str | None], n: int, seed: int,
+                   preprocessor: "ClipPreprocessor | None") -> tuple[list[int], list]:
+    """The first ``n`` images of a seeded permutation of ``paths`` that decode (unreadable ones, and files
+    whose bytes no longer hash to their id in ``ids``, are passed over), and their positions in ``paths``.
+
+    With ``preprocessor`` each is cut to the model input right after decoding, by the embedding pass's
+    decoder (``embedding.decode_batch``: the very crops it embedded), one thread per core: the sample holds
+    ``n`` crops, not ``n`` full-size photos (128 camera photos and their texted copies took over 10 GB).
+    Without, the full-size decodes are kept (one thread)."""
+    order = [int(i) for i in np.random.default_rng(seed).permutation(len(paths))]
+    idx, out, pos = [], [], 0
+    while len(out) < n and pos < len(order):  # candidates in order until n decode
+        chunk = order[pos:pos + n - len(out)]
+        pos += len(chunk)
+        for i, image in _decode_sample(paths, ids, chunk, preprocessor):
+            idx.append(i)
+            out.append(image)
     return idx, out
 
 
+def _decode_sample(paths: list[str], ids: list[str | None], chunk: list[int],
+                   preprocessor: "ClipPreprocessor | None") -> list[tuple[int, object]]:
+    """``(i, PIL image)`` for the ``i`` in ``chunk`` whose files decode, in ``chunk`` order: model-input
+    crops (RGB, ``crop x crop``) decoded in threads with ``preprocessor``, else full-size decodes."""
+    if preprocessor is None:
+        out = []
+        for i in chunk:
+            try:
+                out.append((i, decode_image(read_checked(paths[i], ids[i]), paths[i])))
+            except ImageLoadError:
+                continue
+        return out
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from ..model.device import cpu_cores
+    from ..model.embedding import decode_batch
+
+    items = [(i, paths[i], ids[i]) for i in chunk]
+    k = max(1, min(cpu_cores(), len(items)))
+    with ThreadPoolExecutor(k, thread_name_prefix="asap-sample") as pool:
+        parts = list(pool.map(lambda j: decode_batch(items[j::k], preprocessor, thumb_side=0), range(k)))
+    crops = {i: Image.fromarray(px.transpose(1, 2, 0)) for part in parts for i, px in zip(part.rows, part.pixels)}
+    return [(i, crops[i]) for i in chunk if i in crops]
+
+
 def fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int, embed_images: Callable,
-                   exact_decode: bool) -> "VisionOnlyProjection":
-    """``VisionOnlyProjection`` from ``n`` sampled images of ``images`` (rows of ``embeds [N, D]``).
+                   exact_decode: bool, preprocessor: "ClipPreprocessor | None" = None) -> "VisionOnlyProjection":
+    """``VisionOnlyProjection`` from ``n`` sampled images of ``images`` (rows of ``embeds [N, D]``; its
+    ``image_id`` column, when present, is checked against the bytes decoded).
 
     With ``exact_decode`` (the embedding pass decoded exactly as ``embed_images`` does: fp32) the sample's
     embeddings are taken from ``embeds`` and only its texted copies go through the model; otherwise
     (JPEG draft / nvJPEG for bf16) both are embedded the same way, so that their difference is the text.
+    ``preprocessor``: the model's; each sampled image is cut to the model input (the embedding pass's
+    crop) before the text is drawn, so memory stays at ``n`` crops and the text always lands where the
+    model looks; ``embed_images`` then gets crops (``ClipEncoder.encode_crops``: normalised, not
+    resampled, so ``embeds`` still match). ``None`` keeps the decoded images as they are.
     """
     from ..method.projection import VisionOnlyProjection
 
-    idx, sample = _sample_images(images["path"].tolist(), n, seed)
+    ids = images["image_id"].tolist() if "image_id" in images else [None] * len(images)
+    idx, sample = _sample_images(images["path"].tolist(), ids, n, seed, preprocessor)
     return VisionOnlyProjection(random_state=seed).fit(
         sample, embed_images, clean_embeds=embeds, image_embeds=embeds[idx] if exact_decode else None)
 
@@ -257,8 +295,9 @@ def project_stage(ctx: RunContext, emb: Embedded) -> "VisionOnlyProjection":
     return cached_call(
         ctx.cache, "projection", key,
         lambda: fit_projection(emb.images, emb.embeds, o.projection_samples, o.seed,
-                               lambda ims: ctx.encoder().encode_images(ims).numpy(),
-                               exact_decode=not approximate_decoding(ctx.dtype)),
+                               lambda crops: ctx.encoder().encode_crops(crops).numpy(),
+                               exact_decode=not approximate_decoding(ctx.dtype),
+                               preprocessor=ctx.info.preprocessor),
         lambda p, d: p.save_pretrained(d), VisionOnlyProjection.from_pretrained)
 
 
