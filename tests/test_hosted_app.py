@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -25,7 +26,7 @@ def _copy_bundle(src: Path, dest: Path) -> Path:
 
 
 @pytest.fixture
-def root(tiny_bundle, tmp_path, monkeypatch) -> Path:  # noqa: F811
+def root(tiny_bundle, tmp_path, monkeypatch) -> Iterator[Path]:  # noqa: F811
     """A bundle root with ``tiny`` and ``other`` (two copies of the tiny bundle), hosted mode on."""
     root = tmp_path / "bundles"
     _copy_bundle(tiny_bundle, root / "tiny")
@@ -38,7 +39,16 @@ def root(tiny_bundle, tmp_path, monkeypatch) -> Path:  # noqa: F811
     monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "200")
     monkeypatch.delenv("ASAP_MODEL_ALLOWLIST", raising=False)
     reload_settings()
-    return root
+    yield root
+    _restore_client_options()
+
+
+def _restore_client_options() -> None:
+    """The app sets these process-wide in hosted mode (``st.set_option``); later tests run the local app."""
+    from streamlit import config
+
+    config.set_option("client.showErrorDetails", "full")
+    config.set_option("client.toolbarMode", "auto")
 
 
 def n_images_shown(at: AppTest) -> int:
@@ -187,3 +197,40 @@ def test_every_tampering_leaves_the_explorer_up(root):
         assert "unavailable" in words, kind
         assert str(root) not in words and not re.search(r"(?<![\w.])/(tmp|root|home)\b", words), (kind, words)
         assert not re.search(r"\b[A-Z]\w*(Error|Exception)\b", words), (kind, words)
+
+
+def test_an_unexpected_failure_shows_an_error_id_not_a_traceback(root, monkeypatch, caplog):
+    """The error boundary: a bug inside a view becomes a plain sentence with an error id; the server log holds
+    the exception under that id; the sidebar (and so every other page) stays usable."""
+    import logging
+    import re
+
+    from asap_core.views import overview as ov
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret detail from /srv/internal/path")
+
+    monkeypatch.setattr(ov, "overview_chart", broken)
+    with caplog.at_level(logging.ERROR, logger="asap_explorer"):
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        at.query_params.update({"bundle": "tiny"})
+        at.run()
+    assert not at.exception                                      # no traceback block
+    shown = " ".join(e.value for e in at.error)
+    eid = re.search(r"error id ([0-9a-f]{8})", shown).group(1)
+    assert "RuntimeError" not in shown and "/srv" not in shown and "secret" not in shown
+    assert at.sidebar.selectbox                                   # the picker is still there
+    logged = [r for r in caplog.records if eid in r.getMessage()]
+    assert logged and logged[0].exc_info and "secret detail" in str(logged[0].exc_info[1])
+
+
+def test_locally_an_unexpected_failure_is_raised_for_the_developer(tiny_bundle, monkeypatch):  # noqa: F811
+    from asap_core.views import overview as ov
+
+    monkeypatch.setattr(ov, "overview_chart", lambda *a, **k: 1 / 0)
+    _restore_client_options()
+    monkeypatch.setenv("ASAP_HOSTED", "0")
+    monkeypatch.setenv("ASAP_BUNDLE", str(tiny_bundle))
+    reload_settings()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
+    assert at.exception and "division by zero" in at.exception[0].value and at.exception[0].stack_trace

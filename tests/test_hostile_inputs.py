@@ -25,6 +25,7 @@ from asap_core.model import embedding
 from asap_core.model.embedding import crop_uint8, decode_batch, embed_files, resize_crop_tensors
 from asap_core.model.preprocess import MAX_RESIZED_CROPS, ClipPreprocessor, resize_output_size
 from asap_core.storage.cache import RowStore
+from conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 # (Pillow format, suffix, the geometries it can store): WebP stops at 16383 px, JPEG at 65500
 FORMATS = {
@@ -339,3 +340,35 @@ def test_analyze_skips_a_file_rewritten_between_hash_and_embed(tiny_clip_dir, sm
     assert str(victim) not in set(bundle.images["path"]) and stale["id"] not in set(bundle.images["image_id"])
     store = RowStore(tmp_path / "cache", embedding_store_name(bundle.encoder_info.cache_key, torch.float32), (64,))
     assert store.missing([stale["id"]]) == [stale["id"]]
+
+
+@pytest.mark.parametrize("size", [(65500, 1), (1, 20000), (9000, 3)])
+def test_laundering_a_strip_is_bounded(size, resize_sizes):
+    """Laundering cuts a strip to its centre (long side <= 4 x short) before resizing and re-encoding."""
+    from asap_core.analyses.laundering import MAX_ASPECT, launder
+
+    image = Image.fromarray(_gradient(*size))
+    out = launder(image, 75, 2.0)
+    short = min(size)
+    assert max(out.size) <= 2 * MAX_ASPECT * short + 2 and min(out.size) == 2 * short
+    assert _largest(resize_sizes) <= (2 * MAX_ASPECT * short + 2) * 2 * short
+
+
+def test_bundle_never_decodes_new_pixels_under_an_old_id(tiny_bundle, tmp_path):  # noqa: F811
+    """``Bundle.decode`` of a file rewritten since the analysis: the thumbnail (asked for) or a worded error."""
+    from asap_core.errors import BundleError
+    from asap_core.storage.bundle import Bundle
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    b = Bundle.open(copy)
+    image_id, path = b.images[["image_id", "path"]].iloc[0]
+    original = Path(path).read_bytes()
+    try:
+        Image.new("RGB", (40, 40), (255, 0, 0)).save(path)                 # same path, other pixels
+        with pytest.raises(BundleError, match="changed while it was being analysed"):
+            b.decode(image_id, "its laundering")
+        thumb = b.decode(image_id, "its concept crop", thumbnail_fallback=True)
+        assert np.asarray(thumb)[..., 0].mean() < 250 or np.asarray(thumb)[..., 1].mean() > 5  # not the red square
+    finally:
+        Path(path).write_bytes(original)

@@ -67,7 +67,9 @@ def test_table_has_one_row_per_image_and_setting(bundle, ids, tiny_encoder, enco
     ident = table["quality"].isna() & (table["scale"] == 1.0)
     assert ident.sum() == len(ids)
     assert table.loc[ident, "delta"].abs().max() < 1e-6
-    np.testing.assert_allclose(table.loc[ident, "map_corr"], 1.0, atol=1e-3)
+    same = table.loc[ident, "map_corr"].dropna()  # NaN where the tiny random model's map is constant (all 0)
+    assert len(same) >= len(ids) - 2
+    np.testing.assert_allclose(same, 1.0, atol=1e-3)
     heavy = (table["quality"] == 20) & (table["scale"] == 0.5)
     assert (table.loc[heavy, "delta"].abs() > 0).all()
     corr = table["map_corr"].dropna()

@@ -40,19 +40,38 @@ def _check_setting(jpeg_quality: int | None, scale: float) -> tuple[int | None, 
     return jpeg_quality, s
 
 
+MAX_ASPECT = 4  # strips are cut to their centre (long side <= 4 x short) before laundering: the model sees the centre
+
+
+def _centre_region(im: Image.Image) -> Image.Image:
+    """``im``, or its centre with the long side at most ``MAX_ASPECT`` times the short one (which holds all
+    the model sees), so that resizing and re-encoding a strip stay as cheap as for an ordinary image."""
+    w, h = im.size
+    short = min(w, h)
+    if max(w, h) <= MAX_ASPECT * short:
+        return im
+    keep = MAX_ASPECT * short
+    left, top = (w - min(w, keep)) // 2, (h - min(h, keep)) // 2
+    return im.crop((left, top, left + min(w, keep), top + min(h, keep)))
+
+
 def launder(image: Image.Image, jpeg_quality: int | None = 75, scale: float = 1.0) -> Image.Image:
     """Resize by ``scale`` (bicubic; each side ``max(1, round(side * scale))``), then JPEG re-encode at
     ``jpeg_quality`` (1..100, Pillow's default 4:2:0 chroma subsampling) in memory; ``None`` skips the JPEG
     step. Returns a new RGB image."""
     q, s = _check_setting(jpeg_quality, scale)
-    im = to_rgb(image)
+    im = _centre_region(to_rgb(image))
     if s != 1.0:
         w, h = im.size
         im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BICUBIC)
     if q is None:
         return im.copy()
     buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=q)
+    try:
+        im.save(buf, "JPEG", quality=q)
+    except (OSError, ValueError) as exc:  # e.g. a side over JPEG's 65,500 pixels
+        raise InputError(f"A {im.width}x{im.height} image cannot be JPEG-encoded ({exc}).",
+                         "launder at a smaller scale.") from None
     buf.seek(0)
     out = Image.open(buf)
     out.load()

@@ -409,10 +409,15 @@ class _NvjpegDecoder:
 # ----------------------------------------------------------------------------- orchestration
 
 
+#: Most decode threads by default: each holds one full decode while it works (about 90 MB for a 12 MP photo,
+#: with what malloc keeps), so the decoders' memory stays bounded on many-core machines.
+MAX_DECODE_THREADS = 8
+
+
 def default_workers(decoder: str, cores: int | None = None) -> int:
     """Decode workers for a decoder kind.
 
-    ``thread``: one per core (on a CPU device they decode while the model waits, see the module
+    ``thread``: one per core, at most ``MAX_DECODE_THREADS`` (on a CPU device they decode while the model waits, see the module
     docstring; beside a GPU they run ahead). ``process`` (GPU model): one per core but one (the main
     process feeds the GPU). ``nvjpeg``: 2 to 8 threads for reading files.
     """
@@ -420,7 +425,7 @@ def default_workers(decoder: str, cores: int | None = None) -> int:
 
     n = cores or cpu_cores()
     if decoder == "thread":
-        return n
+        return min(n, MAX_DECODE_THREADS)
     if decoder == "process":
         return max(1, n - 1)
     if decoder == "nvjpeg":

@@ -342,12 +342,13 @@ class Bundle:
     def decode(self, image_id: str, needed_for: str, thumbnail_fallback: bool = False) -> "Image.Image":
         """The analysed file of ``image_id`` as an upright RGB image. When it cannot be read any more:
         its thumbnail with ``thumbnail_fallback``, else ``BundleError`` naming the file and ``needed_for``
-        (e.g. "its concept segments")."""
-        from ..inputs.imageio import decode_image, read_bytes
+        (e.g. "its concept segments"). A file whose bytes no longer hash to ``image_id`` (rewritten since
+        the analysis) counts as unreadable: its new pixels never stand in for the analysed ones."""
+        from ..inputs.imageio import decode_image, read_checked
 
         path = self._paths[image_id]
         try:
-            return decode_image(read_bytes(path), path)
+            return decode_image(read_checked(path, image_id), path)
         except ImageLoadError as exc:
             thumb = self.thumbnails([image_id])[0] if thumbnail_fallback else None
             if thumb is None:
