@@ -279,7 +279,7 @@ def test_hosted_single_image_upload_charges_the_relevance_budget(bundle, tmp_pat
     assert not at.error and at.metric
     at.file_uploader(key="w_upload").set_value(("b.jpg", read_bytes(paths[1]), "image/jpeg")).run()
     no_exception(at)
-    assert any("1 of its 1" in e.value for e in at.error) and not at.metric
+    assert any("used 1 of the 1" in e.value for e in at.error) and not at.metric
 
 
 # ------------------------------------------------------------------------------------------ forensynths

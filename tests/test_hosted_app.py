@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from asap_core.storage.bundle import Bundle
@@ -211,6 +212,7 @@ def test_an_unexpected_failure_shows_an_error_id_not_a_traceback(root, monkeypat
         raise RuntimeError("secret detail from /srv/internal/path")
 
     monkeypatch.setattr(ov, "overview_chart", broken)
+    st.cache_data.clear()                                       # the overview's spec may be cached already
     with caplog.at_level(logging.ERROR, logger="asap_explorer"):
         at = AppTest.from_file(APP, default_timeout=TIMEOUT)
         at.query_params.update({"bundle": "tiny"})
@@ -228,6 +230,7 @@ def test_locally_an_unexpected_failure_is_raised_for_the_developer(tiny_bundle, 
     from asap_core.views import overview as ov
 
     monkeypatch.setattr(ov, "overview_chart", lambda *a, **k: 1 / 0)
+    st.cache_data.clear()
     _restore_client_options()
     monkeypatch.setenv("ASAP_HOSTED", "0")
     monkeypatch.setenv("ASAP_BUNDLE", str(tiny_bundle))

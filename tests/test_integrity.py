@@ -16,6 +16,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from asap_core.storage import schema as S
+
+
+@pytest.fixture(autouse=True)
+def _plain_main(monkeypatch):
+    """Spawned children re-run ``__main__``'s file; after an AppTest that is the app script: give them none."""
+    import types
+
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
+
+
 from asap_core.storage.bundle import Bundle, recover_bundle, write_bundle
 from asap_core.storage.cache import RowStore, pid_alive
 
