@@ -173,7 +173,7 @@ def test_bad_uploads_are_refused_in_plain_words(site, browser, name, payload, ex
     try:
         page.goto(f"{url}/single?bundle=good")
         _settled(page, "No image uploaded yet")
-        page.locator("input[type=file]").set_input_files(str(f))
+        page.locator("[data-testid='stMain'] input[type=file]").set_input_files(str(f))
         text = _settled(page, expect)
         _clean(text, work)
     finally:
@@ -188,7 +188,7 @@ def test_upload_with_a_missing_model_says_so_without_paths(site, browser, tmp_pa
     try:
         page.goto(f"{url}/single?bundle=nomodel")
         _settled(page, "No image uploaded yet")
-        page.locator("input[type=file]").set_input_files(str(f))
+        page.locator("[data-testid='stMain'] input[type=file]").set_input_files(str(f))
         text = _settled(page, "need the bundle's CLIP")
         _clean(text, work)
     finally:

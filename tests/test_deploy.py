@@ -230,7 +230,7 @@ def test_recipe_server_serves_the_hosted_explorer_with_both_upload_limits(hosted
             big.write_bytes(noise_png(500))                           # ~0.7 MB: under Streamlit's 1 MB, over 0.5
             assert 0.5 * 2**20 < big.stat().st_size < 2**20
             with page.expect_request(lambda r: "/_stcore/upload_file/" in r.url and r.method == "PUT") as sent:
-                page.locator("input[type='file']").set_input_files(str(big))
+                page.locator("[data-testid='stMain'] input[type='file']").set_input_files(str(big))
             page.locator(ERROR_BLOCKS).filter(has_text="limit").wait_for()   # the app's own, exact check
             upload_url, token = sent.value.url, sent.value.all_headers().get("x-xsrftoken")
 

@@ -32,7 +32,8 @@ _MEMO_LOCK = threading.Lock()
 class SingleImageResult:
     """What the app shows for one upload.
 
-    ``image`` (decoded RGB), ``image_id`` (SHA-1 of the bytes), ``in_bundle`` (the same bytes are in the
+    ``image`` (what the model sees: the centre crop, ``crop x crop`` RGB, on which the maps lie; a strip or a
+    12 MP photo is kept no larger than that), ``image_id`` (SHA-1 of the bytes), ``in_bundle`` (the same bytes are in the
     bundle), ``p_fake``, ``logit``, ``pred`` (``"fake"`` when p_fake >= 0.5), ``confidence`` (|2 p - 1|),
     ``z`` ``[16]``, ``neighbours`` (the ``k`` nearest bundle images by Euclidean distance in z: rank,
     image_id, distance, label, generator, p_fake, pred, cell, path), ``cell`` (the nearest neighbour's cell),
@@ -129,7 +130,7 @@ def analyse_upload(bundle, name: str, data: bytes, encoder=None, k_neighbours: i
     cell = int(nb["cell"].iloc[0]) if "cell" in nb and len(nb) and pd.notna(nb["cell"].iloc[0]) else None
     xy = (float(nb["map_x"].mean()), float(nb["map_y"].mean())) if {"map_x", "map_y"} <= set(nb) else (np.nan, np.nan)
     return SingleImageResult(
-        name=Path(str(name)).name, image=image, image_id=image_id,
+        name=Path(str(name)).name, image=enc.preprocessor.resize_and_crop(image).convert("RGB"), image_id=image_id,
         in_bundle=bool((bundle.images["image_id"] == image_id).any()), p_fake=p, logit=logit,
         pred=str(predicted_label(p)), confidence=float(confidence(p)), z=z, neighbours=nb, cell=cell,
         map_xy=xy, maps=maps, method=method)
