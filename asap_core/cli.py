@@ -126,15 +126,18 @@ def cpu_speed_tip(device: str, dtype: str, compiled: bool, embed_seconds: float,
 
 def cmd_info(args: argparse.Namespace) -> int:
     from .storage.bundle import Bundle
+    from .views.trust import encoder_source, trust_notices
 
     b = Bundle.open(args.bundle)
     c, enc = b.counts, b.encoder_info
     print(f"{b.path}: {c.used} images ({c.real} real, {c.fake} fake), {c.cells} cells; encoder {enc.model_id} "
-          f"({enc.dtype}); layout {b.layout}")
+          f"({enc.dtype}), source {encoder_source(enc)}; layout {b.layout}")
     val = b.metrics.get("val")
     if val:
         print(f"validation accuracy {val['accuracy']:.3f}, AP {val['ap']:.3f}, ROC-AUC {val['roc_auc']:.3f}")
     print(f"skipped files: {len(b.skipped)}")
+    for notice in trust_notices(b, where="cli"):
+        print(notice.line())
     return 0
 
 

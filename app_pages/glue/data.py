@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from asap_core.errors import AsapError
+from asap_core.model.hints import hint_for
 from asap_core.storage.bundle import Bundle
 from asap_core.views import attention as va
 from asap_core.views import dimensions as vd
@@ -24,7 +25,7 @@ from asap_core.views import grid as vg
 from asap_core.views import overview as ov
 
 from . import budget
-from .errors import show_error
+from .errors import hint_place, show_error
 from .keys import K_MODEL_OVERRIDE
 from .widgets import progress_bar
 
@@ -139,7 +140,7 @@ def encoder_for(b: Bundle, needed_for: str):
     try:
         return get_encoder(encoder_model(b))
     except AsapError as exc:
-        show_error(AsapError(f"{needed_for} need the bundle's CLIP: {exc.message}", exc.hint))
+        show_error(AsapError(f"{needed_for} need the bundle's CLIP: {exc.message}", hint_for(exc, hint_place())))
         return None
 
 
@@ -151,7 +152,7 @@ def model_status(model_id: str) -> tuple[bool, str, str, str | None]:
 
         info = inspect_checkpoint(model_id)
     except AsapError as exc:
-        return False, exc.message, exc.hint, None
+        return False, exc.message, hint_for(exc, hint_place()), None
     except ImportError as exc:
         return False, f"torch / transformers are not installed ({exc}).", "bundles still open view-only.", None
     return True, f"{info.model_id} (D = {info.embed_dim}, {info.patch_side}x{info.patch_side} patches)", "", \

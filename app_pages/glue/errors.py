@@ -12,6 +12,7 @@ import streamlit as st
 
 from asap_core.errors import AsapError
 from asap_core.hosting import error_id, public_text
+from asap_core.model.hints import hint_for
 from asap_core.settings import settings
 
 LOG = logging.getLogger("asap_explorer")
@@ -23,11 +24,18 @@ def visible(text: str) -> str:
     return public_text(text, s.bundle_root) if s.hosted else text
 
 
+def hint_place() -> str:
+    """How fixes are worded here (``asap_core.model.hints.WHERES``): "hosted" on a public explorer, else "app"."""
+    return "hosted" if settings().hosted else "app"
+
+
 def show_error(exc: AsapError, where=st) -> None:
-    """``exc.message`` as an error box and ``exc.hint`` as a "Fix:" caption, in ``where`` (page or sidebar)."""
+    """``exc.message`` as an error box and its hint (worded for the app) as a "Fix:" caption, in ``where``
+    (page or sidebar)."""
     where.error(visible(exc.message))
-    if exc.hint:
-        where.caption(f"Fix: {visible(exc.hint)}")
+    hint = hint_for(exc, hint_place())
+    if hint:
+        where.caption(f"Fix: {visible(hint)}")
 
 
 def show_warning(message: str, hint: str = "", where=st) -> None:

@@ -11,10 +11,12 @@ from asap_core.hosting import model_label
 from asap_core.settings import settings
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import NO_RELEVANCE, RELEVANCE_METHODS
+from asap_core.views.trust import metric_label
 
 from . import budget, data, state
-from .errors import show_error, show_warning, visible
-from .keys import K_BUNDLE, K_DEMO_NOTE, K_ERROR, K_LAST_REPORT, K_MODEL_OVERRIDE, K_WANT_DEMO
+from .errors import hint_place, show_error, show_warning, visible
+from .keys import K_BUNDLE, K_ERROR, K_LAST_REPORT, K_MODEL_OVERRIDE, K_WANT_DEMO
+from .notices import show_notices
 from .widgets import progress_bar
 
 
@@ -41,6 +43,7 @@ def page_start() -> Bundle:
             st.info("No bundle is open. Open one in the sidebar (a folder written by "
                     "`python -m asap_core analyze`), set `ASAP_BUNDLE`, or analyse an image folder there.")
         st.stop()
+    show_notices(b)
     return b
 
 
@@ -51,12 +54,12 @@ def open_demo() -> None:
     with progress_bar("Preparing the demo bundle (only the first time) ...",
                       lambda d, t: f"demo: {d}/{t}") as progress:
         try:
-            path, note = ensure_demo_bundle(progress=lambda stage, d, t: progress(d, t))
+            # its note (random CLIP) is not kept: every page shows the bundle's notices (glue.notices)
+            path, _ = ensure_demo_bundle(progress=lambda stage, d, t: progress(d, t))
         except AsapError as exc:
             st.session_state[K_ERROR] = exc
             return
     st.session_state[K_BUNDLE] = str(path)
-    st.session_state[K_DEMO_NOTE] = note
 
 
 def sidebar(b: Bundle | None) -> None:
@@ -86,19 +89,17 @@ def sidebar(b: Bundle | None) -> None:
 
 
 def _bundle_summary(b: Bundle) -> None:
-    """Name (and, locally, path), the demo's note, counts and validation metrics of the open bundle."""
+    """Name (and, locally, path), counts and validation metrics of the open bundle (marked meaningless when
+    it was made with a random CLIP)."""
     st.markdown(f"**Bundle** `{b.path.name}`")
     if not settings().hosted:  # a public explorer does not show server paths
         st.caption(str(b.path))
-    note = st.session_state.get(K_DEMO_NOTE)
-    if note and str(b.path) == str(st.session_state.get(K_BUNDLE)):
-        st.info(note)
     counts = b.counts
     st.caption(f"{len(b.images):,} images · {len(b.cells):,} cells · {counts.real:,} real / {counts.fake:,} fake")
     val = b.metrics.get("val") or b.metrics.get("all") or {}
     if val:
         st.caption(f"validation: accuracy {val.get('accuracy', float('nan')):.3f} · "
-                   f"ROC-AUC {val.get('roc_auc', float('nan')):.3f}")
+                   f"ROC-AUC {val.get('roc_auc', float('nan')):.3f}{metric_label(b)}")
 
 
 def _model_line(b: Bundle) -> None:
@@ -214,5 +215,6 @@ def run_analysis(data_dir: str, out: str, model: str, relevance: str) -> None:
             show_error(exc)
             return
     if state.open_bundle(str(report.bundle)):
-        st.session_state[K_LAST_REPORT] = report.summary() + f"\nIn the app: {time.perf_counter() - t0:.1f} s"
+        st.session_state[K_LAST_REPORT] = (report.summary(hint_place())
+                                           + f"\nIn the app: {time.perf_counter() - t0:.1f} s")
         st.rerun()

@@ -15,11 +15,12 @@ from PIL import Image
 
 from .device import preferred_dtype
 from ..errors import ModelLoadError
+from .hints import DEFAULT_MODEL, MissingWeights
 from .image_forward import ClipImageForward
 from .preprocess import ClipPreprocessor
 from ..settings import settings
+from ..storage.schema import is_random_clip
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 ATTENTION = "sdpa"  # the one attention policy (model.factory); rollout switches to eager for its call
 QUICK_GELU_SCALE = 1.702  # quick_gelu(h) = h * sigmoid(1.702 h)
 
@@ -52,14 +53,6 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _load_hint(model_id: str) -> str:
-    return (
-        f"pass --model /path/to/a/local/CLIP/directory (or set ASAP_MODEL), "
-        f"or on a machine with internet run `huggingface-cli download {model_id}` "
-        "and copy ~/.cache/huggingface to this machine."
-    )
-
-
 def _fingerprint(model_dir: Path, model_id: str) -> str:
     """Short hash of the config and the weight files (size + first/last MiB) of a checkpoint."""
     h = hashlib.sha1()
@@ -81,7 +74,8 @@ class CheckpointInfo:
 
     ``embed_dim`` (D), ``image_size`` (input side, px), ``patch_side`` (patches per side),
     ``hidden_size`` (d, width of the vision tower's tokens), ``cache_key`` (weights + preprocessing: keys
-    every embedding cache).
+    every embedding cache), ``source`` (``schema.ENCODER_SOURCES``: "hub", "local", or "random" for a
+    randomly initialised CLIP such as the demo's fallback).
     """
 
     model_id: str
@@ -92,6 +86,7 @@ class CheckpointInfo:
     patch_side: int
     fingerprint: str
     hidden_size: int = 768
+    source: str = "hub"
 
     @property
     def cache_key(self) -> str:
@@ -101,36 +96,37 @@ class CheckpointInfo:
 def inspect_checkpoint(model: str | None = None) -> CheckpointInfo:
     """Find a checkpoint (local directory, HF cache, or the Hub when reachable) and read its shapes.
 
-    Raises ``ModelLoadError`` with a fix when it cannot be had.
+    Raises ``MissingWeights`` (a ``ModelLoadError``) with a fix when it cannot be had.
     """
     model_id = resolve_model_id(model)
     local = Path(model_id).expanduser()
     looks_local = local.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
     if looks_local:
         if not (local / "config.json").is_file():
-            raise ModelLoadError(f"Model directory '{model_id}' does not exist or has no config.json.",
-                                 _load_hint(DEFAULT_MODEL))
+            raise MissingWeights(f"Model directory '{model_id}' does not exist or has no config.json.")
         model_dir = local.resolve()
         model_id = str(model_dir)
+        source = "random" if is_random_clip(model_dir) else "local"
     else:
         model_dir = _cached_snapshot_dir(model_id)
         if model_dir is None:
             if not _hub_reachable():
-                raise ModelLoadError(
+                raise MissingWeights(
                     f"Could not load CLIP model '{model_id}': it is not in the local Hugging Face cache "
-                    "and the Hub cannot be reached (no network).", _load_hint(model_id))
+                    "and the Hub cannot be reached (no network).", model_id)
             model_dir = _download(model_id)
+        source = "hub"
     try:
         cfg = json.loads((model_dir / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{model_dir / 'config.json'} cannot be read ({exc}).", _load_hint(model_id)) from None
+        raise MissingWeights(f"{model_dir / 'config.json'} cannot be read ({exc}).", model_id) from None
     vision = cfg.get("vision_config", cfg)
     image_size = int(vision.get("image_size", 224))
     patch_size = int(vision.get("patch_size", 32))
     embed_dim = int(vision.get("projection_dim", cfg.get("projection_dim", 512)))
     return CheckpointInfo(model_id, model_dir, ClipPreprocessor.from_pretrained(model_dir, image_size), embed_dim,
                           image_size, image_size // patch_size, _fingerprint(model_dir, model_id),
-                          int(vision.get("hidden_size", 768)))
+                          int(vision.get("hidden_size", 768)), source)
 
 
 def _download(model_id: str) -> Path:
@@ -140,7 +136,7 @@ def _download(model_id: str) -> Path:
     try:
         return Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors"]))
     except Exception as exc:  # noqa: BLE001 - hub errors come in many types
-        raise ModelLoadError(f"Could not download CLIP model '{model_id}' ({exc}).", _load_hint(model_id)) from None
+        raise MissingWeights(f"Could not download CLIP model '{model_id}' ({exc}).", model_id) from None
 
 
 class ClipEncoder:
@@ -187,8 +183,8 @@ class ClipEncoder:
                 str(info.model_dir), local_files_only=True, attn_implementation=ATTENTION,
                 dtype=torch.float32)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise ModelLoadError(f"Could not load CLIP model '{info.model_id}' from {info.model_dir}: {exc}",
-                                 _load_hint(info.model_id)) from None
+            raise MissingWeights(f"Could not load CLIP model '{info.model_id}' from {info.model_dir}: {exc}",
+                                 info.model_id) from None
         finally:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()

@@ -60,9 +60,13 @@ class AnalyzeReport:
     timings: dict[str, float] = field(default_factory=dict)
     label_counts: pd.DataFrame | None = None  # ScanResult.label_counts(): images per label and top folder
     conflicts: list[LabelConflict] = field(default_factory=list)  # folders whose label words disagree
+    encoder_source: str = "unknown"  # schema.ENCODER_SOURCES: "random" puts a warning in the summary
 
-    def summary(self) -> str:
-        """Human-readable multi-line summary (what the CLI prints at the end)."""
+    def summary(self, where: str = "cli") -> str:
+        """Human-readable multi-line summary (what the CLI prints at the end); ends with the bundle's
+        ``views.trust`` notices, their fixes worded for ``where`` (``model.hints.WHERES``)."""
+        from ..views.trust import notices
+
         lines = [f"Bundle written: {self.bundle}", f"Layout: {self.layout}",
                  *label_summary_lines(self.label_counts, self.conflicts),
                  f"Images found: {self.n_found}  used: {self.n_used}  skipped: {len(self.skipped)}"]
@@ -79,6 +83,7 @@ class AnalyzeReport:
         if "generator_val_accuracy" in self.metrics:
             lines.append(f"Generator head: validation accuracy {self.metrics['generator_val_accuracy']:.3f}")
         lines.append("Time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
+        lines += [n.line() for n in notices(self.encoder_source, self.metrics, where)]
         return "\n".join(lines)
 
 
@@ -113,4 +118,4 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
     with ctx.stage("write"):
         bundle = write_stage(ctx, out, results)
     return AnalyzeReport(bundle, scan.layout, len(scan.images) + len(scan.skipped), len(images), ctx.skipped,
-                         metrics, ctx.timings, scan.label_counts(), scan.conflicts)
+                         metrics, ctx.timings, scan.label_counts(), scan.conflicts, ctx.info.source)

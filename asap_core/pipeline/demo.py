@@ -8,12 +8,14 @@ it uses a small random CLIP written into the cache, and says so.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 from ..storage.cache import default_cache_dir, hash_key
+from ..storage.schema import RANDOM_CLIP_MARKER, RANDOM_CLIP_PREFIX
 from ..errors import BundleError, ModelLoadError
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data"
@@ -27,7 +29,8 @@ def write_random_clip(path: str | Path, image_size: int = 32, patch_size: int = 
 
     Vision tower: ``layers`` layers of width ``hidden`` (2 heads, MLP ``2 * hidden``), input ``image_size`` px,
     ``patch_size`` px patches (``image_size // patch_size`` patches per side), projection to ``dim``.
-    The text tower is a fixed 1-layer stub. Same arguments and seed give the same weights.
+    The text tower is a fixed 1-layer stub. Same arguments and seed give the same weights. The folder is
+    marked (``schema.RANDOM_CLIP_MARKER``) so that every bundle analysed with it records ``source: "random"``.
     """
     from transformers.utils import logging as hf_logging
 
@@ -58,13 +61,15 @@ def _write_random_clip(path: Path, image_size: int, patch_size: int, hidden: int
     CLIPModel(cfg).save_pretrained(path)
     CLIPImageProcessor(size={"shortest_edge": image_size},
                        crop_size={"height": image_size, "width": image_size}).save_pretrained(path)
+    spec = dict(image_size=image_size, patch_size=patch_size, hidden=hidden, layers=layers, dim=dim, seed=seed)
+    (path / RANDOM_CLIP_MARKER).write_text(json.dumps({"random_init": True, **spec}, indent=2))
     return path
 
 
 def random_clip_dir(cache: Path | None = None) -> Path:
     """The fallback random CLIP (``RANDOM_CLIP``) in the cache, written on first use (atomically)."""
     cache = Path(cache) if cache else default_cache_dir()
-    final = cache / f"random-clip-{_random_clip_key()}"
+    final = cache / f"{RANDOM_CLIP_PREFIX}{_random_clip_key()}"
     if (final / "config.json").is_file():
         return final
     cache.mkdir(parents=True, exist_ok=True)

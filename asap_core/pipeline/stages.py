@@ -411,7 +411,7 @@ def bundle_meta(ctx: RunContext, r: Results) -> dict:
                       real=int((images["label"] == "real").sum()), fake=int((images["label"] == "fake").sum()),
                       unlabelled=int(images["label"].isna().sum()), cells=len(r.cells))
     encoder = S.EncoderInfo(ctx.info.model_id, ctx.info.cache_key, ctx.info.embed_dim, ctx.info.patch_side,
-                            ctx.info.image_size, dtype_name(ctx.dtype))
+                            ctx.info.image_size, dtype_name(ctx.dtype), ctx.info.source)
     return {"data_dir": str(r.scan.root.resolve()), "layout": r.scan.layout, "encoder": encoder.to_dict(),
             "preprocessing": ctx.info.preprocessor.version,
             "options": {k: v for k, v in vars(ctx.options).items() if k != "cache_dir"},

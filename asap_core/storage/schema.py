@@ -10,6 +10,7 @@ A prediction is ``fake`` when ``p_fake >= DECISION_THRESHOLD``; confidence is ``
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
 from typing import Any, get_type_hints
 
 import numpy as np
@@ -50,6 +51,12 @@ CELL_COLUMNS: dict[str, str] = {
 THUMB_COLUMNS: dict[str, str] = {"image_id": "string", "jpeg": "binary"}
 TABLES: dict[str, dict[str, str]] = {IMAGES_FILE: IMAGE_COLUMNS, CELLS_FILE: CELL_COLUMNS, THUMBS_FILE: THUMB_COLUMNS}
 
+# where a bundle's CLIP came from (EncoderInfo.source): an HF id, a local folder, the random fallback, not recorded
+ENCODER_SOURCES: tuple[str, ...] = ("hub", "local", "random", "unknown")
+RANDOM_CLIP_MARKER = "asap_random_init.json"  # written into the folder of a randomly initialised CLIP
+RANDOM_CLIP_PREFIX = "random-clip-"  # the demo's random CLIP in the cache (folders written before the marker)
+MEANINGFUL_AUC = 0.65  # below this validation ROC-AUC the classifier is close to chance: a caution on every page
+
 # bundle.json: required field -> type
 META_FIELDS: dict[str, type] = {"version": int, "complete": bool, "layout": str, "encoder": dict, "counts": dict,
                                 "options": dict, "metrics": dict, "skipped": list}
@@ -60,7 +67,9 @@ class EncoderInfo:
     """``bundle.json["encoder"]``: the CLIP a bundle was made with.
 
     ``model_id`` (HF id or local folder), ``cache_key`` (weights + preprocessing), ``embed_dim`` (D),
-    ``patch_side`` (patches per side: maps are ``[patch_side, patch_side]``), ``image_size`` (px), ``dtype``.
+    ``patch_side`` (patches per side: maps are ``[patch_side, patch_side]``), ``image_size`` (px), ``dtype``,
+    ``source`` (``ENCODER_SOURCES``: "hub", "local", "random" for a randomly initialised CLIP, "unknown" in
+    bundles written before the field).
     """
 
     model_id: str
@@ -69,6 +78,7 @@ class EncoderInfo:
     patch_side: int
     image_size: int
     dtype: str = "float32"
+    source: str = "unknown"
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -113,6 +123,12 @@ def read_section(meta: dict, name: str):
     cls = SECTIONS[name]
     known = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in meta[name].items() if k in known})
+
+
+def is_random_clip(model_dir: str | Path) -> bool:
+    """True for the folder of a randomly initialised CLIP (``RANDOM_CLIP_MARKER`` in it, or named like the demo's)."""
+    folder = Path(model_dir).expanduser()
+    return folder.name.startswith(RANDOM_CLIP_PREFIX) or (folder / RANDOM_CLIP_MARKER).is_file()
 
 
 def p_fake_from_logit(logit: np.ndarray | float) -> np.ndarray | float:

@@ -1,0 +1,57 @@
+"""How to get CLIP weights: the fix a user reads when a model cannot be loaded, worded for where they are.
+
+Torch-free, so that bundles opened view-only (and ``views.trust``) can word the same fix. ``where`` is
+``"cli"`` (``python -m asap_core``: ``--model``), ``"app"`` (the explorer's sidebar: its Model fields) or
+``"hosted"`` (a public explorer: visitors cannot name a model, its operator can).
+"""
+from __future__ import annotations
+
+from ..errors import AsapError, ModelLoadError
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+WHERES: tuple[str, ...] = ("cli", "app", "hosted")
+
+
+def download_hint(model_id: str = DEFAULT_MODEL) -> str:
+    """How to fetch ``model_id`` on a machine with internet and bring it to one without."""
+    folder = model_id.rstrip("/").split("/")[-1] or "clip"
+    return (f"to get the weights, on a machine with internet run `hf download {model_id} --local-dir {folder}` "
+            "(the `hf` command of huggingface_hub) and copy that folder here, or run "
+            f"`hf download {model_id}` and copy ~/.cache/huggingface")
+
+
+def load_hint(model_id: str = DEFAULT_MODEL, where: str = "cli") -> str:
+    """The fix for CLIP weights that cannot be had: use a local model folder (offline), or fetch ``model_id``."""
+    if where == "hosted":
+        return ("pick another copy of the model in the sidebar if one is offered, or ask the explorer's operator "
+                "to install its weights on the server.")
+    if where == "app":
+        local = ("name a local CLIP folder (written by `save_pretrained` or `hf download --local-dir`) in the sidebar: "
+                 "the Model field of \u201cAnalyse an image folder\u201d, or \u201cLocal copy of this model\u201d "
+                 "under an open bundle whose model is missing; or start the app with ASAP_MODEL=/path/to/folder")
+    else:
+        local = "pass --model /path/to/folder (a local CLIP folder) or set ASAP_MODEL=/path/to/folder"
+    return f"{local}; {offline_hint(model_id)}"
+
+
+def offline_hint(model_id: str = DEFAULT_MODEL) -> str:
+    """HF_HUB_OFFLINE, then how to bring ``model_id``'s weights to this machine."""
+    return (f"with HF_HUB_OFFLINE=1 nothing is fetched from the Hub. Otherwise, {download_hint(model_id)} to this "
+            "machine.")
+
+
+class MissingWeights(ModelLoadError):
+    """CLIP weights that cannot be had (offline, no such folder, unreadable): ``hint`` is worded for the command
+    line; ``hint_for(where)`` for another place (``WHERES``)."""
+
+    def __init__(self, message: str, model_id: str = DEFAULT_MODEL) -> None:
+        super().__init__(message, load_hint(model_id, "cli"))
+        self.model_id = model_id
+
+    def hint_for(self, where: str) -> str:
+        return load_hint(self.model_id, where)
+
+
+def hint_for(exc: AsapError, where: str) -> str:
+    """``exc.hint`` worded for ``where`` when it is about missing weights (``MissingWeights``), else as it is."""
+    return exc.hint_for(where) if isinstance(exc, MissingWeights) else exc.hint
