@@ -34,6 +34,7 @@ NAV = {  # slug: (title, icon); files in keys.PAGE_FILES
     "attention": ("Attention", ":material/visibility:"), "dimensions": ("Dimensions", ":material/bar_chart:"),
     "patterns": ("Patterns", ":material/bookmarks:"), "generators": ("Generators", ":material/factory:"),
     "robustness": ("Robustness", ":material/compress:"), "single": ("Single image", ":material/upload:"),
+    "quiz": ("Real or AI?", ":material/quiz:"),
 }
 PAGES = {slug: st.Page(keys.PAGE_FILES[slug], title=title, icon=icon, default=slug == "overview",
                        url_path=None if slug == "overview" else slug) for slug, (title, icon) in NAV.items()}

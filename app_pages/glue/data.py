@@ -309,3 +309,12 @@ def upload_result(b: Bundle, name: str, data: bytes, k: int, method: str, charge
     except AsapError as exc:
         show_error(exc)
         return None
+
+
+# ------------------------------------------------------------------------------------------ quiz
+@st.cache_data(max_entries=64, show_spinner=False)
+def quiz_picture(path: str, stamp: int, image_id: str, side: int):
+    """``views.quiz.picture`` of one image (the analysed file, longest side ``side`` px), decoded once."""
+    from asap_core.views.quiz import picture
+
+    return picture(load_bundle(path, stamp), image_id, side)

@@ -13,6 +13,7 @@ K_IMAGES = "sel_images"
 K_METHOD = "method"
 K_COLOR_BY = "color_by"  # overview colouring: views.generators.COLOR_BY
 K_MODEL_OVERRIDE = "model_override"  # {bundle path: model id}: a local copy of a bundle's CLIP
+K_QUIZ = "quiz_spec"  # the quiz the link names or a teacher started (views.quiz.QuizSpec.to_param)
 K_INIT = "_link_loaded"
 K_PENDING_IMAGES = "_link_images"
 K_PENDING_PAGE = "_link_page"
@@ -32,4 +33,5 @@ PAGE_FILES = {
     "generators": "app_pages/generators.py",
     "robustness": "app_pages/robustness.py",
     "single": "app_pages/single_image.py",
+    "quiz": "app_pages/quiz.py",
 }

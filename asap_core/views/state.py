@@ -2,7 +2,8 @@
 
 A link reopens the same view: query params ``bundle`` (path), ``grid`` (cells per side, only when it
 differs from the bundle's), ``cell`` (comma-separated cell ids), ``images`` (comma-separated image-id
-prefixes, :data:`ID_PREFIX` hex characters) and ``page`` (one of :data:`PAGES`).
+prefixes, :data:`ID_PREFIX` hex characters), ``page`` (one of :data:`PAGES`) and ``quiz`` (a quiz's images,
+``views.quiz.QuizSpec.to_param``; a link with a quiz and no page opens the quiz page).
 
 Chart events are the dicts Streamlit returns from ``st.altair_chart(..., on_select="rerun")``:
 a point selection reads ``{"selection": {"cell": [{"cell_id": 17}, ...]}}``, an interval brush
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 PAGES: tuple[str, ...] = ("overview", "images", "attention", "dimensions", "patterns", "generators", "robustness",
-                          "single")
+                          "single", "quiz")
 ID_PREFIX = 10
 MAX_LINK_IMAGES = 64
 
@@ -31,6 +32,7 @@ class LinkState:
     cells: list[int] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     page: str | None = None
+    quiz: str | None = None
 
 
 def _first(value: Any) -> str | None:
@@ -55,8 +57,12 @@ def parse_query(params: Mapping[str, Any]) -> LinkState:
     images = [i.lower() for i in _split(_first(params.get("images")))
               if all(ch in "0123456789abcdefABCDEF" for ch in i)]
     page = _first(params.get("page"))
+    from .quiz import QuizSpec
+
+    quiz = QuizSpec.from_param(_first(params.get("quiz")))
+    page = page if page in PAGES else ("quiz" if quiz else None)
     return LinkState(bundle=bundle, grid=grid, cells=list(dict.fromkeys(cells)),
-                     images=list(dict.fromkeys(images)), page=page if page in PAGES else None)
+                     images=list(dict.fromkeys(images)), page=page, quiz=quiz.to_param() if quiz else None)
 
 
 def to_query(state: LinkState, id_len: int = ID_PREFIX, max_images: int = MAX_LINK_IMAGES) -> dict[str, str]:
@@ -75,6 +81,8 @@ def to_query(state: LinkState, id_len: int = ID_PREFIX, max_images: int = MAX_LI
         out["images"] = ",".join(i[:id_len] for i in state.images[:max_images])
     if state.page and state.page in PAGES:
         out["page"] = state.page
+    if state.quiz:
+        out["quiz"] = state.quiz
     return out
 
 

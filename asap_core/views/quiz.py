@@ -1,0 +1,334 @@
+"""Quiz view ("Real or AI?"): a teacher picks images, a link carries the pick, students answer real / AI one
+image at a time and see why the model decided as it did. No Streamlit here.
+
+A quiz is a :class:`QuizSpec` (source, value, n, seed), written into a link as one compact query value
+(``quiz=all:10:42``, ``quiz=cell:13:10:42``, ``quiz=pattern:bright corner:10:42``,
+``quiz=filter:fake.wrong:10:42``). :func:`quiz_images` turns it into image ids: the same spec on the same
+bundle gives the same ids in the same order, on any machine (the order is the SHA-1 of seed and id, not a
+random generator's stream). Only labelled images take part: a quiz needs the truth.
+
+The reveal explains one answer with the distiller: the contribution of dimension i to the fake logit is
+``z_i * w2_i`` (``views.attention.contributions``); the two dimensions that pushed hardest towards the
+prediction are named, each with three exemplar images, in one plain sentence. Nothing about a student is
+kept here; answers live only in the caller's session.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+from urllib.parse import urlencode
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from ..storage.schema import LABELS, TARGET_NAMES
+from . import attention as va
+from . import overview as ov
+from . import state as vs
+
+SOURCES: dict[str, str] = {"all": "the whole bundle", "cell": "a cell", "pattern": "a saved pattern",
+                           "filter": "a filter"}
+MAX_QUIZ = 50
+DEFAULT_N = 10
+DEFAULT_SEED = 42
+MAX_SEED = 2**31 - 1
+N_TOP_DIMS = 2
+N_EXEMPLARS = 3
+#: what a student reads for each label
+SAY: dict[str, str] = {"real": "real", "fake": "AI"}
+#: how sure a student may say they are (optional), as a probability of being right
+SURENESS: dict[str, float] = {"just guessing": 0.5, "fairly sure": 0.75, "very sure": 0.95}
+#: context for the end screen (the wording anchors of issue 16)
+PUBLIC_RATE_TEXT = ("In large public “Real or not?” quizzes people are right about 62% of the time; "
+                    "detectors are not 100% accurate either.")
+
+
+# ------------------------------------------------------------------------------------------ the spec and its link
+@dataclass(frozen=True)
+class QuizSpec:
+    """Which images a quiz asks about: ``source`` in :data:`SOURCES`; ``value`` the cell id, pattern name or
+    filter (``"<label>.<outcome>[.<generator>]"``, e.g. ``"fake.wrong"``), empty for ``"all"``; ``n`` images
+    (1..:data:`MAX_QUIZ`) drawn with ``seed``. Hashable; :meth:`to_param` / :meth:`from_param` round-trip."""
+
+    source: str = "all"
+    value: str = ""
+    n: int = 10
+    seed: int = 0
+
+    def to_param(self) -> str:
+        """The link value: ``"all:10:42"`` or ``"cell:13:10:42"``."""
+        head = self.source if self.source == "all" else f"{self.source}:{self.value}"
+        return f"{head}:{int(self.n)}:{int(self.seed)}"
+
+    @classmethod
+    def from_param(cls, text: str | None) -> "QuizSpec | None":
+        """Inverse of :meth:`to_param`; None when ``text`` is not a valid spec (the value may hold ``:``)."""
+        source, _, rest = str(text or "").strip().partition(":")
+        parts = rest.split(":") if source == "all" else rest.rsplit(":", 2)
+        if source not in SOURCES or len(parts) != (2 if source == "all" else 3):
+            return None
+        value, (n_s, seed_s) = ("" if source == "all" else parts[0]), parts[-2:]
+        if not (n_s.isdigit() and seed_s.isdigit()) or not 1 <= int(n_s) <= MAX_QUIZ or int(seed_s) > MAX_SEED:
+            return None
+        if (source == "cell" and not value.isdigit()) or (source == "pattern" and not value.strip()) or \
+                (source == "filter" and filters_from_value(value) is None):
+            return None
+        return cls(source, value, int(n_s), int(seed_s))
+
+    def to_query(self) -> dict[str, str]:
+        """``{"quiz": to_param()}``."""
+        return {"quiz": self.to_param()}
+
+    @classmethod
+    def from_query(cls, params: Mapping) -> "QuizSpec | None":
+        """The spec in query params (``quiz``), or None."""
+        value = params.get("quiz")
+        if isinstance(value, (list, tuple)):
+            value = value[-1] if value else None
+        return cls.from_param(value)
+
+
+def filters_from_value(value: str) -> ov.Filters | None:
+    """``"<label>.<outcome>[.<generator>]"`` -> ``overview.Filters`` (label real/fake/all, outcome
+    correct/wrong/all); None when malformed."""
+    parts = str(value).split(".", 2)
+    if len(parts) < 2 or parts[0] not in ("all", *LABELS) or parts[1] not in ov.OUTCOME_CHOICES:
+        return None
+    gens = (parts[2],) if len(parts) == 3 and parts[2] else ()
+    return ov.Filters(label=parts[0], generators=gens, outcome=parts[1])
+
+
+def filter_value(label: str = "all", outcome: str = "all", generator: str | None = None) -> str:
+    """Inverse of :func:`filters_from_value`."""
+    return f"{label}.{outcome}" + (f".{generator}" if generator else "")
+
+
+def widget_defaults(spec: QuizSpec | None, cells: Sequence[int], patterns: Sequence[str], generators: Sequence[str],
+                    selected_cell: int | None = None) -> dict:
+    """Start values of the teacher's widgets (``source, n, seed, cell, pattern, lab, out, gen``): the current
+    quiz's (``spec``), else the whole bundle, :data:`DEFAULT_N` images, seed :data:`DEFAULT_SEED`; the cell
+    defaults to ``selected_cell``. Values that are not among the choices (``cells``, ``patterns``,
+    ``generators``) are left out, so the widgets fall back to their first choice."""
+    s = spec or QuizSpec("all", "", DEFAULT_N, DEFAULT_SEED)
+    out: dict = {"source": s.source, "n": s.n, "seed": s.seed}
+    cell = int(s.value) if s.source == "cell" else selected_cell
+    if cell in cells:
+        out["cell"] = cell
+    if s.source == "pattern" and s.value in patterns:
+        out["pattern"] = s.value
+    f = filters_from_value(s.value) if s.source == "filter" else None
+    if f is not None:
+        out.update(lab=f.label, out=f.outcome)
+        gen = f.generators[0] if f.generators else "any"
+        if gen == "any" or gen in generators:
+            out["gen"] = gen
+    return out
+
+
+def describe(spec: QuizSpec) -> str:
+    """The spec in words: "10 images drawn with seed 42 from cell 13"."""
+    where = {"all": "the whole bundle", "cell": f"cell {spec.value}", "pattern": f"the pattern “{spec.value}”"}
+    if spec.source == "filter":
+        f = filters_from_value(spec.value)
+        bits = [f"{SAY[f.label]} images" if f.label in SAY else "all images",
+                {"correct": "the model got right", "wrong": "the model got wrong"}.get(f.outcome, ""),
+                f"of {f.generators[0]}" if f.generators else ""]
+        where[spec.source] = " ".join(b for b in bits if b)
+    return f"{spec.n} image{'s' if spec.n != 1 else ''} drawn with seed {spec.seed} from {where[spec.source]}"
+
+
+def quiz_link(base_url: str | None, bundle: str | None, spec: QuizSpec) -> str:
+    """The address a teacher shares: ``base_url`` (the quiz page's URL, may be None for a relative link) with
+    the bundle (as links name it), ``page=quiz`` and the spec."""
+    query = vs.to_query(vs.LinkState(bundle=bundle, page="quiz", quiz=spec.to_param()))
+    return f"{(base_url or '').rstrip('?')}?{urlencode(query, safe=':,/')}"
+
+
+# ------------------------------------------------------------------------------------------ which images
+def _order_key(seed: int, image_id: str) -> str:
+    return hashlib.sha1(f"{int(seed)}:{image_id}".encode()).hexdigest()
+
+
+def candidates(images: pd.DataFrame, spec: QuizSpec, patterns: Mapping[str, Sequence[str]] | None = None) -> pd.Series:
+    """Ids of the labelled images of ``images`` the spec draws from (bundle order). ``patterns``: saved
+    pattern name -> image ids (only needed for ``source="pattern"``; an unknown name gives none)."""
+    label = images["label"].astype(object)
+    keep = label.isin(LABELS).to_numpy().copy()
+    if spec.source == "cell":
+        keep &= (images["cell"].to_numpy() == int(spec.value))
+    elif spec.source == "pattern":
+        keep &= images["image_id"].isin(list((patterns or {}).get(spec.value, ()))).to_numpy()
+    elif spec.source == "filter":
+        keep &= ov.filter_mask(images, filters_from_value(spec.value))
+    return images.loc[keep, "image_id"].astype(str)
+
+
+def quiz_images(images: pd.DataFrame, spec: QuizSpec, patterns: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """The quiz's image ids in play order: the first ``spec.n`` candidates (:func:`candidates`) sorted by
+    ``sha1(f"{seed}:{image_id}")``. Deterministic: independent of row order, platform and library versions."""
+    ids = candidates(images, spec, patterns).tolist()
+    return sorted(ids, key=lambda i: _order_key(spec.seed, i))[: int(spec.n)]
+
+
+# ------------------------------------------------------------------------------------------ the reveal
+def dimension_label(i: int) -> str:
+    """How the app names dimension ``i`` (``schema.TARGET_NAMES``: "dim 7")."""
+    return TARGET_NAMES[int(i)]
+
+
+@dataclass(frozen=True)
+class Reveal:
+    """What a student sees after answering one image.
+
+    ``truth`` / ``pred`` in ``("real", "fake")``; ``p_fake``; ``dims``: the :data:`N_TOP_DIMS` dimensions
+    that pushed hardest towards the prediction (largest ``z_i * w2_i`` towards it), with their
+    ``contributions`` (signed, to the fake logit) and ``exemplars`` (:data:`N_EXEMPLARS` other image ids per
+    dimension); ``sentence``: one plain sentence.
+    """
+
+    image_id: str
+    truth: str
+    p_fake: float
+    pred: str
+    dims: tuple[int, ...]
+    contributions: tuple[float, ...]
+    exemplars: tuple[tuple[str, ...], ...]
+    sentence: str
+
+    @property
+    def model_right(self) -> bool:
+        return self.pred == self.truth
+
+
+def exemplars(ids: Sequence[str], z: np.ndarray, w2: np.ndarray, dim: int, towards: float, exclude: str,
+              k: int = N_EXEMPLARS) -> list[str]:
+    """The ``k`` images (other than ``exclude``) where dimension ``dim`` pushes hardest the same way as in
+    the quiz image: largest ``sign(towards) * z_dim * w2_dim`` (the highest ``z_dim`` when both are positive)."""
+    score = np.sign(towards or 1.0) * np.asarray(z, np.float64)[:, dim] * float(w2[dim])
+    out = []
+    for j in np.argsort(-score, kind="stable"):
+        if ids[j] != exclude:
+            out.append(str(ids[j]))
+        if len(out) == k:
+            break
+    return out
+
+
+def sentence(pred: str, p_fake: float, dims: Sequence[int], right: bool) -> str:
+    """"The model said AI (p_fake 0.91), mostly because of dim 7 and dim 3; it was right." """
+    names = " and ".join(dimension_label(d) for d in dims)
+    return f"The model said {SAY[pred]} (p_fake {p_fake:.2f}), mostly because of {names}; " \
+           f"it was {'right' if right else 'wrong'}."
+
+
+def reveal(images: pd.DataFrame, z: np.ndarray, w2: np.ndarray, image_id: str) -> Reveal:
+    """The reveal of ``image_id``: ``images`` the bundle's table (``image_id, label, p_fake, pred``), ``z``
+    ``[N, 16]`` in its row order, ``w2`` ``[16]`` the classifier weights (``views.attention.head_weights``)."""
+    ids = images["image_id"].astype(str).tolist()
+    row = ids.index(str(image_id))
+    r = images.iloc[row]
+    p = float(r["p_fake"])
+    contrib = va.contributions(np.asarray(z)[row: row + 1], w2)
+    order = va.dimension_order(contrib, va.logits(np.array([p])))[0]
+    dims = tuple(int(d) for d in order[:N_TOP_DIMS])
+    truth, pred = str(r["label"]), str(r["pred"])
+    ex = tuple(tuple(exemplars(ids, z, w2, d, contrib[0, d], str(image_id))) for d in dims)
+    return Reveal(str(image_id), truth, p, pred, dims, tuple(float(contrib[0, d]) for d in dims), ex,
+                  sentence(pred, p, dims, pred == truth))
+
+
+# ------------------------------------------------------------------------------------------ the score
+@dataclass(frozen=True)
+class Score:
+    """The end screen: ``n`` images; ``student`` / ``model`` right answers; the images (ids, or positions when
+    no ids are given) that fooled only the student, only the model, or both; the student's mean sureness when
+    right and when wrong (None when not given)."""
+
+    n: int
+    student: int
+    model: int
+    fooled_student: list = field(default_factory=list)
+    fooled_model: list = field(default_factory=list)
+    fooled_both: list = field(default_factory=list)
+    sure_right: float | None = None
+    sure_wrong: float | None = None
+
+
+def _mean(values: list) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def score(answers: Sequence[str], truths: Sequence[str], model_preds: Sequence[str],
+          ids: Sequence[str] | None = None, sure: Sequence[float | None] | None = None) -> Score:
+    """Score a played quiz. ``answers``, ``truths``, ``model_preds`` (and ``ids``, ``sure``) are aligned lists
+    of labels in ``("real", "fake")``; an unanswered image (None) counts as wrong for the student."""
+    if not len(answers) == len(truths) == len(model_preds):
+        raise ValueError("answers, truths and model_preds must have the same length")
+    keys = list(ids) if ids is not None else list(range(len(answers)))
+    you = [a == t for a, t in zip(answers, truths)]
+    model = [m == t for m, t in zip(model_preds, truths)]
+    sure = list(sure) if sure is not None else [None] * len(answers)
+    return Score(
+        n=len(answers), student=sum(you), model=sum(model),
+        fooled_student=[k for k, y, m in zip(keys, you, model) if not y and m],
+        fooled_model=[k for k, y, m in zip(keys, you, model) if y and not m],
+        fooled_both=[k for k, y, m in zip(keys, you, model) if not y and not m],
+        sure_right=_mean([s for s, y in zip(sure, you) if y]),
+        sure_wrong=_mean([s for s, y in zip(sure, you) if not y]))
+
+
+def score_text(s: Score) -> str:
+    """One plain line comparing the student with the model."""
+    if s.n == 0:
+        return "No images answered."
+    if s.student == s.model:
+        cmp = "the same as the model"
+    else:
+        cmp = "better than the model" if s.student > s.model else "the model did better"
+    return f"You were right on {s.student} of {s.n} images ({s.student / s.n:.0%}), the model on {s.model} " \
+           f"({s.model / s.n:.0%}): {cmp}."
+
+
+def play_order(images: pd.DataFrame, ids: Sequence[str]) -> pd.DataFrame:
+    """The rows of ``images`` for ``ids`` in quiz order (``image_id, label, pred, p_fake``)."""
+    return images.set_index("image_id").loc[list(ids), ["label", "pred", "p_fake"]].reset_index()
+
+
+# ------------------------------------------------------------------------------------------ what the page shows
+def picture(bundle, image_id: str, side: int = 448):
+    """The analysed file of ``image_id`` as RGB PIL scaled to a longest side of ``side`` px (small images are
+    enlarged, so every question shows the same size); its thumbnail when the file cannot be read any more."""
+    image = bundle.decode(image_id, "the quiz picture", thumbnail_fallback=True)
+    scale = int(side) / max(image.size)
+    return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                        Image.Resampling.LANCZOS)
+
+
+def map_tiles(picture_, maps: np.ndarray, p_fake: float, size: int = 300) -> list:
+    """Two ``views.attention.Tile``: the (centre-cropped) image and its fake-logit map over it.
+    ``maps`` ``[17, side, side]`` of the image."""
+    logit = float(va.logits(np.array([p_fake]))[0])
+    return va.image_tiles(picture_, maps, np.zeros(len(TARGET_NAMES) - 1), [], size=size, logit=logit)
+
+
+def captions(images: pd.DataFrame, ids: Sequence[str], with_p: bool = True) -> list[str]:
+    """Per image: "AI · p_fake 0.91" (the truth and the model's p_fake), or only "AI" without ``with_p``."""
+    t = images.set_index("image_id").loc[list(ids)]
+    return [SAY.get(str(lab), "?") + (f" · p_fake {p:.2f}" if with_p else "")
+            for lab, p in zip(t["label"], t["p_fake"])]
+
+
+def cell_choices(images: pd.DataFrame) -> list[int]:
+    """Cells (of ``images``'s own grid) that hold labelled images, the fullest first."""
+    lab = images.loc[images["label"].astype(object).isin(LABELS)]
+    counts = lab.groupby("cell").size().sort_values(ascending=False, kind="stable")
+    return [int(c) for c in counts.index]
+
+
+def push_text(dim: int, contribution: float) -> str:
+    """"dim 7 pushed towards AI (+1.23 on the fake logit)"."""
+    side = "AI" if contribution >= 0 else "real"
+    return f"{dimension_label(dim)} pushed towards {side} ({contribution:+.2f} on the fake logit)"

@@ -1,0 +1,275 @@
+"""The quiz ("Real or AI?", issue 16): the spec and its link, which images a spec picks (deterministic, per
+source), the reveal (top dimensions = strongest contributions towards the prediction), the score; and an
+AppTest that plays a seeded quiz of 10 images to the end with scripted answers."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from asap_core.settings import reload_settings
+from asap_core.storage.bundle import Bundle
+from asap_core.storage.schema import N_DIMS, Z_COLUMNS
+from asap_core.views import attention as va
+from asap_core.views import quiz as vq
+from asap_core.views import state as vs
+from conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+TIMEOUT = 60
+
+
+def table(n: int = 80, seed: int = 0) -> pd.DataFrame:
+    """A bundle-like images table: labels (some missing), predictions, cells, generators, z."""
+    rng = np.random.default_rng(seed)
+    label = rng.choice(np.array(["real", "fake", None], dtype=object), n, p=[0.45, 0.45, 0.1])
+    p = rng.uniform(0, 1, n)
+    pred = np.where(p >= 0.5, "fake", "real").astype(object)
+    df = pd.DataFrame({"image_id": [f"{i:040x}" for i in rng.permutation(10**6)[:n]], "label": label,
+                       "p_fake": p, "pred": pred, "correct": pd.array(np.where(pd.isna(label), None, label == pred),
+                                                                          dtype="boolean"),
+                       "cell": rng.integers(0, 5, n),
+                       "generator": np.where(label == "fake", rng.choice(["gen_a", "gen_b"], n), None)})
+    z = rng.normal(size=(n, N_DIMS))
+    return pd.concat([df, pd.DataFrame(z, columns=Z_COLUMNS)], axis=1)
+
+
+# ------------------------------------------------------------------------------------------ spec and link
+@pytest.mark.parametrize("spec", [vq.QuizSpec("all", "", 10, 42), vq.QuizSpec("cell", "13", 10, 42),
+                                  vq.QuizSpec("pattern", "bright: corner", 5, 0),
+                                  vq.QuizSpec("filter", "fake.wrong.sd-1.4", 50, 7)])
+def test_spec_round_trips_through_its_link_value(spec):
+    assert vq.QuizSpec.from_param(spec.to_param()) == spec
+    assert vq.QuizSpec.from_query(spec.to_query()) == spec
+    assert vq.QuizSpec.from_query({"quiz": ["x", spec.to_param()]}) == spec
+
+
+def test_spec_link_values_are_compact_and_malformed_ones_are_refused():
+    assert vq.QuizSpec("all", "", 10, 42).to_param() == "all:10:42"
+    assert vq.QuizSpec("cell", "13", 10, 42).to_param() == "cell:13:10:42"
+    for bad in ["", "all", "all:10", "all:0:1", "all:51:1", "all:x:1", "cell:x:10:1", "nope:10:1",
+                "filter:maybe.wrong:10:1", "pattern: :10:1", None]:
+        assert vq.QuizSpec.from_param(bad) is None, bad
+
+
+def test_link_carries_the_quiz_and_opens_the_quiz_page():
+    spec = vq.QuizSpec("cell", "3", 10, 42)
+    url = vq.quiz_link("http://host/quiz", "tiny", spec)
+    assert url.startswith("http://host/quiz?") and "quiz=cell:3:10:42" in url
+    link = vs.parse_query(dict(parse_qsl(urlsplit(url).query)))
+    assert (link.bundle, link.page, link.quiz) == ("tiny", "quiz", spec.to_param())
+    assert vs.parse_query({"quiz": "all:5:1"}).page == "quiz"           # no page: the quiz page
+    assert vs.parse_query({"quiz": "all:5:1", "page": "images"}).page == "images"
+    assert vs.parse_query({"quiz": "bad"}).quiz is None
+    assert vs.to_query(vs.LinkState(page="quiz", quiz="all:5:1")) == {"page": "quiz", "quiz": "all:5:1"}
+
+
+def test_the_teacher_widgets_start_at_the_current_quiz():
+    d = vq.widget_defaults(None, [1, 2], [], [], selected_cell=2)
+    assert d == {"source": "all", "n": vq.DEFAULT_N, "seed": vq.DEFAULT_SEED, "cell": 2}
+    d = vq.widget_defaults(vq.QuizSpec("filter", "fake.wrong.gen_a", 5, 3), [1], ["p"], ["gen_a"])
+    assert d == {"source": "filter", "n": 5, "seed": 3, "lab": "fake", "out": "wrong", "gen": "gen_a"}
+    assert "gen" not in vq.widget_defaults(vq.QuizSpec("filter", "fake.all.gone", 5, 3), [], [], ["gen_a"])
+    assert vq.widget_defaults(vq.QuizSpec("pattern", "p", 5, 3), [], ["p"], [])["pattern"] == "p"
+    assert "cell" not in vq.widget_defaults(vq.QuizSpec("cell", "9", 5, 3), [1, 2], [], [])   # not a choice
+
+
+# ------------------------------------------------------------------------------------------ which images
+def test_same_spec_same_images_in_the_same_order_only_labelled():
+    df = table()
+    spec = vq.QuizSpec("all", "", 10, 42)
+    ids = vq.quiz_images(df, spec)
+    assert len(ids) == 10 and len(set(ids)) == 10
+    assert ids == vq.quiz_images(df.sample(frac=1.0, random_state=3), spec)   # row order does not matter
+    assert set(ids) <= set(df.loc[df["label"].notna(), "image_id"])
+    assert vq.quiz_images(df, vq.QuizSpec("all", "", 5, 42)) == ids[:5]       # a shorter quiz is a prefix
+    assert vq.quiz_images(df, vq.QuizSpec("all", "", 10, 43)) != ids
+    n_lab = int(df["label"].notna().sum())
+    assert len(vq.quiz_images(df, vq.QuizSpec("all", "", 50, 1))) == min(50, n_lab)
+
+
+def test_each_source_draws_from_its_images():
+    df = table(200)
+    t = df.set_index("image_id")
+    cell = vq.quiz_images(df, vq.QuizSpec("cell", "2", 50, 0))
+    assert cell and (t.loc[cell, "cell"] == 2).all() and t.loc[cell, "label"].notna().all()
+    assert len(cell) == min(50, int(((df["cell"] == 2) & df["label"].notna()).sum()))
+
+    members = df["image_id"].tolist()[:30]
+    pats = {"corner": members}
+    pat = vq.quiz_images(df, vq.QuizSpec("pattern", "corner", 50, 0), pats)
+    assert set(pat) == set(df.loc[df["image_id"].isin(members) & df["label"].notna(), "image_id"])
+    assert vq.quiz_images(df, vq.QuizSpec("pattern", "gone", 10, 0), pats) == []
+
+    wrong_fakes = vq.quiz_images(df, vq.QuizSpec("filter", "fake.wrong", 50, 0))
+    assert wrong_fakes and (t.loc[wrong_fakes, "label"] == "fake").all()
+    assert (t.loc[wrong_fakes, "pred"] == "real").all()
+    gen_a = vq.quiz_images(df, vq.QuizSpec("filter", "fake.all.gen_a", 50, 0))
+    assert gen_a and (t.loc[gen_a, "generator"] == "gen_a").all()
+    assert vq.cell_choices(df)[0] == int(df.loc[df["label"].notna(), "cell"].value_counts().idxmax())
+
+
+# ------------------------------------------------------------------------------------------ reveal and score
+def test_reveal_names_the_strongest_contributions_towards_the_prediction():
+    df = table(60, seed=1)
+    z = df[Z_COLUMNS].to_numpy()
+    w2 = np.random.default_rng(2).normal(size=N_DIMS)
+    for image_id in df.loc[df["label"].notna(), "image_id"].head(12):
+        row = df.index[df["image_id"] == image_id][0]
+        contrib = va.contributions(z[row: row + 1], w2)[0]
+        r = vq.reveal(df, z, w2, image_id)
+        sign = 1.0 if r.pred == "fake" else -1.0
+        assert r.dims[0] == int(np.argmax(sign * contrib))
+        assert r.dims[1] == int(np.argsort(-sign * contrib)[1])
+        assert r.contributions == (contrib[r.dims[0]], contrib[r.dims[1]])
+        assert r.truth == df.loc[row, "label"] and r.p_fake == df.loc[row, "p_fake"]
+        for d, c, ex in zip(r.dims, r.contributions, r.exemplars):
+            assert len(ex) == 3 and image_id not in ex
+            push = np.sign(c) * z[:, d] * w2[d]
+            others = np.delete(push, row)
+            assert np.isclose(min(push[df["image_id"].isin(ex).to_numpy()]), np.sort(others)[-3])
+        assert r.sentence.count(".") == 2 and r.sentence.endswith(".")   # one sentence: "(p_fake 0.91)" and its end
+        assert ("it was right." if r.model_right else "it was wrong.") in r.sentence
+        assert vq.dimension_label(r.dims[0]) in r.sentence and vq.SAY[r.pred] in r.sentence
+
+
+def test_exemplars_are_the_highest_z_when_the_dimension_pushes_up():
+    z = np.array([[0.0], [3.0], [2.0], [5.0], [1.0]]) * np.ones((1, N_DIMS))
+    ids = list("abcde")
+    assert vq.exemplars(ids, z, np.ones(N_DIMS), 0, towards=+1.0, exclude="d") == ["b", "c", "e"]
+    assert vq.exemplars(ids, z, np.ones(N_DIMS), 0, towards=-1.0, exclude="a") == ["e", "c", "b"]
+
+
+def test_score_counts_and_fooled_lists():
+    truths = ["real", "fake", "fake", "real", "fake", "real"]
+    model = ["real", "real", "fake", "fake", "real", "real"]
+    answers = ["fake", "fake", "real", "real", "real", None]
+    s = vq.score(answers, truths, model, ids=list("abcdef"), sure=[0.95, 0.5, 0.75, None, 0.5, None])
+    assert (s.n, s.student, s.model) == (6, 2, 3)
+    assert s.fooled_student == ["a", "c", "f"] and s.fooled_model == ["b", "d"] and s.fooled_both == ["e"]
+    assert s.student == s.n - len(s.fooled_student) - len(s.fooled_both)
+    assert s.model == s.n - len(s.fooled_model) - len(s.fooled_both)
+    assert s.sure_right == 0.5 and np.isclose(s.sure_wrong, (0.95 + 0.75 + 0.5) / 3)
+    assert vq.score(["real"], ["real"], ["fake"]).fooled_model == [0]
+    assert "2 of 6" in vq.score_text(s) and "the model did better" in vq.score_text(s)
+    with pytest.raises(ValueError):
+        vq.score(["real"], ["real", "fake"], ["real"])
+
+
+# ------------------------------------------------------------------------------------------ the page
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle, tmp_path_factory) -> Bundle:  # noqa: F811
+    """A private copy of the tiny bundle (the maps the reveal computes stay out of the shared one)."""
+    dest = tmp_path_factory.mktemp("quiz") / "bundle"
+    shutil.copytree(tiny_bundle, dest)
+    return Bundle.open(dest)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path):
+    for k in ("ASAP_BUNDLE", "ASAP_HOSTED", "ASAP_BUNDLE_ROOT", "ASAP_MODEL_ALLOWLIST"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("ASAP_CACHE_DIR", str(tmp_path / "cache"))
+    reload_settings()
+
+
+def open_link(bundle: Bundle, quiz: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"bundle": str(bundle.path), "page": "quiz", "quiz": quiz})
+    at.run()
+    no_exception(at)
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_a_seeded_quiz_of_10_played_to_the_end(bundle):
+    spec = vq.QuizSpec("all", "", 10, 7)
+    at = open_link(bundle, spec.to_param())
+    ids = at.session_state["quiz_play"]["ids"]
+    assert ids == vq.quiz_images(bundle.images, spec) and len(ids) == 10
+    assert open_link(bundle, spec.to_param()).session_state["quiz_play"]["ids"] == ids   # same link, same images
+
+    answers = ["real", "fake", "fake", "real", "real", "fake", "real", "real", "fake", "fake"]
+    for i, said in enumerate(answers):
+        assert at.subheader[0].value == "Real or AI?" and any(f"Image {i + 1} of 10" in p.proto.text
+                                                              for p in at.get("progress"))
+        if i == 3:
+            at.segmented_control(key=f"quiz_sure_{i}").set_value("very sure")
+        at.button(key="quiz_real" if said == "real" else "quiz_ai").click().run()
+        no_exception(at)
+        rv = vq.reveal(bundle.images, bundle.z, va.head_weights(bundle.distiller), ids[i])
+        assert any(rv.sentence == el.value for el in at.info)                   # the reveal of this image
+        assert metric(at, "The model's p_fake") == f"{rv.p_fake:.2f}"
+        assert len([im for el in at.get("image") for im in el.proto.imgs]) == 2 + 2 * 3   # image + map, 2 x 3
+        at.button(key="quiz_next").click().run()
+        no_exception(at)
+
+    t = bundle.images.set_index("image_id").loc[ids]
+    you = int((t["label"].to_numpy() == np.array(answers)).sum())
+    model = int((t["label"] == t["pred"]).sum())
+    assert metric(at, "You") == f"{you} / 10" and metric(at, "The model") == f"{model} / 10"
+    s = vq.score(answers, t["label"].tolist(), t["pred"].tolist(), ids)
+    titles = [m.value for m in at.markdown if m.value.startswith("**Fooled")]
+    assert titles == [f"**Fooled you (the model got them right)** ({len(s.fooled_student)})",
+                      f"**Fooled the model (you got them right)** ({len(s.fooled_model)})",
+                      f"**Fooled both of you** ({len(s.fooled_both)})"]
+    assert at.session_state["quiz_play"]["sure"][3] == vq.SURENESS["very sure"]
+
+    at.button(key="quiz_again").click().run()                                 # again: the same images
+    assert at.session_state["quiz_play"]["answers"] == [] and at.session_state["quiz_play"]["ids"] == ids
+
+
+def test_teacher_makes_a_quiz_from_a_cell_and_starts_it(bundle):
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["bundle_path"] = str(bundle.path)
+    at.run()
+    at.switch_page("app_pages/quiz.py").run()
+    no_exception(at)
+    assert any("Make a quiz above" in i.value for i in at.info)
+    at.segmented_control(key="quiz_w_source").set_value("cell").run()
+    cell = vq.cell_choices(bundle.images)[0]
+    at.selectbox(key="quiz_w_cell").set_value(cell)
+    at.number_input(key="quiz_w_n").set_value(4)
+    at.number_input(key="quiz_w_seed").set_value(3).run()
+    no_exception(at)
+    spec = vq.QuizSpec("cell", str(cell), 4, 3)
+    assert any(f"quiz={spec.to_param()}" in c.value and "page=quiz" in c.value for c in at.code)
+    at.button(key="quiz_start").click().run()
+    no_exception(at)
+    assert at.session_state["quiz_spec"] == spec.to_param()
+    assert at.session_state["quiz_play"]["ids"] == vq.quiz_images(bundle.images, spec)
+
+
+def test_hosted_quiz_link_names_the_bundle_and_plays_past_the_budget(bundle, tmp_path, monkeypatch):
+    """Hosted mode: the link carries the bundle's name, not its path; when the visitor's map budget is spent
+    the reveal says so and the quiz goes on without the map."""
+    root = tmp_path / "bundles"
+    shutil.copytree(bundle.path, root / "tiny", ignore=shutil.ignore_patterns("cache"))
+    monkeypatch.setenv("ASAP_HOSTED", "1")
+    monkeypatch.setenv("ASAP_BUNDLE_ROOT", str(root))
+    monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "2")
+    reload_settings()
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"bundle": "tiny", "quiz": "all:3:5"})
+    at.run()
+    no_exception(at)
+    assert all(str(root) not in c.value for c in at.code)
+    assert any("bundle=tiny&page=quiz&quiz=all:3:5" in c.value for c in at.code)
+    assert len(at.session_state["quiz_play"]["ids"]) == 3
+    for i in range(3):
+        at.button(key="quiz_ai").click().run()
+        no_exception(at)
+        maps_shown = any("where the model saw" in c for el in at.get("image") for c in
+                         [im.caption for im in el.proto.imgs])
+        assert maps_shown == (i < 2)
+        assert (i == 2) == any("used 2 of the 2" in e.value for e in at.error)
+        at.button(key="quiz_next").click().run()
+    assert metric(at, "The model").endswith("/ 3")
