@@ -7,6 +7,7 @@ import streamlit as st
 
 from asap_core.storage.schema import RELEVANCE_METHODS
 from asap_core.views import attention as va
+from asap_core.views.glossary import GLOSSARY
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.sidebar import page_start
@@ -15,7 +16,7 @@ b = page_start()
 ss = st.session_state
 path, stamp = D.ref(b)
 
-st.subheader("Attention view")
+st.subheader("Attention view", help=GLOSSARY["relevance map"])
 ids = list(ss[K.K_IMAGES])
 if not ids:
     st.info("No image picked: drag a box over images in the Image view (or pick top images on the "
@@ -25,7 +26,9 @@ if not ids:
 
 c1, c2, c3 = st.columns([2, 2, 3])
 ss.setdefault("w_method", ss[K.K_METHOD])
-method = c1.segmented_control("Method", RELEVANCE_METHODS, key="w_method") or ss[K.K_METHOD]
+method = c1.segmented_control("Method", RELEVANCE_METHODS, key="w_method", wrap=True,
+                              help="how the relevance maps are computed. " + GLOSSARY["relevance map"]
+                              ) or ss[K.K_METHOD]
 ss[K.K_METHOD] = method
 alpha = c2.slider("Overlay opacity", 0.2, 0.9, 0.5, 0.05, key="w_alpha")
 shown = ids[:va.MAX_ATTENTION_IMAGES]
@@ -43,7 +46,8 @@ for r in rows:
     with st.container(border=True):
         truth = r["label"] or "unlabelled"
         verdict = "" if r["label"] is None else (" ✓ right" if r["label"] == r["pred"] else " ✗ wrong")
-        st.markdown(f"**{r['file']}** · label {truth} · predicted {r['pred']}{verdict} · p_fake {r['p_fake']:.3f}")
+        st.markdown(f"**{r['file']}** · label {truth} · predicted {r['pred']}{verdict} · p_fake {r['p_fake']:.3f}",
+                    help=GLOSSARY["p_fake"])
         tiles = r["tiles"]
         st.image([t.image for t in tiles], caption=[t.caption for t in tiles], width=92)
 
@@ -51,7 +55,7 @@ contrib = va.contribution_frame(b.images, shown, w2)
 st.markdown("**Contributions to the fake logit** (z_i · w2_i per image)")
 st.altair_chart(
     alt.Chart(contrib).mark_bar().encode(
-        x=alt.X("dim:O", title="dimension"), xOffset="image:N",
+        x=alt.X("dim:O", title="dimension"), xOffset="image:N",  # image: the file name, as above
         y=alt.Y("contribution:Q", title="z_i · w2_i"),
         color=alt.Color("image:N", title="image"),
         tooltip=["image", "dim", alt.Tooltip("contribution:Q", format="+.3f")],

@@ -6,6 +6,8 @@ import streamlit as st
 
 from asap_core.analyses.attribution import attribution_accuracy
 from asap_core.views import generators as vgen
+from asap_core.views import grid as vg
+from asap_core.views.glossary import GLOSSARY
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.sidebar import page_start
@@ -23,7 +25,7 @@ if gen_data is None:
 pred, names = gen_data
 
 c1, c2, c3 = st.columns([2, 1.4, 1.6])
-scope = c1.segmented_control("Fakes counted", ["all", "held out"], default="all", key="w_gen_scope",
+scope = c1.segmented_control("Fakes counted", ["all", "held out"], default="all", key="w_gen_scope", wrap=True,
                              help="held out: the distiller's validation fakes, which its generator head never "
                                   "trained on (an honest estimate); all: includes its training fakes") or "all"
 normalize = c2.toggle("Row shares", value=True, key="w_gen_norm", help="colour = share of the true generator's images")
@@ -55,9 +57,9 @@ st.dataframe(cm, key="gen_cm")
 
 shown = pred[pred["label"] == "fake"].sort_values("probability", ascending=False)
 with st.expander("Predictions per image"):
-    st.dataframe(shown.assign(image_id=shown["image_id"].str[:10])[
-        ["image_id", "generator", "predicted_generator", "probability", "p_fake", "pred", "held_out"]],
-        hide_index=True)
+    st.dataframe(shown.assign(file=vg.image_names(b.images, shown["image_id"]), image_id=shown["image_id"].str[:10])[
+        ["file", "image_id", "generator", "predicted_generator", "probability", "p_fake", "pred", "held_out"]],
+        hide_index=True, column_config={"p_fake": st.column_config.NumberColumn(help=GLOSSARY["p_fake"])})
 if st.button("Colour the overview by predicted generator", key="gen_to_overview", icon=":material/bubble_chart:"):
     ss[K.K_COLOR_BY] = "predicted generator"
     ss.pop("w_color", None)

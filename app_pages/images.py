@@ -11,6 +11,7 @@ from asap_core.settings import settings
 from asap_core.views import concept as vc
 from asap_core.views import grid as vg
 from asap_core.views import state as vs
+from asap_core.views.glossary import GLOSSARY
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue import state as S
@@ -26,7 +27,8 @@ cells = list(ss[K.K_CELLS])
 method = ss[K.K_METHOD]
 
 head, toggle_col = st.columns([5, 1])
-concept_on = toggle_col.toggle("Concept view", key="w_concepts", help="Concepts shared by the cell's images")
+concept_on = toggle_col.toggle("Concept view", key="w_concepts",
+                               help="Concepts shared by the cell's images. " + GLOSSARY["concept"])
 if not cells:
     head.subheader("Image view")
     st.info("No cell selected: click a cell on the Overview first.")
@@ -58,7 +60,7 @@ if concept_on:
     cards = vc.concept_cards(result)
     for card in cards:
         with st.container(border=True):
-            st.markdown(f"**Concept {card['concept'] + 1}** · {vc.describe(card)}")
+            st.markdown(f"**Concept {card['concept'] + 1}** · {vc.describe(card)}", help=GLOSSARY["concept"])
             if card["crops"]:
                 st.image(card["crops"], width=96)
     save_pattern_form(b, lambda name, note, c: pattern_from_concept(result, c, name, note), key="pat_con",
@@ -69,7 +71,8 @@ if concept_on:
 
 st.caption("Frames: green = predicted right, red = predicted wrong. Hover for file, label and p_fake. "
            "Drag a box to pick images, shift-click to add single ones, double-click to clear."
-           + (f" Showing a sample of {len(layout)} of {n_members:,} images." if len(layout) < n_members else ""))
+           + (f" Showing a sample of {len(layout)} of {n_members:,} images." if len(layout) < n_members else ""),
+           help=GLOSSARY["p_fake"])
 chart_key = f"grid_{grid}_{vs.short_hash(cell_txt + repr(filters))}"
 S.fresh_chart(chart_key)
 chart = vg.grid_chart(layout, n_rows, n_cols, tile=vg.tile_size(n_cols))

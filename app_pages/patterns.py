@@ -8,6 +8,7 @@ import streamlit as st
 from asap_core.analyses.patterns import PatternStore, impact_cached, pattern_impact
 from asap_core.errors import AsapError
 from asap_core.views import patterns as vp
+from asap_core.views.glossary import GLOSSARY
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.errors import show_error
@@ -19,7 +20,7 @@ ss = st.session_state
 path, stamp = D.ref(b)
 method = ss[K.K_METHOD]
 
-st.subheader("Pattern view")
+st.subheader("Pattern view", help=GLOSSARY["pattern"])
 store = PatternStore(b)
 patterns = store.list()
 if not patterns:
@@ -29,7 +30,8 @@ if not patterns:
     st.stop()
 
 st.caption("Impact of a pattern: its regions are painted in the CLIP mean colour and each image is re-encoded; "
-           "impact = mean drop of p_fake (positive: the regions made the images look fake), next to the same "
+           "impact = mean drop of p_fake (positive: the regions made the images look fake; negative: masking "
+           "them raises p_fake), next to the same "
            f"drop for a random mask of the same area ({vp.N_RANDOM} draws). Excess = impact − random impact "
            f"ranks the patterns; flipped = predictions that cross 0.5. Selection patterns use each image's top "
            f"patches by fake-logit relevance ({method} maps).")
@@ -81,7 +83,7 @@ st.altair_chart(vp.impact_chart(ranked), theme=None, width="content")
 
 st.markdown("**One pattern**")
 by_name = {p.name: p for p in ready}
-name = st.selectbox("Pattern", ranked["name"].tolist(), key="w_pat_pick")
+name = st.selectbox("Pattern", ranked["name"].tolist(), key="w_pat_pick", help=GLOSSARY["pattern"])
 pat = by_name[name]
 res = pattern_impact(b, pat, None, vp.N_RANDOM, vp.SEED, method)  # cached: no encoder needed
 st.markdown(vp.impact_line(res))
@@ -89,7 +91,7 @@ if pat.note:
     st.caption(f"Note: {pat.note}")
 c1, c2 = st.columns([2, 3], gap="large")
 with c1:
-    st.altair_chart(vp.per_image_chart(res["table"]), theme=None, width="content")
+    st.altair_chart(vp.per_image_chart(res["table"], b.images), theme=None, width="content")
 with c2:
     st.image(vp.contact_sheet_png(b, pat), caption=f"{pat.name}: regions outlined, the rest dimmed"
              if pat.masks is not None else f"{pat.name}: its images")

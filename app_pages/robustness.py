@@ -6,6 +6,7 @@ import streamlit as st
 
 from asap_core.views import robustness as vr
 from asap_core.views import state as vs
+from asap_core.views.glossary import GLOSSARY
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.sidebar import page_start
@@ -29,7 +30,8 @@ s = c2.slider("Resize factor s", 0.25, 1.0, 0.5, 0.05, key="w_rob_s")
 each = c3.toggle("Each step alone too", value=True, key="w_rob_each",
                  help="also JPEG only (no resize) and resize only (no JPEG): which step moves p_fake")
 with_maps = c4.toggle("Compare maps", value=False, key="w_rob_maps",
-                      help="also the correlation of the fake-logit relevance map before / after (slower)")
+                      help="also the correlation of the fake-logit relevance map before / after (slower). "
+                           + GLOSSARY["relevance map"])
 images, _ = D.gridded(path, stamp, grid)
 n_sample = 16
 if not ss[K.K_IMAGES] and not ss[K.K_CELLS]:
@@ -55,26 +57,25 @@ table = done[params]
 summary = vr.summary_frame(table)
 main = summary.iloc[0]
 m1, m2, m3, m4 = st.columns(4)
-m1.metric("mean Δ p_fake", f"{main['mean_delta']:+.3f}", help=vr.setting_label(main["quality"], main["scale"]))
+m1.metric("mean Δ p_fake", f"{main['mean_delta']:+.3f}",
+          help=f"{vr.setting_label(main['quality'], main['scale'])}. {GLOSSARY['p_fake']}")
 m2.metric("flipped", f"{int(main['n_flipped'])} / {int(main['n'])}")
 acc, acc0 = main["accuracy"], main["accuracy_original"]
 m3.metric("accuracy", "n/a" if acc != acc else f"{acc:.0%}",
           delta=None if acc != acc or acc0 != acc0 else f"{acc - acc0:+.0%}")
 m4.metric("accuracy before", "n/a" if acc0 != acc0 else f"{acc0:.0%}")
 
-st.altair_chart(vr.shift_chart(table), theme=None, width="content")
+st.altair_chart(vr.shift_chart(table, images), theme=None, width="content")
 st.markdown("**Per setting**")
 st.dataframe(summary, hide_index=True, key="rob_summary")
 st.markdown(f"**Maps before and after** ({vr.setting_label(q, s)})")
-labels = table.drop_duplicates("image_id").set_index("image_id")["label"]
-labels = labels.where(labels.notna(), "unlabelled")
-pick = st.selectbox("Image", ids, key="w_rob_img", format_func=lambda i: f"{i[:10]} · {labels.get(i)}")
+pick = st.selectbox("Image", ids, key="w_rob_img", format_func=vr.image_label(images, table))
 view = D.laundered_for(b, pick, q, s, method, ss.setdefault("_rob_charged", set()))  # the table still shows
 if view is not None:
     tiles, captions = vr.view_tiles(view)
     st.image(tiles, caption=captions, width=160)
 
 st.markdown(f"**Per image and setting** ({len(table)} rows)")
-st.dataframe(vr.display_table(table), hide_index=True, key="rob_table",
+st.dataframe(vr.display_table(table, images), hide_index=True, key="rob_table",
              column_config={c: st.column_config.NumberColumn(format="%.3f")
                             for c in ("p_fake_original", "p_fake", "delta", "map_corr")})

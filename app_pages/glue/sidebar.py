@@ -95,7 +95,11 @@ def _bundle_summary(b: Bundle) -> None:
     if not settings().hosted:  # a public explorer does not show server paths
         st.caption(str(b.path))
     counts = b.counts
-    st.caption(f"{len(b.images):,} images · {len(b.cells):,} cells · {counts.real:,} real / {counts.fake:,} fake")
+    from .keys import K_GRID  # the overview's slider first: the sidebar is drawn before the page applies it
+    grid = int(st.session_state.get("w_grid") or st.session_state.get(K_GRID) or b.grid)
+    n_cells = len(b.cells) if grid == b.grid else len(data.gridded(*data.ref(b), grid)[1])
+    st.caption(f"{len(b.images):,} images · {n_cells:,} cells ({grid}×{grid} grid) · {counts.real:,} real / "
+               f"{counts.fake:,} fake")
     val = b.metrics.get("val") or b.metrics.get("all") or {}
     if val:
         st.caption(f"validation: accuracy {val.get('accuracy', float('nan')):.3f} · "

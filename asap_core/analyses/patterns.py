@@ -178,13 +178,19 @@ class PatternStore:
         return self.dir / f"{_slug(name.strip())}.json"
 
     def add(self, pattern: Pattern, overwrite: bool = False) -> Path:
-        """Save ``pattern``; ``InputError`` if the name is taken (unless ``overwrite``) or ids are unknown."""
+        """Save ``pattern``; ``InputError`` if the name is taken (unless ``overwrite``), ids are unknown, or
+        another saved pattern already holds the same picks (``content_key``: images and regions)."""
         self.bundle.check_ids(pattern.image_ids)
         _check_side(self.bundle, pattern)
         path = self._path(pattern.name)
         if path.exists() and not overwrite:
             raise InputError(f"A pattern named '{pattern.name}' already exists.",
                              "choose another name, or overwrite it.")
+        same = self.find_same(pattern)
+        if same is not None and not (overwrite and same.name == pattern.name):
+            raise InputError(f"These picks are already saved as pattern '{same.name}' (the same {len(same.image_ids)} "
+                             "images and regions); nothing was saved.",
+                             f"open '{same.name}' in the pattern view, or change the picks to save a new pattern.")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
@@ -219,6 +225,11 @@ class PatternStore:
     def names(self) -> list[str]:
         return [p.name for p in self.list()]
 
+    def find_same(self, pattern: Pattern) -> Pattern | None:
+        """The saved pattern with the same images (in any order) and regions as ``pattern`` (any name or
+        note), or None."""
+        return next((p for p in self.list() if _same_picks(p, pattern)), None)
+
     def delete(self, name: str) -> bool:
         """Remove the pattern ``name``; False if there was none."""
         path = self._path(name)
@@ -229,6 +240,15 @@ class PatternStore:
 
 
 # ----------------------------------------------------------------------------- impact
+
+
+def _same_picks(a: Pattern, b: Pattern) -> bool:
+    """Whether two patterns hold the same images and regions (masks, or the same top fraction)."""
+    if set(a.image_ids) != set(b.image_ids) or (a.masks is None) != (b.masks is None):
+        return False
+    if a.masks is None:
+        return a.fraction == b.fraction
+    return a.side == b.side and all(np.array_equal(a.masks[i], b.masks[i]) for i in a.image_ids)
 
 
 def _check_side(bundle, pattern: Pattern) -> int:

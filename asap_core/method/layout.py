@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..storage.schema import CELL_COLUMNS, DEFAULT_GRID
+from ..storage.schema import CELL_COLUMNS, DEFAULT_GRID, GRID_FILL, GRID_MAX, GRID_MEDIAN_IMAGES, GRID_MIN
 
 #: t-SNE iterations used by :func:`embed_2d`. sklearn's default is 1000; the layout is
 #: settled well before that for a map we only bin into cells, and 500 roughly halves the cost.
@@ -207,6 +207,34 @@ def assign_cells(xy: np.ndarray, grid: int = DEFAULT_GRID) -> tuple[np.ndarray, 
     col = np.clip(np.floor(xy[:, 0] * grid), 0, grid - 1).astype(np.int64)
     row = np.clip(np.floor((1.0 - xy[:, 1]) * grid), 0, grid - 1).astype(np.int64)
     return row * grid + col, col, row
+
+
+def median_cell_size(xy: np.ndarray, grid: int) -> float:
+    """Median number of points per non-empty cell of ``xy`` [N, 2] on a ``grid`` x ``grid`` lattice (0 if N = 0)."""
+    cell, _, _ = assign_cells(xy, grid)
+    counts = np.bincount(cell, minlength=1)
+    counts = counts[counts > 0]
+    return float(np.median(counts)) if counts.size else 0.0
+
+
+def default_grid(n_images: int, xy: np.ndarray | None = None, per_cell: int = GRID_MEDIAN_IMAGES,
+                 lo: int = GRID_MIN, hi: int = GRID_MAX) -> int:
+    """Cells per side for a map of ``n_images``: pies of ``per_cell`` images or more, in [``lo``, ``hi``].
+
+    With map positions ``xy`` [N, 2] in [0, 1]: the largest grid in [lo, hi] whose median non-empty cell
+    holds at least ``per_cell`` images (``lo`` when none does). A t-SNE map clusters, so fewer than
+    grid² cells are used and they are uneven; measuring beats guessing. Without ``xy``: the estimate
+    ``sqrt(n / (GRID_FILL * per_cell))``, with GRID_FILL the share of cells such a map occupies.
+    """
+    lo, hi = _check_grid(lo), max(_check_grid(hi), int(lo))
+    if xy is None:
+        guess = int(np.floor(np.sqrt(max(int(n_images), 0) / (GRID_FILL * per_cell))))
+        return int(np.clip(guess, lo, hi))
+    xy = np.asarray(xy, dtype=np.float64)
+    for g in range(hi, lo - 1, -1):  # the median falls as the grid grows, but not strictly: try each
+        if median_cell_size(xy, g) >= per_cell:
+            return g
+    return lo
 
 
 def cell_centres(cell: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -362,14 +362,19 @@ def prediction_columns(images: pd.DataFrame, z: np.ndarray, p_fake: np.ndarray) 
 
 def layout_stage(ctx: RunContext, images: pd.DataFrame, z: np.ndarray, p_fake: np.ndarray
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(images with predictions, map position and cell; the cell table) on the options' grid."""
-    from ..method.layout import assign_cells, cell_table, embed_2d
+    """(images with predictions, map position and cell; the cell table) on the options' grid; without one
+    (``grid`` None or 0) on ``default_grid`` of the map, recorded in ``ctx.options`` (so in bundle.json)."""
+    from dataclasses import replace
+
+    from ..method.layout import assign_cells, cell_table, default_grid, embed_2d
 
     images = prediction_columns(images, z, p_fake)
     seed = ctx.options.seed
     xy = cached_call(ctx.cache, "map2d", hash_key(LAYOUT_VERSION, z, seed), lambda: embed_2d(z, random_state=seed),
                      lambda a, d: np.save(d / "xy.npy", a), lambda d: np.load(d / "xy.npy"))
     images["map_x"], images["map_y"] = xy[:, 0], xy[:, 1]
+    if not ctx.options.grid:
+        ctx.options = replace(ctx.options, grid=default_grid(len(xy), xy))
     images["cell"], images["col"], images["row"] = assign_cells(xy, ctx.options.grid)
     return images, cell_table(images, ctx.options.grid)
 

@@ -33,7 +33,13 @@ DEFAULT_METHOD = RELEVANCE_METHODS[0]
 NO_RELEVANCE = "none"
 DECISION_THRESHOLD = 0.5
 LABELS: tuple[str, str] = ("real", "fake")
-DEFAULT_GRID = 24
+DEFAULT_GRID = 24  # cells per side when a bundle names no grid (a grid chosen at analyze time: GRID_*)
+# the overview's grid rule (method.layout.default_grid): the largest grid in [GRID_MIN, GRID_MAX] whose
+# median non-empty cell holds at least GRID_MEDIAN_IMAGES images (pies of ~10-20 images read; 1-4 do not)
+GRID_MIN = 4
+GRID_MAX = 30  # the map is ~570 px wide at 1280 px: 19 px cells, the smallest whose pies still show slices
+GRID_MEDIAN_IMAGES = 10
+GRID_FILL = 0.7  # share of the chosen grid's cells a t-SNE map occupies (the estimate without map positions)
 THUMB_SIDE = 128  # longest side of the thumbnails, px
 
 # column -> kind; kinds: "string", "float", "int", "bool" (null-typed columns pass: all values missing)
@@ -148,7 +154,8 @@ def confidence(p_fake: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["CACHE_DIR", "CELLS_FILE", "CELL_COLUMNS", "Counts", "DECISION_THRESHOLD", "DEFAULT_GRID",
-           "DEFAULT_METHOD", "EncoderInfo", "FAKE_LOGIT", "FORMAT_VERSION", "IMAGES_FILE", "IMAGE_COLUMNS", "LABELS",
+           "DEFAULT_METHOD", "EncoderInfo", "FAKE_LOGIT", "FORMAT_VERSION", "GRID_FILL", "GRID_MAX",
+           "GRID_MEDIAN_IMAGES", "GRID_MIN", "IMAGES_FILE", "IMAGE_COLUMNS", "LABELS",
            "META_FIELDS", "META_NAME", "MODEL_DIR", "NO_RELEVANCE", "N_DIMS", "N_TARGETS", "RELEVANCE_METHODS",
            "TABLES", "TARGET_NAMES", "THUMBS_FILE", "THUMB_COLUMNS", "THUMB_SIDE", "Z_COLUMNS", "confidence",
            "p_fake_from_logit", "predicted_label", "read_section", "section_problem"]

@@ -15,6 +15,7 @@ from PIL import Image
 
 from ..method.relevance import overlay
 from ..storage.schema import FAKE_LOGIT, TARGET_NAMES, Z_COLUMNS
+from .grid import image_names
 
 MAX_ATTENTION_IMAGES = 12
 
@@ -110,11 +111,12 @@ def attention_rows(images: pd.DataFrame, ids: list[str], maps: np.ndarray, w2: n
 
 
 def contribution_frame(images: pd.DataFrame, ids: list[str], w2: np.ndarray) -> pd.DataFrame:
-    """Long table ``image, dim, contribution`` for a bar chart of the picked images' contributions."""
+    """Long table ``image, dim, contribution`` for a bar chart of the picked images' contributions; ``image``
+    is the file name (``grid.image_names``), as the rows above the chart name the images."""
     table = images.set_index("image_id").loc[ids]
     contrib = contributions(table[Z_COLUMNS].to_numpy(np.float64), w2)
     return pd.DataFrame({
-        "image": np.repeat([i[:10] for i in ids], contrib.shape[1]),
+        "image": np.repeat(image_names(images, ids), contrib.shape[1]),
         "dim": np.tile(np.arange(contrib.shape[1]), len(ids)),
         "contribution": contrib.reshape(-1),
     })

@@ -38,6 +38,28 @@ def outcome(df: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def image_names(images: pd.DataFrame, ids) -> list[str]:
+    """How legends and pickers name the images ``ids``: each file's name (``relpath``, else ``path``, without
+    its folders); where two of ``ids`` share a file name, the folder-relative path (``relpath``) or the name
+    and the id's first 6 characters; an id not in ``images``: its first 10 characters. Never a server
+    path's folders, so a hosted explorer may show it."""
+    ids = [str(i) for i in ids]
+    col = "relpath" if "relpath" in images.columns else "path" if "path" in images.columns else None
+    files = images.drop_duplicates("image_id").set_index("image_id")[col] if col else pd.Series(dtype=object)
+    rel = [str(files[i]).replace("\\", "/") if i in files.index and pd.notna(files[i]) else None for i in ids]
+    base = [r.rsplit("/", 1)[-1] if r else None for r in rel]
+    taken = pd.Series([b for b in base if b], dtype=object).value_counts()
+    out = []
+    for i, r, b in zip(ids, rel, base):
+        if b is None:
+            out.append(i[:10])
+        elif taken.get(b, 0) < 2:
+            out.append(b)
+        else:
+            out.append(r if col == "relpath" else f"{b} · {i[:6]}")
+    return out
+
+
 def grid_layout(members: pd.DataFrame, random_state: int = 0) -> tuple[pd.DataFrame, int, int]:
     """IsoMatch placement of ``members`` -> ``(layout, n_rows, n_cols)``.
 

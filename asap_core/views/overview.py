@@ -1,7 +1,7 @@
 """Representation overview (DESIGN §3 "Cell glyph"): filters, pie slices per cell and the Altair chart.
 
 A cell is drawn as a pie at its centre: area proportional to its image count; slices blue (real) and
-orange (fake), solid for correct predictions and pale for wrong ones, grey for unlabelled images;
+orange (fake), solid for correct predictions and hatched for wrong ones, grey for unlabelled images;
 opacity (saturation) follows the cell's mean confidence ``|2 p_fake - 1|``.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..method.layout import cell_table
+from ..storage.schema import GRID_MIN
 
 CATEGORIES: list[str] = ["real, correct", "real, wrong", "fake, correct", "fake, wrong", "unlabelled"]
 COUNT_COLUMNS: list[str] = ["n_real_ok", "n_real_wrong", "n_fake_ok", "n_fake_wrong", "n_unlabelled"]
@@ -21,6 +22,8 @@ COUNT_COLUMNS: list[str] = ["n_real_ok", "n_real_wrong", "n_fake_ok", "n_fake_wr
 COLORS: list[str] = ["#1f77b4", "#a9cbe8", "#ff7f0e", "#ffcf9e", "#9e9e9e"]
 LABEL_CHOICES = ("all", "real", "fake", "unlabelled")
 OUTCOME_CHOICES = ("all", "correct", "wrong")
+#: px height of the overview map when it fills its container's width (``overview_chart(size=None)``)
+MAP_HEIGHT = 600
 
 
 @dataclass(frozen=True)
@@ -125,44 +128,42 @@ def hatch(color: str, stripes: int = 6, gap: str = "#ffffff") -> dict:
     return {"gradient": "linear", "x1": 0, "y1": 0, "x2": 1, "y2": 1, "stops": stops}
 
 
-def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None = None, size: int = 540,
-                   param: str = "cell") -> alt.Chart:
+def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None = None, size: int | None = None,
+                   param: str = "cell", height: int = MAP_HEIGHT) -> alt.Chart:
     """Pie glyphs at cell centres (x, y in [0, 1]) with a click selection ``param`` on ``cell_id``.
 
-    ``selected`` (cell ids) is the selection's initial value, so a cell picked earlier is highlighted
-    (thick outline) when the page is drawn again. Rendered as SVG (each slice is a ``<path>`` whose
-    ``aria-label`` names its ``cell_id``). Radius range keeps the largest pie inside its cell.
+    ``size=None``: the chart is as wide as its container (``st.vega_lite_chart(..., width="stretch")``) and
+    ``height`` px high (less for a map wider than high); the map is centred and scaled to the largest size that fits, cells stay square and
+    the pies grow with it (Vega expressions on the chart's ``width`` / ``height``). ``size`` (px): a fixed
+    chart whose longer side is ``size``. ``selected`` (cell ids) is the selection's initial value, so a cell
+    picked earlier is highlighted (thick outline) when the page is drawn again. Rendered as SVG (each slice
+    is a ``<path>`` whose ``aria-label`` names its ``cell_id``). The largest pie stays inside its cell.
     """
-    half = 0.5 / max(grid, 1)
-    if len(slices):
-        x_lo, x_hi = float(slices["x"].min()) - half, float(slices["x"].max()) + half
-        y_lo, y_hi = float(slices["y"].min()) - half, float(slices["y"].max()) + half
-    else:
-        x_lo, x_hi, y_lo, y_hi = 0.0, 1.0, 0.0, 1.0
-    unit = size / max(x_hi - x_lo, y_hi - y_lo)  # px per map unit; cells stay square
-    width, height = round((x_hi - x_lo) * unit), round((y_hi - y_lo) * unit)
-    max_r = max(3.0, 0.5 * unit / max(grid, 1) * 0.96)
+    x_lo, x_hi, y_lo, y_hi = _map_extent(slices, grid)
+    span_x, span_y = x_hi - x_lo, y_hi - y_lo
     sel = alt.selection_point(
         name=param, fields=["cell_id"], on="click", clear="dblclick",
         value=[{"cell_id": int(c)} for c in selected] if selected else alt.Undefined,
     )
-    x_scale = alt.Scale(domain=[x_lo, x_hi], nice=False, zero=False)
-    y_scale = alt.Scale(domain=[y_lo, y_hi], nice=False, zero=False)
-    tooltip = [
-        alt.Tooltip("cell_id:Q", title="cell"),
-        alt.Tooltip("n:Q", title="images"),
-        alt.Tooltip("counts:N", title="counts"),
-        alt.Tooltip("accuracy:Q", title="accuracy", format=".0%"),
-        alt.Tooltip("mean_conf:Q", title="mean confidence", format=".2f"),
-        alt.Tooltip("share_fake:Q", title="share fake", format=".0%"),
-        alt.Tooltip("dominant_generator:N", title="dominant generator"),
-    ]
+    params: list = [sel]
+    if size is None:  # px per map unit from the drawn size: the same map fills any container
+        unit = alt.param(name=f"{param}_unit", expr=f"max(1, min(width / {span_x:.6f}, height / {span_y:.6f}))")
+        params.append(unit)
+        xm, ym, u = (x_lo + x_hi) / 2, (y_lo + y_hi) / 2, unit.name
+        x_dom = alt.ExprRef(f"[{xm:.6f} - width / {u} / 2, {xm:.6f} + width / {u} / 2]")
+        y_dom = alt.ExprRef(f"[{ym:.6f} - height / {u} / 2, {ym:.6f} + height / {u} / 2]")
+        max_r = alt.ExprRef(f"max(3, 0.48 * {u} / {max(grid, 1)})")
+        width, height = "container", round(height * min(max(span_y / span_x, 0.6), 1.0))  # a wide map: less
+    else:
+        unit_px = size / max(span_x, span_y)  # px per map unit; cells stay square
+        width, height = round(span_x * unit_px), round(span_y * unit_px)
+        x_dom, y_dom, max_r = [x_lo, x_hi], [y_lo, y_hi], max(3.0, 0.48 * unit_px / max(grid, 1))
     chart = (
         alt.Chart(slices)
         .mark_arc(cursor="pointer")
         .encode(
-            x=alt.X("x:Q", scale=x_scale, axis=None),
-            y=alt.Y("y:Q", scale=y_scale, axis=None),
+            x=alt.X("x:Q", scale=alt.Scale(domain=x_dom, nice=False, zero=False), axis=None),
+            y=alt.Y("y:Q", scale=alt.Scale(domain=y_dom, nice=False, zero=False), axis=None),
             theta=alt.Theta("theta:Q", scale=None),
             theta2=alt.Theta2("theta2:Q"),
             radius=alt.Radius("n:Q", scale=alt.Scale(type="sqrt", zero=True, range=[1.5, max_r])),
@@ -173,14 +174,36 @@ def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None =
             order=alt.Order("cat_order:Q"),
             stroke=alt.condition(sel, alt.value("#111111"), alt.value("white"), empty=False),
             strokeWidth=alt.condition(sel, alt.value(2.0), alt.value(0.4), empty=False),
-            tooltip=tooltip,
+            tooltip=_tooltip(),
         )
-        .add_params(sel)
+        .add_params(*params)
         .properties(width=width, height=height, usermeta={"embedOptions": {"renderer": "svg", "actions": False}},
-                    autosize=alt.AutoSizeParams(type="pad"))
+                    autosize=alt.AutoSizeParams(type="fit", contains="padding") if size is None
+                    else alt.AutoSizeParams(type="pad"))
         .configure_view(strokeWidth=0)
     )
     return chart
+
+
+def _map_extent(slices: pd.DataFrame, grid: int) -> tuple[float, float, float, float]:
+    """``(x_lo, x_hi, y_lo, y_hi)``: the non-empty cells' centres plus half a cell on each side."""
+    half = 0.5 / max(grid, 1)
+    if not len(slices):
+        return 0.0, 1.0, 0.0, 1.0
+    return (float(slices["x"].min()) - half, float(slices["x"].max()) + half,
+            float(slices["y"].min()) - half, float(slices["y"].max()) + half)
+
+
+def _tooltip() -> list:
+    return [
+        alt.Tooltip("cell_id:Q", title="cell"),
+        alt.Tooltip("n:Q", title="images"),
+        alt.Tooltip("counts:N", title="counts"),
+        alt.Tooltip("accuracy:Q", title="accuracy", format=".0%"),
+        alt.Tooltip("mean_conf:Q", title="mean confidence", format=".2f"),
+        alt.Tooltip("share_fake:Q", title="share fake", format=".0%"),
+        alt.Tooltip("dominant_generator:N", title="dominant generator"),
+    ]
 
 
 def _wrong_hatched() -> dict:
@@ -206,8 +229,32 @@ def legend_svg() -> str:
     ramp = "".join(f'<circle cx="{8 + 20 * k}" cy="34" r="7" fill="{COLORS[0]}" opacity="{0.35 + 0.65 * k / 4:.2f}"/>'
                    for k in range(5))
     ramp += '<text x="100" y="38" font-size="12">mean confidence 0 → 1 (opacity) · area = number of images</text>'
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{max(x, 420)}" height="46" '
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{max(x, 560)}" height="46" '
             f'font-family="sans-serif" fill="#333"><defs>{defs}</defs>{"".join(items)}{ramp}</svg>')
+
+
+def overview_caption(by_generator: bool = False) -> str:
+    """The line above the map: what position, area, colour, hatching and opacity mean (as the legend shows)."""
+    colours = ("slices = the generator head's guess for images the detector calls fake, blue = predicted real; "
+               if by_generator else
+               "blue = real, orange = fake, grey = unlabelled; solid = predicted right, hatched = predicted wrong; ")
+    return ("One pie per cell of similar images (position: 2-D map of the 16 dimensions). Area = number of "
+            f"images; {colours}opacity = mean confidence. Click a pie to select its cell, shift-click to add, "
+            "double-click to clear.")
+
+
+def grid_choices(current: int) -> list[int]:
+    """The grid slider's options: GRID_MIN, then the even sizes up to 60, and ``current`` (a bundle's own grid)."""
+    return sorted(set(range(GRID_MIN, 61, 2)) | {int(current)})
+
+
+def boundary_text(row) -> str:
+    """One decision-boundary cell in words (a row of ``boundary_cells``): images, share fake, accuracy,
+    mean confidence; "n/a" where a cell has no labelled image."""
+    share = "n/a" if pd.isna(row.share_fake) else f"{row.share_fake:.0%}"
+    acc = "n/a" if pd.isna(row.accuracy) else f"{row.accuracy:.0%}"
+    conf = "n/a" if pd.isna(row.mean_conf) else f"{row.mean_conf:.2f}"
+    return f"{row.n} images · {share} fake · accuracy {acc} · confidence {conf}"
 
 
 def selected_summary(cells: pd.DataFrame, selected: list[int]) -> dict:

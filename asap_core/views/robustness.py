@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..analyses.laundering import laundering_summary, laundering_table
 from ..storage.schema import DECISION_THRESHOLD
+from .grid import image_names
 
 MAX_IMAGES = 64
 Setting = tuple  # (int | None, float)
@@ -83,15 +84,16 @@ def summary_frame(table: pd.DataFrame) -> pd.DataFrame:
     return summ.assign(_o=summ["setting"].map(order)).sort_values("_o").drop(columns="_o").reset_index(drop=True)
 
 
-def shift_chart(table: pd.DataFrame) -> alt.LayerChart:
+def shift_chart(table: pd.DataFrame, images: pd.DataFrame | None = None) -> alt.LayerChart:
     """Per image a line from p_fake of the original to p_fake after each setting (columns: settings);
-    colour = label; the dashed rule at 0.5 is the decision threshold."""
+    colour = label; the dashed rule at 0.5 is the decision threshold. The tooltip names each image by its
+    file (``images``: the bundle's image table; else the id's start)."""
     orig = table.drop_duplicates(["image_id", "setting"]).copy()
     first = orig.drop_duplicates("image_id").assign(setting="original", setting_order=-1,
                                                     p_fake=lambda d: d["p_fake_original"])
     data = pd.concat([first, orig], ignore_index=True)
     data["label"] = data["label"].fillna("unlabelled")
-    data["short"] = data["image_id"].str[:10]
+    data["file"] = _names(data["image_id"], images)
     order = ["original", *table.sort_values("setting_order")["setting"].drop_duplicates().tolist()]
     lines = alt.Chart(data).mark_line(point=True, opacity=0.6).encode(
         x=alt.X("setting:N", sort=order, title=None,
@@ -100,19 +102,39 @@ def shift_chart(table: pd.DataFrame) -> alt.LayerChart:
         detail="image_id:N",
         color=alt.Color("label:N", scale=alt.Scale(domain=["real", "fake", "unlabelled"],
                                                    range=["#1f77b4", "#ff7f0e", "#9e9e9e"])),
-        tooltip=["short", "label", "setting", alt.Tooltip("p_fake:Q", format=".3f")])
+        tooltip=["file", "label", "setting", alt.Tooltip("p_fake:Q", format=".3f")])
     rule = alt.Chart(pd.DataFrame({"v": [DECISION_THRESHOLD]})).mark_rule(strokeDash=[4, 3], color="#999").encode(y="v:Q")
     return (rule + lines).properties(width=max(300, 130 * len(order)), height=280)
 
 
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The per image x setting table with short ids, for ``st.dataframe``."""
+def display_table(table: pd.DataFrame, images: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The per image x setting table for ``st.dataframe``: the file name (with ``images``), short ids."""
     cols = ["image_id", "label", "setting", "p_fake_original", "p_fake", "delta", "flipped"]
     if "map_corr" in table.columns:
         cols.append("map_corr")
     out = table.sort_values(["setting_order", "image_id"], kind="stable")[cols].reset_index(drop=True)
+    if images is not None:
+        out.insert(0, "file", _names(out["image_id"], images))
     out["image_id"] = out["image_id"].str[:10]
     return out
+
+
+def image_label(images: pd.DataFrame, table: pd.DataFrame) -> Callable[[str], str]:
+    """``format_func`` for an image picker: ``"file.png · fake"`` (label from ``table``; "unlabelled")."""
+    labels = table.drop_duplicates("image_id").set_index("image_id")["label"]
+    ids = labels.index.tolist()
+    names = dict(zip(ids, image_names(images, ids)))
+    return lambda i: f"{names.get(i, str(i)[:10])} · {labels.get(i) if pd.notna(labels.get(i)) else 'unlabelled'}"
+
+
+def _names(ids: pd.Series, images: pd.DataFrame | None) -> list[str]:
+    """File names of ``ids`` (``grid.image_names``; each distinct id once), else the ids' first 10 characters."""
+    ids = ids.astype(str)
+    if images is None:
+        return ids.str[:10].tolist()
+    uniq = ids.drop_duplicates().tolist()
+    names = dict(zip(uniq, image_names(images, uniq)))
+    return [names[i] for i in ids]
 
 
 def view_tiles(view: dict, size: int = 160, alpha: float = 0.5) -> tuple[list, list[str]]:
@@ -135,5 +157,5 @@ def view_tiles(view: dict, size: int = 160, alpha: float = 0.5) -> tuple[list, l
              "fake-logit map, original", f"fake-logit map, laundered (corr {corr_txt})"])
 
 
-__all__ = ["MAX_IMAGES", "choose_images", "display_table", "run_settings", "setting_label", "settings_for",
+__all__ = ["MAX_IMAGES", "choose_images", "display_table", "image_label", "run_settings", "setting_label", "settings_for",
            "shift_chart", "summary_frame", "view_tiles"]

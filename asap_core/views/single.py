@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..inputs.imageio import IMAGE_EXTENSIONS
 from . import attention as va
+from .grid import image_names
 
 #: file types offered by the uploader (without the dot)
 UPLOAD_TYPES: list[str] = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
@@ -45,9 +46,11 @@ def neighbour_summary(nb: pd.DataFrame) -> str:
 
 
 def neighbours_display(nb: pd.DataFrame) -> pd.DataFrame:
-    """The neighbour table for ``st.dataframe`` (short ids, no paths)."""
+    """The neighbour table for ``st.dataframe``: file names (no folders: no server paths), short ids."""
     cols = [c for c in ("rank", "image_id", "distance", "label", "generator", "p_fake", "pred", "cell") if c in nb]
     out = nb[cols].copy()
+    if "image_id" in nb and ("path" in nb or "relpath" in nb):
+        out.insert(1, "file", image_names(nb, nb["image_id"].tolist()))
     out["image_id"] = out["image_id"].str[:10]
     return out
 
