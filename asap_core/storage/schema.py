@@ -154,8 +154,8 @@ def confidence(p_fake: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["CACHE_DIR", "CELLS_FILE", "CELL_COLUMNS", "Counts", "DECISION_THRESHOLD", "DEFAULT_GRID",
-           "DEFAULT_METHOD", "EncoderInfo", "FAKE_LOGIT", "FORMAT_VERSION", "GRID_FILL", "GRID_MAX",
-           "GRID_MEDIAN_IMAGES", "GRID_MIN", "IMAGES_FILE", "IMAGE_COLUMNS", "LABELS",
-           "META_FIELDS", "META_NAME", "MODEL_DIR", "NO_RELEVANCE", "N_DIMS", "N_TARGETS", "RELEVANCE_METHODS",
-           "TABLES", "TARGET_NAMES", "THUMBS_FILE", "THUMB_COLUMNS", "THUMB_SIDE", "Z_COLUMNS", "confidence",
+           "DEFAULT_METHOD", "ENCODER_SOURCES", "EncoderInfo", "FAKE_LOGIT", "FORMAT_VERSION", "GRID_FILL", "GRID_MAX",
+           "GRID_MEDIAN_IMAGES", "GRID_MIN", "IMAGES_FILE", "IMAGE_COLUMNS", "LABELS", "MEANINGFUL_AUC",
+           "META_FIELDS", "META_NAME", "MODEL_DIR", "NO_RELEVANCE", "N_DIMS", "N_TARGETS", "RANDOM_CLIP_MARKER",
+           "RANDOM_CLIP_PREFIX", "RELEVANCE_METHODS", "TABLES", "TARGET_NAMES", "THUMBS_FILE", "THUMB_COLUMNS", "THUMB_SIDE", "Z_COLUMNS", "confidence", "is_random_clip",
            "p_fake_from_logit", "predicted_label", "read_section", "section_problem"]
