@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--projection", default=None, help="vision-only projection matrix file (.safetensors/.npy/.pt)")
     a.add_argument("--distiller", default=None, help="apply the distiller of this bundle instead of training one")
     a.add_argument("--cache-dir", default=None, help="cache folder (default: $ASAP_CACHE_DIR or ~/.cache/asap_explorer)")
+    a.add_argument("--engine", default="local",  # checked by AnalyzeOptions.check (pipeline.analyze.ENGINES)
+                   help="where hashing, decoding, the CLIP forward and relevance maps run: local (this process) or "
+                        "ray (a pool of Ray Data actors; pip install -r requirements-ray.txt); same cache either way")
+    a.add_argument("--ray-address", default=None,
+                   help="with --engine ray: the cluster to join, e.g. ray://head:10001 or auto (default: start a "
+                        "local one); images and model must be at the same paths on every node")
     i = sub.add_parser("info", help="print what a bundle holds")
     i.add_argument("bundle")
     s = sub.add_parser("serve", help="serve the explorer (strict public options when ASAP_HOSTED=1)",
@@ -85,7 +91,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     opts = AnalyzeOptions(model=args.model, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
                           compile=args.compile, dtype=args.dtype,
                           relevance=args.relevance, grid=args.grid, projection_file=args.projection,
-                          distiller=args.distiller, cache_dir=args.cache_dir)
+                          distiller=args.distiller, cache_dir=args.cache_dir, engine=args.engine,
+                          ray_address=args.ray_address)
     bars = TqdmProgress()
     t0 = time.perf_counter()
     try:

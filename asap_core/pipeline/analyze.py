@@ -9,8 +9,10 @@ import pandas as pd
 from ..errors import InputError
 from ..inputs.scan import LabelConflict, label_summary_lines, scan_folder
 from ..storage import schema as S
-from .stages import (Results, RunContext, StageProgress, check_labels, embed_stage, hash_stage, layout_stage,
-                     project_stage, relevance_stage, train_stage, write_stage)
+from .stages import (Results, RunContext, StageProgress, check_labels, layout_stage, project_stage, train_stage,
+                     write_stage)
+
+ENGINES = ("local", "ray")  # --engine: this process, or Ray Data (pipeline.ray_engine; requirements-ray.txt)
 
 
 @dataclass
@@ -32,6 +34,8 @@ class AnalyzeOptions:
     distiller: str | None = None
     cache_dir: str | None = None
     seed: int = 0
+    engine: str = "local"  # ENGINES: "ray" runs hash, embed and relevance on Ray Data (pipeline.ray_engine)
+    ray_address: str | None = None  # engine "ray": a running cluster; None: Ray's default (starts a local one)
 
     def check(self) -> None:
         """``InputError`` naming the first option that cannot be used (before any work starts)."""
@@ -45,6 +49,15 @@ class AnalyzeOptions:
             raise InputError(f"decoder {self.decoder!r} is not one of {', '.join(DECODERS)}.", "use decoder='auto'.")
         if int(self.grid) < 1:
             raise InputError(f"grid {self.grid} must be at least 1.", f"use e.g. --grid {S.DEFAULT_GRID}.")
+        if self.engine not in ENGINES:
+            raise InputError(f"--engine {self.engine} is not one of {', '.join(ENGINES)}.",
+                             f"use one of {', '.join(ENGINES)}.")
+        if self.engine == "ray":
+            from .ray_engine import check_available
+
+            check_available()
+        elif self.ray_address:
+            raise InputError("--ray-address is given without --engine ray.", "add --engine ray, or drop --ray-address.")
 
 
 @dataclass
@@ -95,14 +108,15 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
     report; bad options or a folder without usable images raise ``InputError`` before any heavy work.
     """
     ctx = RunContext.create(options or AnalyzeOptions(), progress)
+    engine = _engine(ctx.options.engine)
     with ctx.stage("scan"):
         scan = scan_folder(data_dir)
         ctx.skipped += scan.skipped
     with ctx.stage("hash"):
-        images = hash_stage(ctx, scan)
+        images = engine.hash_stage(ctx, scan)
     check_labels(ctx, scan, images)
     with ctx.stage("embed"):
-        emb = embed_stage(ctx, images, scan.root)
+        emb = engine.embed_stage(ctx, images, scan.root)
     with ctx.stage("projection"):
         projection = project_stage(ctx, emb)
     with ctx.stage("train"):
@@ -113,9 +127,21 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
     maps = None
     if ctx.options.relevance != S.NO_RELEVANCE:
         with ctx.stage(f"relevance ({ctx.options.relevance})"):
-            maps = relevance_stage(ctx, images, distiller, emb.last_inputs)
+            maps = engine.relevance_stage(ctx, images, distiller, emb.last_inputs)
     results = Results(scan, images, cells, emb.thumbs, distiller, projection, metrics, maps)
     with ctx.stage("write"):
         bundle = write_stage(ctx, out, results)
     return AnalyzeReport(bundle, scan.layout, len(scan.images) + len(scan.skipped), len(images), ctx.skipped,
                          metrics, ctx.timings, scan.label_counts(), scan.conflicts, ctx.info.source)
+
+
+def _engine(name: str):
+    """The module whose ``hash_stage``, ``embed_stage`` and ``relevance_stage`` run: ``pipeline.stages`` in this
+    process (Ray never imported), or ``pipeline.ray_engine`` (same signatures, same cache, on Ray Data)."""
+    if name == "ray":
+        from . import ray_engine
+
+        return ray_engine
+    from . import stages
+
+    return stages

@@ -130,11 +130,12 @@ def dedupe(images: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     return first.reset_index(drop=True), reasons
 
 
-def hash_stage(ctx: RunContext, scan: ScanResult) -> pd.DataFrame:
+def hash_stage(ctx: RunContext, scan: ScanResult, hasher: Callable = hash_files) -> pd.DataFrame:
     """The scanned files with an ``image_id`` column (SHA-1 of the bytes), unreadable files and duplicates
-    moved to ``ctx.skipped``."""
+    moved to ``ctx.skipped``. ``hasher(paths, progress)``: ``hash_files`` here, or another engine's
+    (``ray_engine``) with the same result."""
     images = scan.images.copy()
-    ids, bad = hash_files(images["path"].tolist(), ctx.report("hash"))
+    ids, bad = hasher(images["path"].tolist(), ctx.report("hash"))
     ctx.skipped += bad
     images["image_id"] = ids
     images, dups = dedupe(images[images["image_id"].notna()])
@@ -195,12 +196,25 @@ def embed_stage(ctx: RunContext, images: pd.DataFrame, root: Path) -> Embedded:
     from ..model.embedding import embed_files
 
     o = ctx.options
-    store = RowStore(ctx.cache, embedding_store_name(ctx.info.cache_key, ctx.dtype), (ctx.info.embed_dim,))
-    thumbs = RowStore(ctx.cache, f"thumbs-v{EMBEDDING_VERSION}-{S.THUMB_SIDE}", None)
+    store, thumbs = embedding_stores(ctx)
     last_inputs = _last_input_store(ctx, len(images))
     failures = embed_files(ctx.encoder, ctx.info.preprocessor, images["path"].tolist(), images["image_id"].tolist(),
                            store, thumbs, batch_size=o.batch_size, num_workers=o.num_workers, decoder=o.decoder,
                            compile=o.compile, last_input_store=last_inputs, progress=ctx.report("embed"))
+    return keep_embedded(ctx, images, root, failures, (store, thumbs), last_inputs)
+
+
+def embedding_stores(ctx: RunContext) -> tuple[RowStore, RowStore]:
+    """The cache stores every engine's embed stage fills: embeddings ``[D]`` float32, thumbnails (JPEG)."""
+    return (RowStore(ctx.cache, embedding_store_name(ctx.info.cache_key, ctx.dtype), (ctx.info.embed_dim,)),
+            RowStore(ctx.cache, f"thumbs-v{EMBEDDING_VERSION}-{S.THUMB_SIDE}", None))
+
+
+def keep_embedded(ctx: RunContext, images: pd.DataFrame, root: Path, failures: list[tuple[str, str]],
+                  stores: tuple[RowStore, RowStore], last_inputs: RowStore | None = None) -> Embedded:
+    """The embed stage's output once the stores are filled: ``failures`` (path, reason) moved to
+    ``ctx.skipped``, the other images with their embeddings; ``InputError`` when none is left."""
+    store, thumbs = stores
     ctx.skipped += failures
     failed = {p for p, _ in failures}
     images = images[~images["path"].isin(failed)].reset_index(drop=True)
