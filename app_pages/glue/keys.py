@@ -21,6 +21,8 @@ K_ERROR = "_bundle_error"
 K_WANT_DEMO = "_want_demo"
 K_DEMO_NOTE = "_demo_note"
 K_LAST_REPORT = "_last_analysis"
+K_BYO_JOB = "_byo_job"  # an uploaded set waiting for its analysis (glue.byo.Job)
+K_GUIDE_SEEN = "_guide_seen"  # "How to read this" was shown to this session
 # widget keys of the overview that belong to one bundle (dropped when another opens)
 BUNDLE_WIDGETS = ("w_grid", "w_label", "w_outcome", "w_gens")
 

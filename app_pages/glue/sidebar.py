@@ -13,7 +13,7 @@ from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import NO_RELEVANCE, RELEVANCE_METHODS
 from asap_core.views.trust import metric_label
 
-from . import budget, data, state
+from . import budget, byo, data, guide, state
 from .errors import hint_place, show_error, show_warning, visible
 from .keys import K_BUNDLE, K_ERROR, K_LAST_REPORT, K_MODEL_OVERRIDE, K_WANT_DEMO
 from .notices import show_notices
@@ -32,10 +32,13 @@ def page_start() -> Bundle:
     except AsapError as exc:  # ASAP_HOSTED=1 without a usable configuration: say so, serve nothing
         show_error(exc)
         st.stop()
-    if st.session_state.pop(K_WANT_DEMO, False):
+    if st.session_state.get(K_WANT_DEMO):
         open_demo()
+    byo.run_pending()  # an uploaded set queued by "Bring your own images"
     b = state.current_bundle()
     sidebar(b)
+    if b is not None:
+        guide.first_visit()
     if b is None:
         if settings().hosted:
             st.info("No bundle is open. Pick one of this explorer's bundles in the sidebar.")
@@ -48,17 +51,19 @@ def page_start() -> Bundle:
 
 
 def open_demo() -> None:
-    """Build (once, with a progress bar) and open the embedded demo bundle; errors go to the sidebar."""
-    from asap_core.pipeline.demo import ensure_demo_bundle
+    """Build (once, saying what and how long, a bar per step) and open the embedded demo bundle; errors go to
+    the sidebar. A build cut short by a rerun (a click meanwhile) starts again on the next run."""
+    from asap_core.pipeline.demo import DEMO_DATA, ensure_demo_bundle  # (no torch yet: the message shows first)
 
-    with progress_bar("Preparing the demo bundle (only the first time) ...",
-                      lambda d, t: f"demo: {d}/{t}") as progress:
+    with byo.staged_progress(guide.demo_intro(sum(1 for _ in DEMO_DATA.rglob("*.jpg"))), relevance=True) as progress:
         try:
             # its note (random CLIP) is not kept: every page shows the bundle's notices (glue.notices)
-            path, _ = ensure_demo_bundle(progress=lambda stage, d, t: progress(d, t))
+            path, _ = ensure_demo_bundle(progress=progress)
         except AsapError as exc:
             st.session_state[K_ERROR] = exc
+            st.session_state.pop(K_WANT_DEMO, None)
             return
+    st.session_state.pop(K_WANT_DEMO, None)
     st.session_state[K_BUNDLE] = str(path)
 
 
@@ -67,6 +72,7 @@ def sidebar(b: Bundle | None) -> None:
     ss = st.session_state
     with st.sidebar:
         st.markdown("**ASAP Explorer** · why images look fake")
+        guide.guide_button()
         if b is not None:
             _bundle_summary(b)
             _model_line(b)
@@ -74,6 +80,7 @@ def sidebar(b: Bundle | None) -> None:
             show_error(ss[K_ERROR])
         else:
             st.info("No bundle open.")
+        byo.upload_expander(b)
         if settings().hosted:
             _hosted_bundle_picker()
             return
