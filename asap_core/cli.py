@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "memory, then a faster forward on some CPUs; pays on long runs (benchmarks/RESULTS.md)")
     a.add_argument("--relevance", default=S.NO_RELEVANCE, choices=[S.NO_RELEVANCE, *S.RELEVANCE_METHODS],
                    help="precompute relevance maps for every image")
-    a.add_argument("--grid", type=int, default=S.DEFAULT_GRID, help="cells per side of the overview")
+    a.add_argument("--grid", type=int, default=None,
+                   help="cells per side of the overview (default: chosen so a cell holds about 10 images)")
     a.add_argument("--projection", default=None, help="vision-only projection matrix file (.safetensors/.npy/.pt)")
     a.add_argument("--distiller", default=None, help="apply the distiller of this bundle instead of training one")
     a.add_argument("--cache-dir", default=None, help="cache folder (default: $ASAP_CACHE_DIR or ~/.cache/asap_explorer)")

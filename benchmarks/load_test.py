@@ -342,6 +342,17 @@ async def timed(step: str, times: dict[str, float], probe: NullProbe):
     await probe.visible(step, times[step])
 
 
+async def dismiss_guide(page, wait_ms: int = 5000) -> None:
+    """Close the "How to read this" dialog a new session opens once (it covers the page; not timed)."""
+    got = page.get_by_role("button", name="Got it")
+    try:
+        await got.wait_for(state="visible", timeout=wait_ms)
+    except Exception:  # noqa: BLE001 - no dialog in this session
+        return
+    await got.click()
+    await page.get_by_role("dialog").wait_for(state="detached")
+
+
 async def one_round(page, url: str, grid: int, cell: int, n_shown: int, res: Results,
                     probe: NullProbe | None = None) -> None:
     """The five steps for one cell; latencies go to ``res`` only when the whole round succeeds."""
@@ -351,6 +362,7 @@ async def one_round(page, url: str, grid: int, cell: int, n_shown: int, res: Res
     async with timed("overview", times, probe):
         await page.goto(f"{url}/?grid={grid}")
         await expect(page, "overview", page.wait_for_selector(CELL_SLICES.format(cell=cell), state="visible"))
+    await dismiss_guide(page)
 
     open_grid = page.get_by_role("button", name="Open image grid")
     async with timed("select_cell", times, probe):

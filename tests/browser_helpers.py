@@ -160,3 +160,9 @@ def command_server(argv: list[str], port: int, env: Mapping[str, str], log_path:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def dismiss_guide(page, timeout_ms: int = 30000) -> None:
+    """Close the "How to read this" dialog a new browser session opens once (it covers the page)."""
+    page.get_by_role("button", name="Got it").click(timeout=timeout_ms)
+    page.get_by_role("dialog").wait_for(state="detached")

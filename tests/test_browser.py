@@ -13,7 +13,7 @@ import pytest
 
 from asap_core.storage.bundle import Bundle
 from asap_core.method.layout import regrid
-from browser_helpers import (CELL_SLICES, CHROMIUM, CHROMIUM_ARGS, GRID_IMAGES, IMAGES_DECODED_JS, MAIN_IMAGES,
+from browser_helpers import (dismiss_guide, CELL_SLICES, CHROMIUM, CHROMIUM_ARGS, GRID_IMAGES, IMAGES_DECODED_JS, MAIN_IMAGES,
                              PICKED_TEXT, SLICES_JS, brush_path, screenshot_dir, serve_bundle, slice_click_point,
                              streamlit_server)
 from conftest_app import tiny_bundle  # noqa: F401  (fixture)
@@ -53,6 +53,7 @@ def test_click_cell_brush_images_see_maps(server, tiny_bundle, shots):  # noqa: 
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(30000)
             page.goto(f"{server}/?grid={GRID}")
+            dismiss_guide(page)
             page.wait_for_selector(CELL_SLICES.format(cell=cell))
             page.screenshot(path=str(shots / "1_overview.png"), full_page=True)
 

@@ -12,7 +12,7 @@ import pytest
 
 from asap_core.storage.bundle import Bundle
 from asap_core.analyses.patterns import PatternStore, pattern_from_selection
-from browser_helpers import CHROMIUM, CHROMIUM_ARGS, ERRORS_JS, IMAGES_DECODED_JS, screenshot_dir, serve_bundle
+from browser_helpers import dismiss_guide, CHROMIUM, CHROMIUM_ARGS, ERRORS_JS, IMAGES_DECODED_JS, screenshot_dir, serve_bundle
 from conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 try:
@@ -73,12 +73,13 @@ def test_analysis_pages_in_the_browser(server, bundle_copy, shots):
             page.set_default_timeout(30000)
 
             page.goto(server)
+            dismiss_guide(page)
             page.get_by_text("Representation overview").wait_for()   # the entry script's navigation is up
             assert page.locator(NAV_LINK, has_text="Single image").count() == 1
             _open(page, "Patterns")
             page.get_by_role("button", name="Compute impact").click()
             page.get_by_text("Ranking (by excess impact").wait_for(timeout=45000)
-            page.get_by_text("Masking the regions drops p_fake").wait_for()
+            page.get_by_text("Masking the regions").wait_for()
             _settle(page, n_images=1, n_charts=2)
             page.screenshot(path=str(shots / "6_patterns.png"), full_page=True)
 
@@ -99,7 +100,7 @@ def test_analysis_pages_in_the_browser(server, bundle_copy, shots):
             page.screenshot(path=str(shots / "9_robustness.png"), full_page=True)
 
             _open(page, "Single image")
-            page.locator("input[type='file']").set_input_files(sample)
+            page.locator("[data-testid='stMain'] input[type='file']").set_input_files(sample)
             page.get_by_text("nearest bundle images").wait_for(timeout=45000)
             _settle(page, n_images=1 + 8 + 18)   # the upload, 8 neighbours, image + 17 map tiles
             page.screenshot(path=str(shots / "10_single_image.png"), full_page=True)

@@ -76,10 +76,13 @@ def browser(site):
 def _settled(page, text: str | None = None) -> str:
     """The page's text once the app has finished its run (and shows ``text`` when given)."""
     if text:
-        page.get_by_text(text).first.wait_for()
+        page.get_by_text(text).filter(visible=True).first.wait_for()
     page.wait_for_function("() => !document.querySelector(\"[data-testid='stStatusWidget'] button\")"
                            " && document.querySelector(\"[data-testid='stSidebar']\")")
     page.wait_for_timeout(500)
+    if page.get_by_role("dialog").count():  # a new session's "How to read this" covers the page
+        page.get_by_role("button", name="Got it").click()
+        page.get_by_role("dialog").wait_for(state="detached")
     return page.evaluate("() => document.body.innerText")
 
 

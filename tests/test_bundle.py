@@ -69,7 +69,7 @@ def test_typed_accessors_and_image_helpers(tiny_bundle):  # noqa: F811
     b = Bundle.open(tiny_bundle)
     assert b.encoder_info.patch_side == 4 and b.encoder_info.embed_dim == 64 and b.encoder_info.dtype == "float32"
     assert b.counts.used == len(b.images) == b.counts.real + b.counts.fake + b.counts.unlabelled
-    assert b.grid == S.DEFAULT_GRID and b.layout and b.skipped == [] and "val" in b.metrics
+    assert S.GRID_MIN <= b.grid <= S.GRID_MAX and b.layout and b.skipped == [] and "val" in b.metrics
     ids = b.images["image_id"].tolist()
     assert b.check_ids([ids[1], ids[0], ids[1]]) == [ids[1], ids[0]]
     with pytest.raises(InputError, match="not in the bundle"):

@@ -28,7 +28,7 @@ class AnalyzeOptions:
     relevance_batch_size: int | None = None  # None: device.relevance_batch_size
     dtype: str | None = None  # None / "auto": bf16 on GPU, fp32 on CPU ($ASAP_CPU_BF16=1: bf16 where native)
     relevance: str = S.NO_RELEVANCE
-    grid: int = S.DEFAULT_GRID
+    grid: int | None = None  # None: method.layout.default_grid (cells of about 10 images)
     projection_file: str | None = None
     projection_samples: int = 128
     distiller: str | None = None
@@ -47,7 +47,7 @@ class AnalyzeOptions:
                              f"use one of {', '.join(methods)}.")
         if self.decoder not in DECODERS:
             raise InputError(f"decoder {self.decoder!r} is not one of {', '.join(DECODERS)}.", "use decoder='auto'.")
-        if int(self.grid) < 1:
+        if self.grid is not None and int(self.grid) < 1:
             raise InputError(f"grid {self.grid} must be at least 1.", f"use e.g. --grid {S.DEFAULT_GRID}.")
         if self.engine not in ENGINES:
             raise InputError(f"--engine {self.engine} is not one of {', '.join(ENGINES)}.",
