@@ -225,7 +225,7 @@ def test_recipe_server_serves_the_hosted_explorer_with_both_upload_limits(hosted
             assert page.locator("[data-testid='stMainMenu']").count() == 0   # minimal toolbar: no menu
 
             page.goto(f"{url}/single")
-            page.get_by_text("1MB per file").wait_for()               # Streamlit's limit, shown by the uploader
+            page.locator("[data-testid='stMain']").get_by_text("1MB per file").wait_for()               # Streamlit's limit, shown by the uploader
             big = tmp_path / "noise.png"
             big.write_bytes(noise_png(500))                           # ~0.7 MB: under Streamlit's 1 MB, over 0.5
             assert 0.5 * 2**20 < big.stat().st_size < 2**20

@@ -314,7 +314,6 @@ def test_projection_sample_is_cut_to_the_model_input_and_checked(tiny_encoder, p
 def test_analyze_skips_a_file_rewritten_between_hash_and_embed(tiny_clip_dir, small_folder, tmp_path, monkeypatch):
     """End to end: a file rewritten after the hash stage is listed as skipped with the reason, left out of
     the bundle, and the shared cache holds no embedding under its stale id (a later run is not poisoned)."""
-    from asap_core.pipeline import analyze as analyze_module
     from asap_core.pipeline.analyze import AnalyzeOptions, analyze
     from asap_core.pipeline.stages import embedding_store_name
     from asap_core.storage.bundle import Bundle
@@ -322,7 +321,9 @@ def test_analyze_skips_a_file_rewritten_between_hash_and_embed(tiny_clip_dir, sm
     data = tmp_path / "data"
     shutil.copytree(small_folder, data)
     victim = sorted((data / "real").glob("*.jpg"))[3]
-    real_hash_stage = analyze_module.hash_stage
+    from asap_core.pipeline import stages as stages_module
+
+    real_hash_stage = stages_module.hash_stage
     stale: dict[str, str] = {}
 
     def hash_then_rewrite(ctx, scan):
@@ -331,7 +332,7 @@ def test_analyze_skips_a_file_rewritten_between_hash_and_embed(tiny_clip_dir, sm
         Image.new("RGB", (48, 48), (255, 255, 0)).save(victim, quality=95)
         return images
 
-    monkeypatch.setattr(analyze_module, "hash_stage", hash_then_rewrite)
+    monkeypatch.setattr(stages_module, "hash_stage", hash_then_rewrite)  # the local engine's stage
     opts = AnalyzeOptions(model=str(tiny_clip_dir), cache_dir=str(tmp_path / "cache"), num_workers=0,
                           batch_size=16, projection_samples=16)
     report = analyze(data, tmp_path / "bundle", opts)
