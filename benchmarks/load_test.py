@@ -342,8 +342,9 @@ async def timed(step: str, times: dict[str, float], probe: NullProbe):
     await probe.visible(step, times[step])
 
 
-async def dismiss_guide(page, wait_ms: int = 5000) -> None:
-    """Close the "How to read this" dialog a new session opens once (it covers the page; not timed)."""
+async def dismiss_guide(page, wait_ms: int = 30000) -> None:
+    """Close the "How to read this" dialog a new session opens once (it covers the page; not timed). Under load
+    it can appear seconds after the overview, so this waits for it up to ``wait_ms``."""
     got = page.get_by_role("button", name="Got it")
     try:
         await got.wait_for(state="visible", timeout=wait_ms)
