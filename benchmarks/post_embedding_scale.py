@@ -380,25 +380,35 @@ def put_rate(rows: int, total: int, thumb_bytes: int, scratch: Path) -> None:
 
 
 def child(argv: list[str], timeout: int, cap_gb: float) -> list[dict]:
-    """Run this script with ``argv`` in a fresh process (address space capped); its rows, plus a row for a
-    timeout or a non-zero exit."""
+    """Run this script with ``argv`` in a fresh process (address space capped, killed after ``timeout``
+    seconds); its rows, each echoed as it comes, plus a row for a timeout or a non-zero exit."""
+    import tempfile
+    import threading
+
     def limit() -> None:
         cap = int(cap_gb * 2**30)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 
     t0 = time.perf_counter()
-    try:
-        proc = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True, timeout=timeout,
-                              preexec_fn=limit if cap_gb > 0 else None)
-        out, err, rc = proc.stdout, proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        err, rc = f"timed out after {timeout} s", None
-    rows = [json.loads(line.split("\t", 1)[1]) for line in out.splitlines() if line.startswith("ROW\t")]
+    rows: list[dict] = []
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, __file__, *argv], stdout=subprocess.PIPE, stderr=err, text=True,
+                                preexec_fn=limit if cap_gb > 0 else None)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        for line in proc.stdout:
+            if line.startswith("ROW\t"):
+                rows.append(json.loads(line.split("\t", 1)[1]))
+                print(f"  [{time.perf_counter() - t0:6.0f} s] {rows[-1]['stage'].strip()}: {rows[-1]['s']:.1f} s, "
+                      f"{rows[-1]['status']}", file=sys.stderr, flush=True)
+        rc = proc.wait()
+        timer.cancel()
+        err.seek(0)
+        tail = err.read().strip().splitlines()[-1:]
     if rc != 0:
+        why = f"killed after {timeout} s" if rc == -9 and time.perf_counter() - t0 >= timeout else f"exit {rc}"
         rows.append({"n": argv[1] if len(argv) > 1 else "", "stage": "(process)", "s": time.perf_counter() - t0,
-                     "peak_mb": None, "status": f"exit {rc}: {err.strip().splitlines()[-1:] if err else ''}",
-                     "note": ""})
+                     "peak_mb": None, "status": f"{why}: {tail[0][:160] if tail else ''}", "note": ""})
     return rows
 
 
