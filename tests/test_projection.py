@@ -103,3 +103,29 @@ def test_projection_round_trips_and_checks_fit_and_shapes(tmp_path):
     assert proj.transform(clean).shape == (40, 8)
     with pytest.raises(InputError, match=r"\[N, 32\]"):
         proj.transform(clean[:, :16])
+
+
+def test_fit_on_more_images_than_dimensions_never_builds_an_n_by_n_matrix(monkeypatch):
+    """With N >= D the visual basis comes from the thin SVD (same basis; an [N, N] factor at 100k images would
+    take 75 GB)."""
+    import numpy as np
+
+    from asap_core.method.projection import VisionOnlyProjection
+
+    rng = np.random.default_rng(0)
+    clean = rng.normal(size=(3000, 48)).astype(np.float32)
+    seen = []
+    real_svd = np.linalg.svd
+
+    def svd(a, full_matrices=True, **kw):
+        seen.append((a.shape, full_matrices))
+        return real_svd(a, full_matrices=full_matrices, **kw)
+
+    proj = VisionOnlyProjection(n_components=16)
+    proj.text_components_ = np.linalg.qr(rng.normal(size=(48, 4)))[0].T.astype(np.float32)
+    monkeypatch.setattr(np.linalg, "svd", svd)
+    proj._fit_visual(clean.astype(np.float64))
+    assert seen == [((3000, 48), False)]
+    comps = proj.components_.astype(np.float64)
+    np.testing.assert_allclose(comps @ comps.T, np.eye(16), atol=1e-5)
+    np.testing.assert_allclose(comps @ proj.text_components_.T.astype(np.float64), 0, atol=1e-5)

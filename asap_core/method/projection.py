@@ -85,7 +85,9 @@ class VisionOnlyProjection:
         visual = centred - (centred @ q) @ q.T
         d = clean.shape[1]
         k = min(self.n_components, d - q.shape[1])
-        _, s, vt = np.linalg.svd(visual, full_matrices=True)
+        # [D, D] right vectors: with N >= D the thin SVD already gives all of them (full_matrices would also
+        # build an [N, N] matrix: 75 GB at 100k images); with N < D the full one adds the rows past the rank
+        _, s, vt = np.linalg.svd(visual, full_matrices=visual.shape[0] < d)
         # rows past the data's rank are still orthonormal and orthogonal to the written subspace
         basis = vt[:k] - (vt[:k] @ q) @ q.T
         basis, _ = np.linalg.qr(basis.T)

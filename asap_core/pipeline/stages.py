@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 # progress(stage, done, total): the CLI draws tqdm bars, the app a st.progress
 StageProgress = Callable[[str, int, int], None]
 EMBEDDING_VERSION = 1  # bump when the embedding stage computes other values for the same files
-PROJECTION_VERSION = 2  # 2: text is rendered on the model-input crop of each sample image
+PROJECTION_VERSION = 3  # 2: text rendered on the model-input crop; 3: thin SVD when N >= D (no [N, N] matrix)
 LAYOUT_VERSION = 1
 
 
