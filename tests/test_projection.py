@@ -129,3 +129,16 @@ def test_fit_on_more_images_than_dimensions_never_builds_an_n_by_n_matrix(monkey
     comps = proj.components_.astype(np.float64)
     np.testing.assert_allclose(comps @ comps.T, np.eye(16), atol=1e-5)
     np.testing.assert_allclose(comps @ proj.text_components_.T.astype(np.float64), 0, atol=1e-5)
+
+
+def test_projection_directions_come_from_at_most_pca_max_rows():
+    import numpy as np
+
+    from asap_core.pipeline.stages import PCA_MAX_ROWS, pca_rows
+
+    small = np.zeros((10, 4), np.float32)
+    assert pca_rows(small, 0) is small
+    big = np.arange((PCA_MAX_ROWS + 7) * 2, dtype=np.float32).reshape(-1, 2)
+    rows = pca_rows(big, 3)
+    assert rows.shape == (PCA_MAX_ROWS, 2) and np.array_equal(rows, pca_rows(big, 3))   # seeded
+    assert (np.diff(rows[:, 0]) > 0).all()                                              # rows of big, in order

@@ -291,7 +291,22 @@ def fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int, 
     ids = images["image_id"].tolist() if "image_id" in images else [None] * len(images)
     idx, sample = _sample_images(images["path"].tolist(), ids, n, seed, preprocessor)
     return VisionOnlyProjection(random_state=seed).fit(
-        sample, embed_images, clean_embeds=embeds, image_embeds=embeds[idx] if exact_decode else None)
+        sample, embed_images, clean_embeds=pca_rows(embeds, seed),
+        image_embeds=embeds[idx] if exact_decode else None)
+
+
+#: Most embeddings the projection's principal directions are fitted on: a seeded sample beyond it (its
+#: float64 copies of all N rows would take about 12 GB at a million images; 50,000 rows estimate 512
+#: directions closely).
+PCA_MAX_ROWS = 50_000
+
+
+def pca_rows(embeds: np.ndarray, seed: int) -> np.ndarray:
+    """``embeds [N, D]`` itself when N <= ``PCA_MAX_ROWS``, else a seeded sample of that many rows (sorted)."""
+    if len(embeds) <= PCA_MAX_ROWS:
+        return embeds
+    rows = np.sort(np.random.default_rng(seed).choice(len(embeds), PCA_MAX_ROWS, replace=False))
+    return np.asarray(embeds[rows])
 
 
 def project_stage(ctx: RunContext, emb: Embedded) -> "VisionOnlyProjection":
