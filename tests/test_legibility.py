@@ -259,9 +259,7 @@ def test_overview_at_1280_shows_whole_filter_buttons_and_readable_pies(tiny_bund
 
 
 def _dismiss_dialogs(page) -> None:
-    """Close a first-visit dialog (e.g. a reading guide) if one is open, so it does not cover the page."""
-    for name in ("Got it", "Close"):
-        button = page.get_by_role("button", name=name)
-        if button.count() and button.first.is_visible():
-            button.first.click()
-            page.wait_for_timeout(500)
+    """Close the first-visit reading guide (it opens once per session and covers the page)."""
+    from browser_helpers import dismiss_guide
+
+    dismiss_guide(page)
