@@ -55,36 +55,12 @@ def streamlit_server(env: Mapping[str, str], log_path: Path, start_timeout: floa
     environment; yields the base URL and stops the server (terminate, then kill) on exit. The server's
     ``Popen`` is appended to ``procs`` when given (e.g. to read its memory)."""
     port = free_port()
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless=true",
-         f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
-         "--server.fileWatcherType=none", "--client.toolbarMode=viewer"],
-        cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-    if procs is not None:
-        procs.append(proc)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start: {Path(log_path).read_text()[-2000:]}")
-            time.sleep(0.3)
+    argv = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.headless=true",
+            f"--server.port={port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false",
+            "--server.fileWatcherType=none", "--client.toolbarMode=viewer"]
+    with command_server(argv, port, {**os.environ, "HF_HUB_OFFLINE": "1", **env}, log_path, start_timeout,
+                        procs) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def slice_click_point(slices: list[dict]) -> tuple[float, float]:
@@ -131,14 +107,17 @@ def screenshot_dir(tmp_path: Path) -> Path:
 
 @contextmanager
 def command_server(argv: list[str], port: int, env: Mapping[str, str], log_path: Path,
-                   start_timeout: float = 60.0) -> Iterator[str]:
+                   start_timeout: float = 60.0, procs: list | None = None) -> Iterator[str]:
     """Any command that serves the app on 127.0.0.1:``port`` (e.g. ``python -m asap_core serve``), run from the
     repository root with exactly ``env`` as its environment; yields the base URL once Streamlit's health
-    endpoint answers ``ok`` and stops the server (terminate, then kill) on exit."""
+    endpoint answers ``ok`` and stops the server (terminate, then kill) on exit. The server's ``Popen`` is
+    appended to ``procs`` when given (e.g. to read its memory or CPU time)."""
     from asap_core.serving import HEALTH_PATH
 
     log = open(log_path, "wb")
     proc = subprocess.Popen(argv, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT)
+    if procs is not None:
+        procs.append(proc)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_timeout
