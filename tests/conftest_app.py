@@ -58,3 +58,23 @@ def chart_data(el) -> pd.DataFrame:
         spec = json.loads(el.proto.spec)
         return pd.DataFrame(next(iter(spec["datasets"].values())))
     return max(frames, key=len)
+
+
+def private_copy(src: Path, dest: Path):
+    """An open copy of the bundle ``src`` at ``dest`` (what a test writes into it stays out of the shared one)."""
+    import shutil
+
+    from asap_core.storage.bundle import Bundle
+
+    shutil.copytree(src, dest)
+    return Bundle.open(dest)
+
+
+def local_app_env(monkeypatch, cache_dir: Path) -> None:
+    """The app as a local user runs it: no bundle, hosted-mode or allow-list variables; its own cache."""
+    from asap_core.settings import reload_settings
+
+    for k in ("ASAP_BUNDLE", "ASAP_HOSTED", "ASAP_BUNDLE_ROOT", "ASAP_MODEL_ALLOWLIST"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("ASAP_CACHE_DIR", str(cache_dir))
+    reload_settings()

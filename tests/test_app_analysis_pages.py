@@ -24,7 +24,7 @@ from asap_core.views import patterns as vp
 from asap_core.views import robustness as vr
 from asap_core.settings import reload_settings
 from conftest import SHARED_DATA
-from conftest_app import no_exception, chart_data, tiny_bundle  # noqa: F401  (fixture)
+from conftest_app import no_exception, chart_data, local_app_env, private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TIMEOUT = 60
@@ -34,17 +34,12 @@ FORENSYNTHS = SHARED_DATA / "forensynths_ranking"
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle, tmp_path_factory) -> Bundle:  # noqa: F811
     """A private copy of the tiny bundle (patterns and caches written here stay out of the shared one)."""
-    dest = tmp_path_factory.mktemp("analysis_pages") / "bundle"
-    shutil.copytree(tiny_bundle, dest)
-    return Bundle.open(dest)
+    return private_copy(tiny_bundle, tmp_path_factory.mktemp("analysis_pages") / "bundle")
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
-    for k in ("ASAP_BUNDLE", "ASAP_HOSTED", "ASAP_BUNDLE_ROOT", "ASAP_MODEL_ALLOWLIST"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("ASAP_CACHE_DIR", str(tmp_path / "cache"))
-    reload_settings()
+    local_app_env(monkeypatch, tmp_path / "cache")
 
 
 def app_on(bundle_path, page: str | None = None, **state) -> AppTest:

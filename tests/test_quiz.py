@@ -18,7 +18,7 @@ from asap_core.storage.schema import N_DIMS, Z_COLUMNS
 from asap_core.views import attention as va
 from asap_core.views import quiz as vq
 from asap_core.views import state as vs
-from conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
+from conftest_app import no_exception, local_app_env, private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TIMEOUT = 60
@@ -165,17 +165,12 @@ def test_score_counts_and_fooled_lists():
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle, tmp_path_factory) -> Bundle:  # noqa: F811
     """A private copy of the tiny bundle (the maps the reveal computes stay out of the shared one)."""
-    dest = tmp_path_factory.mktemp("quiz") / "bundle"
-    shutil.copytree(tiny_bundle, dest)
-    return Bundle.open(dest)
+    return private_copy(tiny_bundle, tmp_path_factory.mktemp("quiz") / "bundle")
 
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
-    for k in ("ASAP_BUNDLE", "ASAP_HOSTED", "ASAP_BUNDLE_ROOT", "ASAP_MODEL_ALLOWLIST"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("ASAP_CACHE_DIR", str(tmp_path / "cache"))
-    reload_settings()
+    local_app_env(monkeypatch, tmp_path / "cache")
 
 
 def open_link(bundle: Bundle, quiz: str) -> AppTest:
