@@ -149,7 +149,8 @@ def test_every_page_opened_from_a_link_warns_about_a_random_model(tiny_bundle): 
         at = open_from_link(tiny_bundle, slug)
         first = at.main.children[0]                                    # at the top of the main area
         assert first.type == "warning" and MEANINGLESS in first.value, slug
-        assert "Fix:" in first.value and "--model" not in first.value, slug
+        fix = " ".join(m.value for m in at.main.children[1].markdown)  # folded right under the warning
+        assert at.main.children[1].type == "expander" and "Fix:" in fix and "--model" not in fix, slug
         assert any("(random model: meaningless)" in c.value for c in at.sidebar.caption), slug
 
 

@@ -16,9 +16,10 @@ ICONS = {"warning": ":material/warning:", "caution": ":material/help:"}
 
 
 def show_notices(b: Bundle) -> None:
-    """Each notice of ``b`` as a warning box (bold text, then its fix), above the page's own content."""
+    """Each notice of ``b`` as a warning box (bold text) above the page's own content, its fix folded in an
+    expander under it (the fix is long; the warning must not push the page below the fold)."""
     for notice in trust_notices(b, hint_place()):
-        body = f"**{visible(notice.text)}**"
+        st.warning(f"**{visible(notice.text)}**", icon=ICONS.get(notice.level))
         if notice.fix:
-            body += f"\n\nFix: {visible(notice.fix)}"
-        st.warning(body, icon=ICONS.get(notice.level))
+            with st.expander("How to fix this"):
+                st.markdown(f"Fix: {visible(notice.fix)}")
