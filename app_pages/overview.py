@@ -24,7 +24,6 @@ caption = st.empty()  # filled once the colouring is known
 
 # ---- controls (widget keys are re-seeded from the plain state keys on every visit)
 filters: ov.Filters = ss[K.K_FILTERS]
-ss.setdefault("w_grid", int(ss[K.K_GRID]))
 ss.setdefault("w_label", filters.label)
 ss.setdefault("w_outcome", filters.outcome)
 ss.setdefault("w_gens", list(filters.generators))
@@ -44,8 +43,11 @@ if gen_data is not None:
 else:
     color_by = "label"
 left, right = st.columns([5, 2], gap="medium")
-grid = right.select_slider("Grid (cells per side)", options=ov.grid_choices(int(ss["w_grid"])), key="w_grid",
-                           help=GLOSSARY["grid"])
+# the grid as `value` (the element's own default), not seeded into the widget's key: a front end that
+# mounts the slider from its default under load then still sends the link's grid, not the first option
+shown_grid = int(ss.get("w_grid") or ss[K.K_GRID])
+grid = right.select_slider("Grid (cells per side)", options=ov.grid_choices(shown_grid), value=shown_grid,
+                           key="w_grid", help=GLOSSARY["grid"])
 gens = right.multiselect("Generator", gen_choices, key="w_gens", placeholder="all generators")
 new_filters = ov.Filters(label=label, generators=tuple(sorted(gens)), outcome=outcome)
 if int(grid) != int(ss[K.K_GRID]):

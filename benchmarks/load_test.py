@@ -2,7 +2,7 @@
 
     python benchmarks/load_test.py [--bundle PATH] [--sessions 8] [--seconds 60] [--mode hosted|local]
                                    [--grid 6] [--work DIR] [--json results.json] [--maps fresh|keep]
-                                   [--step-timeout 120] [--warmup-timeout 300]
+                                   [--ramp 2] [--step-timeout 120] [--warmup-timeout 300]
 
 Starts ``streamlit run streamlit_app.py`` headless on 127.0.0.1 and a free port, on ``--bundle`` or (without
 one) on a bundle it builds first: ``asap_core/demo_data`` (300 JPEGs) analysed with a random CLIP from
@@ -12,7 +12,8 @@ one) on a bundle it builds first: ``asap_core/demo_data`` (300 JPEGs) analysed w
 
 Then one headless Chromium (Debian's, ``/usr/bin/chromium``) with one context per session; each session
 loops, until ``--seconds`` have passed (a round that has started finishes, bounded by ``--step-timeout``
-per step):
+per step). Session i arrives ``i * --ramp`` seconds after the first, as a load tester's spawn rate does
+(``--ramp 0``: all at once, which measures 8 or 20 Chromium contexts starting together on the load generator):
 
 1. ``overview``: open the app (a new Streamlit session) -> the pie of the round's cell is drawn
 2. ``select_cell``: click the cell's largest slice -> "Selected cell: C" and the "Open image grid" button
@@ -75,6 +76,11 @@ from browser_helpers import (CELL_SLICES, CHROMIUM, CHROMIUM_ARGS, ERROR_BLOCKS,
                              GRID_IMAGES, IMAGES_DECODED_JS, MAIN_IMAGES, PICKED_TEXT, SLICES_JS, brush_path,
                              slice_click_point, streamlit_server)
 
+# A load generator's browser must not throttle the pages it does not show: headless Chromium treats every
+# context but one as a background page (timers throttled, rendering deferred), which stalls Streamlit's
+# front end for tens of seconds while both the server and the machine sit idle.
+LOADGEN_ARGS = CHROMIUM_ARGS + ["--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                                "--disable-backgrounding-occluded-windows", "--disable-ipc-flooding-protection"]
 STEPS = ("overview", "select_cell", "image_grid", "pick_images", "attention_maps")
 PAGES = {"overview": "overview page, new session", "select_cell": "overview page rerun",
          "image_grid": "images page", "pick_images": "images page rerun", "attention_maps": "attention page"}
@@ -415,7 +421,9 @@ def _describe(exc: BaseException) -> str:
 
 async def session(i: int, browser, url: str, args, plan: list[tuple[int, int]], deadline: float,
                   res: Results, inflight: dict[int, str], ended: dict[str, int]) -> None:
-    """One browser context looping rounds until ``deadline`` (a started round finishes or times out)."""
+    """One browser context looping rounds until ``deadline`` (a started round finishes or times out); it
+    arrives ``i * args.ramp`` seconds after the first (visitors do not all arrive in the same instant)."""
+    await asyncio.sleep(i * args.ramp)
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await ctx.new_page()
     page.set_default_timeout(args.step_timeout * 1000)
@@ -475,7 +483,7 @@ async def drive(url: str, args, plan: list[tuple[int, int]], pid: int) -> Run:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=LOADGEN_ARGS)
         run = Run(Results())
         try:
             run.start_cpu = tree_cpu(pid)
@@ -585,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", type=Path, help="bundle folder (default: build the demo bundle in --work)")
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60.0, help="how long sessions start new rounds")
+    ap.add_argument("--ramp", type=float, default=2.0,
+                    help="seconds between two sessions' arrivals (0: all at once)")
     ap.add_argument("--step-timeout", type=float, default=120.0, help="seconds one step may take")
     ap.add_argument("--warmup-timeout", type=float, default=300.0,
                     help="seconds one step of the warm-up round may take (slower: reported, not an error)")

@@ -60,7 +60,6 @@ def init_from_link() -> None:
     ss = st.session_state
     if ss.get(K_INIT):
         return
-    ss[K_INIT] = True
     link = vs.parse_query(st.query_params.to_dict())
     _first_bundle(link)
     if link.grid:
@@ -77,6 +76,9 @@ def init_from_link() -> None:
     ss.setdefault(K_IMAGES, [])
     ss.setdefault(K_METHOD, DEFAULT_METHOD)
     ss.setdefault(K_FILTERS, ov.Filters())
+    # marked done only now: a first run interrupted in here (a new rerun request reaches the script at any
+    # Streamlit call, e.g. a cached function's spinner) reads the link again instead of dropping its grid
+    ss[K_INIT] = True
 
 
 def current_bundle() -> Bundle | None:
