@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ray-address", default=None,
                    help="with --engine ray: the cluster to join, e.g. ray://head:10001 or auto (default: start a "
                         "local one); images and model must be at the same paths on every node")
+    a.add_argument("--faithfulness", type=int, default=0, metavar="N",
+                   help="check the relevance maps on a seeded sample of N labelled images (both classes): deletion / "
+                        "insertion curves against random, and the weight-randomisation sanity check; stored in the "
+                        "bundle's cache for the app (default 0: off)")
     i = sub.add_parser("info", help="print what a bundle holds")
     i.add_argument("bundle")
     s = sub.add_parser("serve", help="serve the explorer (strict public options when ASAP_HOSTED=1)",
@@ -93,7 +97,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                           compile=args.compile, dtype=args.dtype,
                           relevance=args.relevance, grid=args.grid, projection_file=args.projection,
                           distiller=args.distiller, cache_dir=args.cache_dir, engine=args.engine,
-                          ray_address=args.ray_address)
+                          ray_address=args.ray_address, faithfulness=args.faithfulness)
     bars = TqdmProgress()
     t0 = time.perf_counter()
     try:

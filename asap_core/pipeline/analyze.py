@@ -9,8 +9,8 @@ import pandas as pd
 from ..errors import InputError
 from ..inputs.scan import LabelConflict, label_summary_lines, scan_folder
 from ..storage import schema as S
-from .stages import (Results, RunContext, StageProgress, check_labels, layout_stage, project_stage, train_stage,
-                     write_stage)
+from .stages import (Results, RunContext, StageProgress, check_labels, checks_stage, layout_stage, project_stage,
+                     store_checks, train_stage, write_stage)
 
 ENGINES = ("local", "ray")  # --engine: this process, or Ray Data (pipeline.ray_engine; requirements-ray.txt)
 
@@ -36,6 +36,7 @@ class AnalyzeOptions:
     seed: int = 0
     engine: str = "local"  # ENGINES: "ray" runs hash, embed and relevance on Ray Data (pipeline.ray_engine)
     ray_address: str | None = None  # engine "ray": a running cluster; None: Ray's default (starts a local one)
+    faithfulness: int = 0  # explanation checks on a seeded sample of this many labelled images (0: off)
 
     def check(self) -> None:
         """``InputError`` naming the first option that cannot be used (before any work starts)."""
@@ -58,6 +59,9 @@ class AnalyzeOptions:
             check_available()
         elif self.ray_address:
             raise InputError("--ray-address is given without --engine ray.", "add --engine ray, or drop --ray-address.")
+        if int(self.faithfulness or 0) < 0:
+            raise InputError(f"--faithfulness {self.faithfulness}: the sample size cannot be negative.",
+                             "use 0 (off) or a number of images, e.g. 16.")
 
 
 @dataclass
@@ -74,6 +78,7 @@ class AnalyzeReport:
     label_counts: pd.DataFrame | None = None  # ScanResult.label_counts(): images per label and top folder
     conflicts: list[LabelConflict] = field(default_factory=list)  # folders whose label words disagree
     encoder_source: str = "unknown"  # schema.ENCODER_SOURCES: "random" puts a warning in the summary
+    checks: dict | None = None  # --faithfulness: explanation_checks.summary_json of the sample
 
     def summary(self, where: str = "cli") -> str:
         """Human-readable multi-line summary (what the CLI prints at the end); ends with the bundle's
@@ -95,6 +100,8 @@ class AnalyzeReport:
             lines.append(f"Dimensions: max off-diagonal |cos| {self.metrics['max_offdiag_cos']:.3f}")
         if "generator_val_accuracy" in self.metrics:
             lines.append(f"Generator head: validation accuracy {self.metrics['generator_val_accuracy']:.3f}")
+        if self.checks:
+            lines.append(checks_line(self.checks))
         lines.append("Time per stage: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items()))
         lines += [n.line() for n in notices(self.encoder_source, self.metrics, where)]
         return "\n".join(lines)
@@ -128,11 +135,31 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
     if ctx.options.relevance != S.NO_RELEVANCE:
         with ctx.stage(f"relevance ({ctx.options.relevance})"):
             maps = engine.relevance_stage(ctx, images, distiller, emb.last_inputs)
+    checks = None
+    if ctx.options.faithfulness:
+        with ctx.stage("explanation checks"):
+            checks = checks_stage(ctx, images, distiller)
     results = Results(scan, images, cells, emb.thumbs, distiller, projection, metrics, maps)
     with ctx.stage("write"):
         bundle = write_stage(ctx, out, results)
+        store_checks(bundle, checks)
     return AnalyzeReport(bundle, scan.layout, len(scan.images) + len(scan.skipped), len(images), ctx.skipped,
-                         metrics, ctx.timings, scan.label_counts(), scan.conflicts, ctx.info.source)
+                         metrics, ctx.timings, scan.label_counts(), scan.conflicts, ctx.info.source,
+                         checks.summary if checks else None)
+
+
+def checks_line(summary: dict) -> str:
+    """One line on ``analyze --faithfulness``'s digest: the fake logit's faithfulness ratio and the targets
+    the sanity check flags."""
+    rows = {r["target"]: r for r in summary["targets"]}
+    fake = rows.get(S.FAKE_LOGIT, {})
+    ratio = fake.get("ratio")
+    flagged = [r["name"] for r in summary["targets"] if r.get("flagged")]
+    what = ("all targets (random CLIP)" if summary.get("encoder_random") else
+            ", ".join(flagged) if flagged else "none")
+    ratio_text = f"{ratio:.1f}x" if isinstance(ratio, (int, float)) else "n/a"
+    return (f"Explanation checks ({len(summary['image_ids'])} images, {summary['method']}): fake-logit maps "
+            f"{ratio_text} more faithful than random; sanity check flags {what}")
 
 
 def _engine(name: str):

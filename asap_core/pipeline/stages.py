@@ -421,6 +421,50 @@ def relevance_stage(ctx: RunContext, images: pd.DataFrame, distiller: "Distiller
                                 last_inputs=last_inputs, progress=ctx.report("relevance"))
 
 
+# ----------------------------------------------------------------------------- explanation checks
+
+
+@dataclass
+class Checks:
+    """Output of the checks stage: the stores to copy into the bundle's ``cache/`` (the sample's maps, the
+    faithfulness curves, the rank correlations) and their JSON digest (``explanation_checks.summary_json``)."""
+
+    stores: tuple[RowStore, ...]
+    summary: dict
+
+
+def checks_stage(ctx: RunContext, images: pd.DataFrame, distiller: "Distiller") -> Checks | None:
+    """``--faithfulness N``: deletion / insertion curves and the parameter-randomisation check of the maps
+    (the run's ``--relevance`` method, else the default) on a seeded sample of N labelled images of both
+    classes (``explanation_checks.check_sample``), cached per image in the run's cache. None when off."""
+    from ..analyses.explanation_checks import CheckSource, check_sample, checks_method, run_checks, summary_json
+    from ..method.relevance_store import map_store
+
+    n = int(ctx.options.faithfulness or 0)
+    ids = check_sample(images, n, ctx.options.seed) if n > 0 else []
+    if not ids:
+        return None
+    method = checks_method(vars(ctx.options))
+    src = CheckSource.from_files(ctx.cache, ctx.info, ctx.encoder, distiller, images, method)
+    faith, sanity, stores = run_checks(src, ids, method, progress=ctx.progress)
+    maps = map_store(ctx.cache, ctx.info.cache_key, distiller.fingerprint, method, ctx.info.patch_side)
+    return Checks((maps, *stores), summary_json(faith, sanity))
+
+
+def store_checks(bundle: Path, checks: Checks | None) -> None:
+    """Copy the checks' stores into the written bundle's ``cache/`` and their digest beside them
+    (``explanation_checks.SUMMARY_FILE``). Cache, not bundle: without them the bundle is complete and the
+    app computes the checks on demand."""
+    from ..analyses.explanation_checks import write_summary
+
+    if checks is None:
+        return
+    cache = Path(bundle) / S.CACHE_DIR
+    for store in checks.stores:
+        store.copy_to(cache)
+    write_summary(cache, checks.summary)
+
+
 # ----------------------------------------------------------------------------- write
 
 
