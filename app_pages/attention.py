@@ -15,6 +15,7 @@ from app_pages.glue.sidebar import page_start
 b = page_start()
 ss = st.session_state
 path, stamp = D.ref(b)
+names = D.dimension_names(b)
 
 st.subheader("Attention view", help=GLOSSARY["relevance map"])
 ids = list(ss[K.K_IMAGES])
@@ -41,7 +42,7 @@ maps = D.maps_for(b, shown, method)
 if maps is None:
     st.stop()
 w2 = D.head_weights(path, stamp)
-rows = va.attention_rows(b.images, shown, maps, w2, b.thumbnails(shown), alpha=alpha)
+rows = va.attention_rows(b.images, shown, maps, w2, b.thumbnails(shown), alpha=alpha, names=names)
 for r in rows:
     with st.container(border=True):
         truth = r["label"] or "unlabelled"
@@ -51,14 +52,14 @@ for r in rows:
         tiles = r["tiles"]
         st.image([t.image for t in tiles], caption=[t.caption for t in tiles], width=92)
 
-contrib = va.contribution_frame(b.images, shown, w2)
+contrib = va.contribution_frame(b.images, shown, w2, names)
 st.markdown("**Contributions to the fake logit** (z_i · w2_i per image)")
 st.altair_chart(
     alt.Chart(contrib).mark_bar().encode(
         x=alt.X("dim:O", title="dimension"), xOffset="image:N",  # image: the file name, as above
         y=alt.Y("contribution:Q", title="z_i · w2_i"),
         color=alt.Color("image:N", title="image"),
-        tooltip=["image", "dim", alt.Tooltip("contribution:Q", format="+.3f")],
+        tooltip=["image", "dimension", alt.Tooltip("contribution:Q", format="+.3f")],
     ).properties(height=200),
     theme=None,
 )

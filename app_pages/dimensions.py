@@ -1,52 +1,131 @@
 """Dimensions page (ASAP): per dimension the real vs fake distribution, classifier weight, single-dimension
-AUC, top images and their mean relevance map."""
+AUC; for one dimension its highest and lowest images, their mean relevance map and concept crops, the nearest
+words of an editable vocabulary, and its name (given here locally; read-only in hosted mode)."""
 from __future__ import annotations
 
 import streamlit as st
 
+from asap_core.analyses import naming as nm
+from asap_core.errors import AsapError
 from asap_core.method.relevance_store import missing_maps
+from asap_core.settings import settings
+from asap_core.storage.labels import dimension_label
+from asap_core.storage.schema import MAX_DIMENSION_NAME
 from asap_core.views import dimensions as vd
+from asap_core.views.attention import decode_thumb
 from asap_core.views.glossary import GLOSSARY
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
+from app_pages.glue.errors import show_error
 from app_pages.glue.sidebar import page_start
 
 b = page_start()
 ss = st.session_state
 path, stamp = D.ref(b)
 method = ss[K.K_METHOD]
+names = D.dimension_names(b)
+
+
+def naming_panel(dim: int, where) -> None:
+    """The dimension's name: a text input and Save locally; in hosted mode only shown (the operator names)."""
+    current = names[dim]
+    if settings().hosted:
+        where.caption(f"Name: **{current}**" if current else "This dimension has no name yet.")
+        return
+    c1, c2 = where.columns([4, 1], vertical_alignment="bottom")
+    text = c1.text_input("Name this dimension", value=current, key=f"w_dim_name_{dim}",
+                         max_chars=MAX_DIMENSION_NAME, placeholder="e.g. smooth skin",
+                         help="Shown wherever this dimension appears (captions, tooltips, the quiz, exports), "
+                              "after its index. Empty + Save removes the name.")
+    if c2.button("Save name", key="dim_name_save", icon=":material/label:"):
+        try:
+            b.set_dimension_name(dim, text)
+        except AsapError as exc:
+            show_error(exc, where)
+            return
+        st.rerun()
+
+
+def image_rows(dim: int, k: int) -> tuple[list[str], list[str]]:
+    """The ``k`` highest and ``k`` lowest images of ``dim``, each row with its z values; returns their ids."""
+    rows = []
+    for title, highest in (("Highest", True), ("Lowest", False)):
+        top = vd.top_images(b.images, dim, k, highest)
+        st.caption(f"{title} {dimension_label(dim, names)}")
+        st.image(D.thumbs(b, top["image_id"].tolist()), caption=[f"z{dim} = {v:+.3f}" for v in top[f"z{dim}"]],
+                 width=84)
+        rows.append(top["image_id"].tolist())
+    return rows[0], rows[1]
+
+
+def nearest_words(dim: int) -> None:
+    """The vocabulary's words nearest each end of ``dim`` (text embeddings through the same projection and
+    distiller as the images), with the vocabulary to edit."""
+    problem = D.text_tower_problem(D.encoder_model(b))
+    if problem:
+        st.caption(f"Nearest words: not available for this bundle's CLIP ({problem}). A full CLIP checkpoint "
+                   "with its tokenizer (e.g. openai/clip-vit-base-patch32) ranks words.")
+        return
+    with st.expander("Nearest words", icon=":material/translate:"):
+        text = st.text_area("Vocabulary (one word or phrase per line)", nm.vocabulary_text(), height=160,
+                            key="w_vocab")
+        try:
+            words = nm.parse_vocabulary(text)
+        except AsapError as exc:
+            show_error(exc)
+            return
+        if not words or not st.toggle("Rank the vocabulary", key="w_dim_words"):
+            return
+        scores = D.word_scores_for(b, words)
+        if scores is None:
+            return
+        high, low = scores.ends(dim)
+        c1, c2 = st.columns(2)
+        c1.markdown("**High end:** " + ", ".join(f"{w} ({z:+.2f})" for w, z in high))
+        c2.markdown("**Low end:** " + ", ".join(f"{w} ({z:+.2f})" for w, z in low))
+        st.caption("Words are embedded by CLIP's text tower and mapped like images; compare them with each other, "
+                   "not with the images' values.")
+
 
 st.subheader("Dimension view", help=GLOSSARY["dimension"])
-table, dist = D.dimension_data(path, stamp)
+table, dist = D.dimension_data(path, stamp, names)
 st.caption("Each of the 16 dimensions: distribution over real (blue) and fake (orange) images, the "
            "classifier weight w2 and the AUC of the dimension alone (0.5 = no signal; below 0.5: higher "
            "values mean real).")
 order = vd.dimension_order(table)
+titles = vd.panel_titles(table, names)
 st.altair_chart(vd.weight_chart(table), theme=None)
-st.altair_chart(vd.distribution_chart(dist, table, order=order), theme=None)
+st.altair_chart(vd.distribution_chart(dist, table, order=order, names=names), theme=None)
 
 st.markdown("**One dimension in detail**")
 c1, c2, c3 = st.columns([2, 2, 2])
-dim = c1.selectbox("Dimension", order, format_func=lambda d: vd.panel_titles(table)[d], key="w_dim",
-                   help=GLOSSARY["dimension"])
-k = c2.slider("Top images", 4, 24, 8, key="w_topk")
-highest = c3.segmented_control("Direction", ["highest", "lowest"], default="highest", key="w_dir",
+if ss.get(K.K_DIM) in order:
+    ss.setdefault("w_dim", ss[K.K_DIM])  # a link's or an earlier visit's dimension
+dim = c1.selectbox("Dimension", order, format_func=titles.get, key="w_dim", help=GLOSSARY["dimension"])
+ss[K.K_DIM] = dim
+k = c2.slider("Images per end", 4, 24, 8, key="w_topk")
+highest = c3.segmented_control("Maps and crops of", ["highest", "lowest"], default="highest", key="w_dir",
                                 wrap=True) != "lowest"
-top = vd.top_images(b.images, dim, k, highest)
-ids = top["image_id"].tolist()
-st.image(D.thumbs(b, ids), caption=[f"z{dim} = {v:+.3f}" for v in top[f"z{dim}"]], width=84)
+naming_panel(dim, st)
+high_ids, low_ids = image_rows(dim, k)
+ids = high_ids if highest else low_ids
+nearest_words(dim)
 
 col_a, col_b = st.columns([1, 1])
-if col_a.button("Send these images to the attention view", key="dim_send", icon=":material/visibility:"):
+if col_a.button(f"Send the {'highest' if highest else 'lowest'} images to the attention view", key="dim_send",
+                icon=":material/visibility:"):
     ss[K.K_IMAGES] = ids
     st.switch_page(K.PAGE_FILES["attention"])
 missing = missing_maps(b, ids, method)
-if missing and not col_b.toggle(f"Compute mean {method} map ({len(missing)} images need maps)", key="w_dim_maps",
-                                help=GLOSSARY["relevance map"]):
+if missing and not col_b.toggle(f"Compute mean {method} map and concept crops ({len(missing)} images need maps)",
+                                key="w_dim_maps", help=GLOSSARY["relevance map"]):
     st.stop()
 maps = D.maps_for(b, ids, method)
 if maps is None:
     st.stop()
-tiles, captions, note = vd.mean_map_tiles(maps, dim, b.thumbnails(ids[:1])[0])
+tiles, captions, note = vd.mean_map_tiles(maps, dim, b.thumbnails(ids[:1])[0], names=names)
 st.image(tiles, caption=captions, width=160)
 st.caption(note)
+st.caption(f"Concept crops: each image cut to the quarter of its patches that {dimension_label(dim, names)}'s "
+           "map ranks highest.")
+st.image(nm.dimension_crops([decode_thumb(j) for j in b.thumbnails(ids)], maps, dim), width=84)

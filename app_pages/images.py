@@ -60,7 +60,8 @@ if concept_on:
     cards = vc.concept_cards(result)
     for card in cards:
         with st.container(border=True):
-            st.markdown(f"**Concept {card['concept'] + 1}** · {vc.describe(card)}", help=GLOSSARY["concept"])
+            st.markdown(f"**Concept {card['concept'] + 1}** · {vc.describe(card, D.dimension_names(b))}",
+                        help=GLOSSARY["concept"])
             if card["crops"]:
                 st.image(card["crops"], width=96)
     save_pattern_form(b, lambda name, note, c: pattern_from_concept(result, c, name, note), key="pat_con",

@@ -66,7 +66,8 @@ caption.caption(ov.overview_caption(by_gen), help=GLOSSARY["overview pie"])
 chart_key = f"ov_{grid}_{vs.short_hash(repr(new_filters) + ('gen' if by_gen else ''))}"
 if S.fresh_chart(chart_key):
     ss[f"_value_{chart_key}"] = tuple(c for c in ss[K.K_CELLS] if c in set(cells["cell"]))
-spec = D.overview_spec(path, stamp, grid, new_filters, ss.get(f"_value_{chart_key}", ()), by_gen)
+names = D.dimension_names(b)
+spec = D.overview_spec(path, stamp, grid, new_filters, ss.get(f"_value_{chart_key}", ()), by_gen, names)
 with left:
     event = st.vega_lite_chart(spec=spec, key=chart_key, on_select="rerun", selection_mode="cell",
                                theme=None, width="stretch")
@@ -88,6 +89,9 @@ with right:
                    f"{s['n_fake_wrong']} wrong" + (f" · {s['n_unlabelled']} unlabelled" if s["n_unlabelled"] else "")
                    + (f" · dominant generator: {s['dominant_generator']}" if s["dominant_generator"] else ""))
         members = ov.selected_members(D.gridded(path, stamp, grid)[0], selected, new_filters)
+        w2 = D.head_weights_or_none(path, stamp)
+        if w2 is not None:
+            st.caption(f"Pushes hardest: {ov.selection_driver(members, w2, names)}", help=GLOSSARY["dimension"])
         if by_gen:
             st.caption(vgen.attribution_caption(gen_data[0], members["image_id"].tolist()))
         st.image(D.thumbs(b, members["image_id"].head(12).tolist()), width=64)

@@ -117,7 +117,7 @@ def question(play: dict) -> None:
 def reveal_dimensions(rv: vq.Reveal, where) -> None:
     where.markdown("**The two dimensions that pushed hardest**, each with the three images where it pushes most:")
     for d, c, ex in zip(rv.dims, rv.contributions, rv.exemplars):
-        where.caption(vq.push_text(d, c))
+        where.caption(vq.push_text(d, c, D.dimension_names(b)))
         where.image(D.thumbs(b, list(ex)), caption=vq.captions(b.images, ex, with_p=False), width=THUMB_PX)
 
 
@@ -125,7 +125,7 @@ def reveal_panel(play: dict) -> None:
     """The truth, the model's p_fake and map, its two strongest dimensions and one sentence; Next."""
     i, n = len(play["answers"]), len(play["ids"])
     image_id, said = play["ids"][i - 1], play["answers"][-1]
-    rv = vq.reveal(b.images, b.z, D.head_weights(path, stamp), image_id)
+    rv = vq.reveal(b.images, b.z, D.head_weights(path, stamp), image_id, D.dimension_names(b))
     st.progress(i / n, text=f"Image {i} of {n}: the answer")
     left, right = st.columns([3, 2])
     maps = D.maps_for(b, [image_id], ss[K.K_METHOD])

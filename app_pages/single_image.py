@@ -83,5 +83,5 @@ with st.expander("Neighbour table"):
 
 st.markdown(f"**Relevance maps** ({method}): the fake logit, then the 16 dimensions ordered by support for the "
             "prediction (contribution z_i·w2_i)")
-tiles = vsi.map_tiles(res, D.head_weights(path, stamp))
+tiles = vsi.map_tiles(res, D.head_weights(path, stamp), names=D.dimension_names(b))
 st.image([t.image for t in tiles], caption=[t.caption for t in tiles], width=92)

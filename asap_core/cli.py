@@ -1,4 +1,4 @@
-"""Command line: ``python -m asap_core analyze DATA_DIR --out BUNDLE`` and friends (``info``, ``serve``)."""
+"""Command line: ``python -m asap_core analyze DATA_DIR --out BUNDLE`` and friends (``info``, ``name``, ``serve``)."""
 from __future__ import annotations
 
 import argparse
@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "bundle's cache for the app (default 0: off)")
     i = sub.add_parser("info", help="print what a bundle holds")
     i.add_argument("bundle")
+    add_name_parser(sub)
     s = sub.add_parser("serve", help="serve the explorer (strict public options when ASAP_HOSTED=1)",
                        description="Run `streamlit run streamlit_app.py` with the options asap_core.serving derives "
                                    "from the settings: headless, no file watcher; in hosted mode also no error "
@@ -153,6 +154,39 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_name_parser(sub) -> None:
+    """``name BUNDLE [DIM [NAME | --clear]]``: name a dimension of a bundle (for operators of a hosted explorer,
+    whose visitors read names but cannot write them)."""
+    n = sub.add_parser("name", help="name a dimension of a bundle (shown in every view, link and export)",
+                       description="Name dimension DIM (0..15) of BUNDLE, or clear its name with --clear; "
+                                   "without DIM, print the dimensions and their names.")
+    n.add_argument("bundle")
+    n.add_argument("dim", type=int, nargs="?", default=None, help=f"dimension, 0..{S.N_DIMS - 1}")
+    n.add_argument("name", nargs="?", default=None,
+                   help=f"a short name (at most {S.MAX_DIMENSION_NAME} characters), e.g. \"smooth skin\"")
+    n.add_argument("--clear", action="store_true", help="remove the name of DIM")
+
+
+def cmd_name(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .storage.bundle import Bundle
+    from .storage.labels import dimension_labels
+
+    b = Bundle.open(args.bundle)
+    if args.dim is None:
+        if args.name is not None or args.clear:
+            raise InputError("name: a NAME or --clear needs a DIM.", "run `python -m asap_core name BUNDLE DIM NAME`.")
+        names = b.dimension_names
+    else:
+        if args.clear == (args.name is not None):
+            raise InputError("name: give either a NAME or --clear.",
+                             'run `python -m asap_core name BUNDLE DIM "NAME"` or `... name BUNDLE DIM --clear`.')
+        names = b.set_dimension_name(args.dim, None if args.clear else args.name)
+    for label in dimension_labels(names):
+        print(label)
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Print the config, or replace this process with the ``streamlit run`` of ``asap_core.serving``."""
     import os
@@ -186,7 +220,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"analyze": cmd_analyze, "info": cmd_info, "serve": cmd_serve}[args.command](args)
+        return {"analyze": cmd_analyze, "info": cmd_info, "name": cmd_name, "serve": cmd_serve}[args.command](args)
     except AsapError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:

@@ -41,6 +41,10 @@ HEALTH_PATH = "/_stcore/health"
 FOR_EVERYONE: dict[str, bool | int | str] = {
     "browser.gatherUsageStats": False,
     "server.enableXsrfProtection": True,
+    # no full garbage collection after every rerun: with torch, transformers and pandas loaded it scans
+    # half a million objects each time, a large share of a rerun's server CPU (benchmarks/RESULTS.md §17);
+    # Python's generational collector still runs on its own thresholds
+    "runner.postScriptGC": False,
 }
 #: a server, not a developer's session
 FOR_SERVING: dict[str, bool | int | str] = {

@@ -147,10 +147,10 @@ def test_dimensions_page(bundle):
     no_exception(at)
     facet = [el for el in charts(at) if "facet" in json.loads(el.proto.spec)]
     assert facet and chart_data(facet[0])["dim"].nunique() == 16
-    assert n_images_shown(at) == 8
-    at.toggle(key="w_dim_maps").set_value(True).run()   # mean relevance map of the top images
+    assert n_images_shown(at) == 8 + 8                  # the highest and the lowest images
+    at.toggle(key="w_dim_maps").set_value(True).run()   # mean relevance map of the top images, their crops
     no_exception(at)
-    assert n_images_shown(at) == 8 + 2
+    assert n_images_shown(at) == 8 + 8 + 2 + 8
 
 
 # ------------------------------------------------------------------------------------------ links

@@ -14,6 +14,7 @@ from streamlit.testing.v1 import AppTest
 
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
+from asap_core.storage.labels import dimension_label
 from asap_core.storage.schema import N_DIMS, Z_COLUMNS
 from asap_core.views import attention as va
 from asap_core.views import quiz as vq
@@ -135,7 +136,12 @@ def test_reveal_names_the_strongest_contributions_towards_the_prediction():
             assert np.isclose(min(push[df["image_id"].isin(ex).to_numpy()]), np.sort(others)[-3])
         assert r.sentence.count(".") == 2 and r.sentence.endswith(".")   # one sentence: "(p_fake 0.91)" and its end
         assert ("it was right." if r.model_right else "it was wrong.") in r.sentence
-        assert vq.dimension_label(r.dims[0]) in r.sentence and vq.SAY[r.pred] in r.sentence
+        assert dimension_label(r.dims[0]) in r.sentence and vq.SAY[r.pred] in r.sentence
+        names = [""] * N_DIMS
+        names[r.dims[1]] = "smooth skin"
+        named = vq.reveal(df, z, w2, image_id, names).sentence               # a named dimension reads by name
+        assert f"dim {r.dims[1]} · smooth skin" in named and named.count(".") == 2
+        assert f"dim {r.dims[1]} · smooth skin pushed" in vq.push_text(r.dims[1], r.contributions[1], names)
 
 
 def test_exemplars_are_the_highest_z_when_the_dimension_pushes_up():

@@ -14,6 +14,7 @@ K_METHOD = "method"
 K_COLOR_BY = "color_by"  # overview colouring: views.generators.COLOR_BY
 K_MODEL_OVERRIDE = "model_override"  # {bundle path: model id}: a local copy of a bundle's CLIP
 K_QUIZ = "quiz_spec"  # the quiz the link names or a teacher started (views.quiz.QuizSpec.to_param)
+K_DIM = "sel_dim"  # the dimension the Dimensions page shows (an index; a link's ``dim``)
 K_INIT = "_link_loaded"
 K_PENDING_IMAGES = "_link_images"
 K_PENDING_PAGE = "_link_page"

@@ -21,8 +21,8 @@ from asap_core.views import state as vs
 
 from . import budget, data
 from .errors import show_error
-from .keys import (BUNDLE_WIDGETS, K_BUNDLE, K_CELLS, K_DEMO_NOTE, K_ERROR, K_FILTERS, K_GRID, K_IMAGES, K_INIT,
-                   K_METHOD, K_PENDING_IMAGES, K_PENDING_PAGE, K_QUIZ, K_WANT_DEMO)
+from .keys import (BUNDLE_WIDGETS, K_BUNDLE, K_CELLS, K_DEMO_NOTE, K_DIM, K_ERROR, K_FILTERS, K_GRID, K_IMAGES,
+                   K_INIT, K_METHOD, K_PENDING_IMAGES, K_PENDING_PAGE, K_QUIZ, K_WANT_DEMO)
 
 
 def resolve_hosted(name: str, policy: HostedPolicy) -> str | None:
@@ -72,6 +72,8 @@ def init_from_link() -> None:
         ss[K_PENDING_PAGE] = link.page
     if link.quiz:
         ss[K_QUIZ] = link.quiz
+    if link.dim is not None:
+        ss[K_DIM] = link.dim
     ss.setdefault(K_CELLS, [])
     ss.setdefault(K_IMAGES, [])
     ss.setdefault(K_METHOD, DEFAULT_METHOD)
@@ -142,7 +144,8 @@ def write_link(page: str | None) -> None:
             default_grid = None
     link = vs.LinkState(bundle=_link_bundle(path), grid=grid if grid and grid != default_grid else None,
                         cells=list(ss.get(K_CELLS, [])), images=list(ss.get(K_IMAGES, [])), page=page,
-                        quiz=ss.get(K_QUIZ) if page == "quiz" else None)
+                        quiz=ss.get(K_QUIZ) if page == "quiz" else None,
+                        dim=ss.get(K_DIM) if page == "dimensions" else None)
     q = vs.to_query(link)
     if st.query_params.to_dict() != q:
         st.query_params.from_dict(q)

@@ -35,8 +35,9 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
 from ..storage.cache import cached_call, hash_key, is_cached
+from ..storage.labels import dimension_label
 from .concepts import apply_mask, keep_mask, mean_fill
-from ..storage.schema import DECISION_THRESHOLD, FAKE_LOGIT, p_fake_from_logit
+from ..storage.schema import DECISION_THRESHOLD, FAKE_LOGIT, N_DIMS, Z_COLUMNS, p_fake_from_logit
 from ..errors import BundleError, InputError
 from ..inputs.imageio import decode_image
 
@@ -488,11 +489,29 @@ def contact_sheet(bundle, pattern: Pattern, cell: int = 96, columns: int = 8, ma
     return sheet
 
 
+def dimension_columns(bundle) -> list[dict]:
+    """The dimensions as an export names them: ``index``, ``column`` (``z3``), ``name`` (the user's, "" when
+    unnamed) and ``label`` (``storage.labels.dimension_label``: "dim 3 · smooth skin")."""
+    names = bundle.dimension_names
+    return [{"index": i, "column": Z_COLUMNS[i], "name": names[i], "label": dimension_label(i, names)}
+            for i in range(N_DIMS)]
+
+
+def pattern_mean_z(bundle, p: Pattern) -> np.ndarray:
+    """Mean ``z [16]`` over the pattern's images (NaN where none is in the bundle)."""
+    z = bundle.images.set_index("image_id").reindex(list(p.image_ids))[Z_COLUMNS].to_numpy(np.float64)
+    if not np.isfinite(z).any():
+        return np.full(N_DIMS, np.nan)
+    return np.nanmean(z, axis=0)
+
+
 def export_patterns(bundle, patterns: Sequence[Pattern], out_dir: str | Path, with_impact: bool = True,
                     encoder=None, n_random: int = 3, seed: int = 0, method: str = "last-block") -> list[Path]:
-    """Write ``patterns.json`` (full patterns with regions, plus impact), ``patterns.csv`` (one row per
-    pattern), with impact also ``pattern_images.csv`` (one row per pattern and image), and one PNG contact
-    sheet per pattern into ``out_dir``; returns the written paths. Impact comes from the cache when present."""
+    """Write ``patterns.json`` (full patterns with regions, each pattern's mean z per dimension, plus impact),
+    ``patterns.csv`` (one row per pattern, a ``mean <dimension label>`` column per dimension), with impact also
+    ``pattern_images.csv`` (one row per pattern and image), and one PNG contact sheet per pattern into
+    ``out_dir``; returns the written paths. Dimensions carry their names (``dimension_columns``): in
+    ``patterns.json["dimensions"]`` and in the headers. Impact comes from the cache when present."""
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     patterns = list(patterns)
@@ -511,30 +530,22 @@ def export_patterns(bundle, patterns: Sequence[Pattern], out_dir: str | Path, wi
         contact_sheet(bundle, p).save(out / fname, "PNG")
         sheets[p.name] = fname
         written.append(out / fname)
+    dims = dimension_columns(bundle)
+    mean_z = {p.name: pattern_mean_z(bundle, p) for p in patterns}
     records = []
     for p in patterns:
-        rec = {**p.to_dict(), "contact_sheet": sheets[p.name]}
+        rec = {**p.to_dict(), "contact_sheet": sheets[p.name],
+               "mean_z": {d["label"]: _finite(mean_z[p.name][d["index"]]) for d in dims}}
         if p.name in impacts:
             rec["impact"] = {k: impacts[p.name][k] for k in SUMMARY_KEYS}
         records.append(rec)
     meta = {"bundle": bundle.path.name, "encoder": bundle.encoder_info.model_id,
             "distiller": bundle.distiller.fingerprint if with_impact else None, "exported": _now(),
             "impact_settings": {"n_random": n_random, "seed": seed, "method": method} if with_impact else None,
-            "patterns": records}
-    (out / "patterns.json").write_text(json.dumps(meta, indent=1))
+            "dimensions": dims, "patterns": records}
+    (out / "patterns.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     written.insert(0, out / "patterns.json")
-    with open(out / "patterns.csv", "w", newline="") as fh:
-        keys = ["name", "note", "source", "created", "n_images", "fraction", "contact_sheet"]
-        extra = list(SUMMARY_KEYS[1:]) if impacts else []
-        w = csv.DictWriter(fh, fieldnames=keys + extra + ["image_ids"])
-        w.writeheader()
-        for p in patterns:
-            row = {"name": p.name, "note": p.note, "source": p.source, "created": p.created,
-                   "n_images": len(p.image_ids), "fraction": p.fraction if p.masks is None else "",
-                   "contact_sheet": sheets[p.name], "image_ids": ";".join(p.image_ids)}
-            if impacts:
-                row.update({k: impacts[p.name][k] for k in extra})
-            w.writerow(row)
+    _write_pattern_csv(out / "patterns.csv", patterns, sheets, impacts, dims, mean_z)
     written.insert(1, out / "patterns.csv")
     if impacts:
         per = pd.concat([impacts[p.name]["table"].assign(pattern=p.name) for p in patterns], ignore_index=True)
@@ -544,5 +555,30 @@ def export_patterns(bundle, patterns: Sequence[Pattern], out_dir: str | Path, wi
     return written
 
 
-__all__ = ["Pattern", "PatternStore", "contact_sheet", "export_patterns", "pattern_from_concept",
-           "pattern_from_selection", "pattern_impact", "rank_patterns", "region_masks", "summarise_impact"]
+def _finite(v: float) -> float | None:
+    return float(v) if np.isfinite(v) else None
+
+
+def _write_pattern_csv(file: Path, patterns: Sequence[Pattern], sheets: dict[str, str], impacts: dict[str, dict],
+                       dims: list[dict], mean_z: dict[str, np.ndarray]) -> None:
+    """``patterns.csv``: one row per pattern; impact columns when computed; ``mean <dimension label>`` per
+    dimension (UTF-8: labels hold "·" and the users' names)."""
+    keys = ["name", "note", "source", "created", "n_images", "fraction", "contact_sheet"]
+    extra = list(SUMMARY_KEYS[1:]) if impacts else []
+    z_cols = [f"mean {d['label']}" for d in dims]
+    with open(file, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=keys + extra + z_cols + ["image_ids"])
+        w.writeheader()
+        for p in patterns:
+            row = {"name": p.name, "note": p.note, "source": p.source, "created": p.created,
+                   "n_images": len(p.image_ids), "fraction": p.fraction if p.masks is None else "",
+                   "contact_sheet": sheets[p.name], "image_ids": ";".join(p.image_ids)}
+            if impacts:
+                row.update({k: impacts[p.name][k] for k in extra})
+            row.update({c: "" if not np.isfinite(v) else f"{v:.6g}" for c, v in zip(z_cols, mean_z[p.name])})
+            w.writerow(row)
+
+
+__all__ = ["Pattern", "PatternStore", "contact_sheet", "dimension_columns", "export_patterns", "pattern_from_concept",
+           "pattern_from_selection", "pattern_impact", "pattern_mean_z", "rank_patterns", "region_masks",
+           "summarise_impact"]

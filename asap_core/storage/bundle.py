@@ -5,7 +5,8 @@ end (the old bundle kept in a hidden backup until then, restored by the next wri
 ``bundle.json`` carries ``"complete": true``; a folder without it never opens. ``Bundle.open``
 checks the folder against ``schema`` (files, required ``bundle.json`` fields and their types, table
 columns and their types, unique image ids, format version) and raises one ``BundleError`` that names
-the file and the problem.
+the file and the problem. The names users give the dimensions live beside it in ``dimension_names.json``
+(optional; ``set_dimension_name`` / ``save_dimension_names`` rewrite only that file, atomically).
 """
 from __future__ import annotations
 
@@ -236,8 +237,97 @@ def validate(path: Path) -> dict:
         raise BundleError(f"{path / S.IMAGES_FILE} holds no image.", RERUN)
     return meta
 
+    read_dimension_names(path)  # optional file: absent is fine, malformed is named
 
 # ----------------------------------------------------------------------------- the bundle
+
+# ----------------------------------------------------------------------------- dimension names
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+NAMES_FIX = (f"name the dimensions again (`python -m asap_core name BUNDLE DIM NAME`), or delete {S.NAMES_FILE} "
+             "to drop every name.")
+
+
+def clean_dimension_name(name: str | None) -> str:
+    """One name as stored: stripped, inner whitespace collapsed; None -> "" (unnamed). ``InputError`` for a
+    non-string, control characters, or more than ``schema.MAX_DIMENSION_NAME`` characters."""
+    if name is None:
+        return ""
+    if not isinstance(name, str):
+        raise InputError(f"a dimension name must be text, got {type(name).__name__}.", "pass a short phrase.")
+    if _CONTROL.search(name.replace("\n", " ").replace("\t", " ")):
+        raise InputError("a dimension name holds control characters.", "use plain words.")
+    cleaned = " ".join(name.split())
+    if len(cleaned) > S.MAX_DIMENSION_NAME:
+        raise InputError(f"the name '{cleaned[:S.MAX_DIMENSION_NAME]}…' is {len(cleaned)} characters long.",
+                         f"keep it to {S.MAX_DIMENSION_NAME} characters: it is shown in captions and headers.")
+    return cleaned
+
+
+def clean_dimension_names(names: Sequence[str | None]) -> tuple[str, ...]:
+    """``schema.N_DIMS`` names as stored (``clean_dimension_name`` each; "" = unnamed); ``InputError`` for
+    another count."""
+    if isinstance(names, (str, bytes)) or len(names) != S.N_DIMS:
+        n = "a string" if isinstance(names, (str, bytes)) else f"{len(names)} names"
+        raise InputError(f"dimension names: got {n}, expected a list of {S.N_DIMS}.",
+                         f"pass one name per dimension ({S.N_DIMS}; \"\" for an unnamed one).")
+    return tuple(clean_dimension_name(n) for n in names)
+
+
+def read_dimension_names(path: str | Path) -> tuple[str, ...]:
+    """The names of the bundle folder ``path`` (``schema.NAMES_FILE``): ``N_DIMS`` strings, "" where unnamed
+    (all "" without the file). ``BundleError`` naming the file when it is malformed."""
+    file = Path(path) / S.NAMES_FILE
+    if not file.is_file():
+        return ("",) * S.N_DIMS
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("names"), list):
+            raise InputError("it holds no list 'names'.")
+        return clean_dimension_names(data["names"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{file} cannot be read ({exc}).", NAMES_FIX) from None
+    except InputError as exc:
+        raise BundleError(f"{file}: {exc.message}", NAMES_FIX) from None
+
+
+def _write_names(path: Path, names: tuple[str, ...]) -> None:
+    """Write ``names`` into ``path/NAMES_FILE`` atomically (temporary file + rename); the caller holds the lock."""
+    body = {"version": S.NAMES_VERSION, "names": list(names),
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    tmp = path / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}-{S.NAMES_FILE}"
+    try:
+        tmp.write_text(json.dumps(body, indent=1, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path / S.NAMES_FILE)
+    except OSError as exc:
+        remove_path(tmp)
+        raise BundleError(f"The names cannot be written into {path} ({exc.strerror or exc}).",
+                          "make the bundle folder writable, or name the dimensions where it is.") from None
+
+
+def save_dimension_names(path: str | Path, names: Sequence[str | None]) -> tuple[str, ...]:
+    """Replace all names of the bundle folder ``path`` (validated: ``clean_dimension_names``); returns them.
+    Atomic, under a lock on the folder (a concurrent ``set_dimension_name`` is not lost)."""
+    path = Path(path).expanduser()
+    cleaned = clean_dimension_names(names)
+    with exclusive_lock(path):
+        _write_names(path, cleaned)
+    return cleaned
+
+
+def set_dimension_name(path: str | Path, dim: int, name: str | None) -> tuple[str, ...]:
+    """Name dimension ``dim`` (0..N_DIMS-1) of the bundle folder ``path``; ``""`` / None clears its name.
+    Returns all names. Read, changed and written under one lock on the folder."""
+    path = Path(path).expanduser()
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 0 <= int(dim) < S.N_DIMS:
+        raise InputError(f"there is no dimension {dim}.", f"dimensions are 0..{S.N_DIMS - 1}.")
+    cleaned = clean_dimension_name(name)
+    with exclusive_lock(path):
+        names = list(read_dimension_names(path))
+        names[int(dim)] = cleaned
+        _write_names(path, tuple(names))
+    return tuple(names)
+
 
 
 class Bundle:
@@ -245,7 +335,8 @@ class Bundle:
 
     Tables: ``images`` (one row per image, ``schema.IMAGE_COLUMNS``), ``cells`` (one row per non-empty
     cell), ``z`` (``[N, 16]``). Metadata, typed: ``encoder_info``, ``counts``, ``options``, ``metrics``,
-    ``grid``, ``layout``, ``skipped``. Models (need torch): ``distiller``, ``encoder()``.
+    ``grid``, ``layout``, ``skipped``; ``dimension_names`` (optional, read afresh). Models (need torch):
+    ``distiller``, ``encoder()``.
     """
 
     def __init__(self, path: Path, meta: dict) -> None:
@@ -364,6 +455,21 @@ class Bundle:
 
     # ---- models
     @cached_property
+    # ---- dimension names
+    @property
+    def dimension_names(self) -> tuple[str, ...]:
+        """The ``N_DIMS`` names users gave the dimensions ("" = unnamed), read afresh on each access: they change
+        without the rest of the bundle (``set_dimension_name``), and an open bundle is shared by sessions."""
+        return read_dimension_names(self.path)
+
+    def set_dimension_name(self, dim: int, name: str | None) -> tuple[str, ...]:
+        """Name dimension ``dim`` (``""`` / None clears it); returns all names. See ``set_dimension_name``."""
+        return set_dimension_name(self.path, dim, name)
+
+    def save_dimension_names(self, names: Sequence[str | None]) -> tuple[str, ...]:
+        """Replace all ``N_DIMS`` names; returns them. See ``save_dimension_names``."""
+        return save_dimension_names(self.path, names)
+
     def distiller(self) -> "Distiller":
         from ..method.distiller import Distiller
 

@@ -22,6 +22,11 @@ CELLS_FILE = "cells.parquet"
 THUMBS_FILE = "thumbs.parquet"
 MODEL_DIR = "model"
 CACHE_DIR = "cache"
+# the names users give the dimensions (optional; written by ``bundle.save_dimension_names``, JSON):
+# ``{"version": 1, "names": [16 strings, "" = unnamed], "updated": ISO time}``
+NAMES_FILE = "dimension_names.json"
+NAMES_VERSION = 1
+MAX_DIMENSION_NAME = 40  # characters of one dimension's name (it goes into captions, tooltips and headers)
 
 N_DIMS = 16
 Z_COLUMNS: list[str] = [f"z{i}" for i in range(N_DIMS)]
@@ -156,6 +161,6 @@ def confidence(p_fake: np.ndarray) -> np.ndarray:
 __all__ = ["CACHE_DIR", "CELLS_FILE", "CELL_COLUMNS", "Counts", "DECISION_THRESHOLD", "DEFAULT_GRID",
            "DEFAULT_METHOD", "ENCODER_SOURCES", "EncoderInfo", "FAKE_LOGIT", "FORMAT_VERSION", "GRID_FILL", "GRID_MAX",
            "GRID_MEDIAN_IMAGES", "GRID_MIN", "IMAGES_FILE", "IMAGE_COLUMNS", "LABELS", "MEANINGFUL_AUC",
-           "META_FIELDS", "META_NAME", "MODEL_DIR", "NO_RELEVANCE", "N_DIMS", "N_TARGETS", "RANDOM_CLIP_MARKER",
+           "MAX_DIMENSION_NAME", "META_FIELDS", "META_NAME", "MODEL_DIR", "NAMES_FILE", "NAMES_VERSION", "NO_RELEVANCE", "N_DIMS", "N_TARGETS", "RANDOM_CLIP_MARKER",
            "RANDOM_CLIP_PREFIX", "RELEVANCE_METHODS", "TABLES", "TARGET_NAMES", "THUMBS_FILE", "THUMB_COLUMNS", "THUMB_SIDE", "Z_COLUMNS", "confidence", "is_random_clip",
            "p_fake_from_logit", "predicted_label", "read_section", "section_problem"]

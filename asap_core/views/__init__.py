@@ -8,6 +8,9 @@
 - ``concept``: cards of the concept view (``analyses.concepts``).
 - ``patterns``, ``generators``, ``robustness``, ``single``: the analysis pages' tables and charts.
 
+Every view names dimensions with ``storage.labels.dimension_label`` ("dim 3 · smooth skin" once a user named
+it; the names are ``Bundle.dimension_names``).
+
 None of these import Streamlit: the pages in ``app_pages/`` only lay them out and hold the widgets.
 """
 from __future__ import annotations

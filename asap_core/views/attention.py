@@ -2,20 +2,23 @@
 
 Dimensions are ordered by their contribution to the image's prediction: the contribution of dimension
 i is ``z_i * w2_i`` (the distiller's logit is ``w2 · z + b2``); for an image predicted fake the most
-positive contributions come first, for one predicted real the most negative.
+positive contributions come first, for one predicted real the most negative. Tiles and tables name the
+dimensions with ``storage.labels`` (``names``: ``Bundle.dimension_names``).
 """
 from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from ..method.relevance import overlay
-from ..storage.schema import FAKE_LOGIT, TARGET_NAMES, Z_COLUMNS
+from ..storage.schema import FAKE_LOGIT, Z_COLUMNS
 from .grid import image_names
+from ..storage.labels import dimension_label, dimension_labels, target_label
 
 MAX_ATTENTION_IMAGES = 12
 
@@ -68,10 +71,12 @@ def decode_thumb(jpeg: bytes | None, size: int = 128) -> Image.Image:
 
 
 def image_tiles(base: Image.Image, maps: np.ndarray, contrib: np.ndarray, order: np.ndarray,
-                alpha: float = 0.5, size: int = 112, logit: float | None = None) -> list[Tile]:
+                alpha: float = 0.5, size: int = 112, logit: float | None = None,
+                names: Sequence[str] = ()) -> list[Tile]:
     """Tiles for one image: the image itself, the fake-logit overlay, then the 16 dimension overlays in
     ``order``. ``maps`` ``[17, side, side]``; ``contrib`` ``[16]``; overlays are ``size`` px squares.
-    ``logit`` (the image's fake logit, bias included) labels the fake-logit tile; default ``sum(contrib)``."""
+    ``logit`` (the image's fake logit, bias included) labels the fake-logit tile; default ``sum(contrib)``.
+    Captions: ``"dim 3 · smooth skin · +0.42"`` (``names``: the dimensions' names)."""
     base = base.convert("RGB")
     w, h = base.size
     s = min(w, h)
@@ -79,18 +84,21 @@ def image_tiles(base: Image.Image, maps: np.ndarray, contrib: np.ndarray, order:
     m = np.asarray(maps, np.float32)
     logit = float(contrib.sum()) if logit is None else float(logit)
     tiles = [Tile(square, "image", -1),
-             Tile(overlay(square, m[FAKE_LOGIT], alpha=alpha), f"fake logit · {logit:+.2f}", FAKE_LOGIT, logit)]
+             Tile(overlay(square, m[FAKE_LOGIT], alpha=alpha), f"{target_label(FAKE_LOGIT)} · {logit:+.2f}",
+                  FAKE_LOGIT, logit)]
     for d in order:
         d = int(d)
-        tiles.append(Tile(overlay(square, m[d], alpha=alpha), f"{TARGET_NAMES[d]} · {contrib[d]:+.2f}", d,
-                          float(contrib[d])))
+        tiles.append(Tile(overlay(square, m[d], alpha=alpha), f"{dimension_label(d, names)} · {contrib[d]:+.2f}",
+                          d, float(contrib[d])))
     return tiles
 
 
 def attention_rows(images: pd.DataFrame, ids: list[str], maps: np.ndarray, w2: np.ndarray,
-                   jpegs: list[bytes | None], alpha: float = 0.5, size: int = 112) -> list[dict]:
+                   jpegs: list[bytes | None], alpha: float = 0.5, size: int = 112,
+                   names: Sequence[str] = ()) -> list[dict]:
     """One dict per image of ``ids`` (``maps [n, 17, side, side]`` and ``jpegs`` in the same order):
-    ``image_id, file, label, pred, p_fake, logit, order [16], contrib [16], tiles``."""
+    ``image_id, file, label, pred, p_fake, logit, order [16], contrib [16], tiles`` (captions name the
+    dimensions with ``names``)."""
     table = images.set_index("image_id").loc[ids]
     z = table[Z_COLUMNS].to_numpy(np.float64)
     contrib = contributions(z, w2)
@@ -105,19 +113,23 @@ def attention_rows(images: pd.DataFrame, ids: list[str], maps: np.ndarray, w2: n
             "label": None if pd.isna(r["label"]) else str(r["label"]), "pred": str(r["pred"]),
             "p_fake": float(r["p_fake"]), "order": order[i], "contrib": contrib[i],
             "logit": float(logit[i]),
-            "tiles": image_tiles(decode_thumb(jpegs[i]), maps[i], contrib[i], order[i], alpha, size, logit[i]),
+            "tiles": image_tiles(decode_thumb(jpegs[i]), maps[i], contrib[i], order[i], alpha, size, logit[i],
+                                 names),
         })
     return rows
 
 
-def contribution_frame(images: pd.DataFrame, ids: list[str], w2: np.ndarray) -> pd.DataFrame:
-    """Long table ``image, dim, contribution`` for a bar chart of the picked images' contributions; ``image``
-    is the file name (``grid.image_names``), as the rows above the chart name the images."""
+def contribution_frame(images: pd.DataFrame, ids: list[str], w2: np.ndarray, names: Sequence[str] = ()
+                       ) -> pd.DataFrame:
+    """Long table ``image, dim, dimension, contribution`` for a bar chart of the picked images' contributions;
+    ``image`` is the file name (``grid.image_names``), as the rows above the chart name the images;
+    ``dimension`` the dimension's label (``storage.labels``, with ``names``)."""
     table = images.set_index("image_id").loc[ids]
     contrib = contributions(table[Z_COLUMNS].to_numpy(np.float64), w2)
     return pd.DataFrame({
         "image": np.repeat(image_names(images, ids), contrib.shape[1]),
         "dim": np.tile(np.arange(contrib.shape[1]), len(ids)),
+        "dimension": np.tile(np.asarray(dimension_labels(names), dtype=object), len(ids)),
         "contribution": contrib.reshape(-1),
     })
 

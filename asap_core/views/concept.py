@@ -3,7 +3,9 @@ cards (numbers + exemplar crops) for display."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
+
+from ..storage.labels import dimension_label
 
 
 def _num(v: Any) -> float:
@@ -52,9 +54,10 @@ def concept_cards(result: Any, n_exemplars: int = 6, size: int = 96) -> list[dic
     return cards
 
 
-def describe(card: dict) -> str:
-    """One line under a concept: segments, images, share fake, mean p_fake, dominant dimensions."""
+def describe(card: dict, names: Sequence[str] = ()) -> str:
+    """One line under a concept: segments, images, share fake, mean p_fake, dominant dimensions (labelled with
+    ``names``, the bundle's dimension names: "dim 3 · smooth skin")."""
     share = "n/a" if math.isnan(card["share_fake"]) else f"{card['share_fake']:.0%}"
-    dims = ", ".join(str(d) for d in card["dominant_dims"]) or "-"
+    dims = "; ".join(dimension_label(d, names) for d in card["dominant_dims"]) or "-"
     return (f"{card['n_segments']} segments from {card['n_images']} images · share fake {share} · "
-            f"mean p_fake {card['mean_p_fake']:.2f} · dims {dims}")
+            f"mean p_fake {card['mean_p_fake']:.2f} · dimensions: {dims}")

@@ -1,12 +1,16 @@
 """Dimension view (ASAP, DESIGN §3): per dimension the real vs fake distribution, the classifier weight,
-the AUC of the dimension alone, its top images and their mean relevance map."""
+the AUC of the dimension alone, its top images and their mean relevance map. Dimensions are named with
+``storage.labels`` (``names``: ``Bundle.dimension_names``)."""
 from __future__ import annotations
+
+from typing import Sequence
 
 import altair as alt
 import numpy as np
 import pandas as pd
 
 from ..storage.schema import N_DIMS, Z_COLUMNS
+from ..storage.labels import dimension_label
 
 LABEL_COLORS = {"real": "#1f77b4", "fake": "#ff7f0e"}
 
@@ -24,8 +28,9 @@ def single_auc(values: np.ndarray, is_fake: np.ndarray) -> float:
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
-def dimension_table(images: pd.DataFrame, w2: np.ndarray) -> pd.DataFrame:
-    """One row per dimension: ``dim, weight (w2_i), auc, mean_real, mean_fake, std, mean_contribution``.
+def dimension_table(images: pd.DataFrame, w2: np.ndarray, names: Sequence[str] = ()) -> pd.DataFrame:
+    """One row per dimension: ``dim, dimension (its label), weight (w2_i), auc, mean_real, mean_fake, std,
+    mean_contribution``.
 
     AUC and means use the labelled images; ``mean_contribution`` is the mean of ``z_i * w2_i`` over all.
     """
@@ -38,6 +43,7 @@ def dimension_table(images: pd.DataFrame, w2: np.ndarray) -> pd.DataFrame:
         zd = z[:, d]
         rows.append({
             "dim": d,
+            "dimension": dimension_label(d, names),
             "weight": float(w2[d]),
             "auc": single_auc(zd[lab], is_fake[lab]),
             "mean_real": float(zd[lab & ~is_fake].mean()) if (lab & ~is_fake).any() else float("nan"),
@@ -73,16 +79,18 @@ def distribution_frame(images: pd.DataFrame, bins: int = 30) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def panel_titles(table: pd.DataFrame) -> dict[int, str]:
-    """``dim -> "dim 3 · w +0.42 · AUC 0.71"`` (facet titles)."""
-    return {int(r.dim): f"dim {int(r.dim)} · w {r.weight:+.2f} · AUC {r.auc:.2f}" for r in table.itertuples()}
+def panel_titles(table: pd.DataFrame, names: Sequence[str] = ()) -> dict[int, str]:
+    """``dim -> "dim 3 · smooth skin · w +0.42 · AUC 0.71"`` (facet titles; the name once given)."""
+    return {int(r.dim): f"{dimension_label(int(r.dim), names)} · w {r.weight:+.2f} · AUC {r.auc:.2f}"
+            for r in table.itertuples()}
 
 
 def distribution_chart(dist: pd.DataFrame, table: pd.DataFrame, columns: int = 4, width: int = 190,
-                       height: int = 90, order: list[int] | None = None) -> alt.FacetChart:
+                       height: int = 90, order: list[int] | None = None, names: Sequence[str] = ()) -> alt.FacetChart:
     """Small multiples: per dimension, overlaid real (blue) and fake (orange) histograms, titled with the
-    classifier weight and the single-dimension AUC. ``order`` lists dims in panel order (default 0..15)."""
-    titles = panel_titles(table)
+    dimension's label, the classifier weight and the single-dimension AUC. ``order`` lists dims in panel order
+    (default 0..15)."""
+    titles = panel_titles(table, names)
     data = dist.assign(panel=dist["dim"].map(titles))
     sort = [titles[d] for d in (order if order is not None else sorted(titles))]
     bars = alt.Chart(data).mark_rect(opacity=0.55).encode(
@@ -106,7 +114,8 @@ def weight_chart(table: pd.DataFrame) -> alt.Chart:
         x=alt.X("dim:O", title="dimension"),
         y=alt.Y("weight:Q", title="classifier weight w2"),
         color=alt.Color("auc:Q", scale=alt.Scale(scheme="blueorange", domain=[0, 1]), title="AUC alone"),
-        tooltip=["dim", alt.Tooltip("weight:Q", format="+.3f"), alt.Tooltip("auc:Q", format=".3f"),
+        tooltip=[alt.Tooltip("dimension:N" if "dimension" in table else "dim:O", title="dimension"),
+                 alt.Tooltip("weight:Q", format="+.3f"), alt.Tooltip("auc:Q", format=".3f"),
                  alt.Tooltip("mean_real:Q", format=".3f"), alt.Tooltip("mean_fake:Q", format=".3f")],
     ).properties(height=180)
 
@@ -136,7 +145,8 @@ def dimension_order(table: pd.DataFrame) -> list[int]:
     return table.assign(key=key).sort_values("key", ascending=False, kind="stable")["dim"].astype(int).tolist()
 
 
-def mean_map_tiles(maps: np.ndarray, dim: int, first_thumb: bytes | None, size: int = 128) -> tuple[list, list[str], str]:
+def mean_map_tiles(maps: np.ndarray, dim: int, first_thumb: bytes | None, size: int = 128,
+                   names: Sequence[str] = ()) -> tuple[list, list[str], str]:
     """(two PIL tiles: the mean map of ``dim`` as a heat map and over the first image's thumbnail; their
     captions; a note on the value range) for ``maps [n, 17, side, side]`` of the top images."""
     from PIL import Image
@@ -147,7 +157,7 @@ def mean_map_tiles(maps: np.ndarray, dim: int, first_thumb: bytes | None, size: 
     mean = mean_map(maps, dim)
     heat = Image.fromarray(colormap(upsample_map(mean, size))).convert("RGB")
     tiles = [heat, overlay(decode_thumb(first_thumb, size), mean, alpha=0.5)]
-    captions = [f"mean relevance of dim {dim} over the top {len(maps)}", "over the first top image"]
+    captions = [f"mean relevance of {dimension_label(dim, names)} over the top {len(maps)}", "over the first top image"]
     note = (f"Mean of the per-image min-max-scaled maps; range before averaging "
             f"{float(np.min(maps[:, dim])):.3g} .. {float(np.max(maps[:, dim])):.3g}.")
     return tiles, captions, note

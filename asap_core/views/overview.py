@@ -2,19 +2,22 @@
 
 A cell is drawn as a pie at its centre: area proportional to its image count; slices blue (real) and
 orange (fake), solid for correct predictions and hatched for wrong ones, grey for unlabelled images;
-opacity (saturation) follows the cell's mean confidence ``|2 p_fake - 1|``.
+opacity (saturation) follows the cell's mean confidence ``|2 p_fake - 1|``. A cell's tooltip also names the
+dimension that pushes its mean fake logit most (``cell_drivers``, labelled with ``storage.labels``).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import altair as alt
 import numpy as np
 import pandas as pd
 
 from ..method.layout import cell_table
-from ..storage.schema import GRID_MIN
+from ..storage.schema import GRID_MIN, Z_COLUMNS
+from ..storage.labels import dimension_label
 
 CATEGORIES: list[str] = ["real, correct", "real, wrong", "fake, correct", "fake, wrong", "unlabelled"]
 COUNT_COLUMNS: list[str] = ["n_real_ok", "n_real_wrong", "n_fake_ok", "n_fake_wrong", "n_unlabelled"]
@@ -118,6 +121,49 @@ def pie_slices(cells: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["count"] > 0].reset_index(drop=True)
 
 
+def _push_side(mean_contrib: np.ndarray, mean_logit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(dimension, its mean contribution) per row of ``mean_contrib [K, 16]``: the largest push towards the side
+    ``mean_logit [K]`` lies on (fake when >= 0), as ``views.attention.dimension_order`` orders one image's."""
+    sign = np.where(mean_logit >= 0, 1.0, -1.0)[:, None]
+    dims = np.argmax(mean_contrib * sign, axis=1)
+    return dims, mean_contrib[np.arange(len(dims)), dims]
+
+
+def driver_text(dim: int, contribution: float, names: Sequence[str] = ()) -> str:
+    """``"dim 3 · smooth skin (+0.42 towards fake)"``: a dimension's mean push on the fake logit."""
+    return f"{dimension_label(dim, names)} ({contribution:+.2f} towards {'fake' if contribution >= 0 else 'real'})"
+
+
+def cell_drivers(images: pd.DataFrame, w2: np.ndarray, names: Sequence[str] = ()) -> pd.DataFrame:
+    """Per cell of ``images`` (binned; ``cell``, ``z0..z15``, ``p_fake``): ``cell, driver_dim, driver_push,
+    driver``: the dimension whose mean contribution ``mean(z_i) * w2_i`` pushes hardest towards the side of
+    the cell's mean fake logit, and that in words (``driver_text``, named with ``names``)."""
+    if images.empty:
+        return pd.DataFrame(columns=["cell", "driver_dim", "driver_push", "driver"])
+    contrib = pd.DataFrame(images[Z_COLUMNS].to_numpy(np.float64) * np.asarray(w2, np.float64)[None, :])
+    p = np.clip(images["p_fake"].to_numpy(np.float64), 1e-7, 1 - 1e-7)
+    contrib["_logit"] = np.log(p / (1 - p))
+    means = contrib.groupby(images["cell"].to_numpy()).mean()
+    dims, push = _push_side(means.drop(columns="_logit").to_numpy(), means["_logit"].to_numpy())
+    return pd.DataFrame({"cell": means.index.astype(np.int64), "driver_dim": dims.astype(np.int64),
+                         "driver_push": push, "driver": [driver_text(d, c, names) for d, c in zip(dims, push)]})
+
+
+def selection_driver(members: pd.DataFrame, w2: np.ndarray, names: Sequence[str] = ()) -> str | None:
+    """``driver_text`` of a set of images taken together (e.g. the selected cells' members); None when empty."""
+    if members.empty:
+        return None
+    return str(cell_drivers(members.assign(cell=0), w2, names)["driver"].iloc[0])
+
+
+def with_drivers(slices: pd.DataFrame, drivers: pd.DataFrame) -> pd.DataFrame:
+    """``slices`` (``pie_slices``) with each cell's ``driver`` text (``cell_drivers``) for the tooltip."""
+    if slices.empty:
+        return slices.assign(driver=pd.Series(dtype=object))
+    d = drivers.set_index("cell")["driver"]
+    return slices.assign(driver=slices["cell_id"].map(d).fillna("-").astype(object))
+
+
 def hatch(color: str, stripes: int = 6, gap: str = "#ffffff") -> dict:
     """A Vega linear gradient with hard stops: diagonal stripes of ``color`` and ``gap`` (reads as hatching)."""
     stops = []
@@ -174,7 +220,7 @@ def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None =
             order=alt.Order("cat_order:Q"),
             stroke=alt.condition(sel, alt.value("#111111"), alt.value("white"), empty=False),
             strokeWidth=alt.condition(sel, alt.value(2.0), alt.value(0.4), empty=False),
-            tooltip=_tooltip(),
+            tooltip=_tooltip("driver" in slices.columns),
         )
         .add_params(*params)
         .properties(width=width, height=height, usermeta={"embedOptions": {"renderer": "svg", "actions": False}},
@@ -194,7 +240,9 @@ def _map_extent(slices: pd.DataFrame, grid: int) -> tuple[float, float, float, f
             float(slices["y"].min()) - half, float(slices["y"].max()) + half)
 
 
-def _tooltip() -> list:
+def _tooltip(with_driver: bool = False) -> list:
+    """The cell's tooltip; ``with_driver``: also the dimension pushing it most (``cell_drivers``)."""
+    driver = [alt.Tooltip("driver:N", title="pushes most")] if with_driver else []
     return [
         alt.Tooltip("cell_id:Q", title="cell"),
         alt.Tooltip("n:Q", title="images"),
@@ -203,7 +251,7 @@ def _tooltip() -> list:
         alt.Tooltip("mean_conf:Q", title="mean confidence", format=".2f"),
         alt.Tooltip("share_fake:Q", title="share fake", format=".0%"),
         alt.Tooltip("dominant_generator:N", title="dominant generator"),
-    ]
+    ] + driver
 
 
 def _wrong_hatched() -> dict:

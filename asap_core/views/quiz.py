@@ -9,7 +9,8 @@ random generator's stream). Only labelled images take part: a quiz needs the tru
 
 The reveal explains one answer with the distiller: the contribution of dimension i to the fake logit is
 ``z_i * w2_i`` (``views.attention.contributions``); the two dimensions that pushed hardest towards the
-prediction are named, each with three exemplar images, in one plain sentence. Nothing about a student is
+prediction are named (``storage.labels.dimension_label``: "dim 3 · smooth skin" once a user named it), each with
+three exemplar images, in one plain sentence. Nothing about a student is
 kept here; answers live only in the caller's session.
 """
 from __future__ import annotations
@@ -23,8 +24,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..storage.schema import LABELS, TARGET_NAMES
+from ..storage.schema import LABELS, N_DIMS
 from . import attention as va
+from ..storage.labels import dimension_label
 from . import overview as ov
 from . import state as vs
 
@@ -173,11 +175,6 @@ def quiz_images(images: pd.DataFrame, spec: QuizSpec, patterns: Mapping[str, Seq
 
 
 # ------------------------------------------------------------------------------------------ the reveal
-def dimension_label(i: int) -> str:
-    """How the app names dimension ``i`` (``schema.TARGET_NAMES``: "dim 7")."""
-    return TARGET_NAMES[int(i)]
-
-
 @dataclass(frozen=True)
 class Reveal:
     """What a student sees after answering one image.
@@ -216,16 +213,18 @@ def exemplars(ids: Sequence[str], z: np.ndarray, w2: np.ndarray, dim: int, towar
     return out
 
 
-def sentence(pred: str, p_fake: float, dims: Sequence[int], right: bool) -> str:
-    """"The model said AI (p_fake 0.91), mostly because of dim 7 and dim 3; it was right." """
-    names = " and ".join(dimension_label(d) for d in dims)
-    return f"The model said {SAY[pred]} (p_fake {p_fake:.2f}), mostly because of {names}; " \
+def sentence(pred: str, p_fake: float, dims: Sequence[int], right: bool, names: Sequence[str] = ()) -> str:
+    """"The model said AI (p_fake 0.91), mostly because of dim 7 and dim 3 · smooth skin; it was right."
+    (``names``: ``Bundle.dimension_names``.)"""
+    which = " and ".join(dimension_label(d, names) for d in dims)
+    return f"The model said {SAY[pred]} (p_fake {p_fake:.2f}), mostly because of {which}; " \
            f"it was {'right' if right else 'wrong'}."
 
 
-def reveal(images: pd.DataFrame, z: np.ndarray, w2: np.ndarray, image_id: str) -> Reveal:
+def reveal(images: pd.DataFrame, z: np.ndarray, w2: np.ndarray, image_id: str, names: Sequence[str] = ()) -> Reveal:
     """The reveal of ``image_id``: ``images`` the bundle's table (``image_id, label, p_fake, pred``), ``z``
-    ``[N, 16]`` in its row order, ``w2`` ``[16]`` the classifier weights (``views.attention.head_weights``)."""
+    ``[N, 16]`` in its row order, ``w2`` ``[16]`` the classifier weights (``views.attention.head_weights``),
+    ``names`` the dimensions' names (``Bundle.dimension_names``) for the sentence."""
     ids = images["image_id"].astype(str).tolist()
     row = ids.index(str(image_id))
     r = images.iloc[row]
@@ -236,7 +235,7 @@ def reveal(images: pd.DataFrame, z: np.ndarray, w2: np.ndarray, image_id: str) -
     truth, pred = str(r["label"]), str(r["pred"])
     ex = tuple(tuple(exemplars(ids, z, w2, d, contrib[0, d], str(image_id))) for d in dims)
     return Reveal(str(image_id), truth, p, pred, dims, tuple(float(contrib[0, d]) for d in dims), ex,
-                  sentence(pred, p, dims, pred == truth))
+                  sentence(pred, p, dims, pred == truth, names))
 
 
 # ------------------------------------------------------------------------------------------ the score
@@ -311,7 +310,7 @@ def map_tiles(picture_, maps: np.ndarray, p_fake: float, size: int = 300) -> lis
     """Two ``views.attention.Tile``: the (centre-cropped) image and its fake-logit map over it.
     ``maps`` ``[17, side, side]`` of the image."""
     logit = float(va.logits(np.array([p_fake]))[0])
-    return va.image_tiles(picture_, maps, np.zeros(len(TARGET_NAMES) - 1), [], size=size, logit=logit)
+    return va.image_tiles(picture_, maps, np.zeros(N_DIMS), [], size=size, logit=logit)
 
 
 def captions(images: pd.DataFrame, ids: Sequence[str], with_p: bool = True) -> list[str]:
@@ -328,7 +327,7 @@ def cell_choices(images: pd.DataFrame) -> list[int]:
     return [int(c) for c in counts.index]
 
 
-def push_text(dim: int, contribution: float) -> str:
-    """"dim 7 pushed towards AI (+1.23 on the fake logit)"."""
+def push_text(dim: int, contribution: float, names: Sequence[str] = ()) -> str:
+    """"dim 7 · smooth skin pushed towards AI (+1.23 on the fake logit)" (``names``: ``Bundle.dimension_names``)."""
     side = "AI" if contribution >= 0 else "real"
-    return f"{dimension_label(dim)} pushed towards {side} ({contribution:+.2f} on the fake logit)"
+    return f"{dimension_label(dim, names)} pushed towards {side} ({contribution:+.2f} on the fake logit)"

@@ -5,6 +5,8 @@ a URL.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
 
@@ -55,12 +57,13 @@ def neighbours_display(nb: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def map_tiles(res, w2: np.ndarray, alpha: float = 0.5, size: int = 112) -> list[va.Tile]:
+def map_tiles(res, w2: np.ndarray, alpha: float = 0.5, size: int = 112, names: Sequence[str] = ()) -> list[va.Tile]:
     """The upload's tiles, as on the attention page: the image, the fake-logit overlay, then the 16
-    dimension overlays ordered by support for the prediction (contribution ``z_i * w2_i``)."""
+    dimension overlays ordered by support for the prediction (contribution ``z_i * w2_i``), captions naming
+    the dimensions with ``names`` (the bundle's)."""
     contrib = va.contributions(np.asarray(res.z)[None], w2)[0]
     order = va.dimension_order(contrib[None], np.asarray([res.logit]))[0]
-    return va.image_tiles(res.image, res.maps, contrib, order, alpha=alpha, size=size, logit=res.logit)
+    return va.image_tiles(res.image, res.maps, contrib, order, alpha=alpha, size=size, logit=res.logit, names=names)
 
 
 __all__ = ["UPLOAD_TYPES", "map_tiles", "neighbour_captions", "neighbour_summary", "neighbours_display",

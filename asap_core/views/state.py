@@ -2,8 +2,9 @@
 
 A link reopens the same view: query params ``bundle`` (path), ``grid`` (cells per side, only when it
 differs from the bundle's), ``cell`` (comma-separated cell ids), ``images`` (comma-separated image-id
-prefixes, :data:`ID_PREFIX` hex characters), ``page`` (one of :data:`PAGES`) and ``quiz`` (a quiz's images,
-``views.quiz.QuizSpec.to_param``; a link with a quiz and no page opens the quiz page).
+prefixes, :data:`ID_PREFIX` hex characters), ``page`` (one of :data:`PAGES`), ``quiz`` (a quiz's images,
+``views.quiz.QuizSpec.to_param``; a link with a quiz and no page opens the quiz page) and ``dim`` (a dimension
+by its index, 0..15: the Dimensions page opens on it and shows its name; names are not part of links).
 
 Chart events are the dicts Streamlit returns from ``st.altair_chart(..., on_select="rerun")``:
 a point selection reads ``{"selection": {"cell": [{"cell_id": 17}, ...]}}``, an interval brush
@@ -16,6 +17,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from ..storage.schema import N_DIMS
 
 PAGES: tuple[str, ...] = ("overview", "images", "attention", "dimensions", "patterns", "generators", "robustness",
                           "single", "quiz")
@@ -33,6 +36,7 @@ class LinkState:
     images: list[str] = field(default_factory=list)
     page: str | None = None
     quiz: str | None = None
+    dim: int | None = None
 
 
 def _first(value: Any) -> str | None:
@@ -61,8 +65,10 @@ def parse_query(params: Mapping[str, Any]) -> LinkState:
 
     quiz = QuizSpec.from_param(_first(params.get("quiz")))
     page = page if page in PAGES else ("quiz" if quiz else None)
+    dim_s = _first(params.get("dim"))
+    dim = int(dim_s) if dim_s and dim_s.isdigit() and int(dim_s) < N_DIMS else None
     return LinkState(bundle=bundle, grid=grid, cells=list(dict.fromkeys(cells)),
-                     images=list(dict.fromkeys(images)), page=page, quiz=quiz.to_param() if quiz else None)
+                     images=list(dict.fromkeys(images)), page=page, quiz=quiz.to_param() if quiz else None, dim=dim)
 
 
 def to_query(state: LinkState, id_len: int = ID_PREFIX, max_images: int = MAX_LINK_IMAGES) -> dict[str, str]:
@@ -83,6 +89,8 @@ def to_query(state: LinkState, id_len: int = ID_PREFIX, max_images: int = MAX_LI
         out["page"] = state.page
     if state.quiz:
         out["quiz"] = state.quiz
+    if state.dim is not None and 0 <= int(state.dim) < N_DIMS:
+        out["dim"] = str(int(state.dim))
     return out
 
 
