@@ -18,6 +18,7 @@ import streamlit as st
 from asap_core.errors import AsapError
 from asap_core.model.hints import hint_for
 from asap_core.storage.bundle import Bundle
+from asap_core.storage.schema import N_DIMS
 from asap_core.views import attention as va
 from asap_core.views import dimensions as vd
 from asap_core.views import generators as vgen
@@ -96,14 +97,30 @@ def filtered_cells(path: str, stamp: int, grid: int, filters: ov.Filters) -> pd.
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def overview_spec(path: str, stamp: int, grid: int, filters: ov.Filters, value: tuple[int, ...],
-                  by_generator: bool = False) -> dict:
-    """Vega-Lite spec of the overview (coloured by label, or by predicted generator) with ``value`` selected."""
+                  by_generator: bool = False, names: tuple[str, ...] = ()) -> dict:
+    """Vega-Lite spec of the overview (coloured by label, or by predicted generator) with ``value`` selected;
+    coloured by label, each cell's tooltip names the dimension that pushes it most (``names``: the bundle's)."""
     images, _ = gridded(path, stamp, grid)
     if by_generator:
-        pred, names = generator_data(path, stamp)
-        return vgen.generator_overview_spec(images, pred, names, grid, filters, list(value))
+        pred, gen_names = generator_data(path, stamp)
+        return vgen.generator_overview_spec(images, pred, gen_names, grid, filters, list(value))
     cells = ov.filtered_cells(images, grid, filters)
-    return ov.overview_chart(ov.pie_slices(cells), grid, list(value)).to_dict()
+    slices = ov.pie_slices(cells)
+    drivers = cell_drivers(path, stamp, grid, filters, names)
+    if drivers is not None:
+        slices = ov.with_drivers(slices, drivers)
+    return ov.overview_chart(slices, grid, list(value)).to_dict()
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def cell_drivers(path: str, stamp: int, grid: int, filters: ov.Filters, names: tuple[str, ...]) -> pd.DataFrame | None:
+    """``views.overview.cell_drivers`` of the images passing ``filters`` (once per grid, filters and names, not
+    per click); None where the distiller cannot be read here."""
+    w2 = head_weights_or_none(path, stamp)
+    if w2 is None:
+        return None
+    images, _ = gridded(path, stamp, grid)
+    return ov.cell_drivers(images.loc[ov.filter_mask(images, filters)] if filters.active() else images, w2, names)
 
 
 @st.cache_data(max_entries=32, show_spinner="Arranging images ...")
@@ -210,11 +227,28 @@ def head_weights(path: str, stamp: int) -> np.ndarray:
     return va.head_weights(load_bundle(path, stamp).distiller)
 
 
+def head_weights_or_none(path: str, stamp: int) -> np.ndarray | None:
+    """``head_weights``, or None where the distiller cannot be read here (no torch: bundles open view-only)."""
+    try:
+        return head_weights(path, stamp)
+    except (ImportError, AsapError):
+        return None
+
+
+def dimension_names(b: Bundle) -> tuple[str, ...]:
+    """The bundle's dimension names (read afresh: another session may have just named one); all "" when the
+    names file cannot be read (the bundle still opens; the Dimensions page says why)."""
+    try:
+        return b.dimension_names
+    except AsapError:
+        return ("",) * N_DIMS
+
+
 @st.cache_data(max_entries=8, show_spinner=False)
-def dimension_data(path: str, stamp: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-dimension table, histogram frame) of a bundle."""
+def dimension_data(path: str, stamp: int, names: tuple[str, ...] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-dimension table, named with ``names``; histogram frame) of a bundle."""
     b = load_bundle(path, stamp)
-    return vd.dimension_table(b.images, head_weights(path, stamp)), vd.distribution_frame(b.images)
+    return vd.dimension_table(b.images, head_weights(path, stamp), names), vd.distribution_frame(b.images)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -309,6 +343,40 @@ def upload_result(b: Bundle, name: str, data: bytes, k: int, method: str, charge
     except AsapError as exc:
         show_error(exc)
         return None
+
+
+# ------------------------------------------------------------------------------------------ naming dimensions
+@st.cache_data(max_entries=8, ttl=600, show_spinner=False)
+def text_tower_problem(model_id: str) -> str | None:
+    """Why the CLIP ``model_id`` cannot rank words (no text tower or tokenizer, not loadable here), or None."""
+    try:
+        from asap_core.model.encoder import inspect_checkpoint
+        from asap_core.model.text import text_tower_problem as problem
+
+        return problem(inspect_checkpoint(model_id).model_dir)
+    except AsapError:
+        return "the bundle's CLIP cannot be loaded here"
+    except ImportError:
+        return "torch / transformers are not installed"
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _word_scores(path: str, stamp: int, words: tuple[str, ...], model_id: str):
+    from asap_core.analyses.naming import word_scores
+    from asap_core.model.factory import load_text_encoder
+
+    return word_scores(load_bundle(path, stamp), words, load_text_encoder(model_id))
+
+
+def word_scores_for(b: Bundle, words: list[str]):
+    """``analyses.naming.word_scores`` of ``words`` with the bundle's CLIP (or its override), computed once per
+    vocabulary and waiting for a free slot; None with the reason shown when it cannot be done."""
+    try:
+        with budget.heavy_work(), st.spinner(f"Ranking {len(words)} words ..."):
+            return _word_scores(*ref(b), tuple(words), encoder_model(b))
+    except AsapError as exc:
+        show_error(exc)
+    return None
 
 
 # ------------------------------------------------------------------------------------------ quiz

@@ -235,11 +235,9 @@ def validate(path: Path) -> dict:
         raise BundleError(f"{path / S.IMAGES_FILE}: image ids are missing or repeated.", RERUN)
     if len(ids) == 0:
         raise BundleError(f"{path / S.IMAGES_FILE} holds no image.", RERUN)
+    read_dimension_names(path)  # optional file: absent is fine, malformed is named
     return meta
 
-    read_dimension_names(path)  # optional file: absent is fine, malformed is named
-
-# ----------------------------------------------------------------------------- the bundle
 
 # ----------------------------------------------------------------------------- dimension names
 
@@ -328,6 +326,8 @@ def set_dimension_name(path: str | Path, dim: int, name: str | None) -> tuple[st
         _write_names(path, tuple(names))
     return tuple(names)
 
+
+# ----------------------------------------------------------------------------- the bundle
 
 
 class Bundle:
@@ -453,8 +453,6 @@ class Bundle:
         image = self.decode(image_id, needed_for, thumbnail_fallback)
         return preprocessor.resize_and_crop(image).convert("RGB")
 
-    # ---- models
-    @cached_property
     # ---- dimension names
     @property
     def dimension_names(self) -> tuple[str, ...]:
@@ -470,6 +468,8 @@ class Bundle:
         """Replace all ``N_DIMS`` names; returns them. See ``save_dimension_names``."""
         return save_dimension_names(self.path, names)
 
+    # ---- models
+    @cached_property
     def distiller(self) -> "Distiller":
         from ..method.distiller import Distiller
 
