@@ -292,3 +292,24 @@ def test_check_sample_is_seeded_balanced_and_order_free():
     assert (labels == "fake").sum() == 3 and labels.notna().all()  # 3 fakes only: reals fill in
     assert check_sample(images.iloc[::-1], 8, seed=1) == pick and check_sample(images, 8, seed=2) != pick
     assert check_sample(images, 0) == []
+
+
+def test_a_view_can_ask_for_some_targets_and_the_rest_comes_later(checked_bundle, no_compute):
+    from asap_core.analyses.explanation_checks import analysis_sample, checks_missing, faithfulness_report
+
+    bundle, _ = checked_bundle
+    sample = analysis_sample(bundle)
+    extra = [i for i in bundle.images["image_id"] if i not in sample][2:4]
+    some = faithfulness_report(bundle, extra, targets=[FAKE_LOGIT, 3, FAKE_LOGIT])
+    assert list(some.summary["target"]) == [FAKE_LOGIT, 3] and len(some.per_image) == 4
+    assert no_compute["faithfulness"] == 2
+    assert checks_missing(bundle, extra, targets=[3])["faithfulness"] == []
+    assert checks_missing(bundle, extra)["faithfulness"] == extra
+    one = faithfulness_report(bundle, extra, targets=[FAKE_LOGIT])
+    assert no_compute["faithfulness"] == 2  # cached
+    full = faithfulness_report(bundle, extra)  # the other 15 targets of these images
+    assert no_compute["faithfulness"] == 4 and list(full.summary["target"]) == list(range(N_TARGETS))
+    a = full.per_image.set_index(["image_id", "target"]).loc[one.per_image.set_index(["image_id", "target"]).index]
+    np.testing.assert_allclose(a["deletion_abc"], one.per_image["deletion_abc"], equal_nan=True)
+    with pytest.raises(InputError, match="targets"):
+        faithfulness_report(bundle, extra, targets=[17])
