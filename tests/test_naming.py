@@ -172,6 +172,17 @@ def test_vocabulary_is_parsed_deduplicated_and_bounded():
     assert high == [("b", 3.0), ("c", 2.0)] and low == [("a", 1.0)]
 
 
+def test_which_checkpoints_can_rank_words(tiny_clip_dir, tmp_path):
+    from asap_core.model.text import text_tower_problem
+
+    assert "no tokenizer" in text_tower_problem(tiny_clip_dir)                # the random CLIP: a text stub
+    vision_only = tmp_path / "vision"
+    vision_only.mkdir()
+    (vision_only / "config.json").write_text(json.dumps({"model_type": "clip_vision_model", "hidden_size": 32}))
+    assert "image-only" in text_tower_problem(vision_only)
+    assert text_tower_problem(write_tiny_tokenizer(Path(shutil.copytree(tiny_clip_dir, tmp_path / "tok")))) is None
+
+
 def write_tiny_tokenizer(folder: Path) -> Path:
     """A CLIP BPE tokenizer over the letters (ids below the tiny text tower's vocabulary of 100; end of text
     = 1, as the tiny config says)."""
