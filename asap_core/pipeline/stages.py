@@ -498,14 +498,14 @@ def bundle_meta(ctx: RunContext, r: Results) -> dict:
 
 
 def write_stage(ctx: RunContext, out: str | Path, r: Results) -> Path:
-    """Write the bundle ``out`` atomically (tables, thumbnails, model, precomputed maps)."""
+    """Write the bundle ``out`` atomically (tables, thumbnails, model, precomputed maps). The thumbnails
+    go from their store into the bundle a row group at a time (``r.thumbs.get`` on chunks of ids), never
+    all in memory."""
     from ..storage.bundle import write_bundle
-
-    ids = r.images["image_id"].tolist()
 
     def model_writer(d: Path) -> None:
         r.distiller.save_pretrained(d)
         r.projection.save_pretrained(d)
 
-    return write_bundle(out, bundle_meta(ctx, r), r.images, r.cells, (ids, r.thumbs.get(ids)), model_writer,
+    return write_bundle(out, bundle_meta(ctx, r), r.images, r.cells, r.thumbs.get, model_writer,
                         cache_stores=(r.maps,) if r.maps is not None else ())

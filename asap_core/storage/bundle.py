@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from ..errors import BundleError, ImageLoadError, InputError
 from . import schema as S
 from .cache import exclusive_lock, pid_alive, remove_path
+from .thumbs import IMAGE_GROUP_ROWS, ThumbReader, ThumbSource, write_thumbs
 
 if TYPE_CHECKING:  # torch stays optional for viewing bundles
     from PIL import Image
@@ -42,12 +43,15 @@ RERUN = "re-run `python -m asap_core analyze` to write the bundle again."
 
 
 def write_bundle(out: str | Path, meta: dict, images: pd.DataFrame, cells: pd.DataFrame,
-                 thumbs: tuple[list[str], list[bytes]], model_writer: Callable[[Path], None],
+                 thumbs: ThumbSource, model_writer: Callable[[Path], None],
                  cache_stores: tuple = ()) -> Path:
     """Write a complete bundle to ``out`` atomically; an existing bundle there is replaced only at the end.
 
     Whenever the process dies, ``out`` holds the old bundle or the new one, or, killed between the two renames
     of the swap, nothing; then the next call restores the old one first (``recover_bundle``).
+    ``thumbs``: ``fetch(ids) -> JPEG bytes per id`` (e.g. the thumbnail ``RowStore``'s ``get``), called on
+    chunks of the images' ids, or ``(ids, data)`` in memory; written in row groups ordered by cell
+    (``thumbs.write_thumbs``). ``images.parquet`` is written in row groups of ``IMAGE_GROUP_ROWS`` rows.
     ``model_writer(dir)`` saves the distiller and projection into ``dir`` (the bundle's ``model/``);
     ``cache_stores`` (``RowStore``s, e.g. precomputed relevance maps) are copied into the bundle's ``cache/``.
     """
@@ -57,11 +61,9 @@ def write_bundle(out: str | Path, meta: dict, images: pd.DataFrame, cells: pd.Da
     tmp = _hidden_sibling(out, "tmp")
     tmp.mkdir()
     try:
-        images.to_parquet(tmp / S.IMAGES_FILE, index=False)
+        images.to_parquet(tmp / S.IMAGES_FILE, index=False, row_group_size=IMAGE_GROUP_ROWS)
         cells.to_parquet(tmp / S.CELLS_FILE, index=False)
-        ids, data = thumbs
-        pq.write_table(pa.table({"image_id": pa.array(ids, pa.string()), "jpeg": pa.array(data, pa.binary())}),
-                       tmp / S.THUMBS_FILE)
+        write_thumbs(tmp / S.THUMBS_FILE, images, thumbs)
         (tmp / S.MODEL_DIR).mkdir()
         model_writer(tmp / S.MODEL_DIR)
         (tmp / S.CACHE_DIR).mkdir()
@@ -407,14 +409,14 @@ class Bundle:
         return self.path / S.CACHE_DIR
 
     @cached_property
-    def _thumb_table(self) -> dict[str, bytes]:
-        t = pq.read_table(self.path / S.THUMBS_FILE)
-        return dict(zip(t.column("image_id").to_pylist(), t.column("jpeg").to_pylist()))
+    def thumb_reader(self) -> ThumbReader:
+        """The thumbnail table's reader: an index of its ids (built once), row groups read on demand."""
+        return ThumbReader(self.path / S.THUMBS_FILE)
 
-    def thumbnails(self, ids: list[str]) -> list[bytes | None]:
-        """JPEG bytes (longest side ``schema.THUMB_SIDE``) per image id; None where absent."""
-        table = self._thumb_table
-        return [table.get(i) for i in ids]
+    def thumbnails(self, ids: Sequence[str]) -> list[bytes | None]:
+        """JPEG bytes (longest side ``schema.THUMB_SIDE``) per image id; None where absent. Reads only the
+        row groups of ``thumbs.parquet`` that hold ``ids`` (a cell's thumbnails share one or two)."""
+        return self.thumb_reader.get(list(ids))
 
     # ---- images
     @cached_property
