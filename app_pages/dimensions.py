@@ -28,6 +28,10 @@ names = D.dimension_names(b)
 
 def naming_panel(dim: int, where) -> None:
     """The dimension's name: a text input and Save locally; in hosted mode only shown (the operator names)."""
+    try:
+        b.dimension_names  # noqa: B018 - a names file broken since the bundle opened: say so (names read as "")
+    except AsapError as exc:
+        show_error(exc, where)
     current = names[dim]
     if settings().hosted:
         where.caption(f"Name: **{current}**" if current else "This dimension has no name yet.")

@@ -256,6 +256,19 @@ def test_a_dimension_link_opens_the_dimension_and_shows_its_name(tiny_bundle, tm
     assert at.query_params["dim"] == "5" and at.query_params["page"] == "dimensions"   # the link it writes
 
 
+def test_a_names_file_broken_after_opening_is_reported_not_raised(tiny_bundle, tmp_path, monkeypatch):  # noqa: F811
+    local_app_env(monkeypatch, tmp_path / "cache")
+    b = private_copy(tiny_bundle, tmp_path / "bundle")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.session_state["bundle_path"] = str(b.path)
+    at.run()
+    at.switch_page("app_pages/dimensions.py").run()
+    (b.path / NAMES_FILE).write_text("{")                      # the open bundle is cached: no re-validation
+    at.run()
+    no_exception(at)
+    assert any(NAMES_FILE in e.value for e in at.error) and at.selectbox(key="w_dim").options[0].startswith("dim ")
+
+
 def test_hosted_visitors_read_names_but_cannot_write_them(tiny_bundle, tmp_path, monkeypatch):  # noqa: F811
     from asap_core.settings import reload_settings
 
