@@ -42,7 +42,7 @@ maps = D.maps_for(b, shown, method)
 if maps is None:
     st.stop()
 w2 = D.head_weights(path, stamp)
-rows = va.attention_rows(b.images, shown, maps, w2, b.thumbnails(shown), alpha=alpha, names=names)
+rows = va.attention_rows(D.image_rows(b, shown), shown, maps, w2, b.thumbnails(shown), alpha=alpha, names=names)
 for r in rows:
     with st.container(border=True):
         truth = r["label"] or "unlabelled"
@@ -52,7 +52,7 @@ for r in rows:
         tiles = r["tiles"]
         st.image([t.image for t in tiles], caption=[t.caption for t in tiles], width=92)
 
-contrib = va.contribution_frame(b.images, shown, w2, names)
+contrib = va.contribution_frame(D.image_rows(b, shown), shown, w2, names)
 st.markdown("**Contributions to the fake logit** (z_i · w2_i per image)")
 st.altair_chart(
     alt.Chart(contrib).mark_bar().encode(

@@ -27,7 +27,7 @@ filters: ov.Filters = ss[K.K_FILTERS]
 ss.setdefault("w_label", filters.label)
 ss.setdefault("w_outcome", filters.outcome)
 ss.setdefault("w_gens", list(filters.generators))
-gen_choices = ov.generators(b.images)
+gen_choices = D.generator_choices(path, stamp)
 ss["w_gens"] = [g for g in ss["w_gens"] if g in gen_choices]  # picks from another bundle
 gen_data = D.generator_data(path, stamp)  # (predictions, names) when the distiller has a generator head
 # filters in one row that wraps rather than cuts a label; the map's own controls beside it, on the right

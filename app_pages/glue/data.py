@@ -77,6 +77,25 @@ def thumbs(b: Bundle, ids: list[str]) -> list[bytes]:
     return [j if j is not None else _grey() for j in b.thumbnails(ids)]
 
 
+@st.cache_resource(max_entries=4)
+def _id_index(path: str, stamp: int) -> pd.Index:
+    """``images["image_id"]`` as an index (hashed once per bundle, shared by all sessions)."""
+    return pd.Index(load_bundle(path, stamp).images["image_id"])
+
+
+def image_rows(b: Bundle, ids: list[str]) -> pd.DataFrame:
+    """The rows of ``b.images`` for ``ids`` (in that order; ids not in the bundle left out), found through a
+    shared index: a page that shows a few images never re-indexes the whole table (a million rows) per rerun."""
+    pos = _id_index(*ref(b)).get_indexer(list(ids))
+    return b.images.iloc[pos[pos >= 0]]
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def generator_choices(path: str, stamp: int) -> list[str]:
+    """``views.overview.generators`` of a bundle: the generator filter's choices, computed once per bundle."""
+    return ov.generators(load_bundle(path, stamp).images)
+
+
 @st.cache_data
 def _grey() -> bytes:
     import io
@@ -91,8 +110,9 @@ def _grey() -> bytes:
 # ------------------------------------------------------------------------------------------ overview, grid
 @st.cache_data(max_entries=32, show_spinner=False)
 def filtered_cells(path: str, stamp: int, grid: int, filters: ov.Filters) -> pd.DataFrame:
-    images, _ = gridded(path, stamp, grid)
-    return ov.filtered_cells(images, grid, filters)
+    """The cell table of the images passing ``filters`` (without filters: ``gridded``'s, not recomputed)."""
+    images, cells = gridded(path, stamp, grid)
+    return ov.filtered_cells(images, grid, filters) if filters.active() else cells
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -104,7 +124,7 @@ def overview_spec(path: str, stamp: int, grid: int, filters: ov.Filters, value: 
     if by_generator:
         pred, gen_names = generator_data(path, stamp)
         return vgen.generator_overview_spec(images, pred, gen_names, grid, filters, list(value))
-    cells = ov.filtered_cells(images, grid, filters)
+    cells = filtered_cells(path, stamp, grid, filters)  # cached: a click (new ``value``) does not recount
     slices = ov.pie_slices(cells)
     drivers = cell_drivers(path, stamp, grid, filters, names)
     if drivers is not None:

@@ -318,7 +318,7 @@ def regrid(images: pd.DataFrame, grid: int) -> tuple[pd.DataFrame, pd.DataFrame]
                          "compute the map with embed_2d and store it as map_x, map_y")
     xy = images[["map_x", "map_y"]].to_numpy(dtype=np.float64)
     cell, col, row = assign_cells(xy, grid)
-    out = images.copy()
+    out = images.copy(deep=False)  # copy-on-write: the other columns are shared, not copied (a million rows)
     out["cell"] = cell
     if "col" in out.columns:
         out["col"] = col

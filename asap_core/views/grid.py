@@ -45,7 +45,11 @@ def image_names(images: pd.DataFrame, ids) -> list[str]:
     path's folders, so a hosted explorer may show it."""
     ids = [str(i) for i in ids]
     col = "relpath" if "relpath" in images.columns else "path" if "path" in images.columns else None
-    files = images.drop_duplicates("image_id").set_index("image_id")[col] if col else pd.Series(dtype=object)
+    if col:  # the rows of ``ids`` first: never a copy of a whole (million-row) table
+        rows = images.loc[images["image_id"].isin(ids), ["image_id", col]]
+        files = rows.drop_duplicates("image_id").set_index("image_id")[col]
+    else:
+        files = pd.Series(dtype=object)
     rel = [str(files[i]).replace("\\", "/") if i in files.index and pd.notna(files[i]) else None for i in ids]
     base = [r.rsplit("/", 1)[-1] if r else None for r in rel]
     taken = pd.Series([b for b in base if b], dtype=object).value_counts()
