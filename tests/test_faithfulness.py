@@ -279,6 +279,13 @@ def test_reports_on_picked_images_compute_each_image_once(checked_bundle, no_com
         faithfulness_report(bundle, ["not-an-id"])
 
 
+def test_a_negative_sample_size_is_refused_before_any_work():
+    from asap_core.pipeline.analyze import AnalyzeOptions
+
+    with pytest.raises(InputError, match="--faithfulness -1"):
+        AnalyzeOptions(faithfulness=-1).check()
+
+
 def test_check_sample_is_seeded_balanced_and_order_free():
     import pandas as pd
 

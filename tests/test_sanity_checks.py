@@ -57,6 +57,11 @@ def test_randomised_copies_leave_the_shared_models_alone(tiny_encoder):
     torch.manual_seed(0)
     px = torch.randn(2, 3, 32, 32)
     assert not torch.allclose(re.encode(px), tiny_encoder.encode(px), atol=1e-3)
+    impl = tiny_encoder.vision_model.config._attn_implementation
+    from asap_core.method.relevance import AttentionRelevance
+
+    assert AttentionRelevance(re, dist, "rollout").attribute(px).abs().max() > 0  # eager on the copy only
+    assert tiny_encoder.vision_model.config._attn_implementation == impl
     after = tiny_encoder.vision_model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
