@@ -271,9 +271,11 @@ def dimension_data(path: str, stamp: int, names: tuple[str, ...] = ()) -> tuple[
     return vd.dimension_table(b.images, head_weights(path, stamp), names), vd.distribution_frame(b.images)
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
+@st.cache_resource(max_entries=4, show_spinner=False)
 def generator_data(path: str, stamp: int) -> tuple[pd.DataFrame, list[str]] | None:
-    """(``attribution.generator_predictions``, generator names) of a bundle; None without a generator head."""
+    """(``attribution.generator_predictions``, generator names) of a bundle; None without a generator head.
+    One row per image: shared by all sessions (read-only), as ``st.cache_data`` would copy it on every call
+    (the overview page asks on each rerun)."""
     from asap_core.analyses import attribution as attr
 
     b = load_bundle(path, stamp)
