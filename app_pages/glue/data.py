@@ -8,6 +8,7 @@ and chart specs. The encoder comes from ``asap_core``'s one cached factory. Ever
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,10 +43,21 @@ def stamp(path: str) -> int:
 
 @st.cache_resource(max_entries=4, show_spinner="Opening bundle ...")
 def load_bundle(path: str, stamp: int) -> Bundle:
-    """The open bundle (tables loaded once, shared by all sessions; treat as read-only)."""
+    """The open bundle (tables loaded once, shared by all sessions; treat as read-only). Its thumbnail index
+    is built in the background meanwhile (a second or more at a million images, mostly reading the id column
+    spread over the thumbnail file), so the first cell opened does not wait for it."""
     b = Bundle.open(path)
     _ = b.images, b.cells
+    threading.Thread(target=_index_thumbnails, args=(b,), name="asap-thumb-index", daemon=True).start()
     return b
+
+
+def _index_thumbnails(b: Bundle) -> None:
+    """Build ``b``'s thumbnail index; a problem is left for the page that needs a thumbnail to report."""
+    try:
+        b.thumb_reader
+    except Exception:  # noqa: BLE001 - e.g. a damaged thumbs.parquet: Bundle.thumbnails raises it again, shown there
+        pass
 
 
 @st.cache_data(max_entries=256, ttl=300, show_spinner=False)

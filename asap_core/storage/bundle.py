@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import uuid
 from datetime import datetime, timezone
 from functools import cached_property
@@ -344,6 +345,8 @@ class Bundle:
     def __init__(self, path: Path, meta: dict) -> None:
         self.path = path
         self.meta = meta
+        self._thumb_lock = threading.Lock()  # one thumbnail index per bundle, even when sessions ask at once
+        self._thumb_reader: ThumbReader | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> "Bundle":
@@ -408,10 +411,14 @@ class Bundle:
         """Where on-demand results for this bundle are cached (``bundle/cache``)."""
         return self.path / S.CACHE_DIR
 
-    @cached_property
+    @property
     def thumb_reader(self) -> ThumbReader:
-        """The thumbnail table's reader: an index of its ids (built once), row groups read on demand."""
-        return ThumbReader(self.path / S.THUMBS_FILE)
+        """The thumbnail table's reader: an index of its ids (built once, by the first caller; others wait for
+        it), row groups read on demand."""
+        with self._thumb_lock:
+            if self._thumb_reader is None:
+                self._thumb_reader = ThumbReader(self.path / S.THUMBS_FILE)
+            return self._thumb_reader
 
     def thumbnails(self, ids: Sequence[str]) -> list[bytes | None]:
         """JPEG bytes (longest side ``schema.THUMB_SIDE``) per image id; None where absent. Reads only the
