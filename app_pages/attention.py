@@ -7,7 +7,9 @@ import streamlit as st
 
 from asap_core.storage.schema import RELEVANCE_METHODS
 from asap_core.views import attention as va
+from asap_core.views import checks as vc
 from asap_core.views.glossary import GLOSSARY
+from app_pages.glue import checks as G
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.sidebar import page_start
@@ -43,6 +45,14 @@ if maps is None:
     st.stop()
 w2 = D.head_weights(path, stamp)
 rows = va.attention_rows(D.image_rows(b, shown), shown, maps, w2, b.thumbnails(shown), alpha=alpha, names=names)
+targets = vc.attention_check_targets(rows)
+check = st.toggle("Check these maps: faithfulness against random, and the sanity check", key="w_att_checks",
+                  help=GLOSSARY["map checks"])
+checks = G.checks_for(b, shown, method, targets) if check else G.cached_checks_for(b, shown, method, targets)
+per_image, flagged = (checks[0].per_image, vc.flagged_targets(checks[1].summary)) if checks else (None, set())
+if checks and flagged:
+    st.warning(f"{len(flagged)} of these maps' targets fail the sanity check: "
+               + vc.flagged_reason(checks[1].summary), icon=":material/report:")
 for r in rows:
     with st.container(border=True):
         truth = r["label"] or "unlabelled"
@@ -50,7 +60,7 @@ for r in rows:
         st.markdown(f"**{r['file']}** · label {truth} · predicted {r['pred']}{verdict} · p_fake {r['p_fake']:.3f}",
                     help=GLOSSARY["p_fake"])
         tiles = r["tiles"]
-        st.image([t.image for t in tiles], caption=[t.caption for t in tiles], width=92)
+        st.image([t.image for t in tiles], caption=vc.tile_captions(r, per_image, flagged), width=92)
 
 contrib = va.contribution_frame(D.image_rows(b, shown), shown, w2, names)
 st.markdown("**Contributions to the fake logit** (z_i · w2_i per image)")

@@ -91,3 +91,18 @@ def test_curves_chart_plots_the_three_deletion_orders(reports):
     assert set(data["order"]) == {"map's order", "random order", "random mask, same area"}
     assert data["x"].min() == 0 and data["x"].max() == 1
     assert vc.check_targets_for(3) == [3, FAKE_LOGIT] and vc.check_targets_for(FAKE_LOGIT) == [FAKE_LOGIT]
+
+
+def test_attention_tiles_carry_their_maps_checks(reports):
+    from asap_core.method.relevance_store import bundle_maps
+    from asap_core.views import attention as va
+
+    b, ids, faith, sanity = reports
+    w2 = va.head_weights(b.distiller)
+    rows = va.attention_rows(b.images, ids, bundle_maps(b, ids), w2, b.thumbnails(ids))
+    targets = vc.attention_check_targets(rows, k=2)
+    assert FAKE_LOGIT in targets and all(int(r["order"][0]) in targets for r in rows)
+    captions = vc.tile_captions(rows[0], faith.per_image, vc.flagged_targets(sanity.summary))
+    assert len(captions) == len(rows[0]["tiles"]) and captions[0] == "image"  # the photo itself: no check
+    assert all(c.endswith("fails sanity") for c in captions[1:])  # random CLIP: every map flagged
+    assert all(c.startswith(t.caption) for c, t in zip(captions, rows[0]["tiles"]))

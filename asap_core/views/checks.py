@@ -97,6 +97,12 @@ def flagged_targets(sanity: pd.DataFrame | None) -> set[int]:
     return {int(t) for t in sanity.loc[sanity["flagged"].astype(bool), "target"]}
 
 
+def flagged_reason(sanity: pd.DataFrame) -> str:
+    """One sentence for the flagged targets of a sanity summary: the most common reason, or "" if none."""
+    reasons = sanity.loc[sanity["flagged"].astype(bool), "reason"] if sanity is not None else pd.Series([], dtype=str)
+    return "" if reasons.empty else f"{reasons.value_counts().index[0]}."
+
+
 def checks_table(faith: pd.DataFrame | None, sanity: pd.DataFrame | None,
                  names: Sequence[str] = ()) -> pd.DataFrame:
     """One row per target present in either summary: target, name, faithful (ratio), beats random, rank
@@ -134,3 +140,15 @@ def curves_chart(curves: pd.DataFrame, target: int, names: Sequence[str] = (),
 def check_targets_for(dim: int) -> list[int]:
     """The targets a dimension's check computes: the dimension and the fake logit (what its maps explain)."""
     return sorted({int(dim), FAKE_LOGIT}) if 0 <= int(dim) < N_TARGETS else [FAKE_LOGIT]
+
+
+def attention_check_targets(rows: Sequence[dict], k: int = 3) -> list[int]:
+    """The targets the attention view checks: the fake logit and, per image, the ``k`` dimensions that
+    support its prediction most (``rows`` of ``views.attention.attention_rows``, whose ``order`` is that)."""
+    return sorted({FAKE_LOGIT} | {int(d) for r in rows for d in list(r["order"])[:k]})
+
+
+def tile_captions(row: dict, per_image: pd.DataFrame | None, flagged: set[int]) -> list[str]:
+    """The captions of one image's tiles (``row["tiles"]``) with each map's check appended (``tile_note``)."""
+    return [t.caption + ("" if t.target < 0 else tile_note(row["image_id"], t.target, per_image, flagged))
+            for t in row["tiles"]]

@@ -22,6 +22,11 @@ GLOSSARY: dict[str, str] = {
     "cell": ("Images that lie close together on the map of the detector's dimensions share a cell; each pie "
              "is one cell."),
     "grid": "How many cells per side the map is cut into: fewer cells means bigger pies with more images each.",
+    "map checks": ("Two tests of a relevance map. Faithfulness: paint out the image's patches in the map's order "
+                   "and watch the score fall; a map that points at what matters makes it fall faster than a "
+                   "random order (\"2x more faithful than random\"). Sanity check: redraw the model's weights at "
+                   "random and recompute the map; a map that barely changes shows the image, not what the model "
+                   "learned, and is flagged."),
     "overview pie": ("Area = number of images in the cell; blue = real, orange = fake, grey = unlabelled; "
                      "hatched slices = images the detector got wrong; faint pies = low mean confidence."),
 }

@@ -1,0 +1,56 @@
+"""The explanation checks as the pages get them: what analyze stored, or computed on demand for a few
+images (charged to the visitor in map images, under a progress bar and a heavy-work slot)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from asap_core.analyses import explanation_checks as ec
+from asap_core.storage.bundle import Bundle
+from asap_core.views import checks as vc
+
+from . import budget
+from .data import encoder_for, load_bundle, run_shown
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def stored_checks(path: str, stamp: int):
+    """(faithfulness summary, sanity summary) that ``analyze --faithfulness N`` stored, or None (never computes)."""
+    found = ec.analysis_checks(load_bundle(path, stamp))
+    return None if found is None else (found[0].summary, found[1].summary)
+
+
+def _charge_and_run(b: Bundle, ids: list[str], method: str, targets: list[int]) -> bool:
+    """Compute what is missing for ``ids`` (charged first); False, with the reason shown, if it cannot run."""
+    missing = ec.checks_missing(b, ids, method, targets=targets)
+    n_faith, n_sanity = len(missing["faithfulness"]), len(missing["sanity"])
+    if not (n_faith or n_sanity):
+        return True
+    encoder = encoder_for(b, "The explanation checks")
+    from asap_core.method.relevance_store import missing_maps
+
+    n_maps = len(missing_maps(b, ids, method))  # the maps under test, where not cached yet
+    if encoder is None or not budget.charge(vc.check_charge(n_faith, len(targets), n_sanity) + n_maps):
+        return False
+    if n_sanity and run_shown(ec.sanity_report, b, ids, method, encoder=encoder,
+                              progress_text=f"Sanity check for {n_sanity} images") is None:
+        return False
+    if n_faith and run_shown(ec.faithfulness_report, b, ids, method, encoder=encoder, targets=targets,
+                             progress_text=f"Deletion and insertion curves for {n_faith} images") is None:
+        return False
+    return True
+
+
+def checks_for(b: Bundle, ids: list[str], method: str, targets: list[int]):
+    """(FaithfulnessReport, SanityReport) of ``ids`` for ``targets``, computed where missing; None if that failed.
+    Everything is cached in the bundle's cache/ per image: a second call reads only."""
+    if not _charge_and_run(b, ids, method, targets):
+        return None
+    return (ec.faithfulness_report(b, ids, method, targets=targets), ec.sanity_report(b, ids, method))
+
+
+def cached_checks_for(b: Bundle, ids: list[str], method: str, targets: list[int]):
+    """Like ``checks_for`` but only when nothing needs computing (no model, no charge); else None."""
+    missing = ec.checks_missing(b, ids, method, targets=targets)
+    if missing["faithfulness"] or missing["sanity"]:
+        return None
+    return (ec.faithfulness_report(b, ids, method, targets=targets), ec.sanity_report(b, ids, method))

@@ -1,0 +1,85 @@
+"""The explanation checks in the app (AppTest): the attention view checks the maps it shows on request and
+marks each tile; the Dimensions view reports a dimension's faithfulness and sanity; the hosted budget pays."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from conftest_app import local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401
+
+APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
+
+
+@pytest.fixture
+def bundle(tiny_bundle, tmp_path, monkeypatch):  # noqa: F811
+    local_app_env(monkeypatch, tmp_path / "cache")
+    return private_copy(tiny_bundle, tmp_path / "bundle")
+
+
+@pytest.fixture
+def evaluated(monkeypatch):
+    """Images each check evaluates (a cached report evaluates none)."""
+    from asap_core.method.faithfulness import DeletionInsertion
+    from asap_core.method.sanity import ParameterRandomisation
+
+    seen = {"faithfulness": 0, "sanity": 0}
+    for cls, name in ((DeletionInsertion, "faithfulness"), (ParameterRandomisation, "sanity")):
+        original = cls.evaluate
+
+        def counting(self, pixel_values, *a, _o=original, _n=name, **k):
+            seen[_n] += len(pixel_values)
+            return _o(self, pixel_values, *a, **k)
+
+        monkeypatch.setattr(cls, "evaluate", counting)
+    return seen
+
+
+def app(bundle, **state) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=240)
+    at.session_state["bundle_path"] = str(bundle.path)
+    at.session_state["_guide_seen"] = True
+    for k, v in state.items():
+        at.session_state[k] = v
+    return at
+
+
+def captions(at: AppTest) -> list[str]:
+    return [i.caption for el in at.get("image") for i in el.proto.imgs]
+
+
+def test_attention_checks_its_maps_on_request_and_marks_every_tile(bundle, evaluated):
+    ids = bundle.images["image_id"].tolist()[:2]
+    at = app(bundle, sel_images=ids).run()
+    at.switch_page("app_pages/attention.py").run()
+    no_exception(at)
+    assert not any("fails sanity" in c for c in captions(at)) and evaluated == {"faithfulness": 0, "sanity": 0}
+    at.toggle(key="w_att_checks").set_value(True).run()
+    no_exception(at)
+    caps = [c for c in captions(at) if c != "image"]
+    assert len(caps) == 2 * 17 and all(c.endswith("fails sanity") for c in caps)  # the tiny CLIP is random
+    assert sum("x random" in c for c in caps) >= 2  # at least the fake-logit tile of each image
+    assert any("fail the sanity check" in w.value and "randomly initialised" in w.value for w in at.warning)
+    assert evaluated["faithfulness"] == 2 and evaluated["sanity"] == 2
+    # a new session on the same images reads the cached checks: nothing evaluated, the notes still shown
+    again = app(bundle, sel_images=ids).run()
+    again.switch_page("app_pages/attention.py").run()
+    assert sum(c.endswith("fails sanity") for c in captions(again)) == 2 * 17
+    assert evaluated["faithfulness"] == 2 and evaluated["sanity"] == 2
+
+
+def test_hosted_visitor_pays_for_the_checks_and_is_stopped_at_the_budget(bundle, evaluated, monkeypatch):
+    from asap_core.settings import reload_settings
+
+    monkeypatch.setenv("ASAP_HOSTED", "1")
+    monkeypatch.setenv("ASAP_BUNDLE_ROOT", str(bundle.path.parent))
+    monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "40")  # the maps fit, the curves do not
+    reload_settings()
+    ids = bundle.images["image_id"].tolist()[:2]
+    at = app(bundle, sel_images=ids).run()
+    at.switch_page("app_pages/attention.py").run()
+    at.toggle(key="w_att_checks").set_value(True).run()
+    no_exception(at)
+    assert evaluated == {"faithfulness": 0, "sanity": 0}
+    assert any("per visitor and day" in e.value for e in at.error)  # the budget message, nothing computed
