@@ -12,6 +12,7 @@ from asap_core.settings import settings
 from asap_core.storage.labels import dimension_label
 from asap_core.storage.schema import MAX_DIMENSION_NAME
 from asap_core.views import dimensions as vd
+from asap_core.views import state as vs
 from asap_core.views.attention import decode_thumb
 from asap_core.views.glossary import GLOSSARY
 from app_pages.glue import data as D
@@ -29,7 +30,7 @@ names = D.dimension_names(b)
 def naming_panel(dim: int, where) -> None:
     """The dimension's name: a text input and Save locally; in hosted mode only shown (the operator names)."""
     try:
-        b.dimension_names  # noqa: B018 - a names file broken since the bundle opened: say so (names read as "")
+        _ = b.dimension_names  # a names file broken since the bundle opened: say so (names read as "")
     except AsapError as exc:
         show_error(exc, where)
     current = names[dim]
@@ -103,9 +104,10 @@ st.altair_chart(vd.distribution_chart(dist, table, order=order, names=names), th
 
 st.markdown("**One dimension in detail**")
 c1, c2, c3 = st.columns([2, 2, 2])
+dim_key = f"w_dim_{vs.short_hash(repr(names))}"  # a new picker when a name changes: browsers keep old labels
 if ss.get(K.K_DIM) in order:
-    ss.setdefault("w_dim", ss[K.K_DIM])  # a link's or an earlier visit's dimension
-dim = c1.selectbox("Dimension", order, format_func=titles.get, key="w_dim", help=GLOSSARY["dimension"])
+    ss.setdefault(dim_key, ss[K.K_DIM])  # a link's or an earlier visit's dimension
+dim = c1.selectbox("Dimension", order, format_func=titles.get, key=dim_key, help=GLOSSARY["dimension"])
 ss[K.K_DIM] = dim
 k = c2.slider("Images per end", 4, 24, 8, key="w_topk")
 highest = c3.segmented_control("Maps and crops of", ["highest", "lowest"], default="highest", key="w_dir",

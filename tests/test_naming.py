@@ -38,6 +38,11 @@ def copy(tiny_bundle, tmp_path) -> Bundle:  # noqa: F811
     return private_copy(tiny_bundle, tmp_path / "bundle")
 
 
+def dim_picker(at: AppTest):
+    """The Dimensions page's picker (its key changes with the names)."""
+    return next(s for s in at.selectbox if s.label == "Dimension")
+
+
 def names_with(**named: str) -> list[str]:
     out = [""] * N_DIMS
     for k, v in named.items():
@@ -249,7 +254,7 @@ def test_a_dimension_link_opens_the_dimension_and_shows_its_name(tiny_bundle, tm
     at.query_params.update({"bundle": str(b.path), "page": "dimensions", "dim": "5"})
     at.run()
     no_exception(at)
-    pick = at.selectbox(key="w_dim")
+    pick = dim_picker(at)
     assert pick.value == 5 and any(o.startswith("dim 5 · teeth · w ") for o in pick.options)
     assert at.text_input(key="w_dim_name_5").value == "teeth"
     assert any("Nearest words: not available" in c.value and "no tokenizer" in c.value for c in at.caption)
@@ -266,7 +271,7 @@ def test_a_names_file_broken_after_opening_is_reported_not_raised(tiny_bundle, t
     (b.path / NAMES_FILE).write_text("{")                      # the open bundle is cached: no re-validation
     at.run()
     no_exception(at)
-    assert any(NAMES_FILE in e.value for e in at.error) and at.selectbox(key="w_dim").options[0].startswith("dim ")
+    assert any(NAMES_FILE in e.value for e in at.error) and dim_picker(at).options[0].startswith("dim ")
 
 
 def test_hosted_visitors_read_names_but_cannot_write_them(tiny_bundle, tmp_path, monkeypatch):  # noqa: F811
@@ -317,7 +322,7 @@ def test_names_given_to_two_dimensions_appear_in_overview_attention_quiz_and_exp
     at.session_state["model_override"] = {str(b.path): str(clip_with_tokenizer)}   # a copy with a tokenizer
     at.run()
     at.switch_page("app_pages/dimensions.py").run()                  # name d1 on the Dimensions page ...
-    at.selectbox(key="w_dim").set_value(d1).run()
+    dim_picker(at).set_value(d1).run()
     at.text_input(key=f"w_dim_name_{d1}").input("smooth skin")
     at.button(key="dim_name_save").click().run()
     no_exception(at)
