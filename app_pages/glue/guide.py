@@ -20,8 +20,8 @@ GUIDE_POINTS: tuple[tuple[str, str], ...] = (
      f"above {DECISION_THRESHOLD:g} it counts as fake. Detectors are not 100 % accurate: they miss some fakes, "
      "flag some real photos, and do worse on images unlike the ones they learnt from."),
     ("A dimension is one of the detector's cues.", f"The detector sums up each image in {N_DIMS} numbers, its "
-     "dimensions. A dimension has no name of its own: look at the images that score highest on it (Dimensions "
-     "view) to see what it reacts to."),
+     "dimensions. A dimension has no name of its own: look at the images that score highest and lowest on it "
+     "(Dimensions view) to see what it reacts to; a name given to it there shows in every view."),
     ("A relevance map shows where, not why.", "The attention views colour the parts of an image that moved a "
      "score most. They show where the model looked, not what it saw there, and a highlighted region is not "
      "proof that it was edited or generated."),
