@@ -5,11 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from asap_core.analyses import explanation_checks as ec
+from asap_core.method.relevance_store import missing_maps
 from asap_core.storage.bundle import Bundle
 from asap_core.views import checks as vc
 
-from . import budget
-from .data import encoder_for, load_bundle, run_shown
+from .data import charged_encoder, load_bundle, run_shown
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -25,11 +25,9 @@ def _charge_and_run(b: Bundle, ids: list[str], method: str, targets: list[int]) 
     n_faith, n_sanity = len(missing["faithfulness"]), len(missing["sanity"])
     if not (n_faith or n_sanity):
         return True
-    encoder = encoder_for(b, "The explanation checks")
-    from asap_core.method.relevance_store import missing_maps
-
     n_maps = len(missing_maps(b, ids, method))  # the maps under test, where not cached yet
-    if encoder is None or not budget.charge(vc.check_charge(n_faith, len(targets), n_sanity) + n_maps):
+    encoder = charged_encoder(b, "The explanation checks", vc.check_charge(n_faith, len(targets), n_sanity) + n_maps)
+    if encoder is None:
         return False
     if n_sanity and run_shown(ec.sanity_report, b, ids, method, encoder=encoder,
                               progress_text=f"Sanity check for {n_sanity} images") is None:

@@ -224,8 +224,8 @@ def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
 
     missing = missing_maps(b, ids, method)
     if missing:
-        encoder = encoder_for(b, "Relevance maps")  # first: a visitor is not charged for what cannot run
-        if encoder is None or not budget.charge(len(missing)):
+        encoder = charged_encoder(b, "Relevance maps", len(missing))
+        if encoder is None:
             return None
         done = run_shown(bundle_maps, b, missing, method, encoder=encoder,
                          progress_text=f"Computing {method} maps for {len(missing)} images",
@@ -234,6 +234,16 @@ def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
             return None
         stored_maps.clear()
     return stored_maps(*ref(b), tuple(ids), method)
+
+
+def charged_encoder(b: Bundle, needed_for: str, n_images: int):
+    """The encoder for on-demand work worth ``n_images`` relevance-map images, charged to the visitor; None
+    (the reason shown) when the model cannot load or the visitor's budget is spent. The model is loaded
+    first: a visitor is not charged for what cannot run. The app's only call of ``budget.charge``."""
+    encoder = encoder_for(b, needed_for)
+    if encoder is None or not budget.charge(n_images):
+        return None
+    return encoder
 
 
 def run_shown(fn: Callable, *args, progress_text: str, read_only_hint: str = "", **kwargs) -> Any:
