@@ -11,10 +11,12 @@ from asap_core.method.relevance_store import missing_maps
 from asap_core.settings import settings
 from asap_core.storage.labels import dimension_label
 from asap_core.storage.schema import MAX_DIMENSION_NAME
+from asap_core.views import checks as vc
 from asap_core.views import dimensions as vd
 from asap_core.views import state as vs
 from asap_core.views.attention import decode_thumb
 from asap_core.views.glossary import GLOSSARY
+from app_pages.glue import checks as G
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.errors import show_error
@@ -92,6 +94,28 @@ def nearest_words(dim: int) -> None:
                    "not with the images' values.")
 
 
+def trust_panel(dim: int, ids: list[str]) -> None:
+    """How far to trust ``dim``'s maps: checked here on the first of ``ids`` (on request, cached), and the
+    figures ``analyze --faithfulness N`` stored for every dimension."""
+    st.markdown("**Can you trust this dimension's maps?**", help=GLOSSARY["map checks"])
+    sample, targets = ids[:vc.CHECK_IMAGES], vc.check_targets_for(dim)
+    found = G.cached_checks_for(b, sample, method, targets)
+    if found is None and st.toggle(f"Check the maps of {dimension_label(dim, names)} on {len(sample)} of these "
+                                   "images (deletion against random, sanity check)", key="w_dim_checks"):
+        found = G.checks_for(b, sample, method, targets)
+    stored = G.stored_checks(path, stamp)
+    if found is not None:
+        for line in vc.trust_lines(dim, found[0].summary, found[1].summary, names):
+            st.markdown(line)
+        st.altair_chart(vc.curves_chart(found[0].curves, dim, names), theme=None)
+    elif stored is not None:
+        for line in vc.trust_lines(dim, *stored, names):
+            st.markdown(line + " *(checked when the bundle was analysed)*")
+    if stored is not None:
+        with st.expander("Every dimension, checked when the bundle was analysed"):
+            st.dataframe(vc.checks_table(*stored, names), hide_index=True)
+
+
 st.subheader("Dimension view", help=GLOSSARY["dimension"])
 table, dist = D.dimension_data(path, stamp, names)
 st.caption("Each of the 16 dimensions: distribution over real (blue) and fake (orange) images, the "
@@ -122,6 +146,7 @@ if col_a.button(f"Send the {'highest' if highest else 'lowest'} images to the at
                 icon=":material/visibility:"):
     ss[K.K_IMAGES] = ids
     st.switch_page(K.PAGE_FILES["attention"])
+trust_panel(dim, ids)
 missing = missing_maps(b, ids, method)
 if missing and not col_b.toggle(f"Compute mean {method} map and concept crops ({len(missing)} images need maps)",
                                 key="w_dim_maps", help=GLOSSARY["relevance map"]):

@@ -83,3 +83,41 @@ def test_hosted_visitor_pays_for_the_checks_and_is_stopped_at_the_budget(bundle,
     no_exception(at)
     assert evaluated == {"faithfulness": 0, "sanity": 0}
     assert any("per visitor and day" in e.value for e in at.error)  # the budget message, nothing computed
+
+
+def test_dimensions_view_reports_the_dimensions_faithfulness_and_sanity(bundle, evaluated):
+    at = app(bundle, sel_dim=3).run()
+    at.switch_page("app_pages/dimensions.py").run()
+    no_exception(at)
+    dim = at.session_state["sel_dim"]
+    assert not any("more faithful than random" in m.value or "sanity check" in m.value for m in at.markdown)
+    at.toggle(key="w_dim_checks").set_value(True).run()
+    no_exception(at)
+    lines = [m.value for m in at.markdown if m.value.startswith(f"**dim {dim}")]
+    assert lines and "faithful" in lines[0] and "area between curves" in lines[0]
+    assert any(m.value.startswith("**Fails the sanity check**") for m in at.markdown)  # random tiny CLIP
+    assert evaluated["faithfulness"] == 4 and evaluated["sanity"] == 4  # vc.CHECK_IMAGES top images
+    assert any("Deletion curve" in (el.proto.spec or "") for el in at.get("vega_lite_chart"))
+
+
+def test_dimensions_view_shows_the_checks_analyze_stored(tmp_path, monkeypatch, small_folder, tiny_clip_dir,
+                                                          evaluated):
+    import contextlib
+    import io
+
+    from asap_core.cli import main
+    from asap_core.storage.bundle import Bundle
+
+    local_app_env(monkeypatch, tmp_path / "cache")
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["analyze", str(small_folder), "--out", str(tmp_path / "b"), "--model", str(tiny_clip_dir),
+                     "--cache-dir", str(tmp_path / "cache"), "--workers", "0", "--faithfulness", "4"]) == 0
+    seen_by_analyze = dict(evaluated)
+    at = app(Bundle.open(tmp_path / "b"), sel_dim=5).run()
+    at.switch_page("app_pages/dimensions.py").run()
+    no_exception(at)
+    assert any(m.value.startswith("**dim 5: its maps are") and "checked when the bundle was analysed" in m.value
+               for m in at.markdown)
+    table = at.dataframe[0].value
+    assert len(table) == 17 and set(table["sanity"]) == {"fails"}  # every target, random CLIP
+    assert evaluated == seen_by_analyze  # the page computed nothing
