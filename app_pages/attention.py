@@ -51,7 +51,7 @@ check = st.toggle("Check these maps: faithfulness against random, and the sanity
 checks = G.checks_for(b, shown, method, targets) if check else G.cached_checks_for(b, shown, method, targets)
 per_image, flagged = (checks[0].per_image, vc.flagged_targets(checks[1].summary)) if checks else (None, set())
 if checks and flagged:
-    st.warning(f"{len(flagged)} of these maps' targets fail the sanity check: "
+    st.warning(f"{len(flagged)} of the {len(checks[1].summary)} targets' maps fail the sanity check: "
                + vc.flagged_reason(checks[1].summary), icon=":material/report:")
 for r in rows:
     with st.container(border=True):

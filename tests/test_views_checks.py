@@ -106,3 +106,16 @@ def test_attention_tiles_carry_their_maps_checks(reports):
     assert len(captions) == len(rows[0]["tiles"]) and captions[0] == "image"  # the photo itself: no check
     assert all(c.endswith("fails sanity") for c in captions[1:])  # random CLIP: every map flagged
     assert all(c.startswith(t.caption) for c, t in zip(captions, rows[0]["tiles"]))
+
+
+def test_the_sentence_follows_the_ratio():
+    def summary(ratio: float, beats: bool) -> pd.DataFrame:
+        return pd.DataFrame([{"target": 4, "n_images": 12, "ratio": ratio, "beats_random": beats,
+                              "deletion_abc": 0.1}])
+
+    assert "2.0x more faithful than random**: removing patches in the map's order lowers it faster than" in \
+        vc.trust_lines(4, summary(2.0, True), None)[0]
+    assert "within the noise" in vc.trust_lines(4, summary(2.0, False), None)[0]
+    assert "no more faithful than random**: removing patches in the map's order lowers it about as fast as" in \
+        vc.trust_lines(4, summary(1.02, False), None)[0]
+    assert "more slowly than" in vc.trust_lines(4, summary(0.5, False), None)[0]

@@ -67,8 +67,11 @@ def trust_lines(target: int, faith: pd.DataFrame | None, sanity: pd.DataFrame | 
         verdict = ratio_text(float(f["ratio"]))
         sure = "" if bool(f["beats_random"]) else " (not significant on so few images)" if n < 8 else \
             " (within the noise: not better than random)"
-        lines.append(f"**{name}: its maps are {verdict}**{sure if f['ratio'] > 1 + NEUTRAL_BAND else ''}: "
-                     f"removing patches in the map's order lowers it faster than in a random order "
+        ratio = float(f["ratio"])
+        pace = "faster than" if ratio >= 1 + NEUTRAL_BAND else "about as fast as" if ratio > 1 - NEUTRAL_BAND \
+            else "more slowly than"
+        lines.append(f"**{name}: its maps are {verdict}**{sure if ratio >= 1 + NEUTRAL_BAND else ''}: "
+                     f"removing patches in the map's order lowers it {pace} in a random order "
                      f"(area between curves {f['deletion_abc']:+.3f}; {n} image{'s' * (n != 1)}).")
     s = _row(sanity, target)
     if s is not None:

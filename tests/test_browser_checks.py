@@ -1,0 +1,51 @@
+"""Browser test of the explanation checks (issue 18) on a real ``streamlit run``: the Attention view checks the
+maps of two linked images and marks every tile; the Dimensions view reports dimension 3's faithfulness and
+sanity with its deletion curve. Screenshots go to ``$ASAP_SCREENSHOTS`` (or the test's tmp folder)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from browser_helpers import CHROMIUM, CHROMIUM_ARGS, dismiss_guide, screenshot_dir, serve_bundle
+from conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+pytestmark = pytest.mark.skipif(sync_playwright is None or not Path(CHROMIUM).exists(),
+                                reason="needs /usr/bin/chromium and playwright (run .ci/browser-setup)")
+
+
+def test_checks_show_on_the_attention_tiles_and_the_dimensions_view(tiny_bundle, tmp_path):  # noqa: F811
+    b = private_copy(tiny_bundle, tmp_path / "bundle")
+    images = ",".join(i[:10] for i in b.images["image_id"].iloc[:2])
+    shots = screenshot_dir(tmp_path)
+    with serve_bundle(b.path, tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(90000)  # first runs load torch and the distiller
+            page.goto(f"{url}/attention?images={images}")
+            page.get_by_text("Contributions to the fake logit").wait_for()
+            dismiss_guide(page)
+            page.get_by_text("Check these maps").click()
+            page.get_by_text("fails sanity").first.wait_for()
+            page.get_by_text("x random").first.wait_for()              # a tile's faithfulness ratio
+            page.get_by_text("fail the sanity check").first.wait_for()  # the warning above the tiles
+            page.screenshot(path=str(shots / "checks_1_attention.png"), full_page=True)
+
+            page.goto(f"{url}/dimensions?dim=3")
+            page.get_by_text("Can you trust this dimension's maps?").wait_for()
+            dismiss_guide(page)
+            page.get_by_text("Check the maps of dim 3").click()
+            page.get_by_text("Fails the sanity check").wait_for()
+            page.get_by_text("area between curves").wait_for()
+            page.locator(".vega-embed").last.wait_for()
+            page.screenshot(path=str(shots / "checks_2_dimensions.png"), full_page=True)
+            text = page.inner_text("[data-testid='stMain']")
+            assert "Traceback" not in text and "dim 3: its maps are" in text
+        finally:
+            browser.close()
