@@ -138,6 +138,8 @@ def cpu_speed_tip(device: str, dtype: str, compiled: bool, embed_seconds: float,
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .analyses.explanation_checks import read_summary
+    from .pipeline.analyze import checks_line
     from .storage.bundle import Bundle
     from .views.trust import encoder_source, trust_notices
 
@@ -149,6 +151,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     if val:
         print(f"validation accuracy {val['accuracy']:.3f}, AP {val['ap']:.3f}, ROC-AUC {val['roc_auc']:.3f}")
     print(f"skipped files: {len(b.skipped)}")
+    checks = read_summary(b)
+    if checks:
+        print(checks_line(checks))
     for notice in trust_notices(b, where="cli"):
         print(notice.line())
     return 0

@@ -255,6 +255,15 @@ def test_analyze_option_stores_both_checks_for_the_app(checked_bundle, no_comput
     assert len(faith.per_image) == 4 * N_TARGETS and set(faith.curves["curve"]) == set(CURVES)
     assert sanity.summary["flagged"].all() and sanity.encoder_random  # the tiny CLIP is a random init
     assert (bundle.cache_dir / "explanation-checks.json").is_file()
+    import contextlib
+    import io
+
+    from asap_core.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["info", str(bundle.path)]) == 0
+    assert "Explanation checks (4 images, last-block)" in out.getvalue()  # info prints the stored digest
 
 
 def test_reports_on_picked_images_compute_each_image_once(checked_bundle, no_compute):
