@@ -95,3 +95,21 @@ def encode_counter(monkeypatch):
 
     monkeypatch.setattr(ClipEncoder, "encode", counting)
     return calls
+
+
+@pytest.fixture
+def check_evaluations(monkeypatch):
+    """Images each explanation check evaluates: ``{"faithfulness": n, "sanity": n}`` (a cached report adds none)."""
+    from asap_core.method.faithfulness import DeletionInsertion
+    from asap_core.method.sanity import ParameterRandomisation
+
+    seen = {"faithfulness": 0, "sanity": 0}
+    for cls, name in ((DeletionInsertion, "faithfulness"), (ParameterRandomisation, "sanity")):
+        original = cls.evaluate
+
+        def counting(self, pixel_values, *a, _o=original, _n=name, **k):
+            seen[_n] += len(pixel_values)
+            return _o(self, pixel_values, *a, **k)
+
+        monkeypatch.setattr(cls, "evaluate", counting)
+    return seen

@@ -221,21 +221,9 @@ def checked_bundle(tmp_path_factory, tiny_clip_dir, small_folder):
 
 
 @pytest.fixture
-def no_compute(monkeypatch):
+def no_compute(check_evaluations):
     """Counts the images each check evaluates (a cache hit evaluates none)."""
-    from asap_core.method.faithfulness import DeletionInsertion
-    from asap_core.method.sanity import ParameterRandomisation
-
-    seen = {"faithfulness": 0, "sanity": 0}
-    for cls, name in ((DeletionInsertion, "faithfulness"), (ParameterRandomisation, "sanity")):
-        original = cls.evaluate
-
-        def counting(self, pixel_values, *a, _o=original, _n=name, **k):
-            seen[_n] += len(pixel_values)
-            return _o(self, pixel_values, *a, **k)
-
-        monkeypatch.setattr(cls, "evaluate", counting)
-    return seen
+    return check_evaluations
 
 
 def test_analyze_option_stores_both_checks_for_the_app(checked_bundle, no_compute):
