@@ -30,7 +30,7 @@ class AnalyzeOptions:
     relevance: str = S.NO_RELEVANCE
     grid: int | None = None  # None: method.layout.default_grid (cells of about 10 images)
     projection_file: str | None = None
-    projection_samples: int = 128
+    projection_samples: int | None = None  # texted copies fitting the projection; None: stages.projection_sample_size
     distiller: str | None = None
     cache_dir: str | None = None
     seed: int = 0

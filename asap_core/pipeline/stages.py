@@ -40,7 +40,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 # progress(stage, done, total): the CLI draws tqdm bars, the app a st.progress
 StageProgress = Callable[[str, int, int], None]
 EMBEDDING_VERSION = 1  # bump when the embedding stage computes other values for the same files
-PROJECTION_VERSION = 3  # 2: text rendered on the model-input crop; 3: thin SVD when N >= D (no [N, N] matrix)
+PROJECTION_VERSION = 4  # 2: text rendered on the model-input crop; 3: thin SVD when N >= D (no [N, N] matrix);
+#                        4: the texted sample scaled to the collection (projection_sample_size)
 LAYOUT_VERSION = 1
 
 
@@ -295,6 +296,24 @@ def fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int, 
         image_embeds=embeds[idx] if exact_decode else None)
 
 
+#: Texted copies the projection is fitted on by default: a tenth of the collection, at least
+#: ``PROJECTION_MIN_SAMPLES`` and at most ``PROJECTION_MAX_SAMPLES``. Each is a second forward pass (a
+#: fixed 128 on 300 images meant 43 % more forward passes than the embedding); the written subspace has
+#: ``VisionOnlyProjection.n_text_components`` = 8 directions, estimated from at least 4 differences each
+#: (benchmarks/RESULTS.md §21 compares the 32- and 128-image subspaces).
+PROJECTION_MIN_SAMPLES = 32
+PROJECTION_MAX_SAMPLES = 128
+
+
+def projection_sample_size(n_images: int, asked: int | None = None) -> int:
+    """Images whose texted copies fit the projection: ``asked`` when given (``AnalyzeOptions.projection_samples``),
+    else ``n_images // 10`` clipped to [``PROJECTION_MIN_SAMPLES``, ``PROJECTION_MAX_SAMPLES``]; never more
+    than ``n_images``."""
+    if asked is not None:
+        return int(asked)
+    return min(n_images, max(PROJECTION_MIN_SAMPLES, min(PROJECTION_MAX_SAMPLES, n_images // 10)))
+
+
 #: Most embeddings the projection's principal directions are fitted on: a seeded sample beyond it (its
 #: float64 copies of all N rows would take about 12 GB at a million images; 50,000 rows estimate 512
 #: directions closely).
@@ -310,7 +329,10 @@ def pca_rows(embeds: np.ndarray, seed: int) -> np.ndarray:
 
 
 def project_stage(ctx: RunContext, emb: Embedded) -> "VisionOnlyProjection":
-    """The vision-only projection: the given distiller's, a file's, or fitted on a sample (cached)."""
+    """The vision-only projection: the given distiller's, a file's, or fitted on a sample (cached) of
+    ``projection_sample_size`` images, a number then recorded in ``ctx.options``."""
+    from dataclasses import replace
+
     from ..method.distiller import Distiller
     from ..method.projection import VisionOnlyProjection
     from ..model.embedding import approximate_decoding
@@ -320,10 +342,12 @@ def project_stage(ctx: RunContext, emb: Embedded) -> "VisionOnlyProjection":
         return VisionOnlyProjection.from_components(Distiller.from_pretrained(model_dir(o.distiller)).projection.numpy())
     if o.projection_file:
         return VisionOnlyProjection.from_pretrained(o.projection_file, ctx.info.embed_dim)
-    key = hash_key(PROJECTION_VERSION, ctx.info.cache_key, emb.embeds, o.projection_samples, o.seed)
+    n = projection_sample_size(len(emb.images), o.projection_samples)
+    ctx.options = replace(o, projection_samples=n)  # bundle.json records the number used
+    key = hash_key(PROJECTION_VERSION, ctx.info.cache_key, emb.embeds, n, o.seed)
     return cached_call(
         ctx.cache, "projection", key,
-        lambda: fit_projection(emb.images, emb.embeds, o.projection_samples, o.seed,
+        lambda: fit_projection(emb.images, emb.embeds, n, o.seed,
                                lambda crops: ctx.encoder().encode_crops(crops).numpy(),
                                exact_decode=not approximate_decoding(ctx.dtype),
                                preprocessor=ctx.info.preprocessor),
