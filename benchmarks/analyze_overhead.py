@@ -80,12 +80,13 @@ def run_analyze(folder: Path, model_dir: Path, scratch: Path, samples: int | Non
         shutil.rmtree(work, ignore_errors=True)
 
 
-def quality(folder: Path, model_dir: Path, scratch: Path, n_each: int) -> None:
+def quality(folder: Path, model_dir: Path, scratch: Path, n_each: int, seeds: int = 3) -> None:
     """Validation accuracy / ROC-AUC of the distiller and the written subspace the projection found, for
-    ``projection_samples`` 128 (seed 0 and 1) and the default (seed 0), on ``n_each`` images of each of
-    ``folder``'s ``real/`` and ``fake/``: how far the default's 8 text directions are from 128 images' set,
-    against how far two 128-image samples are from each other (overlap: mean squared cosine of the
-    principal angles, 1 = the same subspace)."""
+    ``projection_samples`` 128 and the default, seeds 0 .. ``seeds - 1`` (each seed: another sample, split
+    and training order), on ``n_each`` images of each of ``folder``'s ``real/`` and ``fake/`` (one cache: the
+    embeddings are computed once). Subspace overlap: mean squared cosine of the principal angles between
+    two sets of 8 text directions (1: the same subspace); the default's against 128 images' of the same
+    seed, next to two 128-image samples (seeds s and s + 1) against each other."""
     from asap_core.method.projection import VisionOnlyProjection
     from asap_core.pipeline.analyze import AnalyzeOptions, analyze
     from asap_core.pipeline.stages import model_dir as bundle_model
@@ -93,29 +94,71 @@ def quality(folder: Path, model_dir: Path, scratch: Path, n_each: int) -> None:
     files = [sorted(str(p) for p in (folder / side).rglob("*.jpg"))[:n_each] for side in ("real", "fake")]
     sub = scratch / f"analyze-quality-{os.getpid()}"
     labelled_folder(sub, files[0] + files[1])
-    text = {}
+    work = Path(tempfile.mkdtemp(prefix="analyze-quality-", dir=scratch))
+    text, scores = {}, {}
     try:
-        for samples, seed in ((128, 0), (None, 0), (128, 1)):
-            work = Path(tempfile.mkdtemp(prefix="analyze-quality-", dir=scratch))
-            opts = AnalyzeOptions(model=str(model_dir), device="cpu", cache_dir=str(work / "cache"),
-                                  projection_samples=samples, seed=seed)
-            report = analyze(sub, work / "bundle", opts)
-            t = VisionOnlyProjection.from_pretrained(bundle_model(str(report.bundle))).text_components_
-            text[(samples, seed)] = t.astype(np.float64)
-            val = report.metrics["val"]
-            print(f"  projection_samples {samples or 'default'}, seed {seed}: {report.n_used} images, val "
-                  f"({val['n']}) accuracy {val['accuracy']:.3f} AUC {val['roc_auc']:.3f}, projection "
-                  f"{report.timings['projection']:.1f}s", flush=True)
-            shutil.rmtree(work, ignore_errors=True)
+        for seed in range(seeds):
+            for samples in (128, None):
+                opts = AnalyzeOptions(model=str(model_dir), device="cpu", cache_dir=str(work / "cache"),
+                                      projection_samples=samples, seed=seed)
+                report = analyze(sub, work / f"bundle-{seed}-{samples}", opts)
+                t = VisionOnlyProjection.from_pretrained(bundle_model(str(report.bundle))).text_components_
+                text[(samples, seed)] = t.astype(np.float64)
+                val = report.metrics["val"]
+                scores.setdefault(samples, []).append((val["accuracy"], val["roc_auc"]))
+                print(f"  projection_samples {samples or 'default'}, seed {seed}: {report.n_used} images, val "
+                      f"({val['n']}) accuracy {val['accuracy']:.3f} AUC {val['roc_auc']:.3f}", flush=True)
     finally:
         shutil.rmtree(sub, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
     def overlap(a, b) -> float:
         return float(np.linalg.norm(a @ b.T) ** 2 / len(a))
 
-    ref = text[(128, 0)]
-    print(f"text subspace overlap with 128 images (seed 0): default sample {overlap(text[(None, 0)], ref):.3f}, "
-          f"another 128-image sample (seed 1) {overlap(text[(128, 1)], ref):.3f}")
+    for samples, rows in scores.items():
+        acc, auc = np.mean(rows, axis=0)
+        print(f"projection_samples {samples or 'default'}: mean over {seeds} seeds accuracy {acc:.3f} AUC {auc:.3f}")
+    same = [overlap(text[(None, s)], text[(128, s)]) for s in range(seeds)]
+    other = [overlap(text[(128, s)], text[(128, s + 1)]) for s in range(seeds - 1)]
+    print("text subspace overlap: default vs 128 (same seed) " + ", ".join(f"{v:.3f}" for v in same)
+          + "; 128 vs 128 (next seed) " + ", ".join(f"{v:.3f}" for v in other))
+    held = [sorted(str(p) for p in (folder / side).rglob("*.jpg"))[n_each:n_each + 80] for side in ("real", "fake")]
+    text_share_curve(files[0] + files[1], held[0] + held[1], model_dir)
+
+
+def text_share_curve(train: list[str], held: list[str], model_dir: Path, sizes=(16, 32, 48, 64, 96, 128, 256),
+                     draws: int = 5) -> None:
+    """Prints, per sample size m, the share of the variance of held-out texted-minus-clean differences (160
+    images of ``held``, other words) that lies in the 8 text directions fitted on m of 256 differences of
+    ``train`` (mean [min-max] over ``draws`` subsamples): the quantity the projection removes. Crops as
+    ``analyze`` makes them (``stages._sample_images``); the held-out set's own top 8 is the ceiling."""
+    from asap_core.method.projection import render_text
+    from asap_core.model.factory import load_encoder
+    from asap_core.pipeline.stages import _sample_images
+
+    encoder = load_encoder(str(model_dir), device="cpu", dtype=torch.float32)
+
+    def diffs(paths: list[str], n: int, seed: int) -> np.ndarray:
+        _, crops = _sample_images(paths, [None] * len(paths), n, seed, encoder.preprocessor)
+        rng = np.random.default_rng(seed)
+        with torch.inference_mode():
+            out = [encoder.encode_crops([render_text(c, rng) for c in crops[i:i + 32]]).numpy()
+                   - encoder.encode_crops(crops[i:i + 32]).numpy() for i in range(0, len(crops), 32)]
+        return np.concatenate(out).astype(np.float64)
+
+    fit, test = diffs(train, 256, 0), diffs(held, 160, 99)
+    test -= test.mean(0)
+    total = float((test ** 2).sum())
+
+    def share(d: np.ndarray) -> float:
+        vt = np.linalg.svd(d - d.mean(0), full_matrices=False)[2][:8]
+        return float(((test @ vt.T) ** 2).sum()) / total
+
+    print("share of held-out texted-minus-clean variance in 8 text directions fitted on m images "
+          f"(a random 8 of {fit.shape[1]}: {8 / fit.shape[1]:.3f}; the held-out set's own top 8: {share(test):.3f}):")
+    for m in sizes:
+        v = [share(fit[np.random.default_rng(s).permutation(len(fit))[:m]]) for s in range(draws)]
+        print(f"  m = {m:3d}: {np.mean(v):.3f} [{min(v):.3f}-{max(v):.3f}]")
 
 
 def load_average() -> str:
@@ -159,13 +202,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quality", default=None, metavar="DIR",
                     help="instead: accuracy and text subspace for 128 vs the default sample on DIR's real/ and fake/")
     ap.add_argument("--quality-n", type=int, default=150, help="--quality: images of each class (default 150)")
+    ap.add_argument("--quality-seeds", type=int, default=3, help="--quality: seeds (default 3)")
     args = ap.parse_args(argv)
 
     scratch = Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
     model_dir = ensure_model(Path(args.model_dir) if args.model_dir else scratch / "b32full")
     if args.quality:
-        quality(Path(args.quality), model_dir, scratch, args.quality_n)
+        quality(Path(args.quality), model_dir, scratch, args.quality_n, args.quality_seeds)
         return
     files = source_files(args)
     folder = scratch / f"analyze-overhead-{os.getpid()}"

@@ -145,17 +145,17 @@ def test_projection_directions_come_from_at_most_pca_max_rows():
 
 
 def test_projection_sample_scales_with_the_collection():
-    """The texted copies (a second forward each) are a tenth of the collection, from 32 to 128, never more
+    """The texted copies (a second forward each) are a tenth of the collection, from 64 to 128, never more
     than the images there are; a number asked for is used as given."""
     from asap_core.pipeline.stages import projection_sample_size
 
-    assert [projection_sample_size(n) for n in (10, 48, 300, 640, 1280, 100_000)] == [10, 32, 32, 64, 128, 128]
+    assert [projection_sample_size(n) for n in (10, 48, 300, 1000, 1280, 100_000)] == [10, 48, 64, 100, 128, 128]
     assert projection_sample_size(300, 128) == 128 and projection_sample_size(300, 16) == 16
 
 
 def test_analyze_fits_the_projection_on_the_scaled_sample(tiny_clip_dir, small_folder, tmp_path, encode_counter):
-    """By default ``analyze`` puts ``projection_sample_size`` texted copies through the model (32 for the 48
-    images here; ``ClipEncoder.encode`` sees only them, the embedding pass runs ``image_forward``), and
+    """By default ``analyze`` puts ``projection_sample_size`` texted copies through the model (all 48 images
+    here, fewer than the floor of 64; ``ClipEncoder.encode`` sees only them, the embedding pass runs ``image_forward``), and
     bundle.json records the number used."""
     import json
 
@@ -165,7 +165,7 @@ def test_analyze_fits_the_projection_on_the_scaled_sample(tiny_clip_dir, small_f
     opts = AnalyzeOptions(model=str(tiny_clip_dir), cache_dir=str(tmp_path / "cache"), num_workers=0)
     report = analyze(small_folder, tmp_path / "bundle", opts)
     n = projection_sample_size(report.n_used)
-    assert report.n_used == 48 and n == 32
+    assert report.n_used == 48 and n == 48
     assert encode_counter["images"] == n
     assert json.loads((report.bundle / "bundle.json").read_text())["options"]["projection_samples"] == n
     assert opts.projection_samples is None  # the caller's options are left as given

@@ -299,9 +299,9 @@ def fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int, 
 #: Texted copies the projection is fitted on by default: a tenth of the collection, at least
 #: ``PROJECTION_MIN_SAMPLES`` and at most ``PROJECTION_MAX_SAMPLES``. Each is a second forward pass (a
 #: fixed 128 on 300 images meant 43 % more forward passes than the embedding); the written subspace has
-#: ``VisionOnlyProjection.n_text_components`` = 8 directions, estimated from at least 4 differences each
-#: (benchmarks/RESULTS.md §21 compares the 32- and 128-image subspaces).
-PROJECTION_MIN_SAMPLES = 32
+#: ``VisionOnlyProjection.n_text_components`` = 8 directions, estimated from at least 8 differences each.
+#: benchmarks/RESULTS.md §21 measures how much of new images' text shift the directions from m images hold.
+PROJECTION_MIN_SAMPLES = 64
 PROJECTION_MAX_SAMPLES = 128
 
 
