@@ -107,7 +107,7 @@ def trust_panel(dim: int, ids: list[str]) -> None:
     if found is not None:
         for line in vc.trust_lines(dim, found[0].summary, found[1].summary, names):
             st.markdown(line)
-        st.altair_chart(vc.curves_chart(found[0].curves, dim, names, width=420), theme=None, width="content")
+        st.altair_chart(vc.curves_chart(found[0].curves, dim, names, width=520), theme=None, width="content")
     elif stored is not None:
         for line in vc.trust_lines(dim, *stored, names):
             st.markdown(line + " *(checked when the bundle was analysed)*")

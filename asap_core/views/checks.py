@@ -134,10 +134,10 @@ def curves_chart(curves: pd.DataFrame, target: int, names: Sequence[str] = (),
                                  "mask_deletion": "random mask, same area"})
     return alt.Chart(c, title=f"Deletion curve · {target_label(target, names)}").mark_line(point=True).encode(
         x=alt.X("x:Q", title="fraction of patches removed"),
-        y=alt.Y("y:Q", title="target (1 = image, 0 = all removed)"),
-        color=alt.Color("order:N", title=None, legend=alt.Legend(orient="bottom")),
+        y=alt.Y("y:Q", title="score left (1 = image)"),
+        color=alt.Color("order:N", title="patches removed in"),
         tooltip=["order", alt.Tooltip("x:Q", format=".2f"), alt.Tooltip("y:Q", format=".3f")],
-    ).properties(width=width, height=200)
+    ).properties(width=width, height=240)
 
 
 def check_targets_for(dim: int) -> list[int]:
