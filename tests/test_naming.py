@@ -360,3 +360,39 @@ def test_names_given_to_two_dimensions_appear_in_overview_attention_quiz_and_exp
     header = zf.read("patterns/patterns.csv").decode("utf-8").splitlines()[0]
     assert f"mean {label1}" in header and f"mean {label2}" in header
     assert {label1, label2} <= {d["label"] for d in json.loads(zf.read("patterns/patterns.json"))["dimensions"]}
+
+
+def test_hosted_visitors_pay_for_ranking_new_words(tiny_bundle, tmp_path, monkeypatch, clip_with_tokenizer):  # noqa: F811
+    from asap_core.model.factory import load_text_encoder
+    from asap_core.settings import reload_settings
+
+    root = tmp_path / "bundles"
+    shutil.copytree(tiny_bundle, root / "tiny", ignore=shutil.ignore_patterns("cache"))
+    b = Bundle.open(root / "tiny")
+    monkeypatch.setenv("ASAP_HOSTED", "1")
+    monkeypatch.setenv("ASAP_BUNDLE_ROOT", str(root))
+    monkeypatch.setenv("ASAP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "1")  # one map image's worth: 10 words
+    reload_settings()
+    eleven = [f"word{c}" for c in "abcdefghijk"]
+    assert nm.words_charge(len(eleven)) == 2 and nm.words_charge(8) == 1 and nm.words_charge(0) == 1
+    enc = load_text_encoder(str(clip_with_tokenizer))
+
+    def ranked(words: list[str]) -> AppTest:
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        at.query_params.update({"bundle": "tiny", "page": "dimensions", "dim": "2"})
+        at.session_state["model_override"] = {str(b.path): str(clip_with_tokenizer)}
+        at.run()
+        at.text_area(key="w_vocab").input("\n".join(words))
+        at.toggle(key="w_dim_words").set_value(True).run()
+        no_exception(at)
+        return at
+
+    at = ranked(eleven)  # over the budget: refused in words, nothing computed
+    assert any("per visitor and day" in e.value for e in at.error)
+    assert not any(m.value.startswith("**High end:**") for m in at.markdown)
+    assert not nm.words_cached(b, eleven, enc)
+    at = ranked(eleven[:8])  # within it: ranked and cached
+    assert any(m.value.startswith("**High end:**") for m in at.markdown) and nm.words_cached(b, eleven[:8], enc)
+    at = ranked(eleven[:8])  # cached: free, even with the budget spent
+    assert any(m.value.startswith("**High end:**") for m in at.markdown) and not at.error

@@ -236,11 +236,12 @@ def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
     return stored_maps(*ref(b), tuple(ids), method)
 
 
-def charged_encoder(b: Bundle, needed_for: str, n_images: int):
+def charged_encoder(b: Bundle, needed_for: str, n_images: int, load: Callable[[], Any] | None = None):
     """The encoder for on-demand work worth ``n_images`` relevance-map images, charged to the visitor; None
-    (the reason shown) when the model cannot load or the visitor's budget is spent. The model is loaded
-    first: a visitor is not charged for what cannot run. The app's only call of ``budget.charge``."""
-    encoder = encoder_for(b, needed_for)
+    (the reason shown) when the model cannot load or the visitor's budget is spent. The model (``load()``,
+    default the bundle's CLIP) is loaded first: a visitor is not charged for what cannot run. The app's only
+    call of ``budget.charge``."""
+    encoder = encoder_for(b, needed_for) if load is None else load()
     if encoder is None or not budget.charge(n_images):
         return None
     return encoder
@@ -415,8 +416,15 @@ def _word_scores(path: str, stamp: int, words: tuple[str, ...], model_id: str):
 def word_scores_for(b: Bundle, words: list[str]):
     """``analyses.naming.word_scores`` of ``words`` with the bundle's CLIP (or its override), computed once per
     vocabulary and waiting for a free slot; None with the reason shown when it cannot be done."""
+    from asap_core.analyses.naming import words_cached, words_charge
+    from asap_core.model.factory import load_text_encoder
+
     try:
         with budget.heavy_work(), st.spinner(f"Ranking {len(words)} words ..."):
+            text = load_text_encoder(encoder_model(b))
+            if not words_cached(b, words, text) and \
+                    charged_encoder(b, "Ranking words", words_charge(len(words)), load=lambda: text) is None:
+                return None
             return _word_scores(*ref(b), tuple(words), encoder_model(b))
     except AsapError as exc:
         show_error(exc)

@@ -127,6 +127,24 @@ def words_cache_key(text_key: str, distiller_fingerprint: str, words: Sequence[s
     return hash_key(NAMING_VERSION, text_key, distiller_fingerprint, list(words))
 
 
+#: words whose text-tower pass costs about one relevance-map image (a ~16-token text forward against the
+#: forward and batched backward of a map over 50+ image tokens): what a hosted visitor is charged per word
+WORDS_PER_MAP = 10
+
+
+def words_charge(n_words: int) -> int:
+    """What ranking ``n_words`` uncached words costs a visitor, in relevance-map images (at least 1)."""
+    return max(1, -(-int(n_words) // WORDS_PER_MAP))
+
+
+def words_cached(bundle, words: Sequence[str], text_encoder) -> bool:
+    """True when ``word_scores(bundle, words, text_encoder)`` would read its result instead of computing it."""
+    from ..storage.cache import is_cached
+
+    key = words_cache_key(text_encoder.cache_key, bundle.distiller.fingerprint, tuple(str(w) for w in words))
+    return is_cached(bundle.cache_dir, CACHE_NAMESPACE, key)
+
+
 def word_scores(bundle, words: Sequence[str], text_encoder=None) -> WordScores:
     """``WordScores`` of ``words`` on an open bundle; cached in ``bundle.cache_dir`` (a read-only cache: used,
     not stored). ``text_encoder``: a ``model.text.ClipTextEncoder`` (default: the bundle's CLIP through
