@@ -66,6 +66,19 @@ def make_image(rng: np.random.Generator, fake: bool, size: int = 48) -> Image.Im
     return Image.fromarray(arr)
 
 
+def planted_image(rng: np.random.Generator, pos: int | None, side: int = 4, patch: int = 8) -> Image.Image:
+    """Smooth random background (``side * patch`` px, the tiny CLIP's input); ``pos`` (row-major patch index)
+    holds a black/white checkerboard, an artifact confined to one patch."""
+    size = side * patch
+    base = rng.integers(40, 200, size=(4, 4, 3)).astype(np.uint8)
+    arr = np.asarray(Image.fromarray(base).resize((size, size), Image.BILINEAR)).copy()
+    if pos is not None:
+        r, c = divmod(pos, side)
+        yy, xx = np.mgrid[0:patch, 0:patch]
+        arr[r * patch:(r + 1) * patch, c * patch:(c + 1) * patch] = ((yy + xx) % 2 * 255).astype(np.uint8)[..., None]
+    return Image.fromarray(arr)
+
+
 @pytest.fixture(scope="session")
 def small_folder(tmp_path_factory) -> Path:
     """``real/`` + ``fake/gen_a`` + ``fake/gen_b`` with 24 JPEGs each side."""

@@ -8,12 +8,12 @@ import functools
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from asap_core.errors import InputError
 from asap_core.method.faithfulness import (CURVES, DeletionInsertion, image_figures, model_targets,
                                            normalise_curves, patch_counts, summarise)
 from asap_core.storage.schema import FAKE_LOGIT, N_TARGETS
+from conftest import planted_image
 
 SIDE = 4  # tiny CLIP: 32 px, patch 8
 PATCH = 8
@@ -23,17 +23,6 @@ PATCH = 8
 #: 0.02 and 1.44 for the maps, 0.01 +- 0.03 and 1.01 for the control (benchmarks/RESULTS.md section 19).
 MARGIN = 0.1
 RATIO = 1.25
-
-
-def planted_image(rng: np.random.Generator, pos: int | None) -> Image.Image:
-    """Smooth random 32 px background; ``pos`` (row-major patch index) holds a black/white checkerboard."""
-    base = rng.integers(40, 200, size=(4, 4, 3)).astype(np.uint8)
-    arr = np.asarray(Image.fromarray(base).resize((32, 32), Image.BILINEAR)).copy()
-    if pos is not None:
-        r, c = divmod(pos, SIDE)
-        yy, xx = np.mgrid[0:PATCH, 0:PATCH]
-        arr[r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = ((yy + xx) % 2 * 255).astype(np.uint8)[..., None]
-    return Image.fromarray(arr)
 
 
 @functools.lru_cache(maxsize=2)

@@ -18,6 +18,7 @@ from asap_core.method.relevance import (
     relevance_maps,
     upsample_map,
 )
+from conftest import planted_image
 
 SIDE = 4  # tiny CLIP: 32 px, patch 8
 PATCH = 8
@@ -111,17 +112,6 @@ def test_works_under_inference_mode_and_with_sdpa_encoder(tiny_clip_dir, tiny_en
 # ------------------------------------------------------------------ planted artifact
 
 
-def _planted_image(rng: np.random.Generator, pos: int | None) -> Image.Image:
-    """Smooth random 32 px background; ``pos`` (row-major patch index) gets a black/white checkerboard."""
-    base = rng.integers(40, 200, size=(4, 4, 3)).astype(np.uint8)
-    arr = np.asarray(Image.fromarray(base).resize((32, 32), Image.BILINEAR)).copy()
-    if pos is not None:
-        r, c = divmod(pos, SIDE)
-        yy, xx = np.mgrid[0:PATCH, 0:PATCH]
-        arr[r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = ((yy + xx) % 2 * 255).astype(np.uint8)[..., None]
-    return Image.fromarray(arr)
-
-
 def test_planted_artifact_is_found_at_its_patch(tiny_encoder):
     """Fit the fake logit to "checkerboard somewhere" vs clean; the fake-logit map must point at the patch.
 
@@ -133,8 +123,8 @@ def test_planted_artifact_is_found_at_its_patch(tiny_encoder):
     """
     rng = np.random.default_rng(0)
     n = 120
-    train = [_planted_image(rng, None) for _ in range(n)] + \
-            [_planted_image(rng, int(rng.integers(SIDE * SIDE))) for _ in range(n)]
+    train = [planted_image(rng, None) for _ in range(n)] + \
+            [planted_image(rng, int(rng.integers(SIDE * SIDE))) for _ in range(n)]
     y = torch.tensor([0.0] * n + [1.0] * n)
     emb = tiny_encoder.encode_images(train)
     torch.manual_seed(0)
@@ -149,7 +139,7 @@ def test_planted_artifact_is_found_at_its_patch(tiny_encoder):
     assert ((logit > 0).float() == y).float().mean() > 0.9  # the artifact is learnable here
 
     pos = np.arange(32) % (SIDE * SIDE)  # every position, twice, on fresh backgrounds
-    px = tiny_encoder.preprocess([_planted_image(rng, int(p)) for p in pos])
+    px = tiny_encoder.preprocess([planted_image(rng, int(p)) for p in pos])
     maps = relevance_maps(tiny_encoder, dist, px, method="last-block")[:, 16].numpy()  # [32, 4, 4]
     assert maps.shape == (32, SIDE, SIDE) and maps.max() > 0
 
@@ -173,7 +163,7 @@ def test_planted_artifact_is_found_at_its_patch(tiny_encoder):
 
 def test_relevance_for_images_batches_equal_one_call(tiny_encoder):
     rng = np.random.default_rng(3)
-    images = [_planted_image(rng, int(rng.integers(16))) for _ in range(7)]
+    images = [planted_image(rng, int(rng.integers(16))) for _ in range(7)]
     dist = _random_distiller(seed=7)
     seen: list[tuple[int, int]] = []
     batched = relevance_for_images(tiny_encoder, dist, images, "rollout", batch_size=3,
@@ -240,7 +230,7 @@ def test_precomputed_maps_equal_direct_maps_and_name_bad_files(tiny_encoder, tmp
     from asap_core.method.relevance_store import compute_missing_maps
 
     rng = np.random.default_rng(5)
-    images = [_planted_image(rng, int(rng.integers(16))) for _ in range(7)]
+    images = [planted_image(rng, int(rng.integers(16))) for _ in range(7)]
     paths = []
     for i, im in enumerate(images):
         paths.append(str(tmp_path / f"im{i}.png"))
@@ -316,7 +306,7 @@ def test_relevance_pass_starts_from_the_kept_last_inputs(tiny_encoder, tmp_path)
     from asap_core.method.relevance_store import last_input_store, map_store, precompute_relevance
 
     rng = np.random.default_rng(9)
-    images = [_planted_image(rng, int(rng.integers(16))) for _ in range(7)]
+    images = [planted_image(rng, int(rng.integers(16))) for _ in range(7)]
     paths = [str(tmp_path / f"im{i}.png") for i in range(7)]
     for im, p in zip(images, paths):
         im.save(p)
