@@ -19,36 +19,31 @@ def stored_checks(path: str, stamp: int):
     return None if found is None else (found[0].summary, found[1].summary)
 
 
-def _charge_and_run(b: Bundle, ids: list[str], method: str, targets: list[int]) -> bool:
-    """Compute what is missing for ``ids`` (charged first); False, with the reason shown, if it cannot run."""
+def checks_for(b: Bundle, ids: list[str], method: str, targets: list[int]):
+    """(FaithfulnessReport, SanityReport) of ``ids`` for ``targets``; what is missing is charged first, then
+    computed under a progress bar (each report once: cached per image in the bundle's cache/). None, with
+    the reason shown, when that cannot be done."""
     missing = ec.checks_missing(b, ids, method, targets=targets)
     n_faith, n_sanity = len(missing["faithfulness"]), len(missing["sanity"])
-    if not (n_faith or n_sanity):
-        return True
-    n_maps = len(missing_maps(b, ids, method))  # the maps under test, where not cached yet
-    encoder = charged_encoder(b, "The explanation checks", vc.check_charge(n_faith, len(targets), n_sanity) + n_maps)
-    if encoder is None:
-        return False
-    if n_sanity and run_shown(ec.sanity_report, b, ids, method, encoder=encoder,
-                              progress_text=f"Sanity check for {n_sanity} images") is None:
-        return False
-    if n_faith and run_shown(ec.faithfulness_report, b, ids, method, encoder=encoder, targets=targets,
-                             progress_text=f"Deletion and insertion curves for {n_faith} images") is None:
-        return False
-    return True
-
-
-def checks_for(b: Bundle, ids: list[str], method: str, targets: list[int]):
-    """(FaithfulnessReport, SanityReport) of ``ids`` for ``targets``, computed where missing; None if that failed.
-    Everything is cached in the bundle's cache/ per image: a second call reads only."""
-    if not _charge_and_run(b, ids, method, targets):
+    encoder = None
+    if n_faith or n_sanity:
+        n_maps = len(missing_maps(b, ids, method))  # the maps under test, where not cached yet
+        encoder = charged_encoder(b, "The explanation checks",
+                                  vc.check_charge(n_faith, len(targets), n_sanity) + n_maps)
+        if encoder is None:
+            return None
+    sanity = run_shown(ec.sanity_report, b, ids, method, encoder=encoder,
+                       progress_text=f"Sanity check for {n_sanity} images") if n_sanity \
+        else ec.sanity_report(b, ids, method)
+    if sanity is None:
         return None
-    return (ec.faithfulness_report(b, ids, method, targets=targets), ec.sanity_report(b, ids, method))
+    faith = run_shown(ec.faithfulness_report, b, ids, method, encoder=encoder, targets=targets,
+                      progress_text=f"Deletion and insertion curves for {n_faith} images") if n_faith \
+        else ec.faithfulness_report(b, ids, method, targets=targets)
+    return None if faith is None else (faith, sanity)
 
 
 def cached_checks_for(b: Bundle, ids: list[str], method: str, targets: list[int]):
-    """Like ``checks_for`` but only when nothing needs computing (no model, no charge); else None."""
+    """``checks_for`` only when nothing needs computing (no model, no charge); else None."""
     missing = ec.checks_missing(b, ids, method, targets=targets)
-    if missing["faithfulness"] or missing["sanity"]:
-        return None
-    return (ec.faithfulness_report(b, ids, method, targets=targets), ec.sanity_report(b, ids, method))
+    return None if missing["faithfulness"] or missing["sanity"] else checks_for(b, ids, method, targets)
