@@ -29,7 +29,12 @@ ENVIRONMENT: dict[str, tuple[str, str]] = {
     "ASAP_MAX_UPLOAD_MB": ("10", "hosted mode: largest upload, in MB"),
     "ASAP_RELEVANCE_BUDGET": ("200", "hosted mode: images with on-demand relevance maps per visitor and day"),
     "ASAP_HEAVY_SLOTS": ("2", "hosted mode: on-demand computations (maps, uploads, laundering) run at once; others wait"),
-    "ASAP_CLIENT_HEADER": ("(none)", "hosted mode behind a proxy: header naming the visitor, e.g. X-Forwarded-For"),
+    "ASAP_CLIENT_HEADER": ("X-Forwarded-For", "hosted mode behind proxies: the header they append the client's address to"),
+    "ASAP_TRUSTED_PROXIES": ("0", "hosted mode: proxies in front of the server; the visitor is the address this many hops from the right of ASAP_CLIENT_HEADER (0: the peer address)"),
+    "ASAP_MAX_UPLOAD_PIXELS": ("64000000", "hosted mode: largest uploaded or served image in pixels, read from its header before decoding"),
+    "ASAP_UPLOAD_MB_PER_DAY": ("40", "hosted mode: MB of uploads one visitor may send per day"),
+    "ASAP_UPLOAD_STORAGE_MB": ("2048", "hosted mode: disk for all visitors' uploads and the caches they create; new uploads are refused beyond it"),
+    "ASAP_STATE_URL": ("(SQLite in ASAP_CACHE_DIR)", "where budgets and class results are kept: an SQLAlchemy URL, e.g. postgresql://host/asap, shared by several servers"),
     "ASAP_COMPILE": ("0", "1: torch.compile the CLIP forward (one-off compile; faster on long runs)"),
     "ASAP_CPU_BF16": ("0", "1: bfloat16 model on CPUs with native bf16 (faster, embeddings differ slightly)"),
     "ASAP_MALLOC_KEEP": ("1", "0: leave glibc's malloc alone (by default it keeps freed activations for reuse)"),
@@ -94,7 +99,12 @@ class Settings:
     max_upload_mb: float = 10.0
     relevance_budget: int = 200
     heavy_slots: int = 2
-    client_header: str | None = None
+    client_header: str = "X-Forwarded-For"
+    trusted_proxies: int = 0
+    max_upload_pixels: int = 64_000_000
+    upload_mb_per_day: float = 40.0
+    upload_storage_mb: float = 2048.0
+    state_url: str | None = None
     compile: bool = False
     cpu_bf16: bool = False
     malloc_keep: bool = True
@@ -106,6 +116,19 @@ class Settings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def upload_bytes_per_day(self) -> int:
+        return int(self.upload_mb_per_day * 1024 * 1024)
+
+    @property
+    def upload_storage_bytes(self) -> int:
+        return int(self.upload_storage_mb * 1024 * 1024)
+
+    @property
+    def state_db_url(self) -> str:
+        """``ASAP_STATE_URL``, else an SQLite file ``state.sqlite3`` in ``cache_dir``."""
+        return self.state_url or f"sqlite:///{(self.cache_dir / 'state.sqlite3').as_posix()}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -123,7 +146,13 @@ class Settings:
             max_upload_mb=_parse_number("ASAP_MAX_UPLOAD_MB", e.get("ASAP_MAX_UPLOAD_MB"), 10.0),
             relevance_budget=int(_parse_number("ASAP_RELEVANCE_BUDGET", e.get("ASAP_RELEVANCE_BUDGET"), 200)),
             heavy_slots=int(_parse_number("ASAP_HEAVY_SLOTS", e.get("ASAP_HEAVY_SLOTS"), 2, minimum=1)),
-            client_header=(e.get("ASAP_CLIENT_HEADER") or "").strip() or None,
+            client_header=(e.get("ASAP_CLIENT_HEADER") or "").strip() or "X-Forwarded-For",
+            trusted_proxies=int(_parse_number("ASAP_TRUSTED_PROXIES", e.get("ASAP_TRUSTED_PROXIES"), 0)),
+            max_upload_pixels=int(_parse_number("ASAP_MAX_UPLOAD_PIXELS", e.get("ASAP_MAX_UPLOAD_PIXELS"),
+                                                64_000_000, minimum=1)),
+            upload_mb_per_day=_parse_number("ASAP_UPLOAD_MB_PER_DAY", e.get("ASAP_UPLOAD_MB_PER_DAY"), 40.0),
+            upload_storage_mb=_parse_number("ASAP_UPLOAD_STORAGE_MB", e.get("ASAP_UPLOAD_STORAGE_MB"), 2048.0),
+            state_url=(e.get("ASAP_STATE_URL") or "").strip() or None,
             compile=parse_bool("ASAP_COMPILE", e.get("ASAP_COMPILE")),
             cpu_bf16=parse_bool("ASAP_CPU_BF16", e.get("ASAP_CPU_BF16")),
             malloc_keep=parse_bool("ASAP_MALLOC_KEEP", e.get("ASAP_MALLOC_KEEP"), default=True),
