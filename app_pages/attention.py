@@ -9,6 +9,7 @@ from asap_core.storage.schema import RELEVANCE_METHODS
 from asap_core.views import attention as va
 from asap_core.views import checks as vc
 from asap_core.views.glossary import GLOSSARY
+from asap_core.views.text import as_text, as_texts
 from app_pages.glue import checks as G
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
@@ -52,15 +53,16 @@ checks = G.checks_for(b, shown, method, targets) if check else G.cached_checks_f
 per_image, flagged = (checks[0].per_image, vc.flagged_targets(checks[1].summary)) if checks else (None, set())
 if checks and flagged:
     st.warning(f"{len(flagged)} of the {len(checks[1].summary)} targets' maps fail the sanity check: "
-               + vc.flagged_reason(checks[1].summary), icon=":material/report:")
+               + as_text(vc.flagged_reason(checks[1].summary)), icon=":material/report:")
 for r in rows:
     with st.container(border=True):
         truth = r["label"] or "unlabelled"
         verdict = "" if r["label"] is None else (" ✓ right" if r["label"] == r["pred"] else " ✗ wrong")
-        st.markdown(f"**{r['file']}** · label {truth} · predicted {r['pred']}{verdict} · p_fake {r['p_fake']:.3f}",
+        st.markdown(f"**{as_text(r['file'])}** · label {as_text(truth)} · predicted {as_text(r['pred'])}{verdict} · p_fake {r['p_fake']:.3f}",
                     help=GLOSSARY["p_fake"])
         tiles = r["tiles"]
-        st.image([t.image for t in tiles], caption=vc.tile_captions(r, per_image, flagged), width=92)
+        st.image([t.image for t in tiles], caption=as_texts(vc.tile_captions(r, per_image, flagged)),
+                 width=92)
 
 contrib = va.contribution_frame(D.image_rows(b, shown), shown, w2, names)
 st.markdown("**Contributions to the fake logit** (z_i · w2_i per image)")

@@ -16,10 +16,11 @@ from asap_core.views import dimensions as vd
 from asap_core.views import state as vs
 from asap_core.views.attention import decode_thumb
 from asap_core.views.glossary import GLOSSARY
+from asap_core.views.text import as_text, as_texts
 from app_pages.glue import checks as G
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
-from app_pages.glue.errors import show_error
+from app_pages.glue.errors import show_error, visible
 from app_pages.glue.sidebar import page_start
 
 b = page_start()
@@ -37,7 +38,7 @@ def naming_panel(dim: int, where) -> None:
         show_error(exc, where)
     current = names[dim]
     if settings().hosted:
-        where.caption(f"Name: **{current}**" if current else "This dimension has no name yet.")
+        where.caption(f"Name: **{as_text(current)}**" if current else "This dimension has no name yet.")
         return
     c1, c2 = where.columns([4, 1], vertical_alignment="bottom")
     text = c1.text_input("Name this dimension", value=current, key=f"w_dim_name_{dim}",
@@ -58,7 +59,7 @@ def image_rows(dim: int, k: int) -> tuple[list[str], list[str]]:
     rows = []
     for title, highest in (("Highest", True), ("Lowest", False)):
         top = vd.top_images(b.images, dim, k, highest)
-        st.caption(f"{title} {dimension_label(dim, names)}")
+        st.caption(f"{title} {as_text(dimension_label(dim, names))}")
         st.image(D.thumbs(b, top["image_id"].tolist()), caption=[f"z{dim} = {v:+.3f}" for v in top[f"z{dim}"]],
                  width=84)
         rows.append(top["image_id"].tolist())
@@ -70,7 +71,7 @@ def nearest_words(dim: int) -> None:
     distiller as the images), with the vocabulary to edit."""
     problem = D.text_tower_problem(D.encoder_model(b))
     if problem:
-        st.caption(f"Nearest words: not available for this bundle's CLIP ({problem}). A full CLIP checkpoint "
+        st.caption(f"Nearest words: not available for this bundle's CLIP ({as_text(visible(problem))}). A full CLIP checkpoint "
                    "with its tokenizer (e.g. openai/clip-vit-base-patch32) ranks words.")
         return
     with st.expander("Nearest words", icon=":material/translate:"):
@@ -88,8 +89,8 @@ def nearest_words(dim: int) -> None:
             return
         high, low = scores.ends(dim)
         c1, c2 = st.columns(2)
-        c1.markdown("**High end:** " + ", ".join(f"{w} ({z:+.2f})" for w, z in high))
-        c2.markdown("**Low end:** " + ", ".join(f"{w} ({z:+.2f})" for w, z in low))
+        c1.markdown("**High end:** " + ", ".join(f"{as_text(w)} ({z:+.2f})" for w, z in high))
+        c2.markdown("**Low end:** " + ", ".join(f"{as_text(w)} ({z:+.2f})" for w, z in low))
         st.caption("Words are embedded by CLIP's text tower and mapped like images; compare them with each other, "
                    "not with the images' values.")
 
@@ -100,7 +101,7 @@ def trust_panel(dim: int, ids: list[str]) -> None:
     st.markdown("**Can you trust this dimension's maps?**", help=GLOSSARY["map checks"])
     sample, targets = ids[:vc.CHECK_IMAGES], vc.check_targets_for(dim)
     found = G.cached_checks_for(b, sample, method, targets)
-    if found is None and st.toggle(f"Check the maps of {dimension_label(dim, names)} on {len(sample)} of these "
+    if found is None and st.toggle(f"Check the maps of {as_text(dimension_label(dim, names))} on {len(sample)} of these "
                                    "images (deletion against random, sanity check)", key="w_dim_checks"):
         found = G.checks_for(b, sample, method, targets)
     stored = G.stored_checks(path, stamp)
@@ -155,8 +156,8 @@ maps = D.maps_for(b, ids, method)
 if maps is None:
     st.stop()
 tiles, captions, note = vd.mean_map_tiles(maps, dim, b.thumbnails(ids[:1])[0], names=names)
-st.image(tiles, caption=captions, width=160)
-st.caption(note)
-st.caption(f"Concept crops: each image cut to the quarter of its patches that {dimension_label(dim, names)}'s "
+st.image(tiles, caption=as_texts(captions), width=160)
+st.caption(as_text(note))
+st.caption(f"Concept crops: each image cut to the quarter of its patches that {as_text(dimension_label(dim, names))}'s "
            "map ranks highest.")
 st.image(nm.dimension_crops([decode_thumb(j) for j in b.thumbnails(ids)], maps, dim), width=84)

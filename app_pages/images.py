@@ -11,6 +11,7 @@ from asap_core.settings import settings
 from asap_core.views import concept as vc
 from asap_core.views import grid as vg
 from asap_core.views import state as vs
+from asap_core.views.text import as_text
 from asap_core.views.glossary import GLOSSARY
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
@@ -60,7 +61,7 @@ if concept_on:
     cards = vc.concept_cards(result)
     for card in cards:
         with st.container(border=True):
-            st.markdown(f"**Concept {card['concept'] + 1}** · {vc.describe(card, D.dimension_names(b))}",
+            st.markdown(f"**Concept {card['concept'] + 1}** · {as_text(vc.describe(card, D.dimension_names(b)))}",
                         help=GLOSSARY["concept"])
             if card["crops"]:
                 st.image(card["crops"], width=96)

@@ -9,6 +9,7 @@ from asap_core.views import generators as vgen
 from asap_core.views.glossary import GLOSSARY
 from asap_core.views import overview as ov
 from asap_core.views import state as vs
+from asap_core.views.text import as_text
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue import state as S
@@ -87,13 +88,13 @@ with right:
                   help=GLOSSARY["confidence"])
         st.caption(f"real: {s['n_real_ok']} right, {s['n_real_wrong']} wrong · fake: {s['n_fake_ok']} right, "
                    f"{s['n_fake_wrong']} wrong" + (f" · {s['n_unlabelled']} unlabelled" if s["n_unlabelled"] else "")
-                   + (f" · dominant generator: {s['dominant_generator']}" if s["dominant_generator"] else ""))
+                   + (f" · dominant generator: {as_text(s['dominant_generator'])}" if s["dominant_generator"] else ""))
         members = ov.selected_members(D.gridded(path, stamp, grid)[0], selected, new_filters)
         w2 = D.head_weights_or_none(path, stamp)
         if w2 is not None:
-            st.caption(f"Pushes hardest: {ov.selection_driver(members, w2, names)}", help=GLOSSARY["dimension"])
+            st.caption(f"Pushes hardest: {as_text(ov.selection_driver(members, w2, names))}", help=GLOSSARY["dimension"])
         if by_gen:
-            st.caption(vgen.attribution_caption(gen_data[0], members["image_id"].tolist()))
+            st.caption(as_text(vgen.attribution_caption(gen_data[0], members["image_id"].tolist())))
         st.image(D.thumbs(b, members["image_id"].head(12).tolist()), width=64)
         next_or_clear("Open image grid", "images", ":material/grid_view:", K.K_CELLS, chart_key,
                       ("ov_open", "ov_clear"), "Clear selection")

@@ -9,6 +9,7 @@ from asap_core.analyses.patterns import PatternStore, impact_cached, pattern_imp
 from asap_core.errors import AsapError
 from asap_core.views import patterns as vp
 from asap_core.views.glossary import GLOSSARY
+from asap_core.views.text import as_text
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.errors import show_error
@@ -56,7 +57,7 @@ if todo and st.button("Compute impact", key="pat_impact", type="primary", icon="
                       lambda d, t: f"{step['name']}: {d:,}/{t:,} images") as progress:
         try:
             for p in todo:
-                step["name"] = p.name
+                step["name"] = as_text(p.name)
                 pattern_impact(b, p, encoder, vp.N_RANDOM, vp.SEED, method,
                                progress=lambda d, t, base=step["base"]: progress(base + d, total))
                 step["base"] += len(p.image_ids)
@@ -86,20 +87,20 @@ by_name = {p.name: p for p in ready}
 name = st.selectbox("Pattern", ranked["name"].tolist(), key="w_pat_pick", help=GLOSSARY["pattern"])
 pat = by_name[name]
 res = pattern_impact(b, pat, None, vp.N_RANDOM, vp.SEED, method)  # cached: no encoder needed
-st.markdown(vp.impact_line(res))
+st.markdown(as_text(vp.impact_line(res)))
 if pat.note:
-    st.caption(f"Note: {pat.note}")
+    st.caption(f"Note: {as_text(pat.note)}")
 c1, c2 = st.columns([2, 3], gap="large")
 with c1:
     st.altair_chart(vp.per_image_chart(res["table"], b.images), theme=None, width="content")
 with c2:
-    st.image(vp.contact_sheet_png(b, pat), caption=f"{pat.name}: regions outlined, the rest dimmed"
-             if pat.masks is not None else f"{pat.name}: its images")
+    st.image(vp.contact_sheet_png(b, pat), caption=f"{as_text(pat.name)}: regions outlined, the rest dimmed"
+             if pat.masks is not None else f"{as_text(pat.name)}: its images")
 d1, d2 = st.columns([1, 1])
 if d1.button("Send these images to the attention view", key="pat_attn", icon=":material/visibility:"):
     ss[K.K_IMAGES] = list(pat.image_ids)
     st.switch_page(K.PAGE_FILES["attention"])
-if d2.button(f"Delete pattern '{pat.name}'", key="pat_delete", icon=":material/delete:"):
+if d2.button(f"Delete pattern '{as_text(pat.name)}'", key="pat_delete", icon=":material/delete:"):
     store.delete(pat.name)
     st.rerun()
 

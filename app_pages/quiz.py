@@ -9,6 +9,7 @@ from asap_core.analyses.patterns import PatternStore
 from asap_core.errors import AsapError
 from asap_core.views import overview as ov
 from asap_core.views import quiz as vq
+from asap_core.views.text import as_text, as_texts
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.errors import show_error
@@ -69,7 +70,7 @@ def teacher_panel(current: vq.QuizSpec | None) -> None:
             return
         spec = vq.QuizSpec(source, value, n, seed)
         available = len(vq.candidates(b.images, spec, saved_patterns()))
-        st.caption(f"{vq.describe(spec)} · {available} labelled image{'s' if available != 1 else ''} to draw from. "
+        st.caption(f"{as_text(vq.describe(spec))} · {available} labelled image{'s' if available != 1 else ''} to draw from. "
                    "Everyone who opens the link gets the same images in the same order; nothing about a player "
                    "is stored.")
         st.code(vq.quiz_link(st.context.url, st.query_params.get("bundle"), spec), language=None, wrap_lines=True)
@@ -117,8 +118,8 @@ def question(play: dict) -> None:
 def reveal_dimensions(rv: vq.Reveal, where) -> None:
     where.markdown("**The two dimensions that pushed hardest**, each with the three images where it pushes most:")
     for d, c, ex in zip(rv.dims, rv.contributions, rv.exemplars):
-        where.caption(vq.push_text(d, c, D.dimension_names(b)))
-        where.image(D.thumbs(b, list(ex)), caption=vq.captions(b.images, ex, with_p=False), width=THUMB_PX)
+        where.caption(as_text(vq.push_text(d, c, D.dimension_names(b))))
+        where.image(D.thumbs(b, list(ex)), caption=as_texts(vq.captions(b.images, ex, with_p=False)), width=THUMB_PX)
 
 
 def reveal_panel(play: dict) -> None:
@@ -139,7 +140,7 @@ def reveal_panel(play: dict) -> None:
     right.markdown(f"#### It is {'AI-made' if rv.truth == 'fake' else 'a real photo'}.")
     right.markdown(f"You said **{vq.SAY[said]}**: {'right ✓' if you_right else 'wrong ✗'}")
     right.metric("The model's p_fake", f"{rv.p_fake:.2f}", help="its probability that the image is AI-made")
-    right.info(rv.sentence)
+    right.info(as_text(rv.sentence))
     last = i == n
     if right.button("See my score" if last else "Next image", key="quiz_next", type="primary",
                     icon=":material/flag:" if last else ":material/arrow_forward:"):
@@ -151,7 +152,7 @@ def reveal_panel(play: dict) -> None:
 def fooled(title: str, ids: list[str]) -> None:
     st.markdown(f"**{title}** ({len(ids)})")
     if ids:
-        st.image(D.thumbs(b, ids), caption=vq.captions(b.images, ids), width=END_THUMB_PX)
+        st.image(D.thumbs(b, ids), caption=as_texts(vq.captions(b.images, ids)), width=END_THUMB_PX)
     else:
         st.caption("none")
 
@@ -186,7 +187,7 @@ if spec is None:
 if ss.get(PLAY, {}).get("key") != (str(b.path), spec.to_param()):
     ss[PLAY] = new_play(spec)
 play = ss[PLAY]
-st.caption(f"Quiz: {vq.describe(spec)}.")
+st.caption(f"Quiz: {as_text(vq.describe(spec))}.")
 if not play["ids"]:
     st.warning("This quiz has no labelled images in this bundle (a pattern that is not saved here, an empty cell "
                "or filter). Make another one above.")

@@ -6,6 +6,7 @@ import streamlit as st
 
 from asap_core.views import robustness as vr
 from asap_core.views import state as vs
+from asap_core.views.text import as_texts
 from asap_core.views.glossary import GLOSSARY
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
@@ -73,7 +74,7 @@ pick = st.selectbox("Image", ids, key="w_rob_img", format_func=vr.image_label(im
 view = D.laundered_for(b, pick, q, s, method, ss.setdefault("_rob_charged", set()))  # the table still shows
 if view is not None:
     tiles, captions = vr.view_tiles(view)
-    st.image(tiles, caption=captions, width=160)
+    st.image(tiles, caption=as_texts(captions), width=160)
 
 st.markdown(f"**Per image and setting** ({len(table)} rows)")
 st.dataframe(vr.display_table(table, images), hide_index=True, key="rob_table",

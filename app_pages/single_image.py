@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import streamlit as st
 
-from asap_core.analyses.single_image import decode_upload
+from asap_core.analyses.single_image import check_upload
 from asap_core.errors import AsapError
 from asap_core.inputs.imageio import sha1_hex
 from asap_core.serving import upload_limit_mb
 from asap_core.settings import settings
 from asap_core.views import single as vsi
 from asap_core.views import state as vs
+from asap_core.views.text import as_text, as_texts
 from app_pages.glue import budget
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
@@ -39,7 +40,7 @@ if up is None:
 
 data = up.getvalue()
 try:
-    decode_upload(up.name, data, policy)  # type, size and decoding checks before any model work
+    check_upload(up.name, data, policy)  # type, bytes, pixels from the header: nothing decoded before the budget
 except AsapError as exc:
     show_error(exc)
     st.stop()
@@ -76,12 +77,12 @@ with right:
 
 nb = res.neighbours
 st.markdown(f"**{len(nb)} nearest bundle images** (Euclidean distance in the 16 dimensions)")
-st.caption(vsi.neighbour_summary(nb))
-st.image(D.thumbs(b, nb["image_id"].tolist()), caption=vsi.neighbour_captions(nb), width=96)
+st.caption(as_text(vsi.neighbour_summary(nb)))
+st.image(D.thumbs(b, nb["image_id"].tolist()), caption=as_texts(vsi.neighbour_captions(nb)), width=96)
 with st.expander("Neighbour table"):
     st.dataframe(vsi.neighbours_display(nb), hide_index=True, key="single_nb")
 
 st.markdown(f"**Relevance maps** ({method}): the fake logit, then the 16 dimensions ordered by support for the "
             "prediction (contribution z_i·w2_i)")
 tiles = vsi.map_tiles(res, D.head_weights(path, stamp), names=D.dimension_names(b))
-st.image([t.image for t in tiles], caption=[t.caption for t in tiles], width=92)
+st.image([t.image for t in tiles], caption=as_texts(t.caption for t in tiles), width=92)

@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--ray-address", default=None,
                    help="with --engine ray: the cluster to join, e.g. ray://head:10001 or auto (default: start a "
                         "local one); images and model must be at the same paths on every node")
+    a.add_argument("--from-embeddings", action="store_true",
+                   help="DATA_DIR is a table (.parquet or .csv: image_id, path, label[, generator][, split]) of images "
+                        "whose embeddings and thumbnails are already in the cache (same --model, --dtype, --cache-dir): "
+                        "no scan, no hashing, no embedding; the later stages as usual (docs/scale.md)")
     a.add_argument("--faithfulness", type=int, default=0, metavar="N",
                    help="check the relevance maps on a seeded sample of N labelled images (both classes): deletion / "
                         "insertion curves against random, and the weight-randomisation sanity check; stored in the "
@@ -92,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .pipeline.analyze import AnalyzeOptions, analyze
+    from .pipeline.analyze import AnalyzeOptions, analyze, analyze_embeddings
 
     opts = AnalyzeOptions(model=args.model, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
                           compile=args.compile, dtype=args.dtype,
@@ -102,7 +106,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     bars = TqdmProgress()
     t0 = time.perf_counter()
     try:
-        report = analyze(args.data_dir, args.out, opts, progress=bars)
+        run = analyze_embeddings if args.from_embeddings else analyze
+        report = run(args.data_dir, args.out, opts, progress=bars)
     finally:
         bars.close()
     print(report.summary())
@@ -143,20 +148,30 @@ def cmd_info(args: argparse.Namespace) -> int:
     from .storage.bundle import Bundle
     from .views.trust import encoder_source, trust_notices
 
-    b = Bundle.open(args.bundle)
+    b = Bundle.open(args.bundle, read_tables=True)  # every table read: a damaged file exits 2 here, named
     c, enc = b.counts, b.encoder_info
     print(f"{b.path}: {c.used} images ({c.real} real, {c.fake} fake), {c.cells} cells; encoder {enc.model_id} "
           f"({enc.dtype}), source {encoder_source(enc)}; layout {b.layout}")
     val = b.metrics.get("val")
     if val:
-        print(f"validation accuracy {val['accuracy']:.3f}, AP {val['ap']:.3f}, ROC-AUC {val['roc_auc']:.3f}")
+        print(f"validation accuracy {_figure(val.get('accuracy'))}, AP {_figure(val.get('ap'))}, "
+              f"ROC-AUC {_figure(val.get('roc_auc'))}")
     print(f"skipped files: {len(b.skipped)}")
-    checks = read_summary(b)
-    if checks:
-        print(checks_line(checks))
+    try:
+        checks = read_summary(b)
+        line = checks_line(checks) if checks else None
+    except Exception:  # noqa: BLE001 - an optional digest in the cache: a malformed one is said, not raised
+        line = "Explanation checks: the stored digest cannot be read (run `analyze --faithfulness N` again)."
+    if line:
+        print(line)
     for notice in trust_notices(b, where="cli"):
         print(notice.line())
     return 0
+
+
+def _figure(value) -> str:
+    """A metric as ``info`` prints it: three decimals, "n/a" when missing."""
+    return f"{value:.3f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
 
 
 def add_name_parser(sub) -> None:
@@ -197,7 +212,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
     import shlex
 
-    from .serving import config_toml, server_options, streamlit_command
+    from .serving import config_toml, hosted_start_notes, server_options, streamlit_command
     from .settings import settings
 
     s = settings()
@@ -211,6 +226,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if not policy.list_bundles():
             print(f"warning: no bundles (sub-folders with a bundle.json) under ASAP_BUNDLE_ROOT={policy.bundle_root}; "
                   "visitors will have nothing to open.", file=sys.stderr)
+        for note in hosted_start_notes(s):
+            print(f"note: {note}", file=sys.stderr)
     argv = streamlit_command(s, port=args.port, address=args.address)
     print(shlex.join(argv), file=sys.stderr, flush=True)
     sys.stdout.flush()

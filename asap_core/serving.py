@@ -74,6 +74,25 @@ def server_options(s: Settings) -> dict[str, bool | int | str]:
     return {**FOR_EVERYONE, **FOR_SERVING, **(hosted_options(s) if s.hosted else {})}
 
 
+def hosted_start_notes(s: Settings) -> list[str]:
+    """What ``serve`` tells the operator when a public explorer starts: where budgets are kept (the state
+    store is opened now, so a bad ``ASAP_STATE_URL`` fails here, not at a visitor's first request) and who
+    a visitor is (``hosting.loopback_notice``). ``InputError`` when the store cannot be opened."""
+    from .errors import InputError
+    from .hosting import loopback_notice
+    from .storage.state_store import StateStore, StateUnavailable, shown_url
+
+    try:
+        StateStore.from_url(s.state_db_url)
+    except StateUnavailable:
+        raise InputError(f"The state store {shown_url(s.state_db_url)} (ASAP_STATE_URL) cannot be opened; the "
+                         "reason is in the log line above.",
+                         "fix ASAP_STATE_URL, start the database, or unset it to keep budgets in an SQLite file "
+                         "under ASAP_CACHE_DIR.") from None
+    return [f"budgets are kept in {shown_url(s.state_db_url)} (shared by every server on this ASAP_STATE_URL).",
+            loopback_notice(s.trusted_proxies)]
+
+
 def _flag_value(value: bool | int | str) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
@@ -101,4 +120,4 @@ def config_toml(options: dict[str, bool | int | str]) -> str:
 
 
 __all__ = ["APP_FILE", "DEFAULT_PORT", "FOR_EVERYONE", "FOR_SERVING", "HEALTH_PATH", "config_toml",
-           "hosted_options", "server_options", "streamlit_command", "upload_limit_mb"]
+           "hosted_options", "hosted_start_notes", "server_options", "streamlit_command", "upload_limit_mb"]

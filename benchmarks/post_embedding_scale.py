@@ -1,42 +1,39 @@
-"""The post-embedding stages of ``analyze`` at 100 k and 1 M images: seconds and peak RSS per stage.
+"""``analyze`` after the embedding pass at 100 k and 1 M images, through its real entry point: seconds and
+peak RSS per stage.
 
     python benchmarks/post_embedding_scale.py --sizes 100000,1000000
     python benchmarks/post_embedding_scale.py --sizes 3000 --put-rate ''        # a quick dry run
 
-No model and no image files: synthetic CLIP-like embeddings ``[N, 512]`` float32 (20 topic clusters, real
-vs fake along one planted direction, two fake generators along two more, Gaussian noise, L2-normalised)
-are written in chunks of 50,000 rows into a ``.npy`` under ``--scratch`` and opened memory-mapped, so
-that generating them never holds more than one chunk. Thumbnails are ``--thumb-bytes`` fake bytes per
-image in a real ``RowStore`` (the embed stage fills it; here it is setup, not timed as a stage).
+No image folder: per size, a first process (setup, not part of any total) writes what an embedding pass
+leaves behind, into the real stores ``analyze`` reads:
 
-Then the functions ``analyze`` runs after the embed stage, in its order, in one process per size:
+* a random CLIP with D = 512 (``demo.write_random_clip``: a 32-px, 2-layer vision tower, so its forward
+  costs next to nothing) under ``--scratch``; the texted copies of the projection's sample go through it;
+* synthetic CLIP-like embeddings ``[N, 512]`` float32 (20 topic clusters, real vs fake along one planted
+  direction, two fake generators along two more, Gaussian noise, L2-normalised) put into that model's
+  embedding store (``stages.embedding_stores``) 50,000 rows per shard, and ``--thumb-bytes`` fake bytes
+  per image into the thumbnail store;
+* the ids table (``image_id, path, label, generator``) as Parquet, and real image files only for the rows
+  the projection's sample reads (the first ``projection_sample_size(N)`` of ``stages.sample_order``), whose
+  ids are the SHA-1 of their bytes as the hash stage would give; the other paths name no file.
 
-* ``projection``: what ``stages.project_stage`` does: ``hash_key`` over all embeddings, then
-  ``VisionOnlyProjection.fit`` with ``clean_embeds`` = all N rows and the 128 sampled rows' own embeddings
-  (``exact_decode``). The texted copies come from an ``embed`` stand-in: each sample row plus noise along 8
-  fixed "text" directions. If that fails (it does: ``np.linalg.svd(full_matrices=True)`` asks for an
-  ``[N, N]`` matrix), the row says so and ``projection on a sample`` fits the same way with
-  ``clean_embeds`` = a ``--projection-sample`` subset, which the later stages then use.
-* ``train``: ``stages.train_stage`` (cache key over the labelled embeddings, ``DistillerTrainer.fit``,
-  saved with ``cached_call``); ``predict``: ``Distiller.predict`` over all rows (``analyze`` times it inside
-  its "train" stage).
-* ``layout``: ``stages.layout_stage`` (prediction columns, ``embed_2d``: t-SNE on a 20,000-row sample, the
-  rest placed at their 10 nearest sample rows; ``default_grid``, ``assign_cells``, ``cell_table``); its
-  sub-rows split off the t-SNE fit and the rest of ``embed_2d`` (timers wrapped around the two functions).
-* ``isomatch``: what the image view does for one cell, on demand (``views.grid.subsample`` to at most 400
-  images, ``isomatch_grid``), for ``--isomatch-cells`` seeded cells plus the largest; the row gives the
-  mean per cell and, in the note, the time all non-empty cells would take one after the other.
-* ``write``: ``stages.write_stage`` (``write_bundle``: images, cells and thumbnail tables, the models).
+A second, fresh process then runs ``analyze_embeddings(table, out, options)``, the function behind
+``python -m asap_core analyze TABLE --from-embeddings --out OUT`` (README, docs/scale.md): ``analyze``'s own
+stages after the embedding pass (the table read, the cached embeddings read, projection, train with
+predict, layout, write), nothing stood in. Each stage's seconds and peak RSS come from wrapping
+``RunContext.stage`` (the timer ``analyze`` reports): the kernel's high-water mark (``VmHWM``) reset at the
+stage's start by writing 5 to ``/proc/self/clear_refs`` (where refused, the peak since the process started;
+the table says which); a stage inside another (``load model`` inside ``projection``) is its own row and
+counts in its parent's peak. The total is the wall time of that one call and the highest stage peak.
 
-Peak RSS per stage: the kernel's high-water mark (``VmHWM``) reset before each stage by writing 5 to
-``/proc/self/clear_refs``; where that is refused, the running peak since the process started (the table
-says which). Pages of the memory-mapped embeddings that a stage reads count as resident.
+Printed apart, never in the total: IsoMatch grids of ``--isomatch-cells`` cells of the written bundle (what
+the image view does on demand), and with ``--put-rate`` (rows per call) the driver's write rate of the
+embed stage: ``RowStore.put`` of 512-float embeddings and ``--put-thumb-bytes`` thumbnails, as the driver
+of ``--engine ray`` does for each batch an actor returns.
 
-Each size runs in a fresh subprocess under ``--timeout`` seconds and an address-space cap of ``--cap-gb``
-(``RLIMIT_AS``), so a stage that would need too much memory fails with ``MemoryError`` instead of
-swapping; rows already measured are kept. ``--put-rate`` (rows per call) also measures the driver's write
-rate of the embed stage: ``RowStore.put`` of 512-float embeddings and ``--put-thumb-bytes`` thumbnails,
-as the driver of ``--engine ray`` does for each batch an actor returns.
+Each process runs under ``--timeout`` seconds and an address-space cap of ``--cap-gb`` (``RLIMIT_AS``), so a
+stage that would need too much memory fails with ``MemoryError`` instead of swapping; rows already
+measured are kept.
 """
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ def test_one_encoder_factory_and_one_budget_charge():
     # the app, the CLI, relevance, concepts and laundering all load the model through model.factory
     assert _files_matching(r"ClipEncoder\.from_pretrained\(") == {"asap_core/model/factory.py"}
     assert _files_matching(r"ClipTextEncoder\.from_pretrained\(") == {"asap_core/model/factory.py"}  # text tower
-    assert _files_matching(r"\.charge_relevance\(") == {"app_pages/glue/budget.py"}
+    assert _files_matching(r"(?<!budget)\.charge_(relevance|upload)\(") == {"app_pages/glue/budget.py"}
+    assert _files_matching(r"(?<!self)\.charge(_all)?\(\s*client\b") == {"asap_core/hosting.py"}  # the store
     assert _files_matching(r"budget\.charge\(") == {"app_pages/glue/data.py"}
 
 

@@ -129,11 +129,22 @@ def test_print_config_is_the_hosted_options_as_toml(set_env, tmp_path, capsys):
 def test_serve_execs_the_streamlit_command(set_env, tmp_path, monkeypatch, capsys):
     ran = []
     monkeypatch.setattr(os, "execv", lambda path, argv: ran.append(argv))
-    s = set_env(ASAP_HOSTED="1", ASAP_BUNDLE_ROOT=str(tmp_path))
+    s = set_env(ASAP_HOSTED="1", ASAP_BUNDLE_ROOT=str(tmp_path), ASAP_CACHE_DIR=str(tmp_path / "cache"),
+                ASAP_STATE_URL=None, ASAP_TRUSTED_PROXIES=None)
     main(["serve", "--port", "8600", "--address", "127.0.0.1"])
     assert ran == [streamlit_command(s, port=8600, address="127.0.0.1")]
     err = capsys.readouterr().err
     assert "no bundles" in err and "--server.maxUploadSize=10" in err   # warns, and says what it runs
+    assert "loopback" in err and "share one budget" in err and "ASAP_TRUSTED_PROXIES=1" in err  # who a visitor is
+    assert (tmp_path / "cache" / "state.sqlite3").is_file()             # the budgets' store, opened at start
+
+
+def test_serve_stops_before_starting_when_the_state_store_cannot_be_opened(set_env, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(os, "execv", lambda path, argv: pytest.fail("started without its state store"))
+    set_env(ASAP_HOSTED="1", ASAP_BUNDLE_ROOT=str(tmp_path), ASAP_STATE_URL="postgresql://asap:hush@127.0.0.1:1/x")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert "ASAP_STATE_URL" in err and "hush" not in err
 
 
 def test_hosted_serve_without_a_bundle_root_stops_before_starting(set_env, monkeypatch, capsys):
@@ -167,6 +178,7 @@ def test_recipe_environment_is_hosted_offline_and_known():
     s = Settings.from_env(env)
     assert s.hosted and s.hf_offline and s.bundle_root == Path("/bundles")
     assert "/bundles" in instruction("VOLUME")
+    assert env.get("ASAP_CACHE_DIR") in json.loads(instruction("VOLUME"))   # caches and budgets outlive the container
     assert instruction("USER") not in ("root", "0")
     assert instruction("FROM") == "python:3.11-slim"
 
@@ -246,3 +258,14 @@ def test_recipe_server_serves_the_hosted_explorer_with_both_upload_limits(hosted
     health = [sys.executable if a == "python" else a for a in healthcheck_cmd()]
     health[2] = health[2].replace(f":{exposed_port()}/", f":{port}/")
     assert subprocess.run(health, timeout=30).returncode == 0       # the recipe's HEALTHCHECK, as written
+
+
+def test_the_hosting_notes_explain_budgets_and_who_a_visitor_is():
+    """README's "Host it" and deploy/README.md name the settings a public explorer's budgets depend on."""
+    readme = (REPO / "README.md").read_text()
+    host_it = readme[readme.index("## Host it"):readme.index("\n## ", readme.index("## Host it") + 5)]
+    notes = (DEPLOY / "README.md").read_text()
+    for setting in ("ASAP_TRUSTED_PROXIES", "ASAP_STATE_URL", "ASAP_UPLOAD_MB_PER_DAY", "ASAP_RELEVANCE_BUDGET"):
+        assert setting in host_it and setting in notes, setting
+    for place in ("Docker", "reverse proxy", "Community Cloud"):
+        assert place in host_it and place in notes, place

@@ -249,14 +249,16 @@ def test_decompression_bomb_error_is_skipped(tmp_path, monkeypatch):
     assert "ASAP_MAX_IMAGE_PIXELS" in err.hint
 
 
-def test_decompression_bomb_warning_loads_silently(tmp_path, monkeypatch):
-    p = _save(Image.new("RGB", (40, 40)), tmp_path / "big.png")  # 1600 pixels: warning zone
+def test_pixel_limit_is_pillows_at_1x_without_warnings(tmp_path, monkeypatch):
+    p = _save(Image.new("RGB", (40, 40)), tmp_path / "big.png")  # 1600 pixels: Pillow only warns (1x-2x)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, im = load_image(p)
-    assert im.size == (40, 40)
+        err = _load_error(p)  # refused from the header at 1x, not loaded silently up to 2x
+    assert err.reason.startswith("decompression bomb: 40 x 40 pixels exceeds the limit (1000 pixels")
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1600)  # exactly at the limit: decodes
+    assert load_image(p)[1].size == (40, 40)
 
 
 def test_env_var_raises_pixel_limit(tmp_path, monkeypatch):

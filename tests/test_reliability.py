@@ -183,6 +183,7 @@ def policy(tmp_path, monkeypatch):
     monkeypatch.setenv("ASAP_MODEL_ALLOWLIST", "openai/clip-vit-base-patch32, openai/clip-vit-large-patch14")
     monkeypatch.setenv("ASAP_MAX_UPLOAD_MB", "1")
     monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "10")
+    monkeypatch.setenv("ASAP_CACHE_DIR", str(tmp_path / "cache"))  # the budgets' state store lives here
     reload_settings()
     return HostedPolicy.from_settings()
 

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from asap_core.storage.bundle import Bundle
+from asap_core.storage.state_store import BUDGETS
 from asap_core.errors import ImageLoadError, InputError
 from asap_core.hosting import HostedPolicy
 from asap_core.inputs.imageio import read_bytes
@@ -79,7 +80,8 @@ def test_uploads_only_and_limits(bundle, tiny_encoder, tmp_path, set_env):
         analyse_upload(bundle, "x.png", _png(make_image(np.random.default_rng(0), False)), encoder=tiny_encoder,
                        k_neighbours=0)
     data = _png(make_image(np.random.default_rng(5), False))
-    policy = HostedPolicy(bundle_root=tmp_path, max_upload_bytes=len(data) - 1, relevance_budget=1)
+    policy = HostedPolicy(bundle_root=tmp_path, max_upload_bytes=len(data) - 1, relevance_budget=1,
+                          state_url=f"sqlite:///{tmp_path / 'state.sqlite3'}")
     with pytest.raises(InputError, match="limit"):
         analyse_upload(bundle, "big.png", data, encoder=tiny_encoder, policy=policy)
     with pytest.raises(InputError):
@@ -87,7 +89,8 @@ def test_uploads_only_and_limits(bundle, tiny_encoder, tmp_path, set_env):
     policy.max_upload_bytes = 10 * len(data)
     clear_memo()
     res = analyse_upload(bundle, "ok.png", data, encoder=tiny_encoder, policy=policy)
-    assert 0.0 <= res.p_fake <= 1.0 and policy.used == {}  # budgets are charged by the app, not here
+    with policy.store.engine.connect() as conn:  # budgets are charged by the app, not here
+        assert 0.0 <= res.p_fake <= 1.0 and conn.execute(BUDGETS.select()).first() is None
     # hosted mode applies the environment's policy without being passed one
     set_env(ASAP_HOSTED="1", ASAP_BUNDLE_ROOT=str(tmp_path), ASAP_MAX_UPLOAD_MB=str(len(data) / 2 / 1024 / 1024))
     with pytest.raises(InputError, match="limit"):

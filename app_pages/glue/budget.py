@@ -1,6 +1,7 @@
 """Hosted mode (``ASAP_HOSTED=1``, ``asap_core.hosting``): the server's policy, the one place where on-demand
-work is charged to a visitor's budget (``charge``) and the one gate that lets at most ``ASAP_HEAVY_SLOTS``
-computations run at once (``heavy_work``); ``data`` calls both around heavy work."""
+work (``charge``) and uploads (``charge_upload``) are charged to a visitor's budgets (kept in the durable
+state store, per ``client_id``, not per session) and the one gate that lets at most ``ASAP_HEAVY_SLOTS``
+computations run at once (``heavy_work``); ``data`` and ``byo`` call them around heavy work."""
 from __future__ import annotations
 
 import uuid
@@ -11,10 +12,10 @@ from typing import Iterator
 import streamlit as st
 
 from asap_core.errors import AsapError
-from asap_core.hosting import HostedPolicy, WorkSlots
+from asap_core.hosting import LOOPBACK_CLIENT, HostedPolicy, WorkSlots, client_address, loopback_notice
 from asap_core.settings import Settings, settings
 
-from .errors import show_error
+from .errors import LOG, show_error
 
 K_SESSION_ID = "_session_id"
 SLOT_TIMEOUT_S = 300.0  # a visitor waits at most this long for a free slot, then is told the explorer is busy
@@ -22,7 +23,7 @@ SLOT_TIMEOUT_S = 300.0  # a visitor waits at most this long for a free slot, the
 
 @st.cache_resource(show_spinner=False)
 def _policy_for(s: Settings) -> HostedPolicy:
-    """One policy (and its per-session relevance counts) per server and configuration."""
+    """One policy per server and configuration (its budgets live in the durable state store)."""
     return HostedPolicy.from_settings(s)
 
 
@@ -44,34 +45,65 @@ def session_id() -> str:
 
 
 def client_id() -> str:
-    """Who the visitor is for the budget: the proxy's header named by ``ASAP_CLIENT_HEADER`` (its first
-    address), else the client's address, else (no address known, e.g. in tests) the browser session."""
-    header = settings().client_header
+    """Who the visitor is for the budgets (``hosting.client_address``): the address ``ASAP_TRUSTED_PROXIES``
+    hops from the right of the ``ASAP_CLIENT_HEADER`` header, else the peer; everyone from loopback shares
+    one id. Only without a request (AppTest, no headers at all) is it the browser session."""
+    s = settings()
     try:
-        if header:
-            value = st.context.headers.get(header)
-            value = value.split(",")[0].strip() if isinstance(value, str) else ""
-            if value:
-                return f"h:{value}"
-        ip = st.context.ip_address
-    except Exception:  # noqa: BLE001 - no request context (AppTest, a thread): fall back to the session
-        ip = None
-    return f"ip:{ip}" if isinstance(ip, str) and ip else f"s:{session_id()}"  # AppTest hands out mocks
+        headers = st.context.headers
+        if not len(headers):  # a served request always carries Host: this is no request (AppTest)
+            return f"s:{session_id()}"
+        forwarded = ",".join(headers.get_all(s.client_header)) if s.trusted_proxies else None
+        peer = st.context.ip_address  # None for 127.0.0.1 and ::1
+    except Exception:  # noqa: BLE001 - no request context (a thread): fall back to the session
+        return f"s:{session_id()}"
+    client = client_address(forwarded, peer if isinstance(peer, str) else None, s.trusted_proxies)
+    if client == LOOPBACK_CLIENT:
+        _note_loopback(s.trusted_proxies)
+    return client
+
+
+_LOOPBACK_NOTED: list[bool] = []
+
+
+def _note_loopback(trusted_proxies: int) -> None:
+    """Say once in the server log that visitors arrive from loopback and so share one budget."""
+    if _LOOPBACK_NOTED:
+        return
+    _LOOPBACK_NOTED.append(True)
+    LOG.warning("%s", loopback_notice(trusted_proxies))
+
+
+def _charged(charge_with) -> bool:  # noqa: ANN001 - a callable taking the client id
+    """Run ``charge_with(client_id())`` in hosted mode; False, with the message shown, when it refuses."""
+    policy = hosted_policy()
+    if policy is None:
+        return True
+    try:
+        charge_with(policy, client_id())
+    except AsapError as exc:
+        show_error(exc)
+        return False
+    return True
 
 
 def charge(n_images: int) -> bool:
     """Charge ``n_images`` of on-demand relevance to this visitor (hosted mode only; per client, so fresh
     sessions do not renew it); False, with the message shown, when that would pass the budget. The only
     caller of ``HostedPolicy.charge_relevance``."""
-    policy = hosted_policy()
-    if policy is None or n_images <= 0:
+    if n_images <= 0:
         return True
-    try:
-        policy.charge_relevance(client_id(), int(n_images))
-    except AsapError as exc:
-        show_error(exc)
-        return False
-    return True
+    return _charged(lambda policy, client: policy.charge_relevance(client, int(n_images)))
+
+
+def charge_upload(n_images: int, n_bytes: int) -> bool:
+    """Charge an upload of ``n_images`` images and ``n_bytes`` bytes to this visitor (hosted mode only):
+    images to the work budget, bytes to the daily upload bytes, both checked before either is charged; False,
+    with the message shown, when either would pass its limit. Call it before decoding the upload. The only
+    caller of ``HostedPolicy.charge_upload``."""
+    if n_images <= 0 and n_bytes <= 0:
+        return True
+    return _charged(lambda policy, client: policy.charge_upload(client, int(n_images), int(n_bytes)))
 
 
 @st.cache_resource(show_spinner=False)

@@ -1,12 +1,16 @@
 """Bring your own images: a zip (or several images) uploaded in the sidebar becomes a bundle of this session.
 
-Flow: the sidebar's "Bring your own images" expander unpacks the upload (``asap_core.inputs.archive``: no
-path escapes, only images, limited counts and bytes) into ``<cache>/uploads/<session>/<upload key>/`` and
-queues a job; the next run of ``page_start`` analyses it in the main area under ``staged_progress`` (in hosted
-mode inside ``budget.heavy_work``, at most ``archive.HOSTED_MAX_IMAGES`` images; not charged to the relevance
-budget, which only ``data`` charges) and opens the bundle. The same upload again reopens its
-bundle without new work. Uploads without two real and two fake images are placed with the open bundle's
-detector (its model and distiller) instead of training one.
+Flow: the sidebar's "Bring your own images" expander checks the upload from the zip's directory
+(``archive.plan_uploads``: no path escapes, only images, limited counts, bytes and inflation) and where its
+images are placed; in hosted mode it then removes expired uploads, refuses the upload in words when all
+uploads and their caches would pass ``ASAP_UPLOAD_STORAGE_MB`` (a live upload is never deleted to make room)
+and charges the visitor (``budget.charge_upload``: images and bytes per day). Only then are the images
+written into ``<cache>/uploads/<session>/<upload key>/`` and a job queued; the next run of ``page_start``
+analyses it in the main area under ``staged_progress`` (in hosted mode inside ``budget.heavy_work``, one
+decode thread, at most ``archive.HOSTED_MAX_IMAGES`` images) and opens the bundle. Every cache the analysis
+writes is in the upload's folder, so an upload and its caches take one folder and expire together. The
+same upload again reopens its bundle without new work or charge. Uploads without two real and two fake
+images are placed with the open bundle's detector (its model and distiller) instead of training one.
 
 ``staged_progress`` is also the demo's first-load display (``sidebar.open_demo``).
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,7 +29,9 @@ import streamlit as st
 
 from asap_core.errors import AsapError, InputError
 from asap_core.hosting import model_label
-from asap_core.inputs.archive import UploadLimits, is_zip_name, prune_folders, unpack_uploads, upload_limits
+from asap_core.inputs.archive import (ANALYSIS_BYTES_PER_IMAGE, UploadLimits, UploadPlan, check_space, folder_bytes,
+                                      is_zip_name, plan_uploads, prune_expired, prune_folders, upload_limits,
+                                      write_plan)
 from asap_core.serving import upload_limit_mb
 from asap_core.settings import settings
 from asap_core.storage.bundle import Bundle
@@ -38,10 +45,14 @@ from .keys import K_BUNDLE, K_BYO_JOB, K_LAST_REPORT
 UPLOADS_DIR = "uploads"  # under settings().cache_dir: one folder per browser session, one per upload inside
 BUNDLE_DIR = "my-images"  # the bundle's folder name (what the sidebar shows); the images sit next to it
 IMAGES_DIR = "images"
-UPLOAD_KEEP_S = 24 * 3600  # hosted mode: uploads of sessions idle this long are deleted
+RUN_CACHE_DIR = "cache"  # the analysis' caches (embeddings, thumbnails, projection, ...), removed once it is done
+UPLOAD_KEEP_S = 24 * 3600  # hosted mode: uploads not modified for this long are deleted, with their caches
 MAX_TRIES = 2  # a queued analysis cut short by reruns is given up after this many starts
 UPLOADS_PER_SESSION = 3  # hosted mode: a session keeps its newest uploads (and the open one)
-SESSIONS_KEPT = 50  # hosted mode: upload folders of at most this many sessions (newest first) stay on disk
+# hosted mode: images an upload's analysis decodes at once; with ASAP_HEAVY_SLOTS analyses at a time, the
+# decodes that run at once (each as large as ASAP_MAX_UPLOAD_PIXELS allows) stay that many
+HOSTED_DECODE_THREADS = 1
+_SPACE_LOCK = threading.Lock()  # one upload at a time measures the space left, is charged and is written
 LOOSE_LABELS = {"real": "real", "fake": "fake", "unlabelled": None}  # radio choice -> archive.LABEL_FOLDERS
 # analyze's stages in plain words; the stages that report progress (hash, embed, relevance) name the next
 # silent ones when they end (``_NEXT``)
@@ -68,6 +79,7 @@ class Job:
     note: str = ""
     skipped: list[tuple[str, str]] = field(default_factory=list)
     tries: int = 0
+    cache_dir: str | None = None  # the analysis' caches: inside the upload's folder
 
 
 # ------------------------------------------------------------------------------------------ progress
@@ -129,15 +141,28 @@ def upload_key(uploads: list[tuple[str, bytes]], label: str | None) -> str:
     return h.hexdigest()[:16]
 
 
-def _prune(keep: Path) -> None:
-    """Hosted mode: drop uploads of sessions idle for a day or beyond the ``SESSIONS_KEPT`` newest, and this
-    session's older uploads: the disk a public explorer gives to uploads stays bounded."""
-    if not settings().hosted:
+def _make_room(folder: Path, need: int) -> None:
+    """Hosted mode: remove expired uploads (older than ``UPLOAD_KEEP_S``, with their caches; never this one or
+    the open bundle) and this session's uploads beyond its ``UPLOADS_PER_SESSION`` newest; ``InputError``
+    when ``need`` more bytes would take all uploads past ``ASAP_UPLOAD_STORAGE_MB``. Other visitors' live
+    uploads are never removed to make room."""
+    s = settings()
+    if not s.hosted:
         return
+    root = s.cache_dir / UPLOADS_DIR
     open_now = st.session_state.get(K_BUNDLE)
-    kept = [keep] + ([Path(open_now)] if open_now else [])
-    prune_folders(settings().cache_dir / UPLOADS_DIR, UPLOAD_KEEP_S, keep=kept, max_count=SESSIONS_KEPT)
-    prune_folders(keep.parent, UPLOAD_KEEP_S, keep=kept, max_count=UPLOADS_PER_SESSION - 1)
+    kept = [folder] + ([Path(open_now)] if open_now else [])
+    prune_expired(root, UPLOAD_KEEP_S, keep=kept)
+    prune_folders(folder.parent, UPLOAD_KEEP_S, keep=kept, max_count=UPLOADS_PER_SESSION - 1)
+    check_space(folder_bytes(root), need, s.upload_storage_bytes)
+
+
+def _plan_labels(plan: UploadPlan) -> tuple[int, int]:
+    """(real, fake) images of a planned upload, by the folder words ``scan`` reads once it is written."""
+    from asap_core.inputs.scan import parse_parts
+
+    labels = [parse_parts(path.split("/")[:-1])["label"] for path in plan.relpaths]
+    return labels.count("real"), labels.count("fake")
 
 
 # ------------------------------------------------------------------------------------------ the job
@@ -160,33 +185,36 @@ def _placement(b: Bundle | None, n_real: int, n_fake: int) -> tuple[str, str | N
 
 def prepare_job(b: Bundle | None, uploads: list[tuple[str, bytes]], label: str | None,
                 limits: UploadLimits) -> Job | str | None:
-    """Unpack ``uploads`` for analysis: a ``Job``; the bundle path when this upload was analysed before; None
-    (the error shown) when it cannot be used."""
-    from asap_core.inputs.scan import scan_folder
-
+    """Check, charge and unpack ``uploads`` for analysis: a ``Job``; the bundle path when this upload was
+    analysed before (free); None (the error shown) when it cannot be used. Nothing is written or charged
+    for an upload that is refused."""
     folder = session_folder() / upload_key(uploads, label)
     if (folder / BUNDLE_DIR / "bundle.json").is_file():
         return str(folder / BUNDLE_DIR)
-    _prune(folder)
-    if folder.exists():  # an earlier try that did not finish
-        shutil.rmtree(folder, ignore_errors=True)
     try:
-        unpacked = unpack_uploads(uploads, folder / IMAGES_DIR, label, limits)
-        scan = scan_folder(unpacked.root)
-        model, distiller, note = _placement(b, scan.n_real, scan.n_fake)
+        plan = plan_uploads(uploads, label, limits)
+        model, distiller, note = _placement(b, *_plan_labels(plan))
+        ok, msg, hint, _ = data.model_status(model)
+        if not ok:
+            show_warning(msg, hint)
+            return None
+        with _SPACE_LOCK:
+            if folder.exists():  # an earlier try of this session that did not finish
+                shutil.rmtree(folder, ignore_errors=True)
+            _make_room(folder, plan.unpacked_bytes + plan.n_images * ANALYSIS_BYTES_PER_IMAGE)
+            if not budget.charge_upload(plan.n_images, plan.upload_bytes):
+                return None
+            unpacked = write_plan(plan, folder / IMAGES_DIR, limits)
     except AsapError as exc:
         show_error(exc)
         return None
-    except OSError as exc:  # disk full, permissions: said without the server's path
-        show_error(AsapError(f"The upload could not be stored ({exc.strerror or type(exc).__name__}).",
-                             "try again later; locally, free space in ASAP_CACHE_DIR."))
-        return None
-    ok, msg, hint, _ = data.model_status(model)
-    if not ok:
-        show_warning(msg, hint)
+    except OSError as exc:  # disk full, permissions: said without the server's path or an operator setting
+        show_error(AsapError(f"The upload could not be stored ({exc.strerror or 'input/output error'}).",
+                             "try again later." if settings().hosted else
+                             "try again later; free space in ASAP_CACHE_DIR."))
         return None
     return Job(str(unpacked.root), str(folder / BUNDLE_DIR), model, distiller, len(unpacked.files), note,
-               unpacked.skipped)
+               unpacked.skipped, cache_dir=str(folder / RUN_CACHE_DIR))
 
 
 def run_job(job: Job) -> None:
@@ -198,14 +226,17 @@ def run_job(job: Job) -> None:
              + ("then placed with the open bundle's detector." if job.distiller else
                 "then a detector is trained on your real and fake images.")
              + " This page opens your bundle when it is done.")
+    # decode threads: spawned worker processes would re-run this app's script (Streamlit's __main__)
+    options = AnalyzeOptions(model=job.model, distiller=job.distiller, decoder="thread", cache_dir=job.cache_dir,
+                             num_workers=HOSTED_DECODE_THREADS if settings().hosted else None)
     try:
         with budget.heavy_work(), staged_progress(intro) as progress:
-            # decode threads: spawned worker processes would re-run this app's script (Streamlit's __main__)
-            report = analyze(job.images, job.bundle, AnalyzeOptions(model=job.model, distiller=job.distiller,
-                                                                    decoder="thread"), progress=progress)
+            report = analyze(job.images, job.bundle, options, progress=progress)
     except AsapError as exc:
         show_error(exc)
         return
+    if job.cache_dir:  # the bundle holds what the visitor sees; the run's caches only served a retry
+        shutil.rmtree(job.cache_dir, ignore_errors=True)
     if state.open_bundle(str(report.bundle)):
         lines = [job.note] if job.note else []
         lines += [f"skipped {w}: {r}" for w, r in job.skipped[:20]]

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from asap_core.errors import AsapError
+from asap_core.errors import AsapError, BundleError
+from asap_core.hosting import error_id, visitor_echo
 from asap_core.model.hints import hint_for
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import N_DIMS
@@ -25,9 +26,10 @@ from asap_core.views import dimensions as vd
 from asap_core.views import generators as vgen
 from asap_core.views import grid as vg
 from asap_core.views import overview as ov
+from asap_core.views.text import as_text
 
 from . import budget
-from .errors import hint_place, show_error
+from .errors import LOG, hint_place, show_error
 from .keys import K_MODEL_OVERRIDE
 from .widgets import progress_bar
 
@@ -45,9 +47,15 @@ def stamp(path: str) -> int:
 def load_bundle(path: str, stamp: int) -> Bundle:
     """The open bundle (tables loaded once, shared by all sessions; treat as read-only). Its thumbnail index
     is built in the background meanwhile (a second or more at a million images, mostly reading the id column
-    spread over the thumbnail file), so the first cell opened does not wait for it."""
-    b = Bundle.open(path)
-    _ = b.images, b.cells
+    spread over the thumbnail file), so the first cell opened does not wait for it. Any failure is a
+    ``BundleError`` in words (``unopenable``): one bad bundle never breaks a page."""
+    try:
+        b = Bundle.open(path)
+        _ = b.images, b.cells
+    except AsapError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - what Bundle.open did not foresee: logged under an error id
+        raise unopenable(Path(path).name, exc) from None
     threading.Thread(target=_index_thumbnails, args=(b,), name="asap-thumb-index", daemon=True).start()
     return b
 
@@ -63,9 +71,21 @@ def _index_thumbnails(b: Bundle) -> None:
 @st.cache_data(max_entries=256, ttl=300, show_spinner=False)
 def bundle_problem(name: str, stamp: int) -> str | None:
     """Hosted mode: why the listed bundle ``name`` is unavailable (``HostedPolicy.bundle_problem``), or None;
-    checked once per version of its ``bundle.json`` (and every 5 minutes)."""
-    policy = budget.hosted_policy()
-    return policy.bundle_problem(name) if policy is not None else None
+    checked once per version of its ``bundle.json`` (and every 5 minutes), every row of its tables read once per
+    version of its files (``deep``). Never raises: an unexpected failure is a sentence with an error id."""
+    try:
+        policy = budget.hosted_policy()
+        return policy.bundle_problem(name, deep=True) if policy is not None else None
+    except Exception as exc:  # noqa: BLE001 - the picker lists every bundle: one must not break it
+        return unopenable(name, exc).message
+
+
+def unopenable(name: str, exc: BaseException) -> BundleError:
+    """The plain ``BundleError`` of the bundle ``name`` that failed with ``exc``, logged under an error id."""
+    eid = error_id()
+    LOG.error("error id %s: bundle %r: %s", eid, name, exc, exc_info=(type(exc), exc, exc.__traceback__))
+    return BundleError(f"Bundle '{visitor_echo(name)}' cannot be opened (error id {eid}).",
+                       "pick another bundle; the explorer's operator can re-run its analysis.")
 
 
 def ref(b: Bundle) -> tuple[str, int]:
@@ -85,8 +105,11 @@ def gridded(path: str, stamp: int, grid: int) -> tuple[pd.DataFrame, pd.DataFram
 
 
 def thumbs(b: Bundle, ids: list[str]) -> list[bytes]:
-    """Thumbnail JPEG bytes for ``ids`` (a grey placeholder where one is missing)."""
-    return [j if j is not None else _grey() for j in b.thumbnails(ids)]
+    """Thumbnail JPEG bytes for ``ids`` (a grey placeholder where one is missing, or is not a thumbnail: not an
+    image, or over ``imageio.THUMB_MAX_PIXELS`` from its header, so no browser or Streamlit decodes a bomb)."""
+    from asap_core.inputs.imageio import thumbnail_fits
+
+    return [j if thumbnail_fits(j) else _grey() for j in b.thumbnails(ids)]
 
 
 @st.cache_resource(max_entries=4)
@@ -382,7 +405,7 @@ def upload_result(b: Bundle, name: str, data: bytes, k: int, method: str, charge
             return None
         charged.add(key)
     try:
-        with budget.heavy_work(), st.spinner(f"Embedding {name} and computing its {method} maps ..."):
+        with budget.heavy_work(), st.spinner(f"Embedding {as_text(name)} and computing its {method} maps ..."):
             return analyse_upload(b, name, data, encoder=encoder, k_neighbours=int(k), method=method,
                                   policy=budget.hosted_policy())
     except AsapError as exc:

@@ -1,7 +1,8 @@
 """The one way a page shows an error: what went wrong, then the fix; and the error boundary of hosted mode.
 
-In hosted mode (``ASAP_HOSTED=1``) every message is passed through ``hosting.public_text`` first (server
-paths cut to names), and an unexpected exception becomes a plain sentence with an error id; the server log
+Messages and fixes are shown as text (``views.text.as_text``: names in them never render as Markdown). In
+hosted mode (``ASAP_HOSTED=1``) every message is passed through ``hosting.public_text`` first (server
+paths cut to names) and ``model.hints.hosted_words`` (no operator settings, no exception names), and an unexpected exception becomes a plain sentence with an error id; the server log
 holds the traceback under that id. Locally, unexpected exceptions are raised as usual (Streamlit shows them).
 """
 from __future__ import annotations
@@ -12,16 +13,24 @@ import streamlit as st
 
 from asap_core.errors import AsapError
 from asap_core.hosting import error_id, public_text
-from asap_core.model.hints import hint_for
+from asap_core.model.hints import hint_for, hosted_words
 from asap_core.settings import settings
+from asap_core.views.text import as_text
 
 LOG = logging.getLogger("asap_explorer")
+#: a hosted visitor's message when all of it was about the server's settings
+SERVER_PROBLEM = "This explorer's server is not set up for this."
 
 
-def visible(text: str) -> str:
-    """``text`` as this server may show it: unchanged locally; without server paths in hosted mode."""
+def visible(text: str, empty: str | None = None) -> str:
+    """``text`` as this server may show it: unchanged locally; in hosted mode without server paths, advice
+    about operator settings (``ASAP_*``) or a library's exception details (``model.hints.hosted_words``;
+    ``empty`` when nothing is left). Plain text: pass it through ``as_text`` before Markdown shows it."""
     s = settings()
-    return public_text(text, s.bundle_root) if s.hosted else text
+    if not s.hosted:
+        return text
+    words = public_text(text, s.bundle_root)
+    return hosted_words(words) if empty is None else hosted_words(words, empty)
 
 
 def hint_place() -> str:
@@ -32,17 +41,18 @@ def hint_place() -> str:
 def show_error(exc: AsapError, where=st) -> None:
     """``exc.message`` as an error box and its hint (worded for the app) as a "Fix:" caption, in ``where``
     (page or sidebar)."""
-    where.error(visible(exc.message))
+    where.error(as_text(visible(exc.message, SERVER_PROBLEM)))
     hint = hint_for(exc, hint_place())
     if hint:
-        where.caption(f"Fix: {visible(hint)}")
+        where.caption(f"Fix: {as_text(visible(hint))}")
 
 
 def show_warning(message: str, hint: str = "", where=st) -> None:
-    """A warning with its fix (something that limits a view without stopping it)."""
-    where.warning(visible(message))
+    """A warning with its fix (something that limits a view without stopping it); both shown as text (they
+    carry names of files, bundles, models)."""
+    where.warning(as_text(visible(message, SERVER_PROBLEM)))
     if hint:
-        where.caption(f"Fix: {visible(hint)}")
+        where.caption(f"Fix: {as_text(visible(hint))}")
 
 
 def show_unexpected(exc: BaseException, where=st) -> str:

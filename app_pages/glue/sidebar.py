@@ -3,6 +3,7 @@ and ``page_start``, the first call of every page."""
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import streamlit as st
 
@@ -11,10 +12,11 @@ from asap_core.hosting import model_label
 from asap_core.settings import settings
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import NO_RELEVANCE, RELEVANCE_METHODS
+from asap_core.views.text import as_code, as_text
 from asap_core.views.trust import metric_label
 
 from . import budget, byo, data, guide, state
-from .errors import hint_place, show_error, show_warning, visible
+from .errors import hint_place, show_error, show_unexpected, show_warning, visible
 from .keys import K_BUNDLE, K_ERROR, K_LAST_REPORT, K_MODEL_OVERRIDE, K_WANT_DEMO
 from .notices import show_notices
 from .widgets import progress_bar
@@ -74,8 +76,8 @@ def sidebar(b: Bundle | None) -> None:
         st.markdown("**ASAP Explorer** · why images look fake")
         guide.guide_button()
         if b is not None:
-            _bundle_summary(b)
-            _model_line(b)
+            _drawn(_bundle_summary, b)
+            _drawn(_model_line, b)
         elif ss.get(K_ERROR) is not None:
             show_error(ss[K_ERROR])
         else:
@@ -95,12 +97,24 @@ def sidebar(b: Bundle | None) -> None:
                 st.code(ss[K_LAST_REPORT], language=None)
 
 
+def _drawn(part: Callable[[Bundle], None], b: Bundle) -> None:
+    """Draw ``part(b)`` of the sidebar; what fails there (a bundle malformed in a way its checks let through)
+    is a message with an error id (``show_unexpected``, traceback in the server log), locally too: the
+    sidebar is on every page, so it must never take a page down."""
+    try:
+        part(b)
+    except AsapError as exc:
+        show_error(exc)
+    except Exception as exc:  # noqa: BLE001 - the sidebar's own boundary
+        show_unexpected(exc)
+
+
 def _bundle_summary(b: Bundle) -> None:
     """Name (and, locally, path), counts and validation metrics of the open bundle (marked meaningless when
     it was made with a random CLIP)."""
-    st.markdown(f"**Bundle** `{b.path.name}`")
+    st.markdown(f"**Bundle** {as_code(b.path.name)}")
     if not settings().hosted:  # a public explorer does not show server paths
-        st.caption(str(b.path))
+        st.caption(as_text(b.path))
     counts = b.counts
     from .keys import K_GRID  # the overview's slider first: the sidebar is drawn before the page applies it
     grid = int(st.session_state.get("w_grid") or st.session_state.get(K_GRID) or b.grid)
@@ -109,17 +123,18 @@ def _bundle_summary(b: Bundle) -> None:
                f"{counts.fake:,} fake")
     val = b.metrics.get("val") or b.metrics.get("all") or {}
     if val:
-        st.caption(f"validation: accuracy {val.get('accuracy', float('nan')):.3f} · "
-                   f"ROC-AUC {val.get('roc_auc', float('nan')):.3f}{metric_label(b)}")
+        acc, auc = (val.get(k) for k in ("accuracy", "roc_auc"))  # numbers or null (checked by validate)
+        st.caption(f"validation: accuracy {float('nan') if acc is None else acc:.3f} · "
+                   f"ROC-AUC {float('nan') if auc is None else auc:.3f}{metric_label(b)}")
 
 
 def _model_line(b: Bundle) -> None:
     """The model in use and whether it can be loaded here; a way to name another copy when it cannot."""
     model_id = data.encoder_model(b)
     ok, msg, hint, _ = data.model_status(model_id)
-    st.markdown(f"**Model** `{model_label(model_id)}`")
+    st.markdown(f"**Model** {as_code(model_label(model_id))}")
     if ok:
-        st.caption(visible(msg))
+        st.caption(as_text(visible(msg)))
         return
     show_warning(msg, hint)
     st.caption("The bundle stays open; maps already cached still show.")

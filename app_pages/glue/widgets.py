@@ -7,6 +7,7 @@ from typing import Callable, Iterator
 import streamlit as st
 
 from asap_core.errors import AsapError
+from asap_core.views.text import as_text
 
 from .errors import show_error
 from .keys import PAGE_FILES
@@ -45,7 +46,7 @@ def save_pattern_form(b, make: Callable, key: str, base_name: str, label: str = 
             except AsapError as exc:
                 show_error(exc)
                 return
-            st.success(f"Saved pattern '{name.strip()}'.")
+            st.success(f"Saved pattern '{as_text(name.strip())}'.")
             st.page_link(PAGE_FILES["patterns"], label="Open the pattern view", icon=":material/bookmarks:")
 
 

@@ -39,7 +39,7 @@ from ..storage.labels import dimension_label
 from .concepts import apply_mask, keep_mask, mean_fill
 from ..storage.schema import DECISION_THRESHOLD, FAKE_LOGIT, N_DIMS, Z_COLUMNS, p_fake_from_logit
 from ..errors import BundleError, InputError
-from ..inputs.imageio import decode_image
+from ..inputs.imageio import decode_image, thumbnail_fits
 
 SOURCES = ("concept", "selection")
 DEFAULT_FRACTION = 0.25
@@ -475,7 +475,7 @@ def contact_sheet(bundle, pattern: Pattern, cell: int = 96, columns: int = 8, ma
     for k, (image_id, data) in enumerate(zip(ids, bundle.thumbnails(ids))):
         x = pad + (k % cols) * (cell + pad)
         y = title_h + pad + (k // cols) * (cell + pad)
-        if data is None:
+        if not thumbnail_fits(data):  # missing, or not a thumbnail (header over THUMB_MAX_PIXELS)
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=(180, 180, 180))
             continue
         tile = _square(decode_image(data, f"thumbnail {image_id}")).resize((cell, cell), Image.Resampling.BICUBIC)

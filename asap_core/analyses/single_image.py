@@ -1,9 +1,10 @@
 """Single image: an uploaded image against an open bundle (p_fake, neighbours, cell, relevance maps).
 
 Upload only: the bytes of a file the user chose. A URL is never fetched. Decoding goes through
-``imageio.decode_image`` (Pillow's pixel limit, every failure an ``ImageLoadError`` naming the file); in hosted
-mode (``ASAP_HOSTED=1``) or with an explicit ``HostedPolicy``, the policy's upload checks (type, size) apply as
-well. Embedding and maps of recent uploads are kept in memory (by content hash,
+``imageio.decode_image`` (the pixel budget read from the header first, bounded memory, every failure an
+``ImageLoadError`` naming the file); in hosted mode (``ASAP_HOSTED=1``) or with an explicit ``HostedPolicy``, the
+policy's upload checks (type, size) apply as well. ``check_upload`` runs the cheap checks alone (no pixel decoded);
+``analyse_upload`` decodes the upload once. Embedding and maps of recent uploads are kept in memory (by content hash,
 encoder, distiller and method), so a rerun of the app's script does not recompute them; nothing of an upload is
 written to disk. Budgets for visitors are the app's business (charged in one place, ``app_pages/glue/budget``).
 """
@@ -20,7 +21,7 @@ from PIL import Image
 
 from ..errors import InputError
 from ..hosting import HostedPolicy, hosted_mode
-from ..inputs.imageio import decode_image, sha1_hex
+from ..inputs.imageio import decode_image, image_size, sha1_hex
 from ..storage.schema import DEFAULT_METHOD, confidence, p_fake_from_logit, predicted_label
 
 N_MEMO = 16
@@ -57,16 +58,32 @@ class SingleImageResult:
     method: str
 
 
-def decode_upload(name: str, data: bytes, policy: HostedPolicy | None = None) -> Image.Image:
-    """Bytes of an uploaded file -> RGB image. ``InputError`` for a URL or non-bytes (nothing is fetched),
-    the policy's type / size checks when ``policy`` is given or hosted mode is on; ``ImageLoadError`` when
-    the bytes are not a readable image."""
+def _upload_policy(name: str, data: bytes, policy: HostedPolicy | None) -> tuple[bytes, HostedPolicy | None]:
+    """``(the bytes, the policy that applies)``: ``InputError`` for a URL or non-bytes (nothing is fetched);
+    the hosted policy from the settings when none is given and hosted mode is on."""
     if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
         raise InputError(f"{name}: only uploaded file bytes are accepted (got {type(data).__name__}); "
                          "URLs are not fetched.", "download the image yourself and upload the file.")
-    data = bytes(data)
     if policy is None and hosted_mode():
         policy = HostedPolicy.from_settings()
+    return bytes(data), policy
+
+
+def check_upload(name: str, data: bytes, policy: HostedPolicy | None = None) -> tuple[int, int]:
+    """The cheap checks of an upload, no pixel decoded: bytes (not a URL), the policy's type and size checks,
+    and the pixel budget read from the header (``imageio.pixel_limit``). ``(width, height)``; ``InputError``
+    / ``ImageLoadError`` name what is wrong. Safe to run before the visitor's budget and a work slot."""
+    data, policy = _upload_policy(name, data, policy)
+    if policy is not None:
+        return policy.check_upload_header(name, data)
+    return image_size(data, name)
+
+
+def decode_upload(name: str, data: bytes, policy: HostedPolicy | None = None) -> Image.Image:
+    """Bytes of an uploaded file -> RGB image (the checks of :func:`check_upload` first, then one bounded
+    decode: in hosted mode reduced to ``imageio.WORKING_SIDE``). ``ImageLoadError`` when the bytes are not a
+    readable image. The full decode: run it inside a work slot, after the budget check."""
+    data, policy = _upload_policy(name, data, policy)
     if policy is not None:
         return policy.check_upload(name, data)
     return decode_image(data, name)
@@ -142,4 +159,4 @@ def clear_memo() -> None:
         _MEMO.clear()
 
 
-__all__ = ["SingleImageResult", "analyse_upload", "clear_memo", "decode_upload", "nearest_images"]
+__all__ = ["SingleImageResult", "analyse_upload", "check_upload", "clear_memo", "decode_upload", "nearest_images"]

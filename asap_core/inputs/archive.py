@@ -9,17 +9,24 @@ upload is kept):
 - symbolic links and encrypted members;
 - more than ``limits.max_files`` images, an image over ``limits.max_file_bytes``, all images together over
   ``limits.max_total_bytes`` (uncompressed), a member inflating more than ``limits.max_ratio`` : 1 (a zip
-  bomb), an archive of more than ``MAX_MEMBERS`` entries of any kind.
+  bomb), an archive whose images together inflate more than that (many small members, or members sharing
+  one compressed stream), an archive of more than ``MAX_MEMBERS`` entries of any kind;
+- a file that has the name of a folder of the same upload (``a.jpg`` and ``a.jpg/b.jpg``).
 
 Skipped and listed in ``Unpacked.skipped`` with the reason: entries that are not images
 (``imageio.IMAGE_EXTENSIONS``), hidden and system entries (``.x``, macOS ``__MACOSX/``), names a file system
 cannot hold, repeated names. Sizes are checked against the archive's declared sizes before anything is
 written, then again against the bytes actually inflated (a header can lie). Loose files get names of our
 own making (``0001-photo.jpg``): an uploaded file name is never used as a path.
+
+``plan_uploads`` makes every check from the archives' directories without writing (so a caller can count
+and charge the images first), ``write_plan`` writes; ``unpack_uploads`` does both. ``folder_bytes`` and
+``prune_expired`` keep the disk that uploads take in bounds.
 """
 from __future__ import annotations
 
 import io
+import os
 import re
 import shutil
 import stat
@@ -36,12 +43,16 @@ from .imageio import IMAGE_EXTENSIONS
 
 MIB = 1024 * 1024
 MAX_MEMBERS = 20_000  # entries of any kind an archive may list (its central directory is read whole)
-RATIO_FLOOR_BYTES = 1 * MIB  # members smaller than this are not ratio-checked (the size limits bound them)
+RATIO_FLOOR_BYTES = 1 * MIB  # members (and archives' images in all) smaller than this are not ratio-checked
 HOSTED_MAX_IMAGES = 200  # images one upload may hold on a public explorer
 # on a public explorer all images of one upload may take this many times ASAP_MAX_UPLOAD_MB once unpacked:
 # the upload itself is at most ASAP_MAX_UPLOAD_MB (Streamlit's server.maxUploadSize), photos barely
 # compress in a zip, and 4x leaves room for PNG, BMP or TIFF while bounding the disk one analysis takes
 HOSTED_TOTAL_FACTOR = 4
+# disk an analysed image takes besides its own bytes, counted against ASAP_UPLOAD_STORAGE_MB before an upload
+# is unpacked: its thumbnail twice (run cache, bundle) and table rows took 11 KiB (tiny CLIP, noisy 512-px
+# JPEGs); a ViT-B/32 embedding adds 2 KiB, on-demand maps a few more: this leaves room for larger models
+ANALYSIS_BYTES_PER_IMAGE = 64 * 1024
 LABEL_FOLDERS = ("real", "fake")  # where loose images go for each label (the strong words of scan)
 MAX_PART_BYTES = 200  # longest file or folder name kept (UTF-8 bytes; most file systems stop at 255)
 _CHUNK = MIB
@@ -90,6 +101,43 @@ class _Planned:
     data: bytes | None = None
     archive: zipfile.ZipFile | None = None
     info: zipfile.ZipInfo | None = None
+    totals: "_ArchiveTotals | None" = None
+
+
+@dataclass
+class _ArchiveTotals:
+    """One zip's image members together: bytes declared unpacked, compressed bytes (at most the zip's own
+    size: members may share one compressed stream) and bytes inflated so far (bytes)."""
+
+    upload: str
+    declared: int
+    compressed: int
+    inflated: int = 0
+
+
+@dataclass
+class UploadPlan:
+    """An upload checked and ready to write (nothing written yet): its images, the skipped entries
+    ``(upload/member, reason)``, and the bytes the uploads take as sent."""
+
+    planned: list[_Planned]
+    skipped: list[tuple[str, str]]
+    upload_bytes: int
+
+    @property
+    def n_images(self) -> int:
+        """Images that will be written (repeated names count once)."""
+        return len(self.relpaths)
+
+    @property
+    def relpaths(self) -> list[str]:
+        """The images' '/'-separated paths below the folder they will be written to (first of a name only)."""
+        return list(dict.fromkeys("/".join(p.parts) for p in self.planned))
+
+    @property
+    def unpacked_bytes(self) -> int:
+        """Bytes the images take once unpacked (declared sizes; the writing checks them again)."""
+        return sum(p.size for p in self.planned)
 
 
 def _mb(n: int) -> str:
@@ -151,6 +199,16 @@ def _check_member_size(where: str, info: zipfile.ZipInfo, limits: UploadLimits) 
                          "them again.")
 
 
+def _check_archive_ratio(t: _ArchiveTotals, unpacked: int, limits: UploadLimits) -> None:
+    """``InputError`` when a zip's images inflate, in all, past ``limits.max_ratio`` : 1 (``unpacked``: their
+    declared or actually inflated bytes): many members under ``RATIO_FLOOR_BYTES`` are a bomb too."""
+    ratio = unpacked / max(t.compressed, 1)
+    if unpacked > RATIO_FLOOR_BYTES and ratio > limits.max_ratio:
+        raise InputError(f"{t.upload}: its images inflate {ratio:.0f}:1 in all ({_mb(unpacked)} from "
+                         f"{_mb(t.compressed)}; more than {limits.max_ratio:g}:1); refused as a possible zip bomb.",
+                         "store the images as JPEG or PNG (they barely compress) and zip them again.")
+
+
 def _open_zip(upload: str, data: bytes) -> zipfile.ZipFile:
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -181,6 +239,11 @@ def _plan_zip(upload: str, data: bytes, limits: UploadLimits, out: Unpacked) -> 
         where = f"{upload}: member '{info.filename}'"
         _check_member_size(where, info, limits)
         planned.append(_Planned(parts, where, info.file_size, archive=archive, info=info))
+    totals = _ArchiveTotals(upload, sum(p.size for p in planned),
+                            min(sum(p.info.compress_size for p in planned), len(data)))
+    _check_archive_ratio(totals, totals.declared, limits)
+    for p in planned:
+        p.totals = totals
     return planned
 
 
@@ -209,6 +272,22 @@ def _check_totals(planned: list[_Planned], limits: UploadLimits) -> None:
     if total > limits.max_total_bytes:
         raise InputError(f"The upload's images take {_mb(total)} unpacked, over the {_mb(limits.max_total_bytes)} "
                          "limit.", "upload fewer or smaller images.")
+
+
+def _check_file_folder(planned: list[_Planned]) -> None:
+    """``InputError`` naming a file whose name is also a folder of the upload (``a.jpg`` and ``a.jpg/b.jpg``):
+    the two cannot both be written."""
+    files: dict[tuple[str, ...], _Planned] = {}
+    for p in planned:
+        files.setdefault(p.parts, p)
+    for p in planned:
+        for k in range(1, len(p.parts)):
+            first = files.get(p.parts[:k])
+            if first is not None:
+                raise InputError(f"{first.where} is a file, and the upload also has a folder of that name "
+                                 f"({p.where} is inside it); the upload is refused.",
+                                 "rename that file or that folder so that no file has a folder's name, and zip "
+                                 "the images again.")
 
 
 def _copy_member(p: _Planned, target: Path, limits: UploadLimits) -> int:
@@ -249,6 +328,8 @@ def _write(planned: list[_Planned], dest: Path, limits: UploadLimits, out: Unpac
             n = len(p.data)
         else:
             n = _copy_member(p, target, limits)
+            p.totals.inflated += n
+            _check_archive_ratio(p.totals, p.totals.inflated, limits)  # a second guard, on the bytes inflated
         out.total_bytes += n
         if out.total_bytes > limits.max_total_bytes:
             raise InputError(f"The upload's images take more than {_mb(limits.max_total_bytes)} unpacked.",
@@ -256,17 +337,16 @@ def _write(planned: list[_Planned], dest: Path, limits: UploadLimits, out: Unpac
         out.files.append("/".join(p.parts))
 
 
-def unpack_uploads(uploads: Sequence[tuple[str, bytes]], dest: str | Path, loose_label: str | None = None,
-                   limits: UploadLimits | None = None) -> Unpacked:
-    """Unpack ``(name, bytes)`` uploads into the new folder ``dest`` (it must not exist yet).
+def plan_uploads(uploads: Sequence[tuple[str, bytes]], loose_label: str | None = None,
+                 limits: UploadLimits | None = None) -> UploadPlan:
+    """Check ``(name, bytes)`` uploads from the archives' directories, nothing written: an ``UploadPlan``
+    (what ``write_plan`` writes), or the ``InputError`` of the first refusal.
 
     A ``.zip`` upload keeps its folders; any other upload is a loose image, written as ``safe_name`` under
-    ``loose_label``'s folder (``"real"``/``"fake"``, or the root for None). Everything is checked before a
-    byte is written; on any refusal ``dest`` is removed and the ``InputError`` raised.
+    ``loose_label``'s folder (``"real"``/``"fake"``, or the root for None).
     """
     limits = limits or UploadLimits()
-    dest = Path(dest)
-    out = Unpacked(dest)
+    out = Unpacked(Path("."))
     planned: list[_Planned] = []
     for i, (name, data) in enumerate(uploads, start=1):
         if is_zip_name(name):
@@ -278,13 +358,30 @@ def unpack_uploads(uploads: Sequence[tuple[str, bytes]], dest: str | Path, loose
         raise InputError("The upload holds no images" + (f" ({len(out.skipped)} other files skipped)"
                                                          if out.skipped else "") + ".",
                          f"upload a zip of images or the images themselves ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
+    _check_file_folder(planned)
+    return UploadPlan(planned, out.skipped, sum(len(data) for _, data in uploads))
+
+
+def write_plan(plan: UploadPlan, dest: str | Path, limits: UploadLimits | None = None) -> Unpacked:
+    """Write a checked ``plan`` into the new folder ``dest`` (it must not exist yet), checking the bytes
+    actually inflated again; on any refusal ``dest`` is removed and the ``InputError`` raised."""
+    limits = limits or UploadLimits()
+    dest = Path(dest)
+    out = Unpacked(dest, skipped=list(plan.skipped))
     dest.mkdir(parents=True, exist_ok=False)
     try:
-        _write(planned, dest, limits, out)
+        _write(plan.planned, dest, limits, out)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
     return out
+
+
+def unpack_uploads(uploads: Sequence[tuple[str, bytes]], dest: str | Path, loose_label: str | None = None,
+                   limits: UploadLimits | None = None) -> Unpacked:
+    """Unpack ``(name, bytes)`` uploads into the new folder ``dest`` (``plan_uploads``, then ``write_plan``):
+    everything is checked before a byte is written."""
+    return write_plan(plan_uploads(uploads, loose_label, limits), dest, limits)
 
 
 def _ages(parent: Path, kept: list[Path], now: float) -> list[tuple[float, Path]]:
@@ -317,5 +414,47 @@ def prune_folders(parent: str | Path, max_age_s: float, keep: Iterable[Path] = (
     return removed
 
 
-__all__ = ["HOSTED_MAX_IMAGES", "HOSTED_TOTAL_FACTOR", "LABEL_FOLDERS", "MAX_MEMBERS", "Unpacked", "UploadLimits",
-           "is_zip_name", "prune_folders", "safe_name", "unpack_uploads", "upload_limits"]
+def folder_bytes(path: str | Path) -> int:
+    """Bytes of the regular files under ``path`` (links not followed; files that vanish meanwhile count 0);
+    0 when ``path`` does not exist."""
+    total = 0
+    for top, dirs, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(top, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def prune_expired(root: str | Path, max_age_s: float, keep: Iterable[Path] = (), now: float | None = None
+                  ) -> list[Path]:
+    """Remove the upload folders ``root/<session>/<upload>`` not modified for ``max_age_s`` seconds (never
+    one that is or holds a path of ``keep``), then the session folders left empty. Returns the removed
+    upload folders. Nothing younger is touched, whatever the disk they take."""
+    keep = list(keep)
+    removed: list[Path] = []
+    for session in Path(root).iterdir() if Path(root).is_dir() else ():
+        if not session.is_dir() or session.is_symlink():
+            continue
+        removed += prune_folders(session, max_age_s, keep=keep, now=now)
+        try:
+            session.rmdir()  # only when empty
+        except OSError:
+            pass
+    return removed
+
+
+def check_space(used: int, need: int, cap: int) -> None:
+    """``InputError`` when ``need`` more bytes on top of the ``used`` bytes of all uploads pass ``cap``."""
+    if used + need > cap:
+        raise InputError("This explorer's space for uploads is full right now; try again later.",
+                         "uploads are deleted a day after they were made; a smaller upload may still fit, and "
+                         "on your own machine ASAP Explorer has no such limit.")
+
+
+__all__ = ["ANALYSIS_BYTES_PER_IMAGE", "HOSTED_MAX_IMAGES", "HOSTED_TOTAL_FACTOR", "LABEL_FOLDERS", "MAX_MEMBERS", "Unpacked", "UploadLimits",
+           "UploadPlan", "check_space", "folder_bytes", "is_zip_name", "plan_uploads", "prune_expired",
+           "prune_folders", "safe_name", "unpack_uploads", "upload_limits", "write_plan"]

@@ -16,10 +16,13 @@ Image ids are SHA-1 hex digests of the file's bytes (:func:`sha1_hex`). The deco
 once and check the bytes in hand against the id taken when the run hashed it (:func:`read_checked`): a
 file rewritten in between fails with ``CHANGED_REASON`` instead of storing new pixels under the old id.
 
-Decompression bombs: images above ``2 * Image.MAX_IMAGE_PIXELS`` are refused (Pillow's
-``DecompressionBombError``); those between 1x and 2x load silently (the ``DecompressionBombWarning`` is
-suppressed). The environment variable ``ASAP_MAX_IMAGE_PIXELS`` sets ``Image.MAX_IMAGE_PIXELS``
-process-wide (``0`` or ``none`` disables the check). ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never touched.
+Pixel budget, from the header before any decode (:func:`pixel_limit`, :func:`image_size`): locally Pillow's
+``Image.MAX_IMAGE_PIXELS`` at 1x (the environment variable ``ASAP_MAX_IMAGE_PIXELS`` sets it process-wide;
+``0`` or ``none`` disables the check); in hosted mode ``ASAP_MAX_UPLOAD_PIXELS`` (64 Mpx: camera photos pass),
+refused in plain words. Accepted images decode in bounded memory: the RGB conversion runs a band of rows at a
+time, and in hosted mode large images are reduced to ``WORKING_SIDE`` as early as the format allows (JPEG
+``draft``, else a box reduce right after decoding). Bundle thumbnails are read under ``THUMB_MAX_PIXELS``
+(:func:`decode_thumbnail`, :func:`thumbnail_fits`). ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never touched.
 """
 from __future__ import annotations
 
@@ -30,10 +33,12 @@ import os
 import re
 import stat
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageLoadError
 from ..settings import settings
@@ -46,6 +51,19 @@ _BOMB_HINT = (
     " (pixels; 0 disables the check)"
 )
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
+#: Working size of a hosted decode (px): an image whose shortest side is at least twice this is reduced by
+#: an integer factor as early as its format allows, keeping the shortest side >= ``WORKING_SIDE``. CLIP
+#: preprocessing resizes the shortest side to the model's input (224 or 336 px) and thumbnails are
+#: ``THUMB_SIDE`` px, so every consumer still reads at least 3x the pixels it keeps.
+WORKING_SIDE = 1024
+#: Source pixels converted to RGB at a time (one band of rows): the conversion's temporaries stay this small.
+_BAND_PIXELS = 1 << 22
+#: Largest thumbnail read from a bundle (pixels, from its header): thumbnails are written at most
+#: ``THUMB_SIDE`` px, so anything over (4 x THUMB_SIDE)^2 is not a thumbnail and is shown grey.
+THUMB_MAX_PIXELS = (4 * THUMB_SIDE) ** 2
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}
 _CHUNK = 1 << 20
 _SHA1_HEX = re.compile(r"[0-9a-f]{40}")
 CHANGED_REASON = ("changed while it was being analysed (its content no longer matches the hash taken at the "
@@ -156,7 +174,7 @@ def file_sha1(path: PathLike) -> str:
 
 
 def _probe_size(data: bytes) -> tuple[int, int] | None:
-    """Header size of an image without Pillow's bomb check (only used to word the bomb error)."""
+    """Header size of an image without Pillow's bomb check (only used to word the size error)."""
     prefix = data[:16]
     try:
         Image.init()
@@ -173,12 +191,40 @@ def _probe_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _bomb_error(path: PathLike, data: bytes, exc: Exception) -> ImageLoadError:
-    size = _probe_size(data)
-    limit = Image.MAX_IMAGE_PIXELS
-    what = f"{size[0]} x {size[1]} pixels" if size else "the image size"
-    limit_txt = f" ({2 * limit} pixels)" if limit else ""
-    return ImageLoadError(str(path), f"decompression bomb: {what} exceeds the limit{limit_txt}", _BOMB_HINT)
+def pixel_limit() -> int | None:
+    """Largest image this process decodes, in pixels (None: no limit), checked from the header first.
+
+    Hosted mode: ``settings().max_upload_pixels``, 64 Mpx by default: that covers the 61 Mpx of full-frame
+    cameras and the 48-50 Mpx modes of phones, while one decoded image stays at 256 MB (RGBA) before the
+    working-size reduction. Locally: Pillow's ``Image.MAX_IMAGE_PIXELS`` (``ASAP_MAX_IMAGE_PIXELS``; ``0``
+    disables it) at 1x, where Pillow itself only refuses above 2x. The lower of the two in hosted mode.
+    """
+    s = settings()  # also applies ASAP_MAX_IMAGE_PIXELS to Pillow (once per process)
+    local = int(Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else None
+    if s.hosted:
+        return min(int(s.max_upload_pixels), local) if local else int(s.max_upload_pixels)
+    return local
+
+
+def _megapixels(px: int) -> str:
+    """``px`` in megapixels as words use them: "179", "1.6", "0.002"."""
+    mp = px / 1e6
+    return f"{mp:.0f}" if mp >= 9.5 else f"{mp:.2g}"
+
+
+def _too_large(path: PathLike, size: tuple[int, int] | None, limit: int) -> ImageLoadError:
+    """The refusal of an image over ``limit`` pixels: plain words in hosted mode (no setting named)."""
+    w, h = size if size else (0, 0)
+    if settings().hosted:
+        what = f"this image is {w} x {h} pixels ({_megapixels(w * h)} megapixels)" if size else \
+            "this image is too large"
+        side = int((limit ** 0.5) // 100 * 100) or int(limit ** 0.5)
+        return ImageLoadError(str(path), f"{what}; this explorer accepts up to {_megapixels(limit)} megapixels",
+                              f"resize it to at most {_megapixels(limit)} megapixels (e.g. {side} x {side}) "
+                              "and upload it again.")
+    what = f"{w} x {h} pixels" if size else "the image size"
+    return ImageLoadError(str(path), f"decompression bomb: {what} exceeds the limit ({limit} pixels, "
+                                     f"{_megapixels(limit)} megapixels)", _BOMB_HINT)
 
 
 def _scale_to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -187,11 +233,23 @@ def _scale_to_uint8(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.rint(out).astype(np.uint8)
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
-    """Any Pillow mode -> RGB (transparency composited on white; 16-bit scaled, not clipped).
+def _float_high(image: Image.Image) -> float:
+    """Top of the range of a float (``F``) image: 1.0 when its finite maximum is <= 1, else 255.0 (read a
+    band of rows at a time)."""
+    w, h = image.size
+    rows = max(1, _BAND_PIXELS // max(1, w))
+    top_value = None
+    for top in range(0, h, rows):
+        arr = np.asarray(image.crop((0, top, w, min(h, top + rows))), dtype=np.float32)
+        finite = arr[np.isfinite(arr)]
+        if finite.size:
+            m = float(finite.max())
+            top_value = m if top_value is None else max(top_value, m)
+    return 1.0 if top_value is not None and top_value <= 1.0 else 255.0
 
-    Returns ``image`` itself when it already is RGB.
-    """
+
+def _band_to_rgb(image: Image.Image, hi: float) -> Image.Image:
+    """One band of any mode -> RGB (see :func:`to_rgb`); ``hi``: the float range top (:func:`_float_high`)."""
     mode = image.mode
     if mode == "RGB":
         return image
@@ -200,8 +258,6 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.fromarray(gray, "L").convert("RGB")
     if mode == "F":
         arr = np.asarray(image, dtype=np.float32)
-        finite = arr[np.isfinite(arr)]
-        hi = 1.0 if finite.size and float(finite.max()) <= 1.0 else 255.0
         gray = _scale_to_uint8(np.nan_to_num(arr, nan=0.0, posinf=hi, neginf=0.0), 0.0, hi)
         return Image.fromarray(gray, "L").convert("RGB")
     has_alpha = "A" in image.getbands() or image.info.get("transparency") is not None
@@ -212,16 +268,49 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _orient(image: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation in place; unreadable EXIF leaves the image as stored."""
+def _rgb_reduced(image: Image.Image, factor: int = 1) -> Image.Image:
+    """``image`` in RGB (as :func:`to_rgb`), box-averaged by ``factor`` (``Image.reduce``; 1: unchanged size).
+
+    Converted a band of about ``_BAND_PIXELS`` source pixels at a time (bands a multiple of ``factor`` rows,
+    so the boxes are those of a whole-image reduce): the conversion's temporaries (RGBA on white, 16-bit or
+    float scaling) are one band, never full-size copies. An RGB image at factor 1 is returned as is.
+    """
+    factor = max(1, int(factor))
+    if image.mode == "RGB":
+        return image if factor == 1 else image.reduce(factor)
+    w, h = image.size
+    hi = _float_high(image) if image.mode == "F" else 255.0
+    out = Image.new("RGB", (-(-w // factor), -(-h // factor)))
+    rows = max(1, _BAND_PIXELS // max(1, w) // factor) * factor
+    for top in range(0, h, rows):
+        band = _band_to_rgb(image.crop((0, top, w, min(h, top + rows))), hi)
+        out.paste(band.reduce(factor) if factor > 1 else band, (0, top // factor))
+    return out
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB (transparency composited on white; 16-bit scaled, not clipped), converted a
+    band of rows at a time (no full-size temporaries). Returns ``image`` itself when it already is RGB."""
+    return _rgb_reduced(image, 1)
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation (1..8) of ``image``; 1 when absent or unreadable."""
     try:
-        ImageOps.exif_transpose(image, in_place=True)
+        value = int(image.getexif().get(0x0112, 1))
     except Exception:
-        pass
-    return image
+        return 1
+    return value if value in _TRANSPOSE else 1
+
+
+def _upright(image: Image.Image, orientation: int) -> Image.Image:
+    """``image`` turned as EXIF ``orientation`` says (as ``ImageOps.exif_transpose``)."""
+    method = _TRANSPOSE.get(orientation)
+    return image if method is None else image.transpose(method)
 
 
 def _reason_for(exc: Exception) -> str:
+    """Plain words for a decoder failure (no exception class names)."""
     msg = str(exc).strip()
     low = msg.lower()
     if isinstance(exc, MemoryError):
@@ -229,13 +318,66 @@ def _reason_for(exc: Exception) -> str:
     if "truncated" in low or isinstance(exc, EOFError):
         return "truncated image data"
     if "could not create decoder" in low or "broken" in low or "corrupt" in low:
-        return f"corrupt or truncated image data ({msg})"
-    return f"cannot decode image ({type(exc).__name__}: {msg})" if msg else f"cannot decode image ({type(exc).__name__})"
+        return "corrupt or truncated image data"
+    return "cannot decode the image data (damaged or an unsupported variant of its format)"
 
 
-def decode_image(data: bytes, path: PathLike, draft_size: int | None = None) -> Image.Image:
-    """Decode ``data`` (the bytes of ``path``) into an upright RGB image (first frame).
+@contextmanager
+def _decoding(path: PathLike, data: bytes) -> Iterator[None]:
+    """Run a Pillow read of ``data``: warnings silenced, every failure an ``ImageLoadError`` naming ``path``."""
+    if not data:
+        raise ImageLoadError(str(path), "empty file (0 bytes)", "the file was probably not fully copied")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")  # e.g. corrupt EXIF notes
+            yield
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageLoadError(
+            str(path), "not an image (cannot identify format)", "remove the file or convert it to JPEG/PNG"
+        ) from exc
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise ImageLoadError(str(path), _reason_for(exc), "re-export or re-download the file") from exc
 
+
+def _open_within(data: bytes, path: PathLike, limit: int | None) -> Image.Image:
+    """``data`` opened by Pillow, its header read and no pixels: ``ImageLoadError`` when the header declares
+    more than ``limit`` pixels (width x height of the first frame). Call inside :func:`_decoding`."""
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # over twice Pillow's limit: refused by Pillow from the header
+        raise _too_large(path, _probe_size(data), limit or 2 * int(Image.MAX_IMAGE_PIXELS)) from None
+    if limit is not None and im.width * im.height > limit:
+        raise _too_large(path, im.size, limit)
+    return im
+
+
+def image_size(data: bytes, path: PathLike, limit: int | None | str = "auto") -> tuple[int, int]:
+    """``(width, height)`` from the header of ``data`` (the bytes of ``path``), no pixels decoded; raises
+    ``ImageLoadError`` when it is not an image or declares more than ``limit`` pixels ("auto":
+    :func:`pixel_limit`). The cheap check to run before queueing a decode."""
+    with _decoding(path, data):
+        return _open_within(data, path, pixel_limit() if limit == "auto" else limit).size
+    raise AssertionError("unreachable")  # pragma: no cover - _decoding re-raises
+
+
+def _reduce_factor(size: tuple[int, int], working_side: int | None) -> int:
+    """Integer box factor that keeps the shortest side of ``size`` >= ``working_side`` (1: no reduction)."""
+    return max(1, min(size) // int(working_side)) if working_side else 1
+
+
+def decode_image(data: bytes, path: PathLike, draft_size: int | None = None,
+                 working_side: int | None | str = "auto") -> Image.Image:
+    """Decode ``data`` (the bytes of ``path``) into an upright RGB image (first frame), in bounded memory.
+
+    The header's size is checked against :func:`pixel_limit` before any pixel is decoded (``ImageLoadError``
+    in plain words above it). ``working_side`` ("auto": ``WORKING_SIDE`` in hosted mode, None locally):
+    images whose shortest side is at least twice it are reduced as early as the format allows, keeping the
+    shortest side >= ``working_side``: JPEG in the DCT domain (``draft``) while decoding, other formats by an
+    integer box average right after decoding, band by band with the RGB conversion (:func:`_rgb_reduced`).
+    None decodes every pixel (the local ``analyze`` path: CLIPImageProcessor parity).
     ``draft_size``: opt-in fast path for JPEG only. The decoder scales by 1/2, 1/4 or 1/8 in the DCT
     domain while keeping **both** sides >= ``draft_size`` (so the shortest side stays >= it). This is
     not bit-equal to a full decode: after CLIP preprocessing the pixels differ by more than the 1e-2
@@ -245,29 +387,44 @@ def decode_image(data: bytes, path: PathLike, draft_size: int | None = None) -> 
     with ``warnings.catch_warnings``, which is process-global before Python 3.14: decode in processes
     (or one thread) if other threads rely on their own warning filters.
     """
+    side = (WORKING_SIDE if settings().hosted else None) if working_side == "auto" else working_side
+    with _decoding(path, data):
+        im = _open_within(data, path, pixel_limit())
+        want = min(int(x) for x in (draft_size, side) if x) if (draft_size or side) else None
+        if want and im.format in _JPEG_FORMATS:
+            im.draft("RGB", (want, want))
+        im.load()
+        orientation = _orientation(im)
+        return _upright(_rgb_reduced(im, _reduce_factor(im.size, side)), orientation)
+    raise AssertionError("unreachable")  # pragma: no cover - _decoding re-raises
+
+
+def thumbnail_fits(data: bytes | None) -> bool:
+    """Whether ``data`` is an image whose header declares at most ``THUMB_MAX_PIXELS`` (no pixel decoded):
+    what a bundle's thumbnail must be before it is decoded or served."""
     if not data:
-        raise ImageLoadError(str(path), "empty file (0 bytes)", "the file was probably not fully copied")
-    settings()  # applies ASAP_MAX_IMAGE_PIXELS to Pillow (once per process)
+        return False
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            warnings.filterwarnings("ignore", module=r"PIL(\.|$)")  # e.g. corrupt EXIF notes
-            im = Image.open(io.BytesIO(data))
-            if draft_size and im.format in _JPEG_FORMATS:
-                im.draft("RGB", (int(draft_size), int(draft_size)))
-            im.load()
-            im = _orient(im)
-            return to_rgb(im)
+        image_size(data, "thumbnail", THUMB_MAX_PIXELS)
     except ImageLoadError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise _bomb_error(path, data, exc) from exc
-    except UnidentifiedImageError as exc:
-        raise ImageLoadError(
-            str(path), "not an image (cannot identify format)", "remove the file or convert it to JPEG/PNG"
-        ) from exc
-    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
-        raise ImageLoadError(str(path), _reason_for(exc), "re-export or re-download the file") from exc
+        return False
+    return True
+
+
+def decode_thumbnail(data: bytes | None, size: int = THUMB_SIDE) -> Image.Image:
+    """A bundle thumbnail's bytes -> RGB image (JPEG drafted towards ``size``: both sides stay >= it); a grey
+    ``size`` square when missing, unreadable or over ``THUMB_MAX_PIXELS`` from its header."""
+    if data:
+        try:
+            with _decoding("thumbnail", data):
+                im = _open_within(data, "thumbnail", THUMB_MAX_PIXELS)
+                if im.format in _JPEG_FORMATS:
+                    im.draft("RGB", (int(size), int(size)))
+                im.load()
+                return _rgb_reduced(im, 1)
+        except ImageLoadError:
+            pass
+    return Image.new("RGB", (int(size), int(size)), (200, 200, 200))
 
 
 def load_image(path: PathLike, draft_size: int | None = None) -> tuple[str, Image.Image]:
@@ -290,13 +447,19 @@ def make_thumbnail(image: Image.Image, longest: int = THUMB_SIDE) -> bytes:
 __all__ = [
     "CHANGED_REASON",
     "IMAGE_EXTENSIONS",
+    "THUMB_MAX_PIXELS",
+    "WORKING_SIDE",
     "decode_image",
+    "decode_thumbnail",
     "file_sha1",
+    "image_size",
     "is_content_id",
     "load_image",
     "make_thumbnail",
+    "pixel_limit",
     "read_bytes",
     "read_checked",
     "sha1_hex",
+    "thumbnail_fits",
     "to_rgb",
 ]

@@ -107,14 +107,15 @@ def tsne_2d(
         return tsne.fit_transform(x).astype(np.float64)
 
 
-def finite_rows(x, caller: str, nan_hint: str) -> np.ndarray:
-    """``x`` as a 2-D array ``[n, d]`` of finite values, else ``InputError`` naming ``caller`` and the fix."""
+def finite_rows(x, what: str, nan_hint: str) -> np.ndarray:
+    """``x`` as a 2-D array ``[n, d]`` of finite values, else ``InputError`` naming ``what`` (in words: a
+    visitor may read it) and the fix."""
     x = np.asarray(x)
     if x.ndim != 2:
-        raise InputError(f"{caller} expects one feature row per image [n, d], got shape {x.shape}",
+        raise InputError(f"{what.capitalize()} need one row per image [n, d], not shape {x.shape}.",
                          "pass one row per image")
     if not np.all(np.isfinite(x)):
-        raise InputError(f"{caller} got NaN or infinite values", nan_hint)
+        raise InputError(f"{what.capitalize()} hold NaN or infinite values.", nan_hint)
     return x
 
 
@@ -142,7 +143,7 @@ def embed_2d(
     ``return_fitted=True`` also returns ``fitted`` [N] bool: rows whose position came from
     the projection itself (False only for rows placed by their sample neighbours).
     """
-    z = finite_rows(z, "embed_2d", "check the distiller output; every image needs a finite embedding")
+    z = finite_rows(z, "the values to lay out on the map", "check the distiller output; every image needs a finite embedding")
     n = z.shape[0]
     if n == 0:
         empty = np.zeros((0, 2), dtype=np.float64)
@@ -202,8 +203,8 @@ def assign_cells(xy: np.ndarray, grid: int = DEFAULT_GRID) -> tuple[np.ndarray, 
         raise InputError(f"assign_cells expects map points [N, 2], got shape {xy.shape}",
                          "pass the map_x, map_y columns")
     if not np.all(np.isfinite(xy)):
-        raise InputError("assign_cells got NaN or infinite map positions",
-                         "recompute the map with embed_2d")
+        raise InputError("The map positions hold NaN or infinite values.",
+                         "analyse the images again to recompute the map")
     col = np.clip(np.floor(xy[:, 0] * grid), 0, grid - 1).astype(np.int64)
     row = np.clip(np.floor((1.0 - xy[:, 1]) * grid), 0, grid - 1).astype(np.int64)
     return row * grid + col, col, row

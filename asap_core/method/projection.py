@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -16,6 +16,42 @@ from PIL import Image, ImageDraw, ImageFont
 from ..errors import InputError, ModelLoadError
 
 EmbedFn = Callable[[Sequence[Image.Image]], np.ndarray]
+#: ``[N, D]`` rows: an array or memory map (read in chunks), or an iterable of ``[n, D]`` chunks (e.g. a store)
+Rows = Union[np.ndarray, Iterable[np.ndarray]]
+CHUNK_ROWS = 16_384  # rows converted to float64 at a time: 64 MB at D = 512
+
+
+def _chunks(rows: Rows, chunk_rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
+    """``rows`` as float64 chunks ``[n, D]`` (an array is sliced, an iterable passed through)."""
+    if hasattr(rows, "shape"):
+        for s in range(0, len(rows), chunk_rows):
+            yield np.asarray(rows[s:s + chunk_rows], np.float64)
+        return
+    for part in rows:
+        yield np.asarray(part, np.float64)
+
+
+def covariance(rows: Rows, chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray, int]:
+    """``(mean [D], scatter [D, D], N)`` of ``rows`` in one pass over chunks: scatter is the sum of
+    ``(x - mean)(x - mean)^T`` (float64). Each chunk is shifted by the first chunk's mean before its
+    products are summed, so the final centring subtracts a small term (no cancellation)."""
+    shift = total = scatter = None
+    n = 0
+    for x in _chunks(rows, chunk_rows):
+        if not len(x):
+            continue
+        if shift is None:
+            shift = x.mean(0)
+            total = np.zeros_like(shift)
+            scatter = np.zeros((len(shift), len(shift)))
+        x = x - shift  # a new array: a float64 input is never changed
+        total += x.sum(0)
+        scatter += x.T @ x
+        n += len(x)
+    if not n:
+        raise InputError("The projection got no embeddings to fit its directions on.", "embed some images first.")
+    offset = total / n
+    return shift + offset, scatter - n * np.outer(offset, offset), n
 
 
 def render_text(image: Image.Image, rng: np.random.Generator) -> Image.Image:
@@ -60,7 +96,8 @@ class VisionOnlyProjection:
             image_embeds: np.ndarray | None = None) -> "VisionOnlyProjection":
         """Learn from sample ``images`` and an ``embed`` function (list of PIL -> ``[n, D]``).
 
-        ``clean_embeds [M, D]`` (optional, all the data's embeddings) sets the principal directions kept.
+        ``clean_embeds [M, D]`` (optional, all the data's embeddings: an array, a memory map or an iterable
+        of chunks, read once in chunks, never copied whole) sets the principal directions kept.
         ``image_embeds [n, D]`` (optional): the embeddings of ``images`` themselves when already at hand
         (``analyze`` has them cached), so that only the texted copies are embedded; they must come from
         the same decode and model as ``embed`` or their difference is not the written text alone.
@@ -76,22 +113,28 @@ class VisionOnlyProjection:
         n_text = min(self.n_text_components, len(diff), diff.shape[1] - 1)
         _, _, vt = np.linalg.svd(diff - diff.mean(0), full_matrices=False)
         self.text_components_ = vt[:n_text].astype(np.float32)
-        return self._fit_visual(clean if clean_embeds is None else np.asarray(clean_embeds, np.float64))
+        return self._fit_visual(clean if clean_embeds is None else clean_embeds)
 
-    def _fit_visual(self, clean: np.ndarray) -> "VisionOnlyProjection":
+    def _fit_visual(self, clean: "Rows") -> "VisionOnlyProjection":
+        """Top principal directions of ``clean`` (``[N, D]`` array or memory map, or an iterable of
+        ``[n, D]`` chunks) inside the complement of the written subspace: the eigenvectors of the ``[D, D]``
+        covariance restricted to that complement. Memory O(D^2) whatever N: rows are read ``CHUNK_ROWS`` at
+        a time, only the ``[D, D]`` sum and the mean are float64.
+
+        Equal (up to sign, then fixed: each row's largest entry positive) to the right singular vectors of
+        the centred ``[N, D]`` matrix with the written subspace projected out, when N >= D; with fewer rows
+        the directions past the data's rank are some orthonormal completion inside the complement."""
         t = self.text_components_.astype(np.float64)
-        q, _ = np.linalg.qr(t.T)  # [D, T] orthonormal basis of the written subspace
-        centred = clean - clean.mean(0)
-        visual = centred - (centred @ q) @ q.T
-        d = clean.shape[1]
-        k = min(self.n_components, d - q.shape[1])
-        # [D, D] right vectors: with N >= D the thin SVD already gives all of them (full_matrices would also
-        # build an [N, N] matrix: 75 GB at 100k images); with N < D the full one adds the rows past the rank
-        _, s, vt = np.linalg.svd(visual, full_matrices=visual.shape[0] < d)
-        # rows past the data's rank are still orthonormal and orthogonal to the written subspace
-        basis = vt[:k] - (vt[:k] @ q) @ q.T
-        basis, _ = np.linalg.qr(basis.T)
-        self.components_ = basis.T[:k].astype(np.float32)
+        d = t.shape[1]
+        # [D, D - T] orthonormal basis of the written subspace's complement (the full QR's last columns)
+        rest = np.linalg.qr(t.T, mode="complete")[0][:, len(t):] if len(t) else np.eye(d)
+        _, scatter, _ = covariance(clean)
+        evals, evecs = np.linalg.eigh(rest.T @ scatter @ rest)  # ascending
+        k = min(self.n_components, rest.shape[1])
+        basis = (rest @ evecs[:, ::-1][:, :k]).T  # [K, D], largest variance first
+        rows = np.arange(k)
+        basis *= np.sign(basis[rows, np.abs(basis).argmax(1)])[:, None]
+        self.components_ = basis.astype(np.float32)
         return self
 
     def _check_is_fitted(self) -> None:

@@ -1,36 +1,35 @@
-"""Model-parameter randomisation test of relevance maps (Adebayo et al., "Sanity checks for saliency maps",
-NeurIPS 2018): maps that stay the same when the weights they claim to explain are destroyed explain
-something else (the image's edges, the attention of untouched layers), not the model's decision.
+"""Sanity checks of relevance maps (Adebayo et al., "Sanity checks for saliency maps", NeurIPS 2018): maps
+that stay the same when the weights they claim to explain are destroyed explain something else (the
+image's edges, the attention of untouched layers), not the model's decision; and maps that are the same
+for every target explain none of them.
 
-Two randomisations, each on a copy (the shared encoder from ``model.factory`` and the bundle's distiller are
-never touched):
+**Cascading parameter randomisation.** On copies (the shared encoder from ``model.factory`` and the
+bundle's distiller are never touched), step 0 redraws every learned weight of the distiller (``dims``,
+``head``, ``generator_head``; the fixed projection and standardisation buffers kept), and step ``s`` >= 1
+additionally redraws the vision tower's last ``s`` transformer blocks, down to the first block (each tensor
+from a normal with its own mean and standard deviation; other blocks shared, not copied). After each step
+the maps are recomputed and compared with the original ones by two similarities over the ``side²`` patches:
+the Spearman rank correlation, and the **top-k overlap** (a value-based similarity: the share of the
+original map's ``top_k * P`` most relevant patches that stay in the top ``k``, rescaled so that chance is 0
+and identity 1). The cascade runs for ``n_seeds`` redraw seeds; the figures are means over seeds and images
+with a 95% interval over images. ``cascade_table`` is the curve Adebayo et al. plot.
 
-- ``distiller``: every learned weight of the distiller (``dims``, ``head``, ``generator_head``) redrawn from a
-  normal with the tensor's own mean and standard deviation (seeded); the fixed projection and
-  standardisation buffers are kept.
-- ``last-block``: every parameter of the vision tower's last transformer block redrawn the same way; the
-  other blocks are shared with the original model, not copied (a copy of the module tree whose tensors,
-  except the last block's, are the original ones).
+**Target sensitivity.** Per image and target, the median Spearman correlation of the target's map with the
+maps of the other targets; per target, its mean over images. One map reused for every target gives 1.
 
-Per image and target, the Spearman rank correlation between the original and the randomised map over the
-``side²`` patches (NaN where either map is constant); per target, its mean over images.
+Verdict (``sanity_verdict``, the one place): a target **fails** when, after redrawing the distiller or
+after the whole cascade, either similarity stays above ``RANK_THRESHOLD`` = 0.5 (more than half of the
+map's order or of its top patches survives the destruction of the weights it should depend on; two maps
+that share nothing have a rank correlation of 0 with a standard deviation of ``1 / sqrt(P - 1)`` per
+image, 0.14 for ViT-B/32), or when its target sensitivity exceeds ``TARGET_THRESHOLD``. For a randomly
+initialised CLIP (the demo's fallback, ``EncoderInfo.source == "random"``) the test is **not assessed**:
+redrawing a random model yields another random model, so the figures (still measured and shown) cannot
+tell whether the maps explain a learned decision.
 
-Threshold: a target is flagged when a mean rank correlation exceeds ``RANK_THRESHOLD`` = 0.5. Two maps that
-share nothing have a rank correlation of 0 with a standard deviation of ``1 / sqrt(P - 1)`` per image
-(0.14 for ViT-B/32's 49 patches, 0.26 for 16 patches), so a mean above 0.5 is far outside chance, and it
-means that more than half of the map's ordering survives the destruction of the weights it should depend
-on. Methods that fail Adebayo et al.'s test (e.g. guided back-propagation) keep rank correlations near 1.
-
-A map from a randomly initialised CLIP (the demo's fallback, ``EncoderInfo.source == "random"``) fails
-regardless of the correlations: redrawing one block of a random model yields another random model, so the
-correlation test cannot tell anything, and the maps carry no meaning. ``sanity_verdict`` is the one place
-that turns the figures and that fact into a verdict.
-
-Quantus has this test (``ModelParameterRandomisation``); it randomises the layers of one ``nn.Module`` it is
-handed, in place, one cascade step per layer, and wants the explanation function to take that module. Here the
-model is two (the shared CLIP and the distiller), the encoder must stay untouched, and only two
-randomisations are wanted, so the test is written out here; the faithfulness curves are the ones
-cross-checked against Quantus (``method.faithfulness``).
+Quantus has this test (``quantus.MPRT``); it randomises the layers of one ``nn.Module`` in place (on its
+copy) and resets them with their initialisers. Here the model is two (the shared CLIP and the distiller),
+and the distiller must be redrawn first, so the cascade is written out; ``tests/test_sanity_checks.py``
+cross-checks it against ``MPRT``.
 """
 from __future__ import annotations
 
@@ -49,9 +48,14 @@ from .relevance import AttentionRelevance, _target_indices
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-RANDOMISATIONS: tuple[str, ...] = ("distiller", "last-block")
+SIMILARITIES: tuple[str, ...] = ("spearman", "topk")
 RANK_THRESHOLD = 0.5
-SANITY_VERSION = 1  # bump when the randomisations or the correlation change
+TARGET_THRESHOLD = 0.9  # median rank correlation with the other targets' maps above this: one map for all
+MAX_STEPS = 33  # cascade steps stored per image (distiller + up to 32 blocks; NaN beyond the model's)
+DEFAULT_SEEDS = 3
+DEFAULT_TOP_K = 0.25
+SANITY_VERSION = 2  # bump when the randomisations or the similarities change
+Z95 = 1.959964
 
 #: ``explain(encoder, distiller, pixel_values, idx) -> [B, K, side, side]``: the maps under test
 ExplainFunc = Callable[[object, object, "torch.Tensor", list[int]], "torch.Tensor"]
@@ -69,6 +73,11 @@ def _redraw_(tensors, generator: "torch.Generator") -> None:
             t.copy_((mean + std * noise).to(t.dtype))
 
 
+def _seed(*parts: int) -> int:
+    """A torch seed from integers (redraw seed, block)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
 def randomised_distiller(distiller, random_state: int = 0):
     """A copy of ``distiller`` with its learned weights redrawn (seeded); buffers kept."""
     import torch
@@ -78,25 +87,38 @@ def randomised_distiller(distiller, random_state: int = 0):
     return out.eval()
 
 
-def randomised_last_block(encoder, random_state: int = 0):
-    """A copy of ``encoder`` whose vision tower's last block is redrawn (seeded). Every other tensor is shared
-    with ``encoder`` (not copied, never written); ``cache_key`` names the randomisation."""
+def n_blocks(encoder) -> int:
+    """Transformer blocks of the encoder's vision tower."""
+    return len(encoder.vision_model.vision_model.encoder.layers)
+
+
+def randomised_blocks(encoder, n_last: int, random_state: int = 0):
+    """A copy of ``encoder`` whose vision tower's last ``n_last`` blocks are redrawn (block ``i`` with seed
+    ``(random_state, i)``, so the cascade is cumulative). Every other tensor is shared with ``encoder`` (not
+    copied, never written); ``cache_key`` names the randomisation."""
     import torch
 
     from ..model.image_forward import ClipImageForward
 
     vm = encoder.vision_model
-    last = vm.vision_model.encoder.layers[-1]
-    own = {id(t) for t in [*last.parameters(), *last.buffers()]}
+    layers = vm.vision_model.encoder.layers
+    chosen = list(range(len(layers) - int(n_last), len(layers)))
+    own = {id(t) for i in chosen for t in [*layers[i].parameters(), *layers[i].buffers()]}
     memo = {id(t): t for t in [*vm.parameters(), *vm.buffers()] if id(t) not in own}
     vm2 = copy.deepcopy(vm, memo)
-    block = vm2.vision_model.encoder.layers[-1]
-    _redraw_([p.data for p in block.parameters()], torch.Generator().manual_seed(int(random_state)))
-    out = copy.copy(encoder)  # the same info, preprocessing, device and dtype; other weights in one block
+    for i in chosen:
+        block = vm2.vision_model.encoder.layers[i]
+        _redraw_([p.data for p in block.parameters()], torch.Generator().manual_seed(_seed(random_state, i)))
+    out = copy.copy(encoder)  # the same info, preprocessing, device and dtype; other weights shared
     out.vision_model = vm2
     out.image_forward = ClipImageForward(vm2).eval()
-    out.cache_key = f"{encoder.cache_key}-random-last-block-{int(random_state)}"
+    out.cache_key = f"{encoder.cache_key}-random-blocks-{int(n_last)}-{int(random_state)}"
     return out
+
+
+def randomised_last_block(encoder, random_state: int = 0):
+    """``randomised_blocks(encoder, 1, random_state)``: only the last block redrawn."""
+    return randomised_blocks(encoder, 1, random_state)
 
 
 def spearman_maps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -112,29 +134,83 @@ def spearman_maps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (ra * rb).sum(-1) / den, np.nan)
 
 
+def topk_overlap(a: np.ndarray, b: np.ndarray, top_k: float = DEFAULT_TOP_K) -> np.ndarray:
+    """Top-k overlap of maps ``a, b [..., side, side]`` -> ``[...]``: the share of ``a``'s ``k = max(1,
+    round(top_k P))`` most relevant patches (ties: row-major order) among ``b``'s, rescaled as ``(share -
+    k / P) / (1 - k / P)``: 0 at chance, 1 when the top patches are the same."""
+    a = np.asarray(a, np.float64).reshape(*np.shape(a)[:-2], -1)
+    b = np.asarray(b, np.float64).reshape(*np.shape(b)[:-2], -1)
+    n_p = a.shape[-1]
+    k = min(max(1, int(round(top_k * n_p))), n_p - 1)
+    top = lambda m: np.argsort(-np.nan_to_num(m, nan=-np.inf), axis=-1, kind="stable")[..., :k]  # noqa: E731
+    ta, tb = top(a), top(b)
+    share = (ta[..., :, None] == tb[..., None, :]).any(-1).sum(-1) / k
+    return (share - k / n_p) / (1 - k / n_p)
+
+
+def map_similarity(a: np.ndarray, b: np.ndarray, top_k: float = DEFAULT_TOP_K) -> np.ndarray:
+    """``[..., 2]``: ``SIMILARITIES`` (Spearman, top-k overlap) of maps ``a, b [..., side, side]``."""
+    return np.stack([spearman_maps(a, b), topk_overlap(a, b, top_k)], axis=-1)
+
+
+def target_sensitivity(maps: np.ndarray) -> np.ndarray:
+    """Maps ``[B, K, side, side]`` -> ``[B, K]``: per image, the median rank correlation of each target's map
+    with the other targets' maps (NaN with one target)."""
+    maps = np.asarray(maps, np.float64)
+    n_k = maps.shape[1]
+    if n_k < 2:
+        return np.full(maps.shape[:2], np.nan)
+    rho = spearman_maps(maps[:, :, None], maps[:, None, :])  # [B, K, K]
+    rho[:, np.arange(n_k), np.arange(n_k)] = np.nan
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmedian(rho, axis=-1)
+
+
 @dataclass(frozen=True)
 class SanityVerdict:
-    """``flagged`` (the maps fail the check) and one sentence for the views saying why (or that they pass)."""
+    """``status`` ("passes", "fails", "not assessed"), ``flagged`` (status is "fails") and one sentence saying
+    why, with the measured figures."""
 
-    flagged: bool
+    status: str
     reason: str
 
+    @property
+    def flagged(self) -> bool:
+        return self.status == "fails"
 
-def sanity_verdict(rho_distiller: float, rho_last_block: float, encoder_random: bool,
-                   threshold: float = RANK_THRESHOLD) -> SanityVerdict:
-    """The verdict on one target's maps from its mean rank correlations after randomising the distiller and
-    the encoder's last block, and whether the encoder itself is a random initialisation."""
+
+def _fmt(v: float) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.2f}"
+
+
+def sanity_verdict(after_distiller: Sequence[float], after_cascade: Sequence[float], target_rho: float,
+                   encoder_random: bool, threshold: float = RANK_THRESHOLD,
+                   target_threshold: float = TARGET_THRESHOLD) -> SanityVerdict:
+    """The verdict on one target's maps from its mean similarities (``SIMILARITIES``: Spearman, top-k
+    overlap) after redrawing the distiller and after the whole cascade, its target sensitivity, and whether
+    the CLIP is a random initialisation (then "not assessed", with the figures)."""
+    figures = (f"rank correlation {_fmt(after_distiller[0])} with the classifier redrawn, {_fmt(after_cascade[0])} "
+               f"with every layer redrawn; top-patch overlap {_fmt(after_distiller[1])} / {_fmt(after_cascade[1])}; "
+               f"{_fmt(target_rho)} with the other targets' maps")
     if encoder_random:
-        return SanityVerdict(True, "the CLIP is randomly initialised: its maps carry no meaning whatever the "
-                                   "correlations")
-    high = [f"{name} ({rho:.2f})" for name, rho in (("distiller", rho_distiller), ("last block", rho_last_block))
-            if np.isfinite(rho) and rho > threshold]
-    if high:
-        return SanityVerdict(True, "maps barely change when the weights are randomised: rank correlation above "
-                                   f"{threshold:g} after randomising the {' and the '.join(high)}")
-    if not (np.isfinite(rho_distiller) or np.isfinite(rho_last_block)):
-        return SanityVerdict(True, "no map varied across patches: the check could not be run")
-    return SanityVerdict(False, f"maps change when the weights are randomised (rank correlation at most {threshold:g})")
+        return SanityVerdict("not assessed", f"not assessed: this CLIP is a random initialisation ({figures})")
+    survive = [f"{what} ({v:.2f})" for what, vals in (("after redrawing the classifier", after_distiller),
+                                                        ("after redrawing every layer", after_cascade))
+               for v in vals if np.isfinite(v) and v > threshold][:1]
+    if survive:
+        return SanityVerdict("fails", f"the maps barely change when the weights are redrawn: similarity above "
+                                      f"{threshold:g} {survive[0]} ({figures})")
+    if np.isfinite(target_rho) and target_rho > target_threshold:
+        return SanityVerdict("fails", f"the maps are the same for every target: rank correlation {target_rho:.2f} "
+                                      f"with the other targets' maps ({figures})")
+    if not any(np.isfinite(v) for v in (*after_distiller, *after_cascade)):
+        return SanityVerdict("fails", "no map varied across patches: the check could not be run")
+    return SanityVerdict("passes", f"the maps change when the weights are redrawn and differ between targets "
+                                   f"({figures})")
 
 
 def attention_explain(method: str) -> ExplainFunc:
@@ -145,62 +221,142 @@ def attention_explain(method: str) -> ExplainFunc:
     return explain
 
 
+def step_names(n_steps: int) -> list[str]:
+    """Names of the cascade's steps: "classifier", then "+ block L-1" ... "+ block 0" (``n_steps - 1``
+    blocks)."""
+    return ["classifier"] + [f"+ block {n_steps - 1 - s}" for s in range(1, n_steps)]
+
+
 @dataclass
 class SanityResult:
-    """``rho [B, K, 2]``: rank correlation per image and target after each of ``RANDOMISATIONS``;
-    ``targets`` (K indices); ``encoder_random``; ``threshold``."""
+    """``similarity [B, n_seeds, MAX_STEPS, K, 2]``: ``SIMILARITIES`` after each cascade step (NaN beyond
+    ``n_steps``); ``target_rho [B, K]`` (``target_sensitivity``); ``targets`` (K indices); ``n_steps``;
+    ``encoder_random``; ``threshold``."""
 
     targets: list[int]
-    rho: np.ndarray
+    similarity: np.ndarray
+    target_rho: np.ndarray
+    n_steps: int
     encoder_random: bool
     threshold: float = RANK_THRESHOLD
 
+    @property
+    def rho(self) -> np.ndarray:
+        """``[B, K, 2]``: mean rank correlation over seeds after redrawing the distiller, then everything."""
+        sp = np.nanmean(self.similarity[..., 0], axis=1)  # [B, steps, K]
+        return np.stack([sp[:, 0], sp[:, self.n_steps - 1]], axis=-1)
+
     def summary(self) -> pd.DataFrame:
-        """One row per target: target, target_name, n_images, rho_distiller, rho_last_block (means over images),
-        encoder_random, flagged, reason (``sanity_verdict``)."""
-        return summarise_rho(self.rho, self.targets, self.encoder_random, self.threshold)
+        """One row per target (``summarise_similarity``)."""
+        return summarise_similarity(self.similarity, self.target_rho, self.targets, self.encoder_random,
+                                    self.threshold)
 
 
-def summarise_rho(rho: np.ndarray, targets: Sequence[int], encoder_random: bool,
-                  threshold: float = RANK_THRESHOLD) -> pd.DataFrame:
-    """``rho [N, K, 2]`` -> one row per target (``SanityResult.summary``)."""
+def valid_steps(similarity: np.ndarray) -> int:
+    """Cascade steps present in ``similarity [..., MAX_STEPS, K, 2]`` (top-k overlap is never NaN there)."""
+    finite = np.isfinite(similarity[..., 1]).reshape(-1, similarity.shape[-3], similarity.shape[-2]).any(axis=(0, 2))
+    return int(finite.sum())
+
+
+def _per_image(similarity: np.ndarray) -> np.ndarray:
+    """``[B, seeds, steps, K, 2]`` -> ``[B, steps, K, 2]``: means over seeds (NaN-aware)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(similarity, axis=1)
+
+
+def _mean_ci(v: np.ndarray) -> tuple[float, float, float]:
+    """(mean, low, high) over images of ``v [B]``: mean +- 1.96 standard errors (NaN with < 2 values)."""
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return np.nan, np.nan, np.nan
+    mean = float(v.mean())
+    half = Z95 * float(v.std(ddof=1)) / np.sqrt(len(v)) if len(v) > 1 else np.nan
+    return mean, mean - half, mean + half
+
+
+SANITY_COLUMNS: tuple[str, ...] = (
+    "target", "target_name", "n_images", "n_seeds", "rho_distiller", "rho_distiller_low", "rho_distiller_high",
+    "topk_distiller", "rho_cascade", "rho_cascade_low", "rho_cascade_high", "topk_cascade", "target_rho",
+    "encoder_random", "status", "flagged", "reason")
+
+
+def summarise_similarity(similarity: np.ndarray, target_rho: np.ndarray, targets: Sequence[int],
+                         encoder_random: bool, threshold: float = RANK_THRESHOLD) -> pd.DataFrame:
+    """``similarity [B, seeds, MAX_STEPS, K, 2]``, ``target_rho [B, K]`` -> one row per target
+    (``SANITY_COLUMNS``): means over seeds and images with 95% intervals over images, after redrawing the
+    distiller (``*_distiller``) and after the whole cascade (``*_cascade``), and the verdict."""
+    per = _per_image(similarity)
+    last = max(valid_steps(similarity) - 1, 0)
     rows = []
     for k, t in enumerate(targets):
-        means = []
-        for r in range(len(RANDOMISATIONS)):
-            v = rho[:, k, r]
-            means.append(float(np.nanmean(v)) if np.isfinite(v).any() else np.nan)
-        verdict = sanity_verdict(means[0], means[1], encoder_random, threshold)
-        rows.append({"target": int(t), "target_name": TARGET_NAMES[t], "n_images": int(len(rho)),
-                     "rho_distiller": means[0], "rho_last_block": means[1], "encoder_random": bool(encoder_random),
-                     "flagged": verdict.flagged, "reason": verdict.reason})
-    return pd.DataFrame(rows)
+        d, dl, dh = _mean_ci(per[:, 0, k, 0])
+        c, cl, ch = _mean_ci(per[:, last, k, 0])
+        td, tc = _mean_ci(per[:, 0, k, 1])[0], _mean_ci(per[:, last, k, 1])[0]
+        trho = _mean_ci(target_rho[:, k])[0]
+        verdict = sanity_verdict((d, td), (c, tc), trho, encoder_random, threshold)
+        rows.append({"target": int(t), "target_name": TARGET_NAMES[t], "n_images": int(len(similarity)),
+                     "n_seeds": int(similarity.shape[1]), "rho_distiller": d, "rho_distiller_low": dl,
+                     "rho_distiller_high": dh, "topk_distiller": td, "rho_cascade": c, "rho_cascade_low": cl,
+                     "rho_cascade_high": ch, "topk_cascade": tc, "target_rho": trho,
+                     "encoder_random": bool(encoder_random), "status": verdict.status, "flagged": verdict.flagged,
+                     "reason": verdict.reason})
+    return pd.DataFrame(rows, columns=list(SANITY_COLUMNS))
+
+
+def cascade_table(similarity: np.ndarray, targets: Sequence[int]) -> pd.DataFrame:
+    """The cascade curve: one row per step, target and similarity: step, step_name, target, target_name,
+    similarity (``SIMILARITIES``), value (mean over seeds and images), low, high (95% over images)."""
+    per = _per_image(similarity)
+    n_steps = valid_steps(similarity)
+    names = step_names(n_steps)
+    rows = []
+    for s in range(n_steps):
+        for k, t in enumerate(targets):
+            for m, sim in enumerate(SIMILARITIES):
+                mean, low, high = _mean_ci(per[:, s, k, m])
+                rows.append({"step": s, "step_name": names[s], "target": int(t), "target_name": TARGET_NAMES[t],
+                             "similarity": sim, "value": mean, "low": low, "high": high})
+    return pd.DataFrame(rows, columns=["step", "step_name", "target", "target_name", "similarity", "value", "low",
+                                       "high"])
 
 
 class ParameterRandomisation:
-    """Captum-shaped model-parameter randomisation test.
+    """Captum-shaped cascading model-parameter randomisation test with a target-sensitivity check.
 
-    ``ParameterRandomisation(encoder, distiller, method="last-block", random_state=0).evaluate(pixel_values
-    [B, 3, S, S], target=None)`` -> ``SanityResult`` (``rho [B, K, 2]``). ``explain`` replaces the maps under
-    test (default: ``AttentionRelevance`` with ``method``); ``encoder_random`` (default: from
-    ``encoder.info.source``) marks a randomly initialised CLIP. ``original`` in ``evaluate``: the maps
-    ``[B, K, side, side]`` already computed with the unchanged models (e.g. cached), else computed here.
+    ``ParameterRandomisation(encoder, distiller).evaluate(pixel_values [B, 3, S, S], target=None)`` ->
+    ``SanityResult`` (``similarity [B, n_seeds, MAX_STEPS, K, 2]``, ``target_rho [B, K]``).
+
+    Parameters
+    ----------
+    method : the relevance method whose maps are tested (``AttentionRelevance``), unless ``explain`` is given.
+    random_state : base seed; redraw seed ``r`` of ``n_seeds`` uses ``(random_state, r)``.
+    n_seeds : redraw seeds of the cascade (its figures are averaged).
+    top_k : fraction of patches of the top-k overlap.
+    cascade : redraw the blocks down to the first (True) or stop after the distiller (False).
+    explain : ``ExplainFunc`` replacing the maps under test.
+    encoder_random : whether the CLIP is a random initialisation (default: ``encoder.info.source``).
+    threshold : ``RANK_THRESHOLD``.
     """
 
     def __init__(self, encoder, distiller, method: str = "last-block", random_state: int = 0,
+                 n_seeds: int = DEFAULT_SEEDS, top_k: float = DEFAULT_TOP_K, cascade: bool = True,
                  explain: ExplainFunc | None = None, encoder_random: bool | None = None,
                  threshold: float = RANK_THRESHOLD) -> None:
         self.encoder = encoder
         self.distiller = distiller
         self.method = method
         self.random_state = random_state
+        self.n_seeds = n_seeds
+        self.top_k = top_k
+        self.cascade = cascade
         self.explain = explain
         self.encoder_random = encoder_random
         self.threshold = threshold
 
-    def evaluate(self, pixel_values: "torch.Tensor", target: int | Sequence[int] | None = None,
-                 original=None) -> SanityResult:
-        idx = _target_indices(target)
+    def _original(self, pixel_values, idx: list[int], original) -> np.ndarray:
         explain = self.explain or attention_explain(self.method)
         if original is None:
             original = explain(self.encoder, self.distiller, pixel_values, idx)
@@ -208,16 +364,34 @@ class ParameterRandomisation:
         if original.shape[:2] != (len(pixel_values), len(idx)):
             raise InputError(f"original maps have shape {original.shape}, expected [{len(pixel_values)}, {len(idx)}, "
                              "side, side].", "pass the maps of the same images and targets, or none.")
-        rand_dist = randomised_distiller(self.distiller, self.random_state)
-        rand_enc = randomised_last_block(self.encoder, self.random_state)
-        rho = np.stack([spearman_maps(original, np.asarray(explain(enc, dist, pixel_values, idx), np.float64))
-                        for enc, dist in ((self.encoder, rand_dist), (rand_enc, self.distiller))], axis=-1)
+        return original
+
+    def evaluate(self, pixel_values: "torch.Tensor", target: int | Sequence[int] | None = None,
+                 original=None) -> SanityResult:
+        """Similarities after every cascade step and seed; ``original``: the maps ``[B, K, side, side]`` of the
+        unchanged models (e.g. cached), else computed here."""
+        idx = _target_indices(target)
+        if int(self.n_seeds) < 1:
+            raise InputError(f"n_seeds = {self.n_seeds} must be at least 1.", "use n_seeds=3.")
+        explain = self.explain or attention_explain(self.method)
+        original = self._original(pixel_values, idx, original)
+        n_steps = 1 + (min(n_blocks(self.encoder), MAX_STEPS - 1) if self.cascade else 0)
+        sim = np.full((len(pixel_values), int(self.n_seeds), MAX_STEPS, len(idx), 2), np.nan)
+        for r in range(int(self.n_seeds)):
+            seed = _seed(self.random_state, r)
+            dist = randomised_distiller(self.distiller, seed)
+            for s in range(n_steps):
+                enc = self.encoder if s == 0 else randomised_blocks(self.encoder, s, seed)
+                maps = np.asarray(explain(enc, dist, pixel_values, idx), np.float64)
+                sim[:, r, s] = map_similarity(original, maps, self.top_k)
         random_enc = self.encoder_random
         if random_enc is None:
             random_enc = getattr(getattr(self.encoder, "info", None), "source", "") == "random"
-        return SanityResult(idx, rho, bool(random_enc), self.threshold)
+        return SanityResult(idx, sim, target_sensitivity(original), n_steps, bool(random_enc), self.threshold)
 
 
-__all__ = ["ParameterRandomisation", "RANDOMISATIONS", "RANK_THRESHOLD", "SANITY_VERSION", "SanityResult",
-           "SanityVerdict", "attention_explain", "randomised_distiller", "randomised_last_block", "sanity_verdict",
-           "spearman_maps", "summarise_rho"]
+__all__ = ["DEFAULT_SEEDS", "DEFAULT_TOP_K", "MAX_STEPS", "ParameterRandomisation", "RANK_THRESHOLD", "SANITY_COLUMNS",
+           "SANITY_VERSION", "SIMILARITIES", "SanityResult", "SanityVerdict", "TARGET_THRESHOLD", "attention_explain",
+           "cascade_table", "map_similarity", "n_blocks", "randomised_blocks", "randomised_distiller",
+           "randomised_last_block", "sanity_verdict", "spearman_maps", "step_names", "summarise_similarity",
+           "target_sensitivity", "topk_overlap", "valid_steps"]

@@ -26,7 +26,11 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
 
 def split_indices(y: np.ndarray, split: np.ndarray | None, val_fraction: float, seed: int
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Train/validation indices: the folder's own split if it names one (val/test), else stratified 80/20."""
+    """Train/validation indices: the folder's own split if it names one (val/test), else stratified 80/20.
+
+    A stratified split holds at least one image of each class on both sides: a set too small for
+    ``val_fraction`` of it to reach one per class (2 real + 2 fake, the smallest set ``analyze`` trains on)
+    validates on one real and one fake image."""
     idx = np.arange(len(y))
     if split is not None:
         s = np.asarray(split, dtype=object)
@@ -35,11 +39,20 @@ def split_indices(y: np.ndarray, split: np.ndarray | None, val_fraction: float, 
             return idx[~held], idx[held]
     counts = np.bincount(y, minlength=2)
     strat = y if counts.min() >= 2 else None
-    tr, va = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=strat)
+    test_size: float | int = val_fraction
+    if strat is not None and int(np.ceil(val_fraction * len(y))) < len(counts):
+        test_size = len(counts)  # one of each class (the fraction would round below that)
+    tr, va = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
     return np.sort(tr), np.sort(va)
 
 
-TRAINING_VERSION = 2  # part of cache keys: bump when training changes what a fit returns
+TRAINING_VERSION = 3  # part of cache keys: bump when training changes what a fit returns
+#                      (3: standardisation summed over chunks; streamed minibatches from STREAM_MIN_ROWS rows)
+
+#: Labelled rows from which ``stream=None`` trains on minibatches of the embeddings themselves instead of a
+#: precomputed projected table ``[N, P]`` float32 (200 MB at 200,000 rows, 1 GB at a million).
+STREAM_MIN_ROWS = 200_000
+CHUNK_ROWS = 16_384  # rows projected at a time outside the minibatches (standardisation, validation, metrics)
 
 
 class DistillerTrainer:
@@ -48,7 +61,10 @@ class DistillerTrainer:
     Parameters: ``projection`` (``[P, D]`` vision-only projection, e.g. ``VisionOnlyProjection.components_``),
     ``ortho_weight`` (λ of ‖W1 W1ᵀ − I‖²_F), ``lr``, ``weight_decay``, ``batch_size``, ``max_epochs``,
     ``patience`` (epochs without validation-loss gain), ``val_fraction``, ``seed``, ``generator_weight`` (loss
-    weight of the optional generator head; 0 disables it). z has ``schema.N_DIMS`` dimensions.
+    weight of the optional generator head; 0 disables it), ``stream`` (True: each minibatch is projected
+    from its rows of the embeddings, nothing ``[N, P]`` is held; False: the projected table ``[N, P]``
+    float32 is computed once; None: stream from ``STREAM_MIN_ROWS`` rows). z has ``schema.N_DIMS`` dimensions.
+    The embeddings are read as given (an array or a memory map, float32), never copied to float64.
     Fitted: ``model_`` (Distiller), ``metrics_`` (dict), ``train_index_``, ``val_index_``, ``history_``.
 
     Example: ``DistillerTrainer(projection=P).fit(E, y).model_.predict(E)``.
@@ -56,7 +72,8 @@ class DistillerTrainer:
 
     def __init__(self, projection: np.ndarray | None = None, ortho_weight: float = 1.0, lr: float = 3e-3,
                  weight_decay: float = 0.0, batch_size: int = 256, max_epochs: int = 300, patience: int = 25,
-                 val_fraction: float = 0.2, seed: int = 0, generator_weight: float = 0.5) -> None:
+                 val_fraction: float = 0.2, seed: int = 0, generator_weight: float = 0.5,
+                 stream: bool | None = None) -> None:
         self.projection = projection
         self.ortho_weight = ortho_weight
         self.lr = lr
@@ -67,19 +84,20 @@ class DistillerTrainer:
         self.val_fraction = val_fraction
         self.seed = seed
         self.generator_weight = generator_weight
+        self.stream = stream
 
     def get_params(self) -> dict:
         """All ``__init__`` parameters and the training version (cache keys hash this dict)."""
         return {"version": TRAINING_VERSION} | {k: getattr(self, k) for k in (
             "projection", "ortho_weight", "lr", "weight_decay", "batch_size", "max_epochs", "patience",
-            "val_fraction", "seed", "generator_weight")}
+            "val_fraction", "seed", "generator_weight", "stream")}
 
     def fit(self, embeds: np.ndarray, y: np.ndarray, split: np.ndarray | None = None,
             generators: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None
             ) -> "DistillerTrainer":
         """``embeds [N, D]``, ``y [N]`` (1 = fake); optional ``split [N]`` (train/val/test names) and
         ``generators [N]`` (names for fakes, None elsewhere: trains the generator head when >= 2 names)."""
-        embeds = np.asarray(embeds, np.float32)
+        embeds = embeds if getattr(embeds, "dtype", None) == np.float32 else np.asarray(embeds, np.float32)
         y = np.asarray(y).astype(np.int64)
         proj = self._check_inputs(embeds, y)
         counts = np.bincount(y, minlength=2)
@@ -88,12 +106,7 @@ class DistillerTrainer:
                 f"The distiller needs real and fake images to learn from; found {counts[0]} real, {counts[1]} fake.",
                 "add images of the missing class (real/ and fake/ folders), or pass --distiller BUNDLE "
                 "to apply a distiller trained elsewhere.")
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # [B, 256] x [256, 16] steps: threading costs more than it gives
-        try:
-            return self._fit(embeds, y, counts, proj, split, generators, progress)
-        finally:
-            torch.set_num_threads(threads)
+        return self._fit(embeds, y, counts, proj, split, generators, progress)
 
     def _check_inputs(self, embeds: np.ndarray, y: np.ndarray) -> np.ndarray:
         """The projection ``[P, D]`` as float32, after checking the shapes of ``embeds [N, D]`` and ``y [N]``."""
@@ -112,15 +125,21 @@ class DistillerTrainer:
         tr, va = split_indices(y, split, self.val_fraction, self.seed)
         gen_names, g_idx = _generator_targets(generators, y, self.generator_weight)
         model = _initial_model(embeds, projection, tr, gen_names)
-        v = model.project(torch.as_tensor(embeds))  # [N, P] standardised, fixed
-        state = _TrainState(v, torch.as_tensor(y, dtype=torch.float32), torch.as_tensor(g_idx),
+        stream = self.stream if self.stream is not None else len(embeds) >= STREAM_MIN_ROWS
+        state = _TrainState(embeds, None if stream else _projected(model, embeds),
+                            torch.as_tensor(y, dtype=torch.float32), torch.as_tensor(g_idx),
                             nn.BCEWithLogitsLoss(pos_weight=torch.tensor(counts[0] / counts[1], dtype=torch.float32)),
                             bool(gen_names))
-        history = self._train(model, state, tr, va, y, progress)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # [B, 256] x [256, 16] steps: threading costs more than it gives
+        try:
+            history = self._train(model, state, tr, va, y, progress)
+        finally:
+            torch.set_num_threads(threads)
         self.model_ = model
         self.train_index_, self.val_index_ = tr, va
         self.history_ = history
-        self.metrics_ = self._metrics(model, embeds, y, tr, va, v, g_idx, gen_names)
+        self.metrics_ = self._metrics(model, state, y, tr, va, g_idx, gen_names)
         return self
 
     def _train(self, model: Distiller, s: "_TrainState", tr: np.ndarray, va: np.ndarray, y: np.ndarray,
@@ -158,7 +177,7 @@ class DistillerTrainer:
         eye = torch.eye(model.config.n_dims)
         loss = torch.zeros(())
         for b in np.array_split(order, max(1, int(np.ceil(len(order) / self.batch_size)))):
-            z = model.dims(s.v[b])
+            z = s.dims(model, b)
             loss = s.bce(model.head(z).squeeze(-1), s.y[b])
             w = model.dims.weight
             loss = loss + self.ortho_weight * ((w @ w.T - eye) ** 2).sum()
@@ -172,25 +191,43 @@ class DistillerTrainer:
             opt.step()
         return float(loss.detach())
 
-    def _metrics(self, model: Distiller, embeds, y, tr, va, v, g_idx, gen_names) -> dict:
+    def _metrics(self, model: Distiller, s: "_TrainState", y, tr, va, g_idx, gen_names) -> dict:
         """Validation / train classification metrics, epochs, orthogonality, generator accuracy."""
-        _, p = model.predict(embeds)
+        z = s.dims_no_grad(model, np.arange(len(y)))  # [N, 16]
+        with torch.no_grad():
+            p = torch.sigmoid(model.head(z).squeeze(-1)).numpy()
         metrics = {"val": classification_metrics(y[va], p[va]), "train": classification_metrics(y[tr], p[tr]),
                    "epochs": len(self.history_), "max_offdiag_cos": model.orthogonality()}
         if gen_names:
             with torch.no_grad():
-                pred_g = model.generator_logits(model.dims(v[va])).argmax(1).numpy()
+                pred_g = model.generator_logits(z[va]).argmax(1).numpy()
             m = g_idx[va] >= 0
             metrics["generator_val_accuracy"] = float((pred_g[m] == g_idx[va][m]).mean()) if m.any() else float("nan")
         return metrics
 
 
 class _TrainState:
-    """What every epoch reads: standardised projections ``v [N, P]``, labels ``y [N]``, generator targets
-    ``g [N]`` (-1: none), the class-balanced BCE and whether the generator head trains."""
+    """What every epoch reads: the embeddings ``[N, D]`` float32 and, unless streaming, their standardised
+    projections ``v [N, P]`` (else None), labels ``y [N]``, generator targets ``g [N]`` (-1: none), the
+    class-balanced BCE and whether the generator head trains."""
 
-    def __init__(self, v, y, g, bce, with_generators: bool) -> None:
-        self.v, self.y, self.g, self.bce, self.with_generators = v, y, g, bce, with_generators
+    def __init__(self, embeds, v, y, g, bce, with_generators: bool) -> None:
+        self.embeds, self.v, self.y, self.g, self.bce, self.with_generators = embeds, v, y, g, bce, with_generators
+
+    def dims(self, model: Distiller, rows: np.ndarray) -> torch.Tensor:
+        """z ``[len(rows), 16]`` of ``rows`` (with gradients): from ``v``, or streamed from their embeddings
+        through W1 folded into the projection (``[16, D]``: the same map, no ``[B, P]`` product)."""
+        if self.v is not None:
+            return model.dims(self.v[rows])
+        e = torch.as_tensor(np.asarray(self.embeds[rows], np.float32))
+        w = model.dims.weight
+        return e @ ((w @ model.projection) * model.scale).T + (model.dims.bias - model.scale * (w @ model.center))
+
+    def dims_no_grad(self, model: Distiller, rows: np.ndarray) -> torch.Tensor:
+        """z ``[len(rows), 16]`` without gradients, ``CHUNK_ROWS`` rows at a time."""
+        with torch.no_grad():
+            parts = [self.dims(model, rows[i:i + CHUNK_ROWS]) for i in range(0, len(rows), CHUNK_ROWS)]
+        return torch.cat(parts) if parts else torch.zeros((0, model.config.n_dims))
 
 
 def _generator_targets(generators: np.ndarray | None, y: np.ndarray, weight: float
@@ -214,19 +251,33 @@ def _initial_model(embeds: np.ndarray, projection: np.ndarray, tr: np.ndarray, g
                           generator_names=gen_names)
     model = Distiller(cfg, projection=proj)
     nn.init.orthogonal_(model.dims.weight)
-    with torch.no_grad():
-        raw = model.project(torch.as_tensor(embeds))  # [N, P]
-        model.center.copy_(raw[tr].mean(0))
-        spread = float((raw[tr] - model.center).pow(2).sum(1).mean().sqrt().clamp_min(1e-8))
-        model.scale.fill_(np.sqrt(raw.shape[1]) / spread)
+    total, square = torch.zeros(proj.shape[0], dtype=torch.float64), 0.0
+    with torch.no_grad():  # one pass over the training rows: sum and sum of squares of the projections
+        for i in range(0, len(tr), CHUNK_ROWS):
+            raw = model.project(torch.as_tensor(np.asarray(embeds[tr[i:i + CHUNK_ROWS]], np.float32)))  # [n, P]
+            total += raw.sum(0, dtype=torch.float64)
+            square += float(raw.pow(2).sum(dtype=torch.float64))
+        center = total / max(1, len(tr))
+        spread = max(float(np.sqrt(max(square / max(1, len(tr)) - float(center.pow(2).sum()), 0.0))), 1e-8)
+        model.center.copy_(center.float())
+        model.scale.fill_(np.sqrt(proj.shape[0]) / spread)
     return model
+
+
+def _projected(model: Distiller, embeds: np.ndarray) -> torch.Tensor:
+    """The standardised projections ``v [N, P]`` float32 of all rows, ``CHUNK_ROWS`` at a time."""
+    v = torch.empty((len(embeds), model.config.proj_dim))
+    with torch.no_grad():
+        for i in range(0, len(embeds), CHUNK_ROWS):
+            v[i:i + CHUNK_ROWS] = model.project(torch.as_tensor(np.asarray(embeds[i:i + CHUNK_ROWS], np.float32)))
+    return v
 
 
 def _validate(model: Distiller, s: _TrainState, va: np.ndarray, generator_weight: float) -> tuple[float, np.ndarray]:
     """(validation loss: BCE + weighted generator cross-entropy, p_fake of the validation rows)."""
     model.eval()
+    z_val = s.dims_no_grad(model, va)
     with torch.no_grad():
-        z_val = model.dims(s.v[va])
         logit_val = model.head(z_val).squeeze(-1)
         val_loss = float(s.bce(logit_val, s.y[va]))
         m = s.g[va] >= 0

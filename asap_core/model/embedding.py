@@ -48,7 +48,7 @@ import numpy as np
 from ..storage.cache import RowStore
 from ..storage.schema import THUMB_SIDE
 from ..errors import ImageLoadError
-from ..inputs.imageio import decode_image, make_thumbnail, read_checked
+from ..inputs.imageio import decode_image, make_thumbnail, pixel_limit, read_checked
 from .preprocess import ClipPreprocessor, resize_output_size
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -309,6 +309,8 @@ def _probe_jpeg(data: bytes) -> tuple[int, int] | None:
         im = Image.open(io.BytesIO(data))  # header only; raises on bombs and garbage
         if im.format not in ("JPEG", "MPO") or im.mode not in ("RGB", "L"):
             return None
+        if (limit := pixel_limit()) is not None and im.width * im.height > limit:
+            return None  # over the pixel budget: the Pillow path refuses it in words
         if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: nvJPEG ignores it
             return None
         return im.size

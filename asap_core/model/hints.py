@@ -6,6 +6,8 @@ Torch-free, so that bundles opened view-only (and ``views.trust``) can word the 
 """
 from __future__ import annotations
 
+import re
+
 from ..errors import AsapError, ModelLoadError
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -55,3 +57,38 @@ class MissingWeights(ModelLoadError):
 def hint_for(exc: AsapError, where: str) -> str:
     """``exc.hint`` worded for ``where`` when it is about missing weights (``MissingWeights``), else as it is."""
     return exc.hint_for(where) if isinstance(exc, MissingWeights) else exc.hint
+
+
+#: an operator's setting (``ASAP_CACHE_DIR``, ``ASAP_MAX_IMAGE_PIXELS=...``) or Hugging Face's switch
+_SETTING = re.compile(r"\$?\b(?:ASAP|HF_HUB)_[A-Z0-9_]+\b")
+#: an exception's class name, as Python libraries print them (``TProtocolException``, ``ValueError: ...``)
+_EXC_NAME = re.compile(r"\b[A-Z][A-Za-z0-9]*(?:Error|Exception|Warning)\b")
+OPERATOR_FIX = "the explorer's operator can change this on the server."
+
+
+def _clauses(text: str) -> list[str]:
+    """``text`` cut after each ``;`` or sentence end that is not inside parentheses (each piece keeps its mark)."""
+    out, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if depth <= 0 and (ch == ";" or (ch in ".!?" and text[i + 1:i + 2] in ("", " "))):
+            out.append(text[start:i + 1])
+            start = i + 1
+    return [c for c in out + [text[start:]] if c.strip()]
+
+
+def _without_details(clause: str) -> str:
+    """``clause`` without parenthesised parts that name an exception class (a library's own words)."""
+    return re.sub(r"\s*\([^()]*\)", lambda m: "" if _EXC_NAME.search(m.group(0)) else m.group(0), clause)
+
+
+def hosted_words(text: str, empty: str = OPERATOR_FIX) -> str:
+    """``text`` as a visitor of a public explorer may read it (``where == "hosted"``): clauses that advise an
+    operator's setting (``ASAP_*``) are left out, and so are the exception details a library added in
+    parentheses; ``empty`` when nothing is left."""
+    kept = [_without_details(c) for c in _clauses(text) if not _SETTING.search(c)]
+    kept = [_EXC_NAME.sub("an internal error", c) for c in kept]
+    out = "".join(kept).strip()
+    if not out:
+        return empty
+    return out[:-1] + "." if out.endswith(";") else out

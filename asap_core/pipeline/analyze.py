@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import InputError
-from ..inputs.scan import LabelConflict, label_summary_lines, scan_folder
+from ..inputs.scan import LabelConflict, ScanResult, label_summary_lines, scan_folder
 from ..storage import schema as S
-from .stages import (Results, RunContext, StageProgress, check_labels, checks_stage, layout_stage, project_stage,
-                     store_checks, train_stage, write_stage)
+from .stages import (Embedded, Results, RunContext, StageProgress, check_labels, checks_stage, layout_stage,
+                     project_stage, store_checks, train_stage, write_stage)
 
 ENGINES = ("local", "ray")  # --engine: this process, or Ray Data (pipeline.ray_engine; requirements-ray.txt)
 
@@ -124,11 +124,38 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
     check_labels(ctx, scan, images)
     with ctx.stage("embed"):
         emb = engine.embed_stage(ctx, images, scan.root)
+    return after_embedding(ctx, scan, emb, out)
+
+
+def analyze_embeddings(table: str | Path | pd.DataFrame, out: str | Path, options: AnalyzeOptions | None = None,
+                       progress: StageProgress | None = None) -> AnalyzeReport:
+    """``analyze`` for images whose embeddings and thumbnails are already in the cache (``--from-embeddings``):
+    ``table`` (a Parquet or CSV file, or a DataFrame) names them by ``image_id`` with ``path`` and ``label``
+    (``from_embeddings.TABLE_COLUMNS``) instead of a folder to scan and hash; every stage after the
+    embedding pass is ``analyze``'s own. The projection's sample still reads its images (``path``).
+    ``InputError`` when an id has no cached row for the options' model and dtype."""
+    from .from_embeddings import cached_embed_stage, read_ids_table
+
+    ctx = RunContext.create(options or AnalyzeOptions(), progress)
+    with ctx.stage("scan"):
+        scan = read_ids_table(table)
+        ctx.skipped += scan.skipped
+    check_labels(ctx, scan, scan.images)
+    with ctx.stage("embed"):
+        emb = cached_embed_stage(ctx, scan.images, scan.root)
+    return after_embedding(ctx, scan, emb, out)
+
+
+def after_embedding(ctx: RunContext, scan: ScanResult, emb: Embedded, out: str | Path) -> AnalyzeReport:
+    """The stages after the embedding pass (projection, train, layout, relevance, checks, write) and the
+    report. The embeddings ``[N, D]`` are let go once z and p_fake are predicted."""
+    engine = _engine(ctx.options.engine)
     with ctx.stage("projection"):
         projection = project_stage(ctx, emb)
     with ctx.stage("train"):
         distiller, metrics = train_stage(ctx, emb, projection)
         z, p_fake = distiller.predict(emb.embeds)
+    emb.embeds = None  # [N, D] float32 (2 GB at a million images): no later stage reads it
     with ctx.stage("layout"):
         images, cells = layout_stage(ctx, emb.images, z, p_fake)
     maps = None

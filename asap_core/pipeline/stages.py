@@ -40,8 +40,10 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 # progress(stage, done, total): the CLI draws tqdm bars, the app a st.progress
 StageProgress = Callable[[str, int, int], None]
 EMBEDDING_VERSION = 1  # bump when the embedding stage computes other values for the same files
-PROJECTION_VERSION = 4  # 2: text rendered on the model-input crop; 3: thin SVD when N >= D (no [N, N] matrix);
-#                        4: the texted sample scaled to the collection (projection_sample_size)
+PROJECTION_VERSION = 5  # 2: text rendered on the model-input crop; 3: thin SVD when N >= D (no [N, N] matrix);
+#                        4: the texted sample scaled to the collection (projection_sample_size);
+#                        5: directions from the [D, D] covariance of all N rows summed in chunks (no 50,000-row
+#                        sample beyond that size; equal to 4 up to sign below it), signs fixed
 LAYOUT_VERSION = 1
 
 
@@ -172,10 +174,11 @@ def embedding_store_name(encoder_key: str, dtype: "torch.dtype") -> str:
 @dataclass
 class Embedded:
     """Output of the embed stage: the images that decoded (``images``), their embeddings ``embeds [N, D]``
-    (float32, L2-normalised), the thumbnail store and the kept last-layer inputs (or None)."""
+    (float32, L2-normalised; one copy, set to None by ``analyze`` once predicted), the thumbnail store and
+    the kept last-layer inputs (or None)."""
 
     images: pd.DataFrame
-    embeds: np.ndarray
+    embeds: np.ndarray | None
     thumbs: RowStore
     last_inputs: RowStore | None
 
@@ -227,28 +230,35 @@ def keep_embedded(ctx: RunContext, images: pd.DataFrame, root: Path, failures: l
 # ----------------------------------------------------------------------------- project
 
 
+def sample_order(n_rows: int, seed: int) -> np.ndarray:
+    """The order ``[n_rows]`` in which the projection's sample takes its candidate images (a seeded
+    permutation): the first ones that decode are used."""
+    return np.random.default_rng(seed).permutation(n_rows)
+
+
 def _sample_images(paths: list[str], ids: list[str | None], n: int, seed: int,
-                   preprocessor: "ClipPreprocessor | None") -> tuple[list[int], list]:
+                   preprocessor: "ClipPreprocessor | None", workers: int | None = None) -> tuple[list[int], list]:
     """The first ``n`` images of a seeded permutation of ``paths`` that decode (unreadable ones, and files
     whose bytes no longer hash to their id in ``ids``, are passed over), and their positions in ``paths``.
+    ``workers``: most decode threads (``AnalyzeOptions.num_workers``; None: one per core).
 
     With ``preprocessor`` each is cut to the model input right after decoding, by the embedding pass's
     decoder (``embedding.decode_batch``: the very crops it embedded), one thread per core: the sample holds
     ``n`` crops, not ``n`` full-size photos (128 camera photos and their texted copies took over 10 GB).
     Without, the full-size decodes are kept (one thread)."""
-    order = [int(i) for i in np.random.default_rng(seed).permutation(len(paths))]
+    order = [int(i) for i in sample_order(len(paths), seed)]
     idx, out, pos = [], [], 0
     while len(out) < n and pos < len(order):  # candidates in order until n decode
         chunk = order[pos:pos + n - len(out)]
         pos += len(chunk)
-        for i, image in _decode_sample(paths, ids, chunk, preprocessor):
+        for i, image in _decode_sample(paths, ids, chunk, preprocessor, workers):
             idx.append(i)
             out.append(image)
     return idx, out
 
 
 def _decode_sample(paths: list[str], ids: list[str | None], chunk: list[int],
-                   preprocessor: "ClipPreprocessor | None") -> list[tuple[int, object]]:
+                   preprocessor: "ClipPreprocessor | None", workers: int | None = None) -> list[tuple[int, object]]:
     """``(i, PIL image)`` for the ``i`` in ``chunk`` whose files decode, in ``chunk`` order: model-input
     crops (RGB, ``crop x crop``) decoded in threads with ``preprocessor``, else full-size decodes."""
     if preprocessor is None:
@@ -267,7 +277,7 @@ def _decode_sample(paths: list[str], ids: list[str | None], chunk: list[int],
     from ..model.embedding import decode_batch
 
     items = [(i, paths[i], ids[i]) for i in chunk]
-    k = max(1, min(cpu_cores(), len(items)))
+    k = max(1, min(cpu_cores() if workers is None else workers, len(items)))
     with ThreadPoolExecutor(k, thread_name_prefix="asap-sample") as pool:
         parts = list(pool.map(lambda j: decode_batch(items[j::k], preprocessor, thumb_side=0), range(k)))
     crops = {i: Image.fromarray(px.transpose(1, 2, 0)) for part in parts for i, px in zip(part.rows, part.pixels)}
@@ -275,7 +285,8 @@ def _decode_sample(paths: list[str], ids: list[str | None], chunk: list[int],
 
 
 def fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int, embed_images: Callable,
-                   exact_decode: bool, preprocessor: "ClipPreprocessor | None" = None) -> "VisionOnlyProjection":
+                   exact_decode: bool, preprocessor: "ClipPreprocessor | None" = None,
+                   workers: int | None = None) -> "VisionOnlyProjection":
     """``VisionOnlyProjection`` from ``n`` sampled images of ``images`` (rows of ``embeds [N, D]``; its
     ``image_id`` column, when present, is checked against the bytes decoded).
 
@@ -285,14 +296,15 @@ def fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int, 
     ``preprocessor``: the model's; each sampled image is cut to the model input (the embedding pass's
     crop) before the text is drawn, so memory stays at ``n`` crops and the text always lands where the
     model looks; ``embed_images`` then gets crops (``ClipEncoder.encode_crops``: normalised, not
-    resampled, so ``embeds`` still match). ``None`` keeps the decoded images as they are.
+    resampled, so ``embeds`` still match). ``None`` keeps the decoded images as they are. ``workers``: most
+    decode threads (None: one per core).
     """
     from ..method.projection import VisionOnlyProjection
 
     ids = images["image_id"].tolist() if "image_id" in images else [None] * len(images)
-    idx, sample = _sample_images(images["path"].tolist(), ids, n, seed, preprocessor)
+    idx, sample = _sample_images(images["path"].tolist(), ids, n, seed, preprocessor, workers)
     return VisionOnlyProjection(random_state=seed).fit(
-        sample, embed_images, clean_embeds=pca_rows(embeds, seed),
+        sample, embed_images, clean_embeds=embeds,
         image_embeds=embeds[idx] if exact_decode else None)
 
 
@@ -312,20 +324,6 @@ def projection_sample_size(n_images: int, asked: int | None = None) -> int:
     if asked is not None:
         return int(asked)
     return min(n_images, max(PROJECTION_MIN_SAMPLES, min(PROJECTION_MAX_SAMPLES, n_images // 10)))
-
-
-#: Most embeddings the projection's principal directions are fitted on: a seeded sample beyond it (its
-#: float64 copies of all N rows would take about 12 GB at a million images; 50,000 rows estimate 512
-#: directions closely).
-PCA_MAX_ROWS = 50_000
-
-
-def pca_rows(embeds: np.ndarray, seed: int) -> np.ndarray:
-    """``embeds [N, D]`` itself when N <= ``PCA_MAX_ROWS``, else a seeded sample of that many rows (sorted)."""
-    if len(embeds) <= PCA_MAX_ROWS:
-        return embeds
-    rows = np.sort(np.random.default_rng(seed).choice(len(embeds), PCA_MAX_ROWS, replace=False))
-    return np.asarray(embeds[rows])
 
 
 def project_stage(ctx: RunContext, emb: Embedded) -> "VisionOnlyProjection":
@@ -350,7 +348,7 @@ def project_stage(ctx: RunContext, emb: Embedded) -> "VisionOnlyProjection":
         lambda: fit_projection(emb.images, emb.embeds, n, o.seed,
                                lambda crops: ctx.encoder().encode_crops(crops).numpy(),
                                exact_decode=not approximate_decoding(ctx.dtype),
-                               preprocessor=ctx.info.preprocessor),
+                               preprocessor=ctx.info.preprocessor, workers=o.num_workers),
         lambda p, d: p.save_pretrained(d), VisionOnlyProjection.from_pretrained)
 
 
@@ -381,10 +379,11 @@ def train_stage(ctx: RunContext, emb: Embedded, projection: "VisionOnlyProjectio
     idx = np.flatnonzero(labelled)
     split = images["split"].to_numpy(dtype=object)[idx]
     gens = images["generator"].to_numpy(dtype=object)[idx]
-    key = hash_key(embeds[idx], y[idx], split.astype(str), gens.astype(str), trainer.get_params())
+    rows = embeds if len(idx) == len(embeds) else embeds[idx]  # all labelled: no second [N, D] copy
+    key = hash_key(rows, y[idx], split.astype(str), gens.astype(str), trainer.get_params())
 
     def fit() -> tuple["Distiller", dict]:
-        t = trainer.fit(embeds[idx], y[idx], split=split, generators=gens)
+        t = trainer.fit(rows, y[idx], split=split, generators=gens)
         return t.model_, t.metrics_
 
     def save(res: tuple["Distiller", dict], d: Path) -> None:

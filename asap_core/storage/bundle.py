@@ -11,6 +11,7 @@ the file and the problem. The names users give the dimensions live beside it in 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..errors import BundleError, ImageLoadError, InputError
+from ..errors import AsapError, BundleError, ImageLoadError, InputError
 from . import schema as S
 from .cache import exclusive_lock, pid_alive, remove_path
 from .thumbs import IMAGE_GROUP_ROWS, ThumbReader, ThumbSource, write_thumbs
@@ -41,6 +42,22 @@ if TYPE_CHECKING:  # torch stays optional for viewing bundles
     from ..model.preprocess import ClipPreprocessor
 
 RERUN = "re-run `python -m asap_core analyze` to write the bundle again."
+LOG = logging.getLogger("asap_explorer")  # the server log: what a library said about a damaged file, by error id
+MAX_META_BYTES = 64 * 1024 * 1024  # a larger bundle.json is refused unread (its "skipped" list at most a few MB)
+MAX_GRID = 1000  # cells per side a bundle may name (analyze picks 4..30; the slider offers up to 60)
+# columns the views draw as numbers: every value must be finite (NaN breaks the layout, the grid and the charts)
+FINITE_COLUMNS: dict[str, tuple[str, ...]] = {
+    S.IMAGES_FILE: ("map_x", "map_y", "p_fake", "confidence", *S.Z_COLUMNS),
+    S.CELLS_FILE: ("x", "y"),
+}
+
+
+def damaged(file: Path, exc: BaseException, what: str = "cannot be read") -> BundleError:
+    """A plain ``BundleError`` for the bundle ``file`` that a library failed to read: "``file`` ``what``" and an
+    error id; the library's own words (no use to a visitor) go to the server log under that id."""
+    eid = uuid.uuid4().hex[:8]  # the same form as hosting.error_id (storage may not import hosting)
+    LOG.error("error id %s: %s: %s: %s", eid, file, type(exc).__name__, " ".join(str(exc).split())[:500])
+    return BundleError(f"{file} {what} (error id {eid}).", RERUN)
 
 
 def write_bundle(out: str | Path, meta: dict, images: pd.DataFrame, cells: pd.DataFrame,
@@ -173,10 +190,7 @@ def read_meta(path: Path) -> dict:
     if not meta_path.is_file():
         raise BundleError(f"{path} has no {S.META_NAME}: not a bundle, or its analysis did not finish.",
                           f"run `python -m asap_core analyze DATA_DIR --out {path}` (again).")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BundleError(f"{meta_path} cannot be read ({exc}).", RERUN) from None
+    meta = _load_meta_json(meta_path)
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path} holds a JSON {type(meta).__name__}, not an object.", RERUN)
     if not meta.get("complete"):
@@ -197,6 +211,21 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
+def _load_meta_json(meta_path: Path):
+    """The parsed ``bundle.json``; ``BundleError`` in plain words for a file too large, not text, not JSON or
+    nested too deeply to parse (``RecursionError``), or holding numbers too long to convert."""
+    try:
+        size = meta_path.stat().st_size
+        if size > MAX_META_BYTES:
+            raise BundleError(f"{meta_path} is {size / 2**20:.0f} MB, far more than a bundle's metadata.", RERUN)
+        return json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"{meta_path} is not valid JSON (line {exc.lineno}, column {exc.colno}).", RERUN) from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, MemoryError) as exc:
+        raise damaged(meta_path, exc, "cannot be read as a bundle's JSON (not text, nested too deeply or too "
+                                      "large)") from None
+
+
 _KINDS: dict[str, Callable[[pa.DataType], bool]] = {
     "string": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
     "float": pa.types.is_floating,
@@ -212,8 +241,8 @@ def check_table(file: Path, columns: dict[str, str]) -> None:
         raise BundleError(f"{file} is missing.", RERUN)
     try:
         arrow_schema = pq.read_schema(file)
-    except (OSError, pa.ArrowException) as exc:
-        raise BundleError(f"{file} is not a readable Parquet table ({exc}).", RERUN) from None
+    except Exception as exc:  # noqa: BLE001 - OSError, ArrowInvalid, MemoryError from an absurd footer, ...
+        raise damaged(file, exc, "is not a readable Parquet table (damaged or truncated)") from None
     for name, kind in columns.items():
         if name not in arrow_schema.names:
             raise BundleError(f"{file} lacks the column '{name}'.", RERUN)
@@ -223,23 +252,106 @@ def check_table(file: Path, columns: dict[str, str]) -> None:
 
 
 def validate(path: Path) -> dict:
-    """Check a bundle folder against the schema (cheap: metadata, Parquet footers and the id column only);
-    returns its ``bundle.json``. ``BundleError`` names the first problem."""
+    """Check a bundle folder against the schema (cheap: metadata, Parquet footers, the id column and the columns
+    the views draw as numbers, ``FINITE_COLUMNS``); returns its ``bundle.json``. ``BundleError`` names the first
+    problem in words, whatever failed: a library's own error becomes ``damaged`` (one bad bundle is one
+    unavailable bundle, never a crash of whoever lists it)."""
+    try:
+        return _validate(Path(path))
+    except AsapError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - RecursionError, MemoryError, a library's error: said plainly
+        raise damaged(Path(path), exc, "cannot be opened") from None
+
+
+def _validate(path: Path) -> dict:
+    """``validate`` without its backstop."""
     meta = read_meta(path)
+    _check_grid(meta, path / S.META_NAME)
+    _check_metrics(meta, path / S.META_NAME)
     for name, columns in S.TABLES.items():
         check_table(path / name, columns)
     if not (path / S.MODEL_DIR).is_dir():
         raise BundleError(f"{path / S.MODEL_DIR} is missing (the distiller and projection).", RERUN)
-    try:
-        ids = pq.read_table(path / S.IMAGES_FILE, columns=["image_id"]).column(0)
-    except (OSError, pa.ArrowException) as exc:
-        raise BundleError(f"{path / S.IMAGES_FILE} cannot be read ({exc}).", RERUN) from None
+    images = read_columns(path / S.IMAGES_FILE, ["image_id", *FINITE_COLUMNS[S.IMAGES_FILE]])
+    ids = images.column("image_id")
     if ids.null_count or len(pc.unique(ids)) != len(ids):
         raise BundleError(f"{path / S.IMAGES_FILE}: image ids are missing or repeated.", RERUN)
     if len(ids) == 0:
         raise BundleError(f"{path / S.IMAGES_FILE} holds no image.", RERUN)
+    check_finite(path / S.IMAGES_FILE, images, FINITE_COLUMNS[S.IMAGES_FILE])
+    cells = read_columns(path / S.CELLS_FILE, [*FINITE_COLUMNS[S.CELLS_FILE], "col", "row"])
+    check_finite(path / S.CELLS_FILE, cells, FINITE_COLUMNS[S.CELLS_FILE])
+    for name in ("col", "row"):
+        check_range(path / S.CELLS_FILE, cells.column(name), name, MAX_GRID)
     read_dimension_names(path)  # optional file: absent is fine, malformed is named
     return meta
+
+
+def _check_grid(meta: dict, meta_path: Path) -> None:
+    """``BundleError`` unless ``options.grid`` is absent, null or a whole number in ``1..MAX_GRID``."""
+    g = meta["options"].get("grid")
+    if g is None:
+        return
+    if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= MAX_GRID:
+        shown = str(g)[:20] if isinstance(g, int) and not isinstance(g, bool) else f"a {type(g).__name__}"
+        raise BundleError(f"{meta_path}: 'options.grid' is {shown}, expected a whole number from 1 to {MAX_GRID}.",
+                          RERUN)
+
+
+def _check_metrics(meta: dict, meta_path: Path) -> None:
+    """``BundleError`` unless each of ``metrics``' ``val`` / ``train`` / ``all`` is absent, null or an object whose
+    ``accuracy``, ``ap``, ``roc_auc``, ``n`` are numbers (or null), and ``generator_val_accuracy`` a number or
+    null: the sidebar and ``info`` print them."""
+    metrics = meta["metrics"]
+    number = (int, float)
+    for split in ("val", "train", "all"):
+        part = metrics.get(split)
+        if part is None:
+            continue
+        if not isinstance(part, dict):
+            raise BundleError(f"{meta_path}: 'metrics.{split}' is a {type(part).__name__}, expected an object.", RERUN)
+        for key in ("accuracy", "ap", "roc_auc", "n"):
+            v = part.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, number)):
+                raise BundleError(f"{meta_path}: 'metrics.{split}.{key}' is a {type(v).__name__}, expected a number.",
+                                  RERUN)
+    g = metrics.get("generator_val_accuracy")
+    if g is not None and (isinstance(g, bool) or not isinstance(g, number)):
+        raise BundleError(f"{meta_path}: 'metrics.generator_val_accuracy' is a {type(g).__name__}, expected a "
+                          "number.", RERUN)
+
+
+def read_columns(file: Path, columns: list[str]) -> pa.Table:
+    """``columns`` of the Parquet ``file``; ``damaged`` (a ``BundleError``) when its pages cannot be read."""
+    try:
+        return pq.read_table(file, columns=columns)
+    except Exception as exc:  # noqa: BLE001 - e.g. "Couldn't deserialize thrift": logged, not shown
+        raise damaged(file, exc, "is damaged: its rows cannot be read") from None
+
+
+def check_finite(file: Path, table: pa.Table, columns: Sequence[str]) -> None:
+    """``BundleError`` when a column of ``columns`` in ``table`` (read from ``file``) holds a missing, NaN or
+    infinite value (the map, the grid and the charts cannot place it)."""
+    for name in columns:
+        col = table.column(name)
+        bad = len(col) if pa.types.is_null(col.type) else col.null_count + (
+            pc.sum(pc.invert(pc.is_finite(col.fill_null(0)))).as_py() or 0)
+        if bad:
+            raise BundleError(f"{file}: column '{name}' holds {bad:,} missing, NaN or infinite value(s); the views "
+                              "cannot draw them.", RERUN)
+
+
+def check_range(file: Path, col: pa.ChunkedArray, name: str, stop: int) -> None:
+    """``BundleError`` unless every value of the integer column ``name`` of ``file`` is in ``0..stop-1``."""
+    if len(col) == 0:
+        return
+    ok = not pa.types.is_null(col.type) and not col.null_count
+    if ok:
+        bounds = pc.min_max(col)
+        ok = bounds["min"].as_py() >= 0 and bounds["max"].as_py() < stop
+    if not ok:
+        raise BundleError(f"{file}: column '{name}' holds values outside 0..{stop - 1}.", RERUN)
 
 
 # ----------------------------------------------------------------------------- dimension names
@@ -330,6 +442,14 @@ def set_dimension_name(path: str | Path, dim: int, name: str | None) -> tuple[st
     return tuple(names)
 
 
+def read_frame(file: Path) -> pd.DataFrame:
+    """The whole Parquet ``file`` as a frame; ``damaged`` (a ``BundleError``) when its pages cannot be read."""
+    try:
+        return pd.read_parquet(file)
+    except Exception as exc:  # noqa: BLE001 - "Couldn't deserialize thrift", MemoryError, ...: logged, not shown
+        raise damaged(file, exc, "is damaged: its rows cannot be read") from None
+
+
 # ----------------------------------------------------------------------------- the bundle
 
 
@@ -349,10 +469,15 @@ class Bundle:
         self._thumb_reader: ThumbReader | None = None
 
     @classmethod
-    def open(cls, path: str | Path) -> "Bundle":
-        """Open a complete bundle; ``BundleError`` names what is missing or malformed otherwise."""
+    def open(cls, path: str | Path, read_tables: bool = False) -> "Bundle":
+        """Open a complete bundle; ``BundleError`` names what is missing or malformed otherwise. With
+        ``read_tables``, also read every row of ``images`` and ``cells`` and the thumbnails' index now, so that a
+        damaged data page is found here (``validate`` reads only footers and a few columns)."""
         path = Path(path).expanduser()
-        return cls(path, validate(path))
+        b = cls(path, validate(path))
+        if read_tables:
+            _ = b.images, b.cells, b.thumb_reader
+        return b
 
     # ---- metadata
     @cached_property
@@ -395,11 +520,11 @@ class Bundle:
     # ---- tables
     @cached_property
     def images(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / S.IMAGES_FILE)
+        return read_frame(self.path / S.IMAGES_FILE)
 
     @cached_property
     def cells(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / S.CELLS_FILE)
+        return read_frame(self.path / S.CELLS_FILE)
 
     @property
     def z(self) -> np.ndarray:
@@ -417,13 +542,20 @@ class Bundle:
         it), row groups read on demand."""
         with self._thumb_lock:
             if self._thumb_reader is None:
-                self._thumb_reader = ThumbReader(self.path / S.THUMBS_FILE)
+                try:
+                    self._thumb_reader = ThumbReader(self.path / S.THUMBS_FILE)
+                except Exception as exc:  # noqa: BLE001 - a damaged thumbs.parquet: said plainly, logged
+                    raise damaged(self.path / S.THUMBS_FILE, exc, "is damaged: its thumbnails cannot be read") from None
             return self._thumb_reader
 
     def thumbnails(self, ids: Sequence[str]) -> list[bytes | None]:
         """JPEG bytes (longest side ``schema.THUMB_SIDE``) per image id; None where absent. Reads only the
         row groups of ``thumbs.parquet`` that hold ``ids`` (a cell's thumbnails share one or two)."""
-        return self.thumb_reader.get(list(ids))
+        reader = self.thumb_reader
+        try:
+            return reader.get(list(ids))
+        except Exception as exc:  # noqa: BLE001 - a damaged row group: said plainly, logged
+            raise damaged(self.path / S.THUMBS_FILE, exc, "is damaged: its thumbnails cannot be read") from None
 
     # ---- images
     @cached_property

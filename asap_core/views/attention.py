@@ -7,7 +7,6 @@ dimensions with ``storage.labels`` (``names``: ``Bundle.dimension_names``).
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -15,6 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..inputs.imageio import decode_thumbnail
 from ..method.relevance import overlay
 from ..storage.schema import FAKE_LOGIT, Z_COLUMNS
 from .grid import image_names
@@ -64,10 +64,9 @@ class Tile:
 
 
 def decode_thumb(jpeg: bytes | None, size: int = 128) -> Image.Image:
-    """Bundle thumbnail bytes -> RGB PIL (a grey square when missing)."""
-    if jpeg is None:
-        return Image.new("RGB", (size, size), (200, 200, 200))
-    return Image.open(io.BytesIO(jpeg)).convert("RGB")
+    """Bundle thumbnail bytes -> RGB PIL (a grey square when missing, unreadable or, from its header, far
+    larger than a thumbnail: ``imageio.decode_thumbnail``)."""
+    return decode_thumbnail(jpeg, size)
 
 
 def image_tiles(base: Image.Image, maps: np.ndarray, contrib: np.ndarray, order: np.ndarray,

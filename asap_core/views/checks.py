@@ -15,6 +15,7 @@ import pandas as pd
 from ..analyses.explanation_checks import DEFAULT_RANDOM, DEFAULT_STEPS
 from ..storage.schema import FAKE_LOGIT, N_TARGETS
 from ..storage.labels import target_label
+from .text import as_text
 
 #: a ratio within this of 1 reads "no better than random" (the per-image spread of the curves is larger)
 NEUTRAL_BAND = 0.1
@@ -58,8 +59,9 @@ def _row(table: pd.DataFrame | None, target: int) -> pd.Series | None:
 
 def trust_lines(target: int, faith: pd.DataFrame | None, sanity: pd.DataFrame | None,
                 names: Sequence[str] = ()) -> list[str]:
-    """Plain sentences on one target's maps (``faith`` / ``sanity``: report summaries; None: not computed)."""
-    name = target_label(target, names)
+    """Sentences (Markdown; names and stored reasons shown as text) on one target's maps (``faith`` /
+    ``sanity``: report summaries; None: not computed)."""
+    name = as_text(target_label(target, names))
     lines = []
     f = _row(faith, target)
     if f is not None:
@@ -76,7 +78,7 @@ def trust_lines(target: int, faith: pd.DataFrame | None, sanity: pd.DataFrame | 
     s = _row(sanity, target)
     if s is not None:
         mark = "Fails the sanity check" if bool(s["flagged"]) else "Passes the sanity check"
-        lines.append(f"**{mark}**: {s['reason']} (rank correlation {s['rho_distiller']:.2f} with the "
+        lines.append(f"**{mark}**: {as_text(s['reason'])} (rank correlation {s['rho_distiller']:.2f} with the "
                      f"classifier redrawn, {s['rho_last_block']:.2f} with CLIP's last block redrawn).")
     return lines
 

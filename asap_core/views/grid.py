@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..inputs.imageio import decode_thumbnail
 from ..storage.schema import Z_COLUMNS
 from ..method.isomatch import isomatch_grid
 
@@ -107,13 +108,8 @@ def thumb_px(tile: int) -> int:
 
 def thumb_uri(jpeg: bytes | None, size: int = THUMB_PX, quality: int = 80) -> str:
     """A JPEG thumbnail (longest side ``size``) as a ``data:`` URI; a grey square when ``jpeg`` is None."""
-    if jpeg is None:
-        im = Image.new("RGB", (size, size), (200, 200, 200))
-    else:
-        im = Image.open(io.BytesIO(jpeg))
-        im.draft("RGB", (size, size))
-        im = im.convert("RGB")
-        im.thumbnail((size, size), Image.BILINEAR)
+    im = decode_thumbnail(jpeg, size)  # grey when missing, unreadable or far over a thumbnail's pixels
+    im.thumbnail((size, size), Image.BILINEAR)
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -36,6 +36,7 @@ MAX_QUIZ = 50
 DEFAULT_N = 10
 DEFAULT_SEED = 42
 MAX_SEED = 2**31 - 1
+MAX_VALUE = 200  # characters of a spec's value in a link (a pattern name, a filter with a generator)
 N_TOP_DIMS = 2
 N_EXEMPLARS = 3
 #: what a student reads for each label
@@ -69,15 +70,19 @@ class QuizSpec:
         """Inverse of :meth:`to_param`; None when ``text`` is not a valid spec (the value may hold ``:``)."""
         source, _, rest = str(text or "").strip().partition(":")
         parts = rest.split(":") if source == "all" else rest.rsplit(":", 2)
-        if source not in SOURCES or len(parts) != (2 if source == "all" else 3):
+        if source not in SOURCES or len(parts) != (2 if source == "all" else 3) or len(parts[0]) > MAX_VALUE:
             return None
         value, (n_s, seed_s) = ("" if source == "all" else parts[0]), parts[-2:]
-        if not (n_s.isdigit() and seed_s.isdigit()) or not 1 <= int(n_s) <= MAX_QUIZ or int(seed_s) > MAX_SEED:
+        n, seed = vs.parse_int(n_s, 1, MAX_QUIZ), vs.parse_int(seed_s, 0, MAX_SEED)
+        if n is None or seed is None:
             return None
-        if (source == "cell" and not value.isdigit()) or (source == "pattern" and not value.strip()) or \
+        if source == "cell":  # one spelling per cell ("013" -> "13"), so a spec's link is its only key
+            cell = vs.parse_int(value, 0, vs.MAX_LINK_CELLS - 1)
+            value = "" if cell is None else str(cell)
+        if (source == "cell" and not value) or (source == "pattern" and not value.strip()) or \
                 (source == "filter" and filters_from_value(value) is None):
             return None
-        return cls(source, value, int(n_s), int(seed_s))
+        return cls(source, value, n, seed)
 
     def to_query(self) -> dict[str, str]:
         """``{"quiz": to_param()}``."""

@@ -13,16 +13,18 @@ import pandas as pd
 from ..inputs.imageio import IMAGE_EXTENSIONS
 from . import attention as va
 from .grid import image_names
+from .text import as_text
 
 #: file types offered by the uploader (without the dot)
 UPLOAD_TYPES: list[str] = sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)
 
 
 def verdict_line(res) -> str:
-    """``predicted fake (p_fake 0.912, confidence 0.82)`` plus where it sits in the bundle."""
+    """``**name** · predicted **fake** (p_fake 0.912, confidence 0.82)`` plus where it sits in the bundle
+    (Markdown; the upload's name shown as text)."""
     where = f"nearest cell {res.cell}" if res.cell is not None else "no cell"
     same = " · the same file is in the bundle" if res.in_bundle else ""
-    return (f"**{res.name}** · predicted **{res.pred}** (p_fake {res.p_fake:.3f}, confidence {res.confidence:.2f}) "
+    return (f"**{as_text(res.name)}** · predicted **{as_text(res.pred)}** (p_fake {res.p_fake:.3f}, confidence {res.confidence:.2f}) "
             f"· {where}{same}")
 
 

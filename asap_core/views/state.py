@@ -12,6 +12,7 @@ a point selection reads ``{"selection": {"cell": [{"cell_id": 17}, ...]}}``, an 
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,6 +25,10 @@ PAGES: tuple[str, ...] = ("overview", "images", "attention", "dimensions", "patt
                           "single", "quiz")
 ID_PREFIX = 10
 MAX_LINK_IMAGES = 64
+MAX_GRID = 200  # cells per side a link may ask for
+MAX_LINK_CELLS = MAX_GRID * MAX_GRID  # cell ids read from one link: every cell of the largest grid
+MAX_LINK_INT = 10**9  # the largest number any query value may carry
+_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass
@@ -52,12 +57,22 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
+def parse_int(text: Any, lo: int = 0, hi: int = MAX_LINK_INT) -> int | None:
+    """A visitor-sent value as an int in ``[lo, hi]``, else None: only ASCII digits (``str.isdigit`` also
+    takes "²" and other Unicode digits, which ``int`` refuses), at most as many as ``hi`` has, no sign, no
+    spaces. The one way query values become numbers."""
+    if not isinstance(text, str) or not 0 < len(text) <= len(str(hi)) or not _DIGITS.fullmatch(text):
+        return None
+    value = int(text)
+    return value if lo <= value <= hi else None
+
+
 def parse_query(params: Mapping[str, Any]) -> LinkState:
     """Query params -> ``LinkState``; malformed parts (non-integer cells, unknown page, non-hex ids) are dropped."""
     bundle = _first(params.get("bundle")) or None
-    grid_s = _first(params.get("grid"))
-    grid = int(grid_s) if grid_s and grid_s.isdigit() and 1 <= int(grid_s) <= 200 else None
-    cells = [int(c) for c in _split(_first(params.get("cell"))) if c.isdigit()]
+    grid = parse_int(_first(params.get("grid")), 1, MAX_GRID)
+    cell_texts = _split(_first(params.get("cell")))[:MAX_LINK_CELLS]
+    cells = [c for c in (parse_int(t, 0, MAX_LINK_CELLS - 1) for t in cell_texts) if c is not None]
     images = [i.lower() for i in _split(_first(params.get("images")))
               if all(ch in "0123456789abcdefABCDEF" for ch in i)]
     page = _first(params.get("page"))
@@ -65,8 +80,7 @@ def parse_query(params: Mapping[str, Any]) -> LinkState:
 
     quiz = QuizSpec.from_param(_first(params.get("quiz")))
     page = page if page in PAGES else ("quiz" if quiz else None)
-    dim_s = _first(params.get("dim"))
-    dim = int(dim_s) if dim_s and dim_s.isdigit() and int(dim_s) < N_DIMS else None
+    dim = parse_int(_first(params.get("dim")), 0, N_DIMS - 1)
     return LinkState(bundle=bundle, grid=grid, cells=list(dict.fromkeys(cells)),
                      images=list(dict.fromkeys(images)), page=page, quiz=quiz.to_param() if quiz else None, dim=dim)
 

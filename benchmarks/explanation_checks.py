@@ -1,0 +1,177 @@
+"""Explanation checks on planted data (issue 23): sign-correct faithfulness on the probability scale, its
+stability over seeds, the fill (baseline) comparison, the sanity check's flags, and the cost.
+
+    HF_HUB_OFFLINE=1 python benchmarks/explanation_checks.py [--images 24] [--seeds 10] [--quick]
+
+Everything is made here, at test scale: the tiny random CLIP of the tests (32 px, 4 x 4 patches of 8 px,
+2 blocks), a distiller trained (``DistillerTrainer``) on "checkerboard in one patch" (fake) against clean
+images (real), and a shuffled-label control (the same images, the labels permuted). The maps under test:
+
+- planted-box map: 1 on the artifact's patch, 1e-2 noise elsewhere (the patch the model uses, by design);
+- occlusion-ordered maps: each patch's own occlusion effect (``DeletionInsertion.occlusion``), per target;
+- the control's box map: the same box map scored on the shuffled-label control's fake probability;
+- the library's maps (``AttentionRelevance``, last-block) for the seed-stability table.
+
+Prints Markdown tables (benchmarks/RESULTS.md section 22).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from asap_core.method.faithfulness import DeletionInsertion, summarise  # noqa: E402
+from asap_core.method.sanity import ParameterRandomisation  # noqa: E402
+from asap_core.storage.schema import FAKE_LOGIT, N_TARGETS  # noqa: E402
+from conftest import planted_image  # noqa: E402
+
+SIDE = 4
+
+
+def encoder_and_models(n_train: int = 120):
+    """The tiny CLIP, the planted detector and the shuffled-label control."""
+    from asap_core.method.training import DistillerTrainer
+    from asap_core.model.encoder import ClipEncoder
+    from asap_core.pipeline.demo import write_random_clip
+
+    path = write_random_clip(Path(tempfile.mkdtemp()) / "clip", image_size=32, patch_size=8, dim=64, seed=0)
+    enc = ClipEncoder.from_pretrained(str(path), device="cpu")
+    rng = np.random.default_rng(0)
+    images = [planted_image(rng, None) for _ in range(n_train)] + \
+             [planted_image(rng, int(rng.integers(SIDE * SIDE))) for _ in range(n_train)]
+    y = np.array([0] * n_train + [1] * n_train)
+    emb = enc.encode_images(images).numpy()
+    det = DistillerTrainer(projection=np.eye(64, dtype=np.float32), seed=0).fit(emb, y)
+    ctl = DistillerTrainer(projection=np.eye(64, dtype=np.float32), seed=0).fit(emb, np.random.default_rng(1).permutation(y))
+    return enc, det.model_, ctl.model_, images
+
+
+def fakes(enc, n: int, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    pos = rng.integers(SIDE * SIDE, size=n)
+    return enc.preprocess([planted_image(rng, int(p)) for p in pos]), pos
+
+
+def box_maps(pos: np.ndarray, k: int) -> np.ndarray:
+    """``[n, k, 4, 4]``: 1 on the artifact's patch, small noise elsewhere."""
+    maps = np.random.default_rng(5).random((len(pos), k, SIDE * SIDE)) * 0.01
+    maps[np.arange(len(pos)), :, pos] += 1.0
+    return maps.reshape(len(pos), k, SIDE, SIDE)
+
+
+def fmt(row) -> str:
+    return f"{row['ratio']:.2f} [{row['ratio_low']:.2f}, {row['ratio_high']:.2f}] ({row['verdict']})"
+
+
+def baseline_table(enc, det, ctl, images, px, pos) -> None:
+    """Planted-box / occlusion / control ratios and the fill's distance from the data, per fill."""
+    mean_img = enc.preprocess(images).mean(0).numpy()
+    clean = enc.preprocess(images[:40])
+    print("| fill | fill's p_fake (clean / fakes) | box map, fake prob. | occlusion map, fake prob. | "
+          "control's box map | occlusion maps credited (targets that react) |")
+    print("|---|---|---|---|---|---|")
+    for name, base in (("grey", "grey"), ("blur", "blur"), ("dataset mean", mean_img)):
+        metric = DeletionInsertion(enc, det, baseline=base)
+        fill_p = metric._forward(px[0], np.zeros((1, SIDE * SIDE), bool))[0, FAKE_LOGIT]
+        p_clean = metric._forward(clean[0], np.ones((1, SIDE * SIDE), bool))[0, FAKE_LOGIT]
+        p_fake = metric._forward(px[0], np.ones((1, SIDE * SIDE), bool))[0, FAKE_LOGIT]
+        box = metric.evaluate(px, box_maps(pos, 1), target=FAKE_LOGIT).summary().iloc[0]
+        occ = metric.occlusion(px)
+        occ_sum = metric.evaluate(px, occ).summary()
+        react = occ_sum[occ_sum["n_images"] > 0]
+        ctrl = DeletionInsertion(enc, ctl, baseline=base).evaluate(px, box_maps(pos, 1), target=FAKE_LOGIT)
+        print(f"| {name} | {fill_p:.3f} ({p_clean:.3f} / {p_fake:.3f}) | {fmt(box)} | "
+              f"{fmt(occ_sum.set_index('target').loc[FAKE_LOGIT])} | {fmt(ctrl.summary().iloc[0])} | "
+              f"{int(react['beats_random'].sum())} of {len(react)} (min ratio {react['ratio'].min():.2f}) |")
+
+
+def rises_under_fill(enc, det, px) -> None:
+    """How many targets rise under the default fill on every image, and the occlusion maps' figures there."""
+    metric = DeletionInsertion(enc, det)
+    occ = metric.occlusion(px)
+    res = metric.evaluate(px, occ)
+    delta = res.curves[:, :, 0, 0] - res.curves[:, :, 0, -1]
+    rising = [t for t in range(N_TARGETS) if (delta[:, t] < 0).all()]
+    table = res.summary().set_index("target")
+    print(f"\nTargets that rise under the fill on every image: {len(rising)} of {N_TARGETS}; their occlusion-"
+          f"ordered maps: " + ", ".join(f"{t}: {table.loc[t, 'ratio']:.2f} [{table.loc[t, 'ratio_low']:.2f}, "
+                                        f"{table.loc[t, 'ratio_high']:.2f}]" for t in rising))
+
+
+def stability(enc, det, px, n_seeds: int) -> None:
+    """CV over ``n_seeds`` random_state values of the per-target summary ratio at the defaults."""
+    from asap_core.method.relevance import relevance_maps
+
+    maps = relevance_maps(enc, det, px).numpy()
+    ratios, seconds, forwards = [], [], []
+    calls = []
+    original = enc.embed
+    enc.embed = lambda p, **kw: (calls.append(len(p)), original(p))[1]
+    try:
+        for seed in range(n_seeds):
+            calls.clear()
+            t0 = time.perf_counter()
+            res = DeletionInsertion(enc, det, random_state=seed).evaluate(px, maps)
+            seconds.append((time.perf_counter() - t0) / len(px))
+            forwards.append(sum(calls) / len(px))
+            ratios.append(res.summary()["ratio"].to_numpy())
+    finally:
+        del enc.embed
+    r = np.array(ratios)  # [seeds, 17]
+    cv = r.std(0, ddof=1) / r.mean(0)
+    print(f"\nSeed stability ({len(px)} images, {n_seeds} seeds, steps 16, n_random 16, blur fill, all 17 "
+          f"targets, last-block maps): CV of the per-target summary ratio: median {np.median(cv):.2%}, "
+          f"max {cv.max():.2%} (target {int(cv.argmax())}); ratio range over targets {r.mean(0).min():.2f}-"
+          f"{r.mean(0).max():.2f}. Cost per image: {np.median(seconds):.2f} s, {np.median(forwards):.0f} "
+          f"perturbed copies through the model (median of {n_seeds} runs).")
+
+
+def sanity_flags(enc, det, px) -> None:
+    """One map reused for every target; the library's maps; flagged counts (CLIP treated as trained)."""
+    from asap_core.method.relevance import relevance_maps
+
+    def reused(encoder, distiller, p, idx):
+        one = relevance_maps(encoder, distiller, p, target=[FAKE_LOGIT])
+        return one.expand(-1, len(idx), -1, -1)
+
+    for name, explain in (("one map for all targets", reused), ("last-block maps", None)):
+        t0 = time.perf_counter()
+        res = ParameterRandomisation(enc, det, explain=explain, encoder_random=False).evaluate(px)
+        s = res.summary()
+        print(f"\nSanity, {name} ({len(px)} images, 3 seeds, cascade of {res.n_steps} steps): "
+              f"{int(s['flagged'].sum())} of {len(s)} targets flagged; target sensitivity median "
+              f"{s['target_rho'].median():.2f}; rank corr. after the classifier median {s['rho_distiller'].median():.2f}"
+              f", after the cascade {s['rho_cascade'].median():.2f}; {(time.perf_counter() - t0) / len(px):.2f} s / image")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--only", default="baseline,rises,stability,sanity")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    enc, det, ctl, images = encoder_and_models()
+    px, pos = fakes(enc, args.images)
+    parts = args.only.split(",")
+    if "baseline" in parts:
+        baseline_table(enc, det, ctl, images, px, pos)
+    if "rises" in parts:
+        rises_under_fill(enc, det, px)
+    if "stability" in parts:
+        stability(enc, det, px, args.seeds)
+    if "sanity" in parts:
+        sanity_flags(enc, det, px[:8])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
