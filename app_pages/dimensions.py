@@ -102,13 +102,15 @@ def trust_panel(dim: int, ids: list[str]) -> None:
     sample, targets = ids[:vc.CHECK_IMAGES], vc.check_targets_for(dim)
     found = G.cached_checks_for(b, sample, method, targets)
     if found is None and st.toggle(f"Check the maps of {as_text(dimension_label(dim, names))} on {len(sample)} of these "
-                                   "images (deletion against random, sanity check)", key="w_dim_checks"):
+                                   "images (deletion against random, occlusion, sanity check)", key="w_dim_checks"):
         found = G.checks_for(b, sample, method, targets)
     stored = G.stored_checks(path, stamp)
     if found is not None:
         for line in vc.trust_lines(dim, found[0].summary, found[1].summary, names):
             st.markdown(line)
-        st.altair_chart(vc.curves_chart(found[0].curves, dim, names, width=520), theme=None, width="content")
+        c1, c2 = st.columns(2)
+        c1.altair_chart(vc.curves_chart(found[0].curves, dim, names, width=360), theme=None, width="content")
+        c2.altair_chart(vc.cascade_chart(found[1].cascade, dim, names, width=360), theme=None, width="content")
     elif stored is not None:
         for line in vc.trust_lines(dim, *stored, names):
             st.markdown(line + " *(checked when the bundle was analysed)*")

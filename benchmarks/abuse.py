@@ -502,8 +502,9 @@ class Run:
     def url(self) -> str:
         return self.current.url
 
-    def use(self, name: str) -> Server:
-        """The server of configuration ``name``, started (any other one stopped first)."""
+    async def use(self, name: str) -> Server:
+        """The server of configuration ``name``, started and warmed up by one visitor who analyses a small
+        upload (model load and imports are not counted against the first attack); any other one stopped."""
         for other in self.servers.values():
             if other.name != name and other.alive():
                 other.stop()
@@ -511,6 +512,7 @@ class Run:
         if not self.current.alive():
             print(f"  starting server {name} ...", flush=True)
             self.current.start()
+            await clean_visit(self, upload=True, landing=False)
         return self.current
 
     def restart(self) -> None:
@@ -945,7 +947,7 @@ async def _clean_later(run: Run, attack: Attack) -> tuple[bool, str]:
 
 async def run_attack(run: Run, attack: Attack, demo: Path) -> Row:
     """Run ``attack`` with the sampler on and a clean visitor alongside; its table row."""
-    server = run.use(attack.config)
+    server = await run.use(attack.config)
     root = run.roots[attack.config]
     if attack.bundle:
         os.replace(stage_bundle(attack.bundle, demo, run.work / "staged"), root / attack.bundle)

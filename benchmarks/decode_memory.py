@@ -3,7 +3,7 @@
     python benchmarks/decode_memory.py [--side 8000] [--work /tmp/asap-decode-mem]
 
 Writes one image per format at ``side x (side - 1)`` pixels (63.99 Mpx at the default, just under the
-64 Mpx ``ASAP_MAX_UPLOAD_PIXELS``): PNG RGBA, PNG 16-bit grey, WebP lossless RGBA, TIFF RGBA, GIF (palette),
+64 Mpx ``ASAP_MAX_UPLOAD_PIXELS``; a WebP row at 32 Mpx too, under ``imageio.WEBP_BUDGET_SHARE``): PNG RGBA, PNG 16-bit grey, WebP lossless RGBA, TIFF RGBA, GIF (palette),
 BMP RGB and JPEG RGB, made of colour fields with noise. Each is then decoded in a fresh subprocess, twice:
 
 - ``before``: ``decode_image`` of the commit before issue 22 (``git show HEAD~:asap_core/inputs/imageio.py``
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FORMATS = [("PNG RGBA", "png", "RGBA", {}), ("PNG 16-bit grey", "png", "I;16", {}),
            ("WebP RGBA lossless", "webp", "RGBA", {"lossless": True, "quality": 0, "method": 0}),
+           ("WebP RGBA lossless, 32 Mpx", "webp", "RGBA", {"lossless": True, "quality": 0, "method": 0}),
            ("TIFF RGBA", "tiff", "RGBA", {"compression": "tiff_deflate"}), ("GIF", "gif", "P", {}),
            ("BMP RGB", "bmp", "RGB", {}), ("JPEG RGB", "jpg", "RGB", {"quality": 90})]
 
@@ -106,8 +107,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for k, (label, ext, mode, kw) in enumerate(FORMATS):
         path = work / f"img{k}.{ext}"
+        iw, ih = (int(w / 2 ** 0.5), int(w / 2 ** 0.5) - 1) if "32 Mpx" in label else (w, h)  # WEBP_BUDGET_SHARE
         if not path.exists():
-            make_image(mode, w, h, k).save(path, **kw)
+            make_image(mode, iw, ih, k).save(path, **kw)
         rows = {v: measure(path, v, old) for v in (["before"] if old else []) + ["after"]}
         b, a = rows.get("before"), rows["after"]
         bcols = (f"{b['growth_mb']:.0f} | {b['s']:.1f}" if b and not b["error"] else (b["error"][:40] if b else "- | -"))

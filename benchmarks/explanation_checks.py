@@ -80,9 +80,10 @@ def baseline_table(enc, det, ctl, images, px, pos) -> None:
     print("|---|---|---|---|---|---|")
     for name, base in (("grey", "grey"), ("blur", "blur"), ("dataset mean", mean_img)):
         metric = DeletionInsertion(enc, det, baseline=base)
-        fill_p = metric._forward(px[0], np.zeros((1, SIDE * SIDE), bool))[0, FAKE_LOGIT]
-        p_clean = metric._forward(clean[0], np.ones((1, SIDE * SIDE), bool))[0, FAKE_LOGIT]
-        p_fake = metric._forward(px[0], np.ones((1, SIDE * SIDE), bool))[0, FAKE_LOGIT]
+        none, every = np.zeros((1, SIDE * SIDE), bool), np.ones((1, SIDE * SIDE), bool)
+        fill_p = np.mean([metric._forward(p, none)[0, FAKE_LOGIT] for p in [*px, *clean]])
+        p_clean = np.mean([metric._forward(p, every)[0, FAKE_LOGIT] for p in clean])
+        p_fake = np.mean([metric._forward(p, every)[0, FAKE_LOGIT] for p in px])
         box = metric.evaluate(px, box_maps(pos, 1), target=FAKE_LOGIT).summary().iloc[0]
         occ = metric.occlusion(px)
         occ_sum = metric.evaluate(px, occ).summary()

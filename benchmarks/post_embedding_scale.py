@@ -103,7 +103,7 @@ def stage(n: int, name: str, note: dict):
              note=note.get("note", ""))
 
 
-# ----------------------------------------------------------------------------- synthetic data
+# ----------------------------------------------------------------------------- setup: what an embedding pass leaves
 
 
 def directions(rng: np.random.Generator, k: int) -> np.ndarray:
@@ -112,126 +112,139 @@ def directions(rng: np.random.Generator, k: int) -> np.ndarray:
     return q.T.astype(np.float32)
 
 
-def write_embeddings(path: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Write ``[n, DIM]`` L2-normalised float32 rows to ``path`` (``.npy``) in chunks; returns (y [n] 1 = fake,
-    generator index [n], -1 for reals). Row i: topic centre + planted real/fake shift + generator shift + noise."""
+def synthetic_rows(n: int):
+    """``(y [n] 1 = fake, generator index [n] (-1 for reals), chunks)``: ``chunks`` yields ``(start, [m, DIM])``
+    L2-normalised float32 rows, ``CHUNK`` at a time. Row i: topic centre + planted real/fake shift + generator
+    shift + noise."""
     rng = np.random.default_rng(SEED)
     planted = directions(rng, 3)  # fake direction, generator A, generator B
     topics = rng.standard_normal((20, DIM)).astype(np.float32) * 0.15
     y = (rng.random(n) < 0.5).astype(np.int8)
     gen = np.where(y == 1, rng.integers(0, 2, n), -1).astype(np.int8)
     topic = rng.integers(0, 20, n)
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))
-    for s in range(0, n, CHUNK):
-        e = min(n, s + CHUNK)
-        x = rng.standard_normal((e - s, DIM), dtype=np.float32)
-        x += topics[topic[s:e]] * np.sqrt(DIM)
-        x += (2.0 * y[s:e, None] - 1.0) * 1.2 * planted[0]
-        for g in (0, 1):
-            x += (gen[s:e, None] == g) * 1.5 * planted[1 + g]
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        out[s:e] = x
-    out.flush()
-    del out
-    return y, gen
+
+    def chunks():
+        for s in range(0, n, CHUNK):
+            e = min(n, s + CHUNK)
+            x = rng.standard_normal((e - s, DIM), dtype=np.float32)
+            x += topics[topic[s:e]] * np.sqrt(DIM)
+            x += (2.0 * y[s:e, None] - 1.0) * 1.2 * planted[0]
+            for g in (0, 1):
+                x += (gen[s:e, None] == g) * 1.5 * planted[1 + g]
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            yield s, x
+    return y, gen, chunks()
 
 
-def image_table(y: np.ndarray, gen: np.ndarray):
-    """What the scan and hash stages hand on: ``path, relpath, label, generator, source, split, image_id``."""
+def sample_files(work: Path, rows: np.ndarray, paths: list[str]) -> dict[int, str]:
+    """Small PNGs (random pixels) at ``paths[i]`` for the ``rows`` the projection's sample reads; returns
+    their ids (SHA-1 of the bytes, as the hash stage computes them) by row."""
+    from PIL import Image
+
+    from asap_core.inputs.imageio import file_sha1
+
+    rng = np.random.default_rng(4)
+    ids = {}
+    for i in rows:
+        path = Path(paths[i])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(path)
+        ids[int(i)] = file_sha1(path)
+    return ids
+
+
+def ids_table(work: Path, y: np.ndarray, gen: np.ndarray):
+    """The table ``--from-embeddings`` reads (``image_id, path, label, generator``); files written for the rows
+    of the projection's sample only."""
     import pandas as pd
+
+    from asap_core.pipeline.stages import projection_sample_size, sample_order
 
     n = len(y)
     label = np.where(y == 1, "fake", "real").astype(object)
-    relpath = [f"{lab}/{i:07d}.jpg" for i, lab in enumerate(label)]
+    paths = [str(work / "images" / f"{lab}/{i:07d}.png") for i, lab in enumerate(label)]
+    ids = [f"{i:040x}" for i in range(n)]
+    for i, sha in sample_files(work, sample_order(n, SEED)[:projection_sample_size(n)], paths).items():
+        ids[i] = sha
     generator = np.array([None, "gen_a", "gen_b"], dtype=object)[gen.astype(np.int64) + 1]
-    return pd.DataFrame({"path": ["/data/" + r for r in relpath], "relpath": relpath, "label": label,
-                         "generator": generator, "source": None, "split": None,
-                         "image_id": [f"{i:040x}" for i in range(n)]})
+    return pd.DataFrame({"image_id": ids, "path": paths, "label": label, "generator": generator})
 
 
-def thumb_store(root: Path, ids: list[str], size: int):
-    """A thumbnail ``RowStore`` holding ``size`` fake bytes per id, filled in puts of 10,000 rows."""
-    from asap_core.storage.cache import RowStore
+def options(work: Path):
+    """The options of the measured run: the random 512-d CLIP, the scratch cache, CPU (fp32), seed 0."""
+    from asap_core.pipeline.analyze import AnalyzeOptions
 
-    store = RowStore(root, "thumbs-synthetic", None)
-    rng = np.random.default_rng(1)
-    for s in range(0, len(ids), 10_000):
-        chunk = ids[s:s + 10_000]
-        blob = rng.integers(0, 256, size * len(chunk), dtype=np.uint8).tobytes()
-        store.put(chunk, [blob[k * size:(k + 1) * size] for k in range(len(chunk))])
-    return store
+    return AnalyzeOptions(model=str(work / "model"), cache_dir=str(work / "cache"), device="cpu", seed=SEED)
 
 
-# ----------------------------------------------------------------------------- stages
-
-
-def run_context(cache: Path):
-    """A ``RunContext`` for the post-embedding stages: CPU, fp32, a stand-in checkpoint (no model needed)."""
+def setup_one(n: int, scratch: Path, thumb_bytes: int) -> None:
+    """Fill ``scratch/n<N>``: model, embedding and thumbnail stores, ids table, the sample's image files."""
     import torch
 
-    from asap_core.pipeline.analyze import AnalyzeOptions
-    from asap_core.pipeline.stages import RunContext
+    from asap_core.model.encoder import inspect_checkpoint
+    from asap_core.pipeline.demo import write_random_clip
+    from asap_core.pipeline.stages import RunContext, embedding_stores
 
-    info = SimpleNamespace(model_id="synthetic-vit-b-32", cache_key="synthetic", embed_dim=DIM, patch_side=7,
-                           image_size=224, source="random", preprocessor=SimpleNamespace(version="synthetic"))
-    return RunContext(AnalyzeOptions(cache_dir=str(cache), seed=SEED), torch.device("cpu"), torch.float32, info,
-                      cache)
-
-
-def text_embedder(embeds: np.ndarray, idx: list[int]):
-    """The ``embed`` stand-in for the texted copies: sample row + noise along ``N_TEXT`` fixed directions."""
-    rng = np.random.default_rng(2)
-    text = directions(np.random.default_rng(3), N_TEXT)
-
-    def embed(images) -> np.ndarray:
-        x = np.asarray(embeds[idx], np.float32) + rng.normal(0, 0.3, (len(images), N_TEXT)).astype(np.float32) @ text
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
-    return embed
-
-
-def fit_projection(embeds: np.ndarray, clean: np.ndarray, n_sample: int = 128):
-    """``stages.fit_projection`` without decoding: the same seeded 128-image sample (tiny stand-in images,
-    since ``render_text`` is called on each), its own embeddings, ``clean`` as ``clean_embeds``."""
-    from PIL import Image
-
-    from asap_core.method.projection import VisionOnlyProjection
-
-    idx = [int(i) for i in np.random.default_rng(SEED).permutation(len(embeds))[:n_sample]]
-    images = [Image.new("RGB", (32, 32), (i % 256, 80, 160)) for i in idx]
-    return VisionOnlyProjection(random_state=SEED).fit(images, text_embedder(embeds, idx), clean_embeds=clean,
-                                                      image_embeds=np.asarray(embeds[idx]))
-
-
-def projection_stages(n: int, embeds: np.ndarray, sample: int):
-    """The projection as ``project_stage`` fits it (all rows), and, when that fails, on ``sample`` rows."""
-    from asap_core.pipeline.stages import PROJECTION_VERSION
-    from asap_core.storage.cache import hash_key
-
+    work = scratch / f"n{n}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
     note: dict = {}
+    with stage(n, "setup (not analyze): model, stores, ids table, sample files", note):
+        write_random_clip(work / "model", image_size=32, patch_size=8, dim=DIM)
+        opts = options(work)
+        ctx = RunContext(opts, torch.device("cpu"), torch.float32, inspect_checkpoint(opts.model), work / "cache")
+        store, thumbs = embedding_stores(ctx)
+        y, gen, chunks = synthetic_rows(n)
+        table = ids_table(work, y, gen)
+        ids = table["image_id"].tolist()
+        blob = np.random.default_rng(1).integers(0, 256, thumb_bytes * CHUNK, dtype=np.uint8).tobytes()
+        for s, x in chunks:
+            part = ids[s:s + len(x)]
+            thumbs.put(part, [blob[k * thumb_bytes:(k + 1) * thumb_bytes] for k in range(len(part))])
+            store.put(part, x)
+        table.to_parquet(work / "ids.parquet")
+        note["note"] = f"{-(-n // CHUNK)} shards per store; thumbnails {thumb_bytes} B each"
+
+
+# ----------------------------------------------------------------------------- the measured run
+
+
+@contextmanager
+def stage_rows(n: int):
+    """While the block runs, every ``RunContext.stage`` of ``analyze`` also emits a row: its seconds and peak
+    RSS (``VmHWM`` reset at its start; a nested stage's peak goes into its parent's). Yields the list of
+    top-level peaks (MB)."""
+    from asap_core.pipeline import stages as S
+
+    original, frames, peaks = S.RunContext.stage, [], []
+
+    @contextmanager
+    def measured(self, name: str):
+        if frames:
+            frames[-1]["peak"] = max(frames[-1]["peak"], _status_mb("VmHWM"))
+        frame = {"name": name, "peak": 0.0, "reset": _reset_peak(), "before": _status_mb("VmRSS"),
+                 "t0": time.perf_counter()}
+        frames.append(frame)
+        status = "ok"
+        try:
+            with original(self, name):
+                yield
+        except BaseException as exc:
+            status = f"FAILED: {type(exc).__name__}: {str(exc)[:160]}"
+            raise
+        finally:
+            frames.pop()
+            peak = max(frame["peak"], _status_mb("VmHWM"))
+            (frames[-1].__setitem__("peak", max(frames[-1]["peak"], peak)) if frames else peaks.append(peak))
+            emit(n=n, stage=(f"  inside {frames[-1]['name']}: " if frames else "") + name,
+                 s=time.perf_counter() - frame["t0"], peak_mb=peak, rss_before_mb=frame["before"],
+                 rss_after_mb=_status_mb("VmRSS"), peak_kind="stage" if frame["reset"] else "since start",
+                 status=status, note="")
+    S.RunContext.stage = measured
     try:
-        with stage(n, "projection (as analyze: clean_embeds = all N)", note):
-            hash_key(PROJECTION_VERSION, "synthetic", embeds, 128, SEED)
-            return fit_projection(embeds, embeds)
-    except MemoryError:
-        pass
-    note = {"note": f"variant, not in analyze today: clean_embeds = {min(sample, n):,} seeded rows"}
-    with stage(n, "projection on a sample", note):
-        rows = np.sort(np.random.default_rng(SEED).choice(n, size=min(sample, n), replace=False))
-        return fit_projection(embeds, np.asarray(embeds[rows]))
-
-
-def train_and_predict(n: int, ctx, emb, projection):
-    """``stages.train_stage``, then ``Distiller.predict`` over every row (as ``analyze`` does)."""
-    from asap_core.pipeline.stages import train_stage
-
-    note: dict = {}
-    with stage(n, "train (train_stage)", note):
-        distiller, metrics = train_stage(ctx, emb, projection)
-        note["note"] = (f"{metrics['epochs']} epochs, val AUC {metrics['val']['roc_auc']:.3f}, "
-                        f"generator acc {metrics.get('generator_val_accuracy', float('nan')):.3f}")
-    with stage(n, "predict z, p_fake (all rows)", {}):
-        z, p_fake = distiller.predict(emb.embeds)
-    return distiller, metrics, z, p_fake
+        yield peaks
+    finally:
+        S.RunContext.stage = original
 
 
 @contextmanager
@@ -257,82 +270,59 @@ def layout_timers():
         L.tsne_2d, L.embed_2d = originals["tsne"], originals["embed_2d"]
 
 
-def layout(n: int, ctx, emb, z, p_fake):
-    """``stages.layout_stage``; sub-rows: t-SNE fit, the rest of ``embed_2d``, everything else (cells)."""
-    from asap_core.pipeline.stages import layout_stage
-
-    note: dict = {}
-    t0 = time.perf_counter()
-    with layout_timers() as spent, stage(n, "layout (layout_stage)", note):
-        images, cells = layout_stage(ctx, emb.images, z, p_fake)
-        note["note"] = f"grid {ctx.options.grid}, {len(cells)} non-empty cells"
-    total = time.perf_counter() - t0
-    for name, s in (("  of which 2-D map: t-SNE fit (at most 20k rows)", spent["tsne"]),
-                    ("  of which 2-D map: unique rows + kNN placement", spent["embed_2d"] - spent["tsne"]),
-                    ("  of which predictions table + grid + cells", total - spent["embed_2d"])):
-        emit(n=n, stage=name, s=s, peak_mb=None, status="ok", note="")
-    return images, cells
-
-
-def isomatch_cells(n: int, images, cells, k: int) -> None:
-    """The image view's IsoMatch grid (``subsample`` to 400, ``isomatch_grid`` on z) for ``k`` seeded cells and
-    the largest one; the row's seconds are the mean per cell."""
+def isomatch_cells(n: int, bundle: Path, k: int) -> None:
+    """Apart from the total: the image view's IsoMatch grid (``subsample`` to 400, ``isomatch_grid`` on z) for
+    ``k`` seeded cells of the written bundle and its largest one; seconds are the mean per cell."""
     from asap_core.method.isomatch import isomatch_grid
+    from asap_core.storage.bundle import Bundle
     from asap_core.storage.schema import Z_COLUMNS
     from asap_core.views.grid import subsample
 
+    b = Bundle.open(bundle)
+    images, cells = b.images, b.cells
     chosen = set(np.random.default_rng(SEED).choice(cells["cell"].to_numpy(), size=min(k, len(cells)), replace=False))
     chosen.add(int(cells.loc[cells["n"].idxmax(), "cell"]))
     groups = images.groupby("cell").indices
-    note: dict = {}
     times = []
-    with stage(n, "isomatch per cell (on demand)", note):
-        for c in sorted(int(c) for c in chosen):
-            members = subsample(images.iloc[groups[c]])
-            t0 = time.perf_counter()
-            isomatch_grid(members[Z_COLUMNS].to_numpy(np.float64), random_state=SEED)
-            times.append(time.perf_counter() - t0)
-        note["note"] = (f"{len(times)} cells, per cell mean {np.mean(times):.2f} s max {np.max(times):.2f} s; "
-                        f"all {len(cells)} cells one by one: {np.mean(times) * len(cells):.0f} s")
-    emit(n=n, stage="  isomatch: mean s per cell", s=float(np.mean(times)), peak_mb=None, status="ok", note="")
-
-
-def write(n: int, ctx, out: Path, scan, images, cells, thumbs, distiller, projection, metrics) -> None:
-    """``stages.write_stage`` into ``out``."""
-    from asap_core.pipeline.stages import Results, write_stage
-
-    note: dict = {}
-    with stage(n, "write (write_stage)", note):
-        write_stage(ctx, out, Results(scan, images, cells, thumbs, distiller, projection, metrics, None))
-        size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-        note["note"] = f"bundle {size / 1e6:.0f} MB"
+    for c in sorted(int(c) for c in chosen):
+        members = subsample(images.iloc[groups[c]])
+        t0 = time.perf_counter()
+        isomatch_grid(members[Z_COLUMNS].to_numpy(np.float64), random_state=SEED)
+        times.append(time.perf_counter() - t0)
+    emit(n=n, stage="apart: IsoMatch per cell (on demand)", s=float(np.mean(times)), peak_mb=None, status="ok",
+         note=(f"{len(times)} cells, mean {np.mean(times):.2f} s, max {np.max(times):.2f} s; all {len(cells)} "
+               f"cells one by one: {np.mean(times) * len(cells):.0f} s"))
 
 
 def run_one(n: int, scratch: Path, args) -> None:
-    """Every post-embedding stage for ``n`` synthetic images, in ``analyze``'s order, in this process."""
-    from asap_core.inputs.scan import ScanResult
-    from asap_core.pipeline.stages import Embedded
+    """``analyze_embeddings`` on the table ``setup_one`` wrote (= ``analyze TABLE --from-embeddings``)."""
+    from asap_core.pipeline.analyze import analyze_embeddings
 
     work = scratch / f"n{n}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    note: dict = {}
-    with stage(n, "setup (synthetic embeddings, table, thumbs)", note):
-        y, gen = write_embeddings(work / "embeds.npy", n)
-        images = image_table(y, gen)
-        thumbs = thumb_store(work / "cache", images["image_id"].tolist(), args.thumb_bytes)
-        note["note"] = f"not a stage; thumbnails {args.thumb_bytes} B each"
-    embeds = np.load(work / "embeds.npy", mmap_mode="r")
-    ctx = run_context(work / "cache")
-    emb = Embedded(images, embeds, thumbs, None)
-    projection = projection_stages(n, embeds, args.projection_sample)
-    distiller, metrics, z, p_fake = train_and_predict(n, ctx, emb, projection)
-    images, cells = layout(n, ctx, emb, z, p_fake)
-    isomatch_cells(n, images, cells, args.isomatch_cells)
-    scan = ScanResult(work, emb.images, "synthetic")
-    write(n, ctx, work / "bundle", scan, images, cells, thumbs, distiller, projection, metrics)
+    start_mb = _status_mb("VmRSS")
+    t0 = time.perf_counter()
+    with stage_rows(n) as peaks, layout_timers() as spent:
+        report = analyze_embeddings(work / "ids.parquet", work / "bundle", options(work))
+    total = time.perf_counter() - t0
+    for name, s in (("  of the layout: t-SNE fit (at most 20k rows)", spent["tsne"]),
+                    ("  of the layout: unique rows + kNN placement", spent["embed_2d"] - spent["tsne"])):
+        emit(n=n, stage=name, s=s, peak_mb=None, status="ok", note="")
+    m = report.metrics
+    size = sum(f.stat().st_size for f in report.bundle.rglob("*") if f.is_file())
+    emit(n=n, stage="TOTAL analyze --from-embeddings (the real path)", s=total, peak_mb=max(peaks, default=start_mb),
+         rss_before_mb=start_mb, rss_after_mb=_status_mb("VmRSS"), status="ok",
+         note=(f"{report.n_used:,} images; {m['epochs']} epochs, val AUC {m['val']['roc_auc']:.3f}, generator acc "
+               f"{m.get('generator_val_accuracy', float('nan')):.3f}; grid {_grid(report)}; "
+               f"bundle {size / 1e6:.0f} MB"))
+    isomatch_cells(n, report.bundle, args.isomatch_cells)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _grid(report) -> str:
+    """The bundle's grid and non-empty cells, from its bundle.json."""
+    meta = json.loads((report.bundle / "bundle.json").read_text())
+    return f"{meta['options']['grid']}, {meta['counts']['cells']} non-empty cells"
 
 
 # ----------------------------------------------------------------------------- driver write rate
@@ -409,11 +399,15 @@ def child(argv: list[str], timeout: int, cap_gb: float) -> list[dict]:
     return rows
 
 
-def pipeline_seconds(rows: list[dict]) -> float:
-    """Seconds of the rows ``analyze`` runs after embedding (finished projection, train, predict, layout,
-    write); setup, sub-rows, failed rows and the on-demand IsoMatch are left out."""
-    return sum(r["s"] for r in rows if r["status"] == "ok"
-               and r["stage"].startswith(("projection", "train", "predict", "layout (", "write")))
+def headline(n: int, rows: list[dict]) -> str:
+    """The real path's total (seconds, peak) for ``n`` images, or why there is none; setup and the rows printed
+    apart are never in it."""
+    total = [r for r in rows if r["stage"].startswith("TOTAL")]
+    failed = [r for r in rows if r["status"] != "ok"]
+    if not total or failed:
+        return f"{n:,} images: the real path did not finish ({(failed or [{'status': 'no total row'}])[0]['status']})"
+    t = total[0]
+    return f"{n:,} images: the real path (analyze --from-embeddings) took {t['s']:.0f} s, peak RSS {t['peak_mb']:,.0f} MB"
 
 
 def table(rows: list[dict]) -> str:
@@ -431,39 +425,46 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="100000,1000000", help="comma-separated image counts, each in a fresh process")
+    ap.add_argument("--sizes", default="100000,1000000", help="comma-separated image counts, each in fresh processes")
     ap.add_argument("--scratch", default="/tmp/asap-post-embedding-scale", help="scratch folder (deleted per size)")
-    ap.add_argument("--timeout", type=int, default=1200, help="seconds per size")
-    ap.add_argument("--cap-gb", type=float, default=12.0, help="address-space cap per size (0: none)")
+    ap.add_argument("--timeout", type=int, default=1200, help="seconds per process")
+    ap.add_argument("--cap-gb", type=float, default=12.0, help="address-space cap per process (0: none)")
     ap.add_argument("--thumb-bytes", type=int, default=64, help="fake thumbnail bytes per image in the bundle")
-    ap.add_argument("--projection-sample", type=int, default=10_000, help="rows of the sample-fitted projection")
-    ap.add_argument("--isomatch-cells", type=int, default=30, help="cells whose IsoMatch grid is timed")
+    ap.add_argument("--isomatch-cells", type=int, default=30, help="cells whose IsoMatch grid is timed (apart)")
     ap.add_argument("--put-rate", default="64,512,1000", help="rows per RowStore.put call to time ('' = skip)")
     ap.add_argument("--put-total", type=int, default=32_000, help="rows written per --put-rate setting")
     ap.add_argument("--put-thumb-bytes", type=int, default=5000, help="thumbnail bytes per row for --put-rate")
     ap.add_argument("--keep", action="store_true", help="keep the scratch files")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--setup-one", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--put-one", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     scratch = Path(args.scratch)
+    if args.setup_one:
+        return setup_one(args.setup_one, scratch, args.thumb_bytes)
     if args.one:
         return run_one(args.one, scratch, args)
     if args.put_one:
         return put_rate(args.put_one, args.put_total, args.put_thumb_bytes, scratch)
-    common = ["--scratch", str(scratch), "--thumb-bytes", str(args.thumb_bytes), "--projection-sample",
-              str(args.projection_sample), "--isomatch-cells", str(args.isomatch_cells), "--put-total",
-              str(args.put_total), "--put-thumb-bytes", str(args.put_thumb_bytes)] + (["--keep"] if args.keep else [])
+    common = ["--scratch", str(scratch), "--thumb-bytes", str(args.thumb_bytes), "--isomatch-cells",
+              str(args.isomatch_cells), "--put-total", str(args.put_total), "--put-thumb-bytes",
+              str(args.put_thumb_bytes)] + (["--keep"] if args.keep else [])
     rows: list[dict] = []
     for r in [int(s) for s in args.put_rate.split(",") if s.strip()]:
         new = child(["--put-one", str(r), *common], args.timeout, args.cap_gb)
         rows += new
         print("\n".join(table(new).splitlines()[2:]), flush=True)
+    lines = []
     for n in [int(s) for s in args.sizes.split(",") if s.strip()]:
-        new = child(["--one", str(n), *common], args.timeout, args.cap_gb)
-        rows += new
-        print(f"\n{n:,} images: {pipeline_seconds(new):.0f} s in the stages analyze runs\n" + table(new), flush=True)
-    print(f"\ncpu cores: {os.cpu_count()}, cap {args.cap_gb} GB address space, timeout {args.timeout} s per size\n")
+        setup = child(["--setup-one", str(n), *common], args.timeout, args.cap_gb)
+        load = os.getloadavg()[0]
+        new = child(["--one", str(n), *common], args.timeout, args.cap_gb) if setup[-1]["status"] == "ok" else []
+        rows += setup + new
+        lines.append(headline(n, new) + f" (load average {load:.1f} at its start, {os.getloadavg()[0]:.1f} at its end)")
+        print(f"\n{lines[-1]}\n" + table(setup + new), flush=True)
+    print(f"\ncpu cores: {os.cpu_count()}, cap {args.cap_gb} GB address space, timeout {args.timeout} s per process\n")
     print(table(rows))
+    print("\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

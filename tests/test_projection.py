@@ -105,43 +105,36 @@ def test_projection_round_trips_and_checks_fit_and_shapes(tmp_path):
         proj.transform(clean[:, :16])
 
 
-def test_fit_on_more_images_than_dimensions_never_builds_an_n_by_n_matrix(monkeypatch):
-    """With N >= D the visual basis comes from the thin SVD (same basis; an [N, N] factor at 100k images would
-    take 75 GB)."""
+def test_fit_on_many_rows_never_builds_an_n_row_float64_matrix(monkeypatch):
+    """The visual directions come from chunks of at most ``CHUNK_ROWS`` rows: no [N, N] factor (75 GB at 100k
+    images) and no float64 copy of all N rows (4 GB at a million) is ever made; the basis is orthonormal and
+    orthogonal to the written subspace."""
     import numpy as np
 
-    from asap_core.method.projection import VisionOnlyProjection
+    from asap_core.method import projection as P
 
     rng = np.random.default_rng(0)
     clean = rng.normal(size=(3000, 48)).astype(np.float32)
-    seen = []
-    real_svd = np.linalg.svd
+    monkeypatch.setattr(P, "CHUNK_ROWS", 512)
+    widest = []
+    real_asarray = np.asarray
 
-    def svd(a, full_matrices=True, **kw):
-        seen.append((a.shape, full_matrices))
-        return real_svd(a, full_matrices=full_matrices, **kw)
+    def asarray(a, dtype=None, **kw):
+        out = real_asarray(a, dtype=dtype, **kw)
+        if out.dtype == np.float64 and out.ndim == 2:
+            widest.append(len(out))
+        return out
 
-    proj = VisionOnlyProjection(n_components=16)
+    proj = P.VisionOnlyProjection(n_components=16)
     proj.text_components_ = np.linalg.qr(rng.normal(size=(48, 4)))[0].T.astype(np.float32)
-    monkeypatch.setattr(np.linalg, "svd", svd)
-    proj._fit_visual(clean.astype(np.float64))
-    assert seen == [((3000, 48), False)]
+    monkeypatch.setattr(P.np, "asarray", asarray)
+    monkeypatch.setattr(P.np.linalg, "svd", lambda *a, **k: pytest.fail("no SVD of the rows"))
+    proj._fit_visual(clean)
+    monkeypatch.undo()
+    assert widest and max(widest) <= 512
     comps = proj.components_.astype(np.float64)
     np.testing.assert_allclose(comps @ comps.T, np.eye(16), atol=1e-5)
     np.testing.assert_allclose(comps @ proj.text_components_.T.astype(np.float64), 0, atol=1e-5)
-
-
-def test_projection_directions_come_from_at_most_pca_max_rows():
-    import numpy as np
-
-    from asap_core.pipeline.stages import PCA_MAX_ROWS, pca_rows
-
-    small = np.zeros((10, 4), np.float32)
-    assert pca_rows(small, 0) is small
-    big = np.arange((PCA_MAX_ROWS + 7) * 2, dtype=np.float32).reshape(-1, 2)
-    rows = pca_rows(big, 3)
-    assert rows.shape == (PCA_MAX_ROWS, 2) and np.array_equal(rows, pca_rows(big, 3))   # seeded
-    assert (np.diff(rows[:, 0]) > 0).all()                                              # rows of big, in order
 
 
 def test_projection_sample_scales_with_the_collection():

@@ -19,6 +19,7 @@ from asap_core.storage.schema import N_DIMS, Z_COLUMNS
 from asap_core.views import attention as va
 from asap_core.views import quiz as vq
 from asap_core.views import state as vs
+from asap_core.views.text import as_text
 from conftest_app import no_exception, local_app_env, private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
@@ -207,7 +208,7 @@ def test_a_seeded_quiz_of_10_played_to_the_end(bundle):
         at.button(key="quiz_real" if said == "real" else "quiz_ai").click().run()
         no_exception(at)
         rv = vq.reveal(bundle.images, bundle.z, va.head_weights(bundle.distiller), ids[i])
-        assert any(rv.sentence == el.value for el in at.info)                   # the reveal of this image
+        assert any(as_text(rv.sentence) == el.value for el in at.info)          # the reveal of this image (as text)
         assert metric(at, "The model's p_fake") == f"{rv.p_fake:.2f}"
         assert len([im for el in at.get("image") for im in el.proto.imgs]) == 2 + 2 * 3   # image + map, 2 x 3
         at.button(key="quiz_next").click().run()

@@ -1,7 +1,13 @@
 """Explanations you can check (issue 18): faithfulness curves and the parameter-randomisation sanity check
 of a bundle's relevance maps, per target (16 dimensions + the fake logit), cached like the maps.
 
-Entry points for the app and the CLI: ``faithfulness_report(bundle, image_ids, method)`` and
+What the figures test: whether the maps are faithful to **this model** (removing patches in a map's order
+changes its target faster than removing them at random; the maps agree with each patch's occlusion effect;
+the maps change when the model's weights are redrawn), not whether the pattern a map points at is a real
+artifact of generated images.
+
+Entry points for the app and the CLI: ``faithfulness_report(bundle, image_ids, method)`` (with the
+occlusion agreement) and
 ``sanity_report(bundle, image_ids, method)`` (computed once per image, then read from the bundle's
 ``cache/``), ``checks_missing`` (what a call would have to compute), ``check_sample`` (the seeded sample of
 labelled images, both classes) and ``analysis_checks(bundle)`` (the reports ``analyze --faithfulness N``
@@ -9,9 +15,10 @@ stored). The figures and their definitions: ``method.faithfulness`` and ``method
 
 Cache: ``RowStore``s in the bundle's ``cache/``, named by the check, its version and parameters, the method,
 the encoder's ``cache_key`` and the distiller's fingerprint: one row per image and target (key
-``IMAGE_ID/TARGET``) of raw curves ``[6, steps + 1]`` (float32; a view asks for the targets it shows), one row
-per image of rank correlations ``[17, 2]`` (float32; cheap, always all 17). The tables are made from the rows
-on every call (cheap).
+``IMAGE_ID/TARGET``) of curves ``[6 + n_random, steps + 1]`` (float32: ``faithfulness.CURVES`` then each random
+order's deletion curve; a view asks for the targets it shows); one row per image of occlusion agreements
+``[17]``; one row per image of sanity similarities ``[n_seeds, sanity.MAX_STEPS, 17, 2]`` and one of target
+sensitivities ``[17]`` (always all 17). The tables are made from the rows on every call (cheap).
 """
 from __future__ import annotations
 
@@ -25,18 +32,19 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..method.faithfulness import (CURVES, FAITHFULNESS_VERSION, DeletionInsertion, mean_curves, patch_counts,
-                                   per_image_table, summarise)
-from ..method.sanity import RANDOMISATIONS, SANITY_VERSION, ParameterRandomisation, summarise_rho
+from ..method.faithfulness import (CURVES, DEFAULT_BASELINE, FAITHFULNESS_VERSION, DeletionInsertion, mean_curves,
+                                   occlusion_agreement, occlusion_summary, patch_counts, per_image_table, summarise)
+from ..method.sanity import (DEFAULT_SEEDS, MAX_STEPS, SANITY_VERSION, SIMILARITIES, ParameterRandomisation,
+                             cascade_table, summarise_similarity, valid_steps)
 from ..storage import schema as S
 from ..storage.cache import RowStore
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-CHECKS_VERSION = 2  # bump when what is stored per image changes (with the methods' own versions)
+CHECKS_VERSION = 3  # bump when what is stored per image changes (with the methods' own versions)
 DEFAULT_STEPS = 16
-DEFAULT_RANDOM = 4
+DEFAULT_RANDOM = 16
 CHUNK = 8  # images per evaluation (each image's perturbed copies are batched inside)
 
 
@@ -98,8 +106,9 @@ class CheckSource:
 
 @dataclass
 class FaithfulnessReport:
-    """``summary`` (one row per target, ``faithfulness.SUMMARY_COLUMNS``), ``per_image`` (image_id, target,
-    target_name, deletion_abc, insertion_abc, deletion_abc_mask, insertion_abc_mask, ratio, delta), ``curves``
+    """``summary`` (one row per target, ``faithfulness.SUMMARY_COLUMNS`` plus occlusion_rho, occlusion_low,
+    occlusion_high), ``per_image`` (image_id, target, target_name, deletion_abc, insertion_abc,
+    deletion_abc_mask, insertion_abc_mask, ratio, ratio_low, ratio_high, delta, occlusion_rho), ``curves``
     (mean normalised curves: target, target_name, curve, x, y), ``x`` ``[steps + 1]``, ``method``, ``image_ids``."""
 
     summary: pd.DataFrame
@@ -112,12 +121,13 @@ class FaithfulnessReport:
 
 @dataclass
 class SanityReport:
-    """``summary`` (one row per target: target, target_name, n_images, rho_distiller, rho_last_block,
-    encoder_random, flagged, reason), ``per_image`` (image_id, target, target_name, rho_distiller,
-    rho_last_block), ``encoder_random``, ``method``, ``image_ids``."""
+    """``summary`` (one row per target, ``sanity.SANITY_COLUMNS``), ``per_image`` (image_id, target,
+    target_name, rho_distiller, rho_cascade, topk_distiller, topk_cascade, target_rho: means over seeds),
+    ``cascade`` (``sanity.cascade_table``), ``encoder_random``, ``method``, ``image_ids``."""
 
     summary: pd.DataFrame
     per_image: pd.DataFrame
+    cascade: pd.DataFrame
     encoder_random: bool
     method: str
     image_ids: list[str]
@@ -128,12 +138,20 @@ class SanityReport:
 
 def faithfulness_store(cache_dir: str | Path, encoder_key: str, distiller_fingerprint: str, method: str,
                        steps: int = DEFAULT_STEPS, n_random: int = DEFAULT_RANDOM, random_state: int = 0) -> RowStore:
-    """Rows ``[6, steps + 1]`` float32, one per image and target (key ``faithfulness_key``): raw deletion /
-    insertion curves (``faithfulness.CURVES``). Per target, because the map curves cost most (on ViT-B/32,
-    all 17 targets take about 92 s per image on 2 CPU cores): a view asks for the targets it shows."""
+    """Rows ``[6 + n_random, steps + 1]`` float32, one per image and target (key ``faithfulness_key``): the
+    scored deletion / insertion curves (``faithfulness.CURVES``), then each random order's deletion curve.
+    Per target, because the map curves cost most: a view asks for the targets it shows."""
     name = (f"faith-v{CHECKS_VERSION}.{FAITHFULNESS_VERSION}-{method}-s{int(steps)}-r{int(n_random)}-"
-            f"seed{int(random_state)}-{encoder_key}-{distiller_fingerprint}")
-    return RowStore(cache_dir, name, (len(CURVES), int(steps) + 1))
+            f"{DEFAULT_BASELINE}-seed{int(random_state)}-{encoder_key}-{distiller_fingerprint}")
+    return RowStore(cache_dir, name, (len(CURVES) + int(n_random), int(steps) + 1))
+
+
+def occlusion_store(cache_dir: str | Path, encoder_key: str, distiller_fingerprint: str, method: str) -> RowStore:
+    """Rows ``[17]`` float32, one per image: the rank agreement of each target's map with the patches'
+    occlusion effects (``faithfulness.occlusion_agreement``)."""
+    name = (f"occlusion-v{CHECKS_VERSION}.{FAITHFULNESS_VERSION}-{method}-{DEFAULT_BASELINE}-{encoder_key}-"
+            f"{distiller_fingerprint}")
+    return RowStore(cache_dir, name, (S.N_TARGETS,))
 
 
 def faithfulness_key(image_id: str, target: int) -> str:
@@ -156,10 +174,17 @@ def check_targets(targets: Sequence[int] | None) -> list[int]:
 
 def sanity_store(cache_dir: str | Path, encoder_key: str, distiller_fingerprint: str, method: str,
                  random_state: int = 0) -> RowStore:
-    """Rows ``[17, 2]`` float32: rank correlations per image after each of ``sanity.RANDOMISATIONS``."""
-    name = (f"sanity-v{CHECKS_VERSION}.{SANITY_VERSION}-{method}-seed{int(random_state)}-{encoder_key}-"
-            f"{distiller_fingerprint}")
-    return RowStore(cache_dir, name, (S.N_TARGETS, len(RANDOMISATIONS)))
+    """Rows ``[n_seeds, MAX_STEPS, 17, 2]`` float32 per image: ``sanity.SIMILARITIES`` after each cascade step
+    (NaN beyond the model's blocks)."""
+    name = (f"sanity-v{CHECKS_VERSION}.{SANITY_VERSION}-{method}-n{DEFAULT_SEEDS}-seed{int(random_state)}-"
+            f"{encoder_key}-{distiller_fingerprint}")
+    return RowStore(cache_dir, name, (DEFAULT_SEEDS, MAX_STEPS, S.N_TARGETS, len(SIMILARITIES)))
+
+
+def target_store(cache_dir: str | Path, encoder_key: str, distiller_fingerprint: str, method: str) -> RowStore:
+    """Rows ``[17]`` float32 per image: target sensitivity (``sanity.target_sensitivity``)."""
+    name = f"targets-v{CHECKS_VERSION}.{SANITY_VERSION}-{method}-{encoder_key}-{distiller_fingerprint}"
+    return RowStore(cache_dir, name, (S.N_TARGETS,))
 
 
 def image_seed(image_id: str) -> int:
@@ -167,41 +192,37 @@ def image_seed(image_id: str) -> int:
     return int(hashlib.sha1(str(image_id).encode()).hexdigest()[:8], 16)
 
 
-def _stores(src: CheckSource, method: str, steps: int, n_random: int, random_state: int) -> tuple[RowStore, RowStore]:
+def _stores(src: CheckSource, method: str, steps: int, n_random: int, random_state: int
+            ) -> tuple[RowStore, RowStore, RowStore, RowStore]:
+    """(faithfulness, sanity, occlusion, target-sensitivity) stores of ``src``."""
     fp = src.distiller.fingerprint
     return (faithfulness_store(src.cache_dir, src.encoder_key, fp, method, steps, n_random, random_state),
-            sanity_store(src.cache_dir, src.encoder_key, fp, method, random_state))
+            sanity_store(src.cache_dir, src.encoder_key, fp, method, random_state),
+            occlusion_store(src.cache_dir, src.encoder_key, fp, method),
+            target_store(src.cache_dir, src.encoder_key, fp, method))
 
 
 # ----------------------------------------------------------------------------- compute
 
 
-def _fill(store: RowStore, ids: list[str], compute: Callable[[object, list[str]], np.ndarray], src: CheckSource,
-          progress: Callable[[int, int], None] | None) -> None:
-    """Compute and store the rows of ``ids`` that ``store`` lacks, ``CHUNK`` images at a time."""
-    todo = store.missing(ids)
-    if progress:
-        progress(0, len(todo))
-    if not todo:
-        return
-    encoder = src.load_encoder()
-    for start in range(0, len(todo), CHUNK):
-        chunk = todo[start:start + CHUNK]
-        store.put(chunk, compute(encoder, chunk).astype(np.float32))
-        if progress:
-            progress(min(start + CHUNK, len(todo)), len(todo))
+def _faith_todo(store: RowStore, occ: RowStore, ids: list[str], targets: list[int]) -> tuple[list[str], set[str]]:
+    """(images with a missing curve row or occlusion row, the missing curve keys)."""
+    missing = set(store.missing([faithfulness_key(i, t) for i in ids for t in targets]))
+    no_occ = set(occ.missing(ids))
+    todo = [i for i in ids if i in no_occ or any(faithfulness_key(i, t) in missing for t in targets)]
+    return todo, missing
 
 
 def fill_faithfulness(src: CheckSource, ids: list[str], method: str, targets: Sequence[int] | None = None,
                       steps: int = DEFAULT_STEPS, n_random: int = DEFAULT_RANDOM, random_state: int = 0,
                       progress: Callable[[int, int], None] | None = None) -> RowStore:
-    """Faithfulness rows of ``ids`` x ``targets`` (None: all 17), computed where missing, ``CHUNK`` images at a
-    time (one evaluation per chunk for the targets its images lack); returns the store. The random baselines
-    are seeded per image, so rows computed in separate calls agree."""
-    store = _stores(src, method, steps, n_random, random_state)[0]
+    """Faithfulness rows of ``ids`` x ``targets`` (None: all 17) and the images' occlusion agreements,
+    computed where missing, ``CHUNK`` images at a time (one evaluation per chunk for the targets its images
+    lack); returns the curve store. The random baselines are seeded per image, so rows computed in separate
+    calls agree."""
+    store, _, occ, _ = _stores(src, method, steps, n_random, random_state)
     targets = check_targets(targets)
-    missing = set(store.missing([faithfulness_key(i, t) for i in ids for t in targets]))
-    todo = [i for i in ids if any(faithfulness_key(i, t) in missing for t in targets)]
+    todo, missing = _faith_todo(store, occ, ids, targets)
     if progress:
         progress(0, len(todo))
     if not todo:
@@ -210,11 +231,16 @@ def fill_faithfulness(src: CheckSource, ids: list[str], method: str, targets: Se
     metric = DeletionInsertion(encoder, src.distiller, steps=steps, n_random=n_random, random_state=random_state)
     for start in range(0, len(todo), CHUNK):
         chunk = todo[start:start + CHUNK]
+        px, maps = src.pixels(encoder, chunk), src.maps(encoder, chunk)
         need = [t for t in targets if any(faithfulness_key(i, t) in missing for i in chunk)]
-        res = metric.evaluate(src.pixels(encoder, chunk), src.maps(encoder, chunk)[:, need], target=need,
-                              seeds=[image_seed(i) for i in chunk])
-        store.put([faithfulness_key(i, t) for i in chunk for t in need],
-                  res.curves.reshape(-1, len(CURVES), int(steps) + 1).astype(np.float32))
+        if need:
+            res = metric.evaluate(px, maps[:, need], target=need, seeds=[image_seed(i) for i in chunk])
+            store.put([faithfulness_key(i, t) for i in chunk for t in need],
+                      res.rows.reshape(-1, len(CURVES) + int(n_random), int(steps) + 1).astype(np.float32))
+        lack = [k for k, i in enumerate(chunk) if i not in occ]
+        if lack:
+            effects = metric.occlusion(px[lack])
+            occ.put([chunk[k] for k in lack], occlusion_agreement(maps[lack], effects).astype(np.float32))
         if progress:
             progress(min(start + CHUNK, len(todo)), len(todo))
     return store
@@ -222,15 +248,24 @@ def fill_faithfulness(src: CheckSource, ids: list[str], method: str, targets: Se
 
 def fill_sanity(src: CheckSource, ids: list[str], method: str, random_state: int = 0,
                 progress: Callable[[int, int], None] | None = None) -> RowStore:
-    """Sanity rows for ``ids`` (computed where missing); returns the store."""
-    store = _stores(src, method, DEFAULT_STEPS, DEFAULT_RANDOM, random_state)[1]
-
-    def compute(encoder, chunk: list[str]) -> np.ndarray:
-        test = ParameterRandomisation(encoder, src.distiller, method, random_state=random_state,
-                                      encoder_random=src.encoder_random)
-        return test.evaluate(src.pixels(encoder, chunk), target=None, original=src.maps(encoder, chunk)).rho
-
-    _fill(store, ids, compute, src, progress)
+    """Sanity rows (cascade similarities and target sensitivity) for ``ids``, computed where missing;
+    returns the similarity store."""
+    _, store, _, tstore = _stores(src, method, DEFAULT_STEPS, DEFAULT_RANDOM, random_state)
+    todo = sorted(set(store.missing(ids)) | set(tstore.missing(ids)), key=ids.index)
+    if progress:
+        progress(0, len(todo))
+    if not todo:
+        return store
+    encoder = src.load_encoder()
+    test = ParameterRandomisation(encoder, src.distiller, method, random_state=random_state,
+                                  n_seeds=DEFAULT_SEEDS, encoder_random=src.encoder_random)
+    for start in range(0, len(todo), CHUNK):
+        chunk = todo[start:start + CHUNK]
+        res = test.evaluate(src.pixels(encoder, chunk), target=None, original=src.maps(encoder, chunk))
+        store.put(chunk, res.similarity.astype(np.float32))
+        tstore.put(chunk, res.target_rho.astype(np.float32))
+        if progress:
+            progress(min(start + CHUNK, len(todo)), len(todo))
     return store
 
 
@@ -238,24 +273,43 @@ def fill_sanity(src: CheckSource, ids: list[str], method: str, random_state: int
 
 
 def faithfulness_from_rows(curves: np.ndarray, ids: list[str], method: str, steps: int, side: int,
-                           targets: Sequence[int] | None = None) -> FaithfulnessReport:
-    """The report from stored curves ``[n, K, 6, steps + 1]`` of ``targets`` (None: all 17)."""
+                           targets: Sequence[int] | None = None, occlusion: np.ndarray | None = None,
+                           random_state: int = 0) -> FaithfulnessReport:
+    """The report from stored rows ``[n, K, 6 + n_random, steps + 1]`` of ``targets`` (None: all 17) and the
+    occlusion agreements ``[n, 17]`` (None: NaN)."""
     x = patch_counts(side * side, steps) / (side * side)
     targets = check_targets(targets)
     curves = np.asarray(curves, np.float64)
-    return FaithfulnessReport(summarise(curves, x, targets), per_image_table(curves, x, targets, ids),
-                              mean_curves(curves, x, targets), x, method, ids)
+    occ = np.full((len(ids), S.N_TARGETS), np.nan) if occlusion is None else np.asarray(occlusion, np.float64)
+    summary = summarise(curves, x, targets, random_state=random_state).merge(
+        occlusion_summary(occ[:, targets], targets).drop(columns=["target_name", "n_images"]), on="target")
+    per_image = per_image_table(curves, x, targets, ids)
+    per_image["occlusion_rho"] = occ[:, targets].reshape(-1)
+    return FaithfulnessReport(summary, per_image, mean_curves(curves, x, targets), x, method, ids)
 
 
-def sanity_from_rows(rho: np.ndarray, ids: list[str], method: str, encoder_random: bool) -> SanityReport:
-    """The report from stored rank correlations ``[n, 17, 2]``."""
-    rho = np.asarray(rho, np.float64)
+def sanity_from_rows(similarity: np.ndarray, target_rho: np.ndarray, ids: list[str], method: str,
+                     encoder_random: bool) -> SanityReport:
+    """The report from stored similarities ``[n, seeds, MAX_STEPS, 17, 2]`` and target sensitivities
+    ``[n, 17]``."""
+    import warnings
+
+    sim = np.asarray(similarity, np.float64)
+    trho = np.asarray(target_rho, np.float64)
+    targets = list(range(S.N_TARGETS))
+    summary = summarise_similarity(sim, trho, targets, encoder_random)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per = np.nanmean(sim, axis=1)  # [n, steps, 17, 2]
+    last = max(valid_steps(sim) - 1, 0)
     k = S.N_TARGETS
     per_image = pd.DataFrame({"image_id": np.repeat(np.asarray(ids, dtype=object), k),
                               "target": np.tile(np.arange(k), len(ids)),
                               "target_name": np.tile(np.asarray(S.TARGET_NAMES, dtype=object), len(ids)),
-                              "rho_distiller": rho[..., 0].reshape(-1), "rho_last_block": rho[..., 1].reshape(-1)})
-    return SanityReport(summarise_rho(rho, list(range(k)), encoder_random), per_image, encoder_random, method, ids)
+                              "rho_distiller": per[:, 0, :, 0].reshape(-1), "rho_cascade": per[:, last, :, 0].reshape(-1),
+                              "topk_distiller": per[:, 0, :, 1].reshape(-1), "topk_cascade": per[:, last, :, 1].reshape(-1),
+                              "target_rho": trho.reshape(-1)})
+    return SanityReport(summary, per_image, cascade_table(sim, targets), encoder_random, method, ids)
 
 
 def _check_method(method: str) -> str:
@@ -264,59 +318,69 @@ def _check_method(method: str) -> str:
     return method
 
 
+def _read_faithfulness(src: CheckSource, ids: list[str], method: str, targets: list[int], steps: int,
+                       n_random: int, random_state: int) -> FaithfulnessReport:
+    """The faithfulness report of ``ids`` x ``targets`` from the stores (every row present)."""
+    store, _, occ, _ = _stores(src, method, steps, n_random, random_state)
+    rows = store.get([faithfulness_key(i, t) for i in ids for t in targets])
+    curves = np.asarray(rows).reshape(len(ids), len(targets), len(CURVES) + int(n_random), int(steps) + 1)
+    return faithfulness_from_rows(curves, ids, method, steps, src.side, targets, occ.get(ids), random_state)
+
+
 def faithfulness_report(bundle, image_ids: Sequence[str], method: str = S.DEFAULT_METHOD, encoder=None,
                         targets: Sequence[int] | None = None, steps: int = DEFAULT_STEPS,
                         n_random: int = DEFAULT_RANDOM, random_state: int = 0,
                         progress: Callable[[int, int], None] | None = None) -> FaithfulnessReport:
-    """Deletion / insertion figures of ``method``'s maps for ``image_ids`` x ``targets`` (None: all 17) of an
-    open ``Bundle``; each image and target is computed once (the maps too), then read from the bundle's cache.
-    The encoder loads on a miss only. ``progress(done, total)`` counts images."""
+    """Deletion / insertion figures and occlusion agreement of ``method``'s maps for ``image_ids`` x
+    ``targets`` (None: all 17) of an open ``Bundle``; each image and target is computed once (the maps
+    too), then read from the bundle's cache. The encoder loads on a miss only. ``progress(done, total)``
+    counts images."""
     ids = bundle.check_ids(image_ids)
     targets = check_targets(targets)
     src = CheckSource.from_bundle(bundle, _check_method(method), encoder)
-    store = fill_faithfulness(src, ids, method, targets, steps, n_random, random_state, progress)
-    rows = store.get([faithfulness_key(i, t) for i in ids for t in targets])
-    curves = np.asarray(rows).reshape(len(ids), len(targets), len(CURVES), int(steps) + 1)
-    return faithfulness_from_rows(curves, ids, method, steps, src.side, targets)
+    fill_faithfulness(src, ids, method, targets, steps, n_random, random_state, progress)
+    return _read_faithfulness(src, ids, method, targets, steps, n_random, random_state)
 
 
 def sanity_report(bundle, image_ids: Sequence[str], method: str = S.DEFAULT_METHOD, encoder=None,
                   random_state: int = 0, progress: Callable[[int, int], None] | None = None) -> SanityReport:
-    """Parameter-randomisation figures and verdicts of ``method``'s maps for ``image_ids`` of an open
-    ``Bundle`` (cached per image like ``faithfulness_report``)."""
+    """Cascading parameter-randomisation and target-sensitivity figures and verdicts of ``method``'s maps
+    for ``image_ids`` of an open ``Bundle`` (cached per image like ``faithfulness_report``)."""
     ids = bundle.check_ids(image_ids)
     src = CheckSource.from_bundle(bundle, _check_method(method), encoder)
     store = fill_sanity(src, ids, method, random_state, progress)
-    return sanity_from_rows(store.get(ids), ids, method, src.encoder_random)
+    tstore = _stores(src, method, DEFAULT_STEPS, DEFAULT_RANDOM, random_state)[3]
+    return sanity_from_rows(store.get(ids), tstore.get(ids), ids, method, src.encoder_random)
 
 
 def checks_missing(bundle, image_ids: Sequence[str], method: str = S.DEFAULT_METHOD, encoder=None,
                    targets: Sequence[int] | None = None, steps: int = DEFAULT_STEPS, n_random: int = DEFAULT_RANDOM,
                    random_state: int = 0) -> dict[str, list[str]]:
     """``{"faithfulness": ids, "sanity": ids}``: the images each report would compute for ``targets`` (None:
-    all 17; the sanity check always covers all 17). Empty lists: everything is cached."""
+    all 17; the occlusion agreement comes with the faithfulness report; the sanity check always covers all
+    17). Empty lists: everything is cached."""
     ids = bundle.check_ids(image_ids)
     targets = check_targets(targets)
-    faith, sanity = _stores(CheckSource.from_bundle(bundle, method, encoder), method, steps, n_random, random_state)
-    missing = set(faith.missing([faithfulness_key(i, t) for i in ids for t in targets]))
-    return {"faithfulness": [i for i in ids if any(faithfulness_key(i, t) in missing for t in targets)],
-            "sanity": sanity.missing(ids)}
+    faith, sanity, occ, tstore = _stores(CheckSource.from_bundle(bundle, method, encoder), method, steps, n_random,
+                                         random_state)
+    no_sanity = set(sanity.missing(ids)) | set(tstore.missing(ids))
+    return {"faithfulness": _faith_todo(faith, occ, ids, targets)[0], "sanity": [i for i in ids if i in no_sanity]}
 
 
 def run_checks(src: CheckSource, ids: list[str], method: str,
                progress: Callable[[str, int, int], None] | None = None
-               ) -> tuple[FaithfulnessReport, SanityReport, tuple[RowStore, RowStore]]:
+               ) -> tuple[FaithfulnessReport, SanityReport, tuple[RowStore, ...]]:
     """Both checks with the default parameters on ``ids`` (computed where missing): the reports and their
     stores. ``progress(check, done, total)``, ``check`` "faithfulness" or "sanity"."""
     def report(name: str):
         return (lambda d, t: progress(name, d, t)) if progress else None
 
-    faith = fill_faithfulness(src, ids, method, progress=report("faithfulness"))
-    sanity = fill_sanity(src, ids, method, progress=report("sanity"))
-    rows = faith.get([faithfulness_key(i, t) for i in ids for t in range(S.N_TARGETS)])
-    curves = np.asarray(rows).reshape(len(ids), S.N_TARGETS, len(CURVES), DEFAULT_STEPS + 1)
-    return (faithfulness_from_rows(curves, ids, method, DEFAULT_STEPS, src.side),
-            sanity_from_rows(sanity.get(ids), ids, method, src.encoder_random), (faith, sanity))
+    fill_faithfulness(src, ids, method, progress=report("faithfulness"))
+    fill_sanity(src, ids, method, progress=report("sanity"))
+    stores = _stores(src, method, DEFAULT_STEPS, DEFAULT_RANDOM, 0)
+    faith = _read_faithfulness(src, ids, method, list(range(S.N_TARGETS)), DEFAULT_STEPS, DEFAULT_RANDOM, 0)
+    sanity = sanity_from_rows(stores[1].get(ids), stores[3].get(ids), ids, method, src.encoder_random)
+    return faith, sanity, stores
 
 
 # ----------------------------------------------------------------------------- the analyze-time sample
@@ -364,8 +428,11 @@ def analysis_checks(bundle) -> tuple[FaithfulnessReport, SanityReport] | None:
 
 def summary_json(faith: FaithfulnessReport, sanity: SanityReport) -> dict:
     """A small JSON-ready digest of both reports (``bundle.json["explanation_checks"]``): method, image ids
-    and, per target, ratio, deletion_abc, insertion_abc, beats_random, rho_distiller, rho_last_block, flagged."""
+    and, per target, the faithfulness ratio with its interval and verdict, the areas between curves, the
+    occlusion agreement, the sanity similarities, status and flag."""
     def clean(v):
+        if isinstance(v, str):
+            return v
         if isinstance(v, (bool, np.bool_)):
             return bool(v)
         if isinstance(v, (int, np.integer)):
@@ -373,8 +440,9 @@ def summary_json(faith: FaithfulnessReport, sanity: SanityReport) -> dict:
         v = float(v)
         return None if math.isnan(v) else round(v, 4)
 
-    rows = faith.summary.merge(sanity.summary, on=["target", "target_name"], suffixes=("", "_sanity"))
-    cols = ["ratio", "deletion_abc", "insertion_abc", "beats_random", "rho_distiller", "rho_last_block", "flagged"]
+    rows = faith.summary.merge(sanity.summary.drop(columns=["n_images"]), on=["target", "target_name"])
+    cols = ["ratio", "ratio_low", "ratio_high", "verdict", "n_images", "deletion_abc", "insertion_abc", "beats_random",
+            "occlusion_rho", "rho_distiller", "rho_cascade", "target_rho", "status", "flagged"]
     return {"method": faith.method, "image_ids": list(faith.image_ids), "encoder_random": bool(sanity.encoder_random),
             "targets": [{"target": int(r["target"]), "name": r["target_name"], **{c: clean(r[c]) for c in cols}}
                         for _, r in rows.iterrows()]}
@@ -409,5 +477,6 @@ def read_summary(bundle) -> dict | None:
 
 __all__ = ["CHECKS_VERSION", "CheckSource", "FaithfulnessReport", "SanityReport", "analysis_checks", "analysis_sample",
            "check_sample", "check_targets", "checks_method", "checks_missing", "faithfulness_from_rows", "faithfulness_report",
-           "faithfulness_key", "faithfulness_store", "fill_faithfulness", "fill_sanity", "image_seed", "read_summary", "run_checks",
+           "faithfulness_key", "faithfulness_store", "fill_faithfulness", "fill_sanity", "image_seed", "occlusion_store",
+           "read_summary", "run_checks", "target_store",
            "sanity_from_rows", "sanity_report", "sanity_store", "summary_json", "write_summary", "SUMMARY_FILE"]

@@ -57,7 +57,11 @@ _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 #: ``THUMB_SIDE`` px, so every consumer still reads at least 3x the pixels it keeps.
 WORKING_SIDE = 1024
 #: Source pixels converted to RGB at a time (one band of rows): the conversion's temporaries stay this small.
-_BAND_PIXELS = 1 << 22
+_BAND_PIXELS = 1 << 20
+#: WebP decodes through libwebp's animation decoder, which holds two full-size RGBA canvases and a copy of the
+#: frame besides Pillow's image (about 16 bytes per pixel at the peak, 4 for the other formats): hosted mode
+#: accepts WebP up to this share of the pixel budget (32 Mpx of 64: a peak near 500 MB, as a 64 Mpx PNG's).
+WEBP_BUDGET_SHARE = 0.5
 #: Largest thumbnail read from a bundle (pixels, from its header): thumbnails are written at most
 #: ``THUMB_SIDE`` px, so anything over (4 x THUMB_SIDE)^2 is not a thumbnail and is shown grey.
 THUMB_MAX_PIXELS = (4 * THUMB_SIDE) ** 2
@@ -212,15 +216,18 @@ def _megapixels(px: int) -> str:
     return f"{mp:.0f}" if mp >= 9.5 else f"{mp:.2g}"
 
 
-def _too_large(path: PathLike, size: tuple[int, int] | None, limit: int) -> ImageLoadError:
-    """The refusal of an image over ``limit`` pixels: plain words in hosted mode (no setting named)."""
+def _too_large(path: PathLike, size: tuple[int, int] | None, limit: int, kind: str = "") -> ImageLoadError:
+    """The refusal of an image over ``limit`` pixels: plain words in hosted mode (no setting named);
+    ``kind``: "WebP " when the limit is WebP's own."""
     w, h = size if size else (0, 0)
     if settings().hosted:
         what = f"this image is {w} x {h} pixels ({_megapixels(w * h)} megapixels)" if size else \
             "this image is too large"
         side = int((limit ** 0.5) // 100 * 100) or int(limit ** 0.5)
-        return ImageLoadError(str(path), f"{what}; this explorer accepts up to {_megapixels(limit)} megapixels",
-                              f"resize it to at most {_megapixels(limit)} megapixels (e.g. {side} x {side}) "
+        other = " or convert it to PNG or JPEG" if kind else ""
+        return ImageLoadError(str(path), f"{what}; this explorer accepts {kind + 'images ' if kind else ''}up to "
+                                         f"{_megapixels(limit)} megapixels",
+                              f"resize it to at most {_megapixels(limit)} megapixels (e.g. {side} x {side}){other} "
                               "and upload it again.")
     what = f"{w} x {h} pixels" if size else "the image size"
     return ImageLoadError(str(path), f"decompression bomb: {what} exceeds the limit ({limit} pixels, "
@@ -351,6 +358,10 @@ def _open_within(data: bytes, path: PathLike, limit: int | None) -> Image.Image:
         raise _too_large(path, _probe_size(data), limit or 2 * int(Image.MAX_IMAGE_PIXELS)) from None
     if limit is not None and im.width * im.height > limit:
         raise _too_large(path, im.size, limit)
+    if limit is not None and im.format == "WEBP" and settings().hosted:
+        webp = int(limit * WEBP_BUDGET_SHARE)
+        if im.width * im.height > webp:
+            raise _too_large(path, im.size, webp, "WebP ")
     return im
 
 

@@ -26,16 +26,23 @@ Baselines, both target-independent and computed once per image for all 17 target
 - area-matched random mask: at every step ``n_random`` independent uniform draws of ``k_j`` patches (not
   nested across steps), averaged. Its expectation equals the random order's.
 
-Sign convention. The maps are non-negative: they claim which patches raise the target. Deletion therefore
-measures how much of the target's own value is removed, ``f(x) - f(x_j)`` (positive when the target falls),
-for every target, whichever way the fill moves it: per image and target, with ``delta = f(x) - f(b)`` (how
-far the target moves when every patch is replaced) every curve is normalised as
-``1 - (f(x) - f(x_j)) / |delta|``, so deletion starts at 1 and a map is credited when the target falls
-faster than with random orders. Where the fill lowers the target (``delta > 0``) this is ``(f(x_j) - f(b)) /
-delta`` (deletion 1 -> 0, insertion 0 -> 1); where the fill raises it (``delta < 0``) the random deletion
-curve rises above 1 (clipped to 1 in the ratio) and a map that lowers the target still beats it. The
-occlusion effect of patch ``p`` is ``f(x) - f(x without p)`` (the drop when ``p`` alone is replaced), so a map
-ordered by it is near-optimal for deletion on every target that reacts. Where ``|delta| <= MIN_DELTA`` the
+Sign convention and scale. The maps are non-negative: they claim which patches raise the target. Deletion
+therefore measures how much of the target's own value is removed, ``f(x) - f(x_j)`` (positive when the
+target falls), for every target, whichever way the fill moves it, in units of the target's **scale**
+``s``: every curve is normalised as ``1 - (f(x) - f(x_j)) / s``, so deletion starts at 1 and a map is
+credited when the target falls faster than with random orders.
+
+- the fake target (16), on the probability: ``s = p(x)``, the probability itself (Petsiuk et al. score
+  the raw class probability): the share of the fake probability removed. A model that barely reacts to the
+  patches (a shuffled-label control whose probability moves from 0.54 to 0.48) is not credited for a
+  small move that happens to be most of a small ``f(x) - f(b)``;
+- the dimensions (0..15), which have no natural zero: ``s = |f(x) - f(b)|``, how far the target moves when
+  every patch is replaced. Where the fill lowers the target this is ``(f(x_j) - f(b)) / (f(x) - f(b))``
+  (deletion 1 -> 0, insertion 0 -> 1); where the fill raises it, the random deletion curve rises above 1
+  (clipped to 1 in the ratio) and a map that lowers the target still beats it.
+
+The occlusion effect of patch ``p`` is ``f(x) - f(x without p)`` (the drop when ``p`` alone is replaced), so a
+map ordered by it is near-optimal for deletion on every target that reacts. Where ``s <= MIN_DELTA`` the
 target does not react and the image's figures are NaN (left out).
 
 Figures per image and target (``image_figures``): ``auc`` (trapezoid area over ``x = k_j / P``), areas
@@ -46,11 +53,14 @@ step): how many times less of the target is left, on average over the deletion, 
 1 for a map no better than random, below 1 for a misleading one. Its interval per image
 (``ratio_low``, ``ratio_high``): the mean over the ``n_random`` orders +- 1.96 standard errors.
 
-Per target (``summarise``), means over images are weighted by ``|delta|`` (an image where the target
-barely reacts counts little); the weighted mean of the normalised ABC equals ``sum(raw ABC) / sum(|delta|)``
-for either sign of delta. The summary ratio is the ratio of the weighted mean clipped areas; its 95% interval is a
-percentile bootstrap over images (``N_BOOT`` resamples, seeded); ``verdict`` says "better than random" or
-"worse than random" only where the interval excludes 1, else "not distinguishable from random".
+Per target (``summarise``), means over images are weighted by the scale ``s`` (an image where the target
+barely reacts counts little); the weighted mean of the normalised ABC equals ``sum(raw ABC) / sum(s)``
+for either sign of ``f(x) - f(b)``. The summary ratio is the ratio of the weighted mean clipped areas; its 95% interval is a
+percentile bootstrap over images (``N_BOOT`` resamples, seeded); ``verdict`` says "better than random" only
+where the whole interval lies above ``1 + MIN_GAIN`` (it excludes 1, and the gain is not negligible: a
+shuffled-label control's box map gains 5% on planted data), "worse than random" where it lies below
+``1 / (1 + MIN_GAIN)``, else "not clearly better than random"; under ``MIN_IMAGES_INTERVAL`` images "too
+few images to tell".
 
 Cost per image: ``2 + 2 (steps - 1) (K + 2 n_random)`` forwards at most (identical masks run once), in
 batches of ``batch_size``; occlusion ``P + 1`` more.
@@ -344,16 +354,28 @@ class DeletionInsertion:
 # ----------------------------------------------------------------------------- figures (numpy only)
 
 
-def normalise_curves(curves: np.ndarray) -> np.ndarray:
-    """Curves ``[..., R, T]`` (``CURVES`` first, then any random orders) -> ``1 - (f(x) - f) / |f(x) - f(b)|``
-    (see the module's sign convention); NaN where ``|f(x) - f(b)| <= MIN_DELTA``.
+def curve_scale(curves: np.ndarray, targets: Sequence[int] | None = None) -> np.ndarray:
+    """``[..., K]``: each image and target's scale ``s`` (see the module) from ``curves [..., K, R, T]``:
+    ``f(x)`` for the fake target (16, scored on the probability), ``|f(x) - f(b)|`` for the dimensions
+    (``targets`` None: all dimensions)."""
+    full, empty = curves[..., 0, 0], curves[..., 0, -1]
+    scale = np.abs(full - empty)
+    if targets is not None:
+        fake = np.asarray(targets) == FAKE_LOGIT
+        scale = np.where(fake, full, scale)
+    return scale
+
+
+def normalise_curves(curves: np.ndarray, targets: Sequence[int] | None = None) -> np.ndarray:
+    """Curves ``[..., K, R, T]`` (``CURVES`` first, then any random orders) of ``targets`` -> ``1 - (f(x) - f)
+    / s`` (``curve_scale``; see the module's sign convention); NaN where ``s <= MIN_DELTA``.
 
     ``f(x)`` is the deletion curve's first point (the image), ``f(b)`` its last (every patch replaced)."""
-    full, empty = curves[..., 0, :1], curves[..., 0, -1:]
-    scale = np.abs(full - empty)
+    full = curves[..., 0, :1]
+    scale = curve_scale(curves, targets)[..., None, None]
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = 1.0 - (full[..., None, :] - curves) / scale[..., None, :]
-    return np.where(scale[..., None, :] > MIN_DELTA, out, np.nan)
+        out = 1.0 - (full[..., None, :] - curves) / scale
+    return np.where(scale > MIN_DELTA, out, np.nan)
 
 
 def curve_auc(curves: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -362,12 +384,13 @@ def curve_auc(curves: np.ndarray, x: np.ndarray) -> np.ndarray:
     return ((curves[..., 1:] + curves[..., :-1]) * 0.5 * dx).sum(axis=-1)
 
 
-def image_figures(curves: np.ndarray, x: np.ndarray) -> dict[str, np.ndarray]:
+def image_figures(curves: np.ndarray, x: np.ndarray, targets: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """Per image and target (``[..., K]`` each) from ``curves [..., K, 6 (+ n_random), T]``: AUCs of every
     curve (``<curve>_auc``, normalised), the areas between curves (``deletion_abc``, ``insertion_abc``, and
     ``*_abc_mask`` against area-matched masks), the ``ratio`` with its interval over the random orders
-    (``ratio_low``, ``ratio_high``; NaN without orders) and ``delta = f(x) - f(b)``. See the module."""
-    norm = normalise_curves(curves)
+    (``ratio_low``, ``ratio_high``; NaN without orders), ``delta = f(x) - f(b)`` and the ``scale``
+    (``curve_scale``; ``targets`` None: all dimensions). See the module."""
+    norm = normalise_curves(curves, targets)
     auc = curve_auc(norm[..., :len(CURVES), :], x)  # [..., 6]
     out = {f"{name}_auc": auc[..., i] for i, name in enumerate(CURVES)}
     out["deletion_abc"] = out["random_deletion_auc"] - out["deletion_auc"]
@@ -384,6 +407,7 @@ def image_figures(curves: np.ndarray, x: np.ndarray) -> dict[str, np.ndarray]:
     else:
         out["ratio_low"] = out["ratio_high"] = np.full_like(out["ratio"], np.nan)
     out["delta"] = curves[..., 0, 0] - curves[..., 0, -1]
+    out["scale"] = curve_scale(curves, targets)
     return out
 
 
@@ -391,7 +415,7 @@ def per_image_table(curves: np.ndarray, x: np.ndarray, targets: Sequence[int], i
                     ) -> pd.DataFrame:
     """Long table, one row per image and target: image_id, target, target_name, deletion_abc, insertion_abc,
     deletion_abc_mask, insertion_abc_mask, ratio, ratio_low, ratio_high, delta (what a tile shows)."""
-    fig = image_figures(curves, x)
+    fig = image_figures(curves, x, targets)
     n, k = curves.shape[:2]
     cols = ["deletion_abc", "insertion_abc", "deletion_abc_mask", "insertion_abc_mask", "ratio", "ratio_low",
             "ratio_high", "delta"]
@@ -408,8 +432,10 @@ SUMMARY_COLUMNS: tuple[str, ...] = (
     "insertion_abc", "insertion_abc_se", "insertion_abc_mask", "ratio", "ratio_low", "ratio_high",
     "mean_abs_delta", "verdict", "beats_random")
 #: the verdicts of ``ratio_verdict``, as the views print them
-VERDICTS: tuple[str, ...] = ("better than random", "not distinguishable from random", "worse than random",
+VERDICTS: tuple[str, ...] = ("better than random", "not clearly better than random", "worse than random",
                              "too few images to tell", "not measurable")
+#: the smallest gain over random a verdict credits: the ratio's whole interval above ``1 + MIN_GAIN``
+MIN_GAIN = 0.05
 MIN_IMAGES_INTERVAL = 3  # fewer images: no bootstrap interval
 
 
@@ -439,27 +465,31 @@ def bootstrap_ratio(area_map: np.ndarray, area_random: np.ndarray, w: np.ndarray
     return float(low), float(high)
 
 
-def ratio_verdict(ratio: float, low: float, high: float) -> str:
-    """One of ``VERDICTS``: better / worse than random only where the interval excludes 1."""
+def ratio_verdict(ratio: float, low: float, high: float, min_gain: float = MIN_GAIN) -> str:
+    """One of ``VERDICTS``: "better than random" only where the whole interval lies above ``1 + min_gain``
+    (so it excludes 1 and the gain is not negligible), "worse than random" where it lies below
+    ``1 / (1 + min_gain)``, else "not clearly better than random"."""
     if ratio is None or not np.isfinite(ratio):
         return "not measurable"
     if not (np.isfinite(low) and np.isfinite(high)):
         return "too few images to tell"
-    return "better than random" if low > 1 else "worse than random" if high < 1 else "not distinguishable from random"
+    if low > 1 + min_gain:
+        return "better than random"
+    return "worse than random" if high < 1 / (1 + min_gain) else "not clearly better than random"
 
 
 def summarise(curves: np.ndarray, x: np.ndarray, targets: Sequence[int], random_state: int = 0) -> pd.DataFrame:
     """One row per target (``SUMMARY_COLUMNS``) from ``curves [N, K, 6 (+ n_random), T]``: over the images whose
-    target reacts (``n_images``), the ``|delta|``-weighted means of the normalised AUCs and areas between
+    target reacts (``n_images``), the scale-weighted means of the normalised AUCs and areas between
     curves, the standard errors of the two ABCs, ``ratio`` from the weighted mean clipped AUCs with its
     bootstrap interval (``ratio_low``, ``ratio_high``), ``mean_abs_delta``, ``verdict`` (``ratio_verdict``)
     and ``beats_random`` (the verdict is "better than random")."""
-    fig = image_figures(curves, x)
-    clipped = curve_auc(np.clip(normalise_curves(curves), 0.0, 1.0), x)  # [N, K, R]
+    fig = image_figures(curves, x, targets)
+    clipped = curve_auc(np.clip(normalise_curves(curves, targets), 0.0, 1.0), x)  # [N, K, R]
     rows = []
     for k, t in enumerate(targets):
         ok = np.isfinite(fig["deletion_abc"][:, k])
-        w = np.abs(fig["delta"][ok, k])
+        w = fig["scale"][ok, k]
         row = {"target": int(t), "target_name": TARGET_NAMES[t], "n_images": int(ok.sum())}
         for c in ("deletion_auc", "random_deletion_auc", "mask_deletion_auc", "insertion_auc", "random_insertion_auc",
                   "mask_insertion_auc", "deletion_abc", "deletion_abc_mask", "insertion_abc", "insertion_abc_mask"):
@@ -479,9 +509,9 @@ def summarise(curves: np.ndarray, x: np.ndarray, targets: Sequence[int], random_
 
 def mean_curves(curves: np.ndarray, x: np.ndarray, targets: Sequence[int]) -> pd.DataFrame:
     """Long table of the normalised curves averaged over images as ``summarise`` averages (weighted by
-    ``|f(x) - f(b)|``, NaN images left out), for plotting: target, target_name, curve (``CURVES``), x, y."""
-    norm = normalise_curves(curves)  # [N, K, R, T]
-    w = np.abs(curves[:, :, 0, 0] - curves[:, :, 0, -1])  # [N, K]
+    the scale ``s``, NaN images left out), for plotting: target, target_name, curve (``CURVES``), x, y."""
+    norm = normalise_curves(curves, targets)  # [N, K, R, T]
+    w = curve_scale(curves, targets)  # [N, K]
     rows = []
     for k, t in enumerate(targets):
         ok = np.isfinite(norm[:, k, 0, 0])
@@ -528,6 +558,6 @@ def occlusion_summary(rho: np.ndarray, targets: Sequence[int]) -> pd.DataFrame:
 
 
 __all__ = ["BASELINES", "CURVES", "DEFAULT_BASELINE", "DeletionInsertion", "FAITHFULNESS_VERSION", "FaithfulnessResult",
-           "MIN_DELTA", "SUMMARY_COLUMNS", "VERDICTS", "blurred", "bootstrap_ratio", "curve_auc", "fill_image",
+           "MIN_DELTA", "MIN_GAIN", "SUMMARY_COLUMNS", "VERDICTS", "blurred", "bootstrap_ratio", "curve_auc", "curve_scale", "fill_image",
            "image_figures", "mean_curves", "mean_interval", "model_targets", "normalise_curves", "occlusion_agreement",
            "occlusion_summary", "patch_counts", "per_image_table", "ratio_verdict", "scored", "summarise"]

@@ -21,8 +21,10 @@ Rows = Union[np.ndarray, Iterable[np.ndarray]]
 CHUNK_ROWS = 16_384  # rows converted to float64 at a time: 64 MB at D = 512
 
 
-def _chunks(rows: Rows, chunk_rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
-    """``rows`` as float64 chunks ``[n, D]`` (an array is sliced, an iterable passed through)."""
+def _chunks(rows: Rows, chunk_rows: int | None = None) -> Iterator[np.ndarray]:
+    """``rows`` as float64 chunks ``[n, D]`` (an array is sliced ``chunk_rows``, default ``CHUNK_ROWS``, at a
+    time; an iterable is passed through)."""
+    chunk_rows = chunk_rows or CHUNK_ROWS
     if hasattr(rows, "shape"):
         for s in range(0, len(rows), chunk_rows):
             yield np.asarray(rows[s:s + chunk_rows], np.float64)
@@ -31,7 +33,7 @@ def _chunks(rows: Rows, chunk_rows: int = CHUNK_ROWS) -> Iterator[np.ndarray]:
         yield np.asarray(part, np.float64)
 
 
-def covariance(rows: Rows, chunk_rows: int = CHUNK_ROWS) -> tuple[np.ndarray, np.ndarray, int]:
+def covariance(rows: Rows, chunk_rows: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """``(mean [D], scatter [D, D], N)`` of ``rows`` in one pass over chunks: scatter is the sum of
     ``(x - mean)(x - mean)^T`` (float64). Each chunk is shifted by the first chunk's mean before its
     products are summed, so the final centring subtracts a small term (no cancellation)."""
