@@ -48,7 +48,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-import uuid
 import zipfile
 import zlib
 from dataclasses import dataclass, field

@@ -137,10 +137,10 @@ def stability(enc, det, px, n_seeds: int) -> None:
 
 def sanity_flags(enc, det, px) -> None:
     """One map reused for every target; the library's maps; flagged counts (CLIP treated as trained)."""
-    from asap_core.method.relevance import relevance_maps
+    from asap_core.method.relevance import AttentionRelevance
 
     def reused(encoder, distiller, p, idx):
-        one = relevance_maps(encoder, distiller, p, target=[FAKE_LOGIT])
+        one = AttentionRelevance(encoder, distiller, "last-block").attribute(p, target=[FAKE_LOGIT])
         return one.expand(-1, len(idx), -1, -1)
 
     for name, explain in (("one map for all targets", reused), ("last-block maps", None)):

@@ -78,3 +78,15 @@ def local_app_env(monkeypatch, cache_dir: Path) -> None:
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("ASAP_CACHE_DIR", str(cache_dir))
     reload_settings()
+
+
+def plain(markdown: str) -> str:
+    """What a reader sees of a Markdown string an element carries (escapes resolved, tags dropped): for tests
+    that look for a name in a message shown as text (``views.text.as_text``)."""
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    rendered = MarkdownIt("commonmark").enable(["table", "strikethrough"]).render(markdown)
+    return html.unescape(re.sub(r"<[^>]+>", "", rendered)).strip().replace("\u2060", "")
