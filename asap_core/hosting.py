@@ -376,9 +376,19 @@ def open_check(path: Path, deep: bool = False) -> None:
 
 
 def check_bundle_files(path: Path) -> None:
-    """Refuse a bundle that carries files other than open formats (pickle-capable files above all)."""
+    """Refuse a bundle that carries files other than open formats (pickle-capable files above all); a folder
+    that cannot be walked is refused too (``BundleError``, never an ``OSError``)."""
     if not path.is_dir():
         raise BundleError(f"{path.name} is not a bundle folder.", "pick one of the listed bundles.")
+    try:
+        _check_files(path)
+    except OSError as exc:
+        raise BundleError(f"bundle {path.name} cannot be read ({exc.strerror or 'input/output error'}).",
+                          "the explorer's operator can check the folder's permissions.") from None
+
+
+def _check_files(path: Path) -> None:
+    """``check_bundle_files`` of the folder ``path``, which exists."""
     for f in path.rglob("*"):
         if f.is_symlink():
             raise BundleError(f"{f.relative_to(path)} in bundle {path.name} is a symbolic link.",
@@ -404,7 +414,7 @@ def _plain_npy(f: Path) -> bool:
             version = fmt.read_magic(fh)
             read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             _, _, dtype = read(fh)
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 - OSError, ValueError, SyntaxError or RecursionError from a forged header
         return False
     return not dtype.hasobject
 

@@ -683,6 +683,8 @@ def zip_upload(build: Callable[[], bytes], check: Callable[[Run, str], str] | No
         finally:
             await ctx.close()
         problem = "crashed" if CRASH in msg else ("" if not LEAKS.search(msg) else f"leaks {LEAKS.search(msg).group(0)!r}")
+        if "Could not load CLIP" in msg or "model" in msg.lower() and "cache" in msg.lower():
+            problem = problem or "not exercised: the upload's model is missing"
         problem = problem or (check(run, msg) if check else "") or \
             ("no answer" if msg.startswith("no answer") else "")
         return Outcome(msg, not problem, problem, {"zip_bytes": len(data)})
@@ -1000,7 +1002,11 @@ def setup(work: Path) -> tuple[Path, dict[str, Server], dict[str, Path]]:
     """The demo bundle (built once in ``work``), the two bundle roots and their server configurations."""
     from load_test import build_demo_bundle
 
+    from asap_core.pipeline.demo import RANDOM_CLIP, write_random_clip
+
     demo = build_demo_bundle(work)
+    if not (work / "random-clip" / "config.json").is_file():  # a reused bundle: its CLIP was not written
+        write_random_clip(work / "random-clip", **RANDOM_CLIP)
     servers, roots = {}, {}
     extra = {"A": {"ASAP_RELEVANCE_BUDGET": "100000"},
              "B": {"ASAP_RELEVANCE_BUDGET": str(SPOOF_BUDGET), "ASAP_TRUSTED_PROXIES": "1"}}
@@ -1013,7 +1019,8 @@ def setup(work: Path) -> tuple[Path, dict[str, Server], dict[str, Path]]:
         cache.mkdir(exist_ok=True)
         env = {"ASAP_HOSTED": "1", "ASAP_BUNDLE_ROOT": str(root), "ASAP_BUNDLE": "", "ASAP_CACHE_DIR": str(cache),
                "ASAP_STATE_URL": f"sqlite:///{work / f'state-{name}.sqlite3'}", "ASAP_MAX_UPLOAD_MB": "10",
-               "ASAP_CLIENT_HEADER": "X-Forwarded-For", "ASAP_TRUSTED_PROXIES": "0", **more}
+               "ASAP_CLIENT_HEADER": "X-Forwarded-For", "ASAP_TRUSTED_PROXIES": "0",
+               "ASAP_MODEL": str(work / "random-clip"), **more}  # labelled uploads train with this CLIP, offline
         servers[name], roots[name] = Server(name, env, work / f"server-{name}.log"), root
     return demo, servers, roots
 

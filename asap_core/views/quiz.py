@@ -16,6 +16,7 @@ kept here; answers live only in the caller's session.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 from urllib.parse import urlencode
@@ -26,7 +27,8 @@ from PIL import Image
 
 from ..storage.schema import LABELS, N_DIMS
 from . import attention as va
-from ..storage.labels import dimension_label
+from ..storage.labels import dimension_label, dimension_name
+from ..storage.schema import FAKE_LOGIT
 from . import overview as ov
 from . import state as vs
 
@@ -336,3 +338,177 @@ def push_text(dim: int, contribution: float, names: Sequence[str] = ()) -> str:
     """"dim 7 · smooth skin pushed towards AI (+1.23 on the fake logit)" (``names``: ``Bundle.dimension_names``)."""
     side = "AI" if contribution >= 0 else "real"
     return f"{dimension_label(dim, names)} pushed towards {side} ({contribution:+.2f} on the fake logit)"
+
+
+# ------------------------------------------------------------------------------------------ the reveal in plain words
+#: what a student should look at next time, by the image's truth (one sentence each; ages 12 and up)
+TIPS: dict[str, str] = {
+    "fake": "Next time, look closely at hands, text, eyes and edges: AI often gets small things wrong.",
+    "real": "Next time, look for small messy things, like dust, odd light or a crowd: real photos are full of them.",
+}
+UNTRAINED = ("This practice computer was never trained, so its guess is just luck. It has no reasons to show "
+             "you.")
+MAP_CAPTION = "Bright parts: where the computer looked most. It shows where it looked, not what is fake."
+NO_MAP = "The computer's view of this picture is not ready, so we only show the picture."
+STUDENT_LINE = "Look at each picture. Is it a real photo, or made by AI? Pick one, then see what the computer said."
+
+
+@dataclass(frozen=True)
+class PlainReveal:
+    """The reveal as a 12-year-old reads it: ``truth``, ``you`` (the student's answer), ``guess`` (the
+    computer's guess and how sure, in words), ``looked`` (caption of the spotlight picture, or why there is
+    none), ``named`` (names teachers gave to the looks that pushed the guess), ``examples`` (a sentence
+    before the example pictures of the looks without a name; "" when none are shown), ``tip``; ``trusted``
+    False: a random model, no "because" at all."""
+
+    truth: str
+    you: str
+    guess: str
+    looked: str
+    named: tuple[str, ...]
+    examples: str
+    tip: str
+    trusted: bool
+
+    def text(self) -> str:
+        """Everything a student reads, one sentence after the other (for readability checks)."""
+        named = f"What pushed its guess most has a name: {', '.join(self.named)}." if self.named else ""
+        return " ".join(t for t in (self.truth, self.you, self.guess, self.looked, named, self.examples, self.tip)
+                        if t)
+
+
+def how_sure(p_fake: float) -> str:
+    """How sure a guess of ``p_fake`` (0..1) is, in words: "quite sure: about 8 in 10"."""
+    conf = max(float(p_fake), 1.0 - float(p_fake))
+    k = int(np.clip(round(conf * 10), 5, 10))
+    if conf < 0.6:
+        return "not sure at all: it was close to a coin toss"
+    if conf >= 0.95:
+        return "very sure: more than 9 in 10"
+    word = "a little sure" if conf < 0.75 else "quite sure" if conf < 0.9 else "very sure"
+    return f"{word}: about {k} in 10"
+
+
+def the_thing(label: str) -> str:
+    """"AI" or "a real photo"."""
+    return "made by AI" if label == "fake" else "a real photo"
+
+
+def plain_reveal(rv: Reveal, said: str, names: Sequence[str] = (), trusted: bool = True,
+                 has_map: bool = True) -> PlainReveal:
+    """The words of the reveal of ``rv`` for a student who ``said`` real / fake. ``names``: the dimensions'
+    names (``Bundle.dimension_names``): named looks are called by their name, the others shown as example
+    pictures (never by number). ``trusted`` False (a random model): no reasons, and the sentence why.
+    ``has_map``: whether the spotlight picture is shown."""
+    truth = f"This picture is {the_thing(rv.truth)}."
+    you = "You said " + ("AI" if said == "fake" else "real") + (": well spotted!" if said == rv.truth
+                                                                 else ": not this time.")
+    guess = f"The computer guessed {'AI' if rv.pred == 'fake' else 'real'}."
+    if not trusted:
+        return PlainReveal(truth, you, f"{guess} {UNTRAINED}", "", (), "", TIPS.get(rv.truth, ""), False)
+    guess += f" It was {how_sure(rv.p_fake)}, and it was {'right' if rv.model_right else 'wrong'}."
+    named = tuple(f"“{dimension_name(d, names)}”" for d in rv.dims if dimension_name(d, names))
+    unnamed = [d for d in rv.dims if not dimension_name(d, names)]
+    examples = ("It also saw the same look in these pictures:" if unnamed else "")
+    return PlainReveal(truth, you, guess, MAP_CAPTION if has_map else NO_MAP, named, examples,
+                       TIPS.get(rv.truth, ""), True)
+
+
+def unnamed_examples(rv: Reveal, names: Sequence[str] = ()) -> list[str]:
+    """The example image ids of the looks of ``rv`` that have no name (the first of each look first)."""
+    groups = [ex for d, ex in zip(rv.dims, rv.exemplars) if not dimension_name(d, names)]
+    return [i for group in groups for i in group]
+
+
+def spotlight(picture_, maps: np.ndarray, pred: str, size: int = 300) -> Image.Image:
+    """The (centre-cropped, ``size`` px square) picture lit where the map pushed towards the computer's guess
+    ``pred`` and dimmed elsewhere: no colour that reads as "the fake part". ``maps`` ``[17, side, side]``."""
+    base = picture_.convert("RGB")
+    w, h = base.size
+    s = min(w, h)
+    square = base.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size))
+    m = np.asarray(maps, np.float32)[FAKE_LOGIT] * (1.0 if pred == "fake" else -1.0)
+    m = np.clip(np.nan_to_num(m), 0.0, None)
+    top = float(np.quantile(m, 0.99)) if m.size else 0.0
+    light = np.clip(m / top, 0.0, 1.0) if top > 0 else np.zeros_like(m)
+    light = np.asarray(Image.fromarray((light * 255).astype(np.uint8)).resize((size, size), Image.Resampling.BILINEAR),
+                       np.float32) / 255.0
+    out = np.asarray(square, np.float32) * (0.25 + 0.75 * light[..., None])
+    return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+# ------------------------------------------------------------------------------------------ readability
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
+_SENTENCE_END = re.compile(r"[.!?:]+(?:\s|$)")
+
+
+def syllables(word: str) -> int:
+    """Syllables of an English ``word`` by vowel groups (a silent final "e" dropped); at least 1."""
+    w = word.lower()
+    groups = len(re.findall(r"[aeiouy]+", w))
+    if w.endswith("e") and not w.endswith(("le", "ee", "ye")) and groups > 1:
+        groups -= 1
+    return max(1, groups)
+
+
+def fk_grade(text: str) -> float:
+    """Flesch-Kincaid grade level of ``text``: ``0.39 * words/sentence + 11.8 * syllables/word - 15.59``
+    (US school grade; grade 6-7 is ages 11-13). Sentences end at ``. ! ? :``."""
+    words = _WORD.findall(text)
+    if not words:
+        return 0.0
+    n_sent = max(1, len(_SENTENCE_END.findall(text.strip() + " ")))
+    n_syl = sum(syllables(w) for w in words)
+    return 0.39 * len(words) / n_sent + 11.8 * n_syl / len(words) - 15.59
+
+
+# ------------------------------------------------------------------------------------------ a class round
+@dataclass(frozen=True)
+class ClassResults:
+    """The teacher's view of a round: ``players`` (who answered at least once), ``answers``; ``class_right``
+    (share of the class's answers that were right, None before any) and ``model_right`` (the computer's share
+    on the same images); ``per_image``: one row per quiz image in play order (``position, image_id, answered,
+    fooled`` = share of its answers that were wrong, NaN before any); ``most_fooling``: the image id that
+    fooled the largest share (None before any answer; the first in play order on a tie)."""
+
+    players: int
+    answers: int
+    class_right: float | None
+    model_right: float
+    per_image: pd.DataFrame
+    most_fooling: str | None
+
+
+def class_results(answers: Sequence, ids: Sequence[str], truths: Sequence[str], preds: Sequence[str]) -> ClassResults:
+    """Sum up a round: ``answers`` rows with ``player, position, right`` (``storage.class_rounds.Answer``);
+    ``ids`` / ``truths`` / ``preds`` the quiz images, their labels and the computer's guesses, in play order."""
+    n = len(ids)
+    got = np.zeros(n, int)
+    wrong = np.zeros(n, int)
+    for a in answers:
+        if 0 <= int(a.position) < n:
+            got[a.position] += 1
+            wrong[a.position] += 0 if a.right else 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fooled = np.where(got > 0, wrong / np.maximum(got, 1), np.nan)
+    per_image = pd.DataFrame({"position": np.arange(n), "image_id": list(ids), "answered": got, "fooled": fooled})
+    total = int(got.sum())
+    most = None if total == 0 else str(ids[int(np.nanargmax(fooled))])
+    model = float(np.mean([p == t for p, t in zip(preds, truths)])) if n else 0.0
+    return ClassResults(len({a.player for a in answers}), total,
+                        None if total == 0 else float(1 - wrong.sum() / total), model, per_image, most)
+
+
+def class_text(r: ClassResults) -> str:
+    """One line for the teacher: "12 students answered 96 times: the class was right 71% of the time, the
+    computer 60%"."""
+    if r.answers == 0:
+        return "No answers yet. Students join with the link or the code."
+    who = f"{r.players} student{'s' if r.players != 1 else ''}"
+    return f"{who} answered {r.answers} time{'s' if r.answers != 1 else ''}: the class was right " \
+           f"{r.class_right:.0%} of the time, the computer {r.model_right:.0%}."
+
+
+def round_link(base_url: str | None, bundle: str | None, spec: QuizSpec, code: str) -> str:
+    """The link students open for a class round: :func:`quiz_link` plus ``round=<code>``."""
+    return f"{quiz_link(base_url, bundle, spec)}&round={code}"

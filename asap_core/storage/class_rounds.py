@@ -1,0 +1,180 @@
+"""Class rounds of the quiz: a teacher starts a round from a quiz, students' answers are recorded anonymously,
+the teacher's view reads them back. Stored in the state store (``storage.state_store``: SQLite by default,
+``ASAP_STATE_URL`` for a database several servers share), so every server process sees the same round.
+
+A round is a short code (:data:`CODE_CHARS` letters and digits, no look-alikes) naming a bundle (as links
+name it), a quiz spec (``views.quiz.QuizSpec.to_param``) and its image ids. An answer row holds the round, a
+random player token made by the server for one browser session (no name, no address, nothing personal), the
+position in the quiz, the answer and whether it was right. A round expires :data:`ROUND_HOURS` hours after it
+started: it accepts no answers and is not shown any more; expired rounds and their answers are deleted when
+a new round starts. At most :data:`MAX_PLAYERS` players per round and :data:`MAX_OPEN_ROUNDS` open rounds per
+store, so no visitor can fill the database.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Boolean, Column, Float, Integer, String, Table, Text, delete, func, insert, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from ..errors import InputError
+from .state_store import METADATA, StateStore, _unavailable
+
+CODE_CHARS = 6
+CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no I, L, O, 0, 1
+ROUND_HOURS = 12.0
+MAX_PLAYERS = 200
+MAX_OPEN_ROUNDS = 2000
+MAX_ROUND_IMAGES = 50
+PLAYER_CHARS = 32
+
+#: one row per round
+ROUNDS = Table(
+    "quiz_rounds", METADATA,
+    Column("code", String(CODE_CHARS), primary_key=True),
+    Column("bundle", String(512), nullable=False),
+    Column("quiz", String(256), nullable=False),
+    Column("ids", Text, nullable=False),          # JSON list of image ids, in play order
+    Column("created", Float, nullable=False),     # epoch s
+    Column("expires", Float, nullable=False),     # epoch s
+)
+#: one row per answer: (round, player, position) is answered once
+ANSWERS = Table(
+    "quiz_answers", METADATA,
+    Column("code", String(CODE_CHARS), primary_key=True),
+    Column("player", String(PLAYER_CHARS), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("said", String(8), nullable=False),
+    Column("right", Boolean, nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Round:
+    """A class round: ``code``, ``bundle`` (as a link names it), ``quiz`` (spec text), ``ids`` (play order),
+    ``created`` / ``expires`` (epoch s)."""
+
+    code: str
+    bundle: str
+    quiz: str
+    ids: tuple[str, ...]
+    created: float
+    expires: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One recorded answer: ``player`` token, ``position`` in the quiz (0-based), ``said`` real / fake,
+    ``right``."""
+
+    player: str
+    position: int
+    said: str
+    right: bool
+
+
+class RoundRefused(InputError):
+    """A round cannot be started or answered (too many open, full, expired): worded for visitors."""
+
+
+def new_player() -> str:
+    """A random anonymous player token for one browser session (32 hex characters)."""
+    return secrets.token_hex(PLAYER_CHARS // 2)
+
+
+def clean_code(text: str | None) -> str | None:
+    """A visitor-typed round code upper-cased and checked (:data:`CODE_ALPHABET`, :data:`CODE_CHARS` long);
+    None when it cannot be one."""
+    code = str(text or "").strip().upper()
+    return code if len(code) == CODE_CHARS and all(c in CODE_ALPHABET for c in code) else None
+
+
+class ClassRounds:
+    """Rounds and answers in ``store`` (a ``StateStore``); see the module docstring."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.engine = store.engine
+
+    def start(self, bundle: str, quiz: str, ids: list[str], now: float | None = None) -> Round:
+        """Start a round of ``quiz`` on ``bundle`` with image ``ids``; ``RoundRefused`` when too many are open."""
+        now = time.time() if now is None else float(now)
+        ids = [str(i) for i in ids][:MAX_ROUND_IMAGES]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(ANSWERS).where(ANSWERS.c.code.in_(
+                    select(ROUNDS.c.code).where(ROUNDS.c.expires <= now))))
+                conn.execute(delete(ROUNDS).where(ROUNDS.c.expires <= now))
+                n_open = conn.execute(select(func.count()).select_from(ROUNDS)).scalar_one()
+                if n_open >= MAX_OPEN_ROUNDS:
+                    raise RoundRefused("This explorer has too many class rounds open right now.",
+                                       f"try again later: rounds close {ROUND_HOURS:g} hours after they start.")
+                for _ in range(20):
+                    code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_CHARS))
+                    if conn.execute(select(ROUNDS.c.code).where(ROUNDS.c.code == code)).first() is None:
+                        break
+                row = Round(code, str(bundle)[:512], str(quiz)[:256], tuple(ids), now, now + ROUND_HOURS * 3600)
+                conn.execute(insert(ROUNDS).values(code=row.code, bundle=row.bundle, quiz=row.quiz,
+                                                   ids=json.dumps(list(row.ids)), created=now, expires=row.expires))
+        except SQLAlchemyError as exc:
+            raise _unavailable(exc) from None
+        return row
+
+    def get(self, code: str | None, now: float | None = None) -> Round | None:
+        """The open round ``code`` (any case); None when there is none or it has expired."""
+        code, now = clean_code(code), time.time() if now is None else float(now)
+        if code is None:
+            return None
+        try:
+            with self.engine.connect() as conn:
+                r = conn.execute(select(ROUNDS).where(ROUNDS.c.code == code, ROUNDS.c.expires > now)).first()
+        except SQLAlchemyError as exc:
+            raise _unavailable(exc) from None
+        if r is None:
+            return None
+        return Round(r.code, r.bundle, r.quiz, tuple(json.loads(r.ids)), float(r.created), float(r.expires))
+
+    def record(self, code: str, player: str, position: int, said: str, right: bool,
+               now: float | None = None) -> bool:
+        """Record ``player``'s answer at ``position`` of round ``code``; False when the round is closed or
+        full, the position is not in it, or that answer was recorded already (the first answer counts)."""
+        now = time.time() if now is None else float(now)
+        rnd = self.get(code, now)
+        if rnd is None or not 0 <= int(position) < len(rnd.ids) or said not in ("real", "fake"):
+            return False
+        player = str(player)[:PLAYER_CHARS]
+        try:
+            with self.engine.begin() as conn:
+                players = select(func.count(func.distinct(ANSWERS.c.player))).where(ANSWERS.c.code == rnd.code)
+                known = conn.execute(select(ANSWERS.c.player).where(ANSWERS.c.code == rnd.code,
+                                                                    ANSWERS.c.player == player).limit(1)).first()
+                if known is None and conn.execute(players).scalar_one() >= MAX_PLAYERS:
+                    return False
+                conn.execute(insert(ANSWERS).values(code=rnd.code, player=player, position=int(position),
+                                                    said=said, right=bool(right), at=now))
+        except IntegrityError:
+            return False
+        except SQLAlchemyError as exc:
+            raise _unavailable(exc) from None
+        return True
+
+    def answers(self, code: str) -> list[Answer]:
+        """Every answer of round ``code`` (by player, then position)."""
+        code = clean_code(code)
+        if code is None:
+            return []
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(select(ANSWERS.c.player, ANSWERS.c.position, ANSWERS.c.said, ANSWERS.c.right)
+                                    .where(ANSWERS.c.code == code)
+                                    .order_by(ANSWERS.c.player, ANSWERS.c.position)).all()
+        except SQLAlchemyError as exc:
+            raise _unavailable(exc) from None
+        return [Answer(str(r.player), int(r.position), str(r.said), bool(r.right)) for r in rows]
+
+
+__all__ = ["ANSWERS", "Answer", "CODE_ALPHABET", "ClassRounds", "ROUNDS", "ROUND_HOURS", "Round", "RoundRefused",
+           "clean_code", "new_player"]
