@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from app_pages.glue import keys, state  # noqa: E402
+from app_pages.glue.quiz import student_mode  # noqa: E402
 from app_pages.glue.errors import guarded  # noqa: E402
 from asap_core.settings import settings  # noqa: E402
 
@@ -38,6 +39,10 @@ NAV = {  # slug: (title, icon); files in keys.PAGE_FILES
 }
 PAGES = {slug: st.Page(keys.PAGE_FILES[slug], title=title, icon=icon, default=slug == "overview",
                        url_path=None if slug == "overview" else slug) for slug, (title, icon) in NAV.items()}
+if student_mode():  # a quiz link: the student's view, only the quiz (no navigation, the link left as opened)
+    st.session_state.pop(keys.K_PENDING_PAGE, None)
+    guarded(st.navigation([PAGES["quiz"]], position="hidden").run)
+    st.stop()
 page = st.navigation(list(PAGES.values()), position="sidebar")
 slug = next((s for s, p in PAGES.items() if p.title == page.title), "overview")
 

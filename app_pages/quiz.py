@@ -1,19 +1,22 @@
-"""Quiz page ("Real or AI?"): a teacher makes a quiz and shares its link; a student answers real / AI one image
-at a time, sees the truth, the model's p_fake, its fake-logit map and the two dimensions that pushed hardest,
-and ends with their score next to the model's. Answers live only in this session (nothing is written)."""
+"""Quiz page ("Real or AI?"): a teacher makes a quiz, shares its link and may start a class round; a student
+(a session opened from a quiz link: only this page, no explorer) answers real / AI one image at a time, sees the
+answer in plain words (the computer's guess and how sure, where it looked, the looks that pushed it, a tip), and
+ends with their score next to the computer's. Answers stay in the session, except in a class round, where they
+are recorded anonymously for the teacher's view (``glue.quiz``, ``storage.class_rounds``)."""
 from __future__ import annotations
 
 import streamlit as st
 
 from asap_core.analyses.patterns import PatternStore
 from asap_core.errors import AsapError
+from asap_core.storage.class_rounds import ROUND_HOURS
 from asap_core.views import overview as ov
 from asap_core.views import quiz as vq
 from asap_core.views.text import as_text, as_texts
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.errors import show_error
-from app_pages.glue.sidebar import page_start
+from app_pages.glue import quiz as QG
 
 PLAY = "quiz_play"  # {"key", "ids", "answers", "sure", "revealed"}: this session's game, never stored
 PICTURE_PX = 448
@@ -21,8 +24,10 @@ TILE_PX = 224
 THUMB_PX = 96
 END_THUMB_PX = 128
 
-b = page_start()
+b = QG.quiz_start()
 ss = st.session_state
+STUDENT = QG.student_mode()
+TRUSTED = QG.trusted(b)
 path, stamp = D.ref(b)
 
 
@@ -71,24 +76,75 @@ def teacher_panel(current: vq.QuizSpec | None) -> None:
         spec = vq.QuizSpec(source, value, n, seed)
         available = len(vq.candidates(b.images, spec, saved_patterns()))
         st.caption(f"{as_text(vq.describe(spec))} · {available} labelled image{'s' if available != 1 else ''} to draw from. "
-                   "Everyone who opens the link gets the same images in the same order; nothing about a player "
-                   "is stored.")
-        st.code(vq.quiz_link(st.context.url, st.query_params.get("bundle"), spec), language=None, wrap_lines=True)
+                   "Everyone who opens the link gets the same images in the same order, and sees only the quiz. "
+                   "Nothing about a player is stored, except in a class round (anonymous answers).")
+        st.code(vq.quiz_link(st.context.url, QG.link_bundle(b), spec), language=None, wrap_lines=True)
         if st.button("Start", key="quiz_start", type="primary", icon=":material/play_arrow:", disabled=not available):
             ss[K.K_QUIZ] = spec.to_param()
             ss.pop(PLAY, None)
             st.rerun()
 
 
+def class_round_panel(spec: vq.QuizSpec, ids: list[str]) -> None:
+    """Start a class round of the current quiz (a code and a link), then its results, updated live."""
+    with st.expander("Class round: see your class's answers live", icon=":material/groups:",
+                     expanded=bool(ss.get(K.K_TEACHER_ROUND))):
+        st.caption(f"Students' answers are recorded without names. A round closes {ROUND_HOURS:g} hours after "
+                   "it starts.")
+        if st.button("Start a class round", key="quiz_round_start", icon=":material/groups:", disabled=not ids):
+            rnd = QG.start_round(b, spec, ids)
+            if rnd is not None:
+                ss[K.K_TEACHER_ROUND] = rnd.code
+                QG.quiz_maps(b, ids, ss[K.K_METHOD])  # computed (and charged) once, before the class opens it
+        code = ss.get(K.K_TEACHER_ROUND)
+        if code:
+            class_results(code)
+
+
+@st.fragment(run_every=3)
+def class_results(code: str) -> None:
+    """The round's link and code, how many answered, the class against the computer, per image the share
+    fooled, and the image that fooled most of the class; re-read every 3 s."""
+    store = QG.rounds()
+    rnd = store.get(code) if store is not None else None
+    if rnd is None:
+        st.info(f"Round {code} has closed.")
+        return
+    spec = vq.QuizSpec.from_param(rnd.quiz)
+    st.markdown(f"Round code **{rnd.code}** · students open:")
+    st.code(vq.round_link(st.context.url, QG.link_bundle(b), spec, rnd.code), language=None, wrap_lines=True)
+    r = QG.class_results(b, rnd)
+    if r is None:
+        return
+    st.markdown(as_text(vq.class_text(r)))
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Students", r.players)
+    c2.metric("Class right", "–" if r.class_right is None else f"{r.class_right:.0%}")
+    c3.metric("Computer right", f"{r.model_right:.0%}")
+    if r.most_fooling is not None:
+        shown = r.per_image[r.per_image["answered"] > 0]
+        st.image(D.thumbs(b, shown["image_id"].tolist()), width=THUMB_PX,
+                 caption=[f"#{p + 1}: {f:.0%} fooled" for p, f in zip(shown["position"], shown["fooled"])])
+        st.markdown("**Fooled most of the class**, for discussion:")
+        st.image(D.thumbs(b, [r.most_fooling]), width=END_THUMB_PX,
+                 caption=as_texts(vq.captions(b.images, [r.most_fooling], with_p=False)))
+
+
 def new_play(spec: vq.QuizSpec) -> dict:
     ids = vq.quiz_images(b.images, spec, saved_patterns() if spec.source == "pattern" else None)
-    return {"key": (str(b.path), spec.to_param()), "ids": ids, "answers": [], "sure": [], "revealed": False}
+    return {"key": (str(b.path), spec.to_param()), "ids": ids, "answers": [], "sure": [], "revealed": False,
+            "recorded": 0}
 
 
 def answer(play: dict, said: str, sure: str | None) -> None:
+    i = len(play["answers"])
     play["answers"].append(said)
     play["sure"].append(vq.SURENESS.get(sure) if sure else None)
     play["revealed"] = True
+    rnd = QG.student_round(spec, play["ids"]) if STUDENT else None
+    if rnd is not None:
+        truth = str(b.images.set_index("image_id").at[play["ids"][i], "label"])
+        play["recorded"] += int(QG.record_answer(rnd, i, said, said == truth))
     st.rerun()
 
 
@@ -107,87 +163,107 @@ def question(play: dict) -> None:
     left, right = st.columns([3, 2])
     show_picture(play["ids"][i], left)
     right.markdown("#### Real photo, or made by AI?")
-    sure = right.segmented_control("How sure are you? (optional)", list(vq.SURENESS), key=f"quiz_sure_{i}")
     c1, c2 = right.columns(2)
-    if c1.button("Real", key="quiz_real", icon=":material/photo_camera:", width="stretch"):
-        answer(play, "real", sure)
-    if c2.button("AI", key="quiz_ai", icon=":material/smart_toy:", width="stretch"):
-        answer(play, "fake", sure)
+    real = c1.button("Real", key="quiz_real", icon=":material/photo_camera:", width="stretch")
+    ai = c2.button("AI", key="quiz_ai", icon=":material/smart_toy:", width="stretch")
+    sure = right.segmented_control("How sure are you? (optional)", list(vq.SURENESS), key=f"quiz_sure_{i}")
+    if real or ai:
+        answer(play, "real" if real else "fake", sure)
 
 
-def reveal_dimensions(rv: vq.Reveal, where) -> None:
-    where.markdown("**The two dimensions that pushed hardest**, each with the three images where it pushes most:")
-    for d, c, ex in zip(rv.dims, rv.contributions, rv.exemplars):
-        where.caption(as_text(vq.push_text(d, c, D.dimension_names(b))))
-        where.image(D.thumbs(b, list(ex)), caption=as_texts(vq.captions(b.images, ex, with_p=False)), width=THUMB_PX)
+def reveal_looks(rv: vq.Reveal, words: vq.PlainReveal, where) -> None:
+    """The looks that pushed the guess: by the names teachers gave them, else as example pictures."""
+    if words.named:
+        where.markdown(as_text(f"What pushed its guess most has a name: {', '.join(words.named)}."))
+    examples = vq.unnamed_examples(rv, D.dimension_names(b))
+    if words.examples and examples:
+        where.caption(words.examples)
+        where.image(D.thumbs(b, examples), width=THUMB_PX)
+
+
+def reveal_picture(image_id: str, rv: vq.Reveal, where) -> bool:
+    """The spotlight picture (lit where the computer looked) when it can be trusted and its map is there;
+    else the plain picture. True when the spotlight is shown."""
+    maps = QG.quiz_maps(b, [image_id], ss[K.K_METHOD]) if TRUSTED else None
+    if maps is None:
+        show_picture(image_id, where)
+        return False
+    pic = vq.spotlight(D.quiz_picture(path, stamp, image_id, PICTURE_PX), maps[0], rv.pred, TILE_PX * 2)
+    where.image(pic, caption=vq.MAP_CAPTION, width=PICTURE_PX)
+    return True
 
 
 def reveal_panel(play: dict) -> None:
-    """The truth, the model's p_fake and map, its two strongest dimensions and one sentence; Next."""
+    """The truth, the computer's guess and how sure, where it looked, what pushed it, a tip; Next."""
     i, n = len(play["answers"]), len(play["ids"])
     image_id, said = play["ids"][i - 1], play["answers"][-1]
     rv = vq.reveal(b.images, b.z, D.head_weights(path, stamp), image_id, D.dimension_names(b))
     st.progress(i / n, text=f"Image {i} of {n}: the answer")
     left, right = st.columns([3, 2])
-    maps = D.maps_for(b, [image_id], ss[K.K_METHOD])
-    if maps is None:
-        show_picture(image_id, left)
-    else:
-        tiles = vq.map_tiles(D.quiz_picture(path, stamp, image_id, PICTURE_PX), maps[0], rv.p_fake, TILE_PX)
-        left.image([t.image for t in tiles], caption=["the image", "where the model saw “AI” (red = most)"],
-                   width=TILE_PX)
-    you_right = said == rv.truth
-    right.markdown(f"#### It is {'AI-made' if rv.truth == 'fake' else 'a real photo'}.")
-    right.markdown(f"You said **{vq.SAY[said]}**: {'right ✓' if you_right else 'wrong ✗'}")
-    right.metric("The model's p_fake", f"{rv.p_fake:.2f}", help="its probability that the image is AI-made")
-    right.info(as_text(rv.sentence))
+    shown = reveal_picture(image_id, rv, left)
+    words = vq.plain_reveal(rv, said, D.dimension_names(b), TRUSTED, shown)
+    right.markdown(f"#### {words.truth}")
+    right.markdown(words.you)
+    right.info(words.guess)
     last = i == n
     if right.button("See my score" if last else "Next image", key="quiz_next", type="primary",
-                    icon=":material/flag:" if last else ":material/arrow_forward:"):
+                    icon=":material/flag:" if last else ":material/arrow_forward:", width="stretch"):
         play["revealed"] = False
         st.rerun()
-    reveal_dimensions(rv, left)
+    if words.trusted:
+        reveal_looks(rv, words, right)
+    right.caption(words.tip)
 
 
 def fooled(title: str, ids: list[str]) -> None:
     st.markdown(f"**{title}** ({len(ids)})")
     if ids:
-        st.image(D.thumbs(b, ids), caption=as_texts(vq.captions(b.images, ids)), width=END_THUMB_PX)
+        st.image(D.thumbs(b, ids), caption=as_texts(vq.captions(b.images, ids, with_p=False)), width=END_THUMB_PX)
     else:
         st.caption("none")
 
 
 def end_screen(play: dict) -> None:
-    """Both scores on the same images, and the images that fooled the player, the model, or both."""
+    """Both scores on the same images, and the images that fooled the player, the computer, or both."""
     rows = vq.play_order(b.images, play["ids"])
     s = vq.score(play["answers"], rows["label"].tolist(), rows["pred"].tolist(), play["ids"], play["sure"])
     st.markdown("#### Your score")
     c1, c2, c3 = st.columns([1, 1, 3])
     c1.metric("You", f"{s.student} / {s.n}")
-    c2.metric("The model", f"{s.model} / {s.n}")
+    c2.metric("The computer", f"{s.model} / {s.n}")
     c3.markdown(vq.score_text(s))
     c3.caption(vq.PUBLIC_RATE_TEXT)
-    if s.sure_right is not None or s.sure_wrong is not None:
-        fmt = lambda v: "–" if v is None else f"{v:.0%}"  # noqa: E731
-        c3.caption(f"How sure you said you were: {fmt(s.sure_right)} when right, {fmt(s.sure_wrong)} when wrong.")
-    fooled("Fooled you (the model got them right)", s.fooled_student)
-    fooled("Fooled the model (you got them right)", s.fooled_model)
+    if vq.sure_text(s):
+        c3.caption(vq.sure_text(s))
+    if play.get("recorded"):
+        c3.caption("Your answers went to your teacher's class results, without your name.")
+    fooled("Fooled you (the computer got them right)", s.fooled_student)
+    fooled("Fooled the computer (you got them right)", s.fooled_model)
     fooled("Fooled both of you", s.fooled_both)
     if st.button("Play again", key="quiz_again", icon=":material/replay:"):
         ss.pop(PLAY, None)
         st.rerun()
+    if STUDENT:
+        st.link_button("Curious how the computer works? Open the explorer",
+                       vq.explorer_link(st.context.url, QG.link_bundle(b)), icon=":material/explore:")
 
 
-st.subheader("Real or AI?")
+if STUDENT:
+    st.caption(vq.STUDENT_LINE)
+else:
+    st.subheader("Real or AI?")
 spec = vq.QuizSpec.from_param(ss.get(K.K_QUIZ))
-teacher_panel(spec)
+if not STUDENT:
+    teacher_panel(spec)
 if spec is None:
     st.info("Make a quiz above and share its link, or open a quiz link you were given.")
     st.stop()
 if ss.get(PLAY, {}).get("key") != (str(b.path), spec.to_param()):
     ss[PLAY] = new_play(spec)
 play = ss[PLAY]
-st.caption(f"Quiz: {as_text(vq.describe(spec))}.")
+if not STUDENT:
+    st.caption(f"Quiz: {as_text(vq.describe(spec))}.")
+    class_round_panel(spec, play["ids"])
 if not play["ids"]:
     st.warning("This quiz has no labelled images in this bundle (a pattern that is not saved here, an empty cell "
                "or filter). Make another one above.")

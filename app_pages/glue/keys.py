@@ -24,6 +24,10 @@ K_DEMO_NOTE = "_demo_note"
 K_LAST_REPORT = "_last_analysis"
 K_BYO_JOB = "_byo_job"  # an uploaded set waiting for its analysis (glue.byo.Job)
 K_GUIDE_SEEN = "_guide_seen"  # "How to read this" was shown to this session
+K_STUDENT = "_quiz_student"  # this session opened a quiz link: the student's view only (glue.quiz.student_mode)
+K_ROUND = "_quiz_round"  # the class round code a student's link names (storage.class_rounds), or None
+K_PLAYER = "_quiz_player"  # this session's anonymous player token in class rounds
+K_TEACHER_ROUND = "_quiz_teacher_round"  # the code of the round this teacher started or watches
 # widget keys of the overview that belong to one bundle (dropped when another opens)
 BUNDLE_WIDGETS = ("w_grid", "w_label", "w_outcome", "w_gens")
 

@@ -122,7 +122,7 @@ class FaithfulnessReport:
 @dataclass
 class SanityReport:
     """``summary`` (one row per target, ``sanity.SANITY_COLUMNS``), ``per_image`` (image_id, target,
-    target_name, rho_distiller, rho_cascade, topk_distiller, topk_cascade, target_rho: means over seeds),
+    target_name, rho_distiller, rho_cascade, ssim_distiller, ssim_cascade, target_rho: means over seeds),
     ``cascade`` (``sanity.cascade_table``), ``encoder_random``, ``method``, ``image_ids``."""
 
     summary: pd.DataFrame
@@ -307,7 +307,7 @@ def sanity_from_rows(similarity: np.ndarray, target_rho: np.ndarray, ids: list[s
                               "target": np.tile(np.arange(k), len(ids)),
                               "target_name": np.tile(np.asarray(S.TARGET_NAMES, dtype=object), len(ids)),
                               "rho_distiller": per[:, 0, :, 0].reshape(-1), "rho_cascade": per[:, last, :, 0].reshape(-1),
-                              "topk_distiller": per[:, 0, :, 1].reshape(-1), "topk_cascade": per[:, last, :, 1].reshape(-1),
+                              "ssim_distiller": per[:, 0, :, 1].reshape(-1), "ssim_cascade": per[:, last, :, 1].reshape(-1),
                               "target_rho": trho.reshape(-1)})
     return SanityReport(summary, per_image, cascade_table(sim, targets), encoder_random, method, ids)
 

@@ -5,13 +5,16 @@ for every target explain none of them.
 
 **Cascading parameter randomisation.** On copies (the shared encoder from ``model.factory`` and the
 bundle's distiller are never touched), step 0 redraws every learned weight of the distiller (``dims``,
-``head``, ``generator_head``; the fixed projection and standardisation buffers kept), and step ``s`` >= 1
-additionally redraws the vision tower's last ``s`` transformer blocks, down to the first block (each tensor
-from a normal with its own mean and standard deviation; other blocks shared, not copied). After each step
+``head``, ``generator_head``; the fixed projection and standardisation buffers kept), step ``s`` >= 1
+additionally redraws the vision tower's last ``s`` transformer blocks, down to the first block, and a last
+step everything else (patch and position embeddings, layer norms, projection), as Adebayo et al. go down to
+the first convolution. Each tensor is redrawn from a normal with its own mean and standard deviation (a
+constant tensor, e.g. a fresh layer norm's weight, stays as it is); untouched tensors are shared, not
+copied. After each step
 the maps are recomputed and compared with the original ones by two similarities over the ``side²`` patches:
-the Spearman rank correlation, and the **top-k overlap** (a value-based similarity: the share of the
-original map's ``top_k * P`` most relevant patches that stay in the top ``k``, rescaled so that chance is 0
-and identity 1). The cascade runs for ``n_seeds`` redraw seeds; the figures are means over seeds and images
+the Spearman rank correlation, and a value-based similarity, the **SSIM** of the two maps as they look on
+screen (``ssim_maps``): an edge map plus 5% of the real map keeps its rank correlation moderate when the
+weights are redrawn, yet looks the same, and only a value-based similarity sees it. The cascade runs for ``n_seeds`` redraw seeds; the figures are means over seeds and images
 with a 95% interval over images. ``cascade_table`` is the curve Adebayo et al. plot.
 
 **Target sensitivity.** Per image and target, the median Spearman correlation of the target's map with the
@@ -19,7 +22,7 @@ maps of the other targets; per target, its mean over images. One map reused for 
 
 Verdict (``sanity_verdict``, the one place): a target **fails** when, after redrawing the distiller or
 after the whole cascade, either similarity stays above ``RANK_THRESHOLD`` = 0.5 (more than half of the
-map's order or of its top patches survives the destruction of the weights it should depend on; two maps
+map's order survives, or it looks the same, the destruction of the weights it should depend on; two maps
 that share nothing have a rank correlation of 0 with a standard deviation of ``1 / sqrt(P - 1)`` per
 image, 0.14 for ViT-B/32), or when its target sensitivity exceeds ``TARGET_THRESHOLD``. For a randomly
 initialised CLIP (the demo's fallback, ``EncoderInfo.source == "random"``) the test is **not assessed**:
@@ -48,12 +51,11 @@ from .relevance import AttentionRelevance, _target_indices
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-SIMILARITIES: tuple[str, ...] = ("spearman", "topk")
+SIMILARITIES: tuple[str, ...] = ("spearman", "ssim")
 RANK_THRESHOLD = 0.5
 TARGET_THRESHOLD = 0.9  # median rank correlation with the other targets' maps above this: one map for all
-MAX_STEPS = 33  # cascade steps stored per image (distiller + up to 32 blocks; NaN beyond the model's)
+MAX_STEPS = 34  # cascade steps stored per image (distiller, up to 32 blocks, the rest; NaN beyond the model's)
 DEFAULT_SEEDS = 3
-DEFAULT_TOP_K = 0.25
 SANITY_VERSION = 2  # bump when the randomisations or the similarities change
 Z95 = 1.959964
 
@@ -92,23 +94,35 @@ def n_blocks(encoder) -> int:
     return len(encoder.vision_model.vision_model.encoder.layers)
 
 
+def _rest(vm) -> list:
+    """The vision tower's parameters outside its blocks: patch and position embeddings, class token, layer
+    norms before and after the blocks, the output projection."""
+    inside = {id(t) for t in vm.vision_model.encoder.layers.parameters()}
+    return [t for t in vm.parameters() if id(t) not in inside]
+
+
 def randomised_blocks(encoder, n_last: int, random_state: int = 0):
     """A copy of ``encoder`` whose vision tower's last ``n_last`` blocks are redrawn (block ``i`` with seed
-    ``(random_state, i)``, so the cascade is cumulative). Every other tensor is shared with ``encoder`` (not
-    copied, never written); ``cache_key`` names the randomisation."""
+    ``(random_state, i)``, so the cascade is cumulative); ``n_last`` = blocks + 1 also redraws everything
+    outside the blocks (``_rest``: embeddings, layer norms, projection). Every other tensor is shared with
+    ``encoder`` (not copied, never written); ``cache_key`` names the randomisation."""
     import torch
 
     from ..model.image_forward import ClipImageForward
 
     vm = encoder.vision_model
     layers = vm.vision_model.encoder.layers
-    chosen = list(range(len(layers) - int(n_last), len(layers)))
+    chosen = list(range(max(len(layers) - int(n_last), 0), len(layers)))
+    rest = int(n_last) > len(layers)
     own = {id(t) for i in chosen for t in [*layers[i].parameters(), *layers[i].buffers()]}
+    own |= {id(t) for t in _rest(vm)} if rest else set()
     memo = {id(t): t for t in [*vm.parameters(), *vm.buffers()] if id(t) not in own}
     vm2 = copy.deepcopy(vm, memo)
     for i in chosen:
         block = vm2.vision_model.encoder.layers[i]
         _redraw_([p.data for p in block.parameters()], torch.Generator().manual_seed(_seed(random_state, i)))
+    if rest:
+        _redraw_([p.data for p in _rest(vm2)], torch.Generator().manual_seed(_seed(random_state, len(layers))))
     out = copy.copy(encoder)  # the same info, preprocessing, device and dtype; other weights shared
     out.vision_model = vm2
     out.image_forward = ClipImageForward(vm2).eval()
@@ -134,23 +148,29 @@ def spearman_maps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(den > 0, (ra * rb).sum(-1) / den, np.nan)
 
 
-def topk_overlap(a: np.ndarray, b: np.ndarray, top_k: float = DEFAULT_TOP_K) -> np.ndarray:
-    """Top-k overlap of maps ``a, b [..., side, side]`` -> ``[...]``: the share of ``a``'s ``k = max(1,
-    round(top_k P))`` most relevant patches (ties: row-major order) among ``b``'s, rescaled as ``(share -
-    k / P) / (1 - k / P)``: 0 at chance, 1 when the top patches are the same."""
-    a = np.asarray(a, np.float64).reshape(*np.shape(a)[:-2], -1)
-    b = np.asarray(b, np.float64).reshape(*np.shape(b)[:-2], -1)
-    n_p = a.shape[-1]
-    k = min(max(1, int(round(top_k * n_p))), n_p - 1)
-    top = lambda m: np.argsort(-np.nan_to_num(m, nan=-np.inf), axis=-1, kind="stable")[..., :k]  # noqa: E731
-    ta, tb = top(a), top(b)
-    share = (ta[..., :, None] == tb[..., None, :]).any(-1).sum(-1) / k
-    return (share - k / n_p) / (1 - k / n_p)
+def ssim_maps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Structural similarity of maps ``a, b [..., side, side]`` -> ``[...]``, as they look on screen: each map
+    min-max scaled to [0, 1] (as the overlay shows it), then one SSIM window over the whole map (Wang et al.
+    2004, ``C1 = 0.01²``, ``C2 = 0.03²``). 1 for maps that look the same; about 0 for unrelated ones; a constant
+    map counts as all zeros."""
+    def scaled(m):
+        m = np.asarray(m, np.float64).reshape(*np.shape(m)[:-2], -1)
+        m = np.nan_to_num(m, nan=0.0)
+        lo, hi = m.min(-1, keepdims=True), m.max(-1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(hi > lo, (m - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0)
+
+    x, y = scaled(a), scaled(b)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mx, my = x.mean(-1), y.mean(-1)
+    vx, vy = x.var(-1), y.var(-1)
+    cov = ((x - mx[..., None]) * (y - my[..., None])).mean(-1)
+    return ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
 
 
-def map_similarity(a: np.ndarray, b: np.ndarray, top_k: float = DEFAULT_TOP_K) -> np.ndarray:
-    """``[..., 2]``: ``SIMILARITIES`` (Spearman, top-k overlap) of maps ``a, b [..., side, side]``."""
-    return np.stack([spearman_maps(a, b), topk_overlap(a, b, top_k)], axis=-1)
+def map_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[..., 2]``: ``SIMILARITIES`` (Spearman, SSIM) of maps ``a, b [..., side, side]``."""
+    return np.stack([spearman_maps(a, b), ssim_maps(a, b)], axis=-1)
 
 
 def target_sensitivity(maps: np.ndarray) -> np.ndarray:
@@ -190,11 +210,11 @@ def _fmt(v: float) -> str:
 def sanity_verdict(after_distiller: Sequence[float], after_cascade: Sequence[float], target_rho: float,
                    encoder_random: bool, threshold: float = RANK_THRESHOLD,
                    target_threshold: float = TARGET_THRESHOLD) -> SanityVerdict:
-    """The verdict on one target's maps from its mean similarities (``SIMILARITIES``: Spearman, top-k
-    overlap) after redrawing the distiller and after the whole cascade, its target sensitivity, and whether
+    """The verdict on one target's maps from its mean similarities (``SIMILARITIES``: Spearman, SSIM) after
+    redrawing the distiller and after the whole cascade, its target sensitivity, and whether
     the CLIP is a random initialisation (then "not assessed", with the figures)."""
     figures = (f"rank correlation {_fmt(after_distiller[0])} with the classifier redrawn, {_fmt(after_cascade[0])} "
-               f"with every layer redrawn; top-patch overlap {_fmt(after_distiller[1])} / {_fmt(after_cascade[1])}; "
+               f"with every layer redrawn; SSIM {_fmt(after_distiller[1])} / {_fmt(after_cascade[1])}; "
                f"{_fmt(target_rho)} with the other targets' maps")
     if encoder_random:
         return SanityVerdict("not assessed", f"not assessed: this CLIP is a random initialisation ({figures})")
@@ -222,9 +242,10 @@ def attention_explain(method: str) -> ExplainFunc:
 
 
 def step_names(n_steps: int) -> list[str]:
-    """Names of the cascade's steps: "classifier", then "+ block L-1" ... "+ block 0" (``n_steps - 1``
-    blocks)."""
-    return ["classifier"] + [f"+ block {n_steps - 1 - s}" for s in range(1, n_steps)]
+    """Names of the cascade's steps: "classifier", then "+ block L-1" ... "+ block 0" and "+ embeddings"
+    (``n_steps - 2`` blocks, then everything else)."""
+    blocks = n_steps - 2
+    return ["classifier"] + [f"+ block {blocks - s}" for s in range(1, blocks + 1)] + ["+ embeddings"]
 
 
 @dataclass
@@ -253,7 +274,7 @@ class SanityResult:
 
 
 def valid_steps(similarity: np.ndarray) -> int:
-    """Cascade steps present in ``similarity [..., MAX_STEPS, K, 2]`` (top-k overlap is never NaN there)."""
+    """Cascade steps present in ``similarity [..., MAX_STEPS, K, 2]`` (SSIM is never NaN there)."""
     finite = np.isfinite(similarity[..., 1]).reshape(-1, similarity.shape[-3], similarity.shape[-2]).any(axis=(0, 2))
     return int(finite.sum())
 
@@ -279,7 +300,7 @@ def _mean_ci(v: np.ndarray) -> tuple[float, float, float]:
 
 SANITY_COLUMNS: tuple[str, ...] = (
     "target", "target_name", "n_images", "n_seeds", "rho_distiller", "rho_distiller_low", "rho_distiller_high",
-    "topk_distiller", "rho_cascade", "rho_cascade_low", "rho_cascade_high", "topk_cascade", "target_rho",
+    "ssim_distiller", "rho_cascade", "rho_cascade_low", "rho_cascade_high", "ssim_cascade", "target_rho",
     "encoder_random", "status", "flagged", "reason")
 
 
@@ -299,8 +320,8 @@ def summarise_similarity(similarity: np.ndarray, target_rho: np.ndarray, targets
         verdict = sanity_verdict((d, td), (c, tc), trho, encoder_random, threshold)
         rows.append({"target": int(t), "target_name": TARGET_NAMES[t], "n_images": int(len(similarity)),
                      "n_seeds": int(similarity.shape[1]), "rho_distiller": d, "rho_distiller_low": dl,
-                     "rho_distiller_high": dh, "topk_distiller": td, "rho_cascade": c, "rho_cascade_low": cl,
-                     "rho_cascade_high": ch, "topk_cascade": tc, "target_rho": trho,
+                     "rho_distiller_high": dh, "ssim_distiller": td, "rho_cascade": c, "rho_cascade_low": cl,
+                     "rho_cascade_high": ch, "ssim_cascade": tc, "target_rho": trho,
                      "encoder_random": bool(encoder_random), "status": verdict.status, "flagged": verdict.flagged,
                      "reason": verdict.reason})
     return pd.DataFrame(rows, columns=list(SANITY_COLUMNS))
@@ -334,7 +355,6 @@ class ParameterRandomisation:
     method : the relevance method whose maps are tested (``AttentionRelevance``), unless ``explain`` is given.
     random_state : base seed; redraw seed ``r`` of ``n_seeds`` uses ``(random_state, r)``.
     n_seeds : redraw seeds of the cascade (its figures are averaged).
-    top_k : fraction of patches of the top-k overlap.
     cascade : redraw the blocks down to the first (True) or stop after the distiller (False).
     explain : ``ExplainFunc`` replacing the maps under test.
     encoder_random : whether the CLIP is a random initialisation (default: ``encoder.info.source``).
@@ -342,7 +362,7 @@ class ParameterRandomisation:
     """
 
     def __init__(self, encoder, distiller, method: str = "last-block", random_state: int = 0,
-                 n_seeds: int = DEFAULT_SEEDS, top_k: float = DEFAULT_TOP_K, cascade: bool = True,
+                 n_seeds: int = DEFAULT_SEEDS, cascade: bool = True,
                  explain: ExplainFunc | None = None, encoder_random: bool | None = None,
                  threshold: float = RANK_THRESHOLD) -> None:
         self.encoder = encoder
@@ -350,7 +370,6 @@ class ParameterRandomisation:
         self.method = method
         self.random_state = random_state
         self.n_seeds = n_seeds
-        self.top_k = top_k
         self.cascade = cascade
         self.explain = explain
         self.encoder_random = encoder_random
@@ -375,7 +394,7 @@ class ParameterRandomisation:
             raise InputError(f"n_seeds = {self.n_seeds} must be at least 1.", "use n_seeds=3.")
         explain = self.explain or attention_explain(self.method)
         original = self._original(pixel_values, idx, original)
-        n_steps = 1 + (min(n_blocks(self.encoder), MAX_STEPS - 1) if self.cascade else 0)
+        n_steps = min(2 + n_blocks(self.encoder), MAX_STEPS) if self.cascade else 1
         sim = np.full((len(pixel_values), int(self.n_seeds), MAX_STEPS, len(idx), 2), np.nan)
         for r in range(int(self.n_seeds)):
             seed = _seed(self.random_state, r)
@@ -383,15 +402,15 @@ class ParameterRandomisation:
             for s in range(n_steps):
                 enc = self.encoder if s == 0 else randomised_blocks(self.encoder, s, seed)
                 maps = np.asarray(explain(enc, dist, pixel_values, idx), np.float64)
-                sim[:, r, s] = map_similarity(original, maps, self.top_k)
+                sim[:, r, s] = map_similarity(original, maps)
         random_enc = self.encoder_random
         if random_enc is None:
             random_enc = getattr(getattr(self.encoder, "info", None), "source", "") == "random"
         return SanityResult(idx, sim, target_sensitivity(original), n_steps, bool(random_enc), self.threshold)
 
 
-__all__ = ["DEFAULT_SEEDS", "DEFAULT_TOP_K", "MAX_STEPS", "ParameterRandomisation", "RANK_THRESHOLD", "SANITY_COLUMNS",
+__all__ = ["DEFAULT_SEEDS", "MAX_STEPS", "ParameterRandomisation", "RANK_THRESHOLD", "SANITY_COLUMNS",
            "SANITY_VERSION", "SIMILARITIES", "SanityResult", "SanityVerdict", "TARGET_THRESHOLD", "attention_explain",
            "cascade_table", "map_similarity", "n_blocks", "randomised_blocks", "randomised_distiller",
-           "randomised_last_block", "sanity_verdict", "spearman_maps", "step_names", "summarise_similarity",
-           "target_sensitivity", "topk_overlap", "valid_steps"]
+           "randomised_last_block", "sanity_verdict", "spearman_maps", "ssim_maps", "step_names",
+           "summarise_similarity", "target_sensitivity", "valid_steps"]

@@ -198,7 +198,7 @@ def cascade_chart(cascade: pd.DataFrame, target: int, names: Sequence[str] = (),
     """The sanity cascade of ``target`` (Adebayo et al.'s plot): similarity of the maps to the original after
     redrawing the classifier, then CLIP's blocks from the last down to the first, with 95% intervals."""
     c = cascade[cascade["target"] == int(target)].copy()
-    c["similarity"] = c["similarity"].map({"spearman": "rank correlation", "topk": "top-patch overlap"})
+    c["similarity"] = c["similarity"].map({"spearman": "rank correlation", "ssim": "SSIM (looks the same)"})
     base = alt.Chart(c, title=f"Sanity cascade · {target_label(target, names)}").encode(
         x=alt.X("step_name:N", sort=list(dict.fromkeys(c["step_name"])), title="weights redrawn, cumulatively"),
         color=alt.Color("similarity:N", title="similarity to the original map"))

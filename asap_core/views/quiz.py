@@ -291,10 +291,10 @@ def score_text(s: Score) -> str:
     if s.n == 0:
         return "No images answered."
     if s.student == s.model:
-        cmp = "the same as the model"
+        cmp = "the same as the computer"
     else:
-        cmp = "better than the model" if s.student > s.model else "the model did better"
-    return f"You were right on {s.student} of {s.n} images ({s.student / s.n:.0%}), the model on {s.model} " \
+        cmp = "better than the computer" if s.student > s.model else "the computer did better"
+    return f"You were right on {s.student} of {s.n} images ({s.student / s.n:.0%}), the computer on {s.model} " \
            f"({s.model / s.n:.0%}): {cmp}."
 
 
@@ -512,3 +512,27 @@ def class_text(r: ClassResults) -> str:
 def round_link(base_url: str | None, bundle: str | None, spec: QuizSpec, code: str) -> str:
     """The link students open for a class round: :func:`quiz_link` plus ``round=<code>``."""
     return f"{quiz_link(base_url, bundle, spec)}&round={code}"
+
+
+def sure_word(value: float) -> str:
+    """The :data:`SURENESS` word nearest to a mean sureness ``value``."""
+    return min(SURENESS, key=lambda w: abs(SURENESS[w] - float(value)))
+
+
+def sure_text(s: Score) -> str:
+    """How sure the student said they were, in their own words: "When you were right you were mostly “fairly
+    sure”; when you were wrong, “just guessing”." ("" when they never said)."""
+    bits = [f"when you were {k} you were mostly “{sure_word(v)}”" for k, v in (("right", s.sure_right),
+                                                                              ("wrong", s.sure_wrong))
+            if v is not None]
+    return (" and ".join(bits)[0].upper() + " and ".join(bits)[1:] + ".") if bits else ""
+
+
+def explorer_link(page_url: str | None, bundle: str | None) -> str:
+    """The explorer's address for the curious, from the quiz page's ``page_url``: the app's root with only the
+    bundle (no quiz, so it opens the explorer, not the student's view)."""
+    base = str(page_url or "").split("?", 1)[0].rstrip("/")
+    if base.endswith("/quiz"):
+        base = base[: -len("/quiz")]
+    query = vs.to_query(vs.LinkState(bundle=bundle))
+    return f"{base}/" + (f"?{urlencode(query, safe=':,/')}" if query else "")
