@@ -351,28 +351,35 @@ def listable_name(name: str) -> bool:
     return 0 < len(name) <= MAX_NAME_CHARS and not name.startswith(".") and name.isprintable()
 
 
-_PASSED: dict[tuple, bool] = {}  # (folder, deep, its files' versions) of bundles that passed ``open_check``
-_PASSED_MAX = 512
+_CHECKED: dict[tuple, BundleError | None] = {}  # (folder, deep, its files' versions) -> ``open_check``'s verdict
+_CHECKED_MAX = 512
 
 
 def open_check(path: Path, deep: bool = False) -> None:
     """``BundleError`` unless the bundle folder ``path`` opens (``validate``; with ``deep`` every row of its tables
-    too). A pass is remembered for the files' versions (mtime and size of bundle.json, tables, names, model/)."""
+    too). The verdict (a pass, or the ``BundleError``) is remembered for the files' versions (mtime and size of
+    bundle.json, tables, names, model/): new sessions neither read a good bundle again nor a bad one."""
     from .storage import schema as S
     from .storage.bundle import Bundle, validate
 
     files = (S.META_NAME, S.IMAGES_FILE, S.CELLS_FILE, S.THUMBS_FILE, S.NAMES_FILE, S.MODEL_DIR)
     stats = [(path / f).stat() if (path / f).exists() else None for f in files]
     key = (str(path), deep, tuple((s.st_mtime_ns, s.st_size) if s else None for s in stats))
-    if _PASSED.get(key):
+    if key in _CHECKED:
+        known = _CHECKED[key]
+        if known is not None:
+            raise BundleError(known.message, known.hint)
         return
-    if deep:
-        Bundle.open(path, read_tables=True)
-    else:
-        validate(path)
-    if len(_PASSED) >= _PASSED_MAX:
-        _PASSED.clear()
-    _PASSED[key] = True
+    try:
+        Bundle.open(path, read_tables=True) if deep else validate(path)
+        verdict = None
+    except BundleError as exc:
+        verdict = exc
+    if len(_CHECKED) >= _CHECKED_MAX:
+        _CHECKED.clear()
+    _CHECKED[key] = verdict
+    if verdict is not None:
+        raise BundleError(verdict.message, verdict.hint)
 
 
 def check_bundle_files(path: Path) -> None:

@@ -159,6 +159,23 @@ def test_policy_lands_on_the_first_bundle_that_reads_in_full(tiny_bundle, tmp_pa
     assert policy.first_usable() is None
 
 
+def test_verdicts_are_remembered_per_version_of_the_files(tiny_bundle, tmp_path, monkeypatch):  # noqa: F811
+    """New sessions (each asks for the landing bundle) read neither the bad bundle nor the good one again."""
+    root = (tmp_path / "root").resolve()
+    damaged_copy(tiny_bundle, root / "a", "nan in map_x")
+    shutil.copytree(tiny_bundle, root / "tiny")
+    calls: list[str] = []
+    real = bundle_mod.validate
+    monkeypatch.setattr(bundle_mod, "validate", lambda p: calls.append(Path(p).name) or real(p))
+    policy = HostedPolicy(root)
+    problems = {policy.bundle_problem("a", deep=True) for _ in range(3)}
+    assert [policy.first_usable() for _ in range(3)] == ["tiny"] * 3
+    assert len(problems) == 1 and "'map_x'" in problems.pop()
+    assert calls == ["a", "tiny"]
+    _set_cell(root / "a", S.IMAGES_FILE, "map_x", 0.5)                   # repaired: read again, and it passes
+    assert policy.first_usable() == "a" and calls == ["a", "tiny", "a"]
+
+
 def test_an_unforeseen_failure_is_a_sentence_with_an_error_id(tiny_bundle, tmp_path, monkeypatch, caplog):  # noqa: F811
     root = (tmp_path / "root").resolve()
     shutil.copytree(tiny_bundle, root / "tiny")

@@ -21,6 +21,7 @@ from asap_core.views import attention as va
 from asap_core.views import quiz as vq
 from asap_core.views import state as vs
 from asap_core.views.text import as_text
+from asap_core.views.trust import trust_notices
 from conftest_app import no_exception, local_app_env, private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
@@ -239,7 +240,7 @@ def test_a_seeded_quiz_of_10_played_to_the_end(bundle):
     assert at.session_state["quiz_play"]["sure"][3] == vq.SURENESS["very sure"]
     assert not JARGON.search(shown_text(at)) and "mostly “very sure”" in shown_text(at)   # its own words, no %
     explorer = at.get("link_button")[0].proto.url
-    assert "quiz" not in explorer and explorer.endswith(f"?bundle={vs.to_query(vs.LinkState(bundle=str(bundle.path)))['bundle']}")
+    assert "quiz=" not in explorer and explorer.endswith(f"?bundle={vs.to_query(vs.LinkState(bundle=str(bundle.path)))['bundle']}")
 
     at.button(key="quiz_again").click().run()                                 # again: the same images
     assert at.session_state["quiz_play"]["answers"] == [] and at.session_state["quiz_play"]["ids"] == ids
@@ -267,27 +268,35 @@ def test_teacher_makes_a_quiz_from_a_cell_and_starts_it(bundle):
 
 
 def test_hosted_quiz_link_names_the_bundle_and_plays_past_the_budget(bundle, tmp_path, monkeypatch):
-    """Hosted mode: the link carries the bundle's name, not its path; when the visitor's map budget is spent
-    the reveal says so and the quiz goes on without the map."""
+    """Hosted mode: the teacher's link carries the bundle's name, not its path; a student who opens it sees no
+    path either, and when the map budget is spent the reveal goes on without the map."""
     root = tmp_path / "bundles"
     shutil.copytree(bundle.path, root / "tiny", ignore=shutil.ignore_patterns("cache"))
     monkeypatch.setenv("ASAP_HOSTED", "1")
     monkeypatch.setenv("ASAP_BUNDLE_ROOT", str(root))
     monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "2")
     reload_settings()
+    teacher = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    teacher.query_params.update({"bundle": "tiny", "page": "quiz"})
+    teacher.run()
+    no_exception(teacher)
+    assert all(str(root) not in c.value for c in teacher.code)
+    assert any("bundle=tiny&page=quiz&quiz=all:10:42" in c.value for c in teacher.code)
+
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params.update({"bundle": "tiny", "quiz": "all:3:5"})
     at.run()
     no_exception(at)
-    assert all(str(root) not in c.value for c in at.code)
-    assert any("bundle=tiny&page=quiz&quiz=all:3:5" in c.value for c in at.code)
+    assert str(root) not in shown_text(at) and len(at.sidebar) == 0
     assert len(at.session_state["quiz_play"]["ids"]) == 3
+    trusted = not trust_notices(Bundle.open(root / "tiny"))
     for i in range(3):
         at.button(key="quiz_ai").click().run()
         no_exception(at)
+        assert str(root) not in shown_text(at) and not JARGON.search(shown_text(at))
         maps_shown = any(vq.MAP_CAPTION == c for el in at.get("image") for c in
                          [im.caption for im in el.proto.imgs])
-        assert maps_shown == (i < 2)
-        assert (i == 2) == any("used 2 of the 2" in e.value for e in at.error)
+        assert maps_shown == (trusted and i < 2)
+        assert (trusted and i == 2) == any("used 2 of the 2" in e.value for e in at.error)
         at.button(key="quiz_next").click().run()
     assert metric(at, "The computer").endswith("/ 3")

@@ -48,7 +48,7 @@ ANSWERS = Table(
     Column("player", String(PLAYER_CHARS), primary_key=True),
     Column("position", Integer, primary_key=True),
     Column("said", String(8), nullable=False),
-    Column("right", Boolean, nullable=False),
+    Column("correct", Boolean, nullable=False),
     Column("at", Float, nullable=False),
 )
 
@@ -154,7 +154,7 @@ class ClassRounds:
                 if known is None and conn.execute(players).scalar_one() >= MAX_PLAYERS:
                     return False
                 conn.execute(insert(ANSWERS).values(code=rnd.code, player=player, position=int(position),
-                                                    said=said, right=bool(right), at=now))
+                                                    said=said, correct=bool(right), at=now))
         except IntegrityError:
             return False
         except SQLAlchemyError as exc:
@@ -168,12 +168,12 @@ class ClassRounds:
             return []
         try:
             with self.engine.connect() as conn:
-                rows = conn.execute(select(ANSWERS.c.player, ANSWERS.c.position, ANSWERS.c.said, ANSWERS.c.right)
+                rows = conn.execute(select(ANSWERS.c.player, ANSWERS.c.position, ANSWERS.c.said, ANSWERS.c.correct)
                                     .where(ANSWERS.c.code == code)
                                     .order_by(ANSWERS.c.player, ANSWERS.c.position)).all()
         except SQLAlchemyError as exc:
             raise _unavailable(exc) from None
-        return [Answer(str(r.player), int(r.position), str(r.said), bool(r.right)) for r in rows]
+        return [Answer(str(r.player), int(r.position), str(r.said), bool(r.correct)) for r in rows]
 
 
 __all__ = ["ANSWERS", "Answer", "CODE_ALPHABET", "ClassRounds", "ROUNDS", "ROUND_HOURS", "Round", "RoundRefused",
