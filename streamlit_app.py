@@ -41,7 +41,9 @@ PAGES = {slug: st.Page(keys.PAGE_FILES[slug], title=title, icon=icon, default=sl
                        url_path=None if slug == "overview" else slug) for slug, (title, icon) in NAV.items()}
 if student_mode():  # a quiz link: the student's view, only the quiz (no navigation, the link left as opened)
     st.session_state.pop(keys.K_PENDING_PAGE, None)
-    guarded(st.navigation([PAGES["quiz"]], position="hidden").run)
+    home = st.Page(keys.PAGE_FILES["quiz"], title=NAV["quiz"][0], icon=NAV["quiz"][1], default=True,
+                   url_path="play")
+    guarded(st.navigation([home, PAGES["quiz"]], position="hidden").run)  # a link to / or to /quiz
     st.stop()
 page = st.navigation(list(PAGES.values()), position="sidebar")
 slug = next((s for s, p in PAGES.items() if p.title == page.title), "overview")
@@ -51,5 +53,7 @@ if pending and pending != slug and pending in PAGES:
     st.switch_page(PAGES[pending])
 
 guarded(lambda: state.write_link(slug))
-guarded(page.run)
-guarded(lambda: state.write_link(slug))
+try:
+    guarded(page.run)
+finally:  # also when the page stops early (st.stop): a bundle opened during the run must reach the address bar
+    guarded(lambda: state.write_link(slug))

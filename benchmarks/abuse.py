@@ -63,6 +63,9 @@ MB = 1024 * 1024
 OVER = {"png_rgba": (13000, 13000), "png_grey": (13300, 13300), "webp": (16383, 10900), "tiff": (13000, 13000),
         "gif": (13000, 13000), "bmp": (13000, 13000), "jpeg": (12000, 12000)}  # over 64 Mpx, under 2x Pillow's
 UNDER = (8000, 7990)  # 63.9 Mpx: just under ASAP_MAX_UPLOAD_PIXELS' default of 64,000,000
+# lossless WebP is admitted up to imageio.WEBP_BUDGET_SHARE of that limit (Pillow's WebP decoder holds several
+# full-size copies): 5650 x 5650 = 31.9 Mpx is just under the WebP share of 64 Mpx
+UNDER_KIND = {k: ((5650, 5650) if k == "webp" else UNDER) for k in OVER}
 SUFFIX = {"png_rgba": "png", "png_grey": "png", "webp": "webp", "tiff": "tif", "gif": "gif", "bmp": "bmp",
           "jpeg": "jpg"}
 
@@ -656,11 +659,11 @@ def single_upload(kind: str, size: tuple[int, int], admitted: bool) -> Callable[
     return attack
 
 
-def three_uploads(size: tuple[int, int], admitted: bool) -> Callable[[Run], Awaitable[Outcome]]:
+def three_uploads(size: tuple[int, int], admitted: bool, kind: str = "webp") -> Callable[[Run], Awaitable[Outcome]]:
     async def one(run: Run, i: int) -> str:
         ctx, page = await run.page()
         try:
-            return await upload_single(run, page, f"three{i}.webp", webp_bomb(size[0], size[1] - i))
+            return await upload_single(run, page, f"three{i}.{SUFFIX[kind]}", image_bomb(kind, size[0], size[1] - i))
         finally:
             await ctx.close()
 
@@ -741,7 +744,7 @@ async def spoof_forwarded(run: Run) -> Outcome:
     return Outcome(msg, not note, note, {"answers": answers})
 
 
-EVICT_SESSIONS = 51  # one more than byo.SESSIONS_KEPT
+EVICT_SESSIONS = 51  # more than the 50 sessions' uploads the explorer once kept before evicting the oldest
 
 
 async def _evictor(run: Run, i: int) -> str:
@@ -864,8 +867,12 @@ class Attack:
 def catalogue() -> list[Attack]:
     """Every attack, in the order they run."""
     out = [Attack(f"bomb_{k}", "A", single_upload(k, OVER[k], admitted=False), clean_upload=True) for k in OVER]
-    out += [Attack(f"under_{k}", "A", single_upload(k, UNDER, admitted=True), clean_upload=True) for k in OVER]
-    out += [Attack("three_webp_under", "A", three_uploads(UNDER, True), clean_upload=True, limit_mb=1536),
+    out += [Attack(f"under_{k}", "A", single_upload(k, UNDER_KIND[k], admitted=True), clean_upload=True)
+            for k in OVER]
+    out += [Attack("three_webp_under", "A", three_uploads(UNDER_KIND["webp"], True), clean_upload=True,
+                   limit_mb=1536),
+            Attack("three_png_rgba_under", "A", three_uploads(UNDER, True, "png_rgba"), clean_upload=True,
+                   limit_mb=1536),
             Attack("three_webp_bombs", "A", three_uploads(OVER["webp"], False), clean_upload=True, limit_mb=1536),
             Attack("zip_webp_bombs", "A", zip_upload(zip_webp_bombs), clean_upload=True),
             Attack("zip_grey_pngs", "A", zip_upload(zip_grey_pngs), clean_upload=True),

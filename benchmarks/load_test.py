@@ -1,6 +1,7 @@
 """Load test of the explorer: N concurrent browser sessions against one ``streamlit run`` on 127.0.0.1.
 
-    python benchmarks/load_test.py [--bundle PATH] [--sessions 8] [--seconds 60] [--mode hosted|local]
+    python benchmarks/load_test.py [--flow explore|quiz] [--bundle PATH] [--sessions 8] [--seconds 60]
+                                   [--mode hosted|local] [--quiz-images 10]
                                    [--grid 6] [--work DIR] [--json results.json] [--maps fresh|keep]
                                    [--ramp 2] [--per-browser 4] [--step-timeout 120] [--warmup-timeout 300]
 
@@ -27,6 +28,19 @@ relevance maps concurrently and later rounds read them from the cache. Latency o
 the expected element is visible. An error is an exception (timeout, wrong count) or a Streamlit exception /
 ``st.error`` block on the page; the round is then abandoned and the session goes on with the next one.
 Prints median / 95th percentile / max per step and the errors; exit status 1 when there was any error.
+
+``--flow quiz`` (a class playing one quiz link, issue 25): the script starts a class round of the quiz
+``all:<--quiz-images>:42`` in the server's state store (``ASAP_STATE_URL`` set to an SQLite file in the work
+folder), then each session (a student; session i arrives ``i * --ramp`` s after the first: ``--sessions 30
+--ramp 2`` is a class opening the link within a minute) opens the round's link once and plays it to the score:
+
+1. ``open_quiz``: open the link (a new Streamlit session) -> "Image 1 of n" and the picture decoded
+2. ``answer``: click Real or AI -> "Image i of n: the answer" and its picture decoded (repeated n times)
+3. ``next``: click "Next image" -> the next question, or the score after the last one (repeated n times)
+
+Latencies per step over all students, the server's CPU seconds per step (calibration: one student alone,
+first occurrence of each step on an idle server; under load: shared attribution as below), errors, and the
+check that the round recorded exactly sessions x n answers (a missing one is an error).
 
 Before the concurrent phase (each part can be skipped):
 
@@ -541,6 +555,229 @@ async def drive(url: str, args, plan: list[tuple[int, int]], pid: int) -> Run:
             await browser.close()
 
 
+# ------------------------------------------------------------------------------------------ the quiz flow
+QUIZ_STEPS = ("open_quiz", "answer", "next")
+QUIZ_PAGES = {"open_quiz": "quiz link, new session", "answer": "the reveal", "next": "next image / the score"}
+QUIZ_SEED = 42
+
+
+class FirstCalibrate(Calibrate):
+    """``Calibrate`` that keeps the first occurrence of a step (a quiz repeats ``answer`` and ``next``)."""
+
+    async def visible(self, step: str, latency: float) -> None:
+        if step not in self.steps:
+            await super().visible(step, latency)
+
+
+def start_class_round(state_url: str, bundle_path: Path, link_bundle: str, n: int) -> tuple[str, list[str]]:
+    """Start a class round of ``all:n:QUIZ_SEED`` on the bundle in the store at ``state_url``: (code, ids)."""
+    from asap_core.storage.bundle import Bundle
+    from asap_core.storage.class_rounds import ClassRounds
+    from asap_core.storage.state_store import StateStore
+    from asap_core.views import quiz as vq
+
+    spec = vq.QuizSpec("all", "", n, QUIZ_SEED)
+    ids = vq.quiz_images(Bundle.open(bundle_path).images, spec)
+    rnd = ClassRounds(StateStore.from_url(state_url)).start(link_bundle, spec.to_param(), ids)
+    return rnd.code, ids
+
+
+def recorded_answers(state_url: str, code: str) -> int:
+    from asap_core.storage.class_rounds import ClassRounds
+    from asap_core.storage.state_store import StateStore
+
+    return len(ClassRounds(StateStore.from_url(state_url)).answers(code))
+
+
+async def quiz_play(page, link: str, n: int, res: Results, probe: NullProbe | None = None, seed: int = 0) -> None:
+    """One student: open the link, answer the ``n`` images, reach the score; latencies go to ``res`` only when
+    the whole play succeeds."""
+    probe = probe or NullProbe()
+    got: dict[str, list[float]] = {s: [] for s in QUIZ_STEPS}
+
+    async def step(name: str, *waits) -> None:
+        times: dict[str, float] = {}
+        async with timed(name, times, probe):
+            await expect(page, name, *waits)
+        got[name].append(times[name])
+
+    async def opened():
+        await page.goto(link)
+        await page.get_by_text(f"Image 1 of {n}", exact=True).wait_for()
+
+    await step("open_quiz", opened(), page.wait_for_function(IMAGES_DECODED_JS, arg=1))
+    for i in range(n):
+        said = "ai" if (seed + i) % 2 else "real"
+
+        async def answered(i=i, said=said):
+            await page.locator(f".st-key-quiz_{said} button").click()
+            await page.get_by_text(f"Image {i + 1} of {n}: the answer").wait_for()
+
+        await step("answer", answered(), page.wait_for_function(IMAGES_DECODED_JS, arg=1))
+
+        async def nexted(i=i):
+            await page.locator(".st-key-quiz_next button").click()
+            if i + 1 < n:
+                await page.get_by_text(f"Image {i + 2} of {n}", exact=True).wait_for()
+            else:
+                await page.get_by_text("Your score").wait_for()
+
+        await step("next", nexted())
+    for name, values in got.items():
+        res.latencies[name] += values
+    res.rounds += 1
+
+
+async def quiz_student(i: int, browser, link: str, args, res: Results, inflight: dict[int, str],
+                       ended: dict[str, int]) -> None:
+    """Student ``i``: arrives ``i * args.ramp`` s after the first, plays the quiz once in its own context."""
+    await asyncio.sleep(i * args.ramp)
+    ctx = await browser.new_context(viewport={"width": 1280, "height": 800})
+    page = await ctx.new_page()
+    page.set_default_timeout(args.step_timeout * 1000)
+    try:
+        await asyncio.wait_for(quiz_play(page, link, args.quiz_images, res, InFlight(i, inflight, ended), seed=i),
+                               timeout=args.step_timeout * (1 + 2 * args.quiz_images))
+    except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+        res.errors.append(f"student {i}: {_describe(exc)}")
+        print("ERROR", res.errors[-1], flush=True)
+        if args.shots:
+            try:
+                await page.screenshot(path=str(Path(args.shots) / f"error_student{i}.png"), full_page=True)
+            except Exception:  # noqa: BLE001
+                pass
+    finally:
+        await ctx.close()
+
+
+async def _quiz_alone(browser, link: str, args, res: Results, probe: NullProbe, timeout: float) -> None:
+    ctx = await browser.new_context(viewport={"width": 1280, "height": 800})
+    page = await ctx.new_page()
+    page.set_default_timeout(timeout * 1000)
+    try:
+        await asyncio.wait_for(quiz_play(page, link, args.quiz_images, res, probe), timeout=timeout * 3 * args.quiz_images)
+    finally:
+        await ctx.close()
+
+
+async def drive_quiz(link: str, warm_link: str, args, pid: int) -> Run:
+    """Warm-up (one play of another quiz: imports, first pictures), calibration (one student alone), then
+    ``args.sessions`` students on ``link``."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=LOADGEN_ARGS)
+        run = Run(Results(latencies={s: [] for s in QUIZ_STEPS}))
+        try:
+            run.start_cpu = tree_cpu(pid)
+            if not args.no_warmup:
+                run.warm = Results(latencies={s: [] for s in QUIZ_STEPS})
+                c0, t0 = tree_cpu(pid), time.monotonic()
+                try:
+                    await _quiz_alone(browser, warm_link, args, run.warm, NullProbe(), args.warmup_timeout)
+                except Exception as exc:  # noqa: BLE001
+                    run.warm.errors.append(f"warm-up: {_describe(exc)}")
+                run.warm_wall, run.warm_cpu = time.monotonic() - t0, tree_cpu(pid) - c0
+            if not args.no_calibration:
+                probe = FirstCalibrate(pid)
+                await probe.idle()
+                try:
+                    await _quiz_alone(browser, warm_link, args, Results(latencies={s: [] for s in QUIZ_STEPS}), probe,
+                                      args.step_timeout)
+                except Exception as exc:  # noqa: BLE001
+                    run.calib_errors.append(f"calibration: {_describe(exc)}")
+                run.calib.append(probe)
+                await wait_server_idle(pid)
+            await _concurrent_quiz(p, browser, link, args, pid, run)
+            return run
+        finally:
+            await browser.close()
+
+
+async def _concurrent_quiz(p, browser, link: str, args, pid: int, run: Run) -> None:
+    """The class: ``args.sessions`` students, server CPU sampled and attributed to the steps in flight."""
+    inflight: dict[int, str] = {}
+    stop = asyncio.Event()
+    sampler = asyncio.ensure_future(sample_server_cpu(pid, inflight, run.attributed, stop))
+    me = os.getpid()
+    c0, l0, (m0, _) = tree_cpu(pid), tree_cpu(me), machine_busy()
+    t0 = time.monotonic()
+    browsers = [browser] + [await p.chromium.launch(executable_path=CHROMIUM, args=LOADGEN_ARGS)
+                            for _ in range(1, -(-args.sessions // max(args.per_browser, 1)))]
+    try:
+        await asyncio.gather(*(quiz_student(i, browsers[i % len(browsers)], link, args, run.res, inflight,
+                                            run.ended) for i in range(args.sessions)))
+        stop.set()
+        await sampler
+        run.wall = time.monotonic() - t0
+        run.server_cpu = tree_cpu(pid) - c0
+        run.loadgen_cpu = (tree_cpu(me) - l0) - run.server_cpu
+        run.machine_cpu = machine_busy()[0] - m0
+    finally:
+        for extra in browsers[1:]:
+            await extra.close()
+
+
+def quiz_table(run: Run) -> str:
+    """Per step: n, median / p95 / max latency, server CPU s calibrated (alone) and under load (shared)."""
+    first = run.calib[0].steps if run.calib else {}
+    lines = ["| step (page) | n | median (s) | p95 (s) | max (s) | server CPU s/step, alone "
+             "| server CPU s/step under load (shared) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for step in QUIZ_STEPS:
+        v = np.asarray(run.res.latencies[step])
+        stats = f"{np.median(v):.2f} | {np.percentile(v, 95):.2f} | {v.max():.2f}" if len(v) else "- | - | -"
+        ended = run.ended.get(step, 0)
+        load = _fmt(run.attributed.get(step, 0.0) / ended) if ended else "-"
+        lines.append(f"| {step} ({QUIZ_PAGES[step]}) | {len(v)} | {stats} | "
+                     f"{_fmt(first[step].cpu_rerun) if step in first else '-'} | {load} |")
+    if run.res.rounds:
+        lines.append(f"| whole play | {run.res.rounds} | | | | | {_fmt(run.server_cpu / run.res.rounds)} |")
+    return "\n".join(lines)
+
+
+def quiz_main(args, bundle: Path, env: dict, work: Path) -> int:
+    """``--flow quiz``: start a class round, serve, warm up, calibrate, then the class; the report."""
+    state_url = f"sqlite:///{work / 'state.sqlite3'}"
+    env = {**env, "ASAP_STATE_URL": state_url}
+    link_bundle = bundle.name if args.mode == "hosted" else str(bundle)
+    code, ids = start_class_round(state_url, bundle, link_bundle, args.quiz_images)
+    procs: list = []
+    with streamlit_server(env, work / "server.log", procs=procs) as url:
+        from asap_core.views import quiz as vq
+
+        link = vq.round_link(f"{url}/quiz", link_bundle, vq.QuizSpec("all", "", args.quiz_images, QUIZ_SEED), code)
+        warm_link = vq.quiz_link(f"{url}/quiz", link_bundle, vq.QuizSpec("all", "", args.quiz_images, QUIZ_SEED + 1))
+        pid = procs[0].pid
+        print(f"server {url} ({args.mode} mode, pid {pid}); class round {code}: {args.sessions} students, one "
+              f"every {args.ramp:g} s, {args.quiz_images} images each; {os.cpu_count()} CPUs, load average "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+        run = asyncio.run(drive_quiz(link, warm_link, args, pid))
+        rss = peak_rss_mb(pid)
+    n_rec, want = recorded_answers(state_url, code), args.sessions * args.quiz_images
+    if n_rec != want:
+        run.res.errors.append(f"class round {code}: {n_rec} answers recorded, expected {want}")
+    print(f"\nwarm-up play: {run.warm_wall:.1f} s wall, {run.warm_cpu:.1f} server CPU s"
+          + (f" ({'; '.join(run.warm.errors)})" if run.warm and run.warm.errors else ""))
+    print(f"{args.sessions} students, {run.wall:.0f} s: {run.res.rounds} plays completed, {n_rec} answers recorded "
+          f"in round {code}, errors: {len(run.res.errors)}" + (f"; server peak RSS {rss:.0f} MB" if rss else ""))
+    if run.wall > 0:
+        print(f"CPU in the class phase: server {run.server_cpu:.1f} s = {run.server_cpu / run.wall:.2f} cores busy; "
+              f"load generator {run.loadgen_cpu:.1f} s; whole machine {run.machine_cpu / run.wall:.2f} of "
+              f"{os.cpu_count()} cores; load average now {os.getloadavg()[0]:.1f}")
+    print(quiz_table(run))
+    for e in run.res.errors[:20] + run.calib_errors:
+        print("  -", e)
+    if args.json:
+        args.json.write_text(json.dumps({"flow": "quiz", "sessions": args.sessions, "ramp": args.ramp,
+                                         "quiz_images": args.quiz_images, "errors": run.res.errors,
+                                         "latencies": run.res.latencies, "wall_s": run.wall,
+                                         "server_cpu_s": run.server_cpu, "answers_recorded": n_rec,
+                                         "server_cpu_by_step_shared_s": run.attributed, "steps_ended": run.ended,
+                                         "calibration": [{s: vars(c) for s, c in pr.steps.items()} for pr in run.calib]},
+                                        indent=1))
+    return 1 if run.res.errors or run.calib_errors else 0
+
+
 # ------------------------------------------------------------------------------------------ report
 def _fmt(x: float | None, nd: int = 2) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
@@ -598,6 +835,9 @@ def peak_rss_mb(pid: int) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--bundle", type=Path, help="bundle folder (default: build the demo bundle in --work)")
+    ap.add_argument("--flow", choices=["explore", "quiz"], default="explore",
+                    help="explore: the overview -> grid -> attention rounds; quiz: a class playing one quiz link")
+    ap.add_argument("--quiz-images", type=int, default=10, help="--flow quiz: images in the quiz")
     ap.add_argument("--sessions", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=60.0, help="how long sessions start new rounds")
     ap.add_argument("--ramp", type=float, default=2.0,
@@ -630,6 +870,15 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         bundle = (args.bundle.expanduser().resolve() if args.bundle else build_demo_bundle(work))
+        env = {"ASAP_CACHE_DIR": str(work / "server-cache"), "ASAP_RELEVANCE_BUDGET": RELEVANCE_BUDGET}
+        if args.mode == "hosted":
+            env.update(ASAP_HOSTED="1", ASAP_BUNDLE_ROOT=str(bundle.parent), ASAP_BUNDLE=bundle.name)
+        else:
+            env.update(ASAP_BUNDLE=str(bundle), ASAP_HOSTED="0")
+        if args.flow == "quiz":
+            if args.maps == "fresh":
+                print(f"maps: {clear_maps(bundle)} cached map store(s) deleted", flush=True)
+            return quiz_main(args, bundle, env, work)
         plan = cell_plan(bundle, args.grid)
         if len(plan) < 2:
             print(f"{bundle} has fewer than 2 cells with 3+ images on a {args.grid}x{args.grid} grid", file=sys.stderr)
@@ -638,11 +887,6 @@ def main(argv: list[str] | None = None) -> int:
         if maps == "fresh":
             print(f"maps: {clear_maps(bundle)} cached map store(s) of {bundle.name} deleted, maps computed on demand",
                   flush=True)
-        env = {"ASAP_CACHE_DIR": str(work / "server-cache"), "ASAP_RELEVANCE_BUDGET": RELEVANCE_BUDGET}
-        if args.mode == "hosted":
-            env.update(ASAP_HOSTED="1", ASAP_BUNDLE_ROOT=str(bundle.parent), ASAP_BUNDLE=bundle.name)
-        else:
-            env.update(ASAP_BUNDLE=str(bundle), ASAP_HOSTED="0")
         procs: list = []
         t_start = time.monotonic()
         with streamlit_server(env, work / "server.log", procs=procs) as url:

@@ -223,7 +223,7 @@ def stage_rows(n: int):
         if frames:
             frames[-1]["peak"] = max(frames[-1]["peak"], _status_mb("VmHWM"))
         frame = {"name": name, "peak": 0.0, "reset": _reset_peak(), "before": _status_mb("VmRSS"),
-                 "t0": time.perf_counter()}
+                 "t0": time.perf_counter(), "cpu0": time.process_time()}
         frames.append(frame)
         status = "ok"
         try:
@@ -237,7 +237,8 @@ def stage_rows(n: int):
             peak = max(frame["peak"], _status_mb("VmHWM"))
             (frames[-1].__setitem__("peak", max(frames[-1]["peak"], peak)) if frames else peaks.append(peak))
             emit(n=n, stage=(f"  inside {frames[-1]['name']}: " if frames else "") + name,
-                 s=time.perf_counter() - frame["t0"], peak_mb=peak, rss_before_mb=frame["before"],
+                 s=time.perf_counter() - frame["t0"], cpu_s=time.process_time() - frame["cpu0"], peak_mb=peak,
+                 rss_before_mb=frame["before"],
                  rss_after_mb=_status_mb("VmRSS"), peak_kind="stage" if frame["reset"] else "since start",
                  status=status, note="")
     S.RunContext.stage = measured
@@ -300,16 +301,17 @@ def run_one(n: int, scratch: Path, args) -> None:
 
     work = scratch / f"n{n}"
     start_mb = _status_mb("VmRSS")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with stage_rows(n) as peaks, layout_timers() as spent:
         report = analyze_embeddings(work / "ids.parquet", work / "bundle", options(work))
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     for name, s in (("  of the layout: t-SNE fit (at most 20k rows)", spent["tsne"]),
                     ("  of the layout: unique rows + kNN placement", spent["embed_2d"] - spent["tsne"])):
         emit(n=n, stage=name, s=s, peak_mb=None, status="ok", note="")
     m = report.metrics
     size = sum(f.stat().st_size for f in report.bundle.rglob("*") if f.is_file())
-    emit(n=n, stage="TOTAL analyze --from-embeddings (the real path)", s=total, peak_mb=max(peaks, default=start_mb),
+    emit(n=n, stage="TOTAL analyze --from-embeddings (the real path)", s=total, cpu_s=cpu,
+         peak_mb=max(peaks, default=start_mb),
          rss_before_mb=start_mb, rss_after_mb=_status_mb("VmRSS"), status="ok",
          note=(f"{report.n_used:,} images; {m['epochs']} epochs, val AUC {m['val']['roc_auc']:.3f}, generator acc "
                f"{m.get('generator_val_accuracy', float('nan')):.3f}; grid {_grid(report)}; "
@@ -407,19 +409,21 @@ def headline(n: int, rows: list[dict]) -> str:
     if not total or failed:
         return f"{n:,} images: the real path did not finish ({(failed or [{'status': 'no total row'}])[0]['status']})"
     t = total[0]
-    return f"{n:,} images: the real path (analyze --from-embeddings) took {t['s']:.0f} s, peak RSS {t['peak_mb']:,.0f} MB"
+    return (f"{n:,} images: the real path (analyze --from-embeddings) took {t['s']:.0f} s ({t['cpu_s']:.0f} CPU s), "
+            f"peak RSS {t['peak_mb']:,.0f} MB")
 
 
 def table(rows: list[dict]) -> str:
     """The rows as a Markdown table."""
-    lines = ["| images | stage | s | peak RSS MB | RSS before / after MB | status | note |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| images | stage | s | CPU s | peak RSS MB | RSS before / after MB | status | note |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         n = f"{r['n']:,}" if isinstance(r["n"], int) else r["n"]
         peak = "" if r.get("peak_mb") is None else f"{r['peak_mb']:,.0f}" + ("" if r.get("peak_kind", "stage") == "stage"
                                                                               else " (since start)")
         ba = "" if r.get("rss_before_mb") is None else f"{r['rss_before_mb']:,.0f} / {r['rss_after_mb']:,.0f}"
-        lines.append(f"| {n} | {r['stage']} | {r['s']:.1f} | {peak} | {ba} | {r['status']} | {r['note']} |")
+        cpu = "" if r.get("cpu_s") is None else f"{r['cpu_s']:.1f}"
+        lines.append(f"| {n} | {r['stage']} | {r['s']:.1f} | {cpu} | {peak} | {ba} | {r['status']} | {r['note']} |")
     return "\n".join(lines)
 
 

@@ -1,10 +1,13 @@
 """Browser test of the quiz ("Real or AI?"): Debian's Chromium, driven by Playwright, against a real
 ``streamlit run`` of the app on the demo images (built here with the random CLIP, ~10 s on 2 cores).
 
-A teacher opens the quiz page and copies the link; a student (another session) opens it, gets the images
-the spec names, answers all ten, and sees both scores. Screenshots (1280x800) of the teacher panel, a
-question, a reveal and the end screen go to ``$ASAP_SCREENSHOTS`` (or the test's tmp folder); the ones in
-``docs/screenshots/quiz_*.png`` come from here. Skips without /usr/bin/chromium or playwright.
+A teacher opens the quiz page and copies the link; a student (another session) opens it and sees only the
+student's view (no sidebar, no explorer pages or controls, no paths, no toolbar), with the question and both
+answers inside the window without scrolling at 1280x800, 1366x768 and on a phone (390x844); they get the
+images the spec names, answer all ten, and see both scores. Screenshots of the teacher panel, a question, a
+reveal and the end screen (1280x800) and of the phone view go to ``$ASAP_SCREENSHOTS`` (or the test's tmp
+folder); the ones in ``docs/screenshots/quiz_*.png`` come from here. Skips without /usr/bin/chromium or
+playwright.
 """
 from __future__ import annotations
 
@@ -28,6 +31,11 @@ pytestmark = pytest.mark.skipif(sync_playwright is None or not Path(CHROMIUM).ex
 SPEC = vq.QuizSpec("all", "", 10, 42)
 ANSWERS = ["fake", "real", "fake", "fake", "real", "real", "fake", "real", "fake", "real"]
 VIEW = {"width": 1280, "height": 800}
+STUDENT_VIEWS = {"1280": VIEW, "1366": {"width": 1366, "height": 768}, "phone": {"width": 390, "height": 844}}
+#: what a student must not see: the explorer's navigation, sidebar, toolbar (Deploy, menu) and widgets
+EXPLORER_SELECTORS = ("[data-testid='stSidebar']", "[data-testid='stSidebarNav']", "[data-testid='stToolbar']",
+                      "[data-testid='stAppDeployButton']", "[data-testid='stMainMenu']", "[role='dialog']",
+                      ".st-key-quiz_w_source", ".st-key-w_guide_btn")
 # the src of the big question image (Streamlit serves media under a content hash: same image, same name)
 PICTURE_SRC_JS = "() => document.querySelector(\"[data-testid='stMain'] img\").getAttribute('src')"
 # true when Streamlit is not running the script (no stale elements left on the page)
@@ -58,7 +66,9 @@ def settle(page, n_images: int) -> None:
     then scroll the page's title to the top (the notices above it stay out of the 1280x800 screenshot)."""
     page.wait_for_function(IDLE_JS)
     page.wait_for_function(IMAGES_DECODED_JS, arg=n_images)
-    page.get_by_role("heading", name="Real or AI?").evaluate("h => h.scrollIntoView({block: 'start'})")
+    heading = page.get_by_role("heading", name="Real or AI?")
+    if heading.count():                                  # the teacher's page (the student's view has no title)
+        heading.evaluate("h => h.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(300)
 
 
@@ -89,6 +99,34 @@ def teacher_link(browser, server: str, shots: Path) -> str:
     return link
 
 
+def in_window(page, selector: str) -> None:
+    """The element is visible and lies wholly inside the window, the page not scrolled."""
+    box = page.locator(selector).first.bounding_box()
+    view = page.viewport_size
+    assert box is not None and page.evaluate("() => window.scrollY") == 0
+    assert box["x"] >= 0 and box["y"] >= 0, (selector, box)
+    assert box["x"] + box["width"] <= view["width"] and box["y"] + box["height"] <= view["height"], (selector, box)
+
+
+def student_view(browser, link: str, view: dict, demo_bundle: Bundle, shot: Path | None):
+    """Open ``link`` as a student in a ``view`` window: only the quiz, question and answers in the window."""
+    page = browser.new_page(viewport=view)
+    page.set_default_timeout(45000)
+    page.goto(link)
+    page.get_by_text("Image 1 of 10", exact=True).wait_for()
+    settle(page, 1)
+    for sel in EXPLORER_SELECTORS:
+        assert page.locator(sel).filter(visible=True).count() == 0, sel
+    body = page.locator("body").inner_text()
+    assert str(demo_bundle.path) not in body and "Make a quiz" not in body and vq.STUDENT_LINE in body
+    for sel in ("[data-testid='stMain'] img", ".st-key-quiz_real button", ".st-key-quiz_ai button"):
+        in_window(page, sel)
+    assert min(page.locator(f".st-key-quiz_{k} button").bounding_box()["height"] for k in ("real", "ai")) >= 44
+    if shot is not None:
+        page.screenshot(path=str(shot))
+    return page
+
+
 def answer_all(page, ids: list[str], shots: Path) -> None:
     """Answer the ten images (``ANSWERS``); screenshots of the first question and its reveal."""
     for i, said in enumerate(ANSWERS):
@@ -101,7 +139,10 @@ def answer_all(page, ids: list[str], shots: Path) -> None:
         page.locator(".st-key-quiz_ai button" if said == "fake" else ".st-key-quiz_real button").click()
         page.get_by_text(f"Image {i + 1} of 10: the answer").wait_for()
         if i == 0:
-            settle(page, 2 + 2 * 3)                            # image + map, two dimensions x three exemplars
+            settle(page, 1)                                    # the picture (a random model: no map, no looks)
+            in_window(page, ".st-key-quiz_next button")
+            body = page.locator("[data-testid='stMain']").inner_text()
+            assert vq.UNTRAINED in body and "p_fake" not in body and "logit" not in body
             page.screenshot(path=str(shots / "quiz_reveal.png"))
         page.locator(".st-key-quiz_next button").click()
 
@@ -118,15 +159,16 @@ def test_play_a_quiz_from_its_link_to_the_end(server, demo_bundle, tmp_path):
             link = teacher_link(browser, server, shots)
             assert link.startswith(f"{server}/quiz?") and "page=quiz" in link
             srcs = []
-            for _ in range(2):                                  # two students, one link: the same first image
-                page = browser.new_page(viewport=VIEW)
-                page.set_default_timeout(45000)
-                page.goto(link)
-                page.get_by_text("Image 1 of 10", exact=True).wait_for()
-                close_dialog(page)
-                settle(page, 1)
+            for name, view in STUDENT_VIEWS.items():            # three students, one link: the same first image
+                shot = shots / "quiz_student_phone.png" if name == "phone" else None
+                page = student_view(browser, link, view, demo_bundle, shot)
                 srcs.append(page.evaluate(PICTURE_SRC_JS))
-            assert srcs[0] == srcs[1]
+                if name != "1280":
+                    page.close()
+                else:
+                    student = page
+            assert len(set(srcs)) == 1
+            page = student
             answer_all(page, ids, shots)
             page.get_by_text("Your score").wait_for()
             settle(page, 0)

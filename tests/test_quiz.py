@@ -11,6 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from asap_core.settings import reload_settings
@@ -172,6 +173,64 @@ def test_score_counts_and_fooled_lists():
         vq.score(["real"], ["real", "fake"], ["real"])
 
 
+# ------------------------------------------------------------------------------------------ the reveal in plain words
+def test_fk_grade_is_the_flesch_kincaid_formula():
+    assert vq.syllables("readability") == 5 and vq.syllables("make") == 1 and vq.syllables("the") == 1
+    assert vq.fk_grade("The cat sat on the mat.") == pytest.approx(0.39 * 6 + 11.8 * 1 - 15.59)
+    long = ("Notwithstanding considerable methodological heterogeneity, attribution visualisations "
+            "systematically overstate discriminative localisation.")
+    assert vq.fk_grade(long) > 16 > 6 > vq.fk_grade("You said AI. Well spotted!")
+
+
+def test_how_sure_says_it_in_words():
+    assert vq.how_sure(0.1) == "very sure: about 9 in 10" == vq.how_sure(0.9)
+    assert vq.how_sure(0.52) == "not sure at all: it was close to a coin toss"
+    assert vq.how_sure(0.3) == "a little sure: about 7 in 10" and vq.how_sure(0.82) == "quite sure: about 8 in 10"
+    assert vq.how_sure(0.999) == "very sure: more than 9 in 10"
+
+
+def test_plain_reveal_has_no_jargon_names_looks_and_reads_at_grade_7_or_below():
+    df = table(60, seed=1)
+    z = df[Z_COLUMNS].to_numpy()
+    w2 = np.random.default_rng(2).normal(size=N_DIMS)
+    names = [""] * N_DIMS
+    grades = []
+    for image_id in df.loc[df["label"].notna(), "image_id"].head(12):
+        rv = vq.reveal(df, z, w2, image_id)
+        names[rv.dims[0]] = "smooth skin"
+        for said in ("real", "fake"):
+            words = vq.plain_reveal(rv, said, names)
+            text = words.text()
+            assert not JARGON.search(text), text
+            assert vq.the_thing(rv.truth) in words.truth and ("well spotted" in words.you) == (said == rv.truth)
+            assert vq.how_sure(rv.p_fake) in words.guess and ("right" if rv.model_right else "wrong") in words.guess
+            assert "“smooth skin”" in words.named and words.looked == vq.MAP_CAPTION
+            assert bool(words.examples) == (rv.dims[1] != rv.dims[0] and not names[rv.dims[1]])
+            assert vq.unnamed_examples(rv, names) == [i for d, ex in zip(rv.dims, rv.exemplars) if not names[d]
+                                                      for i in ex]
+            grades.append(vq.fk_grade(text))
+            random = vq.plain_reveal(rv, said, names, trusted=False)          # a random model: no reasons at all
+            assert vq.UNTRAINED in random.guess and not random.named and not random.examples and not random.looked
+            assert "sure" not in random.guess and not JARGON.search(random.text())
+            grades.append(vq.fk_grade(random.text()))
+        names[rv.dims[0]] = ""
+    assert max(grades) <= 7.0, max(grades)                               # ages 12 and up (US grade 7)
+    assert vq.plain_reveal(rv, "real", names, has_map=False).looked == vq.NO_MAP
+
+
+def test_the_spotlight_lights_what_pushed_the_guess_without_colour():
+    picture = Image.new("RGB", (64, 48), (120, 120, 120))
+    maps = np.zeros((N_DIMS + 1, 8, 8), np.float32)
+    maps[N_DIMS, :4, :4] = 1.0                                            # pushes towards AI in the top left
+    maps[N_DIMS, 4:, 4:] = -1.0                                           # and towards real in the bottom right
+    ai = np.asarray(vq.spotlight(picture, maps, "fake", 32), np.float32)
+    real = np.asarray(vq.spotlight(picture, maps, "real", 32), np.float32)
+    assert ai.shape == (32, 32, 3) and np.allclose(ai[..., 0], ai[..., 1]) and np.allclose(ai[..., 1], ai[..., 2])
+    assert ai[:12, :12].mean() > 100 > 40 > ai[20:, 20:].mean()
+    assert real[20:, 20:].mean() > 100 > 40 > real[:12, :12].mean()
+    assert np.asarray(vq.spotlight(picture, np.zeros_like(maps), "fake", 32)).max() < 40   # nothing: all dimmed
+
+
 # ------------------------------------------------------------------------------------------ the page
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle, tmp_path_factory) -> Bundle:  # noqa: F811
@@ -300,3 +359,69 @@ def test_hosted_quiz_link_names_the_bundle_and_plays_past_the_budget(bundle, tmp
         assert (trusted and i == 2) == any("used 2 of the 2" in e.value for e in at.error)
         at.button(key="quiz_next").click().run()
     assert metric(at, "The computer").endswith("/ 3")
+
+
+def test_a_trusted_reveal_shows_the_spotlight_and_the_looks_by_name(tiny_bundle, tmp_path, monkeypatch):  # noqa: F811
+    """Where the model may be explained (patched here: the tiny bundle's CLIP is random), the reveal shows the
+    spotlight picture, a named look by its name and the other look as example pictures; still no jargon."""
+    b = private_copy(tiny_bundle, tmp_path / "named")
+    monkeypatch.setattr("app_pages.glue.quiz.trusted", lambda bundle: True)
+    spec = vq.QuizSpec("all", "", 2, 3)
+    first = vq.quiz_images(b.images, spec)[0]
+    rv = vq.reveal(b.images, b.z, va.head_weights(b.distiller), first)
+    b.set_dimension_name(rv.dims[0], "smooth skin")
+    at = open_link(b, spec.to_param())
+    at.button(key="quiz_ai").click().run()
+    no_exception(at)
+    text = shown_text(at)
+    assert vq.MAP_CAPTION in text and "“smooth skin”" in text and not JARGON.search(text)
+    assert vq.how_sure(rv.p_fake) in text and vq.UNTRAINED not in text
+    n_images = len([im for el in at.get("image") for im in el.proto.imgs])
+    assert n_images == 1 + (vq.N_EXEMPLARS if rv.dims[1] != rv.dims[0] else 0)   # spotlight + the unnamed look
+
+
+def test_the_quiz_link_names_the_bundle_open_now(bundle, tiny_bundle, tmp_path):  # noqa: F811
+    """After another bundle opens (e.g. "Bring your own images"), the link shown and the address bar name it,
+    not the bundle of the link the session came from."""
+    other = private_copy(tiny_bundle, tmp_path / "my-images")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"bundle": str(bundle.path), "page": "quiz"})
+    at.run()
+    no_exception(at)
+    at.session_state["bundle_path"] = str(other.path)                   # what glue.state.open_bundle does
+    at.run()
+    no_exception(at)
+    link = next(c.value for c in at.code if "quiz=" in c.value)
+    query = dict(parse_qsl(urlsplit(link).query))
+    assert query["bundle"] == str(other.path) and at.query_params["bundle"] == str(other.path)
+
+
+def test_a_class_opening_one_quiz_computes_each_map_once(monkeypatch):
+    """30 students reach the same reveal at once: the map is computed (and charged) by one of them, the others
+    wait and read it (``glue.quiz.quiz_maps``: one computation per bundle and method at a time)."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from app_pages.glue import quiz as QG
+
+    stored, computed, inside, peak = set(), [], [0], [0]
+
+    def maps_for(b, ids, method):                       # data.maps_for: computes (and charges) what is missing
+        inside[0] += 1
+        peak[0] = max(peak[0], inside[0])
+        missing = [i for i in ids if i not in stored]
+        time.sleep(0.02 if missing else 0.0)
+        computed.extend(missing)
+        stored.update(missing)
+        inside[0] -= 1
+        return np.zeros((len(ids), N_DIMS + 1, 2, 2))
+
+    monkeypatch.setattr(QG.data, "maps_for", maps_for)
+    b = SimpleNamespace(path=Path("/bundles/demo"))
+    threads = [threading.Thread(target=QG.quiz_maps, args=(b, ["img-1"], "last-block")) for _ in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert computed == ["img-1"] and peak[0] == 1

@@ -23,7 +23,7 @@ def reports(tiny_bundle):  # noqa: F811
     return b, ids, faith, sanity_report(b, ids)
 
 
-def test_forwards_per_image_bounds_what_the_curves_really_run(tiny_encoder, monkeypatch):
+def test_forwards_per_image_bounds_what_the_checks_really_run(tiny_encoder, monkeypatch):
     from asap_core.method.faithfulness import DeletionInsertion
     from asap_core.model.encoder import ClipEncoder
     from test_faithfulness import _random_distiller
@@ -33,44 +33,54 @@ def test_forwards_per_image_bounds_what_the_curves_really_run(tiny_encoder, monk
     monkeypatch.setattr(ClipEncoder, "embed", lambda self, px, **kw: (seen.append(len(px)), original(self, px))[1])
     px = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     maps = np.random.default_rng(0).random((2, 2, 4, 4))  # one map per requested target
-    DeletionInsertion(tiny_encoder, _random_distiller(0), steps=16, n_random=4).evaluate(px, maps, target=[3, 16])
-    assert 0.8 * 2 * vc.forwards_per_image(2) <= sum(seen) <= 2 * vc.forwards_per_image(2)
+    metric = DeletionInsertion(tiny_encoder, _random_distiller(0))  # the defaults the app runs
+    metric.evaluate(px, maps, target=[3, 16])
+    metric.occlusion(px)
+    bound = 2 * vc.forwards_per_image(2, n_patches=16)
+    assert 0.8 * bound <= sum(seen) <= bound
     # the charge is the passes in relevance-map images: more targets, more images, more cost
     assert vc.check_charge(4, 2, 4) > vc.check_charge(2, 2, 4) > vc.check_charge(2, 1, 4) > vc.check_charge(0, 0, 4)
     assert vc.check_charge(1, 2, 0) == -(-vc.forwards_per_image(2) // vc.MAP_PASSES)
+    assert vc.check_charge(0, 0, 1) == 3 * (1 + vc.ASSUMED_BLOCKS)  # 3 redraws of a cascade, in map images
 
 
 def test_ratio_words():
-    assert vc.ratio_text(2.34) == "2.3x more faithful than random"
-    assert vc.ratio_text(1.02) == "no more faithful than random"
-    assert vc.ratio_text(0.5).startswith("less faithful than random")
-    assert "not measurable" in vc.ratio_text(float("nan"))
+    assert vc.ratio_text(2.34) == "2.3x"
+    assert vc.ratio_text(float("nan")) == "not measurable"
 
 
-def test_trust_lines_name_the_dimension_and_carry_the_report(reports):
+def test_trust_lines_say_what_is_measured_with_interval_and_images(reports):
     b, ids, faith, sanity = reports
     names = [""] * 16
     names[2] = "smooth skin"
     lines = vc.trust_lines(2, faith.summary, sanity.summary, names)
-    assert len(lines) == 2 and lines[0].startswith("**dim 2 · smooth skin: its maps are ")
-    ratio = float(faith.summary.set_index("target").loc[2, "ratio"])
-    assert vc.ratio_text(ratio) in lines[0]
-    # the tiny bundle's CLIP is a random initialisation: the sanity verdict must say the maps mean nothing
-    assert lines[1].startswith("**Fails the sanity check**") and "randomly initialised" in lines[1]
+    row = faith.summary.set_index("target").loc[2]
+    assert lines[0].startswith(f"**dim 2 · smooth skin · faithfulness to this model: {row['verdict']}**")
+    assert vc.WHAT_IT_TESTS in lines[0] and "not whether the pattern is a real artifact" in lines[0]
+    assert f"{len(ids)} images" in lines[0] and vc.ratio_text(float(row["ratio"])) in lines[0]
+    assert "95% interval" in lines[0] and np.isfinite(row["ratio_low"])  # a bootstrap over the 3 images
+    one = vc.trust_lines(2, faith.summary.assign(ratio_low=np.nan, ratio_high=np.nan, verdict="too few images to tell"),
+                         None, names)[0]
+    assert "too few images to tell" in one and "95% interval" not in one
+    # the tiny bundle's CLIP is a random initialisation: not assessed, with the measured figures
+    assert lines[-1].startswith("**Sanity check: not assessed**: not assessed: this CLIP is a random initialisation")
+    assert "rank correlation" in lines[-1] and "3 redraws" in lines[-1] and f"{len(ids)} images" in lines[-1]
     assert vc.trust_lines(5, None, None) == []
 
 
-def test_tile_notes_and_flags_follow_the_reports(reports):
+def test_tile_notes_carry_their_interval_and_flags_follow_the_reports(reports):
     b, ids, faith, sanity = reports
     flagged = vc.flagged_targets(sanity.summary)
-    assert flagged == set(range(N_TARGETS))  # random CLIP: every target
+    assert flagged == set() and vc.not_assessed(sanity.summary)  # random CLIP: not assessed, not flagged
     per = faith.per_image
     row = per[(per["image_id"] == ids[0]) & (per["target"] == FAKE_LOGIT)].iloc[0]
-    note = vc.tile_note(ids[0], FAKE_LOGIT, per, flagged)
+    note = vc.tile_note(ids[0], FAKE_LOGIT, per, {FAKE_LOGIT})
     if np.isfinite(row["ratio"]):
-        assert f"{row['ratio']:.1f}x random" in note
+        assert f"{row['ratio']:.1f}x random ({max(row['ratio_low'], 0):.1f}-{row['ratio_high']:.1f})" in note
     assert note.endswith("fails sanity")
     assert vc.tile_note(ids[0], 7, per, set()) == ""  # target 7 was not computed, not flagged
+    no_interval = per.assign(ratio_low=np.nan)
+    assert "x random" not in vc.tile_note(ids[0], FAKE_LOGIT, no_interval, set())  # no interval, no note
 
 
 def test_checks_table_has_one_row_per_computed_target(reports):
@@ -78,19 +88,23 @@ def test_checks_table_has_one_row_per_computed_target(reports):
     table = vc.checks_table(faith.summary, sanity.summary, [""] * 16)
     assert list(table["target"]) == list(range(N_TARGETS))
     by = table.set_index("target")
-    assert np.isfinite(by.loc[2, "x more faithful than random"]) and np.isnan(by.loc[7, "x more faithful than random"])
-    assert set(table["sanity"]) == {"fails"}
+    assert np.isfinite(by.loc[2, "x less left than random"]) and np.isnan(by.loc[7, "x less left than random"])
+    assert set(table["sanity"]) == {"not assessed"} and np.isfinite(by.loc[2, "agreement with occlusion"])
     only_faith = vc.checks_table(faith.summary, None)
     assert list(only_faith["target"]) == [2, FAKE_LOGIT] and set(only_faith["sanity"]) == {""}
 
 
-def test_curves_chart_plots_the_three_deletion_orders(reports):
+def test_curves_and_cascade_charts(reports):
     b, ids, faith, sanity = reports
     spec = vc.curves_chart(faith.curves, FAKE_LOGIT).to_dict()
     data = pd.DataFrame(next(iter(spec["datasets"].values())))
     assert set(data["order"]) == {"map's order", "random order", "random mask, same area"}
     assert data["x"].min() == 0 and data["x"].max() == 1
     assert vc.check_targets_for(3) == [3, FAKE_LOGIT] and vc.check_targets_for(FAKE_LOGIT) == [FAKE_LOGIT]
+    spec = vc.cascade_chart(sanity.cascade, 3).to_dict()
+    data = pd.DataFrame(next(iter(spec["datasets"].values())))
+    assert list(dict.fromkeys(data["step_name"])) == ["classifier", "+ block 1", "+ block 0", "+ embeddings"]
+    assert set(data["similarity"]) == {"rank correlation", "SSIM (looks the same)"}
 
 
 def test_attention_tiles_carry_their_maps_checks(reports):
@@ -102,20 +116,27 @@ def test_attention_tiles_carry_their_maps_checks(reports):
     rows = va.attention_rows(b.images, ids, bundle_maps(b, ids), w2, b.thumbnails(ids))
     targets = vc.attention_check_targets(rows, k=2)
     assert FAKE_LOGIT in targets and all(int(r["order"][0]) in targets for r in rows)
-    captions = vc.tile_captions(rows[0], faith.per_image, vc.flagged_targets(sanity.summary))
+    captions = vc.tile_captions(rows[0], faith.per_image, set(targets))
     assert len(captions) == len(rows[0]["tiles"]) and captions[0] == "image"  # the photo itself: no check
-    assert all(c.endswith("fails sanity") for c in captions[1:])  # random CLIP: every map flagged
     assert all(c.startswith(t.caption) for c, t in zip(captions, rows[0]["tiles"]))
+    assert sum(c.endswith("fails sanity") for c in captions) == sum(t.target in targets for t in rows[0]["tiles"])
+    lines = vc.summary_lines(faith.summary, sanity.summary, targets)
+    assert "faithfulness to this model" in lines[0] and lines[-1].startswith("**Sanity check: not assessed**")
 
 
-def test_the_sentence_follows_the_ratio():
-    def summary(ratio: float, beats: bool) -> pd.DataFrame:
-        return pd.DataFrame([{"target": 4, "n_images": 12, "ratio": ratio, "beats_random": beats,
-                              "deletion_abc": 0.1}])
+def test_the_sentence_follows_the_verdict():
+    def summary(ratio: float, low: float, high: float, verdict: str) -> pd.DataFrame:
+        return pd.DataFrame([{"target": 4, "n_images": 12, "ratio": ratio, "ratio_low": low, "ratio_high": high,
+                              "verdict": verdict, "deletion_abc": 0.1, "occlusion_rho": 0.61, "occlusion_low": 0.4,
+                              "occlusion_high": 0.8}])
 
-    assert "2.0x more faithful than random**: removing patches in the map's order lowers it faster than" in \
-        vc.trust_lines(4, summary(2.0, True), None)[0]
-    assert "within the noise" in vc.trust_lines(4, summary(2.0, False), None)[0]
-    assert "no more faithful than random**: removing patches in the map's order lowers it about as fast as" in \
-        vc.trust_lines(4, summary(1.02, False), None)[0]
-    assert "more slowly than" in vc.trust_lines(4, summary(0.5, False), None)[0]
+    lines = vc.trust_lines(4, summary(2.0, 1.5, 2.6, "better than random"), None)
+    assert lines[0].startswith("**dim 4 · faithfulness to this model: better than random**: removing patches in "
+                               "the map's order leaves 2.0x less of the dimension's value than removing them in a "
+                               "random order (95% interval 1.5 to 2.6, 12 images).")
+    assert lines[1].startswith("**Agreement with occlusion: +0.61**") and "95% interval +0.40 to +0.80, 12 images" in \
+        lines[1]
+    assert "not clearly better than random**" in vc.trust_lines(4, summary(1.05, 0.9, 1.2,
+                                                                           "not clearly better than random"), None)[0]
+    fake = summary(3.0, 2.0, 4.0, "better than random").assign(target=FAKE_LOGIT)
+    assert "less of the fake probability" in vc.trust_lines(FAKE_LOGIT, fake, None)[0]

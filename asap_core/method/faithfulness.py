@@ -485,7 +485,7 @@ def summarise(curves: np.ndarray, x: np.ndarray, targets: Sequence[int], random_
     bootstrap interval (``ratio_low``, ``ratio_high``), ``mean_abs_delta``, ``verdict`` (``ratio_verdict``)
     and ``beats_random`` (the verdict is "better than random")."""
     fig = image_figures(curves, x, targets)
-    clipped = curve_auc(np.clip(normalise_curves(curves, targets), 0.0, 1.0), x)  # [N, K, R]
+    clipped = curve_auc(normalise_curves(curves, targets), x)  # [N, K, R]
     rows = []
     for k, t in enumerate(targets):
         ok = np.isfinite(fig["deletion_abc"][:, k])

@@ -35,9 +35,17 @@ def _read(table: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Path, str]:
     return df, path.parent, shown_path(path.name)
 
 
+def _relative(paths: pd.Series, root: Path) -> pd.Series:
+    """``paths`` under ``root`` relative to it (the folder the summary counts by), the others as given."""
+    prefix = str(root.resolve()) + "/"
+    under = paths.str.startswith(prefix)
+    return paths.where(~under, paths.str.slice(len(prefix)))
+
+
 def read_ids_table(table: str | Path | pd.DataFrame) -> ScanResult:
     """The images of ``table`` as a scan result (columns ``scan.COLUMNS`` + ``image_id``): ``label`` real, fake
-    or empty (unlabelled); ``relpath`` defaults to ``path``; ``generator``, ``source``, ``split`` to None.
+    or empty (unlabelled); ``relpath`` defaults to ``path`` (relative to the table's folder when under it);
+    ``generator``, ``source``, ``split`` to None.
     A repeated id keeps its first row (the others are skipped with a reason); ``InputError`` for missing
     columns, empty ids or another label."""
     df, root, name = _read(table)
@@ -54,7 +62,7 @@ def read_ids_table(table: str | Path | pd.DataFrame) -> ScanResult:
     if (ids == "").any():
         raise InputError(f"{name}: {int((ids == '').sum())} rows have no image_id.", "give every row its image id.")
     images = pd.DataFrame({"path": df["path"].astype(str), "label": labels.map(_LABELS)})
-    images["relpath"] = df["relpath"].astype(str) if "relpath" in df else images["path"]
+    images["relpath"] = df["relpath"].astype(str) if "relpath" in df else _relative(images["path"], root)
     for col in ("generator", "source", "split"):
         images[col] = df[col].where(df[col].notna() & (df[col] != ""), None) if col in df else None
     images["image_id"] = ids.to_numpy()
