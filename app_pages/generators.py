@@ -49,7 +49,7 @@ with left:
     st.altair_chart(vgen.confusion_chart(cm, normalize=normalize), theme=None, width="content")
 with right:
     st.markdown("**Per generator**")
-    st.dataframe(vgen.per_generator_table(fake_cm), hide_index=True,
+    st.dataframe(vgen.per_generator_display(vgen.per_generator_table(fake_cm)), hide_index=True,
                  column_config={"recall": st.column_config.NumberColumn(format="%.2f"),
                                 "precision": st.column_config.NumberColumn(format="%.2f")})
 st.markdown("**Confusion matrix** (rows: true generator, columns: predicted)")

@@ -10,6 +10,7 @@ from asap_core.errors import AsapError
 from asap_core.settings import settings
 from asap_core.views import concept as vc
 from asap_core.views import grid as vg
+from asap_core.views import overview as ov
 from asap_core.views import state as vs
 from asap_core.views.text import as_text
 from asap_core.views.glossary import GLOSSARY
@@ -82,7 +83,9 @@ event = st.altair_chart(chart, key=chart_key, on_select="rerun", selection_mode=
                         theme=None, width="content")
 ss[K.K_IMAGES] = S.consume_event(chart_key, event, ss[K.K_IMAGES], lambda ev: vs.picked_ids(ev, layout))
 
-picked = ss[K.K_IMAGES]
+# picks belong to the cells they were made in: another cell's picks are dropped (here and for Attention)
+members = set(ov.selected_members(D.gridded(path, stamp, grid)[0], cells, filters)["image_id"].astype(str))
+ss[K.K_IMAGES] = picked = [i for i in ss[K.K_IMAGES] if i in members]
 if picked:
     st.markdown(f"**{len(picked)} image{'s' if len(picked) > 1 else ''} picked**")
     st.image(D.thumbs(b, picked[:24]), width=56)

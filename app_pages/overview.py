@@ -73,7 +73,10 @@ with left:
     event = st.vega_lite_chart(spec=spec, key=chart_key, on_select="rerun", selection_mode="cell",
                                theme=None, width="stretch")
     st.image(vgen.generator_legend_svg(gen_data[1]) if by_gen else ov.legend_svg())
+before = list(ss[K.K_CELLS])
 ss[K.K_CELLS] = S.consume_event(chart_key, event, ss[K.K_CELLS], vs.cells_from_event)
+if list(ss[K.K_CELLS]) != before:
+    ss[K.K_IMAGES] = []  # picks belong to the cells they were made in
 selected = [c for c in ss[K.K_CELLS] if c in set(cells["cell"])]
 
 with right:
@@ -81,11 +84,14 @@ with right:
         s = ov.selected_summary(cells, selected)
         st.markdown(f"**Selected cell{'s' if len(selected) > 1 else ''}:** "
                     + ", ".join(str(c) for c in selected))
-        m1, m2, m3 = st.columns(3)
-        m1.metric("images", f"{s['n']:,}")
-        m2.metric("accuracy", "n/a" if math.isnan(s["accuracy"]) else f"{s['accuracy']:.0%}")
-        m3.metric("mean confidence", "n/a" if math.isnan(s["mean_conf"]) else f"{s['mean_conf']:.2f}",
-                  help=GLOSSARY["confidence"])
+        # the way on first (it must be visible at 1280x800), then metrics that wrap rather than cut their values
+        next_or_clear("Open image grid", "images", ":material/grid_view:", K.K_CELLS, chart_key,
+                      ("ov_open", "ov_clear"), "Clear selection")
+        row = st.container(horizontal=True, wrap=True, gap="medium")
+        row.metric("images", f"{s['n']:,}", width="content")
+        row.metric("accuracy", ov.percent(s["accuracy"]), width="content")
+        row.metric("mean confidence", "n/a" if math.isnan(s["mean_conf"]) else f"{s['mean_conf']:.2f}",
+                   help=GLOSSARY["confidence"], width="content")
         st.caption(f"real: {s['n_real_ok']} right, {s['n_real_wrong']} wrong · fake: {s['n_fake_ok']} right, "
                    f"{s['n_fake_wrong']} wrong" + (f" · {s['n_unlabelled']} unlabelled" if s["n_unlabelled"] else "")
                    + (f" · dominant generator: {as_text(s['dominant_generator'])}" if s["dominant_generator"] else ""))
@@ -96,8 +102,6 @@ with right:
         if by_gen:
             st.caption(as_text(vgen.attribution_caption(gen_data[0], members["image_id"].tolist())))
         st.image(D.thumbs(b, members["image_id"].head(12).tolist()), width=64)
-        next_or_clear("Open image grid", "images", ":material/grid_view:", K.K_CELLS, chart_key,
-                      ("ov_open", "ov_clear"), "Clear selection")
     else:
         st.markdown("**No cell selected.** Click a pie on the map.")
     st.markdown("**Cells near the decision boundary** (mixed labels, low confidence)",
@@ -105,6 +109,6 @@ with right:
     for r in ov.boundary_cells(cells, k=5).itertuples():
         # wrap: in a column Streamlit cuts a long button label ("confidence 0…") unless told to wrap it
         if st.button(f"cell {r.cell}: {ov.boundary_text(r)}", key=f"ov_bnd_{r.cell}", type="tertiary", wrap=True):
-            ss[K.K_CELLS] = [int(r.cell)]
+            ss[K.K_CELLS], ss[K.K_IMAGES] = [int(r.cell)], []
             ss.pop(chart_key, None)
             st.rerun()

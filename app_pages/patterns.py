@@ -79,7 +79,7 @@ except AsapError as exc:
 st.markdown("**Ranking** (by excess impact over the random mask)")
 st.dataframe(vp.ranking_display(ranked), hide_index=True, key="pat_rank",
              column_config={c: st.column_config.NumberColumn(format="%+.3f")
-                            for c in ("impact", "random_impact", "excess", "excess_se")})
+                            for c in vp.SIGNED_TITLES})
 st.altair_chart(vp.impact_chart(ranked), theme=None, width="content")
 
 st.markdown("**One pattern**")

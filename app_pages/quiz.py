@@ -237,6 +237,8 @@ def end_screen(play: dict) -> None:
         c3.caption(vq.sure_text(s))
     if play.get("recorded"):
         c3.caption("Your answers went to your teacher's class results, without your name.")
+    elif STUDENT and ss.get(K.K_ROUND):
+        c3.caption("This class round has closed, so your answers were not sent to your teacher.")
     fooled("Fooled you (the computer got them right)", s.fooled_student)
     fooled("Fooled the computer (you got them right)", s.fooled_model)
     fooled("Fooled both of you", s.fooled_both)

@@ -20,7 +20,8 @@ path, stamp = D.ref(b)
 method = ss[K.K_METHOD]
 grid = int(ss[K.K_GRID])
 
-st.subheader("Robustness to laundering")
+st.subheader("Robustness to re-saving", help="Resizing an image and saving it again as JPEG (\"laundering\") "
+             "wipes out fine traces; this page shows how the detector's score moves when that is done.")
 st.caption("Each image is resized by s (bicubic), then re-encoded as JPEG at quality q, and the detector runs "
            "again. The images: those picked on the Images page, else the selected cells' images, else a "
            "balanced random sample.")

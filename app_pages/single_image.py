@@ -58,6 +58,10 @@ left, right = st.columns([1, 3], gap="large")
 with left:
     st.image(res.image, width=220)
 with right:
+    far = vsi.far_notice(float(res.neighbours["distance"].iloc[0]), D.nearest_distance_limit(path, stamp)) \
+        if len(res.neighbours) else None
+    if far:  # before the verdict: an image unlike the bundle's gets a guess, not a finding
+        st.warning(far, icon=":material/explore_off:")
     st.markdown(vsi.verdict_line(res))
     m1, m2, m3 = st.columns(3)
     m1.metric("p_fake", f"{res.p_fake:.3f}")

@@ -50,7 +50,8 @@ def encoder_and_models(n_train: int = 120):
     y = np.array([0] * n_train + [1] * n_train)
     emb = enc.encode_images(images).numpy()
     det = DistillerTrainer(projection=np.eye(64, dtype=np.float32), seed=0).fit(emb, y)
-    ctl = DistillerTrainer(projection=np.eye(64, dtype=np.float32), seed=0).fit(emb, np.random.default_rng(1).permutation(y))
+    shuffled = np.random.default_rng(1).permutation(y)
+    ctl = DistillerTrainer(projection=np.eye(64, dtype=np.float32), seed=0).fit(emb, shuffled)
     return enc, det.model_, ctl.model_, images
 
 
@@ -107,12 +108,15 @@ def rises_under_fill(enc, det, px) -> None:
                                         f"{table.loc[t, 'ratio_high']:.2f}]" for t in rising))
 
 
-def stability(enc, det, px, n_seeds: int) -> None:
-    """CV over ``n_seeds`` random_state values of the per-target summary ratio at the defaults."""
+def stability(enc, det, px, n_seeds: int, n_random: int = 16) -> None:
+    """CV over ``n_seeds`` random_state values of the per-target summary ratio (``n_random`` orders), of the
+    per-image ratios a tile shows, and the share of per-image verdicts that change with the seed."""
     from asap_core.method.relevance import relevance_maps
 
     maps = relevance_maps(enc, det, px).numpy()
-    ratios, seconds, forwards = [], [], []
+    from asap_core.method.faithfulness import image_figures, ratio_verdict
+
+    ratios, seconds, forwards, per_image, verdicts = [], [], [], [], []
     calls = []
     original = enc.embed
     enc.embed = lambda p, **kw: (calls.append(len(p)), original(p))[1]
@@ -120,15 +124,37 @@ def stability(enc, det, px, n_seeds: int) -> None:
         for seed in range(n_seeds):
             calls.clear()
             t0 = time.perf_counter()
-            res = DeletionInsertion(enc, det, random_state=seed).evaluate(px, maps)
+            res = DeletionInsertion(enc, det, n_random=n_random, random_state=seed).evaluate(px, maps)
             seconds.append((time.perf_counter() - t0) / len(px))
             forwards.append(sum(calls) / len(px))
             ratios.append(res.summary()["ratio"].to_numpy())
+            fig = image_figures(res.rows, res.x, list(range(N_TARGETS)))
+            per_image.append(fig["ratio"])
+            verdicts.append(np.vectorize(ratio_verdict)(fig["ratio"], fig["ratio_low"], fig["ratio_high"]))
     finally:
         del enc.embed
+    from asap_core.method.faithfulness import occlusion_agreement, occlusion_summary
+
+    t0 = time.perf_counter()
+    effects = DeletionInsertion(enc, det).occlusion(px)
+    occ_s = (time.perf_counter() - t0) / len(px)
+    occ = occlusion_summary(occlusion_agreement(maps, effects), list(range(N_TARGETS))).set_index("target")
+    print(f"\nOcclusion agreement of the last-block maps ({len(px)} images): fake target "
+          f"{occ.loc[FAKE_LOGIT, 'occlusion_rho']:+.2f} [{occ.loc[FAKE_LOGIT, 'occlusion_low']:+.2f}, "
+          f"{occ.loc[FAKE_LOGIT, 'occlusion_high']:+.2f}], dimensions median {occ['occlusion_rho'].median():+.2f}; "
+          f"{occ_s:.3f} s and {SIDE * SIDE + 1} forwards per image")
+    last = res.summary().set_index("target").loc[FAKE_LOGIT]
+    print(f"Last-block maps, fake probability: ratio {fmt(last)}")
     r = np.array(ratios)  # [seeds, 17]
     cv = r.std(0, ddof=1) / r.mean(0)
-    print(f"\nSeed stability ({len(px)} images, {n_seeds} seeds, steps 16, n_random 16, blur fill, all 17 "
+    pi = np.array(per_image)  # [seeds, n, 17]
+    with np.errstate(all="ignore"):
+        pcv = np.nanmedian(pi.std(0, ddof=1) / np.abs(pi.mean(0)))
+    v = np.array(verdicts)
+    flips = float((v != v[:1]).any(0).mean())
+    print(f"\nPer-image ratios ({n_random} orders): median CV over seeds {pcv:.1%}; per-image verdicts that change "
+          f"with the seed: {flips:.1%}")
+    print(f"\nSeed stability ({len(px)} images, {n_seeds} seeds, steps 16, n_random {n_random}, blur fill, all 17 "
           f"targets, last-block maps): CV of the per-target summary ratio: median {np.median(cv):.2%}, "
           f"max {cv.max():.2%} (target {int(cv.argmax())}); ratio range over targets {r.mean(0).min():.2f}-"
           f"{r.mean(0).max():.2f}. Cost per image: {np.median(seconds):.2f} s, {np.median(forwards):.0f} "
@@ -143,14 +169,25 @@ def sanity_flags(enc, det, px) -> None:
         one = AttentionRelevance(encoder, distiller, "last-block").attribute(p, target=[FAKE_LOGIT])
         return one.expand(-1, len(idx), -1, -1)
 
-    for name, explain in (("one map for all targets", reused), ("last-block maps", None)):
+    def edges(encoder, distiller, p, idx):
+        grey = p.mean(1)
+        e = (grey[:, 1:, :-1] - grey[:, :-1, :-1]).abs() + (grey[:, :-1, 1:] - grey[:, :-1, :-1]).abs()
+        e = torch.nn.functional.pad(e, (0, 1, 0, 1)).unfold(1, 8, 8).unfold(2, 8, 8).mean((-1, -2))
+        real = AttentionRelevance(encoder, distiller, "last-block").attribute(p, target=idx)
+        real = real / real.flatten(2).amax(-1).clamp(min=1e-12)[..., None, None]
+        return e[:, None] / e.flatten(1).amax(-1)[:, None, None, None] + 0.05 * real
+
+    for name, explain in (("one map for all targets", reused), ("edge map + 5% of the real map", edges),
+                          ("last-block maps", None)):
         t0 = time.perf_counter()
         res = ParameterRandomisation(enc, det, explain=explain, encoder_random=False).evaluate(px)
         s = res.summary()
         print(f"\nSanity, {name} ({len(px)} images, 3 seeds, cascade of {res.n_steps} steps): "
               f"{int(s['flagged'].sum())} of {len(s)} targets flagged; target sensitivity median "
-              f"{s['target_rho'].median():.2f}; rank corr. after the classifier median {s['rho_distiller'].median():.2f}"
-              f", after the cascade {s['rho_cascade'].median():.2f}; {(time.perf_counter() - t0) / len(px):.2f} s / image")
+              f"{s['target_rho'].median():.2f}; rank corr. after the classifier median "
+              f"{s['rho_distiller'].median():.2f}"
+              f", after the cascade {s['rho_cascade'].median():.2f}; SSIM after the classifier median "
+              f"{s['ssim_distiller'].median():.2f}; {(time.perf_counter() - t0) / len(px):.2f} s / image")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=24)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--only", default="baseline,rises,stability,sanity")
+    ap.add_argument("--n-random", type=int, default=16, help="random orders in the stability table")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     enc, det, ctl, images = encoder_and_models()
@@ -168,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if "rises" in parts:
         rises_under_fill(enc, det, px)
     if "stability" in parts:
-        stability(enc, det, px, args.seeds)
+        stability(enc, det, px, args.seeds, args.n_random)
     if "sanity" in parts:
         sanity_flags(enc, det, px[:8])
     return 0

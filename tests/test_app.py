@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from asap_core.storage.bundle import Bundle
 from asap_core.settings import reload_settings
 from conftest import write_tiny_clip
-from conftest_app import no_exception, chart_data, tiny_bundle  # noqa: F401  (fixture)
+from conftest_app import no_exception, chart_data, plain, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TIMEOUT = 60
@@ -184,12 +184,12 @@ def test_missing_bundle_and_missing_model_are_reported_not_raised(bundle, tiny_c
     (copy / "bundle.json").write_text(json.dumps(meta))
     at = app(copy, sel_images=bundle.images["image_id"].tolist()[:1]).run()
     no_exception(at)
-    assert any("no-such-clip" in w.value for w in at.sidebar.warning)
+    assert any("no-such-clip" in plain(w.value) for w in at.sidebar.warning)
     assert any(c.value.startswith("Fix:") for c in at.sidebar.caption)
     assert charts(at)                                   # the bundle still opens
     at.switch_page("app_pages/attention.py").run()         # maps need the model: message + fix, no traceback
     no_exception(at)
-    assert any("no-such-clip" in e.value for e in at.error)
+    assert any("no-such-clip" in plain(e.value) for e in at.error)
     assert n_images_shown(at) == 0
 
     other = write_tiny_clip(tmp_path / "other-clip", seed=1)   # another checkpoint: refused

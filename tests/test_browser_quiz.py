@@ -5,7 +5,7 @@ A teacher opens the quiz page and copies the link; a student (another session) o
 student's view (no sidebar, no explorer pages or controls, no paths, no toolbar), with the question and both
 answers inside the window without scrolling at 1280x800, 1366x768 and on a phone (390x844); they get the
 images the spec names, answer all ten, and see both scores. Screenshots of the teacher panel, a question, a
-reveal and the end screen (1280x800) and of the phone view go to ``$ASAP_SCREENSHOTS`` (or the test's tmp
+reveal, the end screen (1280x800), the phone view and the teacher's live class results go to ``$ASAP_SCREENSHOTS`` (or the test's tmp
 folder); the ones in ``docs/screenshots/quiz_*.png`` come from here. Skips without /usr/bin/chromium or
 playwright.
 """
@@ -99,6 +99,25 @@ def teacher_link(browser, server: str, shots: Path) -> str:
     return link
 
 
+def teacher_round(browser, server: str):
+    """A teacher starts the quiz and a class round of it: (the teacher's page, the round's link)."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.set_default_timeout(60000)
+    page.goto(f"{server}/quiz")
+    page.get_by_text("Make a quiz above").wait_for()
+    close_dialog(page)
+    page.locator(".st-key-quiz_w_seed input").fill(str(SPEC.seed))
+    page.locator(".st-key-quiz_w_seed input").press("Enter")
+    page.locator("[data-testid='stCode'] code").filter(has_text=f"quiz={SPEC.to_param()}").wait_for()
+    page.locator(".st-key-quiz_start button").click()
+    page.locator("[data-testid='stExpander'] summary").filter(has_text="Class round").click()   # fold it open
+    page.locator(".st-key-quiz_round_start button").click()
+    code = page.locator("[data-testid='stCode'] code").filter(has_text="round=")
+    code.wait_for()
+    page.get_by_text("No answers yet").wait_for()
+    return page, code.inner_text().strip()
+
+
 def in_window(page, selector: str) -> None:
     """The element is visible and lies wholly inside the window, the page not scrolled."""
     box = page.locator(selector).first.bounding_box()
@@ -158,6 +177,8 @@ def test_play_a_quiz_from_its_link_to_the_end(server, demo_bundle, tmp_path):
         try:
             link = teacher_link(browser, server, shots)
             assert link.startswith(f"{server}/quiz?") and "page=quiz" in link
+            teacher, link = teacher_round(browser, server)          # the students play a class round of it
+            assert link.startswith(f"{server}/quiz?") and f"quiz={SPEC.to_param()}" in unquote(link)
             srcs = []
             for name, view in STUDENT_VIEWS.items():            # three students, one link: the same first image
                 shot = shots / "quiz_student_phone.png" if name == "phone" else None
@@ -177,5 +198,13 @@ def test_play_a_quiz_from_its_link_to_the_end(server, demo_bundle, tmp_path):
             assert f"You were right on {you} of 10 images" in main
             assert "quiz=all:10:42" in unquote(page.url)          # the address bar still names the quiz
             page.screenshot(path=str(shots / "quiz_end.png"))
+            # the teacher's view updates by itself (no click): one student, ten answers, the class's share
+            teacher.get_by_text("1 student answered 10 times").wait_for(timeout=30000)
+            body = teacher.locator("[data-testid='stMain']").inner_text()
+            assert f"{you / 10:.0%}" in body and "Fooled most of the class" in body
+            teacher.get_by_text("Class round: see your class").scroll_into_view_if_needed()
+            teacher.wait_for_function(IMAGES_DECODED_JS, arg=1)
+            teacher.locator("[data-testid='stExpander']").filter(has_text="Class round").last.screenshot(
+                path=str(shots / "quiz_class.png"))
         finally:
             browser.close()

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from asap_core.storage.class_rounds import (CODE_ALPHABET, MAX_PLAYERS, ROUND_HOURS, Answer, ClassRounds,
-                                            clean_code, new_player)
+from sqlalchemy import select
+
+from asap_core.storage.class_rounds import (CODE_ALPHABET, MAX_PLAYERS, ROUND_HOURS, ROUNDS, Answer, ClassRounds,
+                                            RoundRefused, clean_code, new_player, owner_key)
 from asap_core.storage.state_store import StateStore, _open_engine
 from asap_core.views import quiz as vq
 from conftest_app import no_exception, local_app_env, private_copy, tiny_bundle  # noqa: F401  (fixture)
@@ -62,6 +64,24 @@ def test_a_round_takes_at_most_max_players(tmp_path, monkeypatch):
     assert [rounds.record(rnd.code, p, 0, "real", True) for p in players] == [True, True, True, False]
     assert rounds.record(rnd.code, players[0], 1, "real", True)                  # one already in: still answers
     assert MAX_PLAYERS >= 30
+
+
+def test_one_teacher_may_keep_only_so_many_rounds_open(tmp_path, monkeypatch):
+    """A visitor cannot take every round of the explorer: open rounds per teacher (client id) are capped, the
+    client id is kept only as a hash, and closed rounds free their places."""
+    monkeypatch.setattr("asap_core.storage.class_rounds.MAX_ROUNDS_PER_OWNER", 2)
+    url = f"sqlite:///{tmp_path / 's.sqlite3'}"
+    rounds = ClassRounds(StateStore.from_url(url))
+    for _ in range(2):
+        rounds.start("demo", "all:5:42", IDS, owner="ip:203.0.113.9", now=1000.0)
+    with pytest.raises(RoundRefused, match="2 class rounds open"):
+        rounds.start("demo", "all:5:42", IDS, owner="ip:203.0.113.9", now=1001.0)
+    rounds.start("demo", "all:5:42", IDS, owner="ip:198.51.100.7", now=1001.0)          # another teacher
+    with rounds.engine.connect() as conn:
+        owners = {r.owner for r in conn.execute(select(ROUNDS.c.owner))}
+    assert owners == {owner_key("ip:203.0.113.9"), owner_key("ip:198.51.100.7")}
+    assert not any("203.0.113.9" in o for o in owners)
+    rounds.start("demo", "all:5:42", IDS, owner="ip:203.0.113.9", now=1000.0 + ROUND_HOURS * 3600)  # closed: room
 
 
 def test_class_results_count_players_shares_and_the_image_that_fooled_most():

@@ -110,7 +110,7 @@ def test_maps_that_ignore_the_model_are_flagged_at_every_step(tiny_encoder):
     px, _ = planted_fakes(tiny_encoder, n=6)
     res = ParameterRandomisation(tiny_encoder, _random_distiller(4), explain=brightness, n_seeds=2,
                                  encoder_random=False).evaluate(px)
-    assert res.similarity.shape == (6, 2, MAX_STEPS, N_TARGETS, 2) and res.n_steps == 4  # classifier, 2 blocks, the rest
+    assert res.similarity.shape == (6, 2, MAX_STEPS, N_TARGETS, 2) and res.n_steps == 4  # classifier, 2 blocks, rest
     assert np.isnan(res.similarity[:, :, 4:]).all()
     np.testing.assert_allclose(res.similarity[:, :, :4], 1.0)
     table = res.summary()

@@ -63,7 +63,7 @@ def test_trust_lines_say_what_is_measured_with_interval_and_images(reports):
                          None, names)[0]
     assert "too few images to tell" in one and "95% interval" not in one
     # the tiny bundle's CLIP is a random initialisation: not assessed, with the measured figures
-    assert lines[-1].startswith("**Sanity check: not assessed**: not assessed: this CLIP is a random initialisation")
+    assert lines[-1].startswith("**Sanity check: not assessed**: this CLIP is a random initialisation (rank corr")
     assert "rank correlation" in lines[-1] and "3 redraws" in lines[-1] and f"{len(ids)} images" in lines[-1]
     assert vc.trust_lines(5, None, None) == []
 
@@ -121,7 +121,9 @@ def test_attention_tiles_carry_their_maps_checks(reports):
     assert all(c.startswith(t.caption) for c, t in zip(captions, rows[0]["tiles"]))
     assert sum(c.endswith("fails sanity") for c in captions) == sum(t.target in targets for t in rows[0]["tiles"])
     lines = vc.summary_lines(faith.summary, sanity.summary, targets)
-    assert "faithfulness to this model" in lines[0] and lines[-1].startswith("**Sanity check: not assessed**")
+    assert "faithfulness to this model" in lines[0]
+    assert lines[-1].startswith("**fake logit · sanity check: not assessed**: this CLIP is a random initialisation")
+    assert "rank correlation" in lines[-1]  # the measured figures, not a verdict by rule
 
 
 def test_the_sentence_follows_the_verdict():

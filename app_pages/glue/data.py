@@ -461,3 +461,12 @@ def quiz_picture(path: str, stamp: int, image_id: str, side: int):
     from asap_core.views.quiz import picture
 
     return picture(load_bundle(path, stamp), image_id, side)
+
+
+# ------------------------------------------------------------------------------------------ single image
+@st.cache_data(max_entries=8, show_spinner=False)
+def nearest_distance_limit(path: str, stamp: int) -> float:
+    """``views.single.nearest_distance_limit`` of the bundle's z: how far its own images lie from each other."""
+    from asap_core.views.single import nearest_distance_limit as limit
+
+    return limit(load_bundle(path, stamp).z)

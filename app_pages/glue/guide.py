@@ -14,7 +14,7 @@ GUIDE_POINTS: tuple[tuple[str, str], ...] = (
      "A small detector was trained on top of that model to tell the two apart; the views show what it relies on."),
     ("A pie is a cell.", "On the Overview map, images the model finds similar sit close together; each pie is a "
      "cell of such images. Its size is how many images it holds; blue is real, orange fake and grey unlabelled "
-     "(the label an image came with); hatched slices are images the detector gets wrong (the legend above "
+     "(the label an image came with); hatched slices are images the detector gets wrong (the legend below "
      "the map shows each kind)."),
     ("p_fake is a score, not a verdict.", f"p_fake is the detector's estimate, from 0 to 1, that an image is AI-made; "
      f"above {DECISION_THRESHOLD:g} it counts as fake. Detectors are not 100 % accurate: they miss some fakes, "

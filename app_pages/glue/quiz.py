@@ -112,7 +112,7 @@ def start_round(b: Bundle, spec: vq.QuizSpec, ids: list[str]) -> Round | None:
     if store is None:
         return None
     try:
-        return store.start(link_bundle(b) or "", spec.to_param(), ids)
+        return store.start(link_bundle(b) or "", spec.to_param(), ids, owner=budget.client_id())
     except AsapError as exc:
         show_error(exc)
         return None

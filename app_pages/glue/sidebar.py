@@ -91,7 +91,7 @@ def sidebar(b: Bundle | None) -> None:
             if st.button("Open", key="w_open_btn") and path and state.open_bundle(path):
                 st.rerun()
         with st.expander("Analyse an image folder"):
-            _analyse_form()
+            _analyse_form(b)
         if ss.get(K_LAST_REPORT):
             with st.expander("Last analysis", expanded=False):
                 st.code(ss[K_LAST_REPORT], language=None)
@@ -203,19 +203,26 @@ def _hosted_bundle_picker() -> None:
             st.rerun()
 
 
-def _analyse_form() -> None:
-    """Folder, output, model and relevance method of a new analysis; runs it on "Analyse"."""
+#: the other way to analyse images, named where the folder route cannot run
+ZIP_ROUTE = ("or put the images in a zip and use \"Bring your own images\" above: it analyses them with the open "
+             "bundle's model.")
+
+
+def _analyse_form(b: Bundle | None = None) -> None:
+    """Folder, output, model and relevance method of a new analysis; runs it on "Analyse". The model starts
+    at the open bundle's, as "Bring your own images" uses it: offline both routes analyse with the same model."""
     from asap_core.model.encoder import resolve_model_id
 
     data_dir = st.text_input("Image folder", key="w_an_dir", placeholder="/path/to/images (real/, fake/ ...)")
     out = st.text_input("Write bundle to", key="w_an_out",
                         placeholder=f"{data_dir.rstrip('/')}-bundle" if data_dir else "/path/to/new-bundle")
-    model = st.text_input("Model (HF id or local folder)", value=resolve_model_id(), key="w_an_model")
+    model = st.text_input("Model (HF id or local folder)", key="w_an_model",
+                          value=data.encoder_model(b) if b is not None else resolve_model_id())
     relevance = st.selectbox("Precompute relevance", [NO_RELEVANCE, *RELEVANCE_METHODS], key="w_an_rel")
     ok, msg, hint, _ = data.model_status(model) if model else (False, "no model given", "", None)
-    if not ok:
-        show_warning(msg, hint)
-    if st.button("Analyse", key="w_an_btn"):
+    if not ok:  # said once, here (the button waits for a usable model), with the other route named
+        show_warning(msg, (f"{hint.rstrip('.')}; " if hint else "") + ZIP_ROUTE)
+    if st.button("Analyse", key="w_an_btn", disabled=not ok):
         if not data_dir:
             st.warning("Name the image folder first.")
         else:

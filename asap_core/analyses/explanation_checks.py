@@ -306,8 +306,10 @@ def sanity_from_rows(similarity: np.ndarray, target_rho: np.ndarray, ids: list[s
     per_image = pd.DataFrame({"image_id": np.repeat(np.asarray(ids, dtype=object), k),
                               "target": np.tile(np.arange(k), len(ids)),
                               "target_name": np.tile(np.asarray(S.TARGET_NAMES, dtype=object), len(ids)),
-                              "rho_distiller": per[:, 0, :, 0].reshape(-1), "rho_cascade": per[:, last, :, 0].reshape(-1),
-                              "ssim_distiller": per[:, 0, :, 1].reshape(-1), "ssim_cascade": per[:, last, :, 1].reshape(-1),
+                              "rho_distiller": per[:, 0, :, 0].reshape(-1),
+                              "rho_cascade": per[:, last, :, 0].reshape(-1),
+                              "ssim_distiller": per[:, 0, :, 1].reshape(-1),
+                              "ssim_cascade": per[:, last, :, 1].reshape(-1),
                               "target_rho": trho.reshape(-1)})
     return SanityReport(summary, per_image, cascade_table(sim, targets), encoder_random, method, ids)
 
@@ -476,7 +478,8 @@ def read_summary(bundle) -> dict | None:
 
 
 __all__ = ["CHECKS_VERSION", "CheckSource", "FaithfulnessReport", "SanityReport", "analysis_checks", "analysis_sample",
-           "check_sample", "check_targets", "checks_method", "checks_missing", "faithfulness_from_rows", "faithfulness_report",
-           "faithfulness_key", "faithfulness_store", "fill_faithfulness", "fill_sanity", "image_seed", "occlusion_store",
+           "check_sample", "check_targets", "checks_method", "checks_missing", "faithfulness_from_rows",
+           "faithfulness_report", "faithfulness_key", "faithfulness_store", "fill_faithfulness", "fill_sanity",
+           "image_seed", "occlusion_store",
            "read_summary", "run_checks", "target_store",
            "sanity_from_rows", "sanity_report", "sanity_store", "summary_json", "write_summary", "SUMMARY_FILE"]

@@ -34,8 +34,8 @@ credited when the target falls faster than with random orders.
 
 - the fake target (16), on the probability: ``s = p(x)``, the probability itself (Petsiuk et al. score
   the raw class probability): the share of the fake probability removed. A model that barely reacts to the
-  patches (a shuffled-label control whose probability moves from 0.54 to 0.48) is not credited for a
-  small move that happens to be most of a small ``f(x) - f(b)``;
+  patches (a shuffled-label control, benchmarks/RESULTS.md section 22) is not credited for a small move
+  that happens to be most of a small ``f(x) - f(b)``;
 - the dimensions (0..15), which have no natural zero: ``s = |f(x) - f(b)|``, how far the target moves when
   every patch is replaced. Where the fill lowers the target this is ``(f(x_j) - f(b)) / (f(x) - f(b))``
   (deletion 1 -> 0, insertion 0 -> 1); where the fill raises it, the random deletion curve rises above 1
@@ -55,10 +55,10 @@ step): how many times less of the target is left, on average over the deletion, 
 
 Per target (``summarise``), means over images are weighted by the scale ``s`` (an image where the target
 barely reacts counts little); the weighted mean of the normalised ABC equals ``sum(raw ABC) / sum(s)``
-for either sign of ``f(x) - f(b)``. The summary ratio is the ratio of the weighted mean clipped areas; its 95% interval is a
-percentile bootstrap over images (``N_BOOT`` resamples, seeded); ``verdict`` says "better than random" only
-where the whole interval lies above ``1 + MIN_GAIN`` (it excludes 1, and the gain is not negligible: a
-shuffled-label control's box map gains 5% on planted data), "worse than random" where it lies below
+for either sign of ``f(x) - f(b)``. The summary ratio is the ratio of the weighted mean clipped areas; its
+95% interval is a percentile bootstrap over images (``N_BOOT`` resamples, seeded); ``verdict`` says "better
+than random" only where the whole interval lies above ``1 + MIN_GAIN`` (it excludes 1, and the gain is not
+negligible: see a shuffled-label control's box map in RESULTS.md section 22), "worse than random" where it lies below
 ``1 / (1 + MIN_GAIN)``, else "not clearly better than random"; under ``MIN_IMAGES_INTERVAL`` images "too
 few images to tell".
 
@@ -485,7 +485,7 @@ def summarise(curves: np.ndarray, x: np.ndarray, targets: Sequence[int], random_
     bootstrap interval (``ratio_low``, ``ratio_high``), ``mean_abs_delta``, ``verdict`` (``ratio_verdict``)
     and ``beats_random`` (the verdict is "better than random")."""
     fig = image_figures(curves, x, targets)
-    clipped = curve_auc(normalise_curves(curves, targets), x)  # [N, K, R]
+    clipped = curve_auc(np.clip(normalise_curves(curves, targets), 0.0, 1.0), x)  # [N, K, R]
     rows = []
     for k, t in enumerate(targets):
         ok = np.isfinite(fig["deletion_abc"][:, k])
@@ -558,6 +558,7 @@ def occlusion_summary(rho: np.ndarray, targets: Sequence[int]) -> pd.DataFrame:
 
 
 __all__ = ["BASELINES", "CURVES", "DEFAULT_BASELINE", "DeletionInsertion", "FAITHFULNESS_VERSION", "FaithfulnessResult",
-           "MIN_DELTA", "MIN_GAIN", "SUMMARY_COLUMNS", "VERDICTS", "blurred", "bootstrap_ratio", "curve_auc", "curve_scale", "fill_image",
+           "MIN_DELTA", "MIN_GAIN", "SUMMARY_COLUMNS", "VERDICTS", "blurred", "bootstrap_ratio", "curve_auc",
+           "curve_scale", "fill_image",
            "image_figures", "mean_curves", "mean_interval", "model_targets", "normalise_curves", "occlusion_agreement",
            "occlusion_summary", "patch_counts", "per_image_table", "ratio_verdict", "scored", "summarise"]

@@ -10,12 +10,12 @@ additionally redraws the vision tower's last ``s`` transformer blocks, down to t
 step everything else (patch and position embeddings, layer norms, projection), as Adebayo et al. go down to
 the first convolution. Each tensor is redrawn from a normal with its own mean and standard deviation (a
 constant tensor, e.g. a fresh layer norm's weight, stays as it is); untouched tensors are shared, not
-copied. After each step
-the maps are recomputed and compared with the original ones by two similarities over the ``side²`` patches:
-the Spearman rank correlation, and a value-based similarity, the **SSIM** of the two maps as they look on
-screen (``ssim_maps``): an edge map plus 5% of the real map keeps its rank correlation moderate when the
-weights are redrawn, yet looks the same, and only a value-based similarity sees it. The cascade runs for ``n_seeds`` redraw seeds; the figures are means over seeds and images
-with a 95% interval over images. ``cascade_table`` is the curve Adebayo et al. plot.
+copied. After each step the maps are recomputed and compared with the original ones by two similarities
+over the ``side²`` patches: the Spearman rank correlation, and a value-based similarity, the **SSIM** of the
+two maps as they look on screen (``ssim_maps``): an edge map plus 5% of the real map keeps its rank
+correlation moderate when the weights are redrawn, yet looks the same, and only a value-based similarity
+sees it. The cascade runs for ``n_seeds`` redraw seeds; the figures are means over seeds and images with a
+95% interval over images. ``cascade_table`` is the curve Adebayo et al. plot.
 
 **Target sensitivity.** Per image and target, the median Spearman correlation of the target's map with the
 maps of the other targets; per target, its mean over images. One map reused for every target gives 1.

@@ -182,11 +182,11 @@ def checks_line(summary: dict) -> str:
     fake = rows.get(S.FAKE_LOGIT, {})
     ratio = fake.get("ratio")
     flagged = [r["name"] for r in summary["targets"] if r.get("flagged")]
-    what = ("all targets (random CLIP)" if summary.get("encoder_random") else
+    what = ("nothing: not assessed (random CLIP)" if summary.get("encoder_random") else
             ", ".join(flagged) if flagged else "none")
     ratio_text = f"{ratio:.1f}x" if isinstance(ratio, (int, float)) else "n/a"
-    return (f"Explanation checks ({len(summary['image_ids'])} images, {summary['method']}): fake-logit maps "
-            f"{ratio_text} more faithful than random; sanity check flags {what}")
+    return (f"Explanation checks ({len(summary['image_ids'])} images, {summary['method']}): fake-probability maps "
+            f"leave {ratio_text} less than random ({fake.get('verdict', 'n/a')}); sanity check flags {what}")
 
 
 def _engine(name: str):

@@ -7,27 +7,33 @@ name it), a quiz spec (``views.quiz.QuizSpec.to_param``) and its image ids. An a
 random player token made by the server for one browser session (no name, no address, nothing personal), the
 position in the quiz, the answer and whether it was right. A round expires :data:`ROUND_HOURS` hours after it
 started: it accepts no answers and is not shown any more; expired rounds and their answers are deleted when
-a new round starts. At most :data:`MAX_PLAYERS` players per round and :data:`MAX_OPEN_ROUNDS` open rounds per
-store, so no visitor can fill the database.
+a new round starts. At most :data:`MAX_PLAYERS` players per round, :data:`MAX_ROUNDS_PER_OWNER` open rounds per
+teacher (kept as a hash of their client id, never the id itself) and :data:`MAX_OPEN_ROUNDS` per store, so no
+visitor can fill the database or take every round for themselves.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Boolean, Column, Float, Integer, String, Table, Text, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ..errors import InputError
-from .state_store import METADATA, StateStore, _unavailable
+from .state_store import METADATA, StateStore, StateUnavailable
+
+LOG = logging.getLogger("asap_explorer")
 
 CODE_CHARS = 6
 CODE_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no I, L, O, 0, 1
 ROUND_HOURS = 12.0
 MAX_PLAYERS = 200
 MAX_OPEN_ROUNDS = 2000
+MAX_ROUNDS_PER_OWNER = 20  # open rounds one visitor (client address) may start
 MAX_ROUND_IMAGES = 50
 PLAYER_CHARS = 32
 
@@ -38,6 +44,7 @@ ROUNDS = Table(
     Column("bundle", String(512), nullable=False),
     Column("quiz", String(256), nullable=False),
     Column("ids", Text, nullable=False),          # JSON list of image ids, in play order
+    Column("owner", String(32), nullable=False),  # owner_key of the teacher's client id (no address kept)
     Column("created", Float, nullable=False),     # epoch s
     Column("expires", Float, nullable=False),     # epoch s
 )
@@ -93,31 +100,54 @@ def clean_code(text: str | None) -> str | None:
     return code if len(code) == CODE_CHARS and all(c in CODE_ALPHABET for c in code) else None
 
 
+def owner_key(client: str) -> str:
+    """A teacher's client id as rounds keep it: 32 hex characters of its SHA-256 (the id itself is not stored)."""
+    return hashlib.sha256(f"asap-class-round:{client}".encode()).hexdigest()[:32]
+
+
+def _new_code() -> str:
+    return "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_CHARS))
+
+
+def _check_room(conn, owner: str) -> None:
+    """``RoundRefused`` when ``owner`` already has :data:`MAX_ROUNDS_PER_OWNER` open rounds, or the store
+    :data:`MAX_OPEN_ROUNDS` (expired rounds are deleted before this is asked)."""
+    mine = conn.execute(select(func.count()).select_from(ROUNDS).where(ROUNDS.c.owner == owner)).scalar_one()
+    if mine >= MAX_ROUNDS_PER_OWNER:
+        raise RoundRefused(f"You have {mine} class rounds open, the most one teacher may have.",
+                           f"use one of them, or wait: rounds close {ROUND_HOURS:g} hours after they start.")
+    if conn.execute(select(func.count()).select_from(ROUNDS)).scalar_one() >= MAX_OPEN_ROUNDS:
+        raise RoundRefused("This explorer has too many class rounds open right now.",
+                           f"try again later: rounds close {ROUND_HOURS:g} hours after they start.")
+
+
+def _unavailable(exc: Exception) -> StateUnavailable:
+    """The visitor-safe error for a database failure; the details go to the server log."""
+    LOG.error("class rounds unavailable: %s", exc)
+    return StateUnavailable("Class rounds cannot be reached right now.", "try again in a minute.")
+
+
 class ClassRounds:
     """Rounds and answers in ``store`` (a ``StateStore``); see the module docstring."""
 
     def __init__(self, store: StateStore) -> None:
         self.engine = store.engine
 
-    def start(self, bundle: str, quiz: str, ids: list[str], now: float | None = None) -> Round:
-        """Start a round of ``quiz`` on ``bundle`` with image ``ids``; ``RoundRefused`` when too many are open."""
+    def start(self, bundle: str, quiz: str, ids: list[str], owner: str = "", now: float | None = None) -> Round:
+        """Start a round of ``quiz`` on ``bundle`` with image ``ids`` for the teacher ``owner`` (a client id);
+        ``RoundRefused`` when that teacher or the store has too many open."""
         now = time.time() if now is None else float(now)
-        ids = [str(i) for i in ids][:MAX_ROUND_IMAGES]
+        row = Round(_new_code(), str(bundle)[:512], str(quiz)[:256], tuple(str(i) for i in ids[:MAX_ROUND_IMAGES]),
+                    now, now + ROUND_HOURS * 3600)
         try:
             with self.engine.begin() as conn:
                 conn.execute(delete(ANSWERS).where(ANSWERS.c.code.in_(
                     select(ROUNDS.c.code).where(ROUNDS.c.expires <= now))))
                 conn.execute(delete(ROUNDS).where(ROUNDS.c.expires <= now))
-                n_open = conn.execute(select(func.count()).select_from(ROUNDS)).scalar_one()
-                if n_open >= MAX_OPEN_ROUNDS:
-                    raise RoundRefused("This explorer has too many class rounds open right now.",
-                                       f"try again later: rounds close {ROUND_HOURS:g} hours after they start.")
-                for _ in range(20):
-                    code = "".join(secrets.choice(CODE_ALPHABET) for _ in range(CODE_CHARS))
-                    if conn.execute(select(ROUNDS.c.code).where(ROUNDS.c.code == code)).first() is None:
-                        break
-                row = Round(code, str(bundle)[:512], str(quiz)[:256], tuple(ids), now, now + ROUND_HOURS * 3600)
-                conn.execute(insert(ROUNDS).values(code=row.code, bundle=row.bundle, quiz=row.quiz,
+                _check_room(conn, owner_key(owner))
+                while conn.execute(select(ROUNDS.c.code).where(ROUNDS.c.code == row.code)).first() is not None:
+                    row = replace(row, code=_new_code())
+                conn.execute(insert(ROUNDS).values(code=row.code, bundle=row.bundle, quiz=row.quiz, owner=owner_key(owner),
                                                    ids=json.dumps(list(row.ids)), created=now, expires=row.expires))
         except SQLAlchemyError as exc:
             raise _unavailable(exc) from None
@@ -177,4 +207,4 @@ class ClassRounds:
 
 
 __all__ = ["ANSWERS", "Answer", "CODE_ALPHABET", "ClassRounds", "ROUNDS", "ROUND_HOURS", "Round", "RoundRefused",
-           "clean_code", "new_player"]
+           "clean_code", "new_player", "owner_key"]

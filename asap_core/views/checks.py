@@ -93,14 +93,18 @@ def occlusion_line(f: pd.Series) -> str:
     n = int(f["n_images"])
     return (f"**Agreement with occlusion: {rho:+.2f}** (rank correlation between the map and how much the "
             f"target drops when each patch alone is blurred out; 1 = the map ranks the patches the model uses "
-            f"as occlusion does, 0 = unrelated; {_interval(float(f['occlusion_low']), float(f['occlusion_high']), 2, True)}"
-            f"{_images(n)}).")
+            f"as occlusion does, 0 = unrelated; "
+            f"{_interval(float(f['occlusion_low']), float(f['occlusion_high']), 2, True)}{_images(n)}).")
 
 
 def sanity_line(s: pd.Series) -> str:
-    """One sentence on a target's sanity check: status, why, seeds and images."""
-    status = str(s["status"])
-    return (f"**Sanity check: {status}**: {s['reason']} ({int(s['n_seeds'])} redraws, {_images(int(s['n_images']))}).")
+    """One sentence on a target's sanity check: status, why (escaped), seeds and images."""
+    status = str(s.get("status", "fails" if bool(s.get("flagged")) else "passes"))
+    counts = [f"{int(s['n_seeds'])} redraws" if "n_seeds" in s else "",
+              _images(int(s["n_images"])) if "n_images" in s else ""]
+    counts = ", ".join(c for c in counts if c)
+    reason = str(s["reason"]).removeprefix(f"{status}: ")  # "not assessed: this CLIP is ..." says it once
+    return f"**Sanity check: {status}**: {as_text(reason)}" + (f" ({counts})." if counts else ".")
 
 
 def trust_lines(target: int, faith: pd.DataFrame | None, sanity: pd.DataFrame | None,
@@ -232,10 +236,10 @@ def summary_lines(faith: pd.DataFrame, sanity: pd.DataFrame, targets: Sequence[i
     agreement, and the sanity check's outcome over ``targets``."""
     lines = trust_lines(FAKE_LOGIT, faith, None, names)
     flagged = flagged_targets(sanity)
-    if not_assessed(sanity):
-        lines.append(f"**Sanity check: not assessed**: this CLIP is a random initialisation, so redrawing its "
-                     f"weights cannot tell whether the maps explain a learned decision (figures in the Dimensions "
-                     f"view; {_images(int(sanity['n_images'].iloc[0]))}).")
+    fake = _row(sanity, FAKE_LOGIT)
+    if not_assessed(sanity) and fake is not None:
+        lines.append(sanity_line(fake).replace("**Sanity check:", f"**{as_text(target_label(FAKE_LOGIT, names))} "
+                                               "· sanity check:", 1))
     elif flagged:
         lines.append(f"**Sanity check: {len(flagged)} of the {len(sanity)} targets' maps fail**: "
                      + flagged_reason(sanity))

@@ -84,6 +84,20 @@ def per_generator_table(cm: pd.DataFrame) -> pd.DataFrame:
                          "most_confused_with": confused})
 
 
+#: what a visitor reads for the columns of ``per_generator_table``
+GENERATOR_TITLES = {"generator": "generator", "n": "images", "correct": "named right", "recall": "recall",
+                    "precision": "precision", "most_confused_with": "most often taken for"}
+NEVER_CONFUSED = "never confused"
+
+
+def per_generator_display(table: pd.DataFrame) -> pd.DataFrame:
+    """``per_generator_table`` as a visitor reads it: columns titled in words (:data:`GENERATOR_TITLES`), and
+    "never confused" where no image of a generator was taken for another (never "None")."""
+    out = table.assign(most_confused_with=table["most_confused_with"].astype(object)
+                       .where(table["most_confused_with"].notna(), NEVER_CONFUSED))
+    return out.rename(columns=GENERATOR_TITLES)
+
+
 def accuracy_line(acc: float, n: int, n_generators: int, scope: str) -> str:
     """One line: accuracy, images counted, chance level."""
     if n == 0 or math.isnan(acc):
@@ -131,6 +145,7 @@ def generator_slices(cells: pd.DataFrame, counts: pd.DataFrame, names: list[str]
         "count": c["count"].to_numpy(np.int64), "n": n.astype(np.int64),
         "theta": 2 * math.pi * start / np.maximum(n, 1), "theta2": 2 * math.pi * end / np.maximum(n, 1),
         "mean_conf": b["mean_conf"].to_numpy(np.float64), "accuracy": b["accuracy"].to_numpy(np.float64),
+        "accuracy_text": b["accuracy_text"].to_numpy(dtype=object),
         "dominant_generator": b["dominant_generator"].to_numpy(dtype=object),
         "share_fake": b["share_fake"].to_numpy(np.float64),
         "counts": summary.reindex(c["cell"].to_numpy()).to_numpy(dtype=object),

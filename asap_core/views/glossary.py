@@ -22,11 +22,12 @@ GLOSSARY: dict[str, str] = {
     "cell": ("Images that lie close together on the map of the detector's dimensions share a cell; each pie "
              "is one cell."),
     "grid": "How many cells per side the map is cut into: fewer cells means bigger pies with more images each.",
-    "map checks": ("Two tests of a relevance map. Faithfulness: paint out the image's patches in the map's order "
-                   "and watch the score fall; a map that points at what matters makes it fall faster than a "
-                   "random order (\"2x more faithful than random\"). Sanity check: redraw the model's weights at "
-                   "random and recompute the map; a map that barely changes shows the image, not what the model "
-                   "learned, and is flagged."),
+    "map checks": ("Tests of whether a relevance map follows what this model uses (not whether the pattern is a "
+                   "real artifact). Faithfulness: blur out the image's patches in the map's order and watch the "
+                   "score fall; a faithful map makes it fall faster than random orders (\"2x less left than "
+                   "random\", with a 95% interval). Occlusion: does the map rank the patches as blurring each one "
+                   "alone does? Sanity check: redraw the model's weights, layer by layer, and recompute the map; a "
+                   "map that barely changes, or is the same for every dimension, is flagged."),
     "overview pie": ("Area = number of images in the cell; blue = real, orange = fake, grey = unlabelled; "
                      "hatched slices = images the detector got wrong; faint pies = low mean confidence."),
 }

@@ -122,6 +122,10 @@ def with_thumbs(layout: pd.DataFrame, jpegs: list[bytes | None], size: int = THU
     return out
 
 
+#: the brush's event stream: a drag that does not start with shift held (Vega-Lite's default, filtered)
+BRUSH_ON = "[mousedown[!event.shiftKey], window:mouseup] > window:mousemove!"
+
+
 def grid_chart(layout: pd.DataFrame, n_rows: int, n_cols: int, tile: int = 72, brush: str = "brush",
                pick: str = "pick") -> alt.LayerChart:
     """Thumbnails at (gx, gy) over red/green frames; interval ``brush`` and shift-click ``pick`` selections.
@@ -134,7 +138,8 @@ def grid_chart(layout: pd.DataFrame, n_rows: int, n_cols: int, tile: int = 72, b
     ys = alt.Scale(domain=[-0.5, n_rows - 0.5], nice=False, zero=False, reverse=True)
     x = alt.X("gx:Q", scale=xs, axis=None)
     y = alt.Y("gy:Q", scale=ys, axis=None)
-    b = alt.selection_interval(name=brush, encodings=["x", "y"], clear="dblclick",
+    # a shift-click must not start a new (empty) brush: it adds one image to the brushed ones
+    b = alt.selection_interval(name=brush, encodings=["x", "y"], clear="dblclick", on=BRUSH_ON,
                                mark=alt.BrushConfig(fill="#1f5fbf", fillOpacity=0.12, stroke="#1f5fbf"))
     p = alt.selection_point(name=pick, fields=["image_id"], on="click", toggle="event.shiftKey",
                             clear="dblclick")

@@ -81,13 +81,20 @@ def filtered_cells(images: pd.DataFrame, grid: int, filters: Filters) -> pd.Data
     return cell_table(images.loc[filter_mask(images, filters)], grid)
 
 
+def percent(share: float) -> str:
+    """A share (0..1) as the overview writes it everywhere, tooltip and panel alike: "88%"; "n/a" for NaN."""
+    return "n/a" if share is None or not np.isfinite(share) else f"{float(share):.0%}"
+
+
 def pie_slices(cells: pd.DataFrame) -> pd.DataFrame:
     """One row per non-empty slice: ``cell_id, x, y, category, cat_order, count, n, theta, theta2`` (radians,
     0 at 12 o'clock, clockwise, slices in CATEGORIES order) plus the cell's tooltip fields
-    (``mean_conf``, ``accuracy``, ``dominant_generator``, ``share_fake``, ``counts``)."""
+    (``mean_conf``, ``accuracy``, ``accuracy_text`` (:func:`percent`), ``dominant_generator``, ``share_fake``,
+    ``counts``)."""
     if cells.empty:
         return pd.DataFrame(columns=["cell_id", "x", "y", "category", "cat_order", "count", "n", "theta", "theta2",
-                                     "mean_conf", "accuracy", "dominant_generator", "share_fake", "counts"])
+                                     "mean_conf", "accuracy", "accuracy_text", "dominant_generator", "share_fake",
+                                     "counts"])
     counts = cells[COUNT_COLUMNS].to_numpy(dtype=np.int64)  # [K, 5]
     n = counts.sum(axis=1)
     ends = np.cumsum(counts, axis=1)
@@ -113,7 +120,8 @@ def pie_slices(cells: pd.DataFrame) -> pd.DataFrame:
         "theta": t0.reshape(-1),
         "theta2": t1.reshape(-1),
         "mean_conf": np.repeat(np.nan_to_num(cells["mean_conf"].to_numpy(np.float64), nan=0.0), c),
-        "accuracy": np.repeat(np.round(acc, 3), c),
+        "accuracy": np.repeat(acc, c),
+        "accuracy_text": np.repeat(np.asarray([percent(a) for a in acc], dtype=object), c),
         "dominant_generator": np.repeat(dom.to_numpy(dtype=object), c),
         "share_fake": np.repeat(np.round(cells["share_fake"].to_numpy(np.float64), 3), c),
         "counts": np.repeat(np.asarray(summary, dtype=object), c),
@@ -247,7 +255,7 @@ def _tooltip(with_driver: bool = False) -> list:
         alt.Tooltip("cell_id:Q", title="cell"),
         alt.Tooltip("n:Q", title="images"),
         alt.Tooltip("counts:N", title="counts"),
-        alt.Tooltip("accuracy:Q", title="accuracy", format=".0%"),
+        alt.Tooltip("accuracy_text:N", title="accuracy"),  # the text the selected-cell panel shows (percent)
         alt.Tooltip("mean_conf:Q", title="mean confidence", format=".2f"),
         alt.Tooltip("share_fake:Q", title="share fake", format=".0%"),
         alt.Tooltip("dominant_generator:N", title="dominant generator"),

@@ -48,9 +48,20 @@ def ids_needing_maps(patterns: Sequence[Pattern]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+#: what a visitor reads for each column of the ranking (no field names such as ``excess_se``)
+RANK_TITLES = {"rank": "rank", "name": "pattern", "n_images": "images", "impact": "drop when masked",
+               "random_impact": "drop, random mask", "excess": "extra drop", "excess_se": "± (std. error)",
+               "n_flipped": "verdicts flipped", "n_flipped_random": "flipped by random mask",
+               "mean_area": "share of image masked", "source": "made from", "note": "note"}
+#: the titles of the signed p_fake columns (shown as +0.123)
+SIGNED_TITLES = tuple(RANK_TITLES[c] for c in ("impact", "random_impact", "excess", "excess_se"))
+
+
 def ranking_display(ranked: pd.DataFrame) -> pd.DataFrame:
-    """The columns of a ``rank_patterns`` table worth showing, in a readable order."""
-    return ranked[[c for c in RANK_COLUMNS if c in ranked.columns]].reset_index(drop=True)
+    """The columns of a ``rank_patterns`` table worth showing, in a readable order, titled in words
+    (:data:`RANK_TITLES`)."""
+    shown = ranked[[c for c in RANK_COLUMNS if c in ranked.columns]].reset_index(drop=True)
+    return shown.rename(columns=RANK_TITLES)
 
 
 def impact_chart(ranked: pd.DataFrame) -> alt.Chart:

@@ -439,7 +439,7 @@ def spotlight(picture_, maps: np.ndarray, pred: str, size: int = 300) -> Image.I
 
 # ------------------------------------------------------------------------------------------ readability
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
-_SENTENCE_END = re.compile(r"[.!?:]+(?:\s|$)")
+_SENTENCE_END = re.compile(r"[.!?]+(?:\s|$)")
 
 
 def syllables(word: str) -> int:
@@ -453,7 +453,7 @@ def syllables(word: str) -> int:
 
 def fk_grade(text: str) -> float:
     """Flesch-Kincaid grade level of ``text``: ``0.39 * words/sentence + 11.8 * syllables/word - 15.59``
-    (US school grade; grade 6-7 is ages 11-13). Sentences end at ``. ! ? :``."""
+    (US school grade; grade 6-7 is ages 11-13). Sentences end at ``. ! ?``."""
     words = _WORD.findall(text)
     if not words:
         return 0.0

@@ -28,6 +28,42 @@ def verdict_line(res) -> str:
             f"· {where}{same}")
 
 
+#: share of the bundle's own images whose nearest other image is closer than an upload may be before it is
+#: called "far from every image of this bundle"
+FAR_QUANTILE = 0.99
+FAR_SAMPLE = 1000  # bundle images whose nearest-other-image distance is measured (all of them when fewer)
+
+
+def nearest_distance_limit(z: np.ndarray, q: float = FAR_QUANTILE, sample: int = FAR_SAMPLE, seed: int = 0) -> float:
+    """How far a bundle's own images lie from their nearest other image: the ``q`` quantile, over up to
+    ``sample`` images (a fixed random sample), of the Euclidean distance in z (``[N, 16]``) to the nearest other
+    image. NaN with fewer than 2 images. Cost: ``sample x N`` distances, in blocks."""
+    z = np.asarray(z, np.float32)
+    n = len(z)
+    if n < 2:
+        return float("nan")
+    rows = np.random.default_rng(seed).choice(n, min(n, int(sample)), replace=False)
+    sq = (z.astype(np.float64) ** 2).sum(axis=1)
+    nearest = []
+    for start in range(0, len(rows), 256):
+        r = rows[start:start + 256]
+        d2 = sq[r][:, None] + sq[None, :] - 2.0 * (z[r].astype(np.float64) @ z.T.astype(np.float64))
+        d2[np.arange(len(r)), r] = np.inf  # not itself
+        nearest.append(np.sqrt(np.maximum(d2.min(axis=1), 0.0)))
+    return float(np.quantile(np.concatenate(nearest), q))
+
+
+def far_notice(distance: float, limit: float) -> str | None:
+    """The warning shown before the verdict when an upload lies farther (``distance`` in z to its nearest
+    bundle image) than ``limit`` (``nearest_distance_limit``); None when it does not."""
+    if not np.isfinite(limit) or not np.isfinite(distance) or distance <= limit:
+        return None
+    return (f"This image is unlike every image of this bundle: its nearest one is {distance:.2f} away in the 16 "
+            f"dimensions, farther than {FAR_QUANTILE:.0%} of the bundle's own images are from theirs "
+            f"({limit:.2f}). The detector never learnt from images like it, so its verdict below is a guess "
+            "outside what it knows.")
+
+
 def neighbour_captions(nb: pd.DataFrame) -> list[str]:
     """One caption per neighbour row: rank, label, p_fake and distance in z."""
     out = []
