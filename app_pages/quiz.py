@@ -95,7 +95,8 @@ def class_round_panel(spec: vq.QuizSpec, ids: list[str]) -> None:
             rnd = QG.start_round(b, spec, ids)
             if rnd is not None:
                 ss[K.K_TEACHER_ROUND] = rnd.code
-                QG.quiz_maps(b, ids, ss[K.K_METHOD])  # computed (and charged) once, before the class opens it
+                if TRUSTED:  # the reveal's maps: computed (and charged) once, before the class opens the link
+                    QG.quiz_maps(b, ids, ss[K.K_METHOD])
         code = ss.get(K.K_TEACHER_ROUND)
         if code:
             class_results(code)
@@ -105,10 +106,9 @@ def class_round_panel(spec: vq.QuizSpec, ids: list[str]) -> None:
 def class_results(code: str) -> None:
     """The round's link and code, how many answered, the class against the computer, per image the share
     fooled, and the image that fooled most of the class; re-read every 3 s."""
-    store = QG.rounds()
-    rnd = store.get(code) if store is not None else None
+    rnd = QG.open_round(code)
     if rnd is None:
-        st.info(f"Round {code} has closed.")
+        st.info(f"Round {code} has closed (or cannot be read right now).")
         return
     spec = vq.QuizSpec.from_param(rnd.quiz)
     st.markdown(f"Round code **{rnd.code}** · students open:")
@@ -267,7 +267,8 @@ if not STUDENT:
     st.caption(f"Quiz: {as_text(vq.describe(spec))}.")
     class_round_panel(spec, play["ids"])
 if not play["ids"]:
-    st.warning("This quiz has no labelled images in this bundle (a pattern that is not saved here, an empty cell "
+    st.warning("This quiz has no pictures here. Ask your teacher for a new link." if STUDENT else
+               "This quiz has no labelled images in this bundle (a pattern that is not saved here, an empty cell "
                "or filter). Make another one above.")
 elif play["revealed"]:
     reveal_panel(play)

@@ -451,7 +451,8 @@ class Server:
 # ------------------------------------------------------------------------------------------ visitors
 ALERTS = "[data-testid='stException'], [data-testid='stAlertContentError'], [data-testid='stAlertContentWarning']"
 ERRORS = "[data-testid='stException'], [data-testid='stAlertContentError']"
-NOTICE_RX = "/randomly initialised|close to chance/i"  # the demo's notices on every page: not a message
+NOTICE_RX = "/randomly initialised|close to chance|unlike every image/i"  # notices, not messages: the demo's
+# on every page, and the single image page's note that an upload is far from every image of the bundle
 ALERT_EXPR = (f"(document.querySelector({ERRORS!r}) || [...document.querySelectorAll(\"[data-testid='stAlertContentWarning']\")]"
               f".some(e => !{NOTICE_RX}.test(e.innerText)))")
 IDLE_EXPR = "!document.querySelector(\"[data-testid='stStatusWidget'] button\")"

@@ -50,7 +50,7 @@ def test_attention_checks_its_maps_on_request_and_marks_every_tile(bundle, evalu
     noted = [c for c in caps if "x random" in c]
     plain = [c.replace("\\", "") for c in noted]  # captions are escaped Markdown
     assert len(noted) >= 2 and all(re.search(r"x random \(\d+\.\d-\d+\.\d\)", c) for c in plain), noted
-    text = " ".join(m.value for m in at.markdown)
+    text = " ".join(m.value for m in at.markdown).replace("\\", "")  # escaped Markdown, read as shown
     assert "faithfulness to this model" in text and "not whether the pattern is a real artifact" in text
     assert "sanity check: not assessed**: this CLIP is a random initialisation (rank correlation" in text
     assert evaluated["faithfulness"] == 2 and evaluated["sanity"] == 2

@@ -169,3 +169,72 @@ def test_the_single_image_page_warns_before_the_verdict(bundle, monkeypatch):
     far = next(i for i, o in enumerate(order) if o.startswith("Warning:This image is unlike"))
     verdict = next(i for i, o in enumerate(order) if o.startswith("Markdown:**upload"))
     assert far < verdict
+
+
+def test_at_1280x800_the_cells_way_on_is_in_view_and_nothing_is_cut(bundle, tmp_path):
+    """A browser at 1280x800 opens the Overview on a selected cell: "Open image grid" lies inside the window,
+    and no button label or metric value is cut ("Open …", "8…")."""
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    from browser_helpers import CHROMIUM, CHROMIUM_ARGS, dismiss_guide, serve_bundle
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs /usr/bin/chromium")
+    cell = int(bundle.cells.sort_values("n", ascending=False)["cell"].iloc[0])
+    cut_js = "e => e.scrollWidth > e.clientWidth + 1"
+    with serve_bundle(bundle.path, tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(60000)
+            page.goto(f"{url}/?cell={cell}")
+            dismiss_guide(page)
+            page.get_by_text("Selected cell").wait_for()
+            button = page.locator(".st-key-ov_open button")
+            box = button.bounding_box()
+            assert box["y"] + box["height"] <= 800 and page.evaluate("() => window.scrollY") == 0
+            for el in [*page.locator(".st-key-ov_open p, .st-key-ov_clear p").all(),
+                       *page.locator("[data-testid='stMetricValue'] div").all()]:
+                assert not el.evaluate(cut_js), el.inner_text()
+        finally:
+            browser.close()
+
+
+def test_in_a_browser_a_shift_click_adds_to_the_brushed_images(bundle, tmp_path):
+    """Brush some thumbnails, then shift-click another: it is added (the help says so), the brush stays."""
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    from browser_helpers import (CHROMIUM, CHROMIUM_ARGS, GRID_IMAGES, PICKED_TEXT, brush_path, dismiss_guide,
+                                 serve_bundle)
+
+    if not Path(CHROMIUM).exists():
+        pytest.skip("needs /usr/bin/chromium")
+    cell = int(bundle.cells.sort_values("n", ascending=False)["cell"].iloc[0])
+    n = int(bundle.cells.set_index("cell").loc[cell, "n"])
+    with serve_bundle(bundle.path, tmp_path) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60000)
+            page.goto(f"{url}/images?cell={cell}")
+            dismiss_guide(page)
+            images = page.locator(GRID_IMAGES)
+            images.nth(n - 1).wait_for(state="attached")
+            boxes = sorted((images.nth(i).bounding_box() for i in range(n)), key=lambda b: (round(b["y"]), b["x"]))
+            start, end = brush_path(boxes[0], boxes[1])               # the first two of the top row
+            page.mouse.move(*start)
+            page.mouse.down()
+            page.mouse.move(*end, steps=8)
+            page.mouse.up()
+            picked = page.get_by_text(PICKED_TEXT)
+            picked.wait_for()
+            brushed = int(picked.inner_text().split()[0])
+            last = boxes[-1]                                          # the last image: outside the brush
+            page.keyboard.down("Shift")
+            page.mouse.click(last["x"] + last["width"] / 2, last["y"] + last["height"] / 2)
+            page.keyboard.up("Shift")
+            page.get_by_text(f"{brushed + 1} images picked").wait_for()
+        finally:
+            browser.close()

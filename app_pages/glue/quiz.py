@@ -118,6 +118,16 @@ def start_round(b: Bundle, spec: vq.QuizSpec, ids: list[str]) -> Round | None:
         return None
 
 
+def open_round(code: str) -> Round | None:
+    """The open round ``code``; None when it has closed or the store cannot be read (the reason shown)."""
+    store = rounds()
+    try:
+        return store.get(code) if store is not None else None
+    except AsapError as exc:
+        show_error(exc)
+        return None
+
+
 def student_round(spec: vq.QuizSpec, ids: list[str]) -> Round | None:
     """The open round this student's link names, when it is for this very quiz (same spec, same images)."""
     code = st.session_state.get(K_ROUND)

@@ -54,7 +54,7 @@ def next_or_clear(next_label: str, next_page: str, icon: str, selection_key: str
                   keys: tuple[str, str], clear_label: str) -> None:
     """Two buttons under a selection: go on to ``next_page`` with it, or clear it (the chart's own event
     state too, so the chart draws without it)."""
-    b1, b2 = st.columns(2)
+    b1 = b2 = st.container(horizontal=True, wrap=True)  # labels whole: in a narrow column the buttons wrap
     if b1.button(next_label, type="primary", key=keys[0], icon=icon):
         st.switch_page(PAGE_FILES[next_page])
     if b2.button(clear_label, key=keys[1]):

@@ -203,14 +203,16 @@ def cascade_chart(cascade: pd.DataFrame, target: int, names: Sequence[str] = (),
     redrawing the classifier, then CLIP's blocks from the last down to the first, with 95% intervals."""
     c = cascade[cascade["target"] == int(target)].copy()
     c["similarity"] = c["similarity"].map({"spearman": "rank correlation", "ssim": "SSIM (looks the same)"})
-    base = alt.Chart(c, title=f"Sanity cascade · {target_label(target, names)}").encode(
-        x=alt.X("step_name:N", sort=list(dict.fromkeys(c["step_name"])), title="weights redrawn, cumulatively"),
-        color=alt.Color("similarity:N", title="similarity to the original map"))
+    base = alt.Chart(c).encode(
+        x=alt.X("step_name:N", sort=list(dict.fromkeys(c["step_name"])), title="weights redrawn, cumulatively",
+                axis=alt.Axis(labelAngle=-30)),
+        color=alt.Color("similarity:N", title="similarity to the original map", legend=alt.Legend(orient="bottom")))
     line = base.mark_line(point=True).encode(
-        y=alt.Y("value:Q", title="similarity (1 = unchanged, 0 = unrelated)", scale=alt.Scale(domain=[-0.5, 1])),
+        y=alt.Y("value:Q", title="similarity (1 = unchanged)", scale=alt.Scale(domain=[-0.5, 1])),
         tooltip=["step_name", "similarity", alt.Tooltip("value:Q", format=".2f")])
-    band = base.mark_errorbar().encode(y="low:Q", y2="high:Q")
-    return (line + band).properties(width=width, height=240)
+    band = base.mark_errorbar().encode(y=alt.Y("low:Q", title=None, scale=alt.Scale(domain=[-0.5, 1])), y2="high:Q")
+    return alt.layer(line, band, title=f"Sanity cascade · {target_label(target, names)}").properties(
+        width=width, height=240)
 
 
 def check_targets_for(dim: int) -> list[int]:

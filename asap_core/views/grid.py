@@ -123,7 +123,7 @@ def with_thumbs(layout: pd.DataFrame, jpegs: list[bytes | None], size: int = THU
 
 
 #: the brush's event stream: a drag that does not start with shift held (Vega-Lite's default, filtered)
-BRUSH_ON = "[mousedown[!event.shiftKey], window:mouseup] > window:mousemove!"
+BRUSH_ON = "[pointerdown[!event.shiftKey], window:pointerup] > window:pointermove!"
 
 
 def grid_chart(layout: pd.DataFrame, n_rows: int, n_cols: int, tile: int = 72, brush: str = "brush",
