@@ -109,7 +109,10 @@ def teacher_round(browser, server: str):
     page.locator(".st-key-quiz_w_seed input").fill(str(SPEC.seed))
     page.locator(".st-key-quiz_w_seed input").press("Enter")
     page.locator("[data-testid='stCode'] code").filter(has_text=f"quiz={SPEC.to_param()}").wait_for()
+    page.wait_for_function(IDLE_JS)                  # no click while a rerun is drawing (its widgets are stale)
     page.locator(".st-key-quiz_start button").click()
+    page.get_by_text(f"Quiz: {vq.describe(SPEC)}.").wait_for()
+    page.wait_for_function(IDLE_JS)
     page.locator("[data-testid='stExpander'] summary").filter(has_text="Class round").click()   # fold it open
     page.locator(".st-key-quiz_round_start button").click()
     code = page.locator("[data-testid='stCode'] code").filter(has_text="round=")

@@ -26,7 +26,7 @@ from asap_core.views import attention as va
 from asap_core.views import overview as ov
 from asap_core.views import quiz as vq
 from asap_core.views import state as vs
-from conftest_app import chart_data, local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401
+from conftest_app import chart_data, local_app_env, no_exception, plain, private_copy, tiny_bundle  # noqa: F401
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TIMEOUT = 90
@@ -271,7 +271,7 @@ def test_a_names_file_broken_after_opening_is_reported_not_raised(tiny_bundle, t
     (b.path / NAMES_FILE).write_text("{")                      # the open bundle is cached: no re-validation
     at.run()
     no_exception(at)
-    assert any(NAMES_FILE in e.value for e in at.error) and dim_picker(at).options[0].startswith("dim ")
+    assert any(NAMES_FILE in plain(e.value) for e in at.error) and dim_picker(at).options[0].startswith("dim ")
 
 
 def test_hosted_visitors_read_names_but_cannot_write_them(tiny_bundle, tmp_path, monkeypatch):  # noqa: F811
@@ -349,7 +349,7 @@ def test_names_given_to_two_dimensions_appear_in_overview_attention_quiz_and_exp
     at.switch_page("app_pages/quiz.py").run()
     at.button(key="quiz_real").click().run()
     no_exception(at)
-    assert any(label1 in i.value and label2 in i.value for i in at.info)        # the reveal's sentence
+    assert any(label1 in plain(i.value) and label2 in plain(i.value) for i in at.info)        # the reveal's sentence
 
     PatternStore(b).add(pattern_from_selection("named", [image]))
     at.switch_page("app_pages/patterns.py").run()
