@@ -52,7 +52,9 @@ def test_default_grid_gives_pies_of_8_or_more_images_on_a_real_layout(n, kind):
     xy = embed_2d(embeddings(n, kind))  # the layout analyze runs: t-SNE of every row
     g = default_grid(n, xy)
     assert S.GRID_MIN <= g <= S.GRID_MAX
-    assert median_cell_size(xy, g) >= MIN_MEDIAN
+    # pies of 8 or more, unless even the coarsest grid cannot give them (150 images on two t-SNE blobs: the
+    # smallest grid's median depends on the t-SNE version's layout), where the coarsest grid is the answer
+    assert median_cell_size(xy, g) >= MIN_MEDIAN or (g == S.GRID_MIN and n < 16 * MIN_MEDIAN * 2)
     if kind == "two":  # the old fixed 24 on a map like the issue's: a sea of tiny pies
         assert median_cell_size(xy, S.DEFAULT_GRID) < MIN_MEDIAN
 
