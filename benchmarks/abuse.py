@@ -717,7 +717,10 @@ async def ask_maps(run: Run, forwarded: str, image_id: str) -> str:
         await ctx.close()
 
 
-SPOOF_CLIENT = "203.0.113.77"  # what the (simulated) proxy appends: the client's real address
+# what the (simulated) proxy appends: the client's real address; one per run, since a reused work folder or a
+# shared PostgreSQL store keeps the day's budgets
+SPOOF_CLIENT = f"203.0.113.{os.getpid() % 250 + 2}"
+TWO_CLIENT = f"203.0.114.{os.getpid() % 250 + 2}"  # the client of the two-servers attack, a budget of its own
 SPOOF_BUDGET = 3
 
 
@@ -742,6 +745,31 @@ async def spoof_forwarded(run: Run) -> Outcome:
     if refusals:
         msg += f"; refusal: {refusals[0][9:120]}"
     note = f"{granted} > budget {SPOOF_BUDGET}" if granted > SPOOF_BUDGET else ("; ".join(unclear) if unclear else "")
+    return Outcome(msg, not note, note, {"answers": answers})
+
+
+async def two_servers(run: Run) -> Outcome:
+    """Two ``serve`` processes on one ``ASAP_STATE_URL`` (configuration B and its twin B2): one client, budget 3,
+    asks each server in turn for the maps of a new image (6 requests, new sessions). They share the budget when
+    no more than 3 are granted in all."""
+    from asap_core.storage.bundle import Bundle
+
+    ids = Bundle.open(run.roots["B"] / "demo").images["image_id"].astype(str).tolist()
+    first, twin = run.current, run.servers["B2"]
+    twin.start()
+    answers = []
+    try:
+        for i in range(6):
+            run.current = first if i % 2 == 0 else twin
+            answers.append((run.current.name, await ask_maps(run, TWO_CLIENT, ids[-1 - i])))
+    finally:
+        run.current = first
+        twin.stop()
+    granted = [name for name, a in answers if a == "granted"]
+    msg = (f"{len(granted)} of {len(answers)} map requests granted (budget {SPOOF_BUDGET}) by two servers on one "
+           f"state store: " + ", ".join(f"{n} {a.split(':')[0]}" for n, a in answers))
+    note = f"{len(granted)} > budget {SPOOF_BUDGET}" if len(granted) > SPOOF_BUDGET else (
+        "the twin granted nothing: not exercised" if "B2" not in granted and len(granted) < SPOOF_BUDGET else "")
     return Outcome(msg, not note, note, {"answers": answers})
 
 
@@ -888,7 +916,8 @@ def catalogue() -> list[Attack]:
             Attack("query_cell_superscript", "A", query_visit("/?bundle=demo&cell=%C2%B2")),
             Attack("query_cell_5000_digits", "A", query_visit("/?bundle=demo&cell=" + "7" * 5000)),
             Attack("query_quiz_superscript", "A", query_visit("/quiz?bundle=demo&quiz=cell:%C2%B2:5:1"))]
-    out += [Attack("spoof_forwarded", "B", spoof_forwarded), Attack("eviction", "B", eviction, clean_upload=True)]
+    out += [Attack("spoof_forwarded", "B", spoof_forwarded), Attack("two_servers", "B", two_servers),
+            Attack("eviction", "B", eviction, clean_upload=True)]
     return out
 
 
@@ -1006,7 +1035,7 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def setup(work: Path) -> tuple[Path, dict[str, Server], dict[str, Path]]:
+def setup(work: Path, state_url: str | None = None) -> tuple[Path, dict[str, Server], dict[str, Path]]:
     """The demo bundle (built once in ``work``), the two bundle roots and their server configurations."""
     from load_test import build_demo_bundle
 
@@ -1029,16 +1058,19 @@ def setup(work: Path) -> tuple[Path, dict[str, Server], dict[str, Path]]:
                "ASAP_STATE_URL": f"sqlite:///{work / f'state-{name}.sqlite3'}", "ASAP_MAX_UPLOAD_MB": "10",
                "ASAP_CLIENT_HEADER": "X-Forwarded-For", "ASAP_TRUSTED_PROXIES": "0",
                "ASAP_MODEL": str(work / "random-clip"), **more}  # labelled uploads train with this CLIP, offline
+        if name == "B" and state_url:  # the budget attacks on another store (e.g. PostgreSQL)
+            env["ASAP_STATE_URL"] = state_url
         servers[name], roots[name] = Server(name, env, work / f"server-{name}.log"), root
+    servers["B2"], roots["B2"] = Server("B2", dict(servers["B"].env), work / "server-B2.log"), roots["B"]
     return demo, servers, roots
 
 
-async def run_all(attacks: list[Attack], work: Path) -> list[Row]:
+async def run_all(attacks: list[Attack], work: Path, state_url: str | None = None) -> list[Row]:
     from playwright.async_api import async_playwright
 
     from browser_helpers import CHROMIUM, CHROMIUM_ARGS
 
-    demo, servers, roots = setup(work)
+    demo, servers, roots = setup(work, state_url)
     rows = []
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -1068,6 +1100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (servers' logs, caches)")
     ap.add_argument("--work", type=Path, help="use this folder (kept; the demo bundle is reused from it)")
     ap.add_argument("--list", action="store_true", help="list the attacks and exit")
+    ap.add_argument("--state-url", help="ASAP_STATE_URL of the budget attacks' servers (default: an SQLite file "
+                                        "in the work folder), e.g. postgresql+psycopg://asap:asap@127.0.0.1/asap_test")
     args = ap.parse_args(argv)
     attacks = select(catalogue(), args.attacks)
     if args.list:
@@ -1078,7 +1112,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"work folder {work}", flush=True)
     t0 = time.perf_counter()
     try:
-        rows = asyncio.run(run_all(attacks, work))
+        rows = asyncio.run(run_all(attacks, work, args.state_url))
     finally:
         if not (args.keep or args.work):
             shutil.rmtree(work, ignore_errors=True)

@@ -12,7 +12,7 @@ from streamlit.testing.v1 import AppTest
 from asap_core.storage.bundle import Bundle
 from asap_core.settings import reload_settings
 from conftest import write_tiny_clip
-from conftest_app import no_exception, chart_data, plain, tiny_bundle  # noqa: F401  (fixture)
+from conftest_app import no_exception, chart_data, plain, private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[1] / "streamlit_app.py")
 TIMEOUT = 60
@@ -141,8 +141,12 @@ def test_attention_shows_17_maps_per_picked_image(bundle):
 
 
 # ------------------------------------------------------------------------------------------ dimensions
-def test_dimensions_page(bundle):
-    at = app(bundle.path).run()
+def test_dimensions_page(bundle, tmp_path):
+    import shutil
+
+    own = private_copy(bundle.path, tmp_path / "bundle")     # maps other tests computed stay out of this one
+    shutil.rmtree(own.path / "cache", ignore_errors=True)
+    at = app(own.path).run()
     at.switch_page("app_pages/dimensions.py").run()
     no_exception(at)
     facet = [el for el in charts(at) if "facet" in json.loads(el.proto.spec)]
