@@ -797,8 +797,8 @@ async def eviction(run: Run) -> Outcome:
         if first != "opened my-images":
             return Outcome(f"first upload: {first[:100]}", False, "the first upload did not open")
         msgs = []
-        for k in range(0, EVICT_SESSIONS, 3):
-            msgs += await asyncio.gather(*(_evictor(run, i) for i in range(k, min(k + 3, EVICT_SESSIONS))))
+        for k in range(0, EVICT_SESSIONS, 4):
+            msgs += await asyncio.gather(*(_evictor(run, i) for i in range(k, min(k + 4, EVICT_SESSIONS))))
         await page.get_by_role("link", name="Images").first.click()
         await settle(page, SIDEBAR_DONE, 120)
         await page.get_by_role("link", name="Overview").first.click()
@@ -891,6 +891,7 @@ class Attack:
     landing: bool = False  # the clean visitor also opens the landing page (no bundle named)
     limit_mb: float = 1024.0
     bundle: str | None = None  # a crafted bundle moved into the root for this attack
+    timeout_s: float = 600.0  # the attack's whole run
 
 
 def catalogue() -> list[Attack]:
@@ -917,7 +918,7 @@ def catalogue() -> list[Attack]:
             Attack("query_cell_5000_digits", "A", query_visit("/?bundle=demo&cell=" + "7" * 5000)),
             Attack("query_quiz_superscript", "A", query_visit("/quiz?bundle=demo&quiz=cell:%C2%B2:5:1"))]
     out += [Attack("spoof_forwarded", "B", spoof_forwarded), Attack("two_servers", "B", two_servers),
-            Attack("eviction", "B", eviction, clean_upload=True)]
+            Attack("eviction", "B", eviction, clean_upload=True, timeout_s=1800.0)]  # 51 analyses, 2 slots
     return out
 
 
@@ -962,7 +963,6 @@ def resolve_paths(paths: list[str], root: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ running
-ATTACK_TIMEOUT_S = 600.0  # an attack's whole run (the eviction's 51 sessions are the longest)
 CLEAN_DELAY_S = 3.0  # the clean visitor arrives this long after the attack started
 
 
@@ -997,7 +997,7 @@ async def run_attack(run: Run, attack: Attack, demo: Path) -> Row:
     sampler.start()
     clean = asyncio.create_task(_clean_later(run, attack))
     try:
-        out = await asyncio.wait_for(attack.run(run), ATTACK_TIMEOUT_S)
+        out = await asyncio.wait_for(attack.run(run), attack.timeout_s)
     except Exception as exc:  # noqa: BLE001 - a timeout, a dead server: the attack failed, the run goes on
         out = Outcome(f"attack did not finish: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}",
                       False, "did not finish")
