@@ -3,6 +3,7 @@ dimension 3, the user types a name and saves it; the page, then the Attention vi
 "dim 3 · smooth skin". Screenshots go to ``$ASAP_SCREENSHOTS`` (or the test's tmp folder)."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ LABEL = "dim 3 · smooth skin"
 
 def test_name_a_dimension_and_see_it_on_the_attention_tiles(tiny_bundle, tmp_path):  # noqa: F811
     b = private_copy(tiny_bundle, tmp_path / "bundle")
+    shutil.rmtree(b.path / "cache", ignore_errors=True)  # maps other tests computed would hide "Compute mean"
     image = b.images["image_id"].iloc[0]
     shots = screenshot_dir(tmp_path)
     with serve_bundle(b.path, tmp_path) as url, sync_playwright() as p:
