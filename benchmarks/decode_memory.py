@@ -103,7 +103,7 @@ def main() -> None:
                                             capture_output=True, text=True, check=True).stdout)
     w, h = args.side, args.side - 1
     print(f"{w} x {h} = {w * h / 1e6:.2f} Mpx per image; peak RSS growth of one decode in a fresh process\n")
-    print(f"| format | file | decoded (after) | before: MB | before: s | after: MB | after: s |")
+    print("| format | file | decoded (after) | before: MB | before: s | after: MB | after: s |")
     print("|---|---|---|---|---|---|---|")
     for k, (label, ext, mode, kw) in enumerate(FORMATS):
         path = work / f"img{k}.{ext}"

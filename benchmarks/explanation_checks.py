@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from asap_core.method.faithfulness import DeletionInsertion, summarise  # noqa: E402
+from asap_core.method.faithfulness import DeletionInsertion  # noqa: E402
 from asap_core.method.sanity import ParameterRandomisation  # noqa: E402
 from asap_core.storage.schema import FAKE_LOGIT, N_TARGETS  # noqa: E402
 from conftest import planted_image  # noqa: E402

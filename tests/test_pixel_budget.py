@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from asap_core.analyses.single_image import check_upload, decode_upload
+from asap_core.analyses.single_image import check_upload
 from asap_core.errors import ImageLoadError
 from asap_core.inputs import imageio
 from asap_core.inputs.imageio import (THUMB_MAX_PIXELS, WORKING_SIDE, decode_image, decode_thumbnail, image_size,
