@@ -428,6 +428,17 @@ async def one_round(page, url: str, grid: int, cell: int, n_shown: int, res: Res
     res.slot_waits += int(saw_slot_wait)
 
 
+async def _record_error(res, args, page, msg: str, shot: str) -> None:
+    """Count and print one failed step; with ``--shots``, keep a screenshot of the page as it was."""
+    res.errors.append(msg)
+    print("ERROR", msg, flush=True)
+    if args.shots:
+        try:
+            await page.screenshot(path=str(Path(args.shots) / shot), full_page=True)
+        except Exception:  # noqa: BLE001 - a page already gone: the error is counted all the same
+            pass
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).splitlines()
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
@@ -451,14 +462,8 @@ async def session(i: int, browser, url: str, args, plan: list[tuple[int, int]], 
                 await asyncio.wait_for(one_round(page, url, args.grid, cell, n, res, probe),
                                        timeout=args.step_timeout * len(STEPS))
             except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
-                msg = f"session {i} round {j} (cell {cell}): {_describe(exc)}"
-                res.errors.append(msg)
-                print("ERROR", msg, flush=True)
-                if args.shots:
-                    try:
-                        await page.screenshot(path=str(Path(args.shots) / f"error_s{i}_r{j}.png"), full_page=True)
-                    except Exception:  # noqa: BLE001
-                        pass
+                await _record_error(res, args, page, f"session {i} round {j} (cell {cell}): {_describe(exc)}",
+                                    f"error_s{i}_r{j}.png")
     finally:
         await ctx.close()
 
@@ -639,13 +644,7 @@ async def quiz_student(i: int, browser, link: str, args, res: Results, inflight:
         await asyncio.wait_for(quiz_play(page, link, args.quiz_images, res, InFlight(i, inflight, ended), seed=i),
                                timeout=args.step_timeout * (1 + 2 * args.quiz_images))
     except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
-        res.errors.append(f"student {i}: {_describe(exc)}")
-        print("ERROR", res.errors[-1], flush=True)
-        if args.shots:
-            try:
-                await page.screenshot(path=str(Path(args.shots) / f"error_student{i}.png"), full_page=True)
-            except Exception:  # noqa: BLE001
-                pass
+        await _record_error(res, args, page, f"student {i}: {_describe(exc)}", f"error_student{i}.png")
     finally:
         await ctx.close()
 
