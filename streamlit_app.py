@@ -19,8 +19,8 @@ if str(ROOT) not in sys.path:
 import streamlit as st  # noqa: E402
 
 from app_pages.glue import keys, state  # noqa: E402
-from app_pages.glue.quiz import student_mode  # noqa: E402
 from app_pages.glue.errors import guarded  # noqa: E402
+from app_pages.glue.quiz import student_mode  # noqa: E402
 from asap_core.settings import settings  # noqa: E402
 
 st.set_page_config(page_title="ASAP Explorer", page_icon=":material/image_search:", layout="wide")

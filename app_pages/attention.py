@@ -5,15 +5,15 @@ from __future__ import annotations
 import altair as alt
 import streamlit as st
 
+from app_pages.glue import checks as G
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue.sidebar import page_start
 from asap_core.storage.schema import RELEVANCE_METHODS
 from asap_core.views import attention as va
 from asap_core.views import checks as vc
 from asap_core.views.glossary import GLOSSARY
 from asap_core.views.text import as_text, as_texts
-from app_pages.glue import checks as G
-from app_pages.glue import data as D
-from app_pages.glue import keys as K
-from app_pages.glue.sidebar import page_start
 
 b = page_start()
 ss = st.session_state

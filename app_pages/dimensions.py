@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages.glue import checks as G
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue.errors import show_error, visible
+from app_pages.glue.sidebar import page_start
 from asap_core.analyses import naming as nm
 from asap_core.errors import AsapError
 from asap_core.method.relevance_store import missing_maps
@@ -17,11 +22,6 @@ from asap_core.views import state as vs
 from asap_core.views.attention import decode_thumb
 from asap_core.views.glossary import GLOSSARY
 from asap_core.views.text import as_text, as_texts
-from app_pages.glue import checks as G
-from app_pages.glue import data as D
-from app_pages.glue import keys as K
-from app_pages.glue.errors import show_error, visible
-from app_pages.glue.sidebar import page_start
 
 b = page_start()
 ss = st.session_state

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue.sidebar import page_start
 from asap_core.analyses.attribution import attribution_accuracy
 from asap_core.views import generators as vgen
 from asap_core.views import grid as vg
 from asap_core.views.glossary import GLOSSARY
-from app_pages.glue import data as D
-from app_pages.glue import keys as K
-from app_pages.glue.sidebar import page_start
 
 b = page_start()
 ss = st.session_state

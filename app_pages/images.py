@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue import state as S
+from app_pages.glue.sidebar import page_start
+from app_pages.glue.widgets import next_or_clear, save_pattern_form
 from asap_core.analyses.concepts import compute_concepts
 from asap_core.analyses.patterns import pattern_from_concept, pattern_from_selection
 from asap_core.errors import AsapError
@@ -12,13 +17,8 @@ from asap_core.views import concept as vc
 from asap_core.views import grid as vg
 from asap_core.views import overview as ov
 from asap_core.views import state as vs
-from asap_core.views.text import as_text
 from asap_core.views.glossary import GLOSSARY
-from app_pages.glue import data as D
-from app_pages.glue import keys as K
-from app_pages.glue import state as S
-from app_pages.glue.sidebar import page_start
-from app_pages.glue.widgets import next_or_clear, save_pattern_form
+from asap_core.views.text import as_text
 
 b = page_start()
 ss = st.session_state

@@ -5,16 +5,16 @@ import math
 
 import streamlit as st
 
-from asap_core.views import generators as vgen
-from asap_core.views.glossary import GLOSSARY
-from asap_core.views import overview as ov
-from asap_core.views import state as vs
-from asap_core.views.text import as_text
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue import state as S
 from app_pages.glue.sidebar import page_start
 from app_pages.glue.widgets import next_or_clear
+from asap_core.views import generators as vgen
+from asap_core.views import overview as ov
+from asap_core.views import state as vs
+from asap_core.views.glossary import GLOSSARY
+from asap_core.views.text import as_text
 
 b = page_start()
 ss = st.session_state

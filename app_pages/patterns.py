@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import streamlit as st
 
-from asap_core.analyses.patterns import PatternStore, impact_cached, pattern_impact
-from asap_core.errors import AsapError
-from asap_core.views import patterns as vp
-from asap_core.views.glossary import GLOSSARY
-from asap_core.views.text import as_text
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.errors import show_error
 from app_pages.glue.sidebar import page_start
 from app_pages.glue.widgets import progress_bar
+from asap_core.analyses.patterns import PatternStore, impact_cached, pattern_impact
+from asap_core.errors import AsapError
+from asap_core.views import patterns as vp
+from asap_core.views.glossary import GLOSSARY
+from asap_core.views.text import as_text
 
 b = page_start()
 ss = st.session_state

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue import quiz as QG
+from app_pages.glue.errors import show_error
 from asap_core.analyses.patterns import PatternStore
 from asap_core.errors import AsapError
 from asap_core.storage.class_rounds import ROUND_HOURS
 from asap_core.views import overview as ov
 from asap_core.views import quiz as vq
 from asap_core.views.text import as_text, as_texts
-from app_pages.glue import data as D
-from app_pages.glue import keys as K
-from app_pages.glue.errors import show_error
-from app_pages.glue import quiz as QG
 
 PLAY = "quiz_play"  # {"key", "ids", "answers", "sure", "revealed"}: this session's game, never stored
 PICTURE_PX = 448

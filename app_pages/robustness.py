@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from asap_core.views import robustness as vr
-from asap_core.views import state as vs
-from asap_core.views.text import as_texts
-from asap_core.views.glossary import GLOSSARY
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.sidebar import page_start
+from asap_core.views import robustness as vr
+from asap_core.views import state as vs
+from asap_core.views.glossary import GLOSSARY
+from asap_core.views.text import as_texts
 
 MAX_KEPT = 8  # laundering tables kept in this session
 

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages.glue import budget
+from app_pages.glue import data as D
+from app_pages.glue import keys as K
+from app_pages.glue.errors import show_error
+from app_pages.glue.sidebar import page_start
 from asap_core.analyses.single_image import check_upload
 from asap_core.errors import AsapError
 from asap_core.inputs.imageio import sha1_hex
@@ -12,11 +17,6 @@ from asap_core.settings import settings
 from asap_core.views import single as vsi
 from asap_core.views import state as vs
 from asap_core.views.text import as_text, as_texts
-from app_pages.glue import budget
-from app_pages.glue import data as D
-from app_pages.glue import keys as K
-from app_pages.glue.errors import show_error
-from app_pages.glue.sidebar import page_start
 
 MAX_KEPT = 4  # results of recent uploads kept in this session
 

@@ -5,8 +5,8 @@ import argparse
 import sys
 import time
 
-from .model.device import DTYPES
 from .errors import AsapError
+from .model.device import DTYPES
 from .serving import DEFAULT_PORT
 from .storage import schema as S
 
@@ -160,7 +160,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     try:
         checks = read_summary(b)
         line = checks_line(checks) if checks else None
-    except Exception:  # noqa: BLE001 - an optional digest in the cache: a malformed one is said, not raised
+    except Exception:
         line = "Explanation checks: the stored digest cannot be read (run `analyze --faithfulness N` again)."
     if line:
         print(line)

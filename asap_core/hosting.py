@@ -24,10 +24,11 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from PIL import Image
 
@@ -72,7 +73,7 @@ class HostedPolicy:
     state_url: str | None = None
 
     @classmethod
-    def from_settings(cls, s: Settings | None = None) -> "HostedPolicy":
+    def from_settings(cls, s: Settings | None = None) -> HostedPolicy:
         """The policy the settings describe; ``InputError`` when ``ASAP_BUNDLE_ROOT`` is missing."""
         s = s or settings()
         if s.bundle_root is None:
@@ -82,7 +83,7 @@ class HostedPolicy:
                    s.upload_bytes_per_day, s.state_db_url)
 
     @property
-    def store(self) -> "StateStore":
+    def store(self) -> StateStore:
         """The durable store the budgets are charged to (one per URL and process)."""
         from .storage.state_store import StateStore
 
@@ -133,7 +134,7 @@ class HostedPolicy:
             return public_text(exc.message, self.bundle_root)
         except OSError as exc:  # unreadable folder: said without the path
             return f"bundle '{visitor_echo(name)}' cannot be read ({exc.strerror or 'input/output error'})."
-        except Exception as exc:  # noqa: BLE001 - one bad bundle is one unavailable bundle, never a crash
+        except Exception as exc:
             eid = error_id()
             LOG.error("error id %s: bundle %r: %s", eid, name, exc, exc_info=(type(exc), exc, exc.__traceback__))
             return f"bundle '{visitor_echo(name)}' cannot be opened (error id {eid})."
@@ -198,13 +199,13 @@ class HostedPolicy:
                                "does", now, "upload fewer images, or come back")
 
 
-def _hours_left(charge: "Charge", now: float | None) -> int:
+def _hours_left(charge: Charge, now: float | None) -> int:
     """Whole hours (at least 1) until ``charge``'s window renews."""
     now = time.time() if now is None else now
     return max(1, round((charge.window_end - now) / 3600))
 
 
-def _over_budget(charge: "Charge", what: str, now: float | None, fix: str) -> InputError:
+def _over_budget(charge: Charge, what: str, now: float | None, fix: str) -> InputError:
     """The visitor's message for a refused ``charge`` of the work budget."""
     return InputError(f"You have used {charge.used_before} of the {charge.limit} {what} per visitor and day; "
                       f"{charge.amount} more would pass the limit.",
@@ -421,7 +422,7 @@ def _plain_npy(f: Path) -> bool:
             version = fmt.read_magic(fh)
             read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
             _, _, dtype = read(fh)
-    except Exception:  # noqa: BLE001 - OSError, ValueError, SyntaxError or RecursionError from a forged header
+    except Exception:
         return False
     return not dtype.hasobject
 

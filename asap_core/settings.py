@@ -11,10 +11,10 @@ is an ``InputError`` naming the variable.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Mapping
 
 from .errors import InputError
 
@@ -131,7 +131,7 @@ class Settings:
         return self.state_url or f"sqlite:///{(self.cache_dir / 'state.sqlite3').as_posix()}"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read every variable of ``ENVIRONMENT`` from ``env`` (default ``os.environ``); ``InputError`` names
         a malformed one."""
         e = os.environ if env is None else env

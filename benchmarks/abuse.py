@@ -50,9 +50,9 @@ import time
 import urllib.request
 import zipfile
 import zlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -402,6 +402,7 @@ class Server:
 
     def start(self) -> str:
         from browser_helpers import free_port
+
         from asap_core.serving import HEALTH_PATH
 
         port = free_port()
@@ -564,7 +565,7 @@ async def dismiss(page) -> None:
         if await page.get_by_role("dialog").count():
             await page.get_by_role("button", name="Got it").click(timeout=10000)
             await page.get_by_role("dialog").wait_for(state="detached", timeout=10000)
-    except Exception:  # noqa: BLE001 - no dialog, or it closed by itself
+    except Exception:
         pass
 
 
@@ -576,7 +577,7 @@ async def message(page) -> str:
     """The visitor's message: the first error block, else a warning, else the metric shown."""
     try:
         return (await page.evaluate(MESSAGE_JS))[:300]
-    except Exception as exc:  # noqa: BLE001 - page gone
+    except Exception as exc:
         return f"(page unreadable: {type(exc).__name__})"
 
 
@@ -629,7 +630,7 @@ async def clean_visit(run: Run, upload: bool, landing: bool) -> tuple[bool, str]
             seen = await upload_single(run, page, f"clean{run._n}.png", small_png(run._n), CLEAN_TIMEOUT_S)
             if not seen.startswith("p_fake"):
                 problems.append(f"own upload: {seen[:120]}")
-    except Exception as exc:  # noqa: BLE001 - a dead server, a page that never came
+    except Exception as exc:
         problems.append(f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
     finally:
         await ctx.close()
@@ -782,7 +783,7 @@ async def _evictor(run: Run, i: int) -> str:
         await byo_click(run, page, f"mine{i}.zip", zip_plain(2, seed=i + 1))
         await settle(page, f"({ALERT_EXPR} || document.body.innerText.includes('Analysing'))", 60)
         return await message(page)
-    except Exception as exc:  # noqa: BLE001 - counted, the attack goes on
+    except Exception as exc:
         return f"{type(exc).__name__}"
     finally:
         await ctx.close()
@@ -998,7 +999,7 @@ async def run_attack(run: Run, attack: Attack, demo: Path) -> Row:
     clean = asyncio.create_task(_clean_later(run, attack))
     try:
         out = await asyncio.wait_for(attack.run(run), attack.timeout_s)
-    except Exception as exc:  # noqa: BLE001 - a timeout, a dead server: the attack failed, the run goes on
+    except Exception as exc:
         out = Outcome(f"attack did not finish: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}",
                       False, "did not finish")
     affected, seen = await clean
@@ -1066,9 +1067,8 @@ def setup(work: Path, state_url: str | None = None) -> tuple[Path, dict[str, Ser
 
 
 async def run_all(attacks: list[Attack], work: Path, state_url: str | None = None) -> list[Row]:
-    from playwright.async_api import async_playwright
-
     from browser_helpers import CHROMIUM, CHROMIUM_ARGS
+    from playwright.async_api import async_playwright
 
     demo, servers, roots = setup(work, state_url)
     rows = []
@@ -1080,7 +1080,7 @@ async def run_all(attacks: list[Attack], work: Path, state_url: str | None = Non
                 print(f"{attack.name} ...", flush=True)
                 try:
                     row = await run_attack(run, attack, demo)
-                except Exception as exc:  # noqa: BLE001 - e.g. the server would not start: recorded, go on
+                except Exception as exc:
                     row = Row(attack.name, 0, 0, f"not run: {type(exc).__name__}: {str(exc)[:200]}", "?", "FAIL: not run")
                 rows.append(row)
                 print(f"  {row.verdict} | RSS +{row.rss_growth_mb:.0f} MB | disk +{row.disk_growth_mb} MB | "

@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from embed_speed import NAIVE_BATCH, NaiveProcess, ensure_images, ensure_model  # noqa: E402
+from embed_speed import NAIVE_BATCH, NaiveProcess, ensure_images, ensure_model
 
 
 def labelled_folder(root: Path, files: list[str]) -> list[str]:

@@ -117,7 +117,7 @@ def synthetic_bundle(out: Path, n: int, thumb_px: int = 64, seed: int = 0) -> Pa
     counts = Counts(found=n, used=n, real=n - fake, fake=fake, unlabelled=0, cells=len(cells))
     meta = {"encoder": EncoderInfo("synthetic-clip", "bench", 64, PATCH_SIDE, 224).to_dict(), "layout": "synthetic",
             "options": {"grid": grid}, "counts": counts.to_dict(), "metrics": {}, "skipped": []}
-    fetch = lambda ids: [pool[int(i[:8], 16) % N_THUMBS] for i in ids]  # noqa: E731
+    fetch = lambda ids: [pool[int(i[:8], 16) % N_THUMBS] for i in ids]
     return write_bundle(out, meta, images, cells, fetch, distiller.save_pretrained)
 
 
@@ -306,16 +306,15 @@ def _close_guide(page) -> None:
     try:
         page.get_by_role("button", name="Got it").click(timeout=5000)
         page.get_by_role("dialog").wait_for(state="detached", timeout=5000)
-    except Exception:  # noqa: BLE001 - no dialog in this session
+    except Exception:
         pass
 
 
 def sessions_rss(b: Bundle, n_sessions: int, work: Path) -> list[tuple[str, float, float, float]]:
     """``[(event, seconds until drawn, server VmRSS MB, VmHWM MB)]``: ``streamlit run`` on ``b``, then
     ``n_sessions`` browser sessions (``session_plan``, cycled) opened one by one and kept open."""
-    from playwright.sync_api import sync_playwright
-
     from browser_helpers import CHROMIUM, CHROMIUM_ARGS, streamlit_server
+    from playwright.sync_api import sync_playwright
 
     plan = session_plan(b)
     procs: list = []

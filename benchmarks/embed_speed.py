@@ -33,8 +33,8 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -42,11 +42,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from asap_core.storage.cache import RowStore  # noqa: E402
-from asap_core.model.device import device_name, dtype_name, relevance_batch_size  # noqa: E402
-from asap_core.method.relevance_store import LAST_INPUT_BATCH  # noqa: E402
-from asap_core.model.embedding import default_workers, embed_files, resolve_decoder  # noqa: E402
-from asap_core.model.encoder import ClipEncoder  # noqa: E402
+from asap_core.method.relevance_store import LAST_INPUT_BATCH
+from asap_core.model.device import device_name, dtype_name, relevance_batch_size
+from asap_core.model.embedding import default_workers, embed_files, resolve_decoder
+from asap_core.model.encoder import ClipEncoder
+from asap_core.storage.cache import RowStore
 
 NAIVE_BATCH = 32
 
@@ -147,7 +147,7 @@ def _naive_server(conn, model_dir: str, device: str, fwd_paths: list[str]) -> No
                 conn.send(forward_only(lambda x: model.get_image_features(pixel_values=x), px, msg[1], NAIVE_BATCH, dev))
             else:
                 return
-        except Exception as exc:  # noqa: BLE001 - hand it to the parent
+        except Exception as exc:
             conn.send(exc)
 
 
@@ -256,8 +256,8 @@ def kept_input_pass(encoder: ClipEncoder, dist, px: torch.Tensor, batch: int):
 
     import pandas as pd
 
-    from asap_core.storage.cache import RowStore
     from asap_core.method.relevance_store import N_TARGETS, compute_missing_maps
+    from asap_core.storage.cache import RowStore
 
     root = Path(tempfile.mkdtemp(prefix="kept-inputs-"))
     ids = [f"im{i}" for i in range(len(px))]

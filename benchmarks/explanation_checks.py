@@ -28,10 +28,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from conftest import planted_image  # noqa: E402
+
 from asap_core.method.faithfulness import DeletionInsertion  # noqa: E402
 from asap_core.method.sanity import ParameterRandomisation  # noqa: E402
 from asap_core.storage.schema import FAKE_LOGIT, N_TARGETS  # noqa: E402
-from conftest import planted_image  # noqa: E402
 
 SIDE = 4
 

@@ -86,9 +86,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from browser_helpers import (CELL_SLICES, CHROMIUM, CHROMIUM_ARGS, ERROR_BLOCKS, ERRORS_JS,  # noqa: E402
-                             GRID_IMAGES, IMAGES_DECODED_JS, MAIN_IMAGES, PICKED_TEXT, SLICES_JS, brush_path,
-                             slice_click_point, streamlit_server)
+from browser_helpers import (  # noqa: E402
+    CELL_SLICES,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ERROR_BLOCKS,
+    ERRORS_JS,
+    GRID_IMAGES,
+    IMAGES_DECODED_JS,
+    MAIN_IMAGES,
+    PICKED_TEXT,
+    SLICES_JS,
+    brush_path,
+    slice_click_point,
+    streamlit_server,
+)
 
 # A load generator's browser must not throttle the pages it does not show: headless Chromium treats every
 # context but one as a background page (timers throttled, rendering deferred), which stalls Streamlit's
@@ -243,10 +255,10 @@ class Calibrate(NullProbe):
 # ------------------------------------------------------------------------------------------ bundle
 def build_demo_bundle(work: Path) -> Path:
     """``asap_core/demo_data`` analysed with a random CLIP into ``work/bundles/demo`` (reused when there)."""
-    from asap_core.storage.bundle import Bundle
-    from asap_core.pipeline.demo import DEMO_DATA, RANDOM_CLIP, write_random_clip
     from asap_core.errors import BundleError
     from asap_core.pipeline.analyze import AnalyzeOptions, analyze
+    from asap_core.pipeline.demo import DEMO_DATA, RANDOM_CLIP, write_random_clip
+    from asap_core.storage.bundle import Bundle
 
     out = work / "bundles" / "demo"
     try:
@@ -278,8 +290,8 @@ def clear_maps(bundle_path: Path) -> int:
 
 def cell_plan(bundle_path: Path, grid: int, min_images: int = 3) -> list[tuple[int, int]]:
     """(cell, n shown on the image page) of the cells with at least ``min_images`` images, biggest first."""
-    from asap_core.storage.bundle import Bundle
     from asap_core.method.layout import regrid
+    from asap_core.storage.bundle import Bundle
     from asap_core.views.grid import MAX_GRID_IMAGES
 
     _, cells = regrid(Bundle.open(bundle_path).images, grid)
@@ -368,7 +380,7 @@ async def dismiss_guide(page, wait_ms: int = 30000) -> None:
     got = page.get_by_role("button", name="Got it")
     try:
         await got.wait_for(state="visible", timeout=wait_ms)
-    except Exception:  # noqa: BLE001 - no dialog in this session
+    except Exception:
         return
     await got.click()
     await page.get_by_role("dialog").wait_for(state="detached")
@@ -435,7 +447,7 @@ async def _record_error(res, args, page, msg: str, shot: str) -> None:
     if args.shots:
         try:
             await page.screenshot(path=str(Path(args.shots) / shot), full_page=True)
-        except Exception:  # noqa: BLE001 - a page already gone: the error is counted all the same
+        except Exception:
             pass
 
 
@@ -461,7 +473,7 @@ async def session(i: int, browser, url: str, args, plan: list[tuple[int, int]], 
             try:
                 await asyncio.wait_for(one_round(page, url, args.grid, cell, n, res, probe),
                                        timeout=args.step_timeout * len(STEPS))
-            except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+            except Exception as exc:
                 await _record_error(res, args, page, f"session {i} round {j} (cell {cell}): {_describe(exc)}",
                                     f"error_s{i}_r{j}.png")
     finally:
@@ -512,7 +524,7 @@ async def drive(url: str, args, plan: list[tuple[int, int]], pid: int) -> Run:
                 c0, t0 = tree_cpu(pid), time.monotonic()
                 try:
                     await _single_round(browser, url, args, cell, n, run.warm, args.warmup_timeout)
-                except Exception as exc:  # noqa: BLE001 - a timeout (asyncio's or playwright's) is slow, not broken
+                except Exception as exc:
                     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in type(exc).__name__:
                         run.warm.warnings.append(f"warm-up not done within --warmup-timeout {args.warmup_timeout:.0f} "
                                                  f"s per step (slow, not counted as an error): {_describe(exc)}")
@@ -526,7 +538,7 @@ async def drive(url: str, args, plan: list[tuple[int, int]], pid: int) -> Run:
                     await probe.idle()
                     try:
                         await _single_round(browser, url, args, cell, n, Results(), args.step_timeout, probe)
-                    except Exception as exc:  # noqa: BLE001
+                    except Exception as exc:
                         run.calib_errors.append(f"calibration, {label} (cell {cell}): {_describe(exc)}")
                         print("ERROR", run.calib_errors[-1], flush=True)
                     run.calib.append(probe)
@@ -643,7 +655,7 @@ async def quiz_student(i: int, browser, link: str, args, res: Results, inflight:
     try:
         await asyncio.wait_for(quiz_play(page, link, args.quiz_images, res, InFlight(i, inflight, ended), seed=i),
                                timeout=args.step_timeout * (1 + 2 * args.quiz_images))
-    except Exception as exc:  # noqa: BLE001 - every failure is counted and reported
+    except Exception as exc:
         await _record_error(res, args, page, f"student {i}: {_describe(exc)}", f"error_student{i}.png")
     finally:
         await ctx.close()
@@ -674,7 +686,7 @@ async def drive_quiz(link: str, warm_link: str, args, pid: int) -> Run:
                 c0, t0 = tree_cpu(pid), time.monotonic()
                 try:
                     await _quiz_alone(browser, warm_link, args, run.warm, NullProbe(), args.warmup_timeout)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     run.warm.errors.append(f"warm-up: {_describe(exc)}")
                 run.warm_wall, run.warm_cpu = time.monotonic() - t0, tree_cpu(pid) - c0
             if not args.no_calibration:
@@ -683,7 +695,7 @@ async def drive_quiz(link: str, warm_link: str, args, pid: int) -> Run:
                 try:
                     await _quiz_alone(browser, warm_link, args, Results(latencies={s: [] for s in QUIZ_STEPS}), probe,
                                       args.step_timeout)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     run.calib_errors.append(f"calibration: {_describe(exc)}")
                 run.calib.append(probe)
                 await wait_server_idle(pid)

@@ -103,9 +103,9 @@ class _TreeSampler:
 
 def child(args) -> None:
     """One measurement in this (fresh) process; prints one JSON line."""
-    from asap_core.storage.cache import RowStore
     from asap_core.model.embedding import embed_files
     from asap_core.model.encoder import ClipEncoder
+    from asap_core.storage.cache import RowStore
 
     paths = ensure_images(Path(args.scratch) / "mem_jpgs", args.child)
     encoder = ClipEncoder.from_pretrained(str(Path(args.scratch) / "tiny224"), device="cpu")

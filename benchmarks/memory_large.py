@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from memory_flat import tree_rss_mb  # noqa: E402
+from memory_flat import tree_rss_mb
 
 HERE = Path(__file__).resolve().parents[1]
 # (format, suffix, sizes): WebP stores at most 16383 px a side, libjpeg 65500

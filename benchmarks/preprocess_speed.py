@@ -24,8 +24,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asap_core.inputs.imageio import decode_image  # noqa: E402
-from asap_core.model.preprocess import ClipPreprocessor  # noqa: E402
+from asap_core.inputs.imageio import decode_image
+from asap_core.model.preprocess import ClipPreprocessor
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -22,13 +22,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asap_core.model.device import relevance_batch_size  # noqa: E402
-from asap_core.method.distiller import Distiller, DistillerConfig  # noqa: E402
-from asap_core.model.encoder import CheckpointInfo, ClipEncoder, fold_quick_gelu  # noqa: E402
-from asap_core.model.preprocess import ClipPreprocessor  # noqa: E402
-from asap_core.method.relevance import AttentionRelevance  # noqa: E402
-from asap_core.model.encoder import eager_attention  # noqa: E402
-from asap_core.storage.schema import N_TARGETS  # noqa: E402
+from asap_core.method.distiller import Distiller, DistillerConfig
+from asap_core.method.relevance import AttentionRelevance
+from asap_core.model.device import relevance_batch_size
+from asap_core.model.encoder import (
+    CheckpointInfo,
+    ClipEncoder,
+    eager_attention,
+    fold_quick_gelu,
+)
+from asap_core.model.preprocess import ClipPreprocessor
+from asap_core.storage.schema import N_TARGETS
 
 
 def build(dev: torch.device, dtype: torch.dtype, fold: bool = True) -> tuple[ClipEncoder, Distiller]:

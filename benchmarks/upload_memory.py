@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser_helpers import CHROMIUM, CHROMIUM_ARGS, streamlit_server  # noqa: E402
 from load_test import build_demo_bundle  # noqa: E402
 
-
 # done: no script run in progress and either a result (the p_fake metric) or an error box on the page
 DONE_JS = """name => !document.querySelector("[data-testid='stStatusWidget'] button")
   && (document.querySelector("[data-testid='stMetric']") || document.querySelector("[data-testid='stAlertContentError']"))

@@ -36,8 +36,8 @@ def tiny_bundle(tmp_path_factory, small_folder, tiny_clip_dir) -> Path:
 
 def analysed_bundle(root: Path, data_dir: Path, model_dir: Path):
     """A private ``Bundle`` of ``data_dir`` in ``root`` (for tests that write into the bundle's cache)."""
-    from asap_core.storage.bundle import Bundle
     from asap_core.pipeline.analyze import AnalyzeOptions, analyze
+    from asap_core.storage.bundle import Bundle
 
     analyze(data_dir, root / "bundle", AnalyzeOptions(model=str(model_dir), cache_dir=str(root / "cache"),
                                                        num_workers=0, projection_samples=16))

@@ -5,9 +5,9 @@ computations run at once (``heavy_work``); ``data`` and ``byo`` call them around
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
 
 import streamlit as st
 
@@ -55,7 +55,7 @@ def client_id() -> str:
             return f"s:{session_id()}"
         forwarded = ",".join(headers.get_all(s.client_header)) if s.trusted_proxies else None
         peer = st.context.ip_address  # None for 127.0.0.1 and ::1
-    except Exception:  # noqa: BLE001 - no request context (a thread): fall back to the session
+    except Exception:
         return f"s:{session_id()}"
     client = client_address(forwarded, peer if isinstance(peer, str) else None, s.trusted_proxies)
     if client == LOOPBACK_CLIENT:
@@ -74,7 +74,7 @@ def _note_loopback(trusted_proxies: int) -> None:
     LOG.warning("%s", loopback_notice(trusted_proxies))
 
 
-def _charged(charge_with) -> bool:  # noqa: ANN001 - a callable taking the client id
+def _charged(charge_with) -> bool:
     """Run ``charge_with(client_id())`` in hosted mode; False, with the message shown, when it refuses."""
     policy = hosted_policy()
     if policy is None:

@@ -20,18 +20,28 @@ import hashlib
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import streamlit as st
 
 from asap_core.errors import AsapError, InputError
 from asap_core.hosting import model_label
-from asap_core.inputs.archive import (ANALYSIS_BYTES_PER_IMAGE, UploadLimits, UploadPlan, check_space, folder_bytes,
-                                      is_zip_name, plan_uploads, prune_expired, prune_folders, upload_limits,
-                                      write_plan)
+from asap_core.inputs.archive import (
+    ANALYSIS_BYTES_PER_IMAGE,
+    UploadLimits,
+    UploadPlan,
+    check_space,
+    folder_bytes,
+    is_zip_name,
+    plan_uploads,
+    prune_expired,
+    prune_folders,
+    upload_limits,
+    write_plan,
+)
 from asap_core.serving import upload_limit_mb
 from asap_core.settings import settings
 from asap_core.storage.bundle import Bundle

@@ -9,8 +9,9 @@ and chart specs. The encoder comes from ``asap_core``'s one cached factory. Ever
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -54,7 +55,7 @@ def load_bundle(path: str, stamp: int) -> Bundle:
         _ = b.images, b.cells
     except AsapError:
         raise
-    except Exception as exc:  # noqa: BLE001 - what Bundle.open did not foresee: logged under an error id
+    except Exception as exc:
         raise unopenable(Path(path).name, exc) from None
     threading.Thread(target=_index_thumbnails, args=(b,), name="asap-thumb-index", daemon=True).start()
     return b
@@ -64,7 +65,7 @@ def _index_thumbnails(b: Bundle) -> None:
     """Build ``b``'s thumbnail index; a problem is left for the page that needs a thumbnail to report."""
     try:
         b.thumb_reader
-    except Exception:  # noqa: BLE001 - e.g. a damaged thumbs.parquet: Bundle.thumbnails raises it again, shown there
+    except Exception:
         pass
 
 
@@ -76,7 +77,7 @@ def bundle_problem(name: str, stamp: int) -> str | None:
     try:
         policy = budget.hosted_policy()
         return policy.bundle_problem(name, deep=True) if policy is not None else None
-    except Exception as exc:  # noqa: BLE001 - the picker lists every bundle: one must not break it
+    except Exception as exc:
         return unopenable(name, exc).message
 
 

@@ -77,5 +77,5 @@ def guarded(run) -> None:
         run()
     except AsapError as exc:  # an expected error that a page forgot to catch: still the message and fix
         show_error(exc)
-    except Exception as exc:  # noqa: BLE001 - the boundary: visitors never see a traceback
+    except Exception as exc:
         show_unexpected(exc)

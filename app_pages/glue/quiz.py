@@ -82,7 +82,7 @@ def trusted(b: Bundle) -> bool:
 
 def link_bundle(b: Bundle) -> str | None:
     """The open bundle as a link names it now (its name in hosted mode): never a stale query value."""
-    return state._link_bundle(st.session_state.get(K_BUNDLE) or str(b.path))  # noqa: SLF001 - one definition
+    return state._link_bundle(st.session_state.get(K_BUNDLE) or str(b.path))
 
 
 def _lock(key: tuple[str, str]) -> threading.Lock:

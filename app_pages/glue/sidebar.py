@@ -3,7 +3,7 @@ and ``page_start``, the first call of every page."""
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -105,7 +105,7 @@ def _drawn(part: Callable[[Bundle], None], b: Bundle) -> None:
         part(b)
     except AsapError as exc:
         show_error(exc)
-    except Exception as exc:  # noqa: BLE001 - the sidebar's own boundary
+    except Exception as exc:
         show_unexpected(exc)
 
 

@@ -21,8 +21,23 @@ from asap_core.views import state as vs
 
 from . import budget, data
 from .errors import show_error
-from .keys import (BUNDLE_WIDGETS, K_BUNDLE, K_CELLS, K_DEMO_NOTE, K_DIM, K_ERROR, K_FILTERS, K_GRID, K_IMAGES,
-                   K_INIT, K_METHOD, K_PENDING_IMAGES, K_PENDING_PAGE, K_QUIZ, K_WANT_DEMO)
+from .keys import (
+    BUNDLE_WIDGETS,
+    K_BUNDLE,
+    K_CELLS,
+    K_DEMO_NOTE,
+    K_DIM,
+    K_ERROR,
+    K_FILTERS,
+    K_GRID,
+    K_IMAGES,
+    K_INIT,
+    K_METHOD,
+    K_PENDING_IMAGES,
+    K_PENDING_PAGE,
+    K_QUIZ,
+    K_WANT_DEMO,
+)
 
 
 def resolve_hosted(name: str, policy: HostedPolicy) -> str | None:

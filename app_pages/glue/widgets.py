@@ -1,8 +1,8 @@
 """Small widget groups more than one page uses: a progress bar for long work, the "save as pattern" form."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import streamlit as st
 

@@ -12,19 +12,19 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..storage.schema import FAKE_LOGIT, Z_COLUMNS
-from ..storage.cache import cached_call, hash_key
 from ..errors import AsapError, InputError
 from ..model.preprocess import CLIP_MEAN, ClipPreprocessor
+from ..storage.cache import cached_call, hash_key
+from ..storage.schema import FAKE_LOGIT, Z_COLUMNS
 
 DEFAULT_FRACTIONS: tuple[float, ...] = (0.10, 0.25, 0.50)
 N_EXEMPLARS = 6

@@ -24,18 +24,37 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..method.faithfulness import (CURVES, DEFAULT_BASELINE, FAITHFULNESS_VERSION, DeletionInsertion, mean_curves,
-                                   occlusion_agreement, occlusion_summary, patch_counts, per_image_table, summarise)
-from ..method.sanity import (DEFAULT_SEEDS, MAX_STEPS, SANITY_VERSION, SIMILARITIES, ParameterRandomisation,
-                             cascade_table, summarise_similarity, valid_steps)
+from ..method.faithfulness import (
+    CURVES,
+    DEFAULT_BASELINE,
+    FAITHFULNESS_VERSION,
+    DeletionInsertion,
+    mean_curves,
+    occlusion_agreement,
+    occlusion_summary,
+    patch_counts,
+    per_image_table,
+    summarise,
+)
+from ..method.sanity import (
+    DEFAULT_SEEDS,
+    MAX_STEPS,
+    SANITY_VERSION,
+    SIMILARITIES,
+    ParameterRandomisation,
+    cascade_table,
+    summarise_similarity,
+    valid_steps,
+)
 from ..storage import schema as S
 from ..storage.cache import RowStore
 
@@ -61,11 +80,11 @@ class CheckSource:
     distiller: object
     encoder_random: bool
     load_encoder: Callable[[], object]
-    pixels: Callable[[object, list[str]], "torch.Tensor"]
+    pixels: Callable[[object, list[str]], torch.Tensor]
     maps: Callable[[object, list[str]], np.ndarray]
 
     @classmethod
-    def from_bundle(cls, bundle, method: str, encoder=None) -> "CheckSource":
+    def from_bundle(cls, bundle, method: str, encoder=None) -> CheckSource:
         """The source of an open ``Bundle`` (its encoder, or ``encoder``, loaded on a cache miss only)."""
         from ..method.relevance_store import bundle_maps
 
@@ -73,7 +92,7 @@ class CheckSource:
         is_random = enc_info.source == "random" or (enc_info.source == "unknown"
                                                     and S.is_random_clip(enc_info.model_id))
 
-        def pixels(enc, ids: list[str]) -> "torch.Tensor":
+        def pixels(enc, ids: list[str]) -> torch.Tensor:
             return enc.preprocess([bundle.decode(i, "its explanation checks") for i in ids])
 
         return cls(bundle.cache_dir, enc_info.cache_key if encoder is None else encoder.cache_key,
@@ -82,7 +101,7 @@ class CheckSource:
 
     @classmethod
     def from_files(cls, cache_dir: str | Path, info, load_encoder: Callable[[], object], distiller,
-                   images: pd.DataFrame, method: str) -> "CheckSource":
+                   images: pd.DataFrame, method: str) -> CheckSource:
         """The source of a running ``analyze``: ``info`` (the checkpoint's ``CheckpointInfo``), its encoder
         loader, distiller and images (``image_id``, ``path``); the maps come from, or go into, the run's map
         store (``relevance_store.map_store``)."""
@@ -92,7 +111,7 @@ class CheckSource:
         store = map_store(cache_dir, info.cache_key, distiller.fingerprint, method, info.patch_side)
         paths = dict(zip(images["image_id"], images["path"]))
 
-        def pixels(enc, ids: list[str]) -> "torch.Tensor":
+        def pixels(enc, ids: list[str]) -> torch.Tensor:
             return enc.preprocess([decode_image(read_checked(paths[i], i), paths[i]) for i in ids])
 
         def maps(enc, ids: list[str]) -> np.ndarray:

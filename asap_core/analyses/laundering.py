@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import io
 import itertools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..storage.cache import cached_call, hash_key
 from ..errors import InputError
 from ..inputs.imageio import to_rgb
+from ..storage.cache import cached_call, hash_key
 from ..storage.schema import DECISION_THRESHOLD, FAKE_LOGIT
 
 DEFAULT_QUALITIES: tuple[int, ...] = (95, 75, 50)

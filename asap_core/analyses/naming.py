@@ -15,9 +15,9 @@ The names themselves are stored by ``storage.bundle.set_dimension_name``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image

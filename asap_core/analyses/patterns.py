@@ -25,21 +25,21 @@ import math
 import os
 import re
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from ..storage.cache import cached_call, hash_key, is_cached
-from ..storage.labels import dimension_label
-from .concepts import apply_mask, keep_mask, mean_fill
-from ..storage.schema import DECISION_THRESHOLD, FAKE_LOGIT, N_DIMS, Z_COLUMNS, p_fake_from_logit
 from ..errors import BundleError, InputError
 from ..inputs.imageio import decode_image, thumbnail_fits
+from ..storage.cache import cached_call, hash_key, is_cached
+from ..storage.labels import dimension_label
+from ..storage.schema import DECISION_THRESHOLD, FAKE_LOGIT, N_DIMS, Z_COLUMNS, p_fake_from_logit
+from .concepts import apply_mask, keep_mask, mean_fill
 
 SOURCES = ("concept", "selection")
 DEFAULT_FRACTION = 0.25
@@ -114,7 +114,7 @@ class Pattern:
                 "fraction": self.fraction, "image_ids": list(self.image_ids), "side": self.side, "masks": masks}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Pattern":
+    def from_dict(cls, d: dict) -> Pattern:
         """Inverse of ``to_dict``."""
         masks = None
         if d.get("masks") is not None:
@@ -327,7 +327,7 @@ def _impact_table(bundle, ids: list[str], regions: np.ndarray, encoder, n_random
             pr[r, start:stop], lr[r, start:stop] = p[lo:lo + m], lg[lo:lo + m]
         if progress:
             progress(stop, n)
-    side_flip = lambda a, b: (a >= DECISION_THRESHOLD) != (b >= DECISION_THRESHOLD)  # noqa: E731
+    side_flip = lambda a, b: (a >= DECISION_THRESHOLD) != (b >= DECISION_THRESHOLD)
     table = bundle.images.set_index("image_id").loc[ids]
     return pd.DataFrame({
         "image_id": ids,

@@ -25,7 +25,7 @@ from ..inputs.imageio import decode_image, image_size, sha1_hex
 from ..storage.schema import DEFAULT_METHOD, confidence, p_fake_from_logit, predicted_label
 
 N_MEMO = 16
-_MEMO: "OrderedDict[tuple, tuple[np.ndarray, np.ndarray]]" = OrderedDict()
+_MEMO: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 _MEMO_LOCK = threading.Lock()
 
 

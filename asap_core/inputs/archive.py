@@ -33,9 +33,9 @@ import stat
 import time
 import zipfile
 import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterable, Sequence
 
 from ..errors import InputError
 from ..settings import Settings
@@ -101,7 +101,7 @@ class _Planned:
     data: bytes | None = None
     archive: zipfile.ZipFile | None = None
     info: zipfile.ZipInfo | None = None
-    totals: "_ArchiveTotals | None" = None
+    totals: _ArchiveTotals | None = None
 
 
 @dataclass

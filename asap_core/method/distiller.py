@@ -111,7 +111,7 @@ class Distiller(nn.Module):
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(path / WEIGHTS_NAME))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "Distiller":
+    def from_pretrained(cls, path: str | Path) -> Distiller:
         """Load what ``save_pretrained`` wrote (safetensors only, no pickle)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file

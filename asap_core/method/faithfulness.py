@@ -66,13 +66,14 @@ Cost per image: ``2 + 2 (steps - 1) (K + 2 n_random)`` forwards at most (identic
 batches of ``batch_size``; occlusion ``P + 1`` more.
 
 Library: Quantus (``quantus.RegionPerturbation``) computes the same deletion curve for one target per call
-and is the cross-check in ``tests/test_faithfulness.py``, not the runtime (17 calls, 17 times the random
+and is the cross-check in ``tests/method/test_faithfulness.py``, not the runtime (17 calls, 17 times the random
 baselines; no insertion curve nor per-step random masks; it brings OpenCV and scikit-image).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -99,7 +100,7 @@ def patch_counts(n_patches: int, steps: int) -> np.ndarray:
     return np.round(np.arange(steps + 1) * n_patches / steps).astype(np.int64)
 
 
-def model_targets(encoder, distiller, pixel_values: "torch.Tensor") -> "torch.Tensor":
+def model_targets(encoder, distiller, pixel_values: torch.Tensor) -> torch.Tensor:
     """Pixel values ``[B, 3, S, S]`` -> all 17 targets ``[B, 17]`` float32 on CPU (z, then the fake logit),
     through ``encoder.embed`` (normalised embeddings) and the distiller, as the relevance maps see them."""
     import torch
@@ -122,7 +123,7 @@ def scored(values: np.ndarray, fake_scale: str = "probability") -> np.ndarray:
     return out
 
 
-def blurred(px: "torch.Tensor", sigma: float) -> "torch.Tensor":
+def blurred(px: torch.Tensor, sigma: float) -> torch.Tensor:
     """A Gaussian blur of ``px [..., 3, S, S]`` with ``sigma`` pixels (separable, edges replicated)."""
     import torch
     import torch.nn.functional as F
@@ -138,7 +139,7 @@ def blurred(px: "torch.Tensor", sigma: float) -> "torch.Tensor":
     return x.reshape(px.shape)
 
 
-def fill_image(px: "torch.Tensor", baseline, patch: int) -> "torch.Tensor":
+def fill_image(px: torch.Tensor, baseline, patch: int) -> torch.Tensor:
     """The fill ``b`` of one image ``px [3, S, S]``: ``"blur"`` (sigma one patch), ``"grey"`` (0), a number,
     or an array broadcastable to ``[3, S, S]`` (normalised pixel space)."""
     import torch
@@ -268,7 +269,7 @@ class DeletionInsertion:
                              "pass pixel_values from encoder.preprocess.")
         return side
 
-    def evaluate(self, pixel_values: "torch.Tensor", attributions, target: int | Sequence[int] | None = None,
+    def evaluate(self, pixel_values: torch.Tensor, attributions, target: int | Sequence[int] | None = None,
                  seeds: Sequence[int] | None = None) -> FaithfulnessResult:
         """Curves for every image and requested target (``None``: all 17; ``attributions`` then has 17 maps)."""
         idx = _target_indices(target)
@@ -286,7 +287,7 @@ class DeletionInsertion:
             curves[b], orders[b] = both[:, :len(CURVES)], both[:, len(CURVES):]
         return FaithfulnessResult(idx, counts / (side * side), curves, orders)
 
-    def _image_curves(self, px: "torch.Tensor", maps: np.ndarray, idx: list[int], counts: np.ndarray,
+    def _image_curves(self, px: torch.Tensor, maps: np.ndarray, idx: list[int], counts: np.ndarray,
                       rng: np.random.Generator) -> np.ndarray:
         """``[K, 6 + n_random, steps + 1]``: curves then the random orders' deletion curves of one image
         ``px [3, S, S]`` with its maps ``[K, side, side]``."""
@@ -320,7 +321,7 @@ class DeletionInsertion:
         for j, first in enumerate(prefixes):
             rows[0, j], rows[1, j] = bank.index(~first), bank.index(first)
 
-    def _forward(self, px: "torch.Tensor", keep: np.ndarray) -> np.ndarray:
+    def _forward(self, px: torch.Tensor, keep: np.ndarray) -> np.ndarray:
         """``px [3, S, S]`` with keep-masks ``[M, P]`` -> scored targets ``[M, 17]`` (float64), ``batch_size``
         copies at a time; removed patches come from the fill image."""
         import torch
@@ -337,7 +338,7 @@ class DeletionInsertion:
             out[start:start + len(m)] = model_targets(self.encoder, self.distiller, batch).double().numpy()
         return scored(out, self.fake_scale)
 
-    def occlusion(self, pixel_values: "torch.Tensor") -> np.ndarray:
+    def occlusion(self, pixel_values: torch.Tensor) -> np.ndarray:
         """Each patch's occlusion effect ``[B, 17, side, side]``: ``f(x) - f(x without p)``, the drop of each
         (scored) target when patch ``p`` alone is replaced by the fill. ``P + 1`` forwards per image, batched."""
         side = self.encoder.patch_side

@@ -7,8 +7,9 @@ keep an orthonormal basis of their top principal directions.
 from __future__ import annotations
 
 import string
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -95,7 +96,7 @@ class VisionOnlyProjection:
         self.random_state = random_state
 
     def fit(self, images: Sequence[Image.Image], embed: EmbedFn, clean_embeds: np.ndarray | None = None,
-            image_embeds: np.ndarray | None = None) -> "VisionOnlyProjection":
+            image_embeds: np.ndarray | None = None) -> VisionOnlyProjection:
         """Learn from sample ``images`` and an ``embed`` function (list of PIL -> ``[n, D]``).
 
         ``clean_embeds [M, D]`` (optional, all the data's embeddings: an array, a memory map or an iterable
@@ -117,7 +118,7 @@ class VisionOnlyProjection:
         self.text_components_ = vt[:n_text].astype(np.float32)
         return self._fit_visual(clean if clean_embeds is None else clean_embeds)
 
-    def _fit_visual(self, clean: "Rows") -> "VisionOnlyProjection":
+    def _fit_visual(self, clean: Rows) -> VisionOnlyProjection:
         """Top principal directions of ``clean`` (``[N, D]`` array or memory map, or an iterable of
         ``[n, D]`` chunks) inside the complement of the written subspace: the eigenvectors of the ``[D, D]``
         covariance restricted to that complement. Memory O(D^2) whatever N: rows are read ``CHUNK_ROWS`` at
@@ -167,7 +168,7 @@ class VisionOnlyProjection:
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, embed_dim: int | None = None) -> "VisionOnlyProjection":
+    def from_pretrained(cls, path: str | Path, embed_dim: int | None = None) -> VisionOnlyProjection:
         """A fitted projection from a folder written by ``save_pretrained``, or from a published matrix file
         ``[K, D]`` (``.safetensors``, ``.npy`` without pickle, ``.pt`` with ``weights_only``).
 
@@ -192,7 +193,7 @@ class VisionOnlyProjection:
 
     @classmethod
     def from_components(cls, components: np.ndarray, text_components: np.ndarray | None = None
-                        ) -> "VisionOnlyProjection":
+                        ) -> VisionOnlyProjection:
         """A fitted projection from a given matrix ``[K, D]`` (e.g. a distiller's stored projection)."""
         comps = np.asarray(components, np.float32)
         proj = cls(n_components=comps.shape[0])
@@ -219,7 +220,7 @@ def _read_matrix(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
             if isinstance(obj, dict):
                 obj = next(v for v in obj.values() if hasattr(v, "shape"))
             return obj.float().numpy(), None
-    except Exception as exc:  # noqa: BLE001 - any parse failure is reported the same way
+    except Exception as exc:
         raise ModelLoadError(f"{path}: cannot read a projection matrix ({exc}).",
                              "save it as a [K, D] float array in .safetensors, .npy or .pt.") from None
     raise ModelLoadError(f"{path}: unknown projection format '{path.suffix}'.", "use .safetensors, .npy or .pt.")

@@ -17,7 +17,8 @@ this module imports without torch (torch is imported inside the functions that n
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -70,7 +71,7 @@ class AttentionRelevance:
         self.distiller = distiller
         self.method = _check_method(method)
 
-    def attribute(self, pixel_values: "torch.Tensor", target: int | Sequence[int] | None = None) -> "torch.Tensor":
+    def attribute(self, pixel_values: torch.Tensor, target: int | Sequence[int] | None = None) -> torch.Tensor:
         """Relevance maps ``[B, K, side, side]`` (float32, CPU, >= 0) for the requested targets."""
         import torch
 
@@ -94,8 +95,8 @@ class AttentionRelevance:
                     maps = self._attribute(pixel_values, idx)
         return maps.reshape(n, len(idx), side, side)
 
-    def attribute_from_last_input(self, last_input: "torch.Tensor", target: int | Sequence[int] | None = None
-                                  ) -> "torch.Tensor":
+    def attribute_from_last_input(self, last_input: torch.Tensor, target: int | Sequence[int] | None = None
+                                  ) -> torch.Tensor:
         """``attribute`` from the last layer's input ``[B, T, d]`` (any float dtype), as the embedding pass
         kept it (``ClipImageForward.forward(..., with_last_input=True)``): no decode, no layers ``0..L-2``.
         ``last-block`` only (rollout needs every layer's attention). -> ``[B, K, side, side]`` float32, CPU."""
@@ -118,7 +119,7 @@ class AttentionRelevance:
             maps = self._vjp_maps(self._targets(image_embeds, idx), (cls_attention,), len(idx))
         return maps.reshape(n, len(idx), side, side)
 
-    def _targets(self, image_embeds: "torch.Tensor", idx: list[int]) -> "torch.Tensor":
+    def _targets(self, image_embeds: torch.Tensor, idx: list[int]) -> torch.Tensor:
         """Projected image embeddings ``[B, D]`` -> the requested targets ``[B, K]`` (z dims, fake logit)."""
         import torch
 
@@ -128,7 +129,7 @@ class AttentionRelevance:
         z, logit = self.distiller(emb.to(dist_dev))
         return torch.cat([z, logit[:, None]], dim=1)[:, idx]
 
-    def _forward(self, pixel_values: "torch.Tensor", idx: list[int]):
+    def _forward(self, pixel_values: torch.Tensor, idx: list[int]):
         """One forward pass -> (targets [B, K], attentions in the graph).
 
         ``last-block``: one tensor ``[B, H, T]``, the class token's attention in the last layer
@@ -151,11 +152,11 @@ class AttentionRelevance:
             raise RuntimeError("the attention probabilities are not part of the autograd graph")
         return self._targets(out.image_embeds, idx), attentions
 
-    def _attribute(self, pixel_values: "torch.Tensor", idx: list[int]) -> "torch.Tensor":
+    def _attribute(self, pixel_values: torch.Tensor, idx: list[int]) -> torch.Tensor:
         targets, inputs = self._forward(pixel_values, idx)
         return self._vjp_maps(targets, inputs, len(idx))
 
-    def _vjp_maps(self, targets: "torch.Tensor", inputs: tuple, k: int) -> "torch.Tensor":
+    def _vjp_maps(self, targets: torch.Tensor, inputs: tuple, k: int) -> torch.Tensor:
         """Targets ``[B, K]`` and the attentions they depend on -> maps ``[B, K, T-1]`` (one batched VJP)."""
         import torch
 
@@ -179,7 +180,7 @@ class AttentionRelevance:
         return cam.transpose(0, 1).contiguous().cpu()  # [B, K, T-1]
 
 
-def relevance_maps(encoder, distiller, pixel_values: "torch.Tensor", method: str = "last-block") -> "torch.Tensor":
+def relevance_maps(encoder, distiller, pixel_values: torch.Tensor, method: str = "last-block") -> torch.Tensor:
     """All 17 relevance maps ``[B, 17, side, side]`` float32 on CPU: 16 dimensions of z, then the fake logit.
 
     ``pixel_values`` ``[B, 3, S, S]`` as from ``encoder.preprocess``; ``method`` is ``last-block`` or

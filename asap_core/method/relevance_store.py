@@ -1,8 +1,9 @@
 """Relevance maps on demand, cached per image id, encoder, distiller and method (never computed twice)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,7 @@ def map_store(cache_dir: str | Path, encoder_key: str, distiller_fingerprint: st
 LAST_INPUT_BATCH = 64
 
 
-def last_input_store(cache_dir: str | Path, info, dtype: "torch.dtype") -> RowStore:
+def last_input_store(cache_dir: str | Path, info, dtype: torch.dtype) -> RowStore:
     """The RowStore of the last layer's inputs ``[T, d]`` float16 that the embedding pass of ``analyze``
     keeps for its ``last-block`` relevance pass (``T = patch_side² + 1``, ``d = info.hidden_size``); keyed
     by encoder and precision. ``precompute_relevance`` deletes the rows once it has used them."""
@@ -42,7 +43,7 @@ def last_input_store(cache_dir: str | Path, info, dtype: "torch.dtype") -> RowSt
                     (info.patch_side ** 2 + 1, info.hidden_size))
 
 
-def keeps_last_inputs(device: "torch.device") -> bool:
+def keeps_last_inputs(device: torch.device) -> bool:
     """Whether ``analyze --relevance last-block`` keeps the last-layer inputs on ``device``: on CPU, where the
     model bounds the rate and the kept rows make the relevance pass many times faster (no decode, one layer
     instead of all) for little extra cost in the embedding pass. Not on a GPU: there the decoder bounds

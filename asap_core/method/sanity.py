@@ -31,14 +31,15 @@ tell whether the maps explain a learned decision.
 
 Quantus has this test (``quantus.MPRT``); it randomises the layers of one ``nn.Module`` in place (on its
 copy) and resets them with their initialisers. Here the model is two (the shared CLIP and the distiller),
-and the distiller must be redrawn first, so the cascade is written out; ``tests/test_sanity_checks.py``
+and the distiller must be redrawn first, so the cascade is written out; ``tests/method/test_sanity.py``
 cross-checks it against ``MPRT``.
 """
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -63,7 +64,7 @@ Z95 = 1.959964
 ExplainFunc = Callable[[object, object, "torch.Tensor", list[int]], "torch.Tensor"]
 
 
-def _redraw_(tensors, generator: "torch.Generator") -> None:
+def _redraw_(tensors, generator: torch.Generator) -> None:
     """Redraw each tensor in place from a normal with its own mean and standard deviation."""
     import torch
 
@@ -385,7 +386,7 @@ class ParameterRandomisation:
                              "side, side].", "pass the maps of the same images and targets, or none.")
         return original
 
-    def evaluate(self, pixel_values: "torch.Tensor", target: int | Sequence[int] | None = None,
+    def evaluate(self, pixel_values: torch.Tensor, target: int | Sequence[int] | None = None,
                  original=None) -> SanityResult:
         """Similarities after every cascade step and seed; ``original``: the maps ``[B, K, side, side]`` of the
         unchanged models (e.g. cached), else computed here."""

@@ -1,7 +1,7 @@
 """Training the distiller (DESIGN §3): class-balanced BCE + orthogonality penalty, early stopping on val AUC."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -9,9 +9,9 @@ from sklearn.metrics import accuracy_score, average_precision_score, roc_auc_sco
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from .distiller import Distiller, DistillerConfig
 from ..errors import InputError
 from ..storage.schema import DECISION_THRESHOLD
+from .distiller import Distiller, DistillerConfig
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
@@ -94,7 +94,7 @@ class DistillerTrainer:
 
     def fit(self, embeds: np.ndarray, y: np.ndarray, split: np.ndarray | None = None,
             generators: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None
-            ) -> "DistillerTrainer":
+            ) -> DistillerTrainer:
         """``embeds [N, D]``, ``y [N]`` (1 = fake); optional ``split [N]`` (train/val/test names) and
         ``generators [N]`` (names for fakes, None elsewhere: trains the generator head when >= 2 names)."""
         embeds = embeds if getattr(embeds, "dtype", None) == np.float32 else np.asarray(embeds, np.float32)
@@ -120,7 +120,7 @@ class DistillerTrainer:
             raise InputError(f"{len(y)} labels for {len(embeds)} embeddings.", "pass one label per embedding.")
         return proj
 
-    def _fit(self, embeds, y, counts, projection, split, generators, progress) -> "DistillerTrainer":
+    def _fit(self, embeds, y, counts, projection, split, generators, progress) -> DistillerTrainer:
         torch.manual_seed(self.seed)
         tr, va = split_indices(y, split, self.val_fraction, self.seed)
         gen_names, g_idx = _generator_targets(generators, y, self.generator_weight)
@@ -142,7 +142,7 @@ class DistillerTrainer:
         self.metrics_ = self._metrics(model, state, y, tr, va, g_idx, gen_names)
         return self
 
-    def _train(self, model: Distiller, s: "_TrainState", tr: np.ndarray, va: np.ndarray, y: np.ndarray,
+    def _train(self, model: Distiller, s: _TrainState, tr: np.ndarray, va: np.ndarray, y: np.ndarray,
                progress: Callable[[int, int], None] | None) -> list[dict]:
         """Adam epochs with early stopping; leaves the best state in ``model``; returns the history."""
         rng = np.random.default_rng(self.seed)
@@ -171,7 +171,7 @@ class DistillerTrainer:
         model.eval()
         return history
 
-    def _epoch(self, model: Distiller, s: "_TrainState", opt, order: np.ndarray) -> float:
+    def _epoch(self, model: Distiller, s: _TrainState, opt, order: np.ndarray) -> float:
         """One pass over the training rows in ``order``, mini-batches of ``batch_size``; returns the last loss."""
         model.train()
         eye = torch.eye(model.config.n_dims)
@@ -191,7 +191,7 @@ class DistillerTrainer:
             opt.step()
         return float(loss.detach())
 
-    def _metrics(self, model: Distiller, s: "_TrainState", y, tr, va, g_idx, gen_names) -> dict:
+    def _metrics(self, model: Distiller, s: _TrainState, y, tr, va, g_idx, gen_names) -> dict:
         """Validation / train classification metrics, epochs, orthogonality, generator accuracy."""
         z = s.dims_no_grad(model, np.arange(len(y)))  # [N, 16]
         with torch.no_grad():

@@ -11,7 +11,8 @@ import os
 import platform
 import shutil
 import warnings
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..settings import settings
 
@@ -31,7 +32,7 @@ def cpu_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def configure_threads(device: "torch.device | str", num_threads: int | None = None) -> int:
+def configure_threads(device: torch.device | str, num_threads: int | None = None) -> int:
     """On CPU, torch intra-op threads: ``num_threads`` if given, else torch's own count (physical cores,
     or what ``torch.set_num_threads`` / ``OMP_NUM_THREADS`` chose) capped at the cores this process may
     use (containers often allow fewer than torch sees). Returns the count in effect.
@@ -51,7 +52,7 @@ def configure_threads(device: "torch.device | str", num_threads: int | None = No
 _MALLOC_STATE: dict[str, bool] = {}
 
 
-def keep_freed_memory(device: "torch.device | str", limit_bytes: int = MALLOC_KEEP_BYTES) -> bool:
+def keep_freed_memory(device: torch.device | str, limit_bytes: int = MALLOC_KEEP_BYTES) -> bool:
     """CPU model on Linux/glibc: let ``malloc`` serve blocks up to ``limit_bytes`` from its heap and keep
     up to ``limit_bytes`` of freed memory, instead of handing large blocks back to the kernel at once.
 
@@ -85,7 +86,7 @@ def _mallopt_keep(limit_bytes: int) -> bool:
     return bool(libc.mallopt(m_mmap_threshold, int(limit_bytes)) and libc.mallopt(m_trim_threshold, int(limit_bytes)))
 
 
-def device_name(device: "torch.device | str") -> str:
+def device_name(device: torch.device | str) -> str:
     """Human-readable name: the GPU's name, or the CPU model with its core and thread counts."""
     import torch
 
@@ -111,7 +112,7 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def preferred_dtype(device: "torch.device | str") -> "torch.dtype":
+def preferred_dtype(device: torch.device | str) -> torch.dtype:
     """Model dtype: bf16 on CUDA; fp32 on CPU, unless ``$ASAP_CPU_BF16=1`` and the CPU has native bf16.
 
     CPU bf16 is opt-in because it changes the embeddings slightly; where the CPU has ``avx512_bf16`` /
@@ -136,12 +137,12 @@ def cxx_compiler() -> str | None:
 DTYPES = ("auto", "float32", "bfloat16")
 
 
-def dtype_name(dtype: "torch.dtype") -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     """``torch.bfloat16`` -> ``"bfloat16"``: the name used in cache keys, bundle metadata and tables."""
     return str(dtype).replace("torch.", "")
 
 
-def resolve_dtype(dtype: "str | torch.dtype | None", device: "torch.device | str") -> "torch.dtype":
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -> torch.dtype:
     """``None`` / ``"auto"`` -> ``preferred_dtype(device)``; ``"float32"`` / ``"bfloat16"`` (or a torch dtype) as given.
 
     Raises ``InputError`` naming the choices for anything else.
@@ -199,7 +200,7 @@ def compiled_forward(image_forward, batch_size: int, with_last_input: bool = Fal
 
         return inductor_config.patch(freezing=True)  # read when the graph compiles (the first call)
 
-    def forward(pixels: "torch.Tensor") -> "torch.Tensor":
+    def forward(pixels: torch.Tensor) -> torch.Tensor:
         n = pixels.shape[0]
         if n < batch_size:
             pad = pixels.new_zeros((batch_size - n, *pixels.shape[1:]))
@@ -207,7 +208,7 @@ def compiled_forward(image_forward, batch_size: int, with_last_input: bool = Fal
         try:
             with options():
                 out = _rows(state["fn"](pixels, with_last_input=with_last_input), n)
-        except Exception as exc:  # noqa: BLE001 - any compile failure: fall back, do not lose the run
+        except Exception as exc:
             if state["ok"]:
                 raise
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
@@ -226,7 +227,7 @@ def _rows(out, n: int):
     return tuple(t[:n] for t in out) if isinstance(out, tuple) else out[:n]
 
 
-def gpu_batch_size(vision_model, image_size: int, device: "torch.device", dtype: "torch.dtype",
+def gpu_batch_size(vision_model, image_size: int, device: torch.device, dtype: torch.dtype,
                    memory_fraction: float = 0.5, max_batch: int = GPU_MAX_BATCH, probe: int = 8) -> int:
     """Largest power of two ``<= max_batch`` whose inference activations fit in ``memory_fraction`` of the
     free GPU memory, measured with one probe forward of ``probe`` images (peak bytes per image)."""
@@ -265,7 +266,7 @@ CPU_RELEVANCE_BATCH = 8
 GPU_RELEVANCE_BATCH = 128
 
 
-def relevance_batch_size(device: "torch.device | str", requested: int | None = None) -> int:
+def relevance_batch_size(device: torch.device | str, requested: int | None = None) -> int:
     """Images per batched relevance VJP: ``requested``, else 128 on a GPU (DESIGN.md §6) and 8 on CPU.
 
     On CPU rollout is faster and lighter at 8 than at 32 (its 17 cotangents go back through every layer);
@@ -279,7 +280,7 @@ def relevance_batch_size(device: "torch.device | str", requested: int | None = N
     return GPU_RELEVANCE_BATCH if torch.device(device).type == "cuda" else CPU_RELEVANCE_BATCH
 
 
-def to_device(pixels: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
+def to_device(pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Host tensor -> ``device``; on CUDA through pinned memory with a non-blocking copy.
 
     The returned tensor is ordered on the current stream: kernels launched after it see the data.
@@ -291,7 +292,7 @@ def to_device(pixels: "torch.Tensor", device: "torch.device") -> "torch.Tensor":
     return src.to(device, non_blocking=True)
 
 
-def to_pinned_host(t: "torch.Tensor | None") -> "torch.Tensor | None":
+def to_pinned_host(t: torch.Tensor | None) -> torch.Tensor | None:
     """A CUDA tensor -> a pinned host copy, queued on the current stream (non-blocking: record an event and
     synchronise it before reading). ``None`` stays ``None``."""
     if t is None:

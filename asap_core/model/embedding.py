@@ -37,18 +37,19 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 from collections import deque
-from contextlib import closing
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..storage.cache import RowStore
-from ..storage.schema import THUMB_SIDE
 from ..errors import ImageLoadError
 from ..inputs.imageio import decode_image, make_thumbnail, pixel_limit, read_checked
+from ..storage.cache import RowStore
+from ..storage.schema import THUMB_SIDE
 from .preprocess import ClipPreprocessor, resize_output_size
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -126,7 +127,7 @@ def decode_batch(items: Sequence[Item], preprocessor: ClipPreprocessor, thumb_si
             res.rows.append(idx)
         except ImageLoadError as exc:
             res.failed.append((idx, path, exc.reason))
-        except Exception as exc:  # noqa: BLE001 - a codec bug must not stop the run; report it
+        except Exception as exc:
             res.failed.append((idx, path, f"could not be decoded ({type(exc).__name__}: {exc})"))
     res.pixels = pixels[:len(res.rows)]
     return res
@@ -149,7 +150,7 @@ def merge(parts: Sequence[DecodedBatch]) -> DecodedBatch:
 
 
 @lru_cache(maxsize=16)
-def _norm_constants(mean: tuple, std: tuple, device: str) -> tuple["torch.Tensor", "torch.Tensor"]:
+def _norm_constants(mean: tuple, std: tuple, device: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale, shift)`` ``[3, 1, 1]`` float32 on ``device``, made once (a per-batch copy to a GPU would
     wait for the device)."""
     import torch
@@ -160,7 +161,7 @@ def _norm_constants(mean: tuple, std: tuple, device: str) -> tuple["torch.Tensor
     return scale, shift
 
 
-def normalize(pixels: "torch.Tensor", preprocessor: ClipPreprocessor) -> "torch.Tensor":
+def normalize(pixels: torch.Tensor, preprocessor: ClipPreprocessor) -> torch.Tensor:
     """uint8 crops ``[n, 3, S, S]`` -> float32 CLIP pixel values on the same device.
 
     ``x * (1 / (255 std)) - mean / std`` in float32, exactly as ``ClipPreprocessor.to_array``.
@@ -194,8 +195,8 @@ class HostThumb:
         return make_thumbnail(Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))), max(chw.shape[1:]))
 
 
-def resize_crop_tensors(images: Sequence["torch.Tensor"], preprocessor: ClipPreprocessor,
-                        thumb_side: int | None = THUMB_SIDE) -> tuple["torch.Tensor", list[HostThumb]]:
+def resize_crop_tensors(images: Sequence[torch.Tensor], preprocessor: ClipPreprocessor,
+                        thumb_side: int | None = THUMB_SIDE) -> tuple[torch.Tensor, list[HostThumb]]:
     """uint8 images ``[3, H_i, W_i]`` (any device) -> CLIP crops ``[n, 3, S, S]`` uint8 (input order) and
     thumbnails (``HostThumb``, longest side ``thumb_side``, antialiased bilinear; none if ``thumb_side``
     is None).
@@ -233,7 +234,7 @@ def resize_crop_tensors(images: Sequence["torch.Tensor"], preprocessor: ClipPrep
     return crops, (thumbs if thumb_side else [])
 
 
-def _resize_crop_group(batch: "torch.Tensor", preprocessor: ClipPreprocessor) -> "torch.Tensor":
+def _resize_crop_group(batch: torch.Tensor, preprocessor: ClipPreprocessor) -> torch.Tensor:
     """Images of one size ``[g, 3, h, w]`` uint8 -> CLIP crops ``[g, 3, S, S]`` uint8 on the same device
     (antialiased bicubic resize of the shortest side, centre crop, zero padding as the processor does)."""
     import torch
@@ -256,7 +257,7 @@ def _resize_crop_group(batch: "torch.Tensor", preprocessor: ClipPreprocessor) ->
     return crop
 
 
-def _pillow_crops(batch: "torch.Tensor", preprocessor: ClipPreprocessor) -> "torch.Tensor":
+def _pillow_crops(batch: torch.Tensor, preprocessor: ClipPreprocessor) -> torch.Tensor:
     """``[g, 3, h, w]`` uint8 -> CLIP crops ``[g, 3, S, S]`` uint8 on the same device, through
     ``ClipPreprocessor.resize_and_crop`` on the host (for strips, which it resizes crop-first)."""
     import torch
@@ -267,7 +268,7 @@ def _pillow_crops(batch: "torch.Tensor", preprocessor: ClipPreprocessor) -> "tor
     return torch.from_numpy(crops).to(batch.device)
 
 
-def _group_thumbnails(batch: "torch.Tensor", side: int) -> list[HostThumb]:
+def _group_thumbnails(batch: torch.Tensor, side: int) -> list[HostThumb]:
     """Thumbnails (longest side ``side``, antialiased bilinear) of images of one size ``[g, 3, h, w]`` uint8;
     from a GPU copied to pinned host memory without waiting (``HostThumb.ready``)."""
     import torch
@@ -293,7 +294,7 @@ def nvjpeg_available() -> bool:
     try:
         import torch
         from torchvision.io import decode_jpeg  # noqa: F401
-    except Exception:  # noqa: BLE001 - missing or broken torchvision
+    except Exception:
         return False
     return torch.cuda.is_available()
 
@@ -314,7 +315,7 @@ def _probe_jpeg(data: bytes) -> tuple[int, int] | None:
         if im.getexif().get(0x0112, 1) != 1:  # EXIF orientation: nvJPEG ignores it
             return None
         return im.size
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
 
 
@@ -326,7 +327,7 @@ class _NvjpegDecoder:
 
     max_pixels = 1 << 28  # per nvJPEG call: 268 Mpx, 0.8 GB of decoded RGB
 
-    def __init__(self, preprocessor: ClipPreprocessor, device: "torch.device", pool: ThreadPoolExecutor,
+    def __init__(self, preprocessor: ClipPreprocessor, device: torch.device, pool: ThreadPoolExecutor,
                  thumb_side: int, draft_size: int | None) -> None:
         self.pre, self.device, self.pool = preprocessor, device, pool
         self.thumb_side, self.draft_size = thumb_side, draft_size
@@ -361,13 +362,13 @@ class _NvjpegDecoder:
         datas = [torch.from_numpy(np.frombuffer(d, np.uint8).copy()) for _, _, _, d, _ in group]
         try:
             return list(decode_jpeg(datas, mode=ImageReadMode.RGB, device=self.device)), [g[0] for g in group], []
-        except Exception:  # noqa: BLE001 - one bad file fails the whole call: retry one by one
+        except Exception:
             images, rows, refused = [], [], []
             for (i, p, image_id, _, _), t in zip(group, datas):
                 try:
                     images.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device))
                     rows.append(i)
-                except Exception:  # noqa: BLE001 - Pillow reads it again (checked) and words the error
+                except Exception:
                     refused.append((i, p, image_id))
             return images, rows, refused
 
@@ -435,7 +436,7 @@ def default_workers(decoder: str, cores: int | None = None) -> int:
     return 0
 
 
-def resolve_decoder(decoder: str, device: "torch.device") -> str:
+def resolve_decoder(decoder: str, device: torch.device) -> str:
     """``auto`` -> ``nvjpeg`` (CUDA + torchvision), ``process`` (CUDA), ``thread`` (CPU)."""
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
@@ -455,7 +456,7 @@ def _jpeg_share(paths: Sequence[str], todo: Sequence[int], sample: int = 256) ->
     return sum(n.endswith((".jpg", ".jpeg")) for n in names) / max(1, len(names))
 
 
-def approximate_decoding(model_dtype: "torch.dtype") -> bool:
+def approximate_decoding(model_dtype: torch.dtype) -> bool:
     """Whether JPEG ``draft`` / nvJPEG shortcuts may be used for a model in ``model_dtype``: only where the
     model is approximate anyway (bf16); an fp32 model gets exact pixels (bit-equal to ``preprocess``)."""
     import torch
@@ -463,7 +464,7 @@ def approximate_decoding(model_dtype: "torch.dtype") -> bool:
     return model_dtype != torch.float32
 
 
-def decodes_on_demand(kind: str, device: "torch.device") -> bool:
+def decodes_on_demand(kind: str, device: torch.device) -> bool:
     """Whether a batch is decoded only when the model takes it: ``inline``, and ``thread`` beside a CPU
     model (a decoder running ahead there would take cores from the model: see the module docstring)."""
     return kind == "inline" or (kind == "thread" and device.type == "cpu")
@@ -477,7 +478,7 @@ class _Prefetcher:
     beside the model.
     """
 
-    def __init__(self, kind: str, workers: int, preprocessor: ClipPreprocessor, device: "torch.device",
+    def __init__(self, kind: str, workers: int, preprocessor: ClipPreprocessor, device: torch.device,
                  thumb_side: int, draft_size: int | None) -> None:
         self.kind, self.workers, self.pre = kind, max(1, workers), preprocessor
         self.thumb_side, self.draft_size = thumb_side, draft_size
@@ -537,10 +538,10 @@ class _Prefetcher:
                 self.nv.thumb_pool.shutdown(wait=True)
 
 
-def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: ClipPreprocessor, device: "torch.device",
+def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: ClipPreprocessor, device: torch.device,
                     batch_size: int, *, ids: Sequence[str] | None = None, decoder: str = "auto",
                     num_workers: int | None = None, prefetch: int = 3, fast_decode: bool = False,
-                    thumb_side: int = THUMB_SIDE) -> Iterator[tuple[DecodedBatch, "torch.Tensor | None"]]:
+                    thumb_side: int = THUMB_SIDE) -> Iterator[tuple[DecodedBatch, torch.Tensor | None]]:
     """Decode ``paths[i]`` for ``i`` in ``todo``, ``batch_size`` at a time, ahead of the consumer (on a GPU;
     beside a CPU model when the consumer asks, with every core: ``decodes_on_demand``).
 
@@ -590,7 +591,7 @@ def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: Cli
         source.close()
 
 
-def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPreprocessor, paths: Sequence[str],
+def embed_files(load_encoder: Callable[[], ClipEncoder], preprocessor: ClipPreprocessor, paths: Sequence[str],
                 ids: Sequence[str], embed_store: RowStore, thumb_store: RowStore,
                 batch_size: int | None = 64, num_workers: int | None = None, prefetch: int = 3,
                 progress: Progress | None = None, *, decoder: str = "auto", fast_decode: bool | None = None,
@@ -646,7 +647,7 @@ def embed_files(load_encoder: Callable[[], "ClipEncoder"], preprocessor: ClipPre
     return failures
 
 
-def _batch_encoder(encoder: "ClipEncoder", batch_size: int, compile: bool | None, keep_last: bool) -> Callable:
+def _batch_encoder(encoder: ClipEncoder, batch_size: int, compile: bool | None, keep_last: bool) -> Callable:
     """``encode(pixels [n, 3, S, S] float32 on the device) -> (embeddings [n, D] float32 normalised, last
     layer's input [n, T, d] float16 or None, ready)``. On a GPU the outputs are pinned host copies still in
     flight: ``ready`` is the CUDA event after which they can be read (None on CPU)."""
@@ -657,7 +658,7 @@ def _batch_encoder(encoder: "ClipEncoder", batch_size: int, compile: bool | None
     forward = (compiled_forward(encoder.image_forward, batch_size, with_last_input=keep_last)
                if compile_enabled(compile) else partial(encoder.image_forward, with_last_input=keep_last))
 
-    def encode(x: "torch.Tensor") -> tuple:
+    def encode(x: torch.Tensor) -> tuple:
         with torch.inference_mode():
             out = forward(x)
             emb, last = out if keep_last else (out, None)

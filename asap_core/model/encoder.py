@@ -2,24 +2,24 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-from contextlib import contextmanager
 import json
 import socket
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 from PIL import Image
 
-from .device import preferred_dtype
 from ..errors import ModelLoadError
+from ..settings import settings
+from ..storage.schema import is_random_clip
+from .device import preferred_dtype
 from .hints import DEFAULT_MODEL, MissingWeights
 from .image_forward import ClipImageForward
 from .preprocess import ClipPreprocessor
-from ..settings import settings
-from ..storage.schema import is_random_clip
 
 ATTENTION = "sdpa"  # the one attention policy (model.factory); rollout switches to eager for its call
 QUICK_GELU_SCALE = 1.702  # quick_gelu(h) = h * sigmoid(1.702 h)
@@ -135,7 +135,7 @@ def _download(model_id: str) -> Path:
 
     try:
         return Path(snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors"]))
-    except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+    except Exception as exc:
         raise MissingWeights(f"Could not download CLIP model '{model_id}' ({exc}).", model_id) from None
 
 
@@ -163,7 +163,7 @@ class ClipEncoder:
 
     @classmethod
     def from_pretrained(cls, model: str | None = None, device: str = "auto",
-                        dtype: torch.dtype | None = None) -> "ClipEncoder":
+                        dtype: torch.dtype | None = None) -> ClipEncoder:
         """Load a CLIP checkpoint by hub id or local directory (``CLIPModel`` or ``CLIPVisionModelWithProjection``),
         with ``ATTENTION`` (see ``model.factory``: callers get encoders from ``load_encoder``, which caches).
 
@@ -291,5 +291,5 @@ def _cached_snapshot_dir(model_id: str) -> Path | None:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(model_id, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any failure means "not cached"
+    except Exception:
         return None

@@ -20,11 +20,11 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 MAX_LOADED = 2  # encoders kept in memory (a ViT-L/14 is ~1.7 GB in fp32)
-_LOADED: "OrderedDict[tuple[str, str, str, str], ClipEncoder]" = OrderedDict()
+_LOADED: OrderedDict[tuple[str, str, str, str], ClipEncoder] = OrderedDict()
 _LOCK = threading.Lock()
 
 
-def load_encoder(model: str | None = None, device: str = "auto", dtype: "str | torch.dtype | None" = None
+def load_encoder(model: str | None = None, device: str = "auto", dtype: str | torch.dtype | None = None
                  ) -> ClipEncoder:
     """The encoder of ``model`` (HF id or local folder; ``None``: ``$ASAP_MODEL`` or the default ViT-B/32) on
     ``device`` in ``dtype`` (``None`` / ``"auto"``: bf16 on GPU, fp32 on CPU), loaded once per process and
@@ -46,7 +46,7 @@ def load_encoder(model: str | None = None, device: str = "auto", dtype: "str | t
         return encoder
 
 
-_TEXT: "OrderedDict[tuple[str, str, str], ClipTextEncoder]" = OrderedDict()
+_TEXT: OrderedDict[tuple[str, str, str], ClipTextEncoder] = OrderedDict()
 
 
 def load_text_encoder(model: str | None = None, device: str = "cpu") -> ClipTextEncoder:

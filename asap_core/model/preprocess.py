@@ -2,7 +2,7 @@
 
 Equal to ``transformers.CLIPImageProcessor`` within 1e-2 per pixel (the difference is float32 rounding
 only): the bicubic resize is the very same Pillow call on the full image, so the
-uint8 pixels are bit-identical; see tests/test_preprocess.py. It is faster because it skips the
+uint8 pixels are bit-identical; see tests/model/test_preprocess.py. It is faster because it skips the
 processor's numpy <-> PIL round trips, float64 rescale and transposed normalise: one fused
 multiply-subtract writes straight into a preallocated ``[B, 3, S, S]`` float32 batch, grey images are
 resized on one channel instead of three (bit-identical), and already-sized images are not resampled.
@@ -19,7 +19,7 @@ horizontal first as Pillow does for an upscale. The model sees exactly the centr
 files cost no more than any other and none is lost. The pixels equal the full resize's crop up to the
 rounding of Pillow's filter coefficients (its box corners are float32): on 3000x200-like images 4 in
 100,000 uint8 values differ, by one level (random noise: 13 in 100,000, single values by two;
-``tests/test_hostile_inputs.py``), so those images hold CLIPImageProcessor parity within two levels instead
+``tests/inputs/test_hostile_inputs.py``), so those images hold CLIPImageProcessor parity within two levels instead
 of 1e-2. Downscales are never cropped first: their resized image is smaller than the decoded source, which
 Pillow's pixel limit bounds. So every image whose shortest side is at least ``size`` (any camera photo), and
 every upscale up to 4:1 (when ``size == crop_size``), keeps the exact path.
@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -108,7 +108,7 @@ class ClipPreprocessor:
         object.__setattr__(self, "_shift", (mean / std).astype(np.float32).reshape(3, 1, 1))
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, image_size: int | None = None) -> "ClipPreprocessor":
+    def from_pretrained(cls, model_dir: str | Path, image_size: int | None = None) -> ClipPreprocessor:
         """Read ``preprocessor_config.json`` from a local checkpoint directory when present.
 
         Falls back to the CLIP defaults with ``image_size`` (the vision model's input side).
@@ -121,7 +121,7 @@ class ClipPreprocessor:
         return cls.from_config(cfg, image_size)
 
     @classmethod
-    def from_config(cls, cfg: dict, image_size: int | None = None) -> "ClipPreprocessor":
+    def from_config(cls, cfg: dict, image_size: int | None = None) -> ClipPreprocessor:
         """Build from a ``CLIPImageProcessor`` config dict."""
         size = cfg.get("size", image_size or 224)
         if isinstance(size, dict):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -65,7 +65,7 @@ class ClipTextEncoder:
         self.cache_key = hashlib.sha1(f"{info.cache_key}|{_tokenizer_hash(info.model_dir)}".encode()).hexdigest()[:16]
 
     @classmethod
-    def from_pretrained(cls, info: CheckpointInfo, device: str = "auto") -> "ClipTextEncoder":
+    def from_pretrained(cls, info: CheckpointInfo, device: str = "auto") -> ClipTextEncoder:
         """The text tower of the checkpoint ``info`` describes (``encoder.inspect_checkpoint``), fp32.
 
         ``NoTextTower`` when it has none (or no tokenizer); ``ModelLoadError`` when its files do not load.

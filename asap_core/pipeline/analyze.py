@@ -9,8 +9,19 @@ import pandas as pd
 from ..errors import InputError
 from ..inputs.scan import LabelConflict, ScanResult, label_summary_lines, scan_folder
 from ..storage import schema as S
-from .stages import (Embedded, Results, RunContext, StageProgress, check_labels, checks_stage, layout_stage,
-                     project_stage, store_checks, train_stage, write_stage)
+from .stages import (
+    Embedded,
+    Results,
+    RunContext,
+    StageProgress,
+    check_labels,
+    checks_stage,
+    layout_stage,
+    project_stage,
+    store_checks,
+    train_stage,
+    write_stage,
+)
 
 ENGINES = ("local", "ray")  # --engine: this process, or Ray Data (pipeline.ray_engine; requirements-ray.txt)
 

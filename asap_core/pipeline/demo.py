@@ -14,9 +14,9 @@ import shutil
 import uuid
 from pathlib import Path
 
+from ..errors import BundleError, ModelLoadError
 from ..storage.cache import default_cache_dir, hash_key
 from ..storage.schema import RANDOM_CLIP_MARKER, RANDOM_CLIP_PREFIX
-from ..errors import BundleError, ModelLoadError
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data"
 # the random CLIP of the fallback: 64 px input, 8 px patches -> 8x8 relevance maps, D = 64

@@ -29,7 +29,7 @@ def _read(table: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, Path, str]:
     try:
         df = (pd.read_parquet(path) if path.suffix.lower() == ".parquet"
               else pd.read_csv(path, dtype=object, keep_default_na=False))
-    except Exception as exc:  # noqa: BLE001 - any parse failure is reported the same way
+    except Exception as exc:
         raise InputError(f"{shown_path(path)}: cannot read the table ({type(exc).__name__}).",
                          "write it as Parquet or as a UTF-8 CSV with columns image_id, path, label.") from None
     return df, path.parent, shown_path(path.name)

@@ -35,10 +35,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -267,14 +268,14 @@ class ActorSpec:
     model: str
     cache_key: str
     device: str
-    dtype: "torch.dtype"
+    dtype: torch.dtype
     threads: int
     batch_size: int | None = None
     decoder: str = "thread"
     compile: bool | None = None
 
     @classmethod
-    def for_run(cls, ctx: RunContext, plan: PoolPlan, batch_size: int | None) -> "ActorSpec":
+    def for_run(cls, ctx: RunContext, plan: PoolPlan, batch_size: int | None) -> ActorSpec:
         o = ctx.options
         decoder = o.decoder if o.decoder in ACTOR_DECODERS else "thread"  # a process pool per call costs more
         return cls(ctx.info.model_id, ctx.info.cache_key, plan.device, ctx.dtype, plan.cpus, batch_size, decoder,
@@ -320,7 +321,7 @@ class MapActor:
     """Ray Data callable class: ``{path, image_id}`` rows -> the same rows with ``map`` ``[n, 17, s, s]``
     float16 (``relevance_store.compute_missing_maps`` with ``method``; zeros where it failed) and ``reason``."""
 
-    def __init__(self, spec: ActorSpec, distiller: "Distiller", method: str) -> None:
+    def __init__(self, spec: ActorSpec, distiller: Distiller, method: str) -> None:
         self.spec, self.distiller, self.method = spec, distiller, method
         self.encoder = spec.load()
 
@@ -401,7 +402,7 @@ def embed_stage(ctx: RunContext, images: pd.DataFrame, root: Path) -> Embedded:
 # ----------------------------------------------------------------------------- relevance
 
 
-def relevance_stage(ctx: RunContext, images: pd.DataFrame, distiller: "Distiller",
+def relevance_stage(ctx: RunContext, images: pd.DataFrame, distiller: Distiller,
                     last_inputs: RowStore | None = None) -> RowStore:
     """``stages.relevance_stage`` on Ray: maps the cache lacks computed by a pool of ``MapActor`` (from the
     pixels: the Ray engine keeps no last-layer inputs), stored by the driver in the local run's map store."""

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -52,18 +53,18 @@ class RunContext:
     """What every stage of one ``analyze`` run shares: options, device, precision, the checkpoint, the
     cache folder, the encoder (loaded on first need only), skipped files and seconds per stage."""
 
-    options: "AnalyzeOptions"
-    device: "torch.device"
-    dtype: "torch.dtype"
+    options: AnalyzeOptions
+    device: torch.device
+    dtype: torch.dtype
     info: CheckpointInfo
     cache: Path
     progress: StageProgress | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-    _encoder: "ClipEncoder | None" = None
+    _encoder: ClipEncoder | None = None
 
     @classmethod
-    def create(cls, options: "AnalyzeOptions", progress: StageProgress | None) -> "RunContext":
+    def create(cls, options: AnalyzeOptions, progress: StageProgress | None) -> RunContext:
         """Check the options (before any work) and resolve device, precision and checkpoint."""
         from ..model.device import resolve_dtype
         from ..model.encoder import inspect_checkpoint, resolve_device
@@ -87,7 +88,7 @@ class RunContext:
         """``progress(done, total)`` for one stage, or None without a progress callback."""
         return (lambda d, t: self.progress(stage, d, t)) if self.progress else None
 
-    def encoder(self) -> "ClipEncoder":
+    def encoder(self) -> ClipEncoder:
         """The model, from the one encoder factory; loaded only when a stage needs it (a fully cached run
         never does)."""
         if self._encoder is None:
@@ -163,7 +164,7 @@ def check_labels(ctx: RunContext, scan: ScanResult, images: pd.DataFrame) -> Non
 # ----------------------------------------------------------------------------- embed
 
 
-def embedding_store_name(encoder_key: str, dtype: "torch.dtype") -> str:
+def embedding_store_name(encoder_key: str, dtype: torch.dtype) -> str:
     """Cache store of the embeddings of one checkpoint in one dtype: ``emb-v1-KEY`` (fp32),
     ``emb-v1-KEY-bfloat16``. bf16 embeddings differ slightly from fp32 ones: one store never mixes them."""
     name = dtype_name(dtype)
@@ -237,7 +238,7 @@ def sample_order(n_rows: int, seed: int) -> np.ndarray:
 
 
 def _sample_images(paths: list[str], ids: list[str | None], n: int, seed: int,
-                   preprocessor: "ClipPreprocessor | None", workers: int | None = None) -> tuple[list[int], list]:
+                   preprocessor: ClipPreprocessor | None, workers: int | None = None) -> tuple[list[int], list]:
     """The first ``n`` images of a seeded permutation of ``paths`` that decode (unreadable ones, and files
     whose bytes no longer hash to their id in ``ids``, are passed over), and their positions in ``paths``.
     ``workers``: most decode threads (``AnalyzeOptions.num_workers``; None: one per core).
@@ -258,7 +259,7 @@ def _sample_images(paths: list[str], ids: list[str | None], n: int, seed: int,
 
 
 def _decode_sample(paths: list[str], ids: list[str | None], chunk: list[int],
-                   preprocessor: "ClipPreprocessor | None", workers: int | None = None) -> list[tuple[int, object]]:
+                   preprocessor: ClipPreprocessor | None, workers: int | None = None) -> list[tuple[int, object]]:
     """``(i, PIL image)`` for the ``i`` in ``chunk`` whose files decode, in ``chunk`` order: model-input
     crops (RGB, ``crop x crop``) decoded in threads with ``preprocessor``, else full-size decodes."""
     if preprocessor is None:
@@ -285,8 +286,8 @@ def _decode_sample(paths: list[str], ids: list[str | None], chunk: list[int],
 
 
 def fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int, embed_images: Callable,
-                   exact_decode: bool, preprocessor: "ClipPreprocessor | None" = None,
-                   workers: int | None = None) -> "VisionOnlyProjection":
+                   exact_decode: bool, preprocessor: ClipPreprocessor | None = None,
+                   workers: int | None = None) -> VisionOnlyProjection:
     """``VisionOnlyProjection`` from ``n`` sampled images of ``images`` (rows of ``embeds [N, D]``; its
     ``image_id`` column, when present, is checked against the bytes decoded).
 
@@ -326,7 +327,7 @@ def projection_sample_size(n_images: int, asked: int | None = None) -> int:
     return min(n_images, max(PROJECTION_MIN_SAMPLES, min(PROJECTION_MAX_SAMPLES, n_images // 10)))
 
 
-def project_stage(ctx: RunContext, emb: Embedded) -> "VisionOnlyProjection":
+def project_stage(ctx: RunContext, emb: Embedded) -> VisionOnlyProjection:
     """The vision-only projection: the given distiller's, a file's, or fitted on a sample (cached) of
     ``projection_sample_size`` images, a number then recorded in ``ctx.options``."""
     from dataclasses import replace
@@ -361,7 +362,7 @@ def model_dir(path: str) -> Path:
 # ----------------------------------------------------------------------------- train
 
 
-def train_stage(ctx: RunContext, emb: Embedded, projection: "VisionOnlyProjection") -> tuple["Distiller", dict]:
+def train_stage(ctx: RunContext, emb: Embedded, projection: VisionOnlyProjection) -> tuple[Distiller, dict]:
     """The distiller (trained on the labelled images, cached; or the given one) and its metrics."""
     from ..method.distiller import Distiller
     from ..method.training import DistillerTrainer, classification_metrics
@@ -382,15 +383,15 @@ def train_stage(ctx: RunContext, emb: Embedded, projection: "VisionOnlyProjectio
     rows = embeds if len(idx) == len(embeds) else embeds[idx]  # all labelled: no second [N, D] copy
     key = hash_key(rows, y[idx], split.astype(str), gens.astype(str), trainer.get_params())
 
-    def fit() -> tuple["Distiller", dict]:
+    def fit() -> tuple[Distiller, dict]:
         t = trainer.fit(rows, y[idx], split=split, generators=gens)
         return t.model_, t.metrics_
 
-    def save(res: tuple["Distiller", dict], d: Path) -> None:
+    def save(res: tuple[Distiller, dict], d: Path) -> None:
         res[0].save_pretrained(d)
         (d / "metrics.json").write_text(json.dumps(res[1], default=float))
 
-    def load(d: Path) -> tuple["Distiller", dict]:
+    def load(d: Path) -> tuple[Distiller, dict]:
         return Distiller.from_pretrained(d), json.loads((d / "metrics.json").read_text())
 
     return cached_call(ctx.cache, "distiller", key, fit, save, load)
@@ -434,7 +435,7 @@ def layout_stage(ctx: RunContext, images: pd.DataFrame, z: np.ndarray, p_fake: n
 # ----------------------------------------------------------------------------- relevance
 
 
-def relevance_stage(ctx: RunContext, images: pd.DataFrame, distiller: "Distiller",
+def relevance_stage(ctx: RunContext, images: pd.DataFrame, distiller: Distiller,
                     last_inputs: RowStore | None) -> RowStore:
     """Precomputed relevance maps of every image with the options' method (``--relevance``)."""
     from ..method.relevance_store import precompute_relevance
@@ -456,7 +457,7 @@ class Checks:
     summary: dict
 
 
-def checks_stage(ctx: RunContext, images: pd.DataFrame, distiller: "Distiller") -> Checks | None:
+def checks_stage(ctx: RunContext, images: pd.DataFrame, distiller: Distiller) -> Checks | None:
     """``--faithfulness N``: deletion / insertion curves and the parameter-randomisation check of the maps
     (the run's ``--relevance`` method, else the default) on a seeded sample of N labelled images of both
     classes (``explanation_checks.check_sample``), cached per image in the run's cache. None when off."""
@@ -499,8 +500,8 @@ class Results:
     images: pd.DataFrame
     cells: pd.DataFrame
     thumbs: RowStore
-    distiller: "Distiller"
-    projection: "VisionOnlyProjection"
+    distiller: Distiller
+    projection: VisionOnlyProjection
     metrics: dict
     maps: RowStore | None
 

@@ -17,11 +17,12 @@ import re
 import shutil
 import threading
 import uuid
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from functools import cached_property
 from glob import escape as glob_escape
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -241,7 +242,7 @@ def check_table(file: Path, columns: dict[str, str]) -> None:
         raise BundleError(f"{file} is missing.", RERUN)
     try:
         arrow_schema = pq.read_schema(file)
-    except Exception as exc:  # noqa: BLE001 - OSError, ArrowInvalid, MemoryError from an absurd footer, ...
+    except Exception as exc:
         raise damaged(file, exc, "is not a readable Parquet table (damaged or truncated)") from None
     for name, kind in columns.items():
         if name not in arrow_schema.names:
@@ -260,7 +261,7 @@ def validate(path: Path) -> dict:
         return _validate(Path(path))
     except AsapError:
         raise
-    except Exception as exc:  # noqa: BLE001 - RecursionError, MemoryError, a library's error: said plainly
+    except Exception as exc:
         raise damaged(Path(path), exc, "cannot be opened") from None
 
 
@@ -326,7 +327,7 @@ def read_columns(file: Path, columns: list[str]) -> pa.Table:
     """``columns`` of the Parquet ``file``; ``damaged`` (a ``BundleError``) when its pages cannot be read."""
     try:
         return pq.read_table(file, columns=columns)
-    except Exception as exc:  # noqa: BLE001 - e.g. "Couldn't deserialize thrift": logged, not shown
+    except Exception as exc:
         raise damaged(file, exc, "is damaged: its rows cannot be read") from None
 
 
@@ -446,7 +447,7 @@ def read_frame(file: Path) -> pd.DataFrame:
     """The whole Parquet ``file`` as a frame; ``damaged`` (a ``BundleError``) when its pages cannot be read."""
     try:
         return pd.read_parquet(file)
-    except Exception as exc:  # noqa: BLE001 - "Couldn't deserialize thrift", MemoryError, ...: logged, not shown
+    except Exception as exc:
         raise damaged(file, exc, "is damaged: its rows cannot be read") from None
 
 
@@ -469,7 +470,7 @@ class Bundle:
         self._thumb_reader: ThumbReader | None = None
 
     @classmethod
-    def open(cls, path: str | Path, read_tables: bool = False) -> "Bundle":
+    def open(cls, path: str | Path, read_tables: bool = False) -> Bundle:
         """Open a complete bundle; ``BundleError`` names what is missing or malformed otherwise. With
         ``read_tables``, also read every row of ``images`` and ``cells`` and the thumbnails' index now, so that a
         damaged data page is found here (``validate`` reads only footers and a few columns)."""
@@ -544,7 +545,7 @@ class Bundle:
             if self._thumb_reader is None:
                 try:
                     self._thumb_reader = ThumbReader(self.path / S.THUMBS_FILE)
-                except Exception as exc:  # noqa: BLE001 - a damaged thumbs.parquet: said plainly, logged
+                except Exception as exc:
                     raise damaged(self.path / S.THUMBS_FILE, exc, "is damaged: its thumbnails cannot be read") from None
             return self._thumb_reader
 
@@ -554,7 +555,7 @@ class Bundle:
         reader = self.thumb_reader
         try:
             return reader.get(list(ids))
-        except Exception as exc:  # noqa: BLE001 - a damaged row group: said plainly, logged
+        except Exception as exc:
             raise damaged(self.path / S.THUMBS_FILE, exc, "is damaged: its thumbnails cannot be read") from None
 
     # ---- images
@@ -571,7 +572,7 @@ class Bundle:
                              f"(e.g. {unknown[0]}).", "pass image_id values from bundle.images.")
         return ids
 
-    def decode(self, image_id: str, needed_for: str, thumbnail_fallback: bool = False) -> "Image.Image":
+    def decode(self, image_id: str, needed_for: str, thumbnail_fallback: bool = False) -> Image.Image:
         """The analysed file of ``image_id`` as an upright RGB image. When it cannot be read any more:
         its thumbnail with ``thumbnail_fallback``, else ``BundleError`` naming the file and ``needed_for``
         (e.g. "its concept segments"). A file whose bytes no longer hash to ``image_id`` (rewritten since
@@ -588,8 +589,8 @@ class Bundle:
                                   "keep the analysed images where they were when the bundle was made.") from None
             return decode_image(thumb, f"thumbnail of {path}")
 
-    def model_input(self, image_id: str, preprocessor: "ClipPreprocessor", needed_for: str,
-                    thumbnail_fallback: bool = False) -> "Image.Image":
+    def model_input(self, image_id: str, preprocessor: ClipPreprocessor, needed_for: str,
+                    thumbnail_fallback: bool = False) -> Image.Image:
         """``decode`` resized and centre-cropped to what CLIP sees (``[S, S]`` RGB)."""
         image = self.decode(image_id, needed_for, thumbnail_fallback)
         return preprocessor.resize_and_crop(image).convert("RGB")
@@ -611,19 +612,19 @@ class Bundle:
 
     # ---- models
     @cached_property
-    def distiller(self) -> "Distiller":
+    def distiller(self) -> Distiller:
         from ..method.distiller import Distiller
 
         return Distiller.from_pretrained(self.path / S.MODEL_DIR)
 
-    def encoder(self, model: str | None = None) -> "ClipEncoder":
+    def encoder(self, model: str | None = None) -> ClipEncoder:
         """The bundle's CLIP (or ``model``, e.g. a local copy of the same checkpoint), from the one cached
         encoder factory."""
         from ..model.factory import load_encoder
 
         return load_encoder(model or self.encoder_info.model_id)
 
-    def model_key(self, encoder: "ClipEncoder | None" = None) -> str:
+    def model_key(self, encoder: ClipEncoder | None = None) -> str:
         """Cache key of results that depend on the encoder (``encoder``'s, else the bundle's) and the distiller."""
         enc_key = encoder.cache_key if encoder is not None else self.encoder_info.cache_key
         return f"{enc_key}-{self.distiller.fingerprint}"

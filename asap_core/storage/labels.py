@@ -7,7 +7,7 @@ strings, "" = unnamed); any shorter or empty sequence means "no names". The fake
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .schema import FAKE_LOGIT, N_DIMS, TARGET_NAMES
 

@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
-from sqlalchemy import (BigInteger, Column, Float, MetaData, String, Table, create_engine, event, select,
-                        update)
+from sqlalchemy import BigInteger, Column, Float, MetaData, String, Table, create_engine, event, select, update
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -93,7 +92,7 @@ def _sqlite_engine(url: str) -> Engine:
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S, "check_same_thread": False})
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001 - DB-API objects
+    def _on_connect(dbapi_conn, _record) -> None:
         dbapi_conn.isolation_level = None  # SQLAlchemy's "begin" event below emits the BEGIN
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -111,7 +110,7 @@ def _sqlite_engine(url: str) -> Engine:
 class StateStore:
     """Budgets (and later other shared state) in one SQL database; see the module docstring."""
 
-    _cache: dict[str, "StateStore"] = {}
+    _cache: dict[str, StateStore] = {}
     _cache_lock = threading.Lock()
 
     def __init__(self, engine: Engine) -> None:
@@ -119,7 +118,7 @@ class StateStore:
         METADATA.create_all(engine)
 
     @classmethod
-    def from_url(cls, url: str | None = None) -> "StateStore":
+    def from_url(cls, url: str | None = None) -> StateStore:
         """The process's store for ``url`` (default ``settings().state_db_url``), opened once and cached."""
         if url is None:
             from ..settings import settings

@@ -14,9 +14,10 @@ in memory whole, as before.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -34,9 +35,9 @@ IMAGE_GROUP_ROWS = 65_536
 THUMB_SCHEMA = pa.schema([("image_id", pa.string()), ("jpeg", pa.binary())])
 
 #: ``fetch(ids) -> JPEG bytes (or None) per id``, e.g. ``RowStore.get`` of the thumbnail store.
-ThumbFetch = Callable[[list[str]], Sequence[Union[bytes, None]]]
+ThumbFetch = Callable[[list[str]], Sequence[bytes | None]]
 #: What ``write_thumbs`` takes: a ``ThumbFetch`` or ``(ids, data)`` already in memory.
-ThumbSource = Union[ThumbFetch, tuple[Sequence[str], Sequence[Union[bytes, None]]]]
+ThumbSource = Union[ThumbFetch, tuple[Sequence[str], Sequence[bytes | None]]]
 
 
 def cell_order_rank(images: pd.DataFrame) -> np.ndarray:
@@ -150,7 +151,7 @@ class ThumbIndex:
     group_starts: np.ndarray
 
     @classmethod
-    def read(cls, file: Path, metadata: pq.FileMetaData) -> "ThumbIndex":
+    def read(cls, file: Path, metadata: pq.FileMetaData) -> ThumbIndex:
         """The index of ``file`` from its id column and its row groups (``metadata``)."""
         keys = _fixed_width_ids(pq.read_table(file, columns=["image_id"]).column(0))
         order = np.argsort(keys, kind="stable")

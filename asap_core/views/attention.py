@@ -7,8 +7,8 @@ dimensions with ``storage.labels`` (``names``: ``Bundle.dimension_names``).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,9 +16,9 @@ from PIL import Image
 
 from ..inputs.imageio import decode_thumbnail
 from ..method.relevance import overlay
+from ..storage.labels import dimension_label, dimension_labels, target_label
 from ..storage.schema import FAKE_LOGIT, Z_COLUMNS
 from .grid import image_names
-from ..storage.labels import dimension_label, dimension_labels, target_label
 
 MAX_ATTENTION_IMAGES = 12
 

@@ -9,7 +9,7 @@ functions over the reports of ``analyses.explanation_checks`` (``FaithfulnessRep
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import altair as alt
 import numpy as np
@@ -17,8 +17,8 @@ import pandas as pd
 
 from ..analyses.explanation_checks import DEFAULT_RANDOM, DEFAULT_STEPS
 from ..method.sanity import DEFAULT_SEEDS
-from ..storage.schema import FAKE_LOGIT, N_TARGETS
 from ..storage.labels import target_label
+from ..storage.schema import FAKE_LOGIT, N_TARGETS
 from .text import as_text
 
 #: forward passes one relevance map costs, counted as the budget counts images (forward + batched VJP)

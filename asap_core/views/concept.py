@@ -3,7 +3,8 @@ cards (numbers + exemplar crops) for display."""
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..storage.labels import dimension_label
 
@@ -40,7 +41,7 @@ def concept_cards(result: Any, n_exemplars: int = 6, size: int = 96) -> list[dic
         c = int(r["concept"])
         try:
             crops = [square(im, size) for im in result.exemplar_crops(c, n_exemplars)]
-        except Exception:  # noqa: BLE001 - display must not fail on one missing image
+        except Exception:
             crops = []
         cards.append({
             "concept": c,

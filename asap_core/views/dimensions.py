@@ -3,14 +3,14 @@ the AUC of the dimension alone, its top images and their mean relevance map. Dim
 ``storage.labels`` (``names``: ``Bundle.dimension_names``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import altair as alt
 import numpy as np
 import pandas as pd
 
-from ..storage.schema import N_DIMS, Z_COLUMNS
 from ..storage.labels import dimension_label
+from ..storage.schema import N_DIMS, Z_COLUMNS
 
 LABEL_COLORS = {"real": "#1f77b4", "fake": "#ff7f0e"}
 

@@ -15,8 +15,8 @@ import pandas as pd
 from PIL import Image
 
 from ..inputs.imageio import decode_thumbnail
-from ..storage.schema import Z_COLUMNS
 from ..method.isomatch import isomatch_grid
+from ..storage.schema import Z_COLUMNS
 
 MAX_GRID_IMAGES = 400
 THUMB_PX = 64

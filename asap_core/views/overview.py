@@ -8,16 +8,16 @@ dimension that pushes its mean fake logit most (``cell_drivers``, labelled with 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import altair as alt
 import numpy as np
 import pandas as pd
 
 from ..method.layout import cell_table
-from ..storage.schema import GRID_MIN, Z_COLUMNS
 from ..storage.labels import dimension_label
+from ..storage.schema import GRID_MIN, Z_COLUMNS
 
 CATEGORIES: list[str] = ["real, correct", "real, wrong", "fake, correct", "fake, wrong", "unlabelled"]
 COUNT_COLUMNS: list[str] = ["n_real_ok", "n_real_wrong", "n_fake_ok", "n_fake_wrong", "n_unlabelled"]

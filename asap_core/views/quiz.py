@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 from urllib.parse import urlencode
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..storage.schema import LABELS, N_DIMS
-from . import attention as va
 from ..storage.labels import dimension_label, dimension_name
-from ..storage.schema import FAKE_LOGIT
+from ..storage.schema import FAKE_LOGIT, LABELS, N_DIMS
+from . import attention as va
 from . import overview as ov
 from . import state as vs
 
@@ -68,7 +67,7 @@ class QuizSpec:
         return f"{head}:{int(self.n)}:{int(self.seed)}"
 
     @classmethod
-    def from_param(cls, text: str | None) -> "QuizSpec | None":
+    def from_param(cls, text: str | None) -> QuizSpec | None:
         """Inverse of :meth:`to_param`; None when ``text`` is not a valid spec (the value may hold ``:``)."""
         source, _, rest = str(text or "").strip().partition(":")
         parts = rest.split(":") if source == "all" else rest.rsplit(":", 2)
@@ -91,7 +90,7 @@ class QuizSpec:
         return {"quiz": self.to_param()}
 
     @classmethod
-    def from_query(cls, params: Mapping) -> "QuizSpec | None":
+    def from_query(cls, params: Mapping) -> QuizSpec | None:
         """The spec in query params (``quiz``), or None."""
         value = params.get("quiz")
         if isinstance(value, (list, tuple)):

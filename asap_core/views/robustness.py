@@ -6,7 +6,7 @@ only, so the user sees which step moves the detector.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import altair as alt
 import numpy as np

@@ -13,8 +13,9 @@ a point selection reads ``{"selection": {"cell": [{"cell_id": 17}, ...]}}``, an 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -12,7 +12,7 @@ the fixed strings around it: ``f"**{as_text(name)}** · ..."``.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 #: every ASCII punctuation character: CommonMark lets each be backslash-escaped
 _PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
