@@ -8,8 +8,8 @@ import streamlit as st
 from app_pages.glue import checks as G
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
+from app_pages.glue import work as W
 from app_pages.glue.sidebar import page_start
-from asap_core.storage.schema import RELEVANCE_METHODS
 from asap_core.views import attention as va
 from asap_core.views import checks as vc
 from asap_core.views.glossary import GLOSSARY
@@ -29,26 +29,26 @@ if not ids:
     st.stop()
 
 c1, c2, c3 = st.columns([2, 2, 3])
-ss.setdefault("w_method", ss[K.K_METHOD])
-method = c1.segmented_control("Method", RELEVANCE_METHODS, key="w_method", wrap=True,
+ss.setdefault(K.W_METHOD, ss[K.K_METHOD])
+method = c1.segmented_control("Method", va.RELEVANCE_METHODS, key=K.W_METHOD, wrap=True,
                               help="how the relevance maps are computed. " + GLOSSARY["relevance map"]
                               ) or ss[K.K_METHOD]
 ss[K.K_METHOD] = method
-alpha = c2.slider("Overlay opacity", 0.2, 0.9, 0.5, 0.05, key="w_alpha")
+alpha = c2.slider("Overlay opacity", 0.2, 0.9, 0.5, 0.05, key=K.W_ALPHA)
 shown = ids[:va.MAX_ATTENTION_IMAGES]
 c3.caption(f"{len(ids)} image{'s' if len(ids) > 1 else ''} picked"
            + (f"; showing the first {len(shown)}" if len(shown) < len(ids) else "")
            + ". Each tile: map over the image (red = high relevance), with the dimension's contribution "
              "z_i·w2_i to the fake logit; dimensions sorted by support for the prediction.")
 
-maps = D.maps_for(b, shown, method)
+maps = W.maps_for(b, shown, method)
 if maps is None:
     st.stop()
 w2 = D.head_weights(path, stamp)
 rows = va.attention_rows(D.image_rows(b, shown), shown, maps, w2, b.thumbnails(shown), alpha=alpha, names=names)
 targets = vc.attention_check_targets(rows)
 check = st.toggle("Check these maps: faithfulness to this model (deletion, occlusion) and the sanity check",
-                  key="w_att_checks", help=GLOSSARY["map checks"])
+                  key=K.W_ATT_CHECKS, help=GLOSSARY["map checks"])
 checks = G.checks_for(b, shown, method, targets) if check else G.cached_checks_for(b, shown, method, targets)
 per_image, flagged = (checks[0].per_image, vc.flagged_targets(checks[1].summary)) if checks else (None, set())
 if checks:  # names inside are escaped by views.checks (as_text)
@@ -59,8 +59,8 @@ for r in rows:
     with st.container(border=True):
         truth = r["label"] or "unlabelled"
         verdict = "" if r["label"] is None else (" ✓ right" if r["label"] == r["pred"] else " ✗ wrong")
-        st.markdown(f"**{as_text(r['file'])}** · label {as_text(truth)} · predicted {as_text(r['pred'])}{verdict} · p_fake {r['p_fake']:.3f}",
-                    help=GLOSSARY["p_fake"])
+        st.markdown(f"**{as_text(r['file'])}** · label {as_text(truth)} · predicted {as_text(r['pred'])}{verdict} "
+                    f"· p_fake {r['p_fake']:.3f}", help=GLOSSARY["p_fake"])
         tiles = r["tiles"]
         st.image([t.image for t in tiles], caption=as_texts(vc.tile_captions(r, per_image, flagged)),
                  width=92)

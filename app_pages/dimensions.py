@@ -5,21 +5,17 @@ from __future__ import annotations
 
 import streamlit as st
 
+from app_pages.glue import budget
 from app_pages.glue import checks as G
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
-from app_pages.glue.errors import show_error, visible
+from app_pages.glue import work as W
+from app_pages.glue.errors import AsapError, show_error, visible
 from app_pages.glue.sidebar import page_start
-from asap_core.analyses import naming as nm
-from asap_core.errors import AsapError
-from asap_core.method.relevance_store import missing_maps
-from asap_core.settings import settings
-from asap_core.storage.labels import dimension_label
-from asap_core.storage.schema import MAX_DIMENSION_NAME
 from asap_core.views import checks as vc
 from asap_core.views import dimensions as vd
 from asap_core.views import state as vs
-from asap_core.views.attention import decode_thumb
+from asap_core.views.dimensions import dimension_label
 from asap_core.views.glossary import GLOSSARY
 from asap_core.views.text import as_text, as_texts
 
@@ -37,15 +33,15 @@ def naming_panel(dim: int, where) -> None:
     except AsapError as exc:
         show_error(exc, where)
     current = names[dim]
-    if settings().hosted:
+    if budget.hosted():
         where.caption(f"Name: **{as_text(current)}**" if current else "This dimension has no name yet.")
         return
     c1, c2 = where.columns([4, 1], vertical_alignment="bottom")
-    text = c1.text_input("Name this dimension", value=current, key=f"w_dim_name_{dim}",
-                         max_chars=MAX_DIMENSION_NAME, placeholder="e.g. smooth skin",
+    text = c1.text_input("Name this dimension", value=current, key=K.dimension_name_input(dim),
+                         max_chars=vd.MAX_DIMENSION_NAME, placeholder="e.g. smooth skin",
                          help="Shown wherever this dimension appears (captions, tooltips, the quiz, exports), "
                               "after its index. Empty + Save removes the name.")
-    if c2.button("Save name", key="dim_name_save", icon=":material/label:"):
+    if c2.button("Save name", key=K.W_DIM_SAVE, icon=":material/label:"):
         try:
             b.set_dimension_name(dim, text)
         except AsapError as exc:
@@ -71,20 +67,16 @@ def nearest_words(dim: int) -> None:
     distiller as the images), with the vocabulary to edit."""
     problem = D.text_tower_problem(D.encoder_model(b))
     if problem:
-        st.caption(f"Nearest words: not available for this bundle's CLIP ({as_text(visible(problem))}). A full CLIP checkpoint "
-                   "with its tokenizer (e.g. openai/clip-vit-base-patch32) ranks words.")
+        st.caption(f"Nearest words: not available for this bundle's CLIP ({as_text(visible(problem))}). A full CLIP "
+                   "checkpoint with its tokenizer (e.g. openai/clip-vit-base-patch32) ranks words.")
         return
     with st.expander("Nearest words", icon=":material/translate:"):
-        text = st.text_area("Vocabulary (one word or phrase per line)", nm.vocabulary_text(), height=160,
-                            key="w_vocab")
-        try:
-            words = nm.parse_vocabulary(text)
-        except AsapError as exc:
-            show_error(exc)
+        text = st.text_area("Vocabulary (one word or phrase per line)", D.vocabulary_text(), height=160,
+                            key=K.W_VOCAB)
+        words = D.vocabulary_words(text)
+        if not words or not st.toggle("Rank the vocabulary", key=K.W_DIM_WORDS):
             return
-        if not words or not st.toggle("Rank the vocabulary", key="w_dim_words"):
-            return
-        scores = D.word_scores_for(b, words)
+        scores = W.word_scores_for(b, words)
         if scores is None:
             return
         high, low = scores.ends(dim)
@@ -101,8 +93,9 @@ def trust_panel(dim: int, ids: list[str]) -> None:
     st.markdown("**Can you trust this dimension's maps?**", help=GLOSSARY["map checks"])
     sample, targets = ids[:vc.CHECK_IMAGES], vc.check_targets_for(dim)
     found = G.cached_checks_for(b, sample, method, targets)
-    if found is None and st.toggle(f"Check the maps of {as_text(dimension_label(dim, names))} on {len(sample)} of these "
-                                   "images (deletion against random, occlusion, sanity check)", key="w_dim_checks"):
+    if found is None and st.toggle(f"Check the maps of {as_text(dimension_label(dim, names))} on {len(sample)} of "
+                                   "these images (deletion against random, occlusion, sanity check)",
+                                   key=K.W_DIM_CHECKS):
         found = G.checks_for(b, sample, method, targets)
     stored = G.stored_checks(path, stamp)
     if found is not None:
@@ -131,13 +124,13 @@ st.altair_chart(vd.distribution_chart(dist, table, order=order, names=names), th
 
 st.markdown("**One dimension in detail**")
 c1, c2, c3 = st.columns([2, 2, 2])
-dim_key = f"w_dim_{vs.short_hash(repr(names))}"  # a new picker when a name changes: browsers keep old labels
+dim_key = K.dimension_picker(vs.short_hash(repr(names)))
 if ss.get(K.K_DIM) in order:
     ss.setdefault(dim_key, ss[K.K_DIM])  # a link's or an earlier visit's dimension
 dim = c1.selectbox("Dimension", order, format_func=titles.get, key=dim_key, help=GLOSSARY["dimension"])
 ss[K.K_DIM] = dim
-k = c2.slider("Images per end", 4, 24, 8, key="w_topk")
-highest = c3.segmented_control("Maps and crops of", ["highest", "lowest"], default="highest", key="w_dir",
+k = c2.slider("Images per end", 4, 24, 8, key=K.W_TOPK)
+highest = c3.segmented_control("Maps and crops of", ["highest", "lowest"], default="highest", key=K.W_DIR,
                                 wrap=True) != "lowest"
 naming_panel(dim, st)
 high_ids, low_ids = image_rows(dim, k)
@@ -145,21 +138,21 @@ ids = high_ids if highest else low_ids
 nearest_words(dim)
 
 col_a, col_b = st.columns([1, 1])
-if col_a.button(f"Send the {'highest' if highest else 'lowest'} images to the attention view", key="dim_send",
+if col_a.button(f"Send the {'highest' if highest else 'lowest'} images to the attention view", key=K.DIM_SEND,
                 icon=":material/visibility:"):
     ss[K.K_IMAGES] = ids
     st.switch_page(K.PAGE_FILES["attention"])
 trust_panel(dim, ids)
-missing = missing_maps(b, ids, method)
-if missing and not col_b.toggle(f"Compute mean {method} map and concept crops ({len(missing)} images need maps)",
-                                key="w_dim_maps", help=GLOSSARY["relevance map"]):
+n_missing = D.n_missing_maps(b, ids, method)
+if n_missing and not col_b.toggle(f"Compute mean {method} map and concept crops ({n_missing} images need maps)",
+                                  key=K.W_DIM_MAPS, help=GLOSSARY["relevance map"]):
     st.stop()
-maps = D.maps_for(b, ids, method)
+maps = W.maps_for(b, ids, method)
 if maps is None:
     st.stop()
 tiles, captions, note = vd.mean_map_tiles(maps, dim, b.thumbnails(ids[:1])[0], names=names)
 st.image(tiles, caption=as_texts(captions), width=160)
 st.caption(as_text(note))
-st.caption(f"Concept crops: each image cut to the quarter of its patches that {as_text(dimension_label(dim, names))}'s "
-           "map ranks highest.")
-st.image(nm.dimension_crops([decode_thumb(j) for j in b.thumbnails(ids)], maps, dim), width=84)
+st.caption("Concept crops: each image cut to the quarter of its patches that "
+           f"{as_text(dimension_label(dim, names))}'s map ranks highest.")
+st.image(D.dimension_crops(b, ids, maps, dim), width=84)

@@ -7,7 +7,6 @@ import streamlit as st
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue.sidebar import page_start
-from asap_core.analyses.attribution import attribution_accuracy
 from asap_core.views import generators as vgen
 from asap_core.views import grid as vg
 from asap_core.views.glossary import GLOSSARY
@@ -25,11 +24,11 @@ if gen_data is None:
 pred, names = gen_data
 
 c1, c2, c3 = st.columns([2, 1.4, 1.6])
-scope = c1.segmented_control("Fakes counted", ["all", "held out"], default="all", key="w_gen_scope", wrap=True,
+scope = c1.segmented_control("Fakes counted", ["all", "held out"], default="all", key=K.W_GEN_SCOPE, wrap=True,
                              help="held out: the distiller's validation fakes, which its generator head never "
                                   "trained on (an honest estimate); all: includes its training fakes") or "all"
-normalize = c2.toggle("Row shares", value=True, key="w_gen_norm", help="colour = share of the true generator's images")
-with_real = c3.toggle("Add real images", value=False, key="w_gen_real",
+normalize = c2.toggle("Row shares", value=True, key=K.W_GEN_NORM, help="colour = share of the true generator's images")
+with_real = c3.toggle("Add real images", value=False, key=K.W_GEN_REAL,
                       help="a 'real' row and column: real images, and fakes the detector calls real")
 cm, fake_cm, val_ok = D.confusion(path, stamp, scope == "held out", with_real)
 if scope == "held out" and not val_ok:
@@ -37,8 +36,7 @@ if scope == "held out" and not val_ok:
                "elsewhere, or an older bundle): counting all fakes instead.")
     scope = "all"
 
-st.markdown(vgen.accuracy_line(attribution_accuracy(fake_cm), int(fake_cm.to_numpy().sum()), len(names),
-                               "held-out" if scope == "held out" else "labelled"))
+st.markdown(vgen.accuracy_line(fake_cm, len(names), "held-out" if scope == "held out" else "labelled"))
 stored = b.metrics.get("generator_val_accuracy")
 if stored is not None:
     st.caption(f"Validation accuracy stored at training time: {float(stored):.1%}. "
@@ -53,14 +51,14 @@ with right:
                  column_config={"recall": st.column_config.NumberColumn(format="%.2f"),
                                 "precision": st.column_config.NumberColumn(format="%.2f")})
 st.markdown("**Confusion matrix** (rows: true generator, columns: predicted)")
-st.dataframe(cm, key="gen_cm")
+st.dataframe(cm, key=K.GEN_CM)
 
 shown = pred[pred["label"] == "fake"].sort_values("probability", ascending=False)
 with st.expander("Predictions per image"):
     st.dataframe(shown.assign(file=vg.image_names(b.images, shown["image_id"]), image_id=shown["image_id"].str[:10])[
         ["file", "image_id", "generator", "predicted_generator", "probability", "p_fake", "pred", "held_out"]],
         hide_index=True, column_config={"p_fake": st.column_config.NumberColumn(help=GLOSSARY["p_fake"])})
-if st.button("Colour the overview by predicted generator", key="gen_to_overview", icon=":material/bubble_chart:"):
+if st.button("Colour the overview by predicted generator", key=K.GEN_TO_OVERVIEW, icon=":material/bubble_chart:"):
     ss[K.K_COLOR_BY] = "predicted generator"
-    ss.pop("w_color", None)
+    ss.pop(K.W_COLOR, None)
     st.switch_page(K.PAGE_FILES["overview"])

@@ -7,12 +7,9 @@ import streamlit as st
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue import state as S
+from app_pages.glue import work as W
 from app_pages.glue.sidebar import page_start
-from app_pages.glue.widgets import next_or_clear, save_pattern_form
-from asap_core.analyses.concepts import compute_concepts
-from asap_core.analyses.patterns import pattern_from_concept, pattern_from_selection
-from asap_core.errors import AsapError
-from asap_core.settings import settings
+from app_pages.glue.widgets import next_or_clear, save_concept_form, save_selection_form
 from asap_core.views import concept as vc
 from asap_core.views import grid as vg
 from asap_core.views import overview as ov
@@ -29,7 +26,7 @@ cells = list(ss[K.K_CELLS])
 method = ss[K.K_METHOD]
 
 head, toggle_col = st.columns([5, 1])
-concept_on = toggle_col.toggle("Concept view", key="w_concepts",
+concept_on = toggle_col.toggle("Concept view", key=K.W_CONCEPTS,
                                help="Concepts shared by the cell's images. " + GLOSSARY["concept"])
 if not cells:
     head.subheader("Image view")
@@ -46,15 +43,8 @@ if n_members == 0:
 
 if concept_on:
     ids = layout["image_id"].tolist()
-    k = st.columns([1, 3])[0].slider("Concepts (k)", 2, 8, 3, key="w_k")
-    if D.maps_for(b, ids, method) is None:  # concepts cut images along their relevance maps
-        st.stop()
-    try:  # the cached encoder; without one, only concepts already cached in the bundle can show
-        encoder = D.get_encoder(D.encoder_model(b))
-    except AsapError:
-        encoder = None
-    result = D.run_shown(compute_concepts, b, ids, k=k, method=method, encoder=encoder,
-                         progress_text="Encoding segments")
+    k = st.columns([1, 3])[0].slider("Concepts (k)", 2, 8, 3, key=K.W_K)
+    result = W.concepts_for(b, ids, k, method)
     if result is None:
         st.stop()
     st.caption(f"{len(ids)} images, each cut to its top 10 % / 25 % / 50 % fake-logit regions "
@@ -66,17 +56,14 @@ if concept_on:
                         help=GLOSSARY["concept"])
             if card["crops"]:
                 st.image(card["crops"], width=96)
-    save_pattern_form(b, lambda name, note, c: pattern_from_concept(result, c, name, note), key="pat_con",
-                      base_name=f"cell {cell_txt} concept", label="Save a concept as pattern",
-                      choices=[card["concept"] for card in cards], format_choice=lambda c: f"Concept {c + 1}",
-                      read_only=settings().hosted)
+    save_concept_form(b, result, [card["concept"] for card in cards], base_name=f"cell {cell_txt} concept")
     st.stop()
 
 st.caption("Frames: green = predicted right, red = predicted wrong. Hover for file, label and p_fake. "
            "Drag a box to pick images, shift-click to add single ones, double-click to clear."
            + (f" Showing a sample of {len(layout)} of {n_members:,} images." if len(layout) < n_members else ""),
            help=GLOSSARY["p_fake"])
-chart_key = f"grid_{grid}_{vs.short_hash(cell_txt + repr(filters))}"
+chart_key = K.grid_chart(grid, vs.short_hash(cell_txt + repr(filters)))
 S.fresh_chart(chart_key)
 chart = vg.grid_chart(layout, n_rows, n_cols, tile=vg.tile_size(n_cols))
 event = st.altair_chart(chart, key=chart_key, on_select="rerun", selection_mode=["brush", "pick"],
@@ -90,9 +77,7 @@ if picked:
     st.markdown(f"**{len(picked)} image{'s' if len(picked) > 1 else ''} picked**")
     st.image(D.thumbs(b, picked[:24]), width=56)
     next_or_clear("Show attention maps", "attention", ":material/visibility:", K.K_IMAGES, chart_key,
-                  ("img_attn", "img_clear"), "Clear picks")
-    save_pattern_form(b, lambda name, note: pattern_from_selection(name, picked, note), key="pat_sel",
-                      base_name=f"cell {cell_txt} selection", label="Save the picked images as pattern",
-                      read_only=settings().hosted)
+                  (K.IMG_ATTN, K.IMG_CLEAR), "Clear picks")
+    save_selection_form(b, picked, base_name=f"cell {cell_txt} selection")
 else:
     st.caption("No image picked yet.")

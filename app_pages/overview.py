@@ -25,20 +25,20 @@ caption = st.empty()  # filled once the colouring is known
 
 # ---- controls (widget keys are re-seeded from the plain state keys on every visit)
 filters: ov.Filters = ss[K.K_FILTERS]
-ss.setdefault("w_label", filters.label)
-ss.setdefault("w_outcome", filters.outcome)
-ss.setdefault("w_gens", list(filters.generators))
+ss.setdefault(K.W_LABEL, filters.label)
+ss.setdefault(K.W_OUTCOME, filters.outcome)
+ss.setdefault(K.W_GENS, list(filters.generators))
 gen_choices = D.generator_choices(path, stamp)
-ss["w_gens"] = [g for g in ss["w_gens"] if g in gen_choices]  # picks from another bundle
+ss[K.W_GENS] = [g for g in ss[K.W_GENS] if g in gen_choices]  # picks from another bundle
 gen_data = D.generator_data(path, stamp)  # (predictions, names) when the distiller has a generator head
 # filters in one row that wraps rather than cuts a label; the map's own controls beside it, on the right
 bar = st.container(horizontal=True, wrap=True, gap="medium", vertical_alignment="bottom")
-label = bar.segmented_control("Label", ov.LABEL_CHOICES, key="w_label", wrap=True) or "all"
-outcome = bar.segmented_control("Prediction", ov.OUTCOME_CHOICES, key="w_outcome", wrap=True,
+label = bar.segmented_control("Label", ov.LABEL_CHOICES, key=K.W_LABEL, wrap=True) or "all"
+outcome = bar.segmented_control("Prediction", ov.OUTCOME_CHOICES, key=K.W_OUTCOME, wrap=True,
                                 help="correct / wrong: whether the detector's verdict matches the label") or "all"
 if gen_data is not None:
-    ss.setdefault("w_color", ss.get(K.K_COLOR_BY, "label"))
-    color_by = bar.segmented_control("Colour by", vgen.COLOR_BY, key="w_color", wrap=True,
+    ss.setdefault(K.W_COLOR, ss.get(K.K_COLOR_BY, "label"))
+    color_by = bar.segmented_control("Colour by", vgen.COLOR_BY, key=K.W_COLOR, wrap=True,
                                      help="predicted generator: the generator head's guess (blue: predicted real)")
     ss[K.K_COLOR_BY] = color_by = color_by or "label"
 else:
@@ -46,10 +46,10 @@ else:
 left, right = st.columns([5, 2], gap="medium")
 # the grid as `value` (the element's own default), not seeded into the widget's key: a front end that
 # mounts the slider from its default under load then still sends the link's grid, not the first option
-shown_grid = int(ss.get("w_grid") or ss[K.K_GRID])
+shown_grid = int(ss.get(K.W_GRID) or ss[K.K_GRID])
 grid = right.select_slider("Grid (cells per side)", options=ov.grid_choices(shown_grid), value=shown_grid,
-                           key="w_grid", help=GLOSSARY["grid"])
-gens = right.multiselect("Generator", gen_choices, key="w_gens", placeholder="all generators")
+                           key=K.W_GRID, help=GLOSSARY["grid"])
+gens = right.multiselect("Generator", gen_choices, key=K.W_GENS, placeholder="all generators")
 new_filters = ov.Filters(label=label, generators=tuple(sorted(gens)), outcome=outcome)
 if int(grid) != int(ss[K.K_GRID]):
     ss[K.K_GRID] = int(grid)
@@ -64,11 +64,11 @@ if cells.empty:
 
 by_gen = color_by == "predicted generator"
 caption.caption(ov.overview_caption(by_gen), help=GLOSSARY["overview pie"])
-chart_key = f"ov_{grid}_{vs.short_hash(repr(new_filters) + ('gen' if by_gen else ''))}"
+chart_key = K.overview_chart(grid, vs.short_hash(repr(new_filters) + ("gen" if by_gen else "")))
 if S.fresh_chart(chart_key):
-    ss[f"_value_{chart_key}"] = tuple(c for c in ss[K.K_CELLS] if c in set(cells["cell"]))
+    ss[K.chart_value(chart_key)] = tuple(c for c in ss[K.K_CELLS] if c in set(cells["cell"]))
 names = D.dimension_names(b)
-spec = D.overview_spec(path, stamp, grid, new_filters, ss.get(f"_value_{chart_key}", ()), by_gen, names)
+spec = D.overview_spec(path, stamp, grid, new_filters, ss.get(K.chart_value(chart_key), ()), by_gen, names)
 with left:
     event = st.vega_lite_chart(spec=spec, key=chart_key, on_select="rerun", selection_mode="cell",
                                theme=None, width="stretch")
@@ -86,7 +86,7 @@ with right:
                     + ", ".join(str(c) for c in selected))
         # the way on first (it must be visible at 1280x800), then metrics that wrap rather than cut their values
         next_or_clear("Open image grid", "images", ":material/grid_view:", K.K_CELLS, chart_key,
-                      ("ov_open", "ov_clear"), "Clear selection")
+                      (K.OV_OPEN, K.OV_CLEAR), "Clear selection")
         row = st.container(horizontal=True, wrap=True, gap="medium")
         row.metric("images", f"{s['n']:,}", width="content")
         row.metric("accuracy", ov.percent(s["accuracy"]), width="content")
@@ -98,7 +98,8 @@ with right:
         members = ov.selected_members(D.gridded(path, stamp, grid)[0], selected, new_filters)
         w2 = D.head_weights_or_none(path, stamp)
         if w2 is not None:
-            st.caption(f"Pushes hardest: {as_text(ov.selection_driver(members, w2, names))}", help=GLOSSARY["dimension"])
+            st.caption(f"Pushes hardest: {as_text(ov.selection_driver(members, w2, names))}",
+                       help=GLOSSARY["dimension"])
         if by_gen:
             st.caption(as_text(vgen.attribution_caption(gen_data[0], members["image_id"].tolist())))
         st.image(D.thumbs(b, members["image_id"].head(12).tolist()), width=64)
@@ -106,9 +107,10 @@ with right:
         st.markdown("**No cell selected.** Click a pie on the map.")
     st.markdown("**Cells near the decision boundary** (mixed labels, low confidence)",
                 help=GLOSSARY["confidence"])
-    for r in ov.boundary_cells(cells, k=5).itertuples():
+    boundary = ov.boundary_cells(cells, k=5)
+    for cell, r in zip(boundary["cell"].astype(int).tolist(), boundary.itertuples()):
         # wrap: in a column Streamlit cuts a long button label ("confidence 0…") unless told to wrap it
-        if st.button(f"cell {r.cell}: {ov.boundary_text(r)}", key=f"ov_bnd_{r.cell}", type="tertiary", wrap=True):
-            ss[K.K_CELLS], ss[K.K_IMAGES] = [int(r.cell)], []
+        if st.button(f"cell {cell}: {ov.boundary_text(r)}", key=K.boundary_button(cell), type="tertiary", wrap=True):
+            ss[K.K_CELLS], ss[K.K_IMAGES] = [cell], []
             ss.pop(chart_key, None)
             st.rerun()

@@ -1,4 +1,4 @@
-"""Pattern view (ASAP; DESIGN §3): the bundle's saved patterns, their impact on the detector (mean drop of
+"""Pattern view (ASAP; docs/design.md §3.12): the bundle's saved patterns, their impact on the detector (mean drop of
 p_fake with the pattern's regions masked, against an area-matched random mask; flipped predictions), the
 ranking, each pattern's images, and export (zip of JSON + CSV + PNG contact sheets)."""
 from __future__ import annotations
@@ -7,11 +7,9 @@ import streamlit as st
 
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
-from app_pages.glue.errors import show_error
+from app_pages.glue import patterns as P
+from app_pages.glue.errors import AsapError, show_error
 from app_pages.glue.sidebar import page_start
-from app_pages.glue.widgets import progress_bar
-from asap_core.analyses.patterns import PatternStore, impact_cached, pattern_impact
-from asap_core.errors import AsapError
 from asap_core.views import patterns as vp
 from asap_core.views.glossary import GLOSSARY
 from asap_core.views.text import as_text
@@ -22,8 +20,7 @@ path, stamp = D.ref(b)
 method = ss[K.K_METHOD]
 
 st.subheader("Pattern view", help=GLOSSARY["pattern"])
-store = PatternStore(b)
-patterns = store.list()
+patterns = P.saved(b)
 if not patterns:
     st.info("No pattern saved yet. Pick images on the Images page (or open its concept view) and use "
             "“Save … as pattern”.")
@@ -36,34 +33,17 @@ st.caption("Impact of a pattern: its regions are painted in the CLIP mean colour
            f"drop for a random mask of the same area ({vp.N_RANDOM} draws). Excess = impact − random impact "
            f"ranks the patterns; flipped = predictions that cross 0.5. Selection patterns use each image's top "
            f"patches by fake-logit relevance ({method} maps).")
-st.dataframe(vp.pattern_frame(patterns), hide_index=True, key="pat_list")
+st.dataframe(vp.pattern_frame(patterns), hide_index=True, key=K.PAT_LIST)
 
-cached = [impact_cached(b, p, method, vp.N_RANDOM, vp.SEED) for p in patterns]
+cached = P.impacts_cached(b, patterns, method)
 todo = [p for p, ok in zip(patterns, cached) if not ok]
 if todo:
     st.markdown(f"**{len(todo)} of {len(patterns)} pattern{'s' if len(patterns) > 1 else ''} without impact yet** "
                 f"({sum(len(p.image_ids) for p in todo):,} images to re-encode "
                 f"{2 + vp.N_RANDOM} times each).")
-if todo and st.button("Compute impact", key="pat_impact", type="primary", icon=":material/calculate:"):
-    need_maps = vp.ids_needing_maps(todo)  # selection patterns: regions from the fake-logit maps
-    if need_maps and D.maps_for(b, need_maps, method) is None:
+if todo and st.button("Compute impact", key=K.PAT_IMPACT, type="primary", icon=":material/calculate:"):
+    if not P.compute_impacts(b, todo, method):
         st.stop()
-    encoder = D.encoder_for(b, "Pattern impacts")
-    if encoder is None:
-        st.stop()
-    total = sum(len(p.image_ids) for p in todo)
-    step = {"base": 0, "name": ""}
-    with progress_bar(f"Masking and re-encoding {total:,} images ...",
-                      lambda d, t: f"{step['name']}: {d:,}/{t:,} images") as progress:
-        try:
-            for p in todo:
-                step["name"] = as_text(p.name)
-                pattern_impact(b, p, encoder, vp.N_RANDOM, vp.SEED, method,
-                               progress=lambda d, t, base=step["base"]: progress(base + d, total))
-                step["base"] += len(p.image_ids)
-        except AsapError as exc:
-            show_error(exc)
-            st.stop()
     st.rerun()
 
 ready = [p for p, ok in zip(patterns, cached) if ok]
@@ -72,21 +52,22 @@ if not ready:
 
 
 try:
-    ranked = D.pattern_ranking(path, stamp, tuple(p.name for p in ready), tuple(p.content_key() for p in ready), method)
+    ranked = D.pattern_ranking(path, stamp, tuple(p.name for p in ready), tuple(p.content_key() for p in ready),
+                               method)
 except AsapError as exc:
     show_error(exc)
     st.stop()
 st.markdown("**Ranking** (by excess impact over the random mask)")
-st.dataframe(vp.ranking_display(ranked), hide_index=True, key="pat_rank",
+st.dataframe(vp.ranking_display(ranked), hide_index=True, key=K.PAT_RANK,
              column_config={c: st.column_config.NumberColumn(format="%+.3f")
                             for c in vp.SIGNED_TITLES})
 st.altair_chart(vp.impact_chart(ranked), theme=None, width="content")
 
 st.markdown("**One pattern**")
 by_name = {p.name: p for p in ready}
-name = st.selectbox("Pattern", ranked["name"].tolist(), key="w_pat_pick", help=GLOSSARY["pattern"])
+name = st.selectbox("Pattern", ranked["name"].tolist(), key=K.W_PAT_PICK, help=GLOSSARY["pattern"])
 pat = by_name[name]
-res = pattern_impact(b, pat, None, vp.N_RANDOM, vp.SEED, method)  # cached: no encoder needed
+res = P.impact(b, pat, method)  # cached: no encoder needed
 st.markdown(as_text(vp.impact_line(res)))
 if pat.note:
     st.caption(f"Note: {as_text(pat.note)}")
@@ -97,24 +78,24 @@ with c2:
     st.image(vp.contact_sheet_png(b, pat), caption=f"{as_text(pat.name)}: regions outlined, the rest dimmed"
              if pat.masks is not None else f"{as_text(pat.name)}: its images")
 d1, d2 = st.columns([1, 1])
-if d1.button("Send these images to the attention view", key="pat_attn", icon=":material/visibility:"):
+if d1.button("Send these images to the attention view", key=K.PAT_ATTN, icon=":material/visibility:"):
     ss[K.K_IMAGES] = list(pat.image_ids)
     st.switch_page(K.PAGE_FILES["attention"])
-if d2.button(f"Delete pattern '{as_text(pat.name)}'", key="pat_delete", icon=":material/delete:"):
-    store.delete(pat.name)
+if d2.button(f"Delete pattern '{as_text(pat.name)}'", key=K.PAT_DELETE, icon=":material/delete:"):
+    P.delete(b, pat.name)
     st.rerun()
 
 st.markdown("**Export**")
 st.caption("One zip: patterns.json (patterns with regions and impact), patterns.csv (one row per pattern), "
            "pattern_images.csv (one row per pattern and image) and a PNG contact sheet per pattern"
            + (" (without impact until every pattern has one)." if todo else "."))
-if st.button("Prepare export", key="pat_export", icon=":material/archive:"):
+if st.button("Prepare export", key=K.PAT_EXPORT, icon=":material/archive:"):
     try:
         with st.spinner("Writing the export ..."):
-            ss["_pat_zip"] = (str(b.path), vp.export_zip(b, patterns, with_impact=not todo, method=method))
+            ss[K.K_PAT_ZIP] = (str(b.path), vp.export_zip(b, patterns, with_impact=not todo, method=method))
     except AsapError as exc:
         show_error(exc)
-zip_path, zip_bytes = ss.get("_pat_zip") or (None, None)
+zip_path, zip_bytes = ss.get(K.K_PAT_ZIP) or (None, None)
 if zip_bytes and zip_path == str(b.path):
     st.download_button("Download patterns.zip", zip_bytes, file_name=f"{b.path.name}-patterns.zip",
-                       mime="application/zip", key="pat_download", icon=":material/download:")
+                       mime="application/zip", key=K.PAT_DOWNLOAD, icon=":material/download:")

@@ -9,16 +9,14 @@ import streamlit as st
 
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
+from app_pages.glue import patterns as P
 from app_pages.glue import quiz as QG
-from app_pages.glue.errors import show_error
-from asap_core.analyses.patterns import PatternStore
-from asap_core.errors import AsapError
-from asap_core.storage.class_rounds import ROUND_HOURS
+from app_pages.glue.errors import AsapError, show_error
 from asap_core.views import overview as ov
 from asap_core.views import quiz as vq
 from asap_core.views.text import as_text, as_texts
 
-PLAY = "quiz_play"  # {"key", "ids", "answers", "sure", "revealed"}: this session's game, never stored
+PLAY = K.K_QUIZ_PLAY  # this session's game, never stored
 PICTURE_PX = 448
 TILE_PX = 224
 THUMB_PX = 96
@@ -32,30 +30,31 @@ path, stamp = D.ref(b)
 
 
 def saved_patterns() -> dict[str, list[str]]:
-    return {p.name: p.image_ids for p in PatternStore(b).list()}
+    return P.saved_ids(b)
 
 
 def prefill(current: vq.QuizSpec | None, cells: list[int], names: list[str], gens: list[str]) -> None:
     """The teacher's widgets start at the current quiz (or the defaults; the cell picked on the overview)."""
     picked = ss.get(K.K_CELLS) if ss.get(K.K_GRID) == b.grid else None
     for k, v in vq.widget_defaults(current, cells, names, gens, picked[0] if picked else None).items():
-        ss.setdefault(f"quiz_w_{k}", v)
+        ss.setdefault(K.QUIZ_WIDGETS[k], v)
 
 
 def source_value(source: str, col, cells: list[int], names: list[str], gens: list[str]) -> str | None:
     """The widgets of one source -> the spec's value (None when there is nothing to pick)."""
     if source == "cell":
-        return str(col.selectbox("Cell", cells, key="quiz_w_cell"))
+        return str(col.selectbox("Cell", cells, key=K.QUIZ_WIDGETS["cell"]))
     if source == "pattern":
         if not names:
             col.caption("No pattern saved yet (save one on the Images page).")
             return None
-        return col.selectbox("Pattern", names, key="quiz_w_pattern")
+        return col.selectbox("Pattern", names, key=K.QUIZ_WIDGETS["pattern"])
     if source == "filter":
         c1, c2, c3 = col.columns(3)
-        label = c1.selectbox("Truth", ["all", "real", "fake"], format_func=lambda x: vq.SAY.get(x, x), key="quiz_w_lab")
-        outcome = c2.selectbox("The model was", list(ov.OUTCOME_CHOICES), key="quiz_w_out")
-        gen = c3.selectbox("Generator", ["any", *gens], key="quiz_w_gen")
+        label = c1.selectbox("Truth", ["all", "real", "fake"], format_func=lambda x: vq.SAY.get(x, x),
+                             key=K.QUIZ_WIDGETS["lab"])
+        outcome = c2.selectbox("The model was", list(ov.OUTCOME_CHOICES), key=K.QUIZ_WIDGETS["out"])
+        gen = c3.selectbox("Generator", ["any", *gens], key=K.QUIZ_WIDGETS["gen"])
         return vq.filter_value(label, outcome, None if gen == "any" else gen)
     return ""
 
@@ -67,19 +66,19 @@ def teacher_panel(current: vq.QuizSpec | None) -> None:
     with st.expander("Make a quiz", expanded=current is None, icon=":material/school:"):
         c1, c2, c3 = st.columns([4, 1, 1])
         source = c1.segmented_control("Images from", list(vq.SOURCES), format_func=vq.SOURCES.get,
-                                      key="quiz_w_source") or "all"
-        n = int(c2.number_input("Images", 1, vq.MAX_QUIZ, key="quiz_w_n"))
-        seed = int(c3.number_input("Seed", 0, vq.MAX_SEED, key="quiz_w_seed"))
+                                      key=K.QUIZ_WIDGETS["source"]) or "all"
+        n = int(c2.number_input("Images", 1, vq.MAX_QUIZ, key=K.QUIZ_WIDGETS["n"]))
+        seed = int(c3.number_input("Seed", 0, vq.MAX_SEED, key=K.QUIZ_WIDGETS["seed"]))
         value = source_value(source, c1, cells, names, gens)
         if value is None:
             return
         spec = vq.QuizSpec(source, value, n, seed)
         available = len(vq.candidates(b.images, spec, saved_patterns()))
-        st.caption(f"{as_text(vq.describe(spec))} · {available} labelled image{'s' if available != 1 else ''} to draw from. "
-                   "Everyone who opens the link gets the same images in the same order, and sees only the quiz. "
-                   "Nothing about a player is stored, except in a class round (anonymous answers).")
+        st.caption(f"{as_text(vq.describe(spec))} · {available} labelled image{'s' if available != 1 else ''} to "
+                   "draw from. Everyone who opens the link gets the same images in the same order, and sees only the "
+                   "quiz. Nothing about a player is stored, except in a class round (anonymous answers).")
         st.code(vq.quiz_link(st.context.url, QG.link_bundle(b), spec), language=None, wrap_lines=True)
-        if st.button("Start", key="quiz_start", type="primary", icon=":material/play_arrow:", disabled=not available):
+        if st.button("Start", key=K.QUIZ_START, type="primary", icon=":material/play_arrow:", disabled=not available):
             ss[K.K_QUIZ] = spec.to_param()
             ss.pop(PLAY, None)
             st.rerun()
@@ -89,9 +88,9 @@ def class_round_panel(spec: vq.QuizSpec, ids: list[str]) -> None:
     """Start a class round of the current quiz (a code and a link), then its results, updated live."""
     with st.expander("Class round: see your class's answers live", icon=":material/groups:",
                      expanded=bool(ss.get(K.K_TEACHER_ROUND))):
-        st.caption(f"Students' answers are recorded without names. A round closes {ROUND_HOURS:g} hours after "
+        st.caption(f"Students' answers are recorded without names. A round closes {QG.ROUND_HOURS:g} hours after "
                    "it starts.")
-        if st.button("Start a class round", key="quiz_round_start", icon=":material/groups:", disabled=not ids):
+        if st.button("Start a class round", key=K.QUIZ_ROUND_START, icon=":material/groups:", disabled=not ids):
             rnd = QG.start_round(b, spec, ids)
             if rnd is not None:
                 ss[K.K_TEACHER_ROUND] = rnd.code
@@ -164,9 +163,9 @@ def question(play: dict) -> None:
     show_picture(play["ids"][i], left)
     right.markdown("#### Real photo, or made by AI?")
     c1, c2 = right.columns(2)
-    real = c1.button("Real", key="quiz_real", icon=":material/photo_camera:", width="stretch")
-    ai = c2.button("AI", key="quiz_ai", icon=":material/smart_toy:", width="stretch")
-    sure = right.segmented_control("How sure are you? (optional)", list(vq.SURENESS), key=f"quiz_sure_{i}")
+    real = c1.button("Real", key=K.QUIZ_REAL, icon=":material/photo_camera:", width="stretch")
+    ai = c2.button("AI", key=K.QUIZ_AI, icon=":material/smart_toy:", width="stretch")
+    sure = right.segmented_control("How sure are you? (optional)", list(vq.SURENESS), key=K.quiz_sure(i))
     if real or ai:
         answer(play, "real" if real else "fake", sure)
 
@@ -206,7 +205,7 @@ def reveal_panel(play: dict) -> None:
     right.markdown(words.you)
     right.info(words.guess)
     last = i == n
-    if right.button("See my score" if last else "Next image", key="quiz_next", type="primary",
+    if right.button("See my score" if last else "Next image", key=K.QUIZ_NEXT, type="primary",
                     icon=":material/flag:" if last else ":material/arrow_forward:", width="stretch"):
         play["revealed"] = False
         st.rerun()
@@ -242,7 +241,7 @@ def end_screen(play: dict) -> None:
     fooled("Fooled you (the computer got them right)", s.fooled_student)
     fooled("Fooled the computer (you got them right)", s.fooled_model)
     fooled("Fooled both of you", s.fooled_both)
-    if st.button("Play again", key="quiz_again", icon=":material/replay:"):
+    if st.button("Play again", key=K.QUIZ_AGAIN, icon=":material/replay:"):
         ss.pop(PLAY, None)
         st.rerun()
     if STUDENT:

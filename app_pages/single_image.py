@@ -7,18 +7,10 @@ import streamlit as st
 from app_pages.glue import budget
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
-from app_pages.glue.errors import show_error
+from app_pages.glue import work as W
 from app_pages.glue.sidebar import page_start
-from asap_core.analyses.single_image import check_upload
-from asap_core.errors import AsapError
-from asap_core.inputs.imageio import sha1_hex
-from asap_core.serving import upload_limit_mb
-from asap_core.settings import settings
 from asap_core.views import single as vsi
-from asap_core.views import state as vs
 from asap_core.views.text import as_text, as_texts
-
-MAX_KEPT = 4  # results of recent uploads kept in this session
 
 b = page_start()
 ss = st.session_state
@@ -30,29 +22,15 @@ st.caption("Upload one image file: the bundle's CLIP and distiller give its p_fa
            "the 16 dimensions (and so its cell) and its relevance maps. Only uploaded files are accepted; "
            "nothing is fetched from a URL and nothing of the upload is stored.")
 c1, c2 = st.columns([3, 1])
-policy = budget.hosted_policy()
-up = c1.file_uploader("Image file", type=vsi.UPLOAD_TYPES, key="w_upload",  # hosted: the browser says the limit
-                      max_upload_size=upload_limit_mb(settings()) if policy is not None else None)
-k = c2.slider("Neighbours (k)", 1, 24, 8, key="w_single_k")
+up = c1.file_uploader("Image file", type=vsi.UPLOAD_TYPES, key=K.W_UPLOAD,  # hosted: the browser says the limit
+                      max_upload_size=budget.upload_limit())
+k = c2.slider("Neighbours (k)", 1, 24, 8, key=K.W_SINGLE_K)
 if up is None:
     st.info("No image uploaded yet.")
     st.stop()
-
-data = up.getvalue()
-try:
-    check_upload(up.name, data, policy)  # type, bytes, pixels from the header: nothing decoded before the budget
-except AsapError as exc:
-    show_error(exc)
-    st.stop()
-
-key = (str(b.path), sha1_hex(data), int(k), method, D.encoder_model(b))
-kept: dict = ss.setdefault("_single_results", {})
-res = kept.get(key)
+res = W.upload_result(b, up.name, up.getvalue(), int(k), method)  # checked, charged once, kept for a few reruns
 if res is None:
-    res = D.upload_result(b, up.name, data, int(k), method, ss.setdefault("_single_charged", set()))
-    if res is None:
-        st.stop()
-    vs.keep_recent(kept, key, res, MAX_KEPT)
+    st.stop()
 
 left, right = st.columns([1, 3], gap="large")
 with left:
@@ -68,14 +46,14 @@ with right:
     m2.metric("prediction", res.pred)
     m3.metric("confidence", f"{res.confidence:.2f}")
     b1, b2, b3 = st.columns(3)
-    if res.cell is not None and b1.button(f"Cell {res.cell} on the overview", key="single_cell",
+    if res.cell is not None and b1.button(f"Cell {res.cell} on the overview", key=K.SINGLE_CELL,
                                           icon=":material/bubble_chart:"):
         ss[K.K_CELLS] = [int(res.cell)]
         st.switch_page(K.PAGE_FILES["overview"])
-    if res.cell is not None and b2.button("The cell's images", key="single_grid", icon=":material/grid_view:"):
+    if res.cell is not None and b2.button("The cell's images", key=K.SINGLE_GRID, icon=":material/grid_view:"):
         ss[K.K_CELLS] = [int(res.cell)]
         st.switch_page(K.PAGE_FILES["images"])
-    if b3.button("Neighbours' maps", key="single_attn", icon=":material/visibility:"):
+    if b3.button("Neighbours' maps", key=K.SINGLE_ATTN, icon=":material/visibility:"):
         ss[K.K_IMAGES] = res.neighbours["image_id"].tolist()
         st.switch_page(K.PAGE_FILES["attention"])
 
@@ -84,7 +62,7 @@ st.markdown(f"**{len(nb)} nearest bundle images** (Euclidean distance in the 16 
 st.caption(as_text(vsi.neighbour_summary(nb)))
 st.image(D.thumbs(b, nb["image_id"].tolist()), caption=as_texts(vsi.neighbour_captions(nb)), width=96)
 with st.expander("Neighbour table"):
-    st.dataframe(vsi.neighbours_display(nb), hide_index=True, key="single_nb")
+    st.dataframe(vsi.neighbours_display(nb), hide_index=True, key=K.SINGLE_NB)
 
 st.markdown(f"**Relevance maps** ({method}): the fake logit, then the 16 dimensions ordered by support for the "
             "prediction (contribution z_i·w2_i)")

@@ -2,13 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from .errors import AsapError
+from .analyses.checks_digest import checks_line, read_summary
+from .errors import AsapError, InputError
+from .hosting import HostedPolicy
+from .model import device as model_device
 from .model.device import DTYPES
-from .serving import DEFAULT_PORT
+from .serving import DEFAULT_PORT, config_toml, hosted_start_notes, server_options, streamlit_command
+from .settings import settings
 from .storage import schema as S
+from .storage.bundle import Bundle
+from .storage.labels import dimension_labels
+from .views.trust import encoder_source, notices, trust_notices
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from .pipeline.analyze import AnalyzeReport
 
 
 class TqdmProgress:
@@ -67,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cache-dir", default=None, help="cache folder (default: $ASAP_CACHE_DIR or ~/.cache/asap_explorer)")
     a.add_argument("--engine", default="local",  # checked by AnalyzeOptions.check (pipeline.analyze.ENGINES)
                    help="where hashing, decoding, the CLIP forward and relevance maps run: local (this process) or "
-                        "ray (a pool of Ray Data actors; pip install -r requirements-ray.txt); same cache either way")
+                        "ray (a pool of Ray Data actors; pip install -e '.[ray]'); same cache either way")
     a.add_argument("--ray-address", default=None,
                    help="with --engine ray: the cluster to join, e.g. ray://head:10001 or auto (default: start a "
                         "local one); images and model must be at the same paths on every node")
@@ -96,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    # the pipeline imports torch: `--help`, `info`, `name` and `serve` run without it
     from .pipeline.analyze import AnalyzeOptions, analyze, analyze_embeddings
 
     opts = AnalyzeOptions(model=args.model, device=args.device, batch_size=args.batch_size, num_workers=args.workers,
@@ -110,12 +125,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         report = run(args.data_dir, args.out, opts, progress=bars)
     finally:
         bars.close()
-    print(report.summary())
+    print(analyze_text(report))
     print(f"Total: {time.perf_counter() - t0:.1f}s")
     tip = cpu_speed_tip(args.device, args.dtype, bool(args.compile), report.timings.get("embed", 0.0))
     if tip:
         print(tip)
     return 0
+
+
+def analyze_text(report: AnalyzeReport, where: str = "cli") -> str:
+    """``analyze``'s summary, then what its figures are worth (``views.trust`` notices, fixes worded for
+    ``where``: ``model.hints.WHERES``)."""
+    return "\n".join([report.summary(), *(n.line() for n in notices(report.encoder_source, report.metrics, where))])
 
 
 def cpu_speed_tip(device: str, dtype: str, compiled: bool, embed_seconds: float,
@@ -125,29 +146,24 @@ def cpu_speed_tip(device: str, dtype: str, compiled: bool, embed_seconds: float,
     ``--compile`` where a C++ compiler exists and it was off; ``--dtype bfloat16`` on a float32 run where
     the CPU multiplies bf16 in hardware (``avx512_bf16`` / AMX).
     """
+    # torch only after a run that imported it already: the other commands run without it
     import torch
 
-    from .model.device import cpu_has_native_bf16, cxx_compiler, resolve_dtype
     from .model.encoder import resolve_device
 
     dev = resolve_device(device)
     if dev.type != "cpu" or embed_seconds < min_seconds:
         return None
     options = []
-    if not compiled and cxx_compiler():
+    if not compiled and model_device.cxx_compiler():
         options.append("`--compile` (a one-off compile, then a faster forward; same embeddings to float rounding)")
-    if resolve_dtype(dtype, dev) == torch.float32 and cpu_has_native_bf16():
+    if model_device.resolve_dtype(dtype, dev) == torch.float32 and model_device.cpu_has_native_bf16():
         options.append("`--dtype bfloat16` (this CPU multiplies bf16 in hardware; embeddings differ slightly from "
                        "float32 and are cached separately)")
     return "Tip: to embed faster on this CPU, " + "; ".join(options) + "." if options else None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .analyses.explanation_checks import read_summary
-    from .pipeline.analyze import checks_line
-    from .storage.bundle import Bundle
-    from .views.trust import encoder_source, trust_notices
-
     b = Bundle.open(args.bundle, read_tables=True)  # every table read: a damaged file exits 2 here, named
     c, enc = b.counts, b.encoder_info
     print(f"{b.path}: {c.used} images ({c.real} real, {c.fake} fake), {c.cells} cells; encoder {enc.model_id} "
@@ -188,10 +204,6 @@ def add_name_parser(sub) -> None:
 
 
 def cmd_name(args: argparse.Namespace) -> int:
-    from .errors import InputError
-    from .storage.bundle import Bundle
-    from .storage.labels import dimension_labels
-
     b = Bundle.open(args.bundle)
     if args.dim is None:
         if args.name is not None or args.clear:
@@ -209,19 +221,11 @@ def cmd_name(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Print the config, or replace this process with the ``streamlit run`` of ``asap_core.serving``."""
-    import os
-    import shlex
-
-    from .serving import config_toml, hosted_start_notes, server_options, streamlit_command
-    from .settings import settings
-
     s = settings()
     if args.print_config:
         print(config_toml(server_options(s)), end="")
         return 0
     if s.hosted:
-        from .hosting import HostedPolicy
-
         policy = HostedPolicy.from_settings(s)  # InputError now, not on the first visit, when the root is unset
         if not policy.list_bundles():
             print(f"warning: no bundles (sub-folders with a bundle.json) under ASAP_BUNDLE_ROOT={policy.bundle_root}; "
@@ -232,8 +236,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(shlex.join(argv), file=sys.stderr, flush=True)
     sys.stdout.flush()
     if os.name == "nt":  # no exec on Windows: run it as a child
-        import subprocess
-
         return subprocess.call(argv)
     os.execv(argv[0], argv)
     return 0  # not reached

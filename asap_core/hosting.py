@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +34,7 @@ from PIL import Image
 
 from .errors import BundleError, ImageLoadError, InputError
 from .inputs.imageio import IMAGE_EXTENSIONS, decode_image, image_size
-from .settings import Settings, settings
+from .settings import MB, Settings, settings
 
 if TYPE_CHECKING:
     from .storage.state_store import Charge, StateStore
@@ -57,7 +57,8 @@ def hosted_mode() -> bool:
 
 @dataclass
 class HostedPolicy:
-    """The limits of a hosted explorer; ``from_settings()`` takes them from ``asap_core.settings``.
+    """The limits of a hosted explorer; ``from_settings()`` takes them all from ``asap_core.settings``, and a
+    limit left out of the constructor is ``settings()``' value.
 
     ``bundle_root``: folder of the bundles visitors may open; ``model_allowlist``: model ids visitors may
     pick; ``max_upload_bytes``; ``relevance_budget``: units of work (images with on-demand maps, uploaded
@@ -66,10 +67,11 @@ class HostedPolicy:
     """
 
     bundle_root: Path
-    model_allowlist: tuple[str, ...] = ()
-    max_upload_bytes: int = 10 * 1024 * 1024
-    relevance_budget: int = 200
-    upload_bytes_per_day: int = 40 * 1024 * 1024
+    # a limit left out is the process's setting: the defaults live in asap_core.settings only
+    model_allowlist: tuple[str, ...] = field(default_factory=lambda: settings().model_allowlist)
+    max_upload_bytes: int = field(default_factory=lambda: settings().max_upload_bytes)
+    relevance_budget: int = field(default_factory=lambda: settings().relevance_budget)
+    upload_bytes_per_day: int = field(default_factory=lambda: settings().upload_bytes_per_day)
     state_url: str | None = None
 
     @classmethod
@@ -167,8 +169,7 @@ class HostedPolicy:
             raise InputError(f"{name}: '{suffix or 'no extension'}' is not an image type accepted here.",
                              f"upload one of: {', '.join(sorted(IMAGE_EXTENSIONS))}.")
         if len(data) > self.max_upload_bytes:
-            mb = 1024 * 1024  # the MB of ASAP_MAX_UPLOAD_MB and of Streamlit's maxUploadSize
-            raise InputError(f"{name}: {len(data) / mb:.1f} MB is over the {self.max_upload_bytes / mb:g} MB limit.",
+            raise InputError(f"{name}: {len(data) / MB:.1f} MB is over the {self.max_upload_bytes / MB:g} MB limit.",
                              "upload a smaller image (resize or recompress it).")
         return image_size(data, name)
 
@@ -189,9 +190,8 @@ class HostedPolicy:
         charges = self.store.charge_all(client, items, BUDGET_WINDOW_S, now)
         work, nbytes = charges
         if not nbytes.allowed:
-            mb = 1024 * 1024
-            raise InputError(f"You have uploaded {nbytes.used_before / mb:.1f} MB of the {nbytes.limit / mb:g} MB "
-                             f"this explorer accepts per visitor and day; these {nbytes.amount / mb:.1f} MB more "
+            raise InputError(f"You have uploaded {nbytes.used_before / MB:.1f} MB of the {nbytes.limit / MB:g} MB "
+                             f"this explorer accepts per visitor and day; these {nbytes.amount / MB:.1f} MB more "
                              "would pass the limit.",
                              f"upload fewer or smaller images, or come back in about {_hours_left(nbytes, now)} h.")
         if not work.allowed:
@@ -427,5 +427,5 @@ def _plain_npy(f: Path) -> bool:
     return not dtype.hasobject
 
 
-__all__ = ["HostedPolicy", "WorkSlots", "check_bundle_files", "client_address", "loopback_notice", "error_id", "hosted_mode", "model_label",
-           "public_text", "visitor_echo", "ImageLoadError"]
+__all__ = ["HostedPolicy", "ImageLoadError", "WorkSlots", "check_bundle_files", "client_address", "error_id",
+           "hosted_mode", "loopback_notice", "model_label", "public_text", "visitor_echo"]

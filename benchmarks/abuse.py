@@ -1,4 +1,5 @@
-"""Abuse benchmark of the hosted explorer (issue 22): replays the attack catalogue against ``serve`` on 127.0.0.1.
+"""Abuse benchmark of the hosted explorer (can one visitor exhaust or break it?): replays the attack
+catalogue against ``serve`` on 127.0.0.1.
 
     HF_HUB_OFFLINE=1 python benchmarks/abuse.py [--attacks NAME,NAME|GROUP] [--out abuse.json] [--keep]
                                                  [--work DIR] [--list]

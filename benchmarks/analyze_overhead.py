@@ -1,4 +1,4 @@
-"""The whole ``analyze`` against the naive embedding alone, in one run (issue 17: at most 1.25x).
+"""The whole ``analyze`` against the naive embedding alone, in one run (the aim: at most 1.25x).
 
 Same JPEG files, same weights (the random ViT-B/32-architecture ``CLIPModel`` of ``embed_speed``), CPU:
 
@@ -71,9 +71,8 @@ def run_analyze(folder: Path, model_dir: Path, scratch: Path, samples: int | Non
     from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
     work = Path(tempfile.mkdtemp(prefix="analyze-overhead-", dir=scratch))
-    opts = AnalyzeOptions(model=str(model_dir), device="cpu", cache_dir=str(work / "cache"))
-    if samples is not None:
-        opts.projection_samples = samples
+    opts = AnalyzeOptions(model=str(model_dir), device="cpu", cache_dir=str(work / "cache"),
+                          projection_samples=samples)
     try:
         return analyze(folder, work / "bundle", opts)
     finally:
@@ -100,7 +99,7 @@ def quality(folder: Path, model_dir: Path, scratch: Path, n_each: int, seeds: in
         for seed in range(seeds):
             for samples in (128, None):
                 opts = AnalyzeOptions(model=str(model_dir), device="cpu", cache_dir=str(work / "cache"),
-                                      projection_samples=samples, seed=seed)
+                                      projection_samples=samples, random_state=seed)
                 report = analyze(sub, work / f"bundle-{seed}-{samples}", opts)
                 t = VisionOnlyProjection.from_pretrained(bundle_model(str(report.bundle))).text_components_
                 text[(samples, seed)] = t.astype(np.float64)

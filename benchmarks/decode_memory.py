@@ -1,4 +1,5 @@
-"""Peak memory of one upload decode per format, just under the hosted pixel budget (issue 22).
+"""Peak memory of one upload decode per format, just under the hosted pixel budget (one upload must not
+take the server's memory).
 
     python benchmarks/decode_memory.py [--side 8000] [--work /tmp/asap-decode-mem]
 
@@ -6,13 +7,14 @@ Writes one image per format at ``side x (side - 1)`` pixels (63.99 Mpx at the de
 64 Mpx ``ASAP_MAX_UPLOAD_PIXELS``; a WebP row at 32 Mpx too, under ``imageio.WEBP_BUDGET_SHARE``): PNG RGBA, PNG 16-bit grey, WebP lossless RGBA, TIFF RGBA, GIF (palette),
 BMP RGB and JPEG RGB, made of colour fields with noise. Each is then decoded in a fresh subprocess, twice:
 
-- ``before``: ``decode_image`` of the commit before issue 22 (``git show HEAD~:asap_core/inputs/imageio.py``
+- ``before``: ``decode_image`` of the commit before the bounded decode (``git show HEAD~:asap_core/inputs/imageio.py``
   when ``--before-rev`` is given, else skipped): a full-size decode and ``to_rgb`` on full-size copies;
 - ``after``: ``analyses.single_image.check_upload`` then ``decode_upload`` with ``ASAP_HOSTED=1``: the header
   check, then the bounded decode reduced to ``imageio.WORKING_SIDE``.
 
 Prints a table: format, file size, decoded size, peak RSS growth (``VmHWM`` after the decode minus the RSS
-before it, the peak reset through ``/proc/self/clear_refs``; MB) and seconds, per variant. The figure issue 22 bounds is the server's growth per upload (< 1 GB).
+before it, the peak reset through ``/proc/self/clear_refs``; MB) and seconds, per variant.
+The figure to bound is the server's growth per upload (< 1 GB).
 """
 from __future__ import annotations
 

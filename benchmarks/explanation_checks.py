@@ -1,5 +1,5 @@
-"""Explanation checks on planted data (issue 23): sign-correct faithfulness on the probability scale, its
-stability over seeds, the fill (baseline) comparison, the sanity check's flags, and the cost.
+"""Explanation checks on planted data (do they say what they measure?): sign-correct faithfulness on the
+probability scale, its stability over seeds, the fill (baseline) comparison, the sanity check's flags, and the cost.
 
     HF_HUB_OFFLINE=1 python benchmarks/explanation_checks.py [--images 24] [--seeds 10] [--quick]
 
@@ -50,9 +50,9 @@ def encoder_and_models(n_train: int = 120):
              [planted_image(rng, int(rng.integers(SIDE * SIDE))) for _ in range(n_train)]
     y = np.array([0] * n_train + [1] * n_train)
     emb = enc.encode_images(images).numpy()
-    det = DistillerTrainer(projection=np.eye(64, dtype=np.float32), seed=0).fit(emb, y)
+    det = DistillerTrainer(projection=np.eye(64, dtype=np.float32), random_state=0).fit(emb, y)
     shuffled = np.random.default_rng(1).permutation(y)
-    ctl = DistillerTrainer(projection=np.eye(64, dtype=np.float32), seed=0).fit(emb, shuffled)
+    ctl = DistillerTrainer(projection=np.eye(64, dtype=np.float32), random_state=0).fit(emb, shuffled)
     return enc, det.model_, ctl.model_, images
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-shot GPU measurement for issue 4, sized for the lent-device budget (one call, < 10 min).
+# One-shot GPU measurement of embedding and relevance speed against the naive pipeline, sized for the
+# lent-device budget (one call, < 10 min).
 # Run from the repository root on the GPU machine: `bash benchmarks/gpu_check.sh`; results go to
 # $OUT (or ./gpu-results): the device, the embed_speed table (naive vs ours, forward-only, compiled,
 # relevance last-block and rollout) and the memory-flat table. Needs torch, transformers, torchvision,

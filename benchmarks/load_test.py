@@ -29,7 +29,7 @@ the expected element is visible. An error is an exception (timeout, wrong count)
 ``st.error`` block on the page; the round is then abandoned and the session goes on with the next one.
 Prints median / 95th percentile / max per step and the errors; exit status 1 when there was any error.
 
-``--flow quiz`` (a class playing one quiz link, issue 25): the script starts a class round of the quiz
+``--flow quiz`` (a class playing one quiz link): the script starts a class round of the quiz
 ``all:<--quiz-images>:42`` in the server's state store (``ASAP_STATE_URL`` set to an SQLite file in the work
 folder), then each session (a student; session i arrives ``i * --ramp`` s after the first: ``--sessions 30
 --ramp 2`` is a class opening the link within a minute) opens the round's link once and plays it to the score:

@@ -1,4 +1,4 @@
-"""Peak memory of ``analyze`` on camera-size photos and on strips/panoramas (issue 15): it must stay flat.
+"""Peak memory of ``analyze`` on camera-size photos and on strips/panoramas: it must stay flat.
 
     python benchmarks/memory_large.py                              # this checkout
     git worktree add /tmp/old <commit>                             # an older checkout, beside this one

@@ -173,7 +173,7 @@ def options(work: Path):
     """The options of the measured run: the random 512-d CLIP, the scratch cache, CPU (fp32), seed 0."""
     from asap_core.pipeline.analyze import AnalyzeOptions
 
-    return AnalyzeOptions(model=str(work / "model"), cache_dir=str(work / "cache"), device="cpu", seed=SEED)
+    return AnalyzeOptions(model=str(work / "model"), cache_dir=str(work / "cache"), device="cpu", random_state=SEED)
 
 
 def setup_one(n: int, scratch: Path, thumb_bytes: int) -> None:

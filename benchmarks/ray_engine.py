@@ -1,4 +1,4 @@
-"""``analyze --engine ray`` against the local engine on one folder (issue 17): equal results, and what Ray costs.
+"""``analyze --engine ray`` against the local engine on one folder: equal results, and what Ray costs.
 
     python benchmarks/ray_engine.py                                  # faces140k_subset, tiny random CLIP
     python benchmarks/ray_engine.py --model vitb32                   # a random CLIP shaped as ViT-B/32

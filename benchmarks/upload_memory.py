@@ -1,4 +1,5 @@
-"""Memory of the hosted explorer's server while visitors upload camera-size photos and strips (issue 15).
+"""Memory of the hosted explorer's server while visitors upload camera-size photos and strips (a few
+visitors must not exhaust it).
 
     python benchmarks/upload_memory.py [--photos 6] [--work /tmp/asap-upload-mem]
 
@@ -9,7 +10,7 @@ analysed (embedding, 17 relevance maps, neighbours) and the page waits for its p
 1 x 20000 PNG, 30000 x 3 PNG, 65500 x 1 JPEG, 16383 x 1 WebP) that once took gigabytes to resize.
 
 Prints the server's resident memory (VmRSS) when idle after the first page, after each upload, and its peak
-(VmHWM), with the peak above idle: the figure that issue 15 bounds at 1.5 GB.
+(VmHWM), with the peak above idle: the figure to keep under 1.5 GB.
 """
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from asap_core.errors import InputError
-from asap_core.settings import ENVIRONMENT, Settings, parse_bool
+from asap_core.settings import markdown_table
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(REPO / "asap_core").rglob("*.py"), *(REPO / "app_pages").rglob("*.py"), REPO / "streamlit_app.py"])
@@ -53,36 +52,13 @@ def test_asap_core_never_imports_streamlit():
     assert not {f for f in _files_matching(r"(?m)^\s*(import|from) streamlit\b") if f.startswith("asap_core/")}
 
 
-def test_readme_lists_every_setting_with_its_default():
+def test_readme_settings_table_is_the_generated_one():
+    """README.md holds exactly ``python -m asap_core.settings --markdown``: the table is derived from the
+    fields of ``Settings``, never edited by hand."""
     readme = (REPO / "README.md").read_text()
-    rows = dict(re.findall(r"(?m)^\| `([A-Z0-9_]+)` \| ([^|]+) \|", readme))
-    assert set(rows) == set(ENVIRONMENT)
-    for name, (default, _) in ENVIRONMENT.items():
-        assert default.strip("`") in rows[name].replace("`", ""), name
-
-
-def test_settings_parse_one_way_and_name_a_bad_value():
-    assert all(parse_bool("X", v) for v in ("1", "true", "Yes", " on "))
-    assert not any(parse_bool("X", v) for v in ("0", "false", "NO", "off"))
-    assert parse_bool("X", "", default=True) and not parse_bool("X", None)
-    with pytest.raises(InputError, match="ASAP_HOSTED"):
-        Settings.from_env({"ASAP_HOSTED": "maybe"})
-    with pytest.raises(InputError, match="ASAP_MAX_UPLOAD_MB"):
-        Settings.from_env({"ASAP_MAX_UPLOAD_MB": "ten"})
-    s = Settings.from_env({"ASAP_MODEL_ALLOWLIST": " a , b,,", "ASAP_MAX_UPLOAD_MB": "2",
-                           "ASAP_MAX_IMAGE_PIXELS": "0", "TRANSFORMERS_OFFLINE": "1", "ASAP_MALLOC_KEEP": ""})
-    assert s.model_allowlist == ("a", "b") and s.max_upload_bytes == 2 * 1024 * 1024
-    assert s.max_image_pixels is None and s.hf_offline and s.malloc_keep
-    assert Settings.from_env({}) == Settings.from_env({"ASAP_HOSTED": ""})
-
-
-def test_settings_are_read_once_until_reloaded(set_env):
-    from asap_core.settings import settings
-
-    set_env(ASAP_RELEVANCE_BUDGET="7")
-    first = settings()
-    import os
-
-    os.environ["ASAP_RELEVANCE_BUDGET"] = "9"  # changed behind its back (monkeypatch restores it): not seen yet
-    assert settings() is first and settings().relevance_budget == 7
-    assert set_env(ASAP_RELEVANCE_BUDGET="9").relevance_budget == 9
+    header = "| variable | default | what it sets |\n"
+    assert readme.count(header) == 1
+    start = readme.index(header)
+    block = readme[start:]
+    end = block.find("\n\n")
+    assert block[: end + 1 if end >= 0 else len(block)] == markdown_table()

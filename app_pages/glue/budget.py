@@ -10,14 +10,16 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from asap_core.errors import AsapError
 from asap_core.hosting import LOOPBACK_CLIENT, HostedPolicy, WorkSlots, client_address, loopback_notice
+from asap_core.serving import upload_limit_mb
 from asap_core.settings import Settings, settings
 
 from .errors import LOG, show_error
+from .keys import K_SESSION_ID
 
-K_SESSION_ID = "_session_id"
 SLOT_TIMEOUT_S = 300.0  # a visitor waits at most this long for a free slot, then is told the explorer is busy
 
 
@@ -33,15 +35,25 @@ def hosted_policy() -> HostedPolicy | None:
     return _policy_for(s) if s.hosted else None
 
 
+def hosted() -> bool:
+    """Whether this server is a public explorer (``ASAP_HOSTED=1``): visitors read, the operator writes."""
+    return settings().hosted
+
+
+def upload_limit() -> int | None:
+    """A file uploader's ``max_upload_size`` (MB): hosted mode's ``ASAP_MAX_UPLOAD_MB`` (the browser then says
+    the limit before sending), None locally (Streamlit's own)."""
+    s = settings()
+    return upload_limit_mb(s) if s.hosted else None
+
+
 def session_id() -> str:
     """This browser session's id (Streamlit's own, else a uuid kept in session state)."""
     ss = st.session_state
     if K_SESSION_ID not in ss:
-        from streamlit.runtime.scriptrunner import get_script_run_ctx
-
         ctx = get_script_run_ctx()
         ss[K_SESSION_ID] = str(getattr(ctx, "session_id", "") or uuid.uuid4().hex)
-    return ss[K_SESSION_ID]
+    return str(ss[K_SESSION_ID])
 
 
 def client_id() -> str:

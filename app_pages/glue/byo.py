@@ -42,7 +42,6 @@ from asap_core.inputs.archive import (
     upload_limits,
     write_plan,
 )
-from asap_core.serving import upload_limit_mb
 from asap_core.settings import settings
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import MODEL_DIR, N_DIMS
@@ -50,7 +49,7 @@ from asap_core.views.single import UPLOAD_TYPES
 
 from . import budget, data, state
 from .errors import show_error, show_warning, visible
-from .keys import K_BUNDLE, K_BYO_JOB, K_LAST_REPORT
+from .keys import K_BUNDLE, K_BYO_JOB, K_LAST_REPORT, W_BYO_BTN, W_BYO_FILES, W_BYO_LABEL
 
 UPLOADS_DIR = "uploads"  # under settings().cache_dir: one folder per browser session, one per upload inside
 BUNDLE_DIR = "my-images"  # the bundle's folder name (what the sidebar shows); the images sit next to it
@@ -282,21 +281,21 @@ def upload_expander(b: Bundle | None) -> None:
     limits = upload_limits(s)
     with st.expander("Bring your own images", icon=":material/upload_file:"):
         files = st.file_uploader("Zip or images", type=["zip", *UPLOAD_TYPES], accept_multiple_files=True,
-                                 key="w_byo_files", help=_limits_caption(limits),
-                                 max_upload_size=upload_limit_mb(s) if s.hosted else None)
+                                 key=W_BYO_FILES, help=_limits_caption(limits),
+                                 max_upload_size=budget.upload_limit())
         files = files or []
         loose = [f for f in files if not is_zip_name(f.name)]
         label = None
         if loose:
             label = LOOSE_LABELS[st.radio("The loose images are", list(LOOSE_LABELS), horizontal=True,
-                                          key="w_byo_label")]
+                                          key=W_BYO_LABEL)]
         if any(is_zip_name(f.name) for f in files):
             st.caption("Labels come from the folders in the zip: real/ and fake/ (a folder under fake/ names the "
                        "generator; 0_real/1_fake and nature/ai work too).")
         if s.hosted:
             st.caption("Your bundle stays with this browser session: a link to it cannot be shared, and it is "
                        "deleted after a day.")
-        if st.button("Analyse my images", key="w_byo_btn", disabled=not files, type="primary"):
+        if st.button("Analyse my images", key=W_BYO_BTN, disabled=not files, type="primary"):
             _start(b, [(f.name, f.getvalue()) for f in files], label, limits)
 
 

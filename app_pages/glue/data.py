@@ -1,38 +1,48 @@
-"""Cached access to bundles and to what the pages show; heavy on-demand work is charged to the visitor here.
+"""Cached access to bundles and to what the pages show (a visitor's on-demand work: ``glue.work``).
 
 Results are cached per bundle version (path + ``bundle.json`` mtime: a rewritten bundle gets fresh
 entries): ``st.cache_resource`` for shared objects (bundles, binned tables), ``st.cache_data`` for frames
 and chart specs. The encoder comes from ``asap_core``'s one cached factory. Every computation is an
-``asap_core`` function; this module only caches, charges (``budget.charge``), waits for a free slot
-(``budget.heavy_work``) and reports progress.
+``asap_core`` function; this module only caches and shows what cannot be read.
 """
 from __future__ import annotations
 
+import io
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
+from asap_core.analyses import attribution as attr
+from asap_core.analyses import naming as nm
+from asap_core.analyses.laundering import laundered_view
+from asap_core.analyses.naming import WordScores
+from asap_core.analyses.patterns import PatternStore, rank_patterns
 from asap_core.errors import AsapError, BundleError
 from asap_core.hosting import error_id, visitor_echo
+from asap_core.inputs.imageio import thumbnail_fits
+from asap_core.method.bundle_models import bundle_distiller
+from asap_core.method.layout import regrid
+from asap_core.method.relevance_store import bundle_maps, missing_maps
 from asap_core.model.hints import hint_for
 from asap_core.storage.bundle import Bundle
-from asap_core.storage.schema import N_DIMS
+from asap_core.storage.schema import N_DIMS, THUMB_MAX_PIXELS
 from asap_core.views import attention as va
 from asap_core.views import dimensions as vd
 from asap_core.views import generators as vgen
 from asap_core.views import grid as vg
 from asap_core.views import overview as ov
-from asap_core.views.text import as_text
+from asap_core.views import patterns as vp
+from asap_core.views import quiz as vq
+from asap_core.views import single as vsi
 
 from . import budget
 from .errors import LOG, hint_place, show_error
 from .keys import K_MODEL_OVERRIDE
-from .widgets import progress_bar
 
 
 # ------------------------------------------------------------------------------------------ bundles
@@ -64,7 +74,7 @@ def load_bundle(path: str, stamp: int) -> Bundle:
 def _index_thumbnails(b: Bundle) -> None:
     """Build ``b``'s thumbnail index; a problem is left for the page that needs a thumbnail to report."""
     try:
-        b.thumb_reader
+        _ = b.thumb_reader
     except Exception:
         pass
 
@@ -97,8 +107,6 @@ def ref(b: Bundle) -> tuple[str, int]:
 @st.cache_resource(max_entries=8)
 def gridded(path: str, stamp: int, grid: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(images, cells) on ``grid`` x ``grid`` cells (the bundle's own tables for its own grid)."""
-    from asap_core.method.layout import regrid
-
     b = load_bundle(path, stamp)
     if grid == b.grid:
         return b.images, b.cells
@@ -107,10 +115,8 @@ def gridded(path: str, stamp: int, grid: int) -> tuple[pd.DataFrame, pd.DataFram
 
 def thumbs(b: Bundle, ids: list[str]) -> list[bytes]:
     """Thumbnail JPEG bytes for ``ids`` (a grey placeholder where one is missing, or is not a thumbnail: not an
-    image, or over ``imageio.THUMB_MAX_PIXELS`` from its header, so no browser or Streamlit decodes a bomb)."""
-    from asap_core.inputs.imageio import thumbnail_fits
-
-    return [j if thumbnail_fits(j) else _grey() for j in b.thumbnails(ids)]
+    image, or over ``schema.THUMB_MAX_PIXELS`` from its header, so no browser or Streamlit decodes a bomb)."""
+    return [j if thumbnail_fits(j, THUMB_MAX_PIXELS) else _grey() for j in b.thumbnails(ids)]
 
 
 @st.cache_resource(max_entries=4)
@@ -134,10 +140,7 @@ def generator_choices(path: str, stamp: int) -> list[str]:
 
 @st.cache_data
 def _grey() -> bytes:
-    import io
-
-    from PIL import Image
-
+    """A grey 64 px JPEG: the placeholder of a missing or oversized thumbnail."""
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 200, 200)).save(buf, format="JPEG")
     return buf.getvalue()
@@ -197,24 +200,21 @@ def encoder_model(b: Bundle) -> str:
     return st.session_state.get(K_MODEL_OVERRIDE, {}).get(str(b.path)) or b.encoder_info.model_id
 
 
-def get_encoder(model_id: str):
+def get_encoder(model_id: str) -> Any:
     """The CLIP encoder of ``model_id`` from ``asap_core``'s cached factory (``ModelLoadError`` if it cannot)."""
+    # torch only when a model is needed: the app opens bundles view-only without it
     from asap_core.model.factory import load_encoder
 
     with st.spinner("Loading CLIP ..."):
         return load_encoder(model_id)
 
 
-def encoder_for(b: Bundle, needed_for: str):
-    """The encoder of ``b`` (or its override), or None after showing why it cannot be loaded and the fix.
+def get_text_encoder(model_id: str) -> Any:
+    """CLIP's text tower of ``model_id`` from the factory (``ModelLoadError`` if it cannot)."""
+    # torch only when a model is needed: the app opens bundles view-only without it
+    from asap_core.model.factory import load_text_encoder
 
-    ``needed_for`` starts the message: "Relevance maps" -> "Relevance maps need the bundle's CLIP: ...".
-    """
-    try:
-        return get_encoder(encoder_model(b))
-    except AsapError as exc:
-        show_error(AsapError(f"{needed_for} need the bundle's CLIP: {exc.message}", hint_for(exc, hint_place())))
-        return None
+    return load_text_encoder(model_id)
 
 
 @st.cache_data(max_entries=8, ttl=600, show_spinner=False)
@@ -233,65 +233,22 @@ def model_status(model_id: str) -> tuple[bool, str, str, str | None]:
 
 
 # ------------------------------------------------------------------------------------------ relevance maps
+def n_missing_maps(b: Bundle, ids: list[str], method: str) -> int:
+    """How many of ``ids`` have no ``method`` map in the bundle's store yet."""
+    return len(missing_maps(b, ids, method))
+
+
 @st.cache_data(max_entries=64, show_spinner=False)
 def stored_maps(path: str, stamp: int, ids: tuple[str, ...], method: str) -> np.ndarray:
     """Cached maps ``[n, 17, side, side]`` float16 of ``ids`` (all must be in the bundle's map store)."""
-    from asap_core.method.relevance_store import bundle_maps
-
     return bundle_maps(load_bundle(path, stamp), list(ids), method)
-
-
-def maps_for(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
-    """Maps of ``ids``: those not cached yet are charged to the visitor and computed (progress bar), then
-    all are read from the store. None, with the error and its fix shown, when that cannot be done."""
-    from asap_core.method.relevance_store import bundle_maps, missing_maps
-
-    missing = missing_maps(b, ids, method)
-    if missing:
-        encoder = charged_encoder(b, "Relevance maps", len(missing))
-        if encoder is None:
-            return None
-        done = run_shown(bundle_maps, b, missing, method, encoder=encoder,
-                         progress_text=f"Computing {method} maps for {len(missing)} images",
-                         read_only_hint="precompute the maps (`analyze --relevance last-block`)")
-        if done is None:
-            return None
-        stored_maps.clear()
-    return stored_maps(*ref(b), tuple(ids), method)
-
-
-def charged_encoder(b: Bundle, needed_for: str, n_images: int, load: Callable[[], Any] | None = None):
-    """The encoder for on-demand work worth ``n_images`` relevance-map images, charged to the visitor; None
-    (the reason shown) when the model cannot load or the visitor's budget is spent. The model (``load()``,
-    default the bundle's CLIP) is loaded first: a visitor is not charged for what cannot run. The app's only
-    call of ``budget.charge``."""
-    encoder = encoder_for(b, needed_for) if load is None else load()
-    if encoder is None or not budget.charge(n_images):
-        return None
-    return encoder
-
-
-def run_shown(fn: Callable, *args, progress_text: str, read_only_hint: str = "", **kwargs) -> Any:
-    """``fn(*args, progress=..., **kwargs)`` under a progress bar; None, with the message and fix shown, when
-    it raises an ``AsapError`` or cannot write into the bundle's cache (read-only folder)."""
-    try:
-        with budget.heavy_work(), progress_bar(f"{progress_text} ...",
-                                               lambda d, t: f"{progress_text}: {d:,}/{t:,}") as progress:
-            return fn(*args, progress=progress, **kwargs)
-    except AsapError as exc:
-        show_error(exc)
-    except OSError as exc:  # e.g. a read-only bundle folder: results cannot be stored in its cache/
-        show_error(AsapError(f"The results cannot be stored in the bundle's cache folder ({exc.strerror or exc}).",
-                             "make the bundle's cache/ writable for the app"
-                             + (f", or {read_only_hint}" if read_only_hint else "") + "."))
-    return None
 
 
 # ------------------------------------------------------------------------------------------ per-view data
 @st.cache_resource(max_entries=8)
 def head_weights(path: str, stamp: int) -> np.ndarray:
     """w2 ``[16]``: the classifier weight of each dimension."""
-    return va.head_weights(load_bundle(path, stamp).distiller)
+    return va.head_weights(bundle_distiller(load_bundle(path, stamp)))
 
 
 def head_weights_or_none(path: str, stamp: int) -> np.ndarray | None:
@@ -323,8 +280,6 @@ def generator_data(path: str, stamp: int) -> tuple[pd.DataFrame, list[str]] | No
     """(``attribution.generator_predictions``, generator names) of a bundle; None without a generator head.
     One row per image: shared by all sessions (read-only), as ``st.cache_data`` would copy it on every call
     (the overview page asks on each rerun)."""
-    from asap_core.analyses import attribution as attr
-
     b = load_bundle(path, stamp)
     if not attr.has_generator_head(b):
         return None
@@ -340,78 +295,19 @@ def confusion(path: str, stamp: int, held_out_only: bool, with_real: bool) -> tu
 @st.cache_data(max_entries=16, show_spinner=False)
 def pattern_ranking(path: str, stamp: int, names: tuple[str, ...], keys: tuple[str, ...], method: str) -> pd.DataFrame:
     """``rank_patterns`` of the named patterns (all impacts cached; ``keys`` = their content keys)."""
-    from asap_core.analyses.patterns import PatternStore, rank_patterns
-    from asap_core.views.patterns import N_RANDOM, SEED
-
     b = load_bundle(path, stamp)
     pats = [p for p in PatternStore(b).list() if p.name in set(names)]
-    return rank_patterns(b, pats, None, N_RANDOM, SEED, method)
+    return rank_patterns(b, pats, None, vp.N_RANDOM, vp.SEED, method)
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def laundered(path: str, stamp: int, image_id: str, q: int, s: float, method: str, model: str) -> dict:
-    """``laundered_view`` of one image (PIL images and maps), computed once per setting."""
-    from asap_core.analyses.laundering import laundered_view
+    """``laundered_view`` of one image (PIL images and maps), computed once per setting (the visitor's charge:
+    ``work.laundered_for``)."""
+    # torch only when a model is needed: the app opens bundles view-only without it
     from asap_core.model.factory import load_encoder
 
     return laundered_view(load_bundle(path, stamp), image_id, q, s, encoder=load_encoder(model), method=method)
-
-
-# ------------------------------------------------------------------------------------------ charged on-demand work
-def laundering_run(b: Bundle, ids: list[str], settings: list, with_maps: bool, method: str) -> pd.DataFrame | None:
-    """``views.robustness.run_settings`` for the page (maps of the laundered images charged to the visitor),
-    under a progress bar; None with the reason shown when it cannot run."""
-    from asap_core.method.relevance_store import missing_maps
-    from asap_core.views import robustness as vr
-
-    n_maps = len(ids) * len(settings) + len(missing_maps(b, ids, method)) if with_maps else 0
-    encoder = encoder_for(b, "Laundering runs")
-    if encoder is None or (n_maps and not budget.charge(n_maps)):
-        return None
-    return run_shown(vr.run_settings, b, ids, settings, encoder, with_maps, method,
-                     progress_text=f"Laundering {len(ids)} images x {len(settings)} settings")
-
-
-def laundered_for(b: Bundle, image_id: str, q: int, s: float, method: str, charged: set) -> dict | None:
-    """One image before / after laundering with maps (``laundered``), charged once per image and setting
-    (``charged`` remembers what this session paid for); None with the reason shown."""
-    from asap_core.method.relevance_store import missing_maps
-
-    key = (str(b.path), image_id, q, s, method)
-    if key not in charged:
-        if not budget.charge(1 + len(missing_maps(b, [image_id], method))):
-            return None
-        charged.add(key)
-    try:
-        with budget.heavy_work(), st.spinner("Computing the laundered image's maps ..."):
-            return laundered(*ref(b), image_id, q, s, method, encoder_model(b))
-    except AsapError as exc:
-        show_error(exc)
-        return None
-
-
-def upload_result(b: Bundle, name: str, data: bytes, k: int, method: str, charged: set):
-    """``analyses.single_image.analyse_upload`` of one upload, its maps charged once per upload, method and
-    model (``charged`` remembers what this session paid for); None with the reason shown."""
-    from asap_core.analyses.single_image import analyse_upload
-    from asap_core.inputs.imageio import sha1_hex
-
-    model = encoder_model(b)
-    key = (str(b.path), sha1_hex(data), method, model)
-    encoder = encoder_for(b, "Uploads")
-    if encoder is None:
-        return None
-    if key not in charged:
-        if not budget.charge(1):
-            return None
-        charged.add(key)
-    try:
-        with budget.heavy_work(), st.spinner(f"Embedding {as_text(name)} and computing its {method} maps ..."):
-            return analyse_upload(b, name, data, encoder=encoder, k_neighbours=int(k), method=method,
-                                  policy=budget.hosted_policy())
-    except AsapError as exc:
-        show_error(exc)
-        return None
 
 
 # ------------------------------------------------------------------------------------------ naming dimensions
@@ -430,44 +326,40 @@ def text_tower_problem(model_id: str) -> str | None:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _word_scores(path: str, stamp: int, words: tuple[str, ...], model_id: str):
-    from asap_core.analyses.naming import word_scores
-    from asap_core.model.factory import load_text_encoder
+def word_scores(path: str, stamp: int, words: tuple[str, ...], model_id: str) -> WordScores:
+    """``analyses.naming.word_scores`` of ``words`` with the text tower of ``model_id`` (cached per vocabulary;
+    the visitor's charge: ``work.word_scores_for``)."""
+    return nm.word_scores(load_bundle(path, stamp), words, get_text_encoder(model_id))
 
-    return word_scores(load_bundle(path, stamp), words, load_text_encoder(model_id))
+
+def vocabulary_text() -> str:
+    """The starting vocabulary, one word or phrase per line (``analyses.naming``)."""
+    return nm.vocabulary_text()
 
 
-def word_scores_for(b: Bundle, words: list[str]):
-    """``analyses.naming.word_scores`` of ``words`` with the bundle's CLIP (or its override), computed once per
-    vocabulary and waiting for a free slot; None with the reason shown when it cannot be done."""
-    from asap_core.analyses.naming import words_cached, words_charge
-    from asap_core.model.factory import load_text_encoder
-
+def vocabulary_words(text: str) -> list[str] | None:
+    """The words of an edited vocabulary; None, with what is wrong shown, when it cannot be used."""
     try:
-        with budget.heavy_work(), st.spinner(f"Ranking {len(words)} words ..."):
-            text = load_text_encoder(encoder_model(b))
-            if not words_cached(b, words, text) and \
-                    charged_encoder(b, "Ranking words", words_charge(len(words)), load=lambda: text) is None:
-                return None
-            return _word_scores(*ref(b), tuple(words), encoder_model(b))
+        return nm.parse_vocabulary(text)
     except AsapError as exc:
         show_error(exc)
-    return None
+        return None
+
+
+def dimension_crops(b: Bundle, ids: list[str], maps: np.ndarray, dim: int) -> list:
+    """``analyses.naming.dimension_crops`` of ``ids``' thumbnails along their ``dim`` maps (``maps [n, 17, s, s]``)."""
+    return nm.dimension_crops([va.decode_thumb(j) for j in b.thumbnails(ids)], maps, dim)
 
 
 # ------------------------------------------------------------------------------------------ quiz
 @st.cache_data(max_entries=64, show_spinner=False)
 def quiz_picture(path: str, stamp: int, image_id: str, side: int):
     """``views.quiz.picture`` of one image (the analysed file, longest side ``side`` px), decoded once."""
-    from asap_core.views.quiz import picture
-
-    return picture(load_bundle(path, stamp), image_id, side)
+    return vq.picture(load_bundle(path, stamp), image_id, side)
 
 
 # ------------------------------------------------------------------------------------------ single image
 @st.cache_data(max_entries=8, show_spinner=False)
 def nearest_distance_limit(path: str, stamp: int) -> float:
     """``views.single.nearest_distance_limit`` of the bundle's z: how far its own images lie from each other."""
-    from asap_core.views.single import nearest_distance_limit as limit
-
-    return limit(load_bundle(path, stamp).z)
+    return vsi.nearest_distance_limit(load_bundle(path, stamp).z)

@@ -2,8 +2,12 @@
 
 Messages and fixes are shown as text (``views.text.as_text``: names in them never render as Markdown). In
 hosted mode (``ASAP_HOSTED=1``) every message is passed through ``hosting.public_text`` first (server
-paths cut to names) and ``model.hints.hosted_words`` (no operator settings, no exception names), and an unexpected exception becomes a plain sentence with an error id; the server log
-holds the traceback under that id. Locally, unexpected exceptions are raised as usual (Streamlit shows them).
+paths cut to names) and ``model.hints.hosted_words`` (no operator settings, no exception names), and an
+unexpected exception becomes a plain sentence with an error id; the server log holds the traceback under that
+id. Locally, unexpected exceptions are raised as usual (Streamlit shows them).
+
+``AsapError`` is the library's error as the pages catch it (a page imports it from here, not from
+``asap_core.errors``).
 """
 from __future__ import annotations
 

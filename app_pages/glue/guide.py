@@ -6,7 +6,7 @@ import streamlit as st
 
 from asap_core.storage.schema import DECISION_THRESHOLD, N_DIMS
 
-from .keys import K_GUIDE_SEEN
+from .keys import K_GUIDE_SEEN, W_GUIDE_BTN, W_GUIDE_OK
 
 GUIDE_TITLE = "How to read this"
 GUIDE_POINTS: tuple[tuple[str, str], ...] = (
@@ -45,7 +45,7 @@ def guide_text() -> str:
 def guide_dialog() -> None:
     """The guide in a dialog; "Got it" (or the corner x) closes it."""
     st.markdown(guide_text())
-    if st.button("Got it", key="w_guide_ok", type="primary"):
+    if st.button("Got it", key=W_GUIDE_OK, type="primary"):
         st.rerun()
 
 
@@ -60,7 +60,7 @@ def first_visit() -> bool:
 
 def guide_button() -> None:
     """The sidebar's "How to read this" button: reopens the guide (and counts as its first visit)."""
-    if st.button(GUIDE_TITLE, key="w_guide_btn", icon=":material/help:"):
+    if st.button(GUIDE_TITLE, key=W_GUIDE_BTN, icon=":material/help:"):
         st.session_state[K_GUIDE_SEEN] = True  # first_visit, later in this run, must not open a second dialog
         guide_dialog()
 

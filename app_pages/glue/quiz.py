@@ -19,25 +19,28 @@ import streamlit as st
 
 from asap_core.errors import AsapError
 from asap_core.storage.bundle import Bundle
+from asap_core.storage.class_rounds import ROUND_HOURS as ROUND_HOURS  # the quiz page says how long a round lasts
 from asap_core.storage.class_rounds import ClassRounds, Round, clean_code, new_player
 from asap_core.storage.state_store import StateStore
 from asap_core.views import quiz as vq
 from asap_core.views import state as vs
 from asap_core.views.trust import trust_notices
 
-from . import budget, data, state
+from . import budget, state, work
 from .errors import show_error
-from .keys import K_BUNDLE, K_PLAYER, K_ROUND, K_STUDENT
+from .keys import K_BUNDLE, K_PLAYER, K_ROUND, K_STUDENT, QUIZ_AI, QUIZ_NEXT, QUIZ_REAL, css_class
 
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
+_BIG_BUTTONS = ", ".join(f"{css_class(k)} button" for k in (QUIZ_REAL, QUIZ_AI, QUIZ_NEXT))
 #: the student's view: no toolbar, header or sidebar; the page starts at the top; big answer buttons
-STUDENT_CSS = """<style>
+STUDENT_CSS = f"""<style>
 [data-testid="stToolbar"], [data-testid="stHeader"], [data-testid="stSidebar"],
 [data-testid="stSidebarCollapsedControl"], [data-testid="stAppDeployButton"], [data-testid="stMainMenu"],
-[data-testid="stDecoration"] {display: none !important;}
-[data-testid="stMainBlockContainer"], .block-container {padding-top: 1rem !important; padding-bottom: 1rem !important;}
-.st-key-quiz_real button, .st-key-quiz_ai button, .st-key-quiz_next button {min-height: 3.25rem; font-size: 1.2rem;}
+[data-testid="stDecoration"] {{display: none !important;}}
+[data-testid="stMainBlockContainer"], .block-container {{padding-top: 1rem !important;
+  padding-bottom: 1rem !important;}}
+{_BIG_BUTTONS} {{min-height: 3.25rem; font-size: 1.2rem;}}
 </style>"""
 
 
@@ -91,10 +94,10 @@ def _lock(key: tuple[str, str]) -> threading.Lock:
 
 
 def quiz_maps(b: Bundle, ids: list[str], method: str) -> np.ndarray | None:
-    """``data.maps_for`` with one computation per bundle and method at a time in this process: a class opening
+    """``work.maps_for`` with one computation per bundle and method at a time in this process: a class opening
     one quiz computes (and is charged for) each map once; the others read it from the bundle's store."""
     with _lock((str(b.path), method)):
-        return data.maps_for(b, ids, method)
+        return work.maps_for(b, ids, method)
 
 
 def rounds() -> ClassRounds | None:

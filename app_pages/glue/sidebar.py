@@ -16,8 +16,25 @@ from asap_core.views.text import as_code, as_text
 from asap_core.views.trust import metric_label
 
 from . import budget, byo, data, guide, state
-from .errors import hint_place, show_error, show_unexpected, show_warning, visible
-from .keys import K_BUNDLE, K_ERROR, K_LAST_REPORT, K_MODEL_OVERRIDE, K_WANT_DEMO
+from .errors import show_error, show_unexpected, show_warning, visible
+from .keys import (
+    K_BUNDLE,
+    K_ERROR,
+    K_GRID,
+    K_LAST_REPORT,
+    K_MODEL_OVERRIDE,
+    K_WANT_DEMO,
+    W_AN_BTN,
+    W_AN_DIR,
+    W_AN_MODEL,
+    W_AN_OUT,
+    W_AN_REL,
+    W_GRID,
+    W_MODEL_BTN,
+    W_MODEL_OVERRIDE,
+    W_OPEN_BTN,
+    W_OPEN_PATH,
+)
 from .notices import show_notices
 from .widgets import progress_bar
 
@@ -87,8 +104,8 @@ def sidebar(b: Bundle | None) -> None:
             _hosted_bundle_picker()
             return
         with st.expander("Open another bundle", expanded=b is None):
-            path = st.text_input("Bundle folder", key="w_open_path", placeholder="/path/to/bundle")
-            if st.button("Open", key="w_open_btn") and path and state.open_bundle(path):
+            path = st.text_input("Bundle folder", key=W_OPEN_PATH, placeholder="/path/to/bundle")
+            if st.button("Open", key=W_OPEN_BTN) and path and state.open_bundle(path):
                 st.rerun()
         with st.expander("Analyse an image folder"):
             _analyse_form(b)
@@ -116,8 +133,8 @@ def _bundle_summary(b: Bundle) -> None:
     if not settings().hosted:  # a public explorer does not show server paths
         st.caption(as_text(b.path))
     counts = b.counts
-    from .keys import K_GRID  # the overview's slider first: the sidebar is drawn before the page applies it
-    grid = int(st.session_state.get("w_grid") or st.session_state.get(K_GRID) or b.grid)
+    # the overview's slider first: the sidebar is drawn before the page applies it
+    grid = int(st.session_state.get(W_GRID) or st.session_state.get(K_GRID) or b.grid)
     n_cells = len(b.cells) if grid == b.grid else len(data.gridded(*data.ref(b), grid)[1])
     st.caption(f"{len(b.images):,} images · {n_cells:,} cells ({grid}×{grid} grid) · {counts.real:,} real / "
                f"{counts.fake:,} fake")
@@ -145,13 +162,13 @@ def _model_override_input(b: Bundle) -> None:
     """Another copy of the bundle's model: a path box, or in hosted mode a pick from the allow-list."""
     policy = budget.hosted_policy()
     if policy is None:
-        local = st.text_input("Local copy of this model", key="w_model_override", placeholder="/path/to/clip-folder")
+        local = st.text_input("Local copy of this model", key=W_MODEL_OVERRIDE, placeholder="/path/to/clip-folder")
     elif policy.model_allowlist:
-        local = st.selectbox("Model offered here", policy.model_allowlist, key="w_model_override")
+        local = st.selectbox("Model offered here", policy.model_allowlist, key=W_MODEL_OVERRIDE)
     else:
         st.caption("No other model is offered on this explorer.")
         return
-    if st.button("Use this model", key="w_model_btn") and local and set_model_override(b, local):
+    if st.button("Use this model", key=W_MODEL_BTN) and local and set_model_override(b, local):
         st.rerun()
 
 
@@ -171,8 +188,8 @@ def set_model_override(b: Bundle, model: str) -> bool:
         return False
     want = b.encoder_info.cache_key
     if key != want:
-        show_warning(f"{model_label(model)} is not the checkpoint this bundle was made with (cache key {key}, bundle {want}); "
-                     "its maps would not match the bundle's dimensions.")
+        show_warning(f"{model_label(model)} is not the checkpoint this bundle was made with (cache key {key}, "
+                     f"bundle {want}); its maps would not match the bundle's dimensions.")
         return False
     st.session_state.setdefault(K_MODEL_OVERRIDE, {})[str(b.path)] = model
     return True
@@ -213,16 +230,16 @@ def _analyse_form(b: Bundle | None = None) -> None:
     at the open bundle's, as "Bring your own images" uses it: offline both routes analyse with the same model."""
     from asap_core.model.encoder import resolve_model_id
 
-    data_dir = st.text_input("Image folder", key="w_an_dir", placeholder="/path/to/images (real/, fake/ ...)")
-    out = st.text_input("Write bundle to", key="w_an_out",
+    data_dir = st.text_input("Image folder", key=W_AN_DIR, placeholder="/path/to/images (real/, fake/ ...)")
+    out = st.text_input("Write bundle to", key=W_AN_OUT,
                         placeholder=f"{data_dir.rstrip('/')}-bundle" if data_dir else "/path/to/new-bundle")
-    model = st.text_input("Model (HF id or local folder)", key="w_an_model",
+    model = st.text_input("Model (HF id or local folder)", key=W_AN_MODEL,
                           value=data.encoder_model(b) if b is not None else resolve_model_id())
-    relevance = st.selectbox("Precompute relevance", [NO_RELEVANCE, *RELEVANCE_METHODS], key="w_an_rel")
+    relevance = st.selectbox("Precompute relevance", [NO_RELEVANCE, *RELEVANCE_METHODS], key=W_AN_REL)
     ok, msg, hint, _ = data.model_status(model) if model else (False, "no model given", "", None)
     if not ok:  # said once, here (the button waits for a usable model), with the other route named
         show_warning(msg, (f"{hint.rstrip('.')}; " if hint else "") + ZIP_ROUTE)
-    if st.button("Analyse", key="w_an_btn", disabled=not ok):
+    if st.button("Analyse", key=W_AN_BTN, disabled=not ok):
         if not data_dir:
             st.warning("Name the image folder first.")
         else:
@@ -248,6 +265,7 @@ def run_analysis(data_dir: str, out: str, model: str, relevance: str) -> None:
             show_error(exc)
             return
     if state.open_bundle(str(report.bundle)):
-        st.session_state[K_LAST_REPORT] = (report.summary(hint_place())
+        # the bundle's notices show at the top of every page (show_notices), worded for the app
+        st.session_state[K_LAST_REPORT] = (report.summary()
                                            + f"\nIn the app: {time.perf_counter() - t0:.1f} s")
         st.rerun()

@@ -37,6 +37,7 @@ from .keys import (
     K_PENDING_PAGE,
     K_QUIZ,
     K_WANT_DEMO,
+    chart_signature,
 )
 
 
@@ -168,7 +169,7 @@ def write_link(page: str | None) -> None:
 
 def consume_event(chart_key: str, event: Any, current: list, convert) -> list:
     """Apply a chart event to a selection (see ``views.state.reconcile``); remembers what was handled."""
-    sig_key = f"_sig_{chart_key}"
+    sig_key = chart_signature(chart_key)
     new, sig = vs.reconcile(event, st.session_state.get(sig_key), current, convert)
     st.session_state[sig_key] = sig
     return new
@@ -178,5 +179,5 @@ def fresh_chart(chart_key: str) -> bool:
     """True when the chart ``chart_key`` has no event state yet (first draw on this page visit)."""
     fresh = chart_key not in st.session_state
     if fresh:
-        st.session_state.pop(f"_sig_{chart_key}", None)
+        st.session_state.pop(chart_signature(chart_key), None)
     return fresh

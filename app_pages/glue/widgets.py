@@ -1,4 +1,5 @@
-"""Small widget groups more than one page uses: a progress bar for long work, the "save as pattern" form."""
+"""Small widget groups more than one page uses: a progress bar for long work, the "save as pattern" forms,
+"go on / clear" under a selection."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
@@ -6,11 +7,16 @@ from contextlib import contextmanager
 
 import streamlit as st
 
+from asap_core.analyses.concepts import ConceptResult
+from asap_core.analyses.patterns import Pattern, PatternStore, pattern_from_concept, pattern_from_selection
 from asap_core.errors import AsapError
+from asap_core.storage.bundle import Bundle
+from asap_core.views.patterns import unique_name
 from asap_core.views.text import as_text
 
+from .budget import hosted
 from .errors import show_error
-from .keys import PAGE_FILES
+from .keys import PAGE_FILES, PAT_CON, PAT_SEL, form_key
 
 
 @contextmanager
@@ -18,29 +24,31 @@ def progress_bar(start: str, step: Callable[[int, int], str]) -> Iterator[Callab
     """A ``st.progress`` bar shown for the block; yields ``progress(done, total)``, whose text is
     ``step(done, total)``. The bar is removed when the block ends (also on an error)."""
     bar = st.progress(0.0, text=start)
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(min(done / max(total, 1), 1.0), text=step(done, total))
+
     try:
-        yield lambda d, t: bar.progress(min(d / max(t, 1), 1.0), text=step(d, t))
+        yield progress
     finally:
         bar.empty()
 
 
-def save_pattern_form(b, make: Callable, key: str, base_name: str, label: str = "Save as pattern",
-                      choices: list | None = None, format_choice: Callable = str, read_only: bool = False) -> None:
+def save_pattern_form(b: Bundle, make: Callable[..., Pattern], key: str, base_name: str, label: str = "Save as pattern",
+                      choices: list | None = None, format_choice: Callable = str) -> None:
     """An expander with name + note (+ a pick among ``choices``) that saves ``make(name, note[, choice])``
     (a ``Pattern``) in the bundle's ``PatternStore``; errors (name taken, read-only bundle) with their fix.
-    ``read_only`` (a hosted explorer: every visitor sees the served bundle) shows a note instead."""
-    from asap_core.analyses.patterns import PatternStore
-    from asap_core.views.patterns import unique_name
-
-    if read_only:
+    On a hosted explorer (every visitor sees the served bundle) a note instead."""
+    if hosted():
         st.caption("Saving patterns is off on this hosted explorer; run ASAP Explorer locally to save your own.")
         return
     store = PatternStore(b)
     with st.expander(label, icon=":material/bookmark_add:"):
-        choice = st.selectbox("Which", choices, format_func=format_choice, key=f"{key}_choice") if choices else None
-        name = st.text_input("Pattern name", value=unique_name(base_name, store.names()), key=f"{key}_name")
-        note = st.text_input("Note", key=f"{key}_note", placeholder="what the regions show")
-        if st.button("Save pattern", key=f"{key}_save", icon=":material/bookmark_add:"):
+        choice = st.selectbox("Which", choices, format_func=format_choice, key=form_key(key, "choice")) \
+            if choices else None
+        name = st.text_input("Pattern name", value=unique_name(base_name, store.names()), key=form_key(key, "name"))
+        note = st.text_input("Note", key=form_key(key, "note"), placeholder="what the regions show")
+        if st.button("Save pattern", key=form_key(key, "save"), icon=":material/bookmark_add:"):
             try:
                 store.add(make(name, note) if choices is None else make(name, note, choice))
             except AsapError as exc:
@@ -48,6 +56,19 @@ def save_pattern_form(b, make: Callable, key: str, base_name: str, label: str = 
                 return
             st.success(f"Saved pattern '{as_text(name.strip())}'.")
             st.page_link(PAGE_FILES["patterns"], label="Open the pattern view", icon=":material/bookmarks:")
+
+
+def save_selection_form(b: Bundle, picked: list[str], base_name: str) -> None:
+    """"Save the picked images as pattern" (``analyses.patterns.pattern_from_selection``)."""
+    save_pattern_form(b, lambda name, note: pattern_from_selection(name, picked, note), key=PAT_SEL,
+                      base_name=base_name, label="Save the picked images as pattern")
+
+
+def save_concept_form(b: Bundle, result: ConceptResult, concepts: list[int], base_name: str) -> None:
+    """"Save a concept as pattern": one of ``concepts`` of ``result`` (``analyses.patterns.pattern_from_concept``)."""
+    save_pattern_form(b, lambda name, note, c: pattern_from_concept(result, c, name, note), key=PAT_CON,
+                      base_name=base_name, label="Save a concept as pattern", choices=concepts,
+                      format_choice=lambda c: f"Concept {c + 1}")
 
 
 def next_or_clear(next_label: str, next_page: str, icon: str, selection_key: str, chart_key: str,

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..method.bundle_models import bundle_distiller
 
 REAL = "real"
 VAL_TOLERANCE = 1e-6
@@ -25,7 +26,7 @@ def _labelled_fakes(images: pd.DataFrame) -> np.ndarray:
 
 def has_generator_head(bundle) -> bool:
     """True when the bundle's distiller has a generator head over >= 2 generators."""
-    d = bundle.distiller
+    d = bundle_distiller(bundle)
     return d.generator_head is not None and len(d.config.generator_names) >= 2
 
 
@@ -37,7 +38,7 @@ def _require_head(bundle) -> None:
 
 def generator_names(bundle) -> list[str]:
     """The generator names of the head, in the order of its outputs (``[]`` without a head)."""
-    return list(bundle.distiller.config.generator_names) if has_generator_head(bundle) else []
+    return list(bundle_distiller(bundle).config.generator_names) if has_generator_head(bundle) else []
 
 
 def validation_mask(bundle) -> np.ndarray | None:
@@ -47,17 +48,18 @@ def validation_mask(bundle) -> np.ndarray | None:
     those rows must equal the stored ``generator_val_accuracy``. None when the split cannot be recovered
     (a distiller trained elsewhere, no stored metric, or a mismatch).
     """
+    # torch (through method.training) only when called: bundles and their stored results open without it
     from ..method.training import DistillerTrainer, split_indices
 
-    opts = bundle.meta.get("options") or {}
+    opts = bundle.options
     stored = (bundle.metrics or {}).get("generator_val_accuracy")
-    if opts.get("distiller") or stored is None or not has_generator_head(bundle):
+    if opts.distiller or stored is None or not has_generator_head(bundle):
         return None
     im = bundle.images
     idx = np.flatnonzero(im["label"].notna().to_numpy())
     y = (im["label"].iloc[idx] == "fake").to_numpy().astype(np.int64)
     split = im["split"].iloc[idx].to_numpy(dtype=object) if "split" in im else None
-    _, va = split_indices(y, split, DistillerTrainer().val_fraction, int(opts.get("seed", 0)))
+    _, va = split_indices(y, split, DistillerTrainer().val_fraction, opts.random_state)
     mask = np.zeros(len(im), dtype=bool)
     mask[idx[va]] = True
     proba, names = _probabilities(bundle)
@@ -73,7 +75,7 @@ def _probabilities(bundle) -> tuple[np.ndarray, list[str]]:
     import torch
 
     _require_head(bundle)
-    d = bundle.distiller
+    d = bundle_distiller(bundle)
     with torch.no_grad():
         proba = torch.softmax(d.generator_logits(torch.tensor(bundle.z)), dim=1).double().numpy()
     return proba, list(d.config.generator_names)

@@ -1,4 +1,4 @@
-"""Concepts of a set of images (DESIGN §3 "Concepts (per cell)", FaXplainer's visual concept extraction).
+"""Concepts of a set of images (docs/design.md §3.10, FaXplainer's visual concept extraction).
 
 For every image, its fake-logit relevance map is thresholded at three levels (top 10 %, 25 %, 50 % of the
 patches: small, medium, large regions); everything else is painted in the CLIP mean colour, the masked
@@ -22,6 +22,8 @@ import pandas as pd
 from PIL import Image
 
 from ..errors import AsapError, InputError
+from ..method.bundle_models import bundle_distiller, bundle_model_key, bundle_models
+from ..method.relevance_store import bundle_maps
 from ..model.preprocess import CLIP_MEAN, ClipPreprocessor
 from ..storage.cache import cached_call, hash_key
 from ..storage.schema import FAKE_LOGIT, Z_COLUMNS
@@ -205,6 +207,7 @@ def _preprocessor_for(bundle, encoder=None) -> ClipPreprocessor:
         return encoder.preprocessor
     info = bundle.encoder_info
     try:
+        # torch only here: the other analyses of this module (and bundles) open without it
         from ..model.encoder import inspect_checkpoint
 
         return inspect_checkpoint(info.model_id).preprocessor
@@ -226,8 +229,6 @@ def segment_embeddings(bundle, image_ids: list[str], method: str, fractions: tup
 
     Segment ``i * F + j`` is image ``i`` kept at ``fractions[j]`` of its fake-logit map. Not cached here.
     """
-    from ..method.relevance_store import bundle_maps
-
     maps = np.asarray(bundle_maps(bundle, image_ids, method, encoder=encoder), np.float32)[:, FAKE_LOGIT]
     pre = encoder.preprocessor
     fill = mean_fill(pre.mean)
@@ -254,7 +255,7 @@ def concept_cache_key(bundle, image_ids: Sequence[str], method: str, fractions: 
                       encoder=None) -> str:
     """Cache key of the masked embeddings of one subset (ids, method, fractions, encoder, distiller)."""
     return hash_key(CACHE_VERSION, list(image_ids), method, tuple(float(f) for f in fractions),
-                    bundle.model_key(encoder))
+                    bundle_model_key(bundle, encoder))
 
 
 def compute_concepts(bundle, image_ids: list[str], k: int = 3, method: str = "last-block",
@@ -275,7 +276,7 @@ def compute_concepts(bundle, image_ids: list[str], k: int = 3, method: str = "la
     fr = _check_fractions(fractions)
 
     def compute():
-        enc = encoder or bundle.encoder()
+        enc, _ = bundle_models(bundle, encoder)
         return segment_embeddings(bundle, ids, method, fr, enc, batch_size, progress)
 
     def save(value, d: Path) -> None:
@@ -288,7 +289,7 @@ def compute_concepts(bundle, image_ids: list[str], k: int = 3, method: str = "la
 
     key = concept_cache_key(bundle, ids, method, fr, encoder)
     embeds, masks = cached_call(bundle.cache_dir, CACHE_NAMESPACE, key, compute, save, load)  # read-only: not stored
-    z, seg_p = bundle.distiller.predict(embeds)
+    z, seg_p = bundle_distiller(bundle).predict(embeds)
 
     labels, centers, k_eff = cluster_segments(z, k, random_state)
     src = table.loc[ids]

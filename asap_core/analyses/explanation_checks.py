@@ -1,4 +1,4 @@
-"""Explanations you can check (issue 18): faithfulness curves and the parameter-randomisation sanity check
+"""Explanations you can check (docs/design.md §7): faithfulness curves and the parameter-randomisation sanity check
 of a bundle's relevance maps, per target (16 dimensions + the fake logit), cached like the maps.
 
 What the figures test: whether the maps are faithful to **this model** (removing patches in a map's order
@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..inputs.imageio import decode_image, read_checked
+from ..method.bundle_models import bundle_distiller, bundle_models
 from ..method.faithfulness import (
     CURVES,
     DEFAULT_BASELINE,
@@ -45,6 +47,7 @@ from ..method.faithfulness import (
     per_image_table,
     summarise,
 )
+from ..method.relevance_store import bundle_maps, compute_missing_maps, map_store
 from ..method.sanity import (
     DEFAULT_SEEDS,
     MAX_STEPS,
@@ -57,6 +60,7 @@ from ..method.sanity import (
 )
 from ..storage import schema as S
 from ..storage.cache import RowStore
+from .checks_digest import SUMMARY_FILE, checks_line, read_summary, write_summary
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -86,8 +90,6 @@ class CheckSource:
     @classmethod
     def from_bundle(cls, bundle, method: str, encoder=None) -> CheckSource:
         """The source of an open ``Bundle`` (its encoder, or ``encoder``, loaded on a cache miss only)."""
-        from ..method.relevance_store import bundle_maps
-
         enc_info = bundle.encoder_info
         is_random = enc_info.source == "random" or (enc_info.source == "unknown"
                                                     and S.is_random_clip(enc_info.model_id))
@@ -96,7 +98,8 @@ class CheckSource:
             return enc.preprocess([bundle.decode(i, "its explanation checks") for i in ids])
 
         return cls(bundle.cache_dir, enc_info.cache_key if encoder is None else encoder.cache_key,
-                   enc_info.patch_side, bundle.distiller, is_random, lambda: encoder or bundle.encoder(), pixels,
+                   enc_info.patch_side, bundle_distiller(bundle), is_random,
+                   lambda: bundle_models(bundle, encoder)[0], pixels,
                    lambda enc, ids: np.asarray(bundle_maps(bundle, ids, method, encoder=enc), np.float32))
 
     @classmethod
@@ -105,9 +108,6 @@ class CheckSource:
         """The source of a running ``analyze``: ``info`` (the checkpoint's ``CheckpointInfo``), its encoder
         loader, distiller and images (``image_id``, ``path``); the maps come from, or go into, the run's map
         store (``relevance_store.map_store``)."""
-        from ..inputs.imageio import decode_image, read_checked
-        from ..method.relevance_store import compute_missing_maps, map_store
-
         store = map_store(cache_dir, info.cache_key, distiller.fingerprint, method, info.patch_side)
         paths = dict(zip(images["image_id"], images["path"]))
 
@@ -407,12 +407,12 @@ def run_checks(src: CheckSource, ids: list[str], method: str,
 # ----------------------------------------------------------------------------- the analyze-time sample
 
 
-def check_sample(images: pd.DataFrame, n: int, seed: int = 0) -> list[str]:
+def check_sample(images: pd.DataFrame, n: int, random_state: int = 0) -> list[str]:
     """A seeded sample of ``n`` labelled images (``image_id``, ``label``): half fake (rounded down), half real,
     the other class filling in where one has too few; independent of the table's row order."""
     if int(n) < 0:
         raise InputError(f"--faithfulness {n}: the sample size cannot be negative.", "use 0 (off) or e.g. 16.")
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(int(random_state))
     pools = {}
     for label in S.LABELS:
         ids = np.sort(images.loc[images["label"] == label, "image_id"].astype(str).to_numpy())
@@ -423,16 +423,16 @@ def check_sample(images: pd.DataFrame, n: int, seed: int = 0) -> list[str]:
     return pools["fake"][:want["fake"]] + pools["real"][:want["real"]]
 
 
-def checks_method(options: dict) -> str:
+def checks_method(options: S.AnalysisOptions) -> str:
     """The relevance method ``analyze --faithfulness`` checks: the run's ``--relevance``, else the default."""
-    method = options.get("relevance", S.NO_RELEVANCE)
+    method = options.relevance
     return method if method in S.RELEVANCE_METHODS else S.DEFAULT_METHOD
 
 
 def analysis_sample(bundle) -> list[str]:
     """The images ``analyze --faithfulness N`` checked (empty when it was off)."""
-    n = int(bundle.options.get("faithfulness") or 0)
-    return check_sample(bundle.images, n, int(bundle.options.get("seed", 0))) if n > 0 else []
+    n = bundle.options.faithfulness
+    return check_sample(bundle.images, n, bundle.options.random_state) if n > 0 else []
 
 
 def analysis_checks(bundle) -> tuple[FaithfulnessReport, SanityReport] | None:
@@ -469,35 +469,8 @@ def summary_json(faith: FaithfulnessReport, sanity: SanityReport) -> dict:
                         for _, r in rows.iterrows()]}
 
 
-SUMMARY_FILE = "explanation-checks.json"  # in a bundle's cache/: the digest analyze --faithfulness wrote
-
-
-def write_summary(cache_dir: str | Path, summary: dict) -> Path:
-    """Write ``summary`` (``summary_json``) as ``cache_dir/SUMMARY_FILE`` (temporary name + rename)."""
-    import json
-    import os
-
-    path = Path(cache_dir) / SUMMARY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
-    return path
-
-
-def read_summary(bundle) -> dict | None:
-    """The digest ``analyze --faithfulness`` stored in the bundle (``summary_json``), or None."""
-    import json
-
-    path = Path(bundle.cache_dir) / SUMMARY_FILE
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 __all__ = ["CHECKS_VERSION", "CheckSource", "FaithfulnessReport", "SanityReport", "analysis_checks", "analysis_sample",
-           "check_sample", "check_targets", "checks_method", "checks_missing", "faithfulness_from_rows",
+           "check_sample", "check_targets", "checks_line", "checks_method", "checks_missing", "faithfulness_from_rows",
            "faithfulness_report", "faithfulness_key", "faithfulness_store", "fill_faithfulness", "fill_sanity",
            "image_seed", "occlusion_store",
            "read_summary", "run_checks", "target_store",

@@ -18,6 +18,9 @@ from PIL import Image
 
 from ..errors import InputError
 from ..inputs.imageio import to_rgb
+from ..method.bundle_models import bundle_distiller, bundle_model_key, bundle_models
+from ..method.relevance import relevance_for_images
+from ..method.relevance_store import bundle_maps
 from ..storage.cache import cached_call, hash_key
 from ..storage.schema import DECISION_THRESHOLD, FAKE_LOGIT
 
@@ -120,21 +123,18 @@ def laundering_table(bundle, image_ids: Sequence[str], qualities: Sequence[int |
     settings = _settings(qualities, scales)
 
     def compute() -> pd.DataFrame:
-        enc = encoder or bundle.encoder()
+        enc, _ = bundle_models(bundle, encoder)
         return _launder_rows(bundle, ids, settings, enc, with_maps, method, max(1, int(batch_size)), progress)
 
     key = hash_key(CACHE_VERSION, ids, settings, bool(with_maps), method if with_maps else "",
-                   bundle.model_key(encoder))
+                   bundle_model_key(bundle, encoder))
     return cached_call(bundle.cache_dir, CACHE_NAMESPACE, key, compute,
                        lambda t, d: t.to_parquet(d / "table.parquet", index=False),
                        lambda d: pd.read_parquet(d / "table.parquet"))
 
 
 def _launder_rows(bundle, ids, settings, encoder, with_maps, method, batch_size, progress) -> pd.DataFrame:
-    from ..method.relevance import relevance_for_images
-    from ..method.relevance_store import bundle_maps
-
-    distiller = bundle.distiller
+    distiller = bundle_distiller(bundle)
     labels = bundle.images.set_index("image_id")["label"]
     per = max(1, batch_size // max(1, len(settings)))
     frames = []
@@ -206,17 +206,14 @@ def laundered_view(bundle, image_id: str, jpeg_quality: int | None, scale: float
     "maps" [17, side, side] (float32), "map_corr" (fake-logit maps)}``. The original's maps come from the
     bundle's map cache; the laundered image's are computed (one forward + one batched VJP).
     """
-    from ..method.relevance import relevance_for_images
-    from ..method.relevance_store import bundle_maps
-
     q, s = _check_setting(jpeg_quality, scale)
     image_id = bundle.check_ids([image_id])[0]
-    enc = encoder or bundle.encoder()
+    enc, distiller = bundle_models(bundle, encoder)
     original = bundle.decode(image_id, "its laundering")
     laundered = launder(original, q, s)
-    p = _p_fake(enc, bundle.distiller, [original, laundered], 2)
+    p = _p_fake(enc, distiller, [original, laundered], 2)
     before = np.asarray(bundle_maps(bundle, [image_id], method, encoder=enc), np.float32)[0]
-    after = relevance_for_images(enc, bundle.distiller, [laundered], method)[0].astype(np.float32)
+    after = relevance_for_images(enc, distiller, [laundered], method)[0].astype(np.float32)
     return {"original": original, "laundered": laundered, "p_fake_original": float(p[0]), "p_fake": float(p[1]),
             "maps_original": before, "maps": after,
             "map_corr": map_correlation(before[FAKE_LOGIT], after[FAKE_LOGIT])}

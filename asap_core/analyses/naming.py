@@ -23,8 +23,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
-from ..storage.cache import cached_call, hash_key
+from ..method.bundle_models import bundle_distiller
+from ..storage.cache import cached_call, hash_key, is_cached
 from ..storage.schema import N_DIMS
+from .concepts import crop_to_mask, keep_mask
 
 CACHE_NAMESPACE = "dimension_words"
 NAMING_VERSION = "naming-1"
@@ -127,21 +129,9 @@ def words_cache_key(text_key: str, distiller_fingerprint: str, words: Sequence[s
     return hash_key(NAMING_VERSION, text_key, distiller_fingerprint, list(words))
 
 
-#: words whose text-tower pass costs about one relevance-map image (a ~16-token text forward against the
-#: forward and batched backward of a map over 50+ image tokens): what a hosted visitor is charged per word
-WORDS_PER_MAP = 10
-
-
-def words_charge(n_words: int) -> int:
-    """What ranking ``n_words`` uncached words costs a visitor, in relevance-map images (at least 1)."""
-    return max(1, -(-int(n_words) // WORDS_PER_MAP))
-
-
 def words_cached(bundle, words: Sequence[str], text_encoder) -> bool:
     """True when ``word_scores(bundle, words, text_encoder)`` would read its result instead of computing it."""
-    from ..storage.cache import is_cached
-
-    key = words_cache_key(text_encoder.cache_key, bundle.distiller.fingerprint, tuple(str(w) for w in words))
+    key = words_cache_key(text_encoder.cache_key, bundle_distiller(bundle).fingerprint, tuple(str(w) for w in words))
     return is_cached(bundle.cache_dir, CACHE_NAMESPACE, key)
 
 
@@ -153,10 +143,11 @@ def word_scores(bundle, words: Sequence[str], text_encoder=None) -> WordScores:
     if not words:
         raise InputError("The vocabulary is empty.", "enter at least one word, one per line.")
     if text_encoder is None:
+        # torch only when the text tower is loaded: this module is imported where bundles open without torch
         from ..model.factory import load_text_encoder
 
         text_encoder = load_text_encoder(bundle.encoder_info.model_id)
-    distiller = bundle.distiller
+    distiller = bundle_distiller(bundle)
 
     def compute() -> np.ndarray:
         return project_texts(distiller, text_encoder.encode_texts(list(words))).astype(np.float32)
@@ -183,8 +174,6 @@ def dimension_crops(images: Sequence[Image.Image], maps: np.ndarray, dim: int,
     """The concept crops of dimension ``dim``: each image (e.g. a top image's thumbnail) centre-squared and
     cropped to the bounding box of the top ``fraction`` of patches of its ``dim`` map (``maps [n, 17, s, s]``,
     same order); the rest of the box is kept, so a crop shows its context."""
-    from .concepts import crop_to_mask, keep_mask
-
     if len(images) != len(maps):
         raise InputError(f"{len(images)} images for {len(maps)} maps.", "pass one map per image, same order.")
     if not 0 <= int(dim) < N_DIMS:

@@ -1,4 +1,4 @@
-"""Pattern view (ASAP; DESIGN §3 "Pattern view"): named patterns, their quantified impact, ranking, export.
+"""Pattern view (ASAP; docs/design.md §3.12): named patterns, their quantified impact, ranking, export.
 
 A pattern is a concept or a user selection with a name and a note. Its *regions* are, per image, a boolean
 ``[side, side]`` patch mask (True = the pattern's patches). A concept brings its own regions (the segment
@@ -36,9 +36,18 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import BundleError, InputError
 from ..inputs.imageio import decode_image, thumbnail_fits
+from ..method.bundle_models import bundle_distiller, bundle_model_key, bundle_models
+from ..method.relevance_store import bundle_maps
 from ..storage.cache import cached_call, hash_key, is_cached
 from ..storage.labels import dimension_label
-from ..storage.schema import DECISION_THRESHOLD, FAKE_LOGIT, N_DIMS, Z_COLUMNS, p_fake_from_logit
+from ..storage.schema import (
+    DECISION_THRESHOLD,
+    FAKE_LOGIT,
+    N_DIMS,
+    THUMB_MAX_PIXELS,
+    Z_COLUMNS,
+    p_fake_from_logit,
+)
 from .concepts import apply_mask, keep_mask, mean_fill
 
 SOURCES = ("concept", "selection")
@@ -279,8 +288,6 @@ def region_masks(bundle, pattern: Pattern, encoder=None, method: str = "last-blo
     side = _check_side(bundle, pattern)
     if pattern.masks is not None:
         return np.stack([pattern.masks[i] for i in pattern.image_ids])
-    from ..method.relevance_store import bundle_maps
-
     maps = np.asarray(bundle_maps(bundle, pattern.image_ids, method, encoder=encoder), np.float32)[:, FAKE_LOGIT]
     return np.stack([keep_mask(m, pattern.fraction) for m in maps]).reshape(len(maps), side, side)
 
@@ -300,7 +307,7 @@ def _random_masks(regions: np.ndarray, n_random: int, seed: int) -> np.ndarray:
 def _impact_table(bundle, ids: list[str], regions: np.ndarray, encoder, n_random: int, seed: int,
                   batch_size: int, progress: Callable[[int, int], None] | None) -> pd.DataFrame:
     """Per-image table of the impact computation (see ``pattern_impact``)."""
-    distiller = bundle.distiller
+    distiller = bundle_distiller(bundle)
     fill = mean_fill(encoder.preprocessor.mean)
     rand = _random_masks(regions, n_random, seed)
     n = len(ids)
@@ -366,7 +373,7 @@ def summarise_impact(table: pd.DataFrame) -> dict:
 def impact_cache_key(bundle, pattern: Pattern, n_random: int, seed: int, method: str, encoder=None) -> str:
     """Cache key of one impact result: pattern content, settings, encoder and distiller."""
     how = method if pattern.masks is None else "stored"
-    return hash_key(IMPACT_VERSION, pattern.content_key(), int(n_random), int(seed), how, bundle.model_key(encoder))
+    return hash_key(IMPACT_VERSION, pattern.content_key(), int(n_random), int(seed), how, bundle_model_key(bundle, encoder))
 
 
 def impact_cached(bundle, pattern: Pattern, method: str, n_random: int = 3, seed: int = 0, encoder=None) -> bool:
@@ -397,7 +404,7 @@ def pattern_impact(bundle, pattern: Pattern, encoder=None, n_random: int = 3, se
     _check_side(bundle, pattern)
 
     def compute() -> pd.DataFrame:
-        enc = encoder or bundle.encoder()
+        enc, _ = bundle_models(bundle, encoder)
         regions = region_masks(bundle, pattern, enc, method)
         return _impact_table(bundle, ids, regions, enc, int(n_random), int(seed), batch_size, progress)
 
@@ -475,7 +482,7 @@ def contact_sheet(bundle, pattern: Pattern, cell: int = 96, columns: int = 8, ma
     for k, (image_id, data) in enumerate(zip(ids, bundle.thumbnails(ids))):
         x = pad + (k % cols) * (cell + pad)
         y = title_h + pad + (k // cols) * (cell + pad)
-        if not thumbnail_fits(data):  # missing, or not a thumbnail (header over THUMB_MAX_PIXELS)
+        if not thumbnail_fits(data, THUMB_MAX_PIXELS):  # missing, or not a thumbnail (header over the limit)
             draw.rectangle((x, y, x + cell - 1, y + cell - 1), outline=(180, 180, 180))
             continue
         tile = _square(decode_image(data, f"thumbnail {image_id}")).resize((cell, cell), Image.Resampling.BICUBIC)
@@ -540,7 +547,7 @@ def export_patterns(bundle, patterns: Sequence[Pattern], out_dir: str | Path, wi
             rec["impact"] = {k: impacts[p.name][k] for k in SUMMARY_KEYS}
         records.append(rec)
     meta = {"bundle": bundle.path.name, "encoder": bundle.encoder_info.model_id,
-            "distiller": bundle.distiller.fingerprint if with_impact else None, "exported": _now(),
+            "distiller": bundle_distiller(bundle).fingerprint if with_impact else None, "exported": _now(),
             "impact_settings": {"n_random": n_random, "seed": seed, "method": method} if with_impact else None,
             "dimensions": dims, "patterns": records}
     (out / "patterns.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))

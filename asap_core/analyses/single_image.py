@@ -2,8 +2,8 @@
 
 Upload only: the bytes of a file the user chose. A URL is never fetched. Decoding goes through
 ``imageio.decode_image`` (the pixel budget read from the header first, bounded memory, every failure an
-``ImageLoadError`` naming the file); in hosted mode (``ASAP_HOSTED=1``) or with an explicit ``HostedPolicy``, the
-policy's upload checks (type, size) apply as well. ``check_upload`` runs the cheap checks alone (no pixel decoded);
+``ImageLoadError`` naming the file); with a ``policy`` (the caller's: the app passes the hosted
+``HostedPolicy``; an analysis reads no settings) its upload checks (type, size) apply as well. ``check_upload`` runs the cheap checks alone (no pixel decoded);
 ``analyse_upload`` decodes the upload once. Embedding and maps of recent uploads are kept in memory (by content hash,
 encoder, distiller and method), so a rerun of the app's script does not recompute them; nothing of an upload is
 written to disk. Budgets for visitors are the app's business (charged in one place, ``app_pages/glue/budget``).
@@ -14,19 +14,33 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from ..errors import InputError
-from ..hosting import HostedPolicy, hosted_mode
 from ..inputs.imageio import decode_image, image_size, sha1_hex
+from ..method.bundle_models import bundle_models
+from ..method.relevance import relevance_for_images
 from ..storage.schema import DEFAULT_METHOD, confidence, p_fake_from_logit, predicted_label
 
 N_MEMO = 16
 _MEMO: OrderedDict[tuple, tuple[np.ndarray, np.ndarray]] = OrderedDict()
 _MEMO_LOCK = threading.Lock()
+
+
+class UploadPolicy(Protocol):
+    """The upload checks of a deployment (``hosting.HostedPolicy`` has them): type, bytes and pixel budget."""
+
+    def check_upload_header(self, name: str, data: bytes) -> tuple[int, int]:
+        """The cheap checks, no pixel decoded; ``(width, height)``."""
+        ...
+
+    def check_upload(self, name: str, data: bytes) -> Image.Image:
+        """The cheap checks, then one bounded decode; an RGB image."""
+        ...
 
 
 @dataclass
@@ -58,32 +72,29 @@ class SingleImageResult:
     method: str
 
 
-def _upload_policy(name: str, data: bytes, policy: HostedPolicy | None) -> tuple[bytes, HostedPolicy | None]:
-    """``(the bytes, the policy that applies)``: ``InputError`` for a URL or non-bytes (nothing is fetched);
-    the hosted policy from the settings when none is given and hosted mode is on."""
+def _upload_bytes(name: str, data: bytes) -> bytes:
+    """The bytes of an upload; ``InputError`` for a URL or non-bytes (nothing is fetched)."""
     if isinstance(data, str) or not isinstance(data, (bytes, bytearray, memoryview)):
         raise InputError(f"{name}: only uploaded file bytes are accepted (got {type(data).__name__}); "
                          "URLs are not fetched.", "download the image yourself and upload the file.")
-    if policy is None and hosted_mode():
-        policy = HostedPolicy.from_settings()
-    return bytes(data), policy
+    return bytes(data)
 
 
-def check_upload(name: str, data: bytes, policy: HostedPolicy | None = None) -> tuple[int, int]:
+def check_upload(name: str, data: bytes, policy: UploadPolicy | None = None) -> tuple[int, int]:
     """The cheap checks of an upload, no pixel decoded: bytes (not a URL), the policy's type and size checks,
     and the pixel budget read from the header (``imageio.pixel_limit``). ``(width, height)``; ``InputError``
     / ``ImageLoadError`` name what is wrong. Safe to run before the visitor's budget and a work slot."""
-    data, policy = _upload_policy(name, data, policy)
+    data = _upload_bytes(name, data)
     if policy is not None:
         return policy.check_upload_header(name, data)
     return image_size(data, name)
 
 
-def decode_upload(name: str, data: bytes, policy: HostedPolicy | None = None) -> Image.Image:
+def decode_upload(name: str, data: bytes, policy: UploadPolicy | None = None) -> Image.Image:
     """Bytes of an uploaded file -> RGB image (the checks of :func:`check_upload` first, then one bounded
     decode: in hosted mode reduced to ``imageio.WORKING_SIDE``). ``ImageLoadError`` when the bytes are not a
     readable image. The full decode: run it inside a work slot, after the budget check."""
-    data, policy = _upload_policy(name, data, policy)
+    data = _upload_bytes(name, data)
     if policy is not None:
         return policy.check_upload(name, data)
     return decode_image(data, name)
@@ -96,8 +107,6 @@ def _embed_and_maps(encoder, distiller, image: Image.Image, key: tuple, method: 
         if hit is not None:
             _MEMO.move_to_end(key)
             return hit
-    from ..method.relevance import relevance_for_images
-
     emb = encoder.encode_images([image]).numpy()[0].astype(np.float32)
     maps = relevance_for_images(encoder, distiller, [image], method)[0].astype(np.float32)
     with _MEMO_LOCK:
@@ -105,6 +114,16 @@ def _embed_and_maps(encoder, distiller, image: Image.Image, key: tuple, method: 
         while len(_MEMO) > N_MEMO:
             _MEMO.popitem(last=False)
     return emb, maps
+
+
+def _z_and_logit(distiller, emb: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(z [16] float32, fake logit)`` of one embedding ``[D]``."""
+    # torch only when an upload is analysed: the page's cheap checks (this module) run without it
+    import torch
+
+    with torch.no_grad():
+        z, logit = distiller(torch.from_numpy(emb[None]))
+    return z.numpy()[0].astype(np.float32), float(logit[0])
 
 
 def nearest_images(bundle, z: np.ndarray, k: int = 8) -> pd.DataFrame:
@@ -123,33 +142,27 @@ def nearest_images(bundle, z: np.ndarray, k: int = 8) -> pd.DataFrame:
 
 
 def analyse_upload(bundle, name: str, data: bytes, encoder=None, k_neighbours: int = 8,
-                   method: str = DEFAULT_METHOD, policy: HostedPolicy | None = None) -> SingleImageResult:
+                   method: str = DEFAULT_METHOD, policy: UploadPolicy | None = None) -> SingleImageResult:
     """Analyse one uploaded image (``data``: the file's bytes, ``name``: its file name) with the bundle's
     encoder and distiller: p_fake, z, the ``k_neighbours`` nearest bundle images in z and the cell of the
-    nearest, and the 17 relevance maps. ``policy`` / hosted mode add the upload limits. The encoder defaults to
-    the bundle's own."""
+    nearest, and the 17 relevance maps. ``policy`` (the caller's, e.g. the hosted one) adds the upload limits.
+    The encoder defaults to the bundle's own."""
     if int(k_neighbours) < 1:
         raise InputError(f"k_neighbours = {k_neighbours} must be at least 1.", "use e.g. 8.")
     image = decode_upload(name, data, policy)
     image_id = sha1_hex(bytes(data))
-    enc = encoder or bundle.encoder()
-    distiller = bundle.distiller
+    enc, distiller = bundle_models(bundle, encoder)
     key = (image_id, enc.cache_key, distiller.fingerprint, method)
     emb, maps = _embed_and_maps(enc, distiller, image, key, method)
-    import torch
-
-    with torch.no_grad():
-        z, logit = distiller(torch.from_numpy(emb[None]))
-    z = z.numpy()[0].astype(np.float32)
-    logit = float(logit[0])
-    p = p_fake_from_logit(logit)
+    z, logit = _z_and_logit(distiller, emb)
+    p = float(p_fake_from_logit(logit))
     nb = nearest_images(bundle, z, k_neighbours)
     cell = int(nb["cell"].iloc[0]) if "cell" in nb and len(nb) and pd.notna(nb["cell"].iloc[0]) else None
     xy = (float(nb["map_x"].mean()), float(nb["map_y"].mean())) if {"map_x", "map_y"} <= set(nb) else (np.nan, np.nan)
     return SingleImageResult(
         name=Path(str(name)).name, image=enc.preprocessor.resize_and_crop(image).convert("RGB"), image_id=image_id,
         in_bundle=bool((bundle.images["image_id"] == image_id).any()), p_fake=p, logit=logit,
-        pred=str(predicted_label(p)), confidence=float(confidence(p)), z=z, neighbours=nb, cell=cell,
+        pred=str(predicted_label(np.asarray(p))), confidence=float(confidence(np.asarray(p))), z=z, neighbours=nb, cell=cell,
         map_xy=xy, maps=maps, method=method)
 
 
@@ -159,4 +172,4 @@ def clear_memo() -> None:
         _MEMO.clear()
 
 
-__all__ = ["SingleImageResult", "analyse_upload", "check_upload", "clear_memo", "decode_upload", "nearest_images"]
+__all__ = ["SingleImageResult", "UploadPolicy", "analyse_upload", "check_upload", "clear_memo", "decode_upload", "nearest_images"]

@@ -21,8 +21,8 @@ Pixel budget, from the header before any decode (:func:`pixel_limit`, :func:`ima
 ``0`` or ``none`` disables the check); in hosted mode ``ASAP_MAX_UPLOAD_PIXELS`` (64 Mpx: camera photos pass),
 refused in plain words. Accepted images decode in bounded memory: the RGB conversion runs a band of rows at a
 time, and in hosted mode large images are reduced to ``WORKING_SIDE`` as early as the format allows (JPEG
-``draft``, else a box reduce right after decoding). Bundle thumbnails are read under ``THUMB_MAX_PIXELS``
-(:func:`decode_thumbnail`, :func:`thumbnail_fits`). ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never touched.
+``draft``, else a box reduce right after decoding). Bundle thumbnails are read under a pixel limit
+(``schema.THUMB_MAX_PIXELS``; :func:`decode_thumbnail`, :func:`thumbnail_fits`). ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never touched.
 """
 from __future__ import annotations
 
@@ -36,13 +36,13 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageLoadError
 from ..settings import settings
-from ..storage.schema import THUMB_SIDE
 
 PathLike = str | os.PathLike
 
@@ -54,7 +54,7 @@ _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
 #: Working size of a hosted decode (px): an image whose shortest side is at least twice this is reduced by
 #: an integer factor as early as its format allows, keeping the shortest side >= ``WORKING_SIDE``. CLIP
 #: preprocessing resizes the shortest side to the model's input (224 or 336 px) and thumbnails are
-#: ``THUMB_SIDE`` px, so every consumer still reads at least 3x the pixels it keeps.
+#: ``schema.THUMB_SIDE`` px, so every consumer still reads at least 3x the pixels it keeps.
 WORKING_SIDE = 1024
 #: Source pixels converted to RGB at a time (one band of rows): the conversion's temporaries stay this small.
 _BAND_PIXELS = 1 << 20
@@ -62,9 +62,6 @@ _BAND_PIXELS = 1 << 20
 #: frame besides Pillow's image (about 16 bytes per pixel at the peak, 4 for the other formats): hosted mode
 #: accepts WebP up to this share of the pixel budget (32 Mpx of 64: a peak near 500 MB, as a 64 Mpx PNG's).
 WEBP_BUDGET_SHARE = 0.5
-#: Largest thumbnail read from a bundle (pixels, from its header): thumbnails are written at most
-#: ``THUMB_SIDE`` px, so anything over (4 x THUMB_SIDE)^2 is not a thumbnail and is shown grey.
-THUMB_MAX_PIXELS = (4 * THUMB_SIDE) ** 2
 _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
               5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
               8: Image.Transpose.ROTATE_90}
@@ -355,7 +352,7 @@ def _open_within(data: bytes, path: PathLike, limit: int | None) -> Image.Image:
     try:
         im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:  # over twice Pillow's limit: refused by Pillow from the header
-        raise _too_large(path, _probe_size(data), limit or 2 * int(Image.MAX_IMAGE_PIXELS)) from None
+        raise _too_large(path, _probe_size(data), limit or 2 * int(Image.MAX_IMAGE_PIXELS or 0)) from None
     if limit is not None and im.width * im.height > limit:
         raise _too_large(path, im.size, limit)
     if limit is not None and im.format == "WEBP" and settings().hosted:
@@ -365,12 +362,12 @@ def _open_within(data: bytes, path: PathLike, limit: int | None) -> Image.Image:
     return im
 
 
-def image_size(data: bytes, path: PathLike, limit: int | None | str = "auto") -> tuple[int, int]:
+def image_size(data: bytes, path: PathLike, limit: int | None | Literal["auto"] = "auto") -> tuple[int, int]:
     """``(width, height)`` from the header of ``data`` (the bytes of ``path``), no pixels decoded; raises
     ``ImageLoadError`` when it is not an image or declares more than ``limit`` pixels ("auto":
     :func:`pixel_limit`). The cheap check to run before queueing a decode."""
     with _decoding(path, data):
-        return _open_within(data, path, pixel_limit() if limit == "auto" else limit).size
+        return _open_within(data, path, pixel_limit() if isinstance(limit, str) else limit).size
     raise AssertionError("unreachable")  # pragma: no cover - _decoding re-raises
 
 
@@ -380,7 +377,7 @@ def _reduce_factor(size: tuple[int, int], working_side: int | None) -> int:
 
 
 def decode_image(data: bytes, path: PathLike, draft_size: int | None = None,
-                 working_side: int | None | str = "auto") -> Image.Image:
+                 working_side: int | None | Literal["auto"] = "auto") -> Image.Image:
     """Decode ``data`` (the bytes of ``path``) into an upright RGB image (first frame), in bounded memory.
 
     The header's size is checked against :func:`pixel_limit` before any pixel is decoded (``ImageLoadError``
@@ -398,7 +395,7 @@ def decode_image(data: bytes, path: PathLike, draft_size: int | None = None,
     with ``warnings.catch_warnings``, which is process-global before Python 3.14: decode in processes
     (or one thread) if other threads rely on their own warning filters.
     """
-    side = (WORKING_SIDE if settings().hosted else None) if working_side == "auto" else working_side
+    side = (WORKING_SIDE if settings().hosted else None) if isinstance(working_side, str) else working_side
     with _decoding(path, data):
         im = _open_within(data, path, pixel_limit())
         want = min(int(x) for x in (draft_size, side) if x) if (draft_size or side) else None
@@ -410,25 +407,25 @@ def decode_image(data: bytes, path: PathLike, draft_size: int | None = None,
     raise AssertionError("unreachable")  # pragma: no cover - _decoding re-raises
 
 
-def thumbnail_fits(data: bytes | None) -> bool:
-    """Whether ``data`` is an image whose header declares at most ``THUMB_MAX_PIXELS`` (no pixel decoded):
-    what a bundle's thumbnail must be before it is decoded or served."""
+def thumbnail_fits(data: bytes | None, max_pixels: int) -> bool:
+    """Whether ``data`` is an image whose header declares at most ``max_pixels`` (no pixel decoded): what a
+    bundle's thumbnail must be before it is decoded or served (``schema.THUMB_MAX_PIXELS``)."""
     if not data:
         return False
     try:
-        image_size(data, "thumbnail", THUMB_MAX_PIXELS)
+        image_size(data, "thumbnail", max_pixels)
     except ImageLoadError:
         return False
     return True
 
 
-def decode_thumbnail(data: bytes | None, size: int = THUMB_SIDE) -> Image.Image:
+def decode_thumbnail(data: bytes | None, size: int, max_pixels: int) -> Image.Image:
     """A bundle thumbnail's bytes -> RGB image (JPEG drafted towards ``size``: both sides stay >= it); a grey
-    ``size`` square when missing, unreadable or over ``THUMB_MAX_PIXELS`` from its header."""
+    ``size`` square when missing, unreadable or over ``max_pixels`` from its header (``schema.THUMB_MAX_PIXELS``)."""
     if data:
         try:
             with _decoding("thumbnail", data):
-                im = _open_within(data, "thumbnail", THUMB_MAX_PIXELS)
+                im = _open_within(data, "thumbnail", max_pixels)
                 if im.format in _JPEG_FORMATS:
                     im.draft("RGB", (int(size), int(size)))
                 im.load()
@@ -444,7 +441,7 @@ def load_image(path: PathLike, draft_size: int | None = None) -> tuple[str, Imag
     return sha1_hex(data), decode_image(data, path, draft_size=draft_size)
 
 
-def make_thumbnail(image: Image.Image, longest: int = THUMB_SIDE) -> bytes:
+def make_thumbnail(image: Image.Image, longest: int) -> bytes:
     """JPEG bytes (quality 85) of ``image`` shrunk so its longest side is <= ``longest`` pixels."""
     thumb = to_rgb(image)
     if max(thumb.size) > longest:
@@ -458,7 +455,6 @@ def make_thumbnail(image: Image.Image, longest: int = THUMB_SIDE) -> bytes:
 __all__ = [
     "CHANGED_REASON",
     "IMAGE_EXTENSIONS",
-    "THUMB_MAX_PIXELS",
     "WORKING_SIDE",
     "decode_image",
     "decode_thumbnail",

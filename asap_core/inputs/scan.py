@@ -1,6 +1,6 @@
 """Find images and their labels in a folder: one rule covers every supported layout.
 
-Layouts (DESIGN §2): plain ``real/`` + ``fake/[<generator>/]`` at any depth; ForenSynths
+Layouts (docs/design.md §2): plain ``real/`` + ``fake/[<generator>/]`` at any depth; ForenSynths
 ``<generator>/[<class>/]0_real|1_fake``; GenImage ``<generator>/{train,val}/{nature,ai}``; CIFAKE
 ``{train,test}/{REAL,FAKE}``; a CSV manifest ``path,label[,generator][,split]``; unlabelled folders.
 

@@ -36,6 +36,12 @@ class Distiller(nn.Module):
     generator logits ``[B, n_generators]`` (see ``generator_logits``).
     """
 
+    # buffers and the optional head, declared for the type checker (``nn.Module.__getattr__`` is untyped)
+    projection: torch.Tensor
+    center: torch.Tensor
+    scale: torch.Tensor
+    generator_head: nn.Linear | None
+
     def __init__(self, config: DistillerConfig, projection: torch.Tensor | None = None) -> None:
         super().__init__()
         self.config = config

@@ -81,6 +81,7 @@ import pandas as pd
 from ..errors import InputError
 from ..storage.schema import FAKE_LOGIT, N_TARGETS, TARGET_NAMES
 from .relevance import _target_indices
+from .sanity import spearman_maps
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -527,8 +528,6 @@ def mean_curves(curves: np.ndarray, x: np.ndarray, targets: Sequence[int]) -> pd
 def occlusion_agreement(maps: np.ndarray, effects: np.ndarray) -> np.ndarray:
     """Rank agreement (Spearman over the patches) of maps ``[..., side, side]`` with the occlusion effects
     of the same targets (``DeletionInsertion.occlusion``) -> ``[...]``; NaN where either is constant."""
-    from .sanity import spearman_maps
-
     return spearman_maps(maps, effects)
 
 

@@ -1,4 +1,4 @@
-"""IsoMatch image grid (Fried et al. 2015; DESIGN.md §3 "Image grid (IsoMatch)").
+"""IsoMatch image grid (Fried et al. 2015; docs/design.md §3.9).
 
 Items of one cell (or any selection) are projected to 2-D, scaled to the unit square and
 matched one-to-one to the slots of a near-square grid by minimising the summed squared

@@ -1,4 +1,4 @@
-"""2-D map of the authenticity space Z and its binning into cells (DESIGN.md §3 "Cells").
+"""2-D map of the authenticity space Z and its binning into cells (docs/design.md §3.7).
 
 Conventions (shared with the app and ``isomatch``):
 

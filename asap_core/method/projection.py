@@ -1,4 +1,4 @@
-"""Vision-only projection (DESIGN §3): remove what CLIP knows about written text, keep the top visual directions.
+"""Vision-only projection (docs/design.md §3.2): drop what CLIP knows of written text, keep the top visual directions.
 
 Fit: render random words onto sample images, embed clean and texted versions, take the principal
 directions of (texted - clean) as the "written" subspace, project it out of the clean embeddings and
@@ -6,19 +6,23 @@ keep an orthonormal basis of their top principal directions.
 """
 from __future__ import annotations
 
+import itertools
+import json
 import string
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Union
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from ..errors import InputError, ModelLoadError
 
 EmbedFn = Callable[[Sequence[Image.Image]], np.ndarray]
 #: ``[N, D]`` rows: an array or memory map (read in chunks), or an iterable of ``[n, D]`` chunks (e.g. a store)
-Rows = Union[np.ndarray, Iterable[np.ndarray]]
+Rows = np.ndarray | Iterable[np.ndarray]
 CHUNK_ROWS = 16_384  # rows converted to float64 at a time: 64 MB at D = 512
 
 
@@ -27,8 +31,9 @@ def _chunks(rows: Rows, chunk_rows: int | None = None) -> Iterator[np.ndarray]:
     time; an iterable is passed through)."""
     chunk_rows = chunk_rows or CHUNK_ROWS
     if hasattr(rows, "shape"):
-        for s in range(0, len(rows), chunk_rows):
-            yield np.asarray(rows[s:s + chunk_rows], np.float64)
+        array = cast(np.ndarray, rows)
+        for s in range(0, len(array), chunk_rows):
+            yield np.asarray(array[s:s + chunk_rows], np.float64)
         return
     for part in rows:
         yield np.asarray(part, np.float64)
@@ -38,21 +43,19 @@ def covariance(rows: Rows, chunk_rows: int | None = None) -> tuple[np.ndarray, n
     """``(mean [D], scatter [D, D], N)`` of ``rows`` in one pass over chunks: scatter is the sum of
     ``(x - mean)(x - mean)^T`` (float64). Each chunk is shifted by the first chunk's mean before its
     products are summed, so the final centring subtracts a small term (no cancellation)."""
-    shift = total = scatter = None
+    parts = (x for x in _chunks(rows, chunk_rows) if len(x))
+    first = next(parts, None)
+    if first is None:
+        raise InputError("The projection got no embeddings to fit its directions on.", "embed some images first.")
+    shift = first.mean(0)
+    total = np.zeros_like(shift)
+    scatter = np.zeros((len(shift), len(shift)))
     n = 0
-    for x in _chunks(rows, chunk_rows):
-        if not len(x):
-            continue
-        if shift is None:
-            shift = x.mean(0)
-            total = np.zeros_like(shift)
-            scatter = np.zeros((len(shift), len(shift)))
+    for x in itertools.chain([first], parts):
         x = x - shift  # a new array: a float64 input is never changed
         total += x.sum(0)
         scatter += x.T @ x
         n += len(x)
-    if not n:
-        raise InputError("The projection got no embeddings to fit its directions on.", "embed some images first.")
     offset = total / n
     return shift + offset, scatter - n * np.outer(offset, offset), n
 
@@ -77,17 +80,29 @@ def render_text(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 WEIGHTS_NAME = "projection.safetensors"
+CONFIG_NAME = "projection_config.json"  # beside the weights; a distiller's config.json may share the folder
+MODEL_TYPE = "asap-vision-only-projection"
 
 
 class VisionOnlyProjection:
     """Linear map ``[D] -> [K]`` (orthonormal rows) that drops the written-text subspace of CLIP.
 
-    Parameters: ``n_components`` (K, at most 256; fewer when D or the data is smaller),
-    ``n_text_components`` (size of the written subspace), ``random_state``.
-    Fitted: ``components_ [K, D]``, ``text_components_ [T, D]``.
+    Parameters
+    ----------
+    n_components : K, directions kept (fewer when D or the data is smaller).
+    n_text_components : T, size of the written-text subspace removed.
+    random_state : seed of the words drawn onto the sample images.
 
-    Example: ``VisionOnlyProjection(random_state=0).fit(images, embed).transform(E)`` -> ``[N, K]``;
-    ``save_pretrained(folder)`` / ``VisionOnlyProjection.from_pretrained(folder_or_file)``.
+    Attributes
+    ----------
+    components_ : ``[K, D]`` float32, orthonormal rows, largest variance first.
+    text_components_ : ``[T, D]`` float32, the written-text directions (``[0, D]`` when unknown).
+
+    Examples
+    --------
+    ``VisionOnlyProjection(random_state=0).fit(images, embed).transform(E)`` -> ``[N, K]``;
+    ``save_pretrained(folder)`` then ``VisionOnlyProjection.from_pretrained(folder)`` gives back equal
+    parameters and arrays.
     """
 
     def __init__(self, n_components: int = 256, n_text_components: int = 8, random_state: int = 0) -> None:
@@ -95,15 +110,27 @@ class VisionOnlyProjection:
         self.n_text_components = n_text_components
         self.random_state = random_state
 
-    def fit(self, images: Sequence[Image.Image], embed: EmbedFn, clean_embeds: np.ndarray | None = None,
-            image_embeds: np.ndarray | None = None) -> VisionOnlyProjection:
-        """Learn from sample ``images`` and an ``embed`` function (list of PIL -> ``[n, D]``).
+    def get_params(self) -> dict[str, int]:
+        """The ``__init__`` parameters by name (``VisionOnlyProjection(**p.get_params())``: an unfitted copy)."""
+        return {k: getattr(self, k) for k in _PARAMS}
 
-        ``clean_embeds [M, D]`` (optional, all the data's embeddings: an array, a memory map or an iterable
-        of chunks, read once in chunks, never copied whole) sets the principal directions kept.
-        ``image_embeds [n, D]`` (optional): the embeddings of ``images`` themselves when already at hand
-        (``analyze`` has them cached), so that only the texted copies are embedded; they must come from
-        the same decode and model as ``embed`` or their difference is not the written text alone.
+    def fit(self, images: Sequence[Image.Image], embed: EmbedFn, clean_embeds: Rows | None = None,
+            image_embeds: np.ndarray | None = None) -> VisionOnlyProjection:
+        """Learn the written-text subspace and the visual directions.
+
+        Parameters
+        ----------
+        images : sample images (PIL); each gets a texted copy.
+        embed : list of PIL images -> ``[n, D]`` embeddings.
+        clean_embeds : optional ``[M, D]``, all the data's embeddings (an array, a memory map or an iterable of
+            chunks, read once in chunks, never copied whole); sets the directions kept. Default: the sample's.
+        image_embeds : optional ``[n, D]``, the embeddings of ``images`` when already at hand (``analyze`` has
+            them cached), so that only the texted copies are embedded; they must come from the same decode and
+            model as ``embed`` or their difference is not the written text alone.
+
+        Returns
+        -------
+        self, with ``components_ [K, D]`` and ``text_components_ [T, D]``.
         """
         rng = np.random.default_rng(self.random_state)
         if not len(images):
@@ -155,31 +182,50 @@ class VisionOnlyProjection:
         return embeds @ self.components_.T
 
     def save_pretrained(self, folder: str | Path) -> Path:
-        """Write ``folder/projection.safetensors`` (``components`` ``[K, D]``, ``text_components`` ``[T, D]``,
-        the parameters as metadata); returns the file."""
-        from safetensors.numpy import save_file
+        """Write the fitted projection into ``folder``.
 
+        Parameters
+        ----------
+        folder : created if missing.
+
+        Returns
+        -------
+        The weights file ``folder/projection.safetensors`` (``components [K, D]``, ``text_components [T, D]``);
+        the parameters (``get_params``) go beside it into ``projection_config.json``.
+        """
         self._check_is_fitted()
         path = Path(folder) / WEIGHTS_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        params = {k: str(getattr(self, k)) for k in ("n_components", "n_text_components", "random_state")}
         save_file({"components": np.ascontiguousarray(self.components_),
-                   "text_components": np.ascontiguousarray(self.text_components_)}, str(path), metadata=params)
+                   "text_components": np.ascontiguousarray(self.text_components_)}, str(path))
+        config = {"model_type": MODEL_TYPE, **self.get_params()}
+        (path.parent / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | Path, embed_dim: int | None = None) -> VisionOnlyProjection:
-        """A fitted projection from a folder written by ``save_pretrained``, or from a published matrix file
-        ``[K, D]`` (``.safetensors``, ``.npy`` without pickle, ``.pt`` with ``weights_only``).
+        """A fitted projection from a folder written by ``save_pretrained``, or from a published matrix file.
 
-        Raises ``ModelLoadError`` when it is missing, unreadable, or its D does not match ``embed_dim``.
+        Parameters
+        ----------
+        path : a folder (``projection.safetensors`` and ``projection_config.json``), or a ``[K, D]`` matrix file
+            (``.safetensors``, ``.npy`` without pickle, ``.pt`` with ``weights_only``; ``[D, K]`` is transposed
+            when ``embed_dim`` tells which side is D).
+        embed_dim : the encoder's D, checked when given.
+
+        Returns
+        -------
+        The projection with the saved parameters (without a config, as files written before it: the
+        parameters in the safetensors metadata, else K and T read off the arrays) and ``components_``,
+        ``text_components_``. Raises ``ModelLoadError`` when it is missing, unreadable, or its D does not
+        match ``embed_dim``.
         """
         path = Path(path)
         if path.is_dir():
             path = path / WEIGHTS_NAME
         if not path.is_file():
             raise ModelLoadError(f"Projection file {path} does not exist.", "pass a .safetensors, .npy or .pt file.")
-        comps, text = _read_matrix(path)
+        comps, text, metadata = _read_matrix(path)
         comps = np.asarray(comps, np.float32)
         if comps.ndim != 2:
             raise ModelLoadError(f"{path}: projection must be 2-D [K, D], got shape {comps.shape}.",
@@ -189,37 +235,76 @@ class VisionOnlyProjection:
                 raise ModelLoadError(f"{path}: projection has shape {comps.shape}, but the encoder's D is {embed_dim}.",
                                      "use a projection made for this CLIP model, or omit it to learn one.")
             comps = comps.T  # stored as [D, K]
-        return cls.from_components(comps, text)
+        proj = cls.from_components(comps, text)
+        params = _read_params(path, metadata)
+        for k, v in params.items():
+            setattr(proj, k, v)
+        return proj
 
     @classmethod
     def from_components(cls, components: np.ndarray, text_components: np.ndarray | None = None
                         ) -> VisionOnlyProjection:
-        """A fitted projection from a given matrix ``[K, D]`` (e.g. a distiller's stored projection)."""
+        """A fitted projection from given matrices (e.g. a distiller's stored projection).
+
+        Parameters
+        ----------
+        components : ``[K, D]``, becomes ``components_`` (float32); ``n_components`` = K.
+        text_components : ``[T, D]`` or None (``[0, D]``), becomes ``text_components_``; ``n_text_components`` = T.
+        """
         comps = np.asarray(components, np.float32)
-        proj = cls(n_components=comps.shape[0])
+        text = (np.zeros((0, comps.shape[1]), np.float32) if text_components is None
+                else np.asarray(text_components, np.float32))
+        proj = cls(n_components=comps.shape[0], n_text_components=len(text))
         proj.components_ = comps
-        proj.text_components_ = (np.zeros((0, comps.shape[1]), np.float32) if text_components is None
-                                 else np.asarray(text_components, np.float32))
+        proj.text_components_ = text
         return proj
 
 
-def _read_matrix(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """(components, text components or None) from a ``.safetensors``, ``.npy`` or ``.pt`` file."""
+_PARAMS = ("n_components", "n_text_components", "random_state")
+
+
+def _read_params(weights: Path, metadata: dict[str, str] | None) -> dict[str, int]:
+    """The parameters saved with ``weights``: its folder's ``CONFIG_NAME`` when the file is ``WEIGHTS_NAME``,
+    else the safetensors ``metadata`` (projections saved before the config), else none (read off the arrays).
+    ``ModelLoadError`` for a config that is not JSON or holds a parameter that is not a whole number."""
+    config = weights.parent / CONFIG_NAME
+    raw: dict = {}
+    try:
+        if weights.name == WEIGHTS_NAME and config.is_file():
+            raw = json.loads(config.read_text())
+        elif metadata:
+            raw = {k: int(v) for k, v in metadata.items() if k in _PARAMS}
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{config if config.is_file() else weights}: cannot read the projection's parameters "
+                             f"({exc}).", "save the projection again with save_pretrained.") from None
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{config}: not a JSON object.", "save the projection again with save_pretrained.")
+    params = {k: raw[k] for k in _PARAMS if k in raw}
+    bad = [k for k, v in params.items() if isinstance(v, bool) or not isinstance(v, int)]
+    if bad:
+        raise ModelLoadError(f"{config}: '{bad[0]}' is not a whole number.", "save the projection again with "
+                             "save_pretrained.")
+    return params
+
+
+def _read_matrix(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, str] | None]:
+    """(components, text components or None, safetensors metadata or None) from a ``.safetensors``, ``.npy`` or
+    ``.pt`` file."""
     try:
         if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
-            d = load_file(str(path))
-            return d.get("components", next(iter(d.values()))), d.get("text_components")
+            with safe_open(str(path), framework="numpy") as f:
+                d = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safetensors file, not a dict)
+                metadata = f.metadata()
+            return d.get("components", next(iter(d.values()))), d.get("text_components"), metadata
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False), None
+            return np.load(path, allow_pickle=False), None, None
         if path.suffix in (".pt", ".pth"):
-            import torch
+            import torch  # only for a published .pt file: reading a bundle's projection needs no torch
 
             obj = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(obj, dict):
                 obj = next(v for v in obj.values() if hasattr(v, "shape"))
-            return obj.float().numpy(), None
+            return obj.float().numpy(), None, None
     except Exception as exc:
         raise ModelLoadError(f"{path}: cannot read a projection matrix ({exc}).",
                              "save it as a [K, D] float array in .safetensors, .npy or .pt.") from None

@@ -1,6 +1,6 @@
 """Relevance maps: where in the image each of the 16 dimensions and the fake logit looks.
 
-Method (DESIGN.md §3, Chefer et al. 2021 as used in their CLIP code):
+Method (docs/design.md §3.6, Chefer et al. 2021 as used in their CLIP code):
 
 - ``last-block``: ``A`` = softmax attention of the last block ``[B, H, T, T]``, ``G = dtarget/dA``;
   ``map = mean_heads(clamp(G * A, min=0))[CLS, 1:]`` reshaped to ``side x side``.
@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError
+from ..model.device import relevance_batch_size
 from ..storage.schema import FAKE_LOGIT, N_DIMS, N_TARGETS, RELEVANCE_METHODS
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -89,6 +90,7 @@ class AttentionRelevance:
             if self.method == "last-block":  # no switch of the shared model: no lock
                 maps = self._attribute(pixel_values, idx)
             else:
+                # torch only here: this module's display helpers (overlay, upsample_map) run without it
                 from ..model.encoder import eager_attention
 
                 with eager_attention(self.encoder.vision_model):
@@ -202,8 +204,6 @@ def relevance_for_images(encoder, distiller, images: Sequence[Image.Image], meth
     total = len(images)
     out = np.zeros((total, N_TARGETS, side, side), dtype=np.float16)
     explainer = AttentionRelevance(encoder, distiller, method)
-    from ..model.device import relevance_batch_size
-
     bs = max(relevance_batch_size(encoder.device, batch_size), 1)
     for start in range(0, total, bs):
         chunk = images[start:start + bs]

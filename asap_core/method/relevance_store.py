@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from ..errors import BundleError
+from ..model.device import dtype_name, keep_freed_memory, relevance_batch_size
+from ..model.embedding import approximate_decoding, decoded_batches
 from ..storage.cache import RowStore
 from ..storage.schema import N_TARGETS
+from .bundle_models import bundle_distiller, bundle_models
+from .relevance import AttentionRelevance
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -37,8 +43,6 @@ def last_input_store(cache_dir: str | Path, info, dtype: torch.dtype) -> RowStor
     """The RowStore of the last layer's inputs ``[T, d]`` float16 that the embedding pass of ``analyze``
     keeps for its ``last-block`` relevance pass (``T = patch_side² + 1``, ``d = info.hidden_size``); keyed
     by encoder and precision. ``precompute_relevance`` deletes the rows once it has used them."""
-    from ..model.device import dtype_name
-
     return RowStore(cache_dir, f"lastin-v{RELEVANCE_VERSION}-{info.cache_key}-{dtype_name(dtype)}",
                     (info.patch_side ** 2 + 1, info.hidden_size))
 
@@ -71,12 +75,6 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
     decodes in this thread) and run through the whole model. Returns ``(path, reason)`` for images that
     could not be read any more, or whose bytes no longer hash to their ``image_id`` (``imageio.read_checked``).
     """
-    from contextlib import closing
-
-    from ..model.device import keep_freed_memory, relevance_batch_size
-    from ..model.embedding import approximate_decoding, decoded_batches
-    from .relevance import AttentionRelevance
-
     todo = images[images["image_id"].isin(store.missing(images["image_id"]))]
     failures: list[tuple[str, str]] = []
     total, done = len(todo), 0
@@ -156,8 +154,9 @@ def bundle_map_store(bundle, method: str) -> RowStore:
     """The map store of an open ``Bundle`` for ``method`` (in the bundle's ``cache/``). Bundles written before
     store names carried a version hold version-1 maps under ``rel-METHOD-...``: those are read as they are."""
     enc = bundle.encoder_info
-    store = map_store(bundle.cache_dir, enc.cache_key, bundle.distiller.fingerprint, method, enc.patch_side)
-    legacy = f"rel-{method}-{enc.cache_key}-{bundle.distiller.fingerprint}"
+    fingerprint = bundle_distiller(bundle).fingerprint
+    store = map_store(bundle.cache_dir, enc.cache_key, fingerprint, method, enc.patch_side)
+    legacy = f"rel-{method}-{enc.cache_key}-{fingerprint}"
     if RELEVANCE_VERSION == 1 and not store.dir.is_dir() and (bundle.cache_dir / legacy).is_dir():
         return RowStore(bundle.cache_dir, legacy, store.row_shape)
     return store
@@ -175,14 +174,12 @@ def bundle_maps(bundle, image_ids: list[str], method: str = "last-block", encode
     store = bundle_map_store(bundle, method)
     missing = store.missing(image_ids)
     if missing:
-        encoder = encoder or bundle.encoder()
+        encoder, distiller = bundle_models(bundle, encoder)
         rows = bundle.images.set_index("image_id").loc[missing, ["path"]].reset_index()
         # decoded in threads: a worker process would re-import the app's script under Streamlit
-        failures = compute_missing_maps(store, encoder, bundle.distiller, rows, method, progress=progress,
+        failures = compute_missing_maps(store, encoder, distiller, rows, method, progress=progress,
                                         decoder="thread")
         if failures:
-            from ..errors import BundleError
-
             path, reason = failures[0]
             raise BundleError(f"{path}: {reason}; its relevance maps cannot be computed.",
                               "keep the analysed images where they were when the bundle was made.")

@@ -109,6 +109,7 @@ def randomised_blocks(encoder, n_last: int, random_state: int = 0):
     ``encoder`` (not copied, never written); ``cache_key`` names the randomisation."""
     import torch
 
+    # torch only when a check runs: the analyses import this module, and bundles open without torch
     from ..model.image_forward import ClipImageForward
 
     vm = encoder.vision_model

@@ -1,7 +1,9 @@
-"""Training the distiller (DESIGN §3): class-balanced BCE + orthogonality penalty, early stopping on val AUC."""
+"""Training the distiller (docs/design.md §3.4): class-balanced BCE + orthogonality penalty, early stop on val loss."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +26,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
     return out
 
 
-def split_indices(y: np.ndarray, split: np.ndarray | None, val_fraction: float, seed: int
+def split_indices(y: np.ndarray, split: np.ndarray | None, val_fraction: float, random_state: int
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Train/validation indices: the folder's own split if it names one (val/test), else stratified 80/20.
 
@@ -42,7 +44,7 @@ def split_indices(y: np.ndarray, split: np.ndarray | None, val_fraction: float, 
     test_size: float | int = val_fraction
     if strat is not None and int(np.ceil(val_fraction * len(y))) < len(counts):
         test_size = len(counts)  # one of each class (the fraction would round below that)
-    tr, va = train_test_split(idx, test_size=test_size, random_state=seed, stratify=strat)
+    tr, va = train_test_split(idx, test_size=test_size, random_state=random_state, stratify=strat)
     return np.sort(tr), np.sort(va)
 
 
@@ -55,24 +57,44 @@ STREAM_MIN_ROWS = 200_000
 CHUNK_ROWS = 16_384  # rows projected at a time outside the minibatches (standardisation, validation, metrics)
 
 
+#: ``cache_params`` keys under the names cache keys were first written with (a rename must not orphan
+#: cached fits: ``hash_key`` hashes the names as well as the values)
+_KEY_NAMES = {"random_state": "seed"}
+
+
 class DistillerTrainer:
     """Fits a ``Distiller`` on CLIP embeddings, scikit-learn style.
 
-    Parameters: ``projection`` (``[P, D]`` vision-only projection, e.g. ``VisionOnlyProjection.components_``),
-    ``ortho_weight`` (λ of ‖W1 W1ᵀ − I‖²_F), ``lr``, ``weight_decay``, ``batch_size``, ``max_epochs``,
-    ``patience`` (epochs without validation-loss gain), ``val_fraction``, ``seed``, ``generator_weight`` (loss
-    weight of the optional generator head; 0 disables it), ``stream`` (True: each minibatch is projected
-    from its rows of the embeddings, nothing ``[N, P]`` is held; False: the projected table ``[N, P]``
-    float32 is computed once; None: stream from ``STREAM_MIN_ROWS`` rows). z has ``schema.N_DIMS`` dimensions.
-    The embeddings are read as given (an array or a memory map, float32), never copied to float64.
-    Fitted: ``model_`` (Distiller), ``metrics_`` (dict), ``train_index_``, ``val_index_``, ``history_``.
+    Parameters
+    ----------
+    projection : ``[P, D]`` float array, the vision-only projection (e.g. ``VisionOnlyProjection.components_``).
+    ortho_weight : weight λ of the orthogonality penalty ‖W1 W1ᵀ − I‖²_F.
+    lr, weight_decay : Adam's learning rate and weight decay.
+    batch_size : rows per minibatch.
+    max_epochs : most epochs; ``patience``: epochs without a gain in validation loss before stopping.
+    val_fraction : share of the rows held out for validation when the folder names no split.
+    random_state : seed of the split, the initial weights and the minibatch order.
+    generator_weight : loss weight of the optional generator head (0 disables it).
+    stream : True: each minibatch is projected from its rows of the embeddings, nothing ``[N, P]`` is held;
+        False: the projected table ``[N, P]`` float32 is computed once; None: stream from ``STREAM_MIN_ROWS``.
 
-    Example: ``DistillerTrainer(projection=P).fit(E, y).model_.predict(E)``.
+    Attributes
+    ----------
+    model_ : the fitted ``Distiller`` (z has ``schema.N_DIMS`` dimensions).
+    metrics_ : dict, validation / train classification metrics, epochs, orthogonality.
+    train_index_, val_index_ : ``[N_train]``, ``[N_val]`` row indices of the split.
+    history_ : list of dicts, one per epoch (loss, val_loss, val_auc).
+
+    The embeddings are read as given (an array or a memory map, float32), never copied to float64.
+
+    Examples
+    --------
+    ``DistillerTrainer(projection=P, random_state=0).fit(E, y).model_.predict(E)`` -> ``(z [N, 16], p_fake [N])``.
     """
 
     def __init__(self, projection: np.ndarray | None = None, ortho_weight: float = 1.0, lr: float = 3e-3,
                  weight_decay: float = 0.0, batch_size: int = 256, max_epochs: int = 300, patience: int = 25,
-                 val_fraction: float = 0.2, seed: int = 0, generator_weight: float = 0.5,
+                 val_fraction: float = 0.2, random_state: int = 0, generator_weight: float = 0.5,
                  stream: bool | None = None) -> None:
         self.projection = projection
         self.ortho_weight = ortho_weight
@@ -82,15 +104,18 @@ class DistillerTrainer:
         self.max_epochs = max_epochs
         self.patience = patience
         self.val_fraction = val_fraction
-        self.seed = seed
+        self.random_state = random_state
         self.generator_weight = generator_weight
         self.stream = stream
 
-    def get_params(self) -> dict:
-        """All ``__init__`` parameters and the training version (cache keys hash this dict)."""
-        return {"version": TRAINING_VERSION} | {k: getattr(self, k) for k in (
-            "projection", "ortho_weight", "lr", "weight_decay", "batch_size", "max_epochs", "patience",
-            "val_fraction", "seed", "generator_weight", "stream")}
+    def get_params(self) -> dict[str, Any]:
+        """All ``__init__`` parameters by name (``DistillerTrainer(**t.get_params())`` is an unfitted copy)."""
+        return {k: getattr(self, k) for k in inspect.signature(DistillerTrainer.__init__).parameters if k != "self"}
+
+    def cache_params(self) -> dict[str, Any]:
+        """What the distiller's cache key hashes: ``get_params`` under the names keys were first written with
+        (``_KEY_NAMES``) and ``TRAINING_VERSION``."""
+        return {"version": TRAINING_VERSION} | {_KEY_NAMES.get(k, k): v for k, v in self.get_params().items()}
 
     def fit(self, embeds: np.ndarray, y: np.ndarray, split: np.ndarray | None = None,
             generators: np.ndarray | None = None, progress: Callable[[int, int], None] | None = None
@@ -121,8 +146,8 @@ class DistillerTrainer:
         return proj
 
     def _fit(self, embeds, y, counts, projection, split, generators, progress) -> DistillerTrainer:
-        torch.manual_seed(self.seed)
-        tr, va = split_indices(y, split, self.val_fraction, self.seed)
+        torch.manual_seed(self.random_state)
+        tr, va = split_indices(y, split, self.val_fraction, self.random_state)
         gen_names, g_idx = _generator_targets(generators, y, self.generator_weight)
         model = _initial_model(embeds, projection, tr, gen_names)
         stream = self.stream if self.stream is not None else len(embeds) >= STREAM_MIN_ROWS
@@ -145,10 +170,11 @@ class DistillerTrainer:
     def _train(self, model: Distiller, s: _TrainState, tr: np.ndarray, va: np.ndarray, y: np.ndarray,
                progress: Callable[[int, int], None] | None) -> list[dict]:
         """Adam epochs with early stopping; leaves the best state in ``model``; returns the history."""
-        rng = np.random.default_rng(self.seed)
+        rng = np.random.default_rng(self.random_state)
         opt = torch.optim.Adam(list(model.parameters()), lr=self.lr, weight_decay=self.weight_decay)
         best: tuple[float, float] = (float("-inf"), float("-inf"))
-        best_state, bad, history = None, 0, []
+        best_state: dict[str, torch.Tensor] | None = None
+        bad, history = 0, []
         for epoch in range(self.max_epochs):
             loss = self._epoch(model, s, opt, rng.permutation(tr))
             val_loss, p_val = _validate(model, s, va, self.generator_weight)
@@ -167,7 +193,8 @@ class DistillerTrainer:
                 bad += 1
                 if bad >= self.patience:
                     break
-        model.load_state_dict(best_state)
+        if best_state is not None:  # None when no epoch ran or none gave a finite validation loss
+            model.load_state_dict(best_state)
         model.eval()
         return history
 
@@ -185,7 +212,7 @@ class DistillerTrainer:
                 m = s.g[b] >= 0
                 if m.any():
                     loss = loss + self.generator_weight * nn.functional.cross_entropy(
-                        model.generator_head(z[m]), s.g[b][m])
+                        model.generator_logits(z[m]), s.g[b][m])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -236,11 +263,11 @@ def _generator_targets(generators: np.ndarray | None, y: np.ndarray, weight: flo
     g_idx = np.full(len(y), -1)
     if generators is None or weight <= 0:
         return (), g_idx
-    names = sorted({str(g) for g, l in zip(generators, y) if l == 1 and g is not None and g == g})
+    names = sorted({str(g) for g, label in zip(generators, y) if label == 1 and g is not None and g == g})
     if len(names) < 2:
         return (), g_idx
     lookup = {n: i for i, n in enumerate(names)}
-    return tuple(names), np.array([lookup.get(str(g), -1) if l == 1 else -1 for g, l in zip(generators, y)])
+    return tuple(names), np.array([lookup.get(str(g), -1) if label == 1 else -1 for g, label in zip(generators, y)])
 
 
 def _initial_model(embeds: np.ndarray, projection: np.ndarray, tr: np.ndarray, gen_names: tuple[str, ...]
@@ -282,5 +309,6 @@ def _validate(model: Distiller, s: _TrainState, va: np.ndarray, generator_weight
         val_loss = float(s.bce(logit_val, s.y[va]))
         m = s.g[va] >= 0
         if s.with_generators and m.any():
-            val_loss += generator_weight * float(nn.functional.cross_entropy(model.generator_head(z_val[m]), s.g[va][m]))
+            val_loss += generator_weight * float(nn.functional.cross_entropy(model.generator_logits(z_val[m]),
+                                                                             s.g[va][m]))
     return val_loss, torch.sigmoid(logit_val).numpy()

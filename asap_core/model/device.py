@@ -14,10 +14,13 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..errors import InputError
 from ..settings import settings
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
+
+    from .image_forward import ClipImageForward
 
 MALLOC_KEEP_BYTES = 256 << 20
 CPU_BATCH_SIZE = 32
@@ -155,8 +158,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | str) -
         return dtype
     if dtype in ("float32", "bfloat16"):
         return getattr(torch, dtype)
-    from ..errors import InputError
-
     raise InputError(f"dtype {dtype!r} is not supported.", f"use one of {', '.join(DTYPES)}.")
 
 
@@ -165,7 +166,7 @@ def compile_enabled(compile: bool | None = None) -> bool:
 
     Why off (``benchmarks/embed_speed.py --compile``): on CPU the compiled forward gains on some machines
     and nothing on others, after a one-off compile that costs time and memory, so it pays only on long
-    runs; on a GPU the decoder, not the model, bounds the end-to-end rate (DESIGN.md §6).
+    runs; on a GPU the decoder, not the model, bounds the end-to-end rate (docs/design.md §6).
     ``cli.cpu_speed_tip`` suggests it after long CPU runs.
     """
     if compile is not None:
@@ -173,7 +174,8 @@ def compile_enabled(compile: bool | None = None) -> bool:
     return settings().compile
 
 
-def compiled_forward(image_forward, batch_size: int, with_last_input: bool = False) -> Callable:
+def compiled_forward(image_forward: ClipImageForward, batch_size: int, with_last_input: bool = False
+                     ) -> Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]:
     """``pixels [n, 3, S, S]`` (any float dtype) ``-> image_embeds [n, D]`` (the model's dtype) through
     ``torch.compile(image_forward)`` (``ClipEncoder.image_forward``); with ``with_last_input``
     ``-> (image_embeds [n, D], last layer's input [n, T, d])`` (see ``ClipImageForward.forward``).
@@ -190,7 +192,8 @@ def compiled_forward(image_forward, batch_size: int, with_last_input: bool = Fal
 
     import torch
 
-    state = {"fn": torch.compile(image_forward, dynamic=False), "ok": False}
+    fn: Callable[..., torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = torch.compile(image_forward, dynamic=False)
+    ok = False  # a compiled call has succeeded: later failures are real errors, not a missing compiler
     on_cpu = next(image_forward.parameters()).device.type == "cpu"
 
     def options():
@@ -200,29 +203,30 @@ def compiled_forward(image_forward, batch_size: int, with_last_input: bool = Fal
 
         return inductor_config.patch(freezing=True)  # read when the graph compiles (the first call)
 
-    def forward(pixels: torch.Tensor) -> torch.Tensor:
+    def forward(pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        nonlocal fn, ok
         n = pixels.shape[0]
         if n < batch_size:
             pad = pixels.new_zeros((batch_size - n, *pixels.shape[1:]))
             pixels = torch.cat([pixels, pad])
         try:
             with options():
-                out = _rows(state["fn"](pixels, with_last_input=with_last_input), n)
+                out = _rows(fn(pixels, with_last_input=with_last_input), n)
         except Exception as exc:
-            if state["ok"]:
+            if ok:
                 raise
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
                           f"running the model uncompiled. Set ASAP_COMPILE=0 to skip the attempt.", RuntimeWarning,
                           stacklevel=2)
-            state["fn"] = image_forward
+            fn = image_forward
             out = _rows(image_forward(pixels, with_last_input=with_last_input), n)
-        state["ok"] = True
+        ok = True
         return out
 
     return forward
 
 
-def _rows(out, n: int):
+def _rows(out: torch.Tensor | tuple[torch.Tensor, ...], n: int) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """The first ``n`` rows of a tensor or of each tensor of a tuple (drops the padding)."""
     return tuple(t[:n] for t in out) if isinstance(out, tuple) else out[:n]
 
@@ -267,7 +271,7 @@ GPU_RELEVANCE_BATCH = 128
 
 
 def relevance_batch_size(device: torch.device | str, requested: int | None = None) -> int:
-    """Images per batched relevance VJP: ``requested``, else 128 on a GPU (DESIGN.md §6) and 8 on CPU.
+    """Images per batched relevance VJP: ``requested``, else 128 on a GPU and 8 on CPU (docs/design.md §6).
 
     On CPU rollout is faster and lighter at 8 than at 32 (its 17 cotangents go back through every layer);
     last-block, which backpropagates through one token of one layer, runs alike at both

@@ -50,6 +50,16 @@ from ..errors import ImageLoadError
 from ..inputs.imageio import decode_image, make_thumbnail, pixel_limit, read_checked
 from ..storage.cache import RowStore
 from ..storage.schema import THUMB_SIDE
+from .device import (
+    choose_batch_size,
+    compile_enabled,
+    compiled_forward,
+    configure_threads,
+    cpu_cores,
+    keep_freed_memory,
+    to_device,
+    to_pinned_host,
+)
 from .preprocess import ClipPreprocessor, resize_output_size
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -376,8 +386,6 @@ class _NvjpegDecoder:
         """GPU-decode the JPEGs of one batch; merge with the Pillow part (pixels: CUDA uint8 tensor)."""
         import torch
 
-        from .device import to_device
-
         jpegs = [j for r in read_results for j in r[0]]
         cpu_parts = [r[1] for r in read_results]
         res = DecodedBatch()
@@ -424,8 +432,6 @@ def default_workers(decoder: str, cores: int | None = None) -> int:
     docstring; beside a GPU they run ahead). ``process`` (GPU model): one per core but one (the main
     process feeds the GPU). ``nvjpeg``: 2 to 8 threads for reading files.
     """
-    from .device import cpu_cores
-
     n = cores or cpu_cores()
     if decoder == "thread":
         return min(n, MAX_DECODE_THREADS)
@@ -556,8 +562,6 @@ def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: Cli
     """
     import torch
 
-    from .device import to_device
-
     fast = bool(fast_decode)
     kind = resolve_decoder(decoder, device)
     if kind == "nvjpeg" and (not fast or (decoder == "auto" and _jpeg_share(paths, todo) < 0.5)):
@@ -628,8 +632,6 @@ def embed_files(load_encoder: Callable[[], ClipEncoder], preprocessor: ClipPrepr
     if not todo:
         return failures
 
-    from .device import choose_batch_size, configure_threads, keep_freed_memory
-
     encoder = load_encoder()
     dev = encoder.device
     configure_threads(dev)
@@ -652,8 +654,6 @@ def _batch_encoder(encoder: ClipEncoder, batch_size: int, compile: bool | None, 
     layer's input [n, T, d] float16 or None, ready)``. On a GPU the outputs are pinned host copies still in
     flight: ``ready`` is the CUDA event after which they can be read (None on CPU)."""
     import torch
-
-    from .device import compile_enabled, compiled_forward, to_pinned_host
 
     forward = (compiled_forward(encoder.image_forward, batch_size, with_last_input=keep_last)
                if compile_enabled(compile) else partial(encoder.image_forward, with_last_input=keep_last))

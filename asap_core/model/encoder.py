@@ -108,13 +108,12 @@ def inspect_checkpoint(model: str | None = None) -> CheckpointInfo:
         model_id = str(model_dir)
         source = "random" if is_random_clip(model_dir) else "local"
     else:
-        model_dir = _cached_snapshot_dir(model_id)
-        if model_dir is None:
-            if not _hub_reachable():
-                raise MissingWeights(
-                    f"Could not load CLIP model '{model_id}': it is not in the local Hugging Face cache "
-                    "and the Hub cannot be reached (no network).", model_id)
-            model_dir = _download(model_id)
+        cached = _cached_snapshot_dir(model_id)
+        if cached is None and not _hub_reachable():
+            raise MissingWeights(
+                f"Could not load CLIP model '{model_id}': it is not in the local Hugging Face cache "
+                "and the Hub cannot be reached (no network).", model_id)
+        model_dir = cached if cached is not None else _download(model_id)
         source = "hub"
     try:
         cfg = json.loads((model_dir / "config.json").read_text())
@@ -189,7 +188,8 @@ class ClipEncoder:
             hf_logging.set_verbosity(verbosity)
             hf_logging.enable_progress_bar()
         fold_quick_gelu(vm)
-        return cls(vm.to(dev, dtype), info, dev, dtype)
+        # transformers wraps PreTrainedModel.to with functools.wraps, whose stub leaves `self` unbound
+        return cls(vm.to(dev, dtype), info, dev, dtype)  # type: ignore[arg-type]
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """PIL images -> pixel values ``[B, 3, S, S]`` float32 on CPU."""

@@ -3,7 +3,7 @@ tower with the tokenizer (for naming dimensions): ``load_text_encoder``, cached 
 
 One attention policy: every encoder is loaded with PyTorch's fused attention (``sdpa``); the rollout
 relevance method, the only user of full attention maps, switches the model to eager attention for the
-duration of its call (``method.relevance.eager_attention``) and back. ``last-block`` relevance needs no
+duration of its call (``model.encoder.eager_attention``) and back. ``last-block`` relevance needs no
 attention outputs at all (``ClipImageForward.class_token_attention``).
 """
 from __future__ import annotations

@@ -20,8 +20,57 @@ decoding the image and running layers ``0..L-2`` a second time (``relevance_stor
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Protocol, cast
+
 import torch
 import torch.nn.functional as F
+
+
+class _Attention(Protocol):
+    """The parts of a Hugging Face ``CLIPAttention`` this forward reads."""
+
+    num_heads: int
+    scale: float
+    q_proj: torch.nn.Linear
+    k_proj: torch.nn.Linear
+    v_proj: torch.nn.Linear
+    out_proj: torch.nn.Linear
+
+
+class _EncoderLayer(Protocol):
+    """A pre-norm ``CLIPEncoderLayer``: attention and MLP, each behind a layer norm."""
+
+    self_attn: _Attention
+    layer_norm1: torch.nn.LayerNorm
+    layer_norm2: torch.nn.LayerNorm
+    mlp: torch.nn.Module
+
+
+class _Encoder(Protocol):
+    layers: Sequence[_EncoderLayer]
+
+
+class _Embeddings(Protocol):
+    """Patch and position embeddings: ``pixel_values [B, 3, S, S] -> [B, T, d]``."""
+
+    patch_embedding: torch.nn.Conv2d
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor: ...
+
+
+class _VisionTower(Protocol):
+    embeddings: _Embeddings
+    pre_layrnorm: torch.nn.LayerNorm
+    encoder: _Encoder
+    post_layernorm: torch.nn.LayerNorm
+
+
+class _VisionWithProjection(Protocol):
+    """The layout of ``CLIPVisionModelWithProjection`` (any Hugging Face version this project supports)."""
+
+    vision_model: _VisionTower
+    visual_projection: torch.nn.Linear
 
 
 class ClipImageForward(torch.nn.Module):
@@ -33,8 +82,10 @@ class ClipImageForward(torch.nn.Module):
 
     def __init__(self, vision_model: torch.nn.Module) -> None:
         super().__init__()
-        self.tower = vision_model.vision_model
-        self.projection = vision_model.visual_projection
+        # torch types a submodule attribute as ``Tensor | Module``; the layout is CLIP's, as documented above
+        model = cast(_VisionWithProjection, vision_model)
+        self.tower = model.vision_model
+        self.projection = model.visual_projection
 
     def last_layer_input(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values [B, 3, S, S]`` -> the last layer's input ``h [B, T, d]`` (the model's dtype):
@@ -90,7 +141,7 @@ class ClipImageForward(torch.nn.Module):
         return self.projection(tower.post_layernorm(h[:, 0])), probs
 
 
-def _heads(attn: torch.nn.Module, y: torch.Tensor, class_token_only: bool
+def _heads(attn: _Attention, y: torch.Tensor, class_token_only: bool
            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalised tokens ``y [B, T, d]`` -> per-head ``q [B, H, Tq, d/H]`` (``Tq`` = 1 for the class token
     only, else ``T``), ``k`` and ``v`` ``[B, H, T, d/H]``."""
@@ -101,7 +152,7 @@ def _heads(attn: torch.nn.Module, y: torch.Tensor, class_token_only: bool
     return split(q), split(attn.k_proj(y)), split(attn.v_proj(y))
 
 
-def _layer(layer: torch.nn.Module, h: torch.Tensor, class_token_only: bool) -> torch.Tensor:
+def _layer(layer: _EncoderLayer, h: torch.Tensor, class_token_only: bool) -> torch.Tensor:
     """One pre-norm CLIP encoder layer: ``h [B, T, d] -> [B, T, d]``, or ``[B, 1, d]`` (class token) when
     ``class_token_only``."""
     attn = layer.self_attn

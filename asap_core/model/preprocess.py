@@ -10,7 +10,7 @@ Shortcuts that change pixels (``Image.reduce``, JPEG ``draft``, ``resize(box=...
 are deliberately not used on that path: one uint8 level is 0.015 after normalisation, above the tolerance.
 ``benchmarks/preprocess_speed.py`` prints the timings.
 
-Strips and panoramas (the one exception, decided in issue 15): resizing the shortest side of a 65500 x 1
+Strips and panoramas (the one exception): resizing the shortest side of a 65500 x 1
 image to 224 px makes a 14672000 x 224 image (3.3 gigapixels, 13 GB in Pillow's 4-byte pixels) of which the
 centre crop keeps 224 x 224 (a 276-byte PNG took 14 GB in ``analyze``). Such images are **cropped before resizing**, not refused: when the resize is
 an upscale whose output would exceed ``MAX_RESIZED_CROPS`` crops (``ClipPreprocessor.crops_before_resizing``),

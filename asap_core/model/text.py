@@ -71,7 +71,7 @@ class ClipTextEncoder:
         ``NoTextTower`` when it has none (or no tokenizer); ``ModelLoadError`` when its files do not load.
         Callers get it from ``model.factory.load_text_encoder`` (cached).
         """
-        from transformers import CLIPConfig, CLIPTextModelWithProjection, CLIPTokenizer
+        from transformers import CLIPConfig, CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
         from transformers.utils import logging as hf_logging
 
         problem = text_tower_problem(info.model_dir)
@@ -83,7 +83,9 @@ class ClipTextEncoder:
         try:
             tokenizer = CLIPTokenizer.from_pretrained(str(info.model_dir), local_files_only=True)
             config = CLIPConfig.from_pretrained(str(info.model_dir), local_files_only=True)
-            text_config = config.text_config
+            text_config = config.text_config  # CLIPConfig builds it from the file's dict (typed as either)
+            if not isinstance(text_config, CLIPTextConfig):
+                raise TypeError("its config has no text_config")
             text_config.projection_dim = config.projection_dim  # the joint space's width, as the image side's
             model = CLIPTextModelWithProjection.from_pretrained(str(info.model_dir), config=text_config,
                                                                 local_files_only=True, dtype=torch.float32)
@@ -93,7 +95,8 @@ class ClipTextEncoder:
         finally:
             hf_logging.set_verbosity(verbosity)
         dev = resolve_device(device)
-        return cls(model.to(dev), tokenizer, info, dev)
+        # transformers wraps PreTrainedModel.to with functools.wraps, whose stub leaves `self` unbound
+        return cls(model.to(dev), tokenizer, info, dev)  # type: ignore[arg-type]
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:

@@ -15,8 +15,12 @@ import uuid
 from pathlib import Path
 
 from ..errors import BundleError, ModelLoadError
+from ..model.encoder import inspect_checkpoint, resolve_model_id
+from ..storage.bundle import Bundle
 from ..storage.cache import default_cache_dir, hash_key
 from ..storage.schema import RANDOM_CLIP_MARKER, RANDOM_CLIP_PREFIX
+from .analyze import analyze
+from .options import AnalyzeOptions
 
 DEMO_DATA = Path(__file__).resolve().parents[1] / "demo_data"
 # the random CLIP of the fallback: 64 px input, 8 px patches -> 8x8 relevance maps, D = 64
@@ -96,8 +100,6 @@ def _demo_data_key() -> str:
 
 def _resolve(model: str | None) -> tuple[str | None, str, str]:
     """(model for ``analyze`` or None for the random fallback, bundle key, note for the user)."""
-    from ..model.encoder import inspect_checkpoint, resolve_model_id
-
     try:
         info = inspect_checkpoint(model)
     except ModelLoadError as exc:
@@ -126,9 +128,6 @@ def ensure_demo_bundle(model: str | None = None, progress=None) -> tuple[Path, s
     ``note`` is ``""`` with a real CLIP; with the random fallback it says so and how to provide a model.
     ``progress(stage, done, total)`` is passed to ``analyze``.
     """
-    from ..storage.bundle import Bundle
-    from .analyze import AnalyzeOptions, analyze
-
     model_id, key, note = _resolve(model)
     out = _bundle_path(key)
     try:

@@ -1,6 +1,7 @@
 """``analyze --engine ray``: the hash, embed and relevance stages of ``pipeline.stages`` on Ray Data.
 
-Same signatures as the local stages (``analyze._engine`` picks the module), same results, same cache::
+Same signatures as the local stages (both satisfy ``pipeline.engine.Engine``; ``engine.engine`` picks the
+module), same results, same cache::
 
     paths --map_batches(hash_batch: tasks)------------------> image ids        (driver: dedupe as locally)
     ids the cache lacks --map_batches(EmbedActor: a pool)---> embeddings [n, D] float32 + JPEG thumbnails
@@ -26,13 +27,12 @@ Same signatures as the local stages (``analyze._engine`` picks the module), same
   node's CPUs per GPU for decoding; else actors of ``CPUS_PER_ACTOR`` cores (fewer on smaller nodes),
   as many as the cluster holds. The image files (and a local model folder) must be readable at the same
   paths on every node: a single machine, or shared storage.
-- Ray is imported only here, only when a stage runs; ``analyze`` without ``engine="ray"`` never imports
-  this module. A Ray started by the first stage (no running one, no ``--ray-address``) lives until the
+- Ray is imported only here, only when a stage runs (inside the functions: Ray is an optional extra, and
+  importing this module must work without it); ``analyze`` without ``engine="ray"`` never imports Ray. A Ray started by the first stage (no running one, no ``--ray-address``) lives until the
   process ends, so later runs in the same process reuse it.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -44,10 +44,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from .. import errors
 from ..errors import AsapError, InputError, ModelLoadError
 from ..inputs.scan import ScanResult
-from ..model.device import CPU_BATCH_SIZE, CPU_RELEVANCE_BATCH
+from ..method.relevance_store import compute_missing_maps, map_store
+from ..model.device import CPU_BATCH_SIZE, CPU_RELEVANCE_BATCH, configure_threads
+from ..model.embedding import embed_files
+from ..model.factory import load_encoder
 from ..storage.cache import RowStore
+from ..storage.schema import N_TARGETS
 from . import stages
 from .stages import Embedded, RunContext
 
@@ -61,13 +66,6 @@ HASH_BATCH = 256  # files per hashing task
 CPU_CALL_BATCHES = 2  # local model batches per call of a CPU actor (see ``call_rows``)
 GPU_CALL_ROWS = 512  # images per call of a GPU actor (its model batches: chosen there from free memory)
 ACTOR_DECODERS = ("inline", "thread", "nvjpeg")  # others ("auto", "process") become "thread" in an actor
-
-
-def check_available() -> None:
-    """``InputError`` with the fix when Ray Data cannot be imported (checked before any work)."""
-    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.data") is None:
-        raise InputError("--engine ray needs Ray Data, which is not installed.",
-                         "pip install -r requirements-ray.txt (or run without --engine ray).")
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -183,8 +181,6 @@ def worker_error(exc: Exception) -> Exception:
     """The ``AsapError`` a Ray worker raised, rebuilt from the traceback text Ray hands back (Ray keeps the
     text, not the object, e.g. of an actor that failed to start), so the CLI prints message and fix; else
     ``exc`` itself."""
-    from .. import errors
-
     m = _WORKER_ERROR.search(str(exc))
     if not m:
         return exc
@@ -283,9 +279,6 @@ class ActorSpec:
 
     def load(self):
         """The encoder, once per actor, from the one factory; ``ModelLoadError`` if the node has other weights."""
-        from ..model.device import configure_threads
-        from ..model.factory import load_encoder
-
         configure_threads(self.device, self.threads)
         encoder = load_encoder(self.model, device=self.device, dtype=self.dtype)
         if encoder.cache_key != self.cache_key:
@@ -305,8 +298,6 @@ class EmbedActor:
         self.encoder = spec.load()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ..model.embedding import embed_files
-
         paths, ids = [str(p) for p in batch["path"]], [str(i) for i in batch["image_id"]]
         embeds, thumbs = _Rows(), _Rows()
         failures = embed_files(lambda: self.encoder, self.encoder.preprocessor, paths, ids, embeds, thumbs,
@@ -326,9 +317,6 @@ class MapActor:
         self.encoder = spec.load()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ..method.relevance_store import compute_missing_maps
-        from ..storage.schema import N_TARGETS
-
         paths, ids = [str(p) for p in batch["path"]], [str(i) for i in batch["image_id"]]
         maps, rows = _Rows(), pd.DataFrame({"image_id": ids, "path": paths})
         failures = compute_missing_maps(maps, self.encoder, self.distiller, rows, self.method, self.spec.batch_size,
@@ -406,8 +394,6 @@ def relevance_stage(ctx: RunContext, images: pd.DataFrame, distiller: Distiller,
                     last_inputs: RowStore | None = None) -> RowStore:
     """``stages.relevance_stage`` on Ray: maps the cache lacks computed by a pool of ``MapActor`` (from the
     pixels: the Ray engine keeps no last-layer inputs), stored by the driver in the local run's map store."""
-    from ..method.relevance_store import map_store
-
     method = ctx.options.relevance
     store = map_store(ctx.cache, ctx.info.cache_key, distiller.fingerprint, method, ctx.info.patch_side)
     todo = images[images["image_id"].isin(store.missing(images["image_id"]))]

@@ -1,4 +1,4 @@
-"""The stages of ``analyze``, each a function with typed inputs and outputs (DESIGN.md §1):
+"""The stages of ``analyze``, each a function with typed inputs and outputs (docs/design.md §1):
 
     scan -> hash -> embed -> project -> train -> layout -> relevance -> write
 
@@ -13,30 +13,52 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from PIL import Image
 
+from ..analyses.explanation_checks import (
+    CheckSource,
+    check_sample,
+    checks_method,
+    run_checks,
+    summary_json,
+    write_summary,
+)
 from ..errors import ImageLoadError, InputError
 from ..inputs.imageio import decode_image, file_sha1, read_checked
 from ..inputs.scan import ScanResult
-from ..model.device import dtype_name
-from ..model.encoder import CheckpointInfo
+from ..method.distiller import Distiller
+from ..method.layout import assign_cells, cell_table, default_grid, embed_2d
+from ..method.projection import VisionOnlyProjection
+from ..method.relevance_store import (
+    keeps_last_inputs,
+    last_input_bytes,
+    last_input_store,
+    map_store,
+    precompute_relevance,
+)
+from ..method.training import DistillerTrainer, classification_metrics
+from ..model.device import cpu_cores, dtype_name, resolve_dtype
+from ..model.embedding import approximate_decoding, decode_batch, embed_files
+from ..model.encoder import CheckpointInfo, inspect_checkpoint, resolve_device
+from ..model.factory import load_encoder
 from ..storage import schema as S
+from ..storage.bundle import write_bundle
 from ..storage.cache import RowStore, cached_call, default_cache_dir, free_disk_bytes, hash_key
+from .options import AnalyzeOptions
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
-    from ..method.distiller import Distiller
-    from ..method.projection import VisionOnlyProjection
     from ..model.encoder import ClipEncoder
     from ..model.preprocess import ClipPreprocessor
-    from .analyze import AnalyzeOptions
 
 # progress(stage, done, total): the CLI draws tqdm bars, the app a st.progress
 StageProgress = Callable[[str, int, int], None]
@@ -66,9 +88,6 @@ class RunContext:
     @classmethod
     def create(cls, options: AnalyzeOptions, progress: StageProgress | None) -> RunContext:
         """Check the options (before any work) and resolve device, precision and checkpoint."""
-        from ..model.device import resolve_dtype
-        from ..model.encoder import inspect_checkpoint, resolve_device
-
         options.check()
         device = resolve_device(options.device)
         dtype = resolve_dtype(options.dtype, device)
@@ -92,8 +111,6 @@ class RunContext:
         """The model, from the one encoder factory; loaded only when a stage needs it (a fully cached run
         never does)."""
         if self._encoder is None:
-            from ..model.factory import load_encoder
-
             with self.stage("load model"):
                 self._encoder = load_encoder(self.info.model_id, device=self.options.device, dtype=self.dtype)
         return self._encoder
@@ -187,8 +204,6 @@ class Embedded:
 def _last_input_store(ctx: RunContext, n_images: int) -> RowStore | None:
     """Where the embedding pass keeps each image's last-layer input for ``last-block`` relevance, or None
     (another method, not on this device, or not enough free disk)."""
-    from ..method.relevance_store import keeps_last_inputs, last_input_bytes, last_input_store
-
     if ctx.options.relevance != "last-block" or not keeps_last_inputs(ctx.device):
         return None
     if last_input_bytes(ctx.info, n_images) > free_disk_bytes(ctx.cache) // 2:
@@ -198,8 +213,6 @@ def _last_input_store(ctx: RunContext, n_images: int) -> RowStore | None:
 
 def embed_stage(ctx: RunContext, images: pd.DataFrame, root: Path) -> Embedded:
     """Embed (cached per image id) and thumbnail every image; files that fail to decode are skipped."""
-    from ..model.embedding import embed_files
-
     o = ctx.options
     store, thumbs = embedding_stores(ctx)
     last_inputs = _last_input_store(ctx, len(images))
@@ -231,13 +244,13 @@ def keep_embedded(ctx: RunContext, images: pd.DataFrame, root: Path, failures: l
 # ----------------------------------------------------------------------------- project
 
 
-def sample_order(n_rows: int, seed: int) -> np.ndarray:
+def sample_order(n_rows: int, random_state: int) -> np.ndarray:
     """The order ``[n_rows]`` in which the projection's sample takes its candidate images (a seeded
     permutation): the first ones that decode are used."""
-    return np.random.default_rng(seed).permutation(n_rows)
+    return np.random.default_rng(random_state).permutation(n_rows)
 
 
-def _sample_images(paths: list[str], ids: list[str | None], n: int, seed: int,
+def _sample_images(paths: list[str], ids: list[str | None], n: int, random_state: int,
                    preprocessor: ClipPreprocessor | None, workers: int | None = None) -> tuple[list[int], list]:
     """The first ``n`` images of a seeded permutation of ``paths`` that decode (unreadable ones, and files
     whose bytes no longer hash to their id in ``ids``, are passed over), and their positions in ``paths``.
@@ -247,7 +260,7 @@ def _sample_images(paths: list[str], ids: list[str | None], n: int, seed: int,
     decoder (``embedding.decode_batch``: the very crops it embedded), one thread per core: the sample holds
     ``n`` crops, not ``n`` full-size photos (128 camera photos and their texted copies took over 10 GB).
     Without, the full-size decodes are kept (one thread)."""
-    order = [int(i) for i in sample_order(len(paths), seed)]
+    order = [int(i) for i in sample_order(len(paths), random_state)]
     idx, out, pos = [], [], 0
     while len(out) < n and pos < len(order):  # candidates in order until n decode
         chunk = order[pos:pos + n - len(out)]
@@ -270,13 +283,6 @@ def _decode_sample(paths: list[str], ids: list[str | None], chunk: list[int],
             except ImageLoadError:
                 continue
         return out
-    from concurrent.futures import ThreadPoolExecutor
-
-    from PIL import Image
-
-    from ..model.device import cpu_cores
-    from ..model.embedding import decode_batch
-
     items = [(i, paths[i], ids[i]) for i in chunk]
     k = max(1, min(cpu_cores() if workers is None else workers, len(items)))
     with ThreadPoolExecutor(k, thread_name_prefix="asap-sample") as pool:
@@ -285,7 +291,7 @@ def _decode_sample(paths: list[str], ids: list[str | None], chunk: list[int],
     return [(i, crops[i]) for i in chunk if i in crops]
 
 
-def fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int, embed_images: Callable,
+def fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, random_state: int, embed_images: Callable,
                    exact_decode: bool, preprocessor: ClipPreprocessor | None = None,
                    workers: int | None = None) -> VisionOnlyProjection:
     """``VisionOnlyProjection`` from ``n`` sampled images of ``images`` (rows of ``embeds [N, D]``; its
@@ -300,11 +306,9 @@ def fit_projection(images: pd.DataFrame, embeds: np.ndarray, n: int, seed: int, 
     resampled, so ``embeds`` still match). ``None`` keeps the decoded images as they are. ``workers``: most
     decode threads (None: one per core).
     """
-    from ..method.projection import VisionOnlyProjection
-
     ids = images["image_id"].tolist() if "image_id" in images else [None] * len(images)
-    idx, sample = _sample_images(images["path"].tolist(), ids, n, seed, preprocessor, workers)
-    return VisionOnlyProjection(random_state=seed).fit(
+    idx, sample = _sample_images(images["path"].tolist(), ids, n, random_state, preprocessor, workers)
+    return VisionOnlyProjection(random_state=random_state).fit(
         sample, embed_images, clean_embeds=embeds,
         image_embeds=embeds[idx] if exact_decode else None)
 
@@ -330,12 +334,6 @@ def projection_sample_size(n_images: int, asked: int | None = None) -> int:
 def project_stage(ctx: RunContext, emb: Embedded) -> VisionOnlyProjection:
     """The vision-only projection: the given distiller's, a file's, or fitted on a sample (cached) of
     ``projection_sample_size`` images, a number then recorded in ``ctx.options``."""
-    from dataclasses import replace
-
-    from ..method.distiller import Distiller
-    from ..method.projection import VisionOnlyProjection
-    from ..model.embedding import approximate_decoding
-
     o = ctx.options
     if o.distiller is not None:
         return VisionOnlyProjection.from_components(Distiller.from_pretrained(model_dir(o.distiller)).projection.numpy())
@@ -343,10 +341,10 @@ def project_stage(ctx: RunContext, emb: Embedded) -> VisionOnlyProjection:
         return VisionOnlyProjection.from_pretrained(o.projection_file, ctx.info.embed_dim)
     n = projection_sample_size(len(emb.images), o.projection_samples)
     ctx.options = replace(o, projection_samples=n)  # bundle.json records the number used
-    key = hash_key(PROJECTION_VERSION, ctx.info.cache_key, emb.embeds, n, o.seed)
+    key = hash_key(PROJECTION_VERSION, ctx.info.cache_key, emb.embeds, n, o.random_state)
     return cached_call(
         ctx.cache, "projection", key,
-        lambda: fit_projection(emb.images, emb.embeds, n, o.seed,
+        lambda: fit_projection(emb.images, emb.embeds, n, o.random_state,
                                lambda crops: ctx.encoder().encode_crops(crops).numpy(),
                                exact_decode=not approximate_decoding(ctx.dtype),
                                preprocessor=ctx.info.preprocessor, workers=o.num_workers),
@@ -364,9 +362,6 @@ def model_dir(path: str) -> Path:
 
 def train_stage(ctx: RunContext, emb: Embedded, projection: VisionOnlyProjection) -> tuple[Distiller, dict]:
     """The distiller (trained on the labelled images, cached; or the given one) and its metrics."""
-    from ..method.distiller import Distiller
-    from ..method.training import DistillerTrainer, classification_metrics
-
     images, embeds = emb.images, emb.embeds
     y = (images["label"] == "fake").to_numpy()
     labelled = images["label"].notna().to_numpy()
@@ -376,12 +371,12 @@ def train_stage(ctx: RunContext, emb: Embedded, projection: VisionOnlyProjection
         if labelled.any():
             metrics["all"] = classification_metrics(y[labelled], distiller.predict(embeds[labelled])[1])
         return distiller, metrics
-    trainer = DistillerTrainer(projection=projection.components_, seed=ctx.options.seed)
+    trainer = DistillerTrainer(projection=projection.components_, random_state=ctx.options.random_state)
     idx = np.flatnonzero(labelled)
     split = images["split"].to_numpy(dtype=object)[idx]
     gens = images["generator"].to_numpy(dtype=object)[idx]
     rows = embeds if len(idx) == len(embeds) else embeds[idx]  # all labelled: no second [N, D] copy
-    key = hash_key(rows, y[idx], split.astype(str), gens.astype(str), trainer.get_params())
+    key = hash_key(rows, y[idx], split.astype(str), gens.astype(str), trainer.cache_params())
 
     def fit() -> tuple[Distiller, dict]:
         t = trainer.fit(rows, y[idx], split=split, generators=gens)
@@ -417,12 +412,8 @@ def layout_stage(ctx: RunContext, images: pd.DataFrame, z: np.ndarray, p_fake: n
                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(images with predictions, map position and cell; the cell table) on the options' grid; without one
     (``grid`` None or 0) on ``default_grid`` of the map, recorded in ``ctx.options`` (so in bundle.json)."""
-    from dataclasses import replace
-
-    from ..method.layout import assign_cells, cell_table, default_grid, embed_2d
-
     images = prediction_columns(images, z, p_fake)
-    seed = ctx.options.seed
+    seed = ctx.options.random_state
     xy = cached_call(ctx.cache, "map2d", hash_key(LAYOUT_VERSION, z, seed), lambda: embed_2d(z, random_state=seed),
                      lambda a, d: np.save(d / "xy.npy", a), lambda d: np.load(d / "xy.npy"))
     images["map_x"], images["map_y"] = xy[:, 0], xy[:, 1]
@@ -438,8 +429,6 @@ def layout_stage(ctx: RunContext, images: pd.DataFrame, z: np.ndarray, p_fake: n
 def relevance_stage(ctx: RunContext, images: pd.DataFrame, distiller: Distiller,
                     last_inputs: RowStore | None) -> RowStore:
     """Precomputed relevance maps of every image with the options' method (``--relevance``)."""
-    from ..method.relevance_store import precompute_relevance
-
     return precompute_relevance(ctx.cache, ctx.info, ctx.encoder, distiller, images, ctx.options.relevance,
                                 batch_size=ctx.options.relevance_batch_size, decoder=ctx.options.decoder,
                                 last_inputs=last_inputs, progress=ctx.report("relevance"))
@@ -461,14 +450,11 @@ def checks_stage(ctx: RunContext, images: pd.DataFrame, distiller: Distiller) ->
     """``--faithfulness N``: deletion / insertion curves and the parameter-randomisation check of the maps
     (the run's ``--relevance`` method, else the default) on a seeded sample of N labelled images of both
     classes (``explanation_checks.check_sample``), cached per image in the run's cache. None when off."""
-    from ..analyses.explanation_checks import CheckSource, check_sample, checks_method, run_checks, summary_json
-    from ..method.relevance_store import map_store
-
     n = int(ctx.options.faithfulness or 0)
-    ids = check_sample(images, n, ctx.options.seed) if n > 0 else []
+    ids = check_sample(images, n, ctx.options.random_state) if n > 0 else []
     if not ids:
         return None
-    method = checks_method(vars(ctx.options))
+    method = checks_method(ctx.options)
     src = CheckSource.from_files(ctx.cache, ctx.info, ctx.encoder, distiller, images, method)
     faith, sanity, stores = run_checks(src, ids, method, progress=ctx.progress)
     maps = map_store(ctx.cache, ctx.info.cache_key, distiller.fingerprint, method, ctx.info.patch_side)
@@ -479,8 +465,6 @@ def store_checks(bundle: Path, checks: Checks | None) -> None:
     """Copy the checks' stores into the written bundle's ``cache/`` and their digest beside them
     (``explanation_checks.SUMMARY_FILE``). Cache, not bundle: without them the bundle is complete and the
     app computes the checks on demand."""
-    from ..analyses.explanation_checks import write_summary
-
     if checks is None:
         return
     cache = Path(bundle) / S.CACHE_DIR
@@ -516,7 +500,7 @@ def bundle_meta(ctx: RunContext, r: Results) -> dict:
                             ctx.info.image_size, dtype_name(ctx.dtype), ctx.info.source)
     return {"data_dir": str(r.scan.root.resolve()), "layout": r.scan.layout, "encoder": encoder.to_dict(),
             "preprocessing": ctx.info.preprocessor.version,
-            "options": {k: v for k, v in vars(ctx.options).items() if k != "cache_dir"},
+            "options": ctx.options.to_dict(),
             "counts": counts.to_dict(), "metrics": r.metrics,
             "skipped": [{"path": p, "reason": why} for p, why in ctx.skipped], "timings": ctx.timings}
 
@@ -525,8 +509,6 @@ def write_stage(ctx: RunContext, out: str | Path, r: Results) -> Path:
     """Write the bundle ``out`` atomically (tables, thumbnails, model, precomputed maps). The thumbnails
     go from their store into the bundle a row group at a time (``r.thumbs.get`` on chunks of ids), never
     all in memory."""
-    from ..storage.bundle import write_bundle
-
     def model_writer(d: Path) -> None:
         r.distiller.save_pretrained(d)
         r.projection.save_pretrained(d)

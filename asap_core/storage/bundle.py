@@ -1,4 +1,4 @@
-"""The analysis bundle on disk (DESIGN §4, ``schema``): Parquet tables, JSON metadata, safetensors weights.
+"""The analysis bundle on disk (docs/design.md §4, ``schema``): Parquet tables, JSON metadata, safetensors weights.
 
 Written atomically: everything goes into a temporary sibling folder that is renamed into place at the
 end (the old bundle kept in a hidden backup until then, restored by the next write after a crash), and
@@ -31,6 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import AsapError, BundleError, ImageLoadError, InputError
+from ..inputs.imageio import decode_image, read_checked
 from . import schema as S
 from .cache import exclusive_lock, pid_alive, remove_path
 from .thumbs import IMAGE_GROUP_ROWS, ThumbReader, ThumbSource, write_thumbs
@@ -38,8 +39,6 @@ from .thumbs import IMAGE_GROUP_ROWS, ThumbReader, ThumbSource, write_thumbs
 if TYPE_CHECKING:  # torch stays optional for viewing bundles
     from PIL import Image
 
-    from ..method.distiller import Distiller
-    from ..model.encoder import ClipEncoder
     from ..model.preprocess import ClipPreprocessor
 
 RERUN = "re-run `python -m asap_core analyze` to write the bundle again."
@@ -291,7 +290,7 @@ def _validate(path: Path) -> dict:
 
 def _check_grid(meta: dict, meta_path: Path) -> None:
     """``BundleError`` unless ``options.grid`` is absent, null or a whole number in ``1..MAX_GRID``."""
-    g = meta["options"].get("grid")
+    g = (meta.get("options") or {}).get("grid")
     if g is None:
         return
     if isinstance(g, bool) or not isinstance(g, int) or not 1 <= g <= MAX_GRID:
@@ -459,8 +458,8 @@ class Bundle:
 
     Tables: ``images`` (one row per image, ``schema.IMAGE_COLUMNS``), ``cells`` (one row per non-empty
     cell), ``z`` (``[N, 16]``). Metadata, typed: ``encoder_info``, ``counts``, ``options``, ``metrics``,
-    ``grid``, ``layout``, ``skipped``; ``dimension_names`` (optional, read afresh). Models (need torch):
-    ``distiller``, ``encoder()``.
+    ``grid``, ``layout``, ``skipped``; ``dimension_names`` (optional, read afresh). Its models (need torch)
+    are loaded by ``method.bundle_models`` (``bundle_models``, ``bundle_distiller``), not here.
     """
 
     def __init__(self, path: Path, meta: dict) -> None:
@@ -489,10 +488,10 @@ class Bundle:
     def counts(self) -> S.Counts:
         return S.read_section(self.meta, "counts")
 
-    @property
-    def options(self) -> dict:
-        """The ``analyze`` options the bundle was made with."""
-        return self.meta["options"]
+    @cached_property
+    def options(self) -> S.AnalysisOptions:
+        """The ``analyze`` options the bundle was made with (defaults where an older bundle lacks them)."""
+        return S.read_section(self.meta, "options")
 
     @property
     def metrics(self) -> dict:
@@ -512,7 +511,7 @@ class Bundle:
     @cached_property
     def grid(self) -> int:
         """Cells per side of the bundle's own overview (its options; else read off the cell table)."""
-        g = self.options.get("grid")
+        g = self.options.grid
         if g:
             return int(g)
         cells = self.cells
@@ -577,8 +576,6 @@ class Bundle:
         its thumbnail with ``thumbnail_fallback``, else ``BundleError`` naming the file and ``needed_for``
         (e.g. "its concept segments"). A file whose bytes no longer hash to ``image_id`` (rewritten since
         the analysis) counts as unreadable: its new pixels never stand in for the analysed ones."""
-        from ..inputs.imageio import decode_image, read_checked
-
         path = self._paths[image_id]
         try:
             return decode_image(read_checked(path, image_id), path)
@@ -609,22 +606,3 @@ class Bundle:
     def save_dimension_names(self, names: Sequence[str | None]) -> tuple[str, ...]:
         """Replace all ``N_DIMS`` names; returns them. See ``save_dimension_names``."""
         return save_dimension_names(self.path, names)
-
-    # ---- models
-    @cached_property
-    def distiller(self) -> Distiller:
-        from ..method.distiller import Distiller
-
-        return Distiller.from_pretrained(self.path / S.MODEL_DIR)
-
-    def encoder(self, model: str | None = None) -> ClipEncoder:
-        """The bundle's CLIP (or ``model``, e.g. a local copy of the same checkpoint), from the one cached
-        encoder factory."""
-        from ..model.factory import load_encoder
-
-        return load_encoder(model or self.encoder_info.model_id)
-
-    def model_key(self, encoder: ClipEncoder | None = None) -> str:
-        """Cache key of results that depend on the encoder (``encoder``'s, else the bundle's) and the distiller."""
-        enc_key = encoder.cache_key if encoder is not None else self.encoder_info.cache_key
-        return f"{enc_key}-{self.distiller.fingerprint}"

@@ -27,6 +27,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..settings import settings
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; writers fall back to their race-tolerant path
@@ -38,8 +40,6 @@ _TMP_PID = re.compile(r"\.tmp-(\d+)-")
 
 def default_cache_dir() -> Path:
     """``$ASAP_CACHE_DIR``, else ``~/.cache/asap_explorer`` (``settings().cache_dir``)."""
-    from ..settings import settings
-
     return settings().cache_dir
 
 

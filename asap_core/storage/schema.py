@@ -1,6 +1,6 @@
 """The bundle schema: what a bundle is, and the constants every layer shares (one home for each).
 
-A bundle folder (DESIGN.md §4) holds ``bundle.json`` (``META_FIELDS``), ``images.parquet``
+A bundle folder (docs/design.md §4) holds ``bundle.json`` (``META_FIELDS``), ``images.parquet``
 (``IMAGE_COLUMNS``), ``cells.parquet`` (``CELL_COLUMNS``), ``thumbs.parquet`` (``THUMB_COLUMNS``),
 ``model/`` (distiller + projection, safetensors) and ``cache/`` (on-demand results).
 
@@ -9,9 +9,10 @@ A prediction is ``fake`` when ``p_fake >= DECISION_THRESHOLD``; confidence is ``
 """
 from __future__ import annotations
 
+import types
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, ClassVar, get_args, get_type_hints
 
 import numpy as np
 
@@ -46,6 +47,9 @@ GRID_MAX = 30  # the map is ~570 px wide at 1280 px: 19 px cells, the smallest w
 GRID_MEDIAN_IMAGES = 10
 GRID_FILL = 0.7  # share of the chosen grid's cells a t-SNE map occupies (the estimate without map positions)
 THUMB_SIDE = 128  # longest side of the thumbnails, px
+#: Largest thumbnail read from a bundle (pixels, from its header): thumbnails are written at most
+#: ``THUMB_SIDE`` px, so anything over (4 x THUMB_SIDE)^2 is not a thumbnail and is shown grey.
+THUMB_MAX_PIXELS = (4 * THUMB_SIDE) ** 2
 
 # column -> kind; kinds: "string", "float", "int", "bool" (null-typed columns pass: all values missing)
 IMAGE_COLUMNS: dict[str, str] = {
@@ -68,9 +72,9 @@ RANDOM_CLIP_MARKER = "asap_random_init.json"  # written into the folder of a ran
 RANDOM_CLIP_PREFIX = "random-clip-"  # the demo's random CLIP in the cache (folders written before the marker)
 MEANINGFUL_AUC = 0.65  # below this validation ROC-AUC the classifier is close to chance: a caution on every page
 
-# bundle.json: required field -> type
+# bundle.json: required field -> type ("options" is optional: ``SECTIONS`` checks it when present)
 META_FIELDS: dict[str, type] = {"version": int, "complete": bool, "layout": str, "encoder": dict, "counts": dict,
-                                "options": dict, "metrics": dict, "skipped": list}
+                                "metrics": dict, "skipped": list}
 
 
 @dataclass(frozen=True)
@@ -110,13 +114,107 @@ class Counts:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-SECTIONS: dict[str, type] = {"encoder": EncoderInfo, "counts": Counts}
+@dataclass(frozen=True)
+class AnalysisOptions:
+    """``bundle.json["options"]``: the options ``analyze`` ran with (``pipeline.options.AnalyzeOptions`` adds
+    the run's cache folder, which is not stored).
+
+    Parameters
+    ----------
+    model : HF id or local folder of the CLIP; None: ``$ASAP_MODEL`` or the default ViT-B/32.
+    device : "auto", "cpu", "cuda", ... where the CLIP runs.
+    batch_size, num_workers : images per forward and decoding workers; None: chosen for the device.
+    decoder : how images are decoded (``model.embedding.DECODERS``); "thread" where worker processes
+        cannot start (Streamlit).
+    compile : compile the CLIP forward; None: where it pays.
+    relevance_batch_size : images per relevance batch; None: ``model.device.relevance_batch_size``.
+    dtype : CLIP precision; None / "auto": bfloat16 on GPU, float32 on CPU.
+    relevance : maps precomputed for every image: ``NO_RELEVANCE`` or one of ``RELEVANCE_METHODS``.
+    grid : cells per side of the overview; None: ``method.layout.default_grid`` (a run records its choice).
+    projection_file : a published projection matrix file; None: fit one.
+    projection_samples : images whose texted copies fit the projection; None: ``stages.projection_sample_size``
+        (a run records the number used).
+    distiller : a bundle or folder whose distiller is applied instead of training one.
+    random_state : seed of the projection's sample, the training split, the 2-D map and the checks' sample.
+    engine : "local" or "ray" (``pipeline.options.ENGINES``).
+    ray_address : with engine "ray", the cluster to join; None: Ray's default.
+    faithfulness : explanation checks on a seeded sample of this many labelled images (0: off).
+
+    A section of a bundle written before a field existed loads that field's default; the key ``seed`` of
+    older bundles loads as ``random_state`` (``renamed``).
+    """
+
+    renamed: ClassVar[dict[str, str]] = {"seed": "random_state"}  # key in older bundle.json -> field
+
+    model: str | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    num_workers: int | None = None
+    decoder: str = "auto"
+    compile: bool | None = None
+    relevance_batch_size: int | None = None
+    dtype: str | None = None
+    relevance: str = NO_RELEVANCE
+    grid: int | None = None
+    projection_file: str | None = None
+    projection_samples: int | None = None
+    distiller: str | None = None
+    random_state: int = 0
+    engine: str = "local"
+    ray_address: str | None = None
+    faithfulness: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as ``bundle.json`` stores it: this class's fields only (a subclass's stay out)."""
+        return {f.name: getattr(self, f.name) for f in fields(AnalysisOptions)}
+
+    def stored(self) -> AnalysisOptions:
+        """These options as a bundle stores them and ``Bundle.options`` loads them back (equal objects)."""
+        return AnalysisOptions(**self.to_dict())
+
+
+# bundle.json sections written from dataclasses; "options" may be absent (bundles written before it: defaults)
+SECTIONS: dict[str, type] = {"encoder": EncoderInfo, "counts": Counts, "options": AnalysisOptions}
+OPTIONAL_SECTIONS: frozenset[str] = frozenset({"options"})
+
+
+def _renamed(cls: type, value: dict) -> dict:
+    """``value`` with the keys ``cls.renamed`` maps (older names) under their current names; a current name
+    present wins."""
+    renamed: dict[str, str] = getattr(cls, "renamed", {})
+    out = dict(value)
+    for old, new in renamed.items():
+        if old in out:
+            moved = out.pop(old)
+            out.setdefault(new, moved)
+    return out
+
+
+def _accepts(want: Any, v: object) -> bool:
+    """Whether ``v`` (read from JSON) is of the annotated type ``want`` (a class or a union such as
+    ``int | None``); a bool is not an int here."""
+    kinds = get_args(want) if isinstance(want, types.UnionType) else (want,)
+    kinds = tuple(type(None) if k is None else k for k in kinds)
+    if isinstance(v, bool):
+        return bool in kinds
+    return isinstance(v, kinds)
+
+
+def _type_name(want: Any) -> str:
+    kinds = get_args(want) if isinstance(want, types.UnionType) else (want,)
+    return " or ".join("null" if k in (None, type(None)) else k.__name__ for k in kinds)
 
 
 def section_problem(meta: dict, name: str) -> str | None:
-    """What is wrong with ``meta[name]`` (a ``SECTIONS`` dataclass written as a dict), or None."""
+    """What is wrong with ``meta[name]`` (a ``SECTIONS`` dataclass written as a dict), or None. An absent
+    ``OPTIONAL_SECTIONS`` section is fine (its defaults load)."""
     cls = SECTIONS[name]
+    if name not in meta and name in OPTIONAL_SECTIONS:
+        return None
     value = meta.get(name)
+    if not isinstance(value, dict):
+        return f"'{name}' is {type(value).__name__}, expected an object"
+    value = _renamed(cls, value)
     hints = get_type_hints(cls)
     for f in fields(cls):
         if f.name not in value:
@@ -124,16 +222,18 @@ def section_problem(meta: dict, name: str) -> str | None:
                 return f"'{name}' lacks '{f.name}'"
             continue
         v, want = value[f.name], hints[f.name]
-        if not isinstance(v, want) or (isinstance(v, bool) and want is not bool):
-            return f"'{name}.{f.name}' is {type(v).__name__}, expected {want.__name__}"
+        if not _accepts(want, v):
+            return f"'{name}.{f.name}' is {type(v).__name__}, expected {_type_name(want)}"
     return None
 
 
-def read_section(meta: dict, name: str):
-    """``meta[name]`` as its ``SECTIONS`` dataclass (unknown keys ignored)."""
+def read_section(meta: dict, name: str) -> Any:
+    """``meta[name]`` as its ``SECTIONS`` dataclass (keys renamed since, ``renamed``, under their current names;
+    unknown keys ignored; an absent optional section or field: the defaults)."""
     cls = SECTIONS[name]
     known = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in meta[name].items() if k in known})
+    value = _renamed(cls, meta.get(name) or {})
+    return cls(**{k: v for k, v in value.items() if k in known})
 
 
 def is_random_clip(model_dir: str | Path) -> bool:
@@ -158,9 +258,11 @@ def confidence(p_fake: np.ndarray) -> np.ndarray:
     return np.abs(2 * np.asarray(p_fake, dtype=np.float64) - 1)
 
 
-__all__ = ["CACHE_DIR", "CELLS_FILE", "CELL_COLUMNS", "Counts", "DECISION_THRESHOLD", "DEFAULT_GRID",
-           "DEFAULT_METHOD", "ENCODER_SOURCES", "EncoderInfo", "FAKE_LOGIT", "FORMAT_VERSION", "GRID_FILL", "GRID_MAX",
-           "GRID_MEDIAN_IMAGES", "GRID_MIN", "IMAGES_FILE", "IMAGE_COLUMNS", "LABELS", "MEANINGFUL_AUC",
-           "MAX_DIMENSION_NAME", "META_FIELDS", "META_NAME", "MODEL_DIR", "NAMES_FILE", "NAMES_VERSION", "NO_RELEVANCE", "N_DIMS", "N_TARGETS", "RANDOM_CLIP_MARKER",
-           "RANDOM_CLIP_PREFIX", "RELEVANCE_METHODS", "TABLES", "TARGET_NAMES", "THUMBS_FILE", "THUMB_COLUMNS", "THUMB_SIDE", "Z_COLUMNS", "confidence", "is_random_clip",
+__all__ = ["AnalysisOptions", "CACHE_DIR", "CELLS_FILE", "CELL_COLUMNS", "Counts", "DECISION_THRESHOLD",
+           "DEFAULT_GRID", "DEFAULT_METHOD", "ENCODER_SOURCES", "EncoderInfo", "FAKE_LOGIT", "FORMAT_VERSION",
+           "GRID_FILL", "GRID_MAX", "GRID_MEDIAN_IMAGES", "GRID_MIN", "IMAGES_FILE", "IMAGE_COLUMNS", "LABELS",
+           "MEANINGFUL_AUC", "MAX_DIMENSION_NAME", "META_FIELDS", "META_NAME", "MODEL_DIR", "NAMES_FILE",
+           "NAMES_VERSION", "NO_RELEVANCE", "N_DIMS", "N_TARGETS", "OPTIONAL_SECTIONS", "RANDOM_CLIP_MARKER",
+           "RANDOM_CLIP_PREFIX", "RELEVANCE_METHODS", "SECTIONS", "TABLES", "TARGET_NAMES", "THUMBS_FILE",
+           "THUMB_COLUMNS", "THUMB_MAX_PIXELS", "THUMB_SIDE", "Z_COLUMNS", "confidence", "is_random_clip",
            "p_fake_from_logit", "predicted_label", "read_section", "section_problem"]

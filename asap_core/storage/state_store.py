@@ -27,6 +27,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from ..errors import InputError
+from ..settings import settings
 
 LOG = logging.getLogger("asap_explorer")
 SQLITE_BUSY_S = 30.0  # an SQLite writer waits at most this long for another process's transaction
@@ -121,8 +122,6 @@ class StateStore:
     def from_url(cls, url: str | None = None) -> StateStore:
         """The process's store for ``url`` (default ``settings().state_db_url``), opened once and cached."""
         if url is None:
-            from ..settings import settings
-
             url = settings().state_db_url
         url = normalise_url(url)
         with cls._cache_lock:

@@ -17,7 +17,8 @@ from PIL import Image
 from ..inputs.imageio import decode_thumbnail
 from ..method.relevance import overlay
 from ..storage.labels import dimension_label, dimension_labels, target_label
-from ..storage.schema import FAKE_LOGIT, Z_COLUMNS
+from ..storage.schema import FAKE_LOGIT, THUMB_MAX_PIXELS, Z_COLUMNS
+from ..storage.schema import RELEVANCE_METHODS as RELEVANCE_METHODS  # the page's method picker
 from .grid import image_names
 
 MAX_ATTENTION_IMAGES = 12
@@ -66,7 +67,7 @@ class Tile:
 def decode_thumb(jpeg: bytes | None, size: int = 128) -> Image.Image:
     """Bundle thumbnail bytes -> RGB PIL (a grey square when missing, unreadable or, from its header, far
     larger than a thumbnail: ``imageio.decode_thumbnail``)."""
-    return decode_thumbnail(jpeg, size)
+    return decode_thumbnail(jpeg, size, THUMB_MAX_PIXELS)
 
 
 def image_tiles(base: Image.Image, maps: np.ndarray, contrib: np.ndarray, order: np.ndarray,

@@ -5,7 +5,8 @@ target sensitivity) as sentences, tile notes, a per-dimension table and charts.
 Every sentence says what its figure tests (whether the maps follow what **this model** uses, not whether the
 pattern is a real artifact of generated images), with its 95% interval and the number of images. Pure
 functions over the reports of ``analyses.explanation_checks`` (``FaithfulnessReport.summary`` /
-``per_image``, ``SanityReport.summary`` / ``cascade``); dimension names come in as ``views.labels`` gives them.
+``per_image``, ``SanityReport.summary`` / ``cascade``); dimension names come in as ``storage.labels`` gives them.
+What computing the checks costs a visitor: ``views.cost.checks_cost``.
 """
 from __future__ import annotations
 
@@ -15,37 +16,15 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from ..analyses.explanation_checks import DEFAULT_RANDOM, DEFAULT_STEPS
-from ..method.sanity import DEFAULT_SEEDS
 from ..storage.labels import target_label
 from ..storage.schema import FAKE_LOGIT, N_TARGETS
 from .text import as_text
 
-#: forward passes one relevance map costs, counted as the budget counts images (forward + batched VJP)
-MAP_PASSES = 3
 #: images per on-demand check (the dimension's top images; the attention view's picked images)
 CHECK_IMAGES = 4
-#: what the charge assumes of the CLIP before it is loaded: ViT-B/32 (49 patches, 12 blocks)
-ASSUMED_PATCHES = 49
-ASSUMED_BLOCKS = 12
 #: the sentence every faithfulness figure carries
 WHAT_IT_TESTS = ("This tests whether the maps follow what this model uses, not whether the pattern is a real "
                  "artifact of generated images.")
-
-
-def forwards_per_image(n_targets: int, steps: int = DEFAULT_STEPS, n_random: int = DEFAULT_RANDOM,
-                       n_patches: int = ASSUMED_PATCHES) -> int:
-    """Forward passes of one image's checks for ``n_targets`` targets (at most; see ``method.faithfulness``):
-    curves ``2 + 2 (steps - 1) (K + 2 n_random)`` plus the occlusion effects ``P + 1``."""
-    return 2 + 2 * (int(steps) - 1) * (int(n_targets) + 2 * int(n_random)) + int(n_patches) + 1
-
-
-def check_charge(n_faithfulness: int, n_targets: int, n_sanity: int, n_blocks: int = ASSUMED_BLOCKS) -> int:
-    """What computing the checks costs a visitor, in relevance-map images (the budget's unit): the curves and
-    occlusion of ``n_faithfulness`` images over ``n_targets`` targets, and the sanity check of ``n_sanity``
-    images (``DEFAULT_SEEDS`` redraws of a cascade of ``1 + n_blocks`` recomputed maps each)."""
-    passes = n_faithfulness * forwards_per_image(n_targets) + n_sanity * DEFAULT_SEEDS * (1 + n_blocks) * MAP_PASSES
-    return int(np.ceil(passes / MAP_PASSES))
 
 
 def _interval(low: float, high: float, digits: int = 1, signed: bool = False) -> str:

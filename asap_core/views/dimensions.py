@@ -1,4 +1,4 @@
-"""Dimension view (ASAP, DESIGN §3): per dimension the real vs fake distribution, the classifier weight,
+"""Dimension view (ASAP, docs/design.md §3.11): per dimension the real vs fake distribution, the classifier weight,
 the AUC of the dimension alone, its top images and their mean relevance map. Dimensions are named with
 ``storage.labels`` (``names``: ``Bundle.dimension_names``)."""
 from __future__ import annotations
@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..storage.labels import dimension_label
+from ..storage.schema import MAX_DIMENSION_NAME as MAX_DIMENSION_NAME  # the name box's limit, for the page
 from ..storage.schema import N_DIMS, Z_COLUMNS
 
 LABEL_COLORS = {"real": "#1f77b4", "fake": "#ff7f0e"}

@@ -11,6 +11,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from ..analyses.attribution import attribution_accuracy, confusion_matrix, validation_mask
 from . import overview as ov
 
 REAL_COLOR = ov.COLORS[0]  # the overview's blue: predicted real
@@ -98,8 +99,10 @@ def per_generator_display(table: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns=GENERATOR_TITLES)
 
 
-def accuracy_line(acc: float, n: int, n_generators: int, scope: str) -> str:
-    """One line: accuracy, images counted, chance level."""
+def accuracy_line(fake_cm: pd.DataFrame, n_generators: int, scope: str) -> str:
+    """One line on a fakes-only count confusion matrix (``confusion_tables``' second): accuracy, images counted,
+    chance level."""
+    acc, n = attribution_accuracy(fake_cm), int(fake_cm.to_numpy().sum())
     if n == 0 or math.isnan(acc):
         return f"No {scope} fake with a known generator to count."
     return (f"Accuracy {acc:.1%} on {n:,} {scope} fakes · chance {1 / max(n_generators, 1):.1%} "
@@ -202,8 +205,6 @@ def confusion_tables(bundle, held_out_only: bool, with_real: bool) -> tuple[pd.D
 
     ``held_out_only`` counts only images the distiller did not train on, when its split can be recovered
     (else every fake); ``with_real`` adds a "real" row and column."""
-    from ..analyses.attribution import confusion_matrix, validation_mask
-
     val_ok = validation_mask(bundle) is not None
     cm = confusion_matrix(bundle, only_fakes=not with_real, held_out_only=held_out_only and val_ok)
     fakes = cm.drop(index="real", columns="real", errors="ignore") if with_real else cm

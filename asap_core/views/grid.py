@@ -1,4 +1,4 @@
-"""Image view (DESIGN §3 "Image grid (IsoMatch)"): a cell's images on a similarity grid.
+"""Image view (docs/design.md §3.9): a cell's images on a similarity grid.
 
 Images of the selected cells are arranged by ``isomatch_grid`` on their z0..z15, drawn as 64 px
 thumbnails (JPEG data URIs: static URLs would make every brush wait for reloads) framed red where the
@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..inputs.imageio import decode_thumbnail
 from ..method.isomatch import isomatch_grid
-from ..storage.schema import Z_COLUMNS
+from ..storage.schema import THUMB_MAX_PIXELS, Z_COLUMNS
 
 MAX_GRID_IMAGES = 400
 THUMB_PX = 64
@@ -108,7 +108,8 @@ def thumb_px(tile: int) -> int:
 
 def thumb_uri(jpeg: bytes | None, size: int = THUMB_PX, quality: int = 80) -> str:
     """A JPEG thumbnail (longest side ``size``) as a ``data:`` URI; a grey square when ``jpeg`` is None."""
-    im = decode_thumbnail(jpeg, size)  # grey when missing, unreadable or far over a thumbnail's pixels
+    # grey when missing, unreadable or far over a thumbnail's pixels
+    im = decode_thumbnail(jpeg, size, THUMB_MAX_PIXELS)
     im.thumbnail((size, size), Image.BILINEAR)
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)

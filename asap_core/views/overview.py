@@ -1,4 +1,4 @@
-"""Representation overview (DESIGN §3 "Cell glyph"): filters, pie slices per cell and the Altair chart.
+"""Representation overview (docs/design.md §3.8): filters, pie slices per cell and the Altair chart.
 
 A cell is drawn as a pie at its centre: area proportional to its image count; slices blue (real) and
 orange (fake), solid for correct predictions and hatched for wrong ones, grey for unlabelled images;
@@ -187,8 +187,9 @@ def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None =
     """Pie glyphs at cell centres (x, y in [0, 1]) with a click selection ``param`` on ``cell_id``.
 
     ``size=None``: the chart is as wide as its container (``st.vega_lite_chart(..., width="stretch")``) and
-    ``height`` px high (less for a map wider than high); the map is centred and scaled to the largest size that fits, cells stay square and
-    the pies grow with it (Vega expressions on the chart's ``width`` / ``height``). ``size`` (px): a fixed
+    ``height`` px high (less for a map wider than high); the map is centred and scaled to the largest size that
+    fits, cells stay square and the pies grow with it (Vega expressions on the chart's ``width`` / ``height``).
+    ``size`` (px): a fixed
     chart whose longer side is ``size``. ``selected`` (cell ids) is the selection's initial value, so a cell
     picked earlier is highlighted (thick outline) when the page is drawn again. Rendered as SVG (each slice
     is a ``<path>`` whose ``aria-label`` names its ``cell_id``). The largest pie stays inside its cell.

@@ -1,4 +1,4 @@
-"""Pattern view (ASAP; DESIGN §3): saved patterns, their impact and ranking, charts, export as one zip.
+"""Pattern view (ASAP; docs/design.md §3.12): saved patterns, their impact and ranking, charts, export as one zip.
 
 Plain functions over ``asap_core.analyses.patterns``; no Streamlit. Impact = mean drop of p_fake when the pattern's
 regions are painted out, against an area-matched random mask (``patterns.pattern_impact``).

@@ -31,88 +31,29 @@ from . import attention as va
 from . import overview as ov
 from . import state as vs
 
-SOURCES: dict[str, str] = {"all": "the whole bundle", "cell": "a cell", "pattern": "a saved pattern",
-                           "filter": "a filter"}
-MAX_QUIZ = 50
-DEFAULT_N = 10
-DEFAULT_SEED = 42
-MAX_SEED = 2**31 - 1
-MAX_VALUE = 200  # characters of a spec's value in a link (a pattern name, a filter with a generator)
+# the spec is defined apart (views.state reads it from links); pages and tests read it as views.quiz.*
+from .quiz_spec import DEFAULT_N as DEFAULT_N
+from .quiz_spec import DEFAULT_SEED as DEFAULT_SEED
+from .quiz_spec import MAX_QUIZ as MAX_QUIZ
+from .quiz_spec import MAX_SEED as MAX_SEED
+from .quiz_spec import MAX_VALUE as MAX_VALUE
+from .quiz_spec import SOURCES as SOURCES
+from .quiz_spec import QuizSpec as QuizSpec
+from .quiz_spec import filter_value as filter_value
+from .quiz_spec import filters_from_value as filters_from_value
+
 N_TOP_DIMS = 2
 N_EXEMPLARS = 3
 #: what a student reads for each label
 SAY: dict[str, str] = {"real": "real", "fake": "AI"}
 #: how sure a student may say they are (optional), as a probability of being right
 SURENESS: dict[str, float] = {"just guessing": 0.5, "fairly sure": 0.75, "very sure": 0.95}
-#: context for the end screen (the wording anchors of issue 16)
+#: context for the end screen: how people and detectors do (public quizzes, classroom units on AI images)
 PUBLIC_RATE_TEXT = ("In large public “Real or not?” quizzes people are right about 62% of the time; "
                     "detectors are not 100% accurate either.")
 
 
 # ------------------------------------------------------------------------------------------ the spec and its link
-@dataclass(frozen=True)
-class QuizSpec:
-    """Which images a quiz asks about: ``source`` in :data:`SOURCES`; ``value`` the cell id, pattern name or
-    filter (``"<label>.<outcome>[.<generator>]"``, e.g. ``"fake.wrong"``), empty for ``"all"``; ``n`` images
-    (1..:data:`MAX_QUIZ`) drawn with ``seed``. Hashable; :meth:`to_param` / :meth:`from_param` round-trip."""
-
-    source: str = "all"
-    value: str = ""
-    n: int = 10
-    seed: int = 0
-
-    def to_param(self) -> str:
-        """The link value: ``"all:10:42"`` or ``"cell:13:10:42"``."""
-        head = self.source if self.source == "all" else f"{self.source}:{self.value}"
-        return f"{head}:{int(self.n)}:{int(self.seed)}"
-
-    @classmethod
-    def from_param(cls, text: str | None) -> QuizSpec | None:
-        """Inverse of :meth:`to_param`; None when ``text`` is not a valid spec (the value may hold ``:``)."""
-        source, _, rest = str(text or "").strip().partition(":")
-        parts = rest.split(":") if source == "all" else rest.rsplit(":", 2)
-        if source not in SOURCES or len(parts) != (2 if source == "all" else 3) or len(parts[0]) > MAX_VALUE:
-            return None
-        value, (n_s, seed_s) = ("" if source == "all" else parts[0]), parts[-2:]
-        n, seed = vs.parse_int(n_s, 1, MAX_QUIZ), vs.parse_int(seed_s, 0, MAX_SEED)
-        if n is None or seed is None:
-            return None
-        if source == "cell":  # one spelling per cell ("013" -> "13"), so a spec's link is its only key
-            cell = vs.parse_int(value, 0, vs.MAX_LINK_CELLS - 1)
-            value = "" if cell is None else str(cell)
-        if (source == "cell" and not value) or (source == "pattern" and not value.strip()) or \
-                (source == "filter" and filters_from_value(value) is None):
-            return None
-        return cls(source, value, n, seed)
-
-    def to_query(self) -> dict[str, str]:
-        """``{"quiz": to_param()}``."""
-        return {"quiz": self.to_param()}
-
-    @classmethod
-    def from_query(cls, params: Mapping) -> QuizSpec | None:
-        """The spec in query params (``quiz``), or None."""
-        value = params.get("quiz")
-        if isinstance(value, (list, tuple)):
-            value = value[-1] if value else None
-        return cls.from_param(value)
-
-
-def filters_from_value(value: str) -> ov.Filters | None:
-    """``"<label>.<outcome>[.<generator>]"`` -> ``overview.Filters`` (label real/fake/all, outcome
-    correct/wrong/all); None when malformed."""
-    parts = str(value).split(".", 2)
-    if len(parts) < 2 or parts[0] not in ("all", *LABELS) or parts[1] not in ov.OUTCOME_CHOICES:
-        return None
-    gens = (parts[2],) if len(parts) == 3 and parts[2] else ()
-    return ov.Filters(label=parts[0], generators=gens, outcome=parts[1])
-
-
-def filter_value(label: str = "all", outcome: str = "all", generator: str | None = None) -> str:
-    """Inverse of :func:`filters_from_value`."""
-    return f"{label}.{outcome}" + (f".{generator}" if generator else "")
-
-
 def widget_defaults(spec: QuizSpec | None, cells: Sequence[int], patterns: Sequence[str], generators: Sequence[str],
                     selected_cell: int | None = None) -> dict:
     """Start values of the teacher's widgets (``source, n, seed, cell, pattern, lab, out, gen``): the current

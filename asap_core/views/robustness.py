@@ -103,7 +103,8 @@ def shift_chart(table: pd.DataFrame, images: pd.DataFrame | None = None) -> alt.
         color=alt.Color("label:N", scale=alt.Scale(domain=["real", "fake", "unlabelled"],
                                                    range=["#1f77b4", "#ff7f0e", "#9e9e9e"])),
         tooltip=["file", "label", "setting", alt.Tooltip("p_fake:Q", format=".3f")])
-    rule = alt.Chart(pd.DataFrame({"v": [DECISION_THRESHOLD]})).mark_rule(strokeDash=[4, 3], color="#999").encode(y="v:Q")
+    rule = alt.Chart(pd.DataFrame({"v": [DECISION_THRESHOLD]})).mark_rule(strokeDash=[4, 3], color="#999") \
+        .encode(y="v:Q")
     return (rule + lines).properties(width=max(300, 130 * len(order)), height=280)
 
 
@@ -157,5 +158,5 @@ def view_tiles(view: dict, size: int = 160, alpha: float = 0.5) -> tuple[list, l
              "fake-logit map, original", f"fake-logit map, laundered (corr {corr_txt})"])
 
 
-__all__ = ["MAX_IMAGES", "choose_images", "display_table", "image_label", "run_settings", "setting_label", "settings_for",
-           "shift_chart", "summary_frame", "view_tiles"]
+__all__ = ["MAX_IMAGES", "choose_images", "display_table", "image_label", "run_settings", "setting_label",
+           "settings_for", "shift_chart", "summary_frame", "view_tiles"]

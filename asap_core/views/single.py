@@ -24,8 +24,8 @@ def verdict_line(res) -> str:
     (Markdown; the upload's name shown as text)."""
     where = f"nearest cell {res.cell}" if res.cell is not None else "no cell"
     same = " · the same file is in the bundle" if res.in_bundle else ""
-    return (f"**{as_text(res.name)}** · predicted **{as_text(res.pred)}** (p_fake {res.p_fake:.3f}, confidence {res.confidence:.2f}) "
-            f"· {where}{same}")
+    return (f"**{as_text(res.name)}** · predicted **{as_text(res.pred)}** (p_fake {res.p_fake:.3f}, "
+            f"confidence {res.confidence:.2f}) · {where}{same}")
 
 
 #: share of the bundle's own images whose nearest other image is closer than an upload may be before it is

@@ -3,7 +3,7 @@
 A link reopens the same view: query params ``bundle`` (path), ``grid`` (cells per side, only when it
 differs from the bundle's), ``cell`` (comma-separated cell ids), ``images`` (comma-separated image-id
 prefixes, :data:`ID_PREFIX` hex characters), ``page`` (one of :data:`PAGES`), ``quiz`` (a quiz's images,
-``views.quiz.QuizSpec.to_param``; a link with a quiz and no page opens the quiz page) and ``dim`` (a dimension
+``views.quiz_spec.QuizSpec.to_param``; a link with a quiz and no page opens the quiz page) and ``dim`` (a dimension
 by its index, 0..15: the Dimensions page opens on it and shows its name; names are not part of links).
 
 Chart events are the dicts Streamlit returns from ``st.altair_chart(..., on_select="rerun")``:
@@ -12,7 +12,6 @@ a point selection reads ``{"selection": {"cell": [{"cell_id": 17}, ...]}}``, an 
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,15 +20,15 @@ import numpy as np
 import pandas as pd
 
 from ..storage.schema import N_DIMS
+from .pages import SLUGS
+from .params import MAX_GRID, MAX_LINK_CELLS
+from .params import MAX_LINK_INT as MAX_LINK_INT
+from .params import parse_int as parse_int
+from .quiz_spec import QuizSpec
 
-PAGES: tuple[str, ...] = ("overview", "images", "attention", "dimensions", "patterns", "generators", "robustness",
-                          "single", "quiz")
+PAGES: tuple[str, ...] = SLUGS  # the page slugs a link may name (``views.pages``)
 ID_PREFIX = 10
 MAX_LINK_IMAGES = 64
-MAX_GRID = 200  # cells per side a link may ask for
-MAX_LINK_CELLS = MAX_GRID * MAX_GRID  # cell ids read from one link: every cell of the largest grid
-MAX_LINK_INT = 10**9  # the largest number any query value may carry
-_DIGITS = re.compile(r"[0-9]+")
 
 
 @dataclass
@@ -58,16 +57,6 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or "").split(",") if v.strip()]
 
 
-def parse_int(text: Any, lo: int = 0, hi: int = MAX_LINK_INT) -> int | None:
-    """A visitor-sent value as an int in ``[lo, hi]``, else None: only ASCII digits (``str.isdigit`` also
-    takes "²" and other Unicode digits, which ``int`` refuses), at most as many as ``hi`` has, no sign, no
-    spaces. The one way query values become numbers."""
-    if not isinstance(text, str) or not 0 < len(text) <= len(str(hi)) or not _DIGITS.fullmatch(text):
-        return None
-    value = int(text)
-    return value if lo <= value <= hi else None
-
-
 def parse_query(params: Mapping[str, Any]) -> LinkState:
     """Query params -> ``LinkState``; malformed parts (non-integer cells, unknown page, non-hex ids) are dropped."""
     bundle = _first(params.get("bundle")) or None
@@ -77,8 +66,6 @@ def parse_query(params: Mapping[str, Any]) -> LinkState:
     images = [i.lower() for i in _split(_first(params.get("images")))
               if all(ch in "0123456789abcdefABCDEF" for ch in i)]
     page = _first(params.get("page"))
-    from .quiz import QuizSpec
-
     quiz = QuizSpec.from_param(_first(params.get("quiz")))
     page = page if page in PAGES else ("quiz" if quiz else None)
     dim = parse_int(_first(params.get("dim")), 0, N_DIMS - 1)

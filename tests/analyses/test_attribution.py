@@ -17,6 +17,7 @@ from asap_core.analyses.attribution import (
     validation_mask,
 )
 from asap_core.errors import InputError
+from asap_core.method.bundle_models import bundle_distiller
 from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import Z_COLUMNS
@@ -87,7 +88,7 @@ def test_distiller_head_attributes_known_generators(gen_bundle):
 
 
 def test_predictions_are_the_distiller_head_on_z(gen_bundle):
-    d = gen_bundle.distiller
+    d = bundle_distiller(gen_bundle)
     pred = generator_predictions(gen_bundle, with_probabilities=True)
     with torch.no_grad():
         expect = torch.softmax(d.generator_logits(torch.tensor(gen_bundle.z)), dim=1).numpy()

@@ -8,6 +8,7 @@ from PIL import Image
 from asap_core.analyses.concepts import ConceptResult, compute_concepts, crop_to_mask, keep_mask, mask_image, mean_fill
 from asap_core.errors import InputError
 from asap_core.inputs.imageio import decode_image, read_bytes
+from asap_core.method.bundle_models import bundle_distiller
 from asap_core.method.relevance_store import bundle_maps
 from asap_core.model.preprocess import CLIP_MEAN
 from asap_core.storage.bundle import Bundle
@@ -107,7 +108,7 @@ def test_concepts_of_a_subset(bundle, subset, tiny_encoder, encode_counter):
     base = tiny_encoder.preprocessor.resize_and_crop(decode_image(read_bytes(path), path))
     fake_map = bundle_maps(bundle, [image_id])[0, 16].astype(np.float32)
     masked = mask_image(base, fake_map, 0.25)
-    z_ref, p_ref = bundle.distiller.predict(tiny_encoder.encode(tiny_encoder.preprocess([masked])).numpy())
+    z_ref, p_ref = bundle_distiller(bundle).predict(tiny_encoder.encode(tiny_encoder.preprocess([masked])).numpy())
     row = seg[(seg["image_id"] == image_id) & (seg["fraction"] == 0.25)]
     np.testing.assert_allclose(row[Z_COLUMNS].to_numpy()[0], z_ref[0], atol=1e-4)
     assert row["segment_p_fake"].iloc[0] == pytest.approx(p_ref[0], abs=1e-4)

@@ -1,4 +1,4 @@
-"""Naming the dimensions (issue 18): the one label function, names stored in the bundle (validated, atomic,
+"""Naming the dimensions (docs/design.md §3.13): the one label function, names stored in the bundle (validated, atomic,
 optional), the ``name`` command, links carrying a dimension, the overview's per-cell driver, the export's
 headers, concept crops, the nearest words of a vocabulary through a real (tiny) text tower and tokenizer,
 and an AppTest: names given to two dimensions appear in the overview, attention, quiz and export."""
@@ -19,6 +19,7 @@ from streamlit.testing.v1 import AppTest
 
 from asap_core.analyses import naming as nm
 from asap_core.errors import BundleError, InputError
+from asap_core.method.bundle_models import bundle_distiller
 from asap_core.storage import bundle as sb
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.labels import dimension_label, dimension_labels, named_dims, target_label
@@ -27,6 +28,7 @@ from asap_core.views import attention as va
 from asap_core.views import overview as ov
 from asap_core.views import quiz as vq
 from asap_core.views import state as vs
+from asap_core.views.cost import words_cost
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 TIMEOUT = 90
@@ -230,7 +232,7 @@ def test_words_are_ranked_by_z_through_the_text_tower_and_the_images_path(copy, 
     with torch.no_grad():
         e = model(**tok(words, padding=True, truncation=True, max_length=16, return_tensors="pt")).text_embeds
     e = torch.nn.functional.normalize(e, dim=-1).numpy()
-    d = copy.distiller                                                   # then the images' path
+    d = bundle_distiller(copy)                                                   # then the images' path
     v = VisionOnlyProjection.from_pretrained(copy.path / "model").transform(e)
     z = ((v - d.center.numpy()) * float(d.scale)) @ d.dims.weight.detach().numpy().T + d.dims.bias.detach().numpy()
     np.testing.assert_allclose(scores.z, z, rtol=1e-4, atol=1e-5)
@@ -296,7 +298,7 @@ def test_hosted_visitors_read_names_but_cannot_write_them(tiny_bundle, tmp_path,
 def named_pair(b: Bundle) -> tuple[int, int, int, int]:
     """(d1, d2, seed, cell): a one-image quiz (seed) whose reveal names d1 and d2, d1 being the dimension that
     pushes the quiz image's cell most on the overview."""
-    w2 = va.head_weights(b.distiller)
+    w2 = va.head_weights(bundle_distiller(b))
     drivers = ov.cell_drivers(b.images, w2).set_index("cell")["driver_dim"]
     cells = b.images.set_index("image_id")["cell"]
     for seed in range(500):
@@ -377,7 +379,7 @@ def test_hosted_visitors_pay_for_ranking_new_words(tiny_bundle, tmp_path, monkey
     monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "1")  # one map image's worth: 10 words
     reload_settings()
     eleven = [f"word{c}" for c in "abcdefghijk"]
-    assert nm.words_charge(len(eleven)) == 2 and nm.words_charge(8) == 1 and nm.words_charge(0) == 1
+    assert words_cost(len(eleven)) == 2 and words_cost(8) == 1 and words_cost(0) == 1
     enc = load_text_encoder(str(clip_with_tokenizer))
 
     def ranked(words: list[str]) -> AppTest:

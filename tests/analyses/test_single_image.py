@@ -13,6 +13,7 @@ from asap_core.analyses.single_image import analyse_upload, clear_memo, nearest_
 from asap_core.errors import ImageLoadError, InputError
 from asap_core.hosting import HostedPolicy
 from asap_core.inputs.imageio import read_bytes
+from asap_core.method.bundle_models import bundle_distiller
 from asap_core.method.relevance_store import bundle_maps
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.state_store import BUDGETS
@@ -60,7 +61,7 @@ def test_new_upload_neighbours_are_the_nearest_in_z(bundle, tiny_encoder, encode
     assert res.cell == int(nearest["cell"])
     # p_fake is the distiller on this image's own embedding
     emb = tiny_encoder.encode_images([image]).numpy()
-    assert res.p_fake == pytest.approx(float(bundle.distiller.predict(emb)[1][0]), abs=1e-6)
+    assert res.p_fake == pytest.approx(float(bundle_distiller(bundle).predict(emb)[1][0]), abs=1e-6)
     # a second call (an app rerun) reuses embedding and maps from memory
     encode_counter["images"] = 0
     again = analyse_upload(bundle, "new.png", data, encoder=tiny_encoder, k_neighbours=3)
@@ -90,7 +91,8 @@ def test_uploads_only_and_limits(bundle, tiny_encoder, tmp_path, set_env):
     res = analyse_upload(bundle, "ok.png", data, encoder=tiny_encoder, policy=policy)
     with policy.store.engine.connect() as conn:  # budgets are charged by the app, not here
         assert 0.0 <= res.p_fake <= 1.0 and conn.execute(BUDGETS.select()).first() is None
-    # hosted mode applies the environment's policy without being passed one
+    # the analysis reads no settings: the hosted limits apply through the policy its caller passes
     set_env(ASAP_HOSTED="1", ASAP_BUNDLE_ROOT=str(tmp_path), ASAP_MAX_UPLOAD_MB=str(len(data) / 2 / 1024 / 1024))
+    assert analyse_upload(bundle, "ok.png", data, encoder=tiny_encoder).image_id == res.image_id
     with pytest.raises(InputError, match="limit"):
-        analyse_upload(bundle, "ok.png", data, encoder=tiny_encoder)
+        analyse_upload(bundle, "ok.png", data, encoder=tiny_encoder, policy=HostedPolicy.from_settings())

@@ -83,7 +83,7 @@ def test_patterns_page_lists_ranks_and_exports(bundle):
     at.button(key="pat_impact").click().run()
     no_exception(at)
     ranked = frame(at, "rank", vp.RANK_TITLES["excess"])
-    assert not {"excess_se", "n_flipped_random"} & set(ranked.columns)   # titled in words (issue 25)
+    assert not {"excess_se", "n_flipped_random"} & set(ranked.columns)   # titled in words, not column names
     ranked = ranked.rename(columns={v: k for k, v in vp.RANK_TITLES.items()})
     assert sorted(ranked["name"]) == ["bright corner", "top relevance"] and list(ranked["rank"]) == [1, 2]
     for name in ranked["name"]:                              # the page shows the library's (cached) numbers

@@ -1,4 +1,4 @@
-"""The explorer defects found on the way in issue 25: the Overview's tooltip and panel agree on a cell's
+"""Explorer defects found while preparing a class quiz: the Overview's tooltip and panel agree on a cell's
 accuracy, its "Open image grid" comes before the metrics (which wrap, not cut), the guide places the legend
 where it is; picks belong to their cells (dropped on another cell) and a shift-click adds to a brush;
 Patterns and Generators name their columns in words."""

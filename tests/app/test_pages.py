@@ -11,6 +11,7 @@ from tests.conftest import write_tiny_clip
 from tests.conftest_app import chart_data, no_exception, plain, private_copy, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
+from asap_core.pipeline import demo
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
 
@@ -209,7 +210,6 @@ def test_missing_bundle_and_missing_model_are_reported_not_raised(bundle, tiny_c
 
 
 def test_demo_opens_when_no_bundle_is_given(bundle, monkeypatch):
-    demo = pytest.importorskip("asap_core.pipeline.demo")
     calls = []
 
     def fake_demo(model=None, progress=None):  # the real build takes ~20 s; its own tests cover it

@@ -1,6 +1,6 @@
-"""Class rounds of the quiz (issue 25): rounds and anonymous answers in the state store (SQLite, and PostgreSQL
-when ``ASAP_TEST_STATE_URL`` is set, as ``.ci/run`` does), the teacher's summary, and an AppTest with 12
-simulated students in one round whose results a second server process reads from the same store."""
+"""Class rounds of the quiz (the teacher sees the class's answers): rounds and anonymous answers in the state
+store (SQLite, and PostgreSQL when ``ASAP_TEST_STATE_URL`` is set, as ``.ci/run`` does), the teacher's summary, and
+an AppTest with 12 simulated students in one round whose results a second server process reads from the same store."""
 from __future__ import annotations
 
 import json

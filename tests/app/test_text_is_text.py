@@ -1,4 +1,4 @@
-"""Text from files, bundles, names and visitors is shown as text (issue 22): every page of the app, locally and
+"""Text from files, bundles, names and visitors is shown as text (no outside fetch): every page of the app, locally and
 in hosted mode, on a bundle whose folder, file names, generator names, dimension names and pattern carry
 Markdown (images and links to an outside host, bold, Streamlit colours, math, HTML). Every rendered text
 element (markdown, captions, alerts, headers, labels, tooltips, expander labels, image captions, options ...)

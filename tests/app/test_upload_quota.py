@@ -151,7 +151,7 @@ def test_two_real_and_two_fake_images_analyse(tmp_path, tiny_clip_dir):
 @pytest.mark.parametrize("n_real, n_fake", [(2, 2), (2, 3), (3, 2), (4, 4), (40, 40)])
 def test_the_split_keeps_one_of_each_class_on_both_sides(n_real, n_fake):
     y = np.array([0] * n_real + [1] * n_fake)
-    tr, va = split_indices(y, None, 0.2, seed=0)
+    tr, va = split_indices(y, None, 0.2, random_state=0)
     assert set(y[tr].tolist()) == {0, 1} and set(y[va].tolist()) == {0, 1}
     assert sorted(np.concatenate([tr, va])) == list(range(len(y)))
     assert len(va) == max(2, int(np.ceil(0.2 * len(y))))

@@ -1,4 +1,4 @@
-"""Browser test of the explanation checks (issues 18, 23) on a real ``streamlit run``: the Attention view checks
+"""Browser test of the explanation checks (docs/design.md §7) on a real ``streamlit run``: the Attention view checks
 the maps of two linked images, says what the figures test and marks the tiles with their intervals; the
 Dimensions view reports dimension 3's faithfulness, occlusion agreement and sanity with the deletion curve and
 the sanity cascade. Screenshots go to ``$ASAP_SCREENSHOTS`` (or the test's tmp folder) under the names the

@@ -1,5 +1,5 @@
 """Hosted mode in a real browser: what a visitor can make the explorer say never holds a traceback, an
-exception name or a server path (issue 15, acceptance 4).
+exception name or a server path (they tell an attacker where to aim).
 
 One ``streamlit run`` with ``ASAP_HOSTED=1`` over a bundle root that holds a good bundle, a tampered one that
 sorts first, one whose model is missing and a hidden temp folder; Chromium then visits it with bad query

@@ -1,4 +1,4 @@
-"""Browser test of naming a dimension (issue 18): on a real ``streamlit run``, a link opens the Dimensions page on
+"""Browser test of naming a dimension: on a real ``streamlit run``, a link opens the Dimensions page on
 dimension 3, the user types a name and saves it; the page, then the Attention view of a linked image, show
 "dim 3 · smooth skin". Screenshots go to ``$ASAP_SCREENSHOTS`` (or the test's tmp folder)."""
 from __future__ import annotations

@@ -22,6 +22,7 @@ from asap_core.inputs.imageio import (
     read_bytes,
 )
 from asap_core.settings import reload_settings
+from asap_core.storage.schema import THUMB_SIDE
 
 
 @pytest.fixture(autouse=True)
@@ -209,7 +210,7 @@ def test_one_pixel_image(tmp_path):
     p = _save(Image.new("RGB", (1, 1), (12, 34, 56)), tmp_path / "dot.png")
     _, im = load_image(p)
     assert im.size == (1, 1) and np.asarray(im)[0, 0].tolist() == [12, 34, 56]
-    thumb = Image.open(io.BytesIO(make_thumbnail(im)))
+    thumb = Image.open(io.BytesIO(make_thumbnail(im, THUMB_SIDE)))
     assert thumb.size == (1, 1)
 
 
@@ -305,7 +306,7 @@ def test_draft_ignored_for_png(tmp_path):
 
 def test_make_thumbnail(tmp_path):
     im = Image.fromarray(_noise(150, 300))
-    data = make_thumbnail(im)
+    data = make_thumbnail(im, THUMB_SIDE)
     thumb = Image.open(io.BytesIO(data))
     assert thumb.format == "JPEG" and thumb.size == (128, 64)
     assert im.size == (300, 150)  # input untouched

@@ -1,7 +1,7 @@
-"""Pixel budget (issue 22): every decode reads the image's size from its header first and refuses it above
-the limit (hosted: ``ASAP_MAX_UPLOAD_PIXELS``, in plain words; locally: Pillow's limit at 1x); accepted images
-decode in bounded memory; the Single image page decodes an upload once, inside the work slot and after the
-budget; bundle thumbnails far larger than a thumbnail are grey tiles, never decoded.
+"""Pixel budget (a small upload must not take gigabytes): every decode reads the image's size from its header
+first and refuses it above the limit (hosted: ``ASAP_MAX_UPLOAD_PIXELS``, in plain words; locally: Pillow's limit
+at 1x); accepted images decode in bounded memory; the Single image page decodes an upload once, inside the work
+slot and after the budget; bundle thumbnails far larger than a thumbnail are grey tiles, never decoded.
 
 The bombs are tiny files made here (a small image whose header is rewritten to declare a huge size); memory
 is measured in subprocesses (the peak of resident memory, ``VmHWM``, reset before the decode)."""
@@ -26,9 +26,9 @@ from streamlit.testing.v1 import AppTest
 
 from asap_core.analyses.single_image import check_upload
 from asap_core.errors import ImageLoadError
+from asap_core.hosting import HostedPolicy
 from asap_core.inputs import imageio
 from asap_core.inputs.imageio import (
-    THUMB_MAX_PIXELS,
     WORKING_SIDE,
     decode_image,
     decode_thumbnail,
@@ -39,6 +39,7 @@ from asap_core.inputs.imageio import (
 )
 from asap_core.settings import reload_settings
 from asap_core.storage import thumbs as T
+from asap_core.storage.schema import THUMB_MAX_PIXELS, THUMB_SIDE
 from asap_core.views.grid import thumb_uri
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +102,7 @@ def tiff_declaring(w: int, h: int) -> bytes:
     return bytes(b)
 
 
-BOMBS = {  # name -> (bytes, width, height); the findings of issue 22 and one per format Pillow opens
+BOMBS = {  # name -> (bytes, width, height); uploads that once took gigabytes, and one per format Pillow opens
     "flat.webp": (webp_declaring(16383, 10900), 16383, 10900),
     "rgba.png": (png_declaring(13000, 13000), 13000, 13000),
     "grey.png": (png_declaring(13300, 13300, "L"), 13300, 13300),
@@ -118,6 +119,8 @@ import json, sys
 from pathlib import Path
 from asap_core.analyses.single_image import check_upload, decode_upload
 from asap_core.errors import ImageLoadError
+from asap_core.hosting import HostedPolicy
+policy = HostedPolicy.from_settings()  # the caller passes the limits: an analysis reads no settings
 hwm = lambda: next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 files = sorted(Path(sys.argv[1]).iterdir())
 open("/proc/self/clear_refs", "w").write("5")
@@ -127,7 +130,7 @@ for f in files:
     got = []
     for step in (check_upload, decode_upload):
         try:
-            step(f.name, data)
+            step(f.name, data, policy)
             got.append(None)
         except ImageLoadError as exc:
             got.append([exc.reason, exc.hint, str(exc)])
@@ -178,14 +181,15 @@ def test_local_limit_is_pillows_at_1x_and_its_hint_may_name_the_setting(tmp_path
     assert image_size(png_declaring(9000, 9000), "ok.png") == (9000, 9000)  # under the limit: the header alone
     set_env(ASAP_HOSTED="1", ASAP_BUNDLE_ROOT=str(tmp_path), ASAP_MAX_UPLOAD_PIXELS="1000000")
     assert imageio.pixel_limit() == 1_000_000
+    policy = HostedPolicy.from_settings()
     with pytest.raises(ImageLoadError) as err:
-        check_upload("x.png", png_declaring(1001, 1000))
+        check_upload("x.png", png_declaring(1001, 1000), policy)
     assert err.value.reason == ("this image is 1001 x 1000 pixels (1 megapixels); this explorer accepts up to "
                                 "1 megapixels")
     _plain(err.value.reason + err.value.hint)
-    assert check_upload("ok.png", png_declaring(1000, 1000)) == (1000, 1000)
+    assert check_upload("ok.png", png_declaring(1000, 1000), policy) == (1000, 1000)
     with pytest.raises(ImageLoadError, match="accepts WebP images up to 0.5 megapixels"):  # WEBP_BUDGET_SHARE
-        check_upload("x.webp", webp_declaring(1000, 600))
+        check_upload("x.webp", webp_declaring(1000, 600), policy)
 
 
 def test_decoder_failures_are_worded_without_exception_names():
@@ -238,11 +242,12 @@ def _flat_rgba_png(path: Path, w: int, h: int, rgba: tuple[int, int, int, int]) 
 _CHILD_DECODE = r"""
 import json, sys
 from asap_core.analyses.single_image import decode_upload
+from asap_core.hosting import HostedPolicy
 hwm = lambda: next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 data = open(sys.argv[1], "rb").read()
 open("/proc/self/clear_refs", "w").write("5")
 before = hwm()
-im = decode_upload("upload.png", data)
+im = decode_upload("upload.png", data, HostedPolicy.from_settings())
 print(json.dumps({"growth_mb": (hwm() - before) / 1024, "size": im.size, "pixel": im.getpixel((5, 5))}))
 """
 
@@ -260,13 +265,14 @@ def test_an_image_just_under_the_budget_decodes_in_bounded_memory(tmp_path):
 # ------------------------------------------------------------------------------------------ thumbnails
 def test_thumbnails_far_over_a_thumbnails_size_are_grey_and_not_decoded():
     big = jpeg_declaring(12000, 12000)  # declared 144 Mpx: its header alone decides
-    assert not thumbnail_fits(big) and not thumbnail_fits(None) and not thumbnail_fits(b"not an image")
-    grey = decode_thumbnail(big, 40)
+    fits = lambda data: thumbnail_fits(data, THUMB_MAX_PIXELS)
+    assert not fits(big) and not fits(None) and not fits(b"not an image")
+    grey = decode_thumbnail(big, 40, THUMB_MAX_PIXELS)
     assert grey.size == (40, 40) and grey.getpixel((0, 0)) == (200, 200, 200)
     ok = io.BytesIO()
     Image.new("RGB", (128, 96), (0, 90, 0)).save(ok, "JPEG")
-    assert thumbnail_fits(ok.getvalue()) and decode_thumbnail(ok.getvalue()).size == (128, 96)
-    assert thumbnail_fits(jpeg_declaring(512, 512)) and not thumbnail_fits(jpeg_declaring(513, 512))
+    assert fits(ok.getvalue()) and decode_thumbnail(ok.getvalue(), THUMB_SIDE, THUMB_MAX_PIXELS).size == (128, 96)
+    assert fits(jpeg_declaring(512, 512)) and not fits(jpeg_declaring(513, 512))
     assert THUMB_MAX_PIXELS == 512 * 512
     assert thumb_uri(jpeg_declaring(20000, 20000), 30).startswith("data:image/jpeg;base64,")
 

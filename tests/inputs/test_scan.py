@@ -1,4 +1,4 @@
-"""Every input layout of DESIGN §2 is recognised by scan_folder."""
+"""Every input layout of docs/design.md §2 is recognised by scan_folder."""
 from __future__ import annotations
 
 import os
@@ -143,7 +143,7 @@ TOPICS = ["city", "interior", "nature", "people"]
 
 
 def test_real_fake_folders_with_topic_subfolders(tmp_path):
-    """Issue 15: ``fake/nature/`` is AI images on the topic nature, not GenImage's real class."""
+    """``fake/nature/`` is AI images on the topic nature, not GenImage's real class: real/fake words win."""
     _touch_images(tmp_path, [f"{lab}/{t}/{i}.png" for lab in ("real", "fake") for t in TOPICS for i in range(2)])
     res = scan_folder(tmp_path)
     r = _rows(res)

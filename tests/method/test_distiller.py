@@ -35,8 +35,25 @@ def test_forward_shapes_and_roundtrip(tmp_path):
     loaded = Distiller.from_pretrained(tmp_path / "d")
     z2, logit2 = loaded(x)
     assert torch.allclose(z, z2) and torch.allclose(logit, logit2)
-    assert loaded.config.generator_names == ("a", "b", "c")
+    assert loaded.config == model.config and loaded.config.generator_names == ("a", "b", "c")
     assert loaded.fingerprint == model.fingerprint
+
+
+def test_trainer_parameters_copy_and_the_cache_key_outlives_the_rename():
+    """``get_params`` builds an equal trainer; ``cache_params`` (what the distiller's cache key hashes) is the
+    dict keys were written with before ``seed`` became ``random_state``, so fits cached then are still found."""
+    from asap_core.method.training import TRAINING_VERSION
+    from asap_core.storage.cache import hash_key
+
+    proj = _projection(48, 64)
+    t = DistillerTrainer(proj, lr=1e-2, random_state=5, stream=True)
+    assert t.get_params()["random_state"] == 5 and "seed" not in t.get_params()
+    assert hash_key(DistillerTrainer(**t.get_params()).get_params()) == hash_key(t.get_params())
+    before = {"version": TRAINING_VERSION, "projection": proj, "ortho_weight": 1.0, "lr": 1e-2, "weight_decay": 0.0,
+              "batch_size": 256, "max_epochs": 300, "patience": 25, "val_fraction": 0.2, "seed": 5,
+              "generator_weight": 0.5, "stream": True}
+    assert hash_key(t.cache_params()) == hash_key(before)
+    assert hash_key(DistillerTrainer(proj, lr=1e-2, random_state=6, stream=True).cache_params()) != hash_key(before)
 
 
 def test_from_pretrained_missing_folder_is_clear(tmp_path):
@@ -46,7 +63,7 @@ def test_from_pretrained_missing_folder_is_clear(tmp_path):
 
 def test_learns_separable_data_with_orthonormal_rows():
     x, y = _separable()
-    trainer = DistillerTrainer(_projection(48, 64), seed=0).fit(x, y)
+    trainer = DistillerTrainer(_projection(48, 64), random_state=0).fit(x, y)
     m = trainer.metrics_
     assert m["val"]["accuracy"] >= 0.9 and m["val"]["roc_auc"] >= 0.95
     assert m["max_offdiag_cos"] <= 0.1
@@ -60,7 +77,7 @@ def test_learns_separable_data_with_orthonormal_rows():
 
 def test_without_penalty_rows_are_not_orthonormal():
     x, y = _separable()
-    free = DistillerTrainer(_projection(48, 64), seed=0, ortho_weight=0.0, max_epochs=60).fit(x, y)
+    free = DistillerTrainer(_projection(48, 64), random_state=0, ortho_weight=0.0, max_epochs=60).fit(x, y)
     w = free.model_.dims.weight.detach()
     assert not torch.allclose(w @ w.T, torch.eye(16), atol=0.1)
 
@@ -75,7 +92,7 @@ def test_generator_head_learns_known_generators():
     x[y == 1, 10 + gen_idx[y == 1]] += 3.0  # each generator leaves its own trace
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     gens = np.where(y == 1, np.array(["biggan", "sd", "dalle"])[gen_idx], None)
-    t = DistillerTrainer(_projection(60, 64), seed=0).fit(x, y, generators=gens)
+    t = DistillerTrainer(_projection(60, 64), random_state=0).fit(x, y, generators=gens)
     assert t.model_.config.generator_names == ("biggan", "dalle", "sd")
     assert t.metrics_["generator_val_accuracy"] >= 0.8
 
@@ -100,7 +117,7 @@ def test_saturated_auc_still_trains_to_confident_predictions():
     x, y = _separable(300)
     x[:, 0] += (2 * y - 1) * 3.0
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-    t = DistillerTrainer(_projection(48, 64), seed=0).fit(x, y)
+    t = DistillerTrainer(_projection(48, 64), random_state=0).fit(x, y)
     _, p = t.model_.predict(x)
     assert t.metrics_["val"]["roc_auc"] == 1.0
     assert np.abs(2 * p - 1).mean() > 0.8  # mean confidence, not p ~ 0.5

@@ -46,7 +46,7 @@ def planted_detector(encoder, n: int = 120):
     images = [planted_image(rng, None) for _ in range(n)] + \
              [planted_image(rng, int(rng.integers(SIDE * SIDE))) for _ in range(n)]
     y = np.array([0] * n + [1] * n)
-    trainer = DistillerTrainer(projection=np.eye(64, dtype=np.float32), seed=0).fit(
+    trainer = DistillerTrainer(projection=np.eye(64, dtype=np.float32), random_state=0).fit(
         encoder.encode_images(images).numpy(), y)
     assert trainer.metrics_["val"]["roc_auc"] > 0.95  # the artifact is learnable here
     return trainer.model_
@@ -142,7 +142,7 @@ def test_figures_normalise_per_image_and_target():
     assert table.loc[1, "n_images"] == 0 and np.isnan(table.loc[1, "ratio"])
 
 
-# ----------------------------------------------------------------------------- acceptance 1
+# ----------------------------------------------------------------------------- planted artifacts and controls
 
 
 def test_planted_artifact_maps_beat_random_and_a_random_region_control_does_not(tiny_encoder):
@@ -186,12 +186,12 @@ def shuffled_control(encoder, n: int = 120):
     images = [planted_image(rng, None) for _ in range(n)] + \
              [planted_image(rng, int(rng.integers(SIDE * SIDE))) for _ in range(n)]
     y = np.random.default_rng(1).permutation(np.array([0] * n + [1] * n))
-    return DistillerTrainer(projection=np.eye(64, dtype=np.float32), seed=0).fit(
+    return DistillerTrainer(projection=np.eye(64, dtype=np.float32), random_state=0).fit(
         encoder.encode_images(images).numpy(), y).model_
 
 
 def test_the_box_is_credited_on_the_probability_and_the_shuffled_control_is_not(tiny_encoder):
-    """Acceptance 2: a map that is exactly the planted box is credited on the detector (ratio well above 1,
+    """A map that is exactly the planted box is credited on the detector (ratio well above 1,
     interval excluding 1), not on the shuffled-label control, whose fake probability barely moves."""
     px, pos = planted_fakes(tiny_encoder)
     det = DeletionInsertion(tiny_encoder, planted_detector(tiny_encoder)).evaluate(px, box_maps(pos), FAKE_LOGIT)
@@ -232,7 +232,7 @@ def test_occlusion_ordered_maps_are_credited_on_every_target_that_reacts(tiny_en
 
 
 def test_sign_convention_with_a_target_that_rises_under_the_fill():
-    """Acceptance 1: the fill raises the target (f(x) = 1, f(b) = 3). A map whose deletion lowers it first
+    """The fill raises the target (f(x) = 1, f(b) = 3). A map whose deletion lowers it first
     must get a positive area between curves and a ratio above 1, by these exact numbers; the weighted mean
     of the normalised areas is the sum of the raw areas over the sum of the scales, for either sign."""
     x = np.linspace(0, 1, 5)
@@ -402,7 +402,7 @@ def test_analyze_option_stores_both_checks_for_the_app(checked_bundle, no_comput
     bundle, stdout = checked_bundle
     assert "Explanation checks (4 images, last-block)" in stdout
     assert "flags nothing: not assessed (random CLIP)" in stdout
-    assert bundle.options["faithfulness"] == 4
+    assert bundle.options.faithfulness == 4
     ids = analysis_sample(bundle)
     labels = bundle.images.set_index("image_id").loc[ids, "label"]
     assert len(ids) == 4 and sorted(labels) == ["fake", "fake", "real", "real"]
@@ -467,11 +467,11 @@ def test_check_sample_is_seeded_balanced_and_order_free():
 
     images = pd.DataFrame({"image_id": [f"{i:03d}" for i in range(20)],
                            "label": ["fake"] * 3 + ["real"] * 15 + [None] * 2})
-    pick = check_sample(images, 8, seed=1)
+    pick = check_sample(images, 8, random_state=1)
     assert len(pick) == 8 and len(set(pick)) == 8
     labels = images.set_index("image_id").loc[pick, "label"]
     assert (labels == "fake").sum() == 3 and labels.notna().all()  # 3 fakes only: reals fill in
-    assert check_sample(images.iloc[::-1], 8, seed=1) == pick and check_sample(images, 8, seed=2) != pick
+    assert check_sample(images.iloc[::-1], 8, random_state=1) == pick and check_sample(images, 8, random_state=2) != pick
     assert check_sample(images, 0) == []
 
 

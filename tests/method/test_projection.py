@@ -84,25 +84,54 @@ def test_fit_takes_the_sample_embeddings_at_hand(tiny_encoder, small_folder, enc
         VisionOnlyProjection().fit([Image.new("RGB", (8, 8))], embed, image_embeds=embeds[:2])
 
 
+def _fitted(params: dict, d: int = 32) -> tuple[VisionOnlyProjection, np.ndarray]:
+    """A projection with ``params`` fitted on random embeddings ``[40, d]`` (also returned)."""
+    rng = np.random.default_rng(1)
+    clean = rng.normal(size=(40, d))
+    images = [Image.new("RGB", (16, 16), tuple(int(c) for c in rng.integers(0, 255, 3))) for _ in range(6)]
+    return VisionOnlyProjection(**params).fit(images, lambda ims: rng.normal(size=(len(ims), d)),
+                                              clean_embeds=clean), clean
+
+
 def test_projection_round_trips_and_checks_fit_and_shapes(tmp_path):
-    """save_pretrained / from_pretrained keep the fitted matrices; transform refuses before fit and on
-    embeddings of another width."""
+    """save_pretrained / from_pretrained give back every parameter (none of them the default) and both
+    fitted matrices; transform refuses before fit and on embeddings of another width."""
     from asap_core.errors import InputError
 
-    rng = np.random.default_rng(1)
-    clean = rng.normal(size=(40, 32))
-    images = [Image.new("RGB", (16, 16), tuple(int(c) for c in rng.integers(0, 255, 3))) for _ in range(6)]
-    embed = lambda ims: rng.normal(size=(len(ims), 32))
     with pytest.raises(InputError, match="not fitted"):
-        VisionOnlyProjection().transform(clean)
-    proj = VisionOnlyProjection(n_components=8, n_text_components=2).fit(images, embed, clean_embeds=clean)
+        VisionOnlyProjection().transform(np.zeros((2, 32)))
+    params = {"n_components": 4, "n_text_components": 3, "random_state": 7}
+    proj, clean = _fitted(params)
+    assert proj.get_params() == params and proj.text_components_.shape == (3, 32)
     proj.save_pretrained(tmp_path)
     back = VisionOnlyProjection.from_pretrained(tmp_path, embed_dim=32)
+    assert back.get_params() == params
     np.testing.assert_array_equal(back.components_, proj.components_)
     np.testing.assert_array_equal(back.text_components_, proj.text_components_)
-    assert proj.transform(clean).shape == (40, 8)
+    assert proj.transform(clean).shape == (40, 4)
     with pytest.raises(InputError, match=r"\[N, 32\]"):
         proj.transform(clean[:, :16])
+
+
+def test_projections_saved_before_the_config_still_load(tmp_path):
+    """A projection folder written before ``projection_config.json`` (parameters as safetensors metadata) loads
+    with those parameters; a bare published matrix gets K and T from its arrays; a damaged config is named."""
+    from safetensors.numpy import save_file
+
+    from asap_core.method.projection import CONFIG_NAME, WEIGHTS_NAME
+
+    proj, _ = _fitted({"n_components": 5, "n_text_components": 2, "random_state": 9})
+    arrays = {"components": proj.components_, "text_components": proj.text_components_}
+    (tmp_path / "old").mkdir()
+    save_file(arrays, str(tmp_path / "old" / WEIGHTS_NAME), metadata={k: str(v) for k, v in proj.get_params().items()})
+    assert VisionOnlyProjection.from_pretrained(tmp_path / "old").get_params() == proj.get_params()
+    save_file(arrays, str(tmp_path / "published.safetensors"))
+    bare = VisionOnlyProjection.from_pretrained(tmp_path / "published.safetensors")
+    assert bare.get_params() == {"n_components": 5, "n_text_components": 2, "random_state": 0}
+    proj.save_pretrained(tmp_path / "bad")
+    (tmp_path / "bad" / CONFIG_NAME).write_text('{"n_components": "many"}')
+    with pytest.raises(ModelLoadError, match="n_components"):
+        VisionOnlyProjection.from_pretrained(tmp_path / "bad")
 
 
 def test_fit_on_many_rows_never_builds_an_n_row_float64_matrix(monkeypatch):

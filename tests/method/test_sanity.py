@@ -152,7 +152,7 @@ def test_trained_detector_passes_and_a_random_clip_is_not_assessed(tiny_encoder)
 
 
 def test_one_map_for_every_target_and_an_edge_map_are_flagged(tiny_encoder):
-    """Acceptance 2: one map reused for all 17 targets is flagged on every target (target sensitivity); an
+    """One map reused for all 17 targets is flagged on every target (target sensitivity); an
     edge map plus 5% of the real map (it looks the same as its randomised versions) is flagged on every
     target by the value-based similarity (SSIM), whatever the rank correlation."""
     from asap_core.method.relevance import AttentionRelevance

@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import SHARED_DATA, make_image
 
 from asap_core.errors import BundleError, InputError
+from asap_core.method.bundle_models import bundle_distiller
 from asap_core.model.encoder import ClipEncoder
 from asap_core.pipeline import stages
 from asap_core.pipeline.analyze import AnalyzeOptions, analyze
@@ -49,7 +50,7 @@ def test_bundle_is_complete(built, small_folder):
     from asap_core.storage.cache import RowStore
 
     store = RowStore(tmp / "cache", embedding_store_name(b.encoder_info.cache_key, torch.float32), (64,))
-    z, p = b.distiller.predict(store.get(b.images.image_id.tolist()))
+    z, p = bundle_distiller(b).predict(store.get(b.images.image_id.tolist()))
     np.testing.assert_allclose(p, b.images.p_fake, atol=1e-5)
     np.testing.assert_allclose(z, b.z, atol=1e-5)
     assert (b.images.confidence - np.abs(2 * b.images.p_fake - 1)).abs().max() < 1e-5
@@ -155,7 +156,7 @@ def test_unlabelled_folder_with_a_trained_distiller(built, tmp_path, tiny_clip_d
     report = analyze(tmp_path, tmp_path / "out", _opts(tiny_clip_dir, tmp_path / "cache", distiller=str(first.bundle)))
     b = Bundle.open(report.bundle)
     assert len(b.images) == 5 and b.images.label.isna().all() and b.images.correct.isna().all()
-    assert b.distiller.fingerprint == Bundle.open(first.bundle).distiller.fingerprint
+    assert bundle_distiller(b).fingerprint == bundle_distiller(Bundle.open(first.bundle)).fingerprint
 
 
 def test_crash_while_writing_leaves_no_half_bundle(built, small_folder, tiny_clip_dir, monkeypatch):
@@ -282,7 +283,7 @@ def test_forensynths_keeps_generator_names(tmp_path, tiny_clip_dir):
     assert len(b.images) == 400
     assert sorted(b.images.generator.dropna().unique()) == sorted(
         p.name for p in (SHARED_DATA / "forensynths_ranking" / "fake").iterdir())
-    assert len(b.distiller.config.generator_names) == 10
+    assert len(bundle_distiller(b).config.generator_names) == 10
 
 
 def test_a_new_method_version_never_reuses_stale_results(built, small_folder, tiny_clip_dir, monkeypatch):

@@ -8,7 +8,6 @@ from PIL import Image
 
 from asap_core.inputs.scan import scan_folder
 from asap_core.model.encoder import inspect_checkpoint
-from asap_core.pipeline import analyze as pipeline
 from asap_core.pipeline import demo
 from asap_core.pipeline.demo import DEMO_DATA, demo_bundle_path, ensure_demo_bundle, write_random_clip
 from asap_core.settings import reload_settings
@@ -51,13 +50,13 @@ def offline_cache(tmp_path, monkeypatch):
     reload_settings()
     monkeypatch.setattr(demo, "RANDOM_CLIP", SMALL_RANDOM_CLIP)
     calls = []
-    real_analyze = pipeline.analyze
+    real_analyze = demo.analyze
 
     def counting_analyze(*args, **kwargs):
         calls.append((args, kwargs))
         return real_analyze(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "analyze", counting_analyze)
+    monkeypatch.setattr(demo, "analyze", counting_analyze)
     return tmp_path / "cache", calls
 
 
@@ -93,7 +92,7 @@ def test_real_model_gets_its_own_bundle_and_no_note(offline_cache, tmp_path, mon
     monkeypatch.setenv("ASAP_MODEL", str(clip))
     reload_settings()
     seen = []
-    monkeypatch.setattr(pipeline, "analyze", lambda data, out, opt, progress=None: seen.append((data, out, opt)))
+    monkeypatch.setattr(demo, "analyze", lambda data, out, opt, progress=None: seen.append((data, out, opt)))
     path, note = ensure_demo_bundle()
     assert note == ""
     assert path == demo_bundle_path() != fallback and path.parent == cache

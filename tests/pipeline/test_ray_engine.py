@@ -27,7 +27,7 @@ from asap_core.storage.cache import RowStore
 
 REPO = Path(__file__).resolve().parents[2]
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
-                               reason="Ray is not installed (pip install -r requirements-ray.txt)")
+                               reason="Ray is not installed (pip install -e '.[ray]')")
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_ray_and_local_engines_give_the_same_bundle(runs):
     # local CPU maps start from the kept float16 last-layer inputs, Ray's from the pixels: float16 rounding apart
     np.testing.assert_allclose(bundle_maps(r, ids).astype(np.float32), bundle_maps(loc, ids).astype(np.float32),
                                atol=2e-3, rtol=2e-2)
-    assert r.options["engine"] == "ray" and loc.options["engine"] == "local"
+    assert r.options.engine == "ray" and loc.options.engine == "local"
 
 
 def _shards(cache: Path) -> dict[str, list[str]]:
@@ -164,7 +164,7 @@ def test_engine_options_are_checked_before_any_work(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(InputError) as err:
         AnalyzeOptions(engine="ray").check()
-    assert "requirements-ray.txt" in err.value.hint
+    assert ".[ray]" in err.value.hint
 
 
 def test_a_local_run_never_imports_ray(folder, tiny_clip_dir, tmp_path):

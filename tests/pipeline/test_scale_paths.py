@@ -1,4 +1,4 @@
-"""The paths that take ``analyze`` to a million images in bounded memory (issue 26): the projection's
+"""The paths that take ``analyze`` to a million images in bounded memory: the projection's
 directions from a covariance summed over chunks, the distiller trained on streamed minibatches, and
 ``analyze --from-embeddings`` on a table of ids whose embeddings are already cached."""
 from __future__ import annotations
@@ -94,7 +94,7 @@ def test_streamed_training_matches_the_in_memory_path():
     projection = np.linalg.qr(np.random.default_rng(5).normal(size=(32, 24)))[0].T.astype(np.float32)
     fitted = {}
     for stream in (False, True):
-        t = DistillerTrainer(projection=projection, seed=0, max_epochs=60, patience=8, stream=stream)
+        t = DistillerTrainer(projection=projection, random_state=0, max_epochs=60, patience=8, stream=stream)
         fitted[stream] = t.fit(embeds, y, generators=gens)
     mem, streamed = fitted[False], fitted[True]
     auc_mem, auc_stream = mem.metrics_["val"]["roc_auc"], streamed.metrics_["val"]["roc_auc"]

@@ -1,7 +1,7 @@
-"""One bad bundle is one unavailable bundle (issue 22): bundles the tests damage (nested JSON, NaN coordinates,
-zeroed or garbled Parquet, absurd metadata) are refused in words by ``validate`` / ``Bundle.open``, by the hosted
-policy and by ``python -m asap_core info`` (exit 2, no traceback); the explorer lands on a good bundle, lists the
-bad ones as unavailable and draws every page."""
+"""One bad bundle is one unavailable bundle, never a site down for everyone: bundles the tests damage (nested
+JSON, NaN coordinates, zeroed or garbled Parquet, absurd metadata) are refused in words by ``validate`` /
+``Bundle.open``, by the hosted policy and by ``python -m asap_core info`` (exit 2, no traceback); the explorer
+lands on a good bundle, lists the bad ones as unavailable and draws every page."""
 from __future__ import annotations
 
 import json

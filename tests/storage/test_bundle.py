@@ -14,6 +14,7 @@ from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 from asap_core.cli import main
 from asap_core.errors import BundleError, InputError
+from asap_core.method.bundle_models import bundle_distiller, bundle_model_key
 from asap_core.storage import schema as S
 from asap_core.storage.bundle import Bundle
 
@@ -78,7 +79,8 @@ def test_typed_accessors_and_image_helpers(tiny_bundle):  # noqa: F811
 
     crop = b.model_input(ids[0], ClipPreprocessor(size=32, crop_size=32), "a test")
     assert crop.size == (32, 32) and crop.mode == "RGB"
-    assert b.model_key().startswith(b.encoder_info.cache_key) and b.distiller.fingerprint in b.model_key()
+    key = bundle_model_key(b)
+    assert key.startswith(b.encoder_info.cache_key) and bundle_distiller(b).fingerprint in key
 
 
 def test_a_moved_image_is_named_or_replaced_by_its_thumbnail(tiny_bundle, tmp_path):  # noqa: F811
@@ -110,7 +112,7 @@ def test_maps_of_a_bundle_written_before_versioned_store_names_still_read(tiny_b
     maps = np.random.default_rng(0).random((3, S.N_TARGETS, 4, 4)).astype(np.float16)
     store = bundle_map_store(b, "last-block")
     store.put(ids, maps)
-    store.dir.rename(store.dir.with_name(f"rel-last-block-{b.encoder_info.cache_key}-{b.distiller.fingerprint}"))
+    store.dir.rename(store.dir.with_name(f"rel-last-block-{b.encoder_info.cache_key}-{bundle_distiller(b).fingerprint}"))
     monkeypatch.setattr(factory, "load_encoder", lambda *a, **k: 1 / 0)  # the maps must come from the cache
     assert missing_maps(b, ids, "last-block") == []
     np.testing.assert_array_equal(bundle_maps(b, ids, "last-block"), maps)

@@ -1,6 +1,6 @@
-"""Thumbnails written and read in row groups (issue 17): ``write_bundle`` takes them in chunks (never all
-at once), orders them by cell, and ``Bundle.thumbnails`` reads only the row groups that hold the wanted ids,
-returning exactly the stored bytes; bundles written with one row group (before this change) still read."""
+"""Thumbnails written and read in row groups (memory bounded at any size): ``write_bundle`` takes them in
+chunks (never all at once), orders them by cell, and ``Bundle.thumbnails`` reads only the row groups that hold the
+wanted ids, returning exactly the stored bytes; bundles written with one row group (before this change) still read."""
 from __future__ import annotations
 
 import types
@@ -125,7 +125,7 @@ def test_write_stage_takes_thumbnails_from_the_store_in_chunks(tmp_path):
         store.put(ids[a:a + 50], [_jpeg(i) for i in ids[a:a + 50]])
     info = types.SimpleNamespace(model_id="synthetic", cache_key="key", embed_dim=8, patch_side=2, image_size=16,
                                  source="unknown", preprocessor=types.SimpleNamespace(version="p1"))
-    ctx = types.SimpleNamespace(info=info, dtype="float32", options=types.SimpleNamespace(grid=3), skipped=[],
+    ctx = types.SimpleNamespace(info=info, dtype="float32", options=S.AnalysisOptions(grid=3), skipped=[],
                                 timings={})
     saver = types.SimpleNamespace(save_pretrained=lambda d: (Path(d) / "model.safetensors").write_bytes(b"w"))
     cells = pd.DataFrame({c: [_SAMPLE[kind]] for c, kind in S.CELL_COLUMNS.items()})

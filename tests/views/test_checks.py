@@ -8,6 +8,7 @@ import pytest
 import torch
 from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
+from asap_core.method.bundle_models import bundle_distiller
 from asap_core.storage.schema import FAKE_LOGIT, N_TARGETS
 from asap_core.views import checks as vc
 
@@ -115,7 +116,7 @@ def test_attention_tiles_carry_their_maps_checks(reports):
     from asap_core.views import attention as va
 
     b, ids, faith, sanity = reports
-    w2 = va.head_weights(b.distiller)
+    w2 = va.head_weights(bundle_distiller(b))
     rows = va.attention_rows(b.images, ids, bundle_maps(b, ids), w2, b.thumbnails(ids))
     targets = vc.attention_check_targets(rows, k=2)
     assert FAKE_LOGIT in targets and all(int(r["order"][0]) in targets for r in rows)

@@ -1,4 +1,4 @@
-"""Issue 16: an overview a new user can read. The default grid follows the number of images (the median
+"""An overview a new user can read. The default grid follows the number of images (the median
 non-empty cell holds at least 8 images on real layouts of 150, 1,600 and 50,000 points), the map fills its
 container, the words agree with the charts (hatched = wrong, "lowers / raises p_fake by"), images are
 named by file, the same picks are not saved twice, and, in Chromium at 1280 x 800, every filter button's
@@ -29,12 +29,12 @@ from asap_core.views.glossary import GLOSSARY
 from asap_core.views.grid import image_names
 
 WIDTH, HEIGHT = 1280, 800
-MIN_MEDIAN = 8  # the issue's bar: the median non-empty cell holds at least 8 images
+MIN_MEDIAN = 8  # the bar: the median non-empty cell holds at least 8 images (pies of 1-4 do not read)
 
 
 def embeddings(n: int, kind: str, seed: int = 0, d: int = S.N_DIMS) -> np.ndarray:
     """Synthetic distiller outputs z [n, 16]: "two" = real and fake shifted apart along 3 dimensions (maps
-    fill ~45 % of a 24 x 24 grid, as the issue's 450 photos did), "clusters" = 12 separated groups of
+    fill ~45 % of a 24 x 24 grid, as a real folder of 450 photos did), "clusters" = 12 separated groups of
     uneven size (t-SNE makes tight islands and leaves most cells empty)."""
     rng = np.random.default_rng(seed)
     if kind == "two":
@@ -55,7 +55,7 @@ def test_default_grid_gives_pies_of_8_or_more_images_on_a_real_layout(n, kind):
     # pies of 8 or more, unless even the coarsest grid cannot give them (150 images on two t-SNE blobs: the
     # smallest grid's median depends on the t-SNE version's layout), where the coarsest grid is the answer
     assert median_cell_size(xy, g) >= MIN_MEDIAN or (g == S.GRID_MIN and n < 16 * MIN_MEDIAN * 2)
-    if kind == "two":  # the old fixed 24 on a map like the issue's: a sea of tiny pies
+    if kind == "two":  # the old fixed 24 on a map like that folder's: a sea of tiny pies
         assert median_cell_size(xy, S.DEFAULT_GRID) < MIN_MEDIAN
 
 

@@ -1,4 +1,4 @@
-"""The quiz ("Real or AI?", issue 16): the spec and its link, which images a spec picks (deterministic, per
+"""The quiz ("Real or AI?"): the spec and its link, which images a spec picks (deterministic, per
 source), the reveal (top dimensions = strongest contributions towards the prediction), the score; and an
 AppTest that plays a seeded quiz of 10 images to the end with scripted answers."""
 from __future__ import annotations
@@ -15,6 +15,7 @@ from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_b
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from asap_core.method.bundle_models import bundle_distiller
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.labels import dimension_label
@@ -25,7 +26,7 @@ from asap_core.views import state as vs
 from asap_core.views.trust import trust_notices
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
-#: words a student must never read in a reveal (issue 25): model internals and units
+#: words a student must never read in a reveal (a 12-year-old must follow it): model internals and units
 JARGON = re.compile(r"logit|p_fake|\bAUC\b|relevance|\bdim\s*\d|\bz_i\b|\bz_\d", re.IGNORECASE)
 TIMEOUT = 60
 
@@ -279,7 +280,7 @@ def test_a_seeded_quiz_of_10_played_to_the_end(bundle):
             at.segmented_control(key=f"quiz_sure_{i}").set_value("very sure")
         at.button(key="quiz_real" if said == "real" else "quiz_ai").click().run()
         no_exception(at)
-        rv = vq.reveal(bundle.images, bundle.z, va.head_weights(bundle.distiller), ids[i])
+        rv = vq.reveal(bundle.images, bundle.z, va.head_weights(bundle_distiller(bundle)), ids[i])
         text = shown_text(at)
         assert vq.the_thing(rv.truth) in at.markdown[0].value or vq.the_thing(rv.truth) in text
         assert not JARGON.search(text), JARGON.search(text)
@@ -367,7 +368,7 @@ def test_a_trusted_reveal_shows_the_spotlight_and_the_looks_by_name(tiny_bundle,
     monkeypatch.setattr("app_pages.glue.quiz.trusted", lambda bundle: True)
     spec = vq.QuizSpec("all", "", 2, 3)
     first = vq.quiz_images(b.images, spec)[0]
-    rv = vq.reveal(b.images, b.z, va.head_weights(b.distiller), first)
+    rv = vq.reveal(b.images, b.z, va.head_weights(bundle_distiller(b)), first)
     b.set_dimension_name(rv.dims[0], "smooth skin")
     at = open_link(b, spec.to_param())
     at.button(key="quiz_ai").click().run()

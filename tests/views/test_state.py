@@ -1,5 +1,5 @@
 """Query values become numbers through one function (``views.state.parse_int``): only ASCII digits, bounded
-length, within bounds; anything else is ignored quietly (issue 22: ``cell=²``, 5000-digit values,
+length, within bounds; anything else is ignored quietly (``cell=²``, 5000-digit values,
 ``quiz=cell:²:5:1`` used to reach ``int()`` and end in "Something went wrong"). Messages to visitors name no
 exception class, internal function or operator setting (``model.hints.hosted_words``)."""
 from __future__ import annotations

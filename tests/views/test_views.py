@@ -11,6 +11,7 @@ import pytest
 from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 
+from asap_core.method.bundle_models import bundle_distiller
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import Z_COLUMNS
 from asap_core.views import attention as va
@@ -177,9 +178,9 @@ def test_grid_chart_has_brush_and_pick(bundle):
 
 # ------------------------------------------------------------------------------------------ attention
 def test_contributions_add_up_to_the_logit(bundle):
-    w2 = va.head_weights(bundle.distiller)
+    w2 = va.head_weights(bundle_distiller(bundle))
     z = bundle.images[Z_COLUMNS].to_numpy(np.float64)
-    logit = va.contributions(z, w2).sum(axis=1) + float(bundle.distiller.head.bias.detach())
+    logit = va.contributions(z, w2).sum(axis=1) + float(bundle_distiller(bundle).head.bias.detach())
     np.testing.assert_allclose(1 / (1 + np.exp(-logit)), bundle.images["p_fake"], atol=1e-4)
 
 
@@ -194,8 +195,8 @@ def test_attention_rows_tiles(bundle):
     ids = bundle.images["image_id"].tolist()[:2]
     side = bundle.meta["encoder"]["patch_side"]
     maps = np.random.default_rng(0).random((2, 17, side, side)).astype(np.float16)
-    rows = va.attention_rows(bundle.images, ids, maps, va.head_weights(bundle.distiller), bundle.thumbnails(ids),
-                             size=40)
+    w2 = va.head_weights(bundle_distiller(bundle))
+    rows = va.attention_rows(bundle.images, ids, maps, w2, bundle.thumbnails(ids), size=40)
     assert [r["image_id"] for r in rows] == ids
     for r in rows:
         assert len(r["tiles"]) == 18
@@ -219,7 +220,7 @@ def test_single_auc_matches_sklearn():
 
 
 def test_dimension_table_and_distributions(bundle):
-    w2 = va.head_weights(bundle.distiller)
+    w2 = va.head_weights(bundle_distiller(bundle))
     table = vd.dimension_table(bundle.images, w2)
     assert table["dim"].tolist() == list(range(16))
     np.testing.assert_allclose(table["weight"], w2)
@@ -264,7 +265,7 @@ def test_selected_members_and_views_of_the_pages(bundle):
     fakes = ov.selected_members(bundle.images, cells, ov.Filters(label="fake"))
     assert (fakes["label"] == "fake").all() and fakes["cell"].isin(cells).all()
     assert len(fakes) == int(bundle.cells.set_index("cell").loc[cells, ["n_fake_ok", "n_fake_wrong"]].sum().sum())
-    table = vd.dimension_table(bundle.images, va.head_weights(bundle.distiller))
+    table = vd.dimension_table(bundle.images, va.head_weights(bundle_distiller(bundle)))
     order = vd.dimension_order(table)
     gaps = (table.set_index("dim").loc[order, "auc"] - 0.5).abs().to_numpy()
     assert sorted(order) == list(range(16)) and (np.diff(gaps) <= 1e-12).all()
