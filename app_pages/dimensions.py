@@ -127,7 +127,9 @@ c1, c2, c3 = st.columns([2, 2, 2])
 dim_key = K.dimension_picker(vs.short_hash(repr(names)))
 if ss.get(K.K_DIM) in order:
     ss.setdefault(dim_key, ss[K.K_DIM])  # a link's or an earlier visit's dimension
-dim = c1.selectbox("Dimension", order, format_func=titles.get, key=dim_key, help=GLOSSARY["dimension"])
+picked = c1.selectbox("Dimension", order, format_func=lambda d: titles.get(d, str(d)), key=dim_key,
+                      help=GLOSSARY["dimension"])
+dim = order[0] if picked is None else int(picked)  # a select box with options always holds one
 ss[K.K_DIM] = dim
 k = c2.slider("Images per end", 4, 24, 8, key=K.W_TOPK)
 highest = c3.segmented_control("Maps and crops of", ["highest", "lowest"], default="highest", key=K.W_DIR,

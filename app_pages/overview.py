@@ -62,7 +62,7 @@ if cells.empty:
     left.warning("No image passes these filters.")
     st.stop()
 
-by_gen = color_by == "predicted generator"
+by_gen = color_by == "predicted generator" and gen_data is not None
 caption.caption(ov.overview_caption(by_gen), help=GLOSSARY["overview pie"])
 chart_key = K.overview_chart(grid, vs.short_hash(repr(new_filters) + ("gen" if by_gen else "")))
 if S.fresh_chart(chart_key):
@@ -72,7 +72,7 @@ spec = D.overview_spec(path, stamp, grid, new_filters, ss.get(K.chart_value(char
 with left:
     event = st.vega_lite_chart(spec=spec, key=chart_key, on_select="rerun", selection_mode="cell",
                                theme=None, width="stretch")
-    st.image(vgen.generator_legend_svg(gen_data[1]) if by_gen else ov.legend_svg())
+    st.image(vgen.generator_legend_svg(gen_data[1]) if gen_data is not None and by_gen else ov.legend_svg())
 before = list(ss[K.K_CELLS])
 ss[K.K_CELLS] = S.consume_event(chart_key, event, ss[K.K_CELLS], vs.cells_from_event)
 if list(ss[K.K_CELLS]) != before:
@@ -100,7 +100,7 @@ with right:
         if w2 is not None:
             st.caption(f"Pushes hardest: {as_text(ov.selection_driver(members, w2, names))}",
                        help=GLOSSARY["dimension"])
-        if by_gen:
+        if gen_data is not None and by_gen:
             st.caption(as_text(vgen.attribution_caption(gen_data[0], members["image_id"].tolist())))
         st.image(D.thumbs(b, members["image_id"].head(12).tolist()), width=64)
     else:

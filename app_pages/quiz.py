@@ -65,7 +65,7 @@ def teacher_panel(current: vq.QuizSpec | None) -> None:
     prefill(current, cells, names, gens)
     with st.expander("Make a quiz", expanded=current is None, icon=":material/school:"):
         c1, c2, c3 = st.columns([4, 1, 1])
-        source = c1.segmented_control("Images from", list(vq.SOURCES), format_func=vq.SOURCES.get,
+        source = c1.segmented_control("Images from", list(vq.SOURCES), format_func=lambda s: vq.SOURCES.get(s, s),
                                       key=K.QUIZ_WIDGETS["source"]) or "all"
         n = int(c2.number_input("Images", 1, vq.MAX_QUIZ, key=K.QUIZ_WIDGETS["n"]))
         seed = int(c3.number_input("Seed", 0, vq.MAX_SEED, key=K.QUIZ_WIDGETS["seed"]))
@@ -111,7 +111,8 @@ def class_results(code: str) -> None:
         return
     spec = vq.QuizSpec.from_param(rnd.quiz)
     st.markdown(f"Round code **{rnd.code}** · students open:")
-    st.code(vq.round_link(st.context.url, QG.link_bundle(b), spec, rnd.code), language=None, wrap_lines=True)
+    if spec is not None:  # a round stores the spec it was started with: always valid
+        st.code(vq.round_link(st.context.url, QG.link_bundle(b), spec, rnd.code), language=None, wrap_lines=True)
     r = QG.class_results(b, rnd)
     if r is None:
         return
@@ -135,7 +136,7 @@ def new_play(spec: vq.QuizSpec) -> dict:
             "recorded": 0}
 
 
-def answer(play: dict, said: str, sure: str | None) -> None:
+def answer(play: dict, spec: vq.QuizSpec, said: str, sure: str | None) -> None:
     i = len(play["answers"])
     play["answers"].append(said)
     play["sure"].append(vq.SURENESS.get(sure) if sure else None)
@@ -155,7 +156,7 @@ def show_picture(image_id: str, where) -> None:
         st.stop()
 
 
-def question(play: dict) -> None:
+def question(play: dict, spec: vq.QuizSpec) -> None:
     """One image, the buttons Real / AI and the optional "how sure"."""
     i, n = len(play["answers"]), len(play["ids"])
     st.progress(i / n, text=f"Image {i + 1} of {n}")
@@ -167,7 +168,7 @@ def question(play: dict) -> None:
     ai = c2.button("AI", key=K.QUIZ_AI, icon=":material/smart_toy:", width="stretch")
     sure = right.segmented_control("How sure are you? (optional)", list(vq.SURENESS), key=K.quiz_sure(i))
     if real or ai:
-        answer(play, "real" if real else "fake", sure)
+        answer(play, spec, "real" if real else "fake", sure)
 
 
 def reveal_looks(rv: vq.Reveal, words: vq.PlainReveal, where) -> None:
@@ -272,6 +273,6 @@ if not play["ids"]:
 elif play["revealed"]:
     reveal_panel(play)
 elif len(play["answers"]) < len(play["ids"]):
-    question(play)
+    question(play, spec)
 else:
     end_screen(play)

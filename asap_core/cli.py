@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cells per side of the overview (default: chosen so a cell holds about 10 images)")
     a.add_argument("--projection", default=None, help="vision-only projection matrix file (.safetensors/.npy/.pt)")
     a.add_argument("--distiller", default=None, help="apply the distiller of this bundle instead of training one")
-    a.add_argument("--cache-dir", default=None, help="cache folder (default: $ASAP_CACHE_DIR or ~/.cache/asap_explorer)")
+    a.add_argument("--cache-dir", default=None,
+                   help="cache folder (default: $ASAP_CACHE_DIR or ~/.cache/asap_explorer)")
     a.add_argument("--engine", default="local",  # checked by AnalyzeOptions.check (pipeline.analyze.ENGINES)
                    help="where hashing, decoding, the CLIP forward and relevance maps run: local (this process) or "
                         "ray (a pool of Ray Data actors; pip install -e '.[ray]'); same cache either way")
@@ -87,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "local one); images and model must be at the same paths on every node")
     a.add_argument("--from-embeddings", action="store_true",
                    help="DATA_DIR is a table (.parquet or .csv: image_id, path, label[, generator][, split]) of images "
-                        "whose embeddings and thumbnails are already in the cache (same --model, --dtype, --cache-dir): "
-                        "no scan, no hashing, no embedding; the later stages as usual (docs/scale.md)")
+                        "whose embeddings and thumbnails are already in the cache (same --model, --dtype, "
+                        "--cache-dir): no scan, no hashing, no embedding; the later stages as usual (docs/scale.md)")
     a.add_argument("--faithfulness", type=int, default=0, metavar="N",
                    help="check the relevance maps on a seeded sample of N labelled images (both classes): deletion / "
                         "insertion curves against random, and the weight-randomisation sanity check; stored in the "

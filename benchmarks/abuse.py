@@ -455,7 +455,8 @@ ALERTS = "[data-testid='stException'], [data-testid='stAlertContentError'], [dat
 ERRORS = "[data-testid='stException'], [data-testid='stAlertContentError']"
 NOTICE_RX = "/randomly initialised|close to chance|unlike every image/i"  # notices, not messages: the demo's
 # on every page, and the single image page's note that an upload is far from every image of the bundle
-ALERT_EXPR = (f"(document.querySelector({ERRORS!r}) || [...document.querySelectorAll(\"[data-testid='stAlertContentWarning']\")]"
+ALERT_EXPR = (f"(document.querySelector({ERRORS!r}) || "
+              f"[...document.querySelectorAll(\"[data-testid='stAlertContentWarning']\")]"
               f".some(e => !{NOTICE_RX}.test(e.innerText)))")
 IDLE_EXPR = "!document.querySelector(\"[data-testid='stStatusWidget'] button\")"
 OVERVIEW_DONE = f"(document.querySelector('.vega-embed svg') || {ALERT_EXPR})"
@@ -641,7 +642,7 @@ async def clean_visit(run: Run, upload: bool, landing: bool) -> tuple[bool, str]
 # ------------------------------------------------------------------------------------------ attacks
 def plain_refusal(msg: str) -> str:
     """"" when ``msg`` is a refusal in plain words, else what is wrong with it."""
-    if not msg or msg.startswith("p_fake") or msg.startswith("no answer"):
+    if not msg or msg.startswith(("p_fake", "no answer")):
         return f"not refused ({msg[:40] or 'no message'})"
     if CRASH in msg:
         return "crashed"
@@ -688,7 +689,8 @@ def zip_upload(build: Callable[[], bytes], check: Callable[[Run, str], str] | No
             msg = await upload_byo(run, page, "set.zip", data)
         finally:
             await ctx.close()
-        problem = "crashed" if CRASH in msg else ("" if not LEAKS.search(msg) else f"leaks {LEAKS.search(msg).group(0)!r}")
+        leak = LEAKS.search(msg)
+        problem = "crashed" if CRASH in msg else ("" if not leak else f"leaks {leak.group(0)!r}")
         if "Could not load CLIP" in msg or "model" in msg.lower() and "cache" in msg.lower():
             problem = problem or "not exercised: the upload's model is missing"
         problem = problem or (check(run, msg) if check else "") or \
@@ -714,7 +716,9 @@ async def ask_maps(run: Run, forwarded: str, image_id: str) -> str:
             return "unclear: no answer"
         msg = await message(page)
         n = await page.evaluate("() => document.querySelectorAll(\"[data-testid='stMain'] img\").length")
-        return f"refused: {msg}" if msg and not msg.startswith("p_fake") else ("granted" if n >= 10 else f"unclear: {n}")
+        if msg and not msg.startswith("p_fake"):
+            return f"refused: {msg}"
+        return "granted" if n >= 10 else f"unclear: {n}"
     finally:
         await ctx.close()
 
@@ -810,8 +814,8 @@ async def eviction(run: Run) -> Outcome:
         refused = sorted({m[:80] for m in msgs if m})
         msg = (f"first upload {'still opens' if ok and not broken and still else 'LOST: ' + (broken or 'not shown')}"
                f"; {len(msgs)} later uploads" + (f", told: {refused[0]}" if refused else ""))
-        return Outcome(msg, bool(ok and not broken and still), "" if ok and not broken and still else "first upload lost",
-                       {"later": msgs})
+        kept = bool(ok and not broken and still)
+        return Outcome(msg, kept, "" if kept else "first upload lost", {"later": msgs})
     finally:
         await ctx.close()
 
@@ -1001,8 +1005,8 @@ async def run_attack(run: Run, attack: Attack, demo: Path) -> Row:
     try:
         out = await asyncio.wait_for(attack.run(run), attack.timeout_s)
     except Exception as exc:
-        out = Outcome(f"attack did not finish: {type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}",
-                      False, "did not finish")
+        first_line = str(exc).splitlines()[0][:100] if str(exc) else ""
+        out = Outcome(f"attack did not finish: {type(exc).__name__}: {first_line}", False, "did not finish")
     affected, seen = await clean
     peak, hwm1 = sampler.stop(), status_mb(pid, "VmHWM")
     peak = max(peak, hwm1) if hwm1 > hwm0 else peak
@@ -1082,7 +1086,8 @@ async def run_all(attacks: list[Attack], work: Path, state_url: str | None = Non
                 try:
                     row = await run_attack(run, attack, demo)
                 except Exception as exc:
-                    row = Row(attack.name, 0, 0, f"not run: {type(exc).__name__}: {str(exc)[:200]}", "?", "FAIL: not run")
+                    row = Row(attack.name, 0, 0, f"not run: {type(exc).__name__}: {str(exc)[:200]}", "?",
+                              "FAIL: not run")
                 rows.append(row)
                 print(f"  {row.verdict} | RSS +{row.rss_growth_mb:.0f} MB | disk +{row.disk_growth_mb} MB | "
                       f"{row.seconds} s | {_cell(row.message, 140)} | others: {_cell(row.others_affected, 100)}",

@@ -15,9 +15,9 @@ Same JPEG files, same weights (the random ViT-B/32-architecture ``CLIPModel`` of
     python benchmarks/analyze_overhead.py --images DIR --n 300
     python benchmarks/analyze_overhead.py --quality /work/shared/data/faces140k_subset   # accuracy, text subspace
 
-Each round times (a) then (b) once per ``--projection-samples`` setting; the ratio is taken per round (both sides under the same machine load) and
-the table gives every round and the median, with the seconds per stage of ``analyze``
-(``AnalyzeReport.timings``). Images: ``--images DIR`` (JPEGs, the first ``--n`` sorted, split into halves
+Each round times (a) then (b) once per ``--projection-samples`` setting; the ratio is taken per round (both
+sides under the same machine load) and the table gives every round and the median, with the seconds per stage
+of ``analyze`` (``AnalyzeReport.timings``). Images: ``--images DIR`` (JPEGs, the first ``--n`` sorted, split into halves
 labelled real and fake by symlinks), else ``--n`` synthetic camera-like JPEGs (mosaics of the face crops
 under /work/shared/data when present, ``--width`` x ``--height``, quality 90) written once into ``--scratch``.
 """

@@ -78,7 +78,8 @@ def synthetic_images(n: int, w2: np.ndarray, b2: float, seed: int = 0) -> pd.Dat
     rng = np.random.default_rng(seed)
     fake = rng.random(n) < 0.5
     label = np.where(fake, "fake", "real").astype(object)
-    z = rng.normal(size=(n, 16)).astype(np.float32) + np.outer(np.where(fake, 0.6, -0.6), np.sign(w2)).astype(np.float32)
+    shift = np.outer(np.where(fake, 0.6, -0.6), np.sign(w2)).astype(np.float32)
+    z = rng.normal(size=(n, 16)).astype(np.float32) + shift
     p_fake = (1 / (1 + np.exp(-(z @ w2 + b2)))).astype(np.float32)
     pred = np.where(p_fake >= 0.5, "fake", "real").astype(object)
     centres = rng.random((40, 2)) * 0.8 + 0.1

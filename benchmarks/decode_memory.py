@@ -4,8 +4,9 @@ take the server's memory).
     python benchmarks/decode_memory.py [--side 8000] [--work /tmp/asap-decode-mem]
 
 Writes one image per format at ``side x (side - 1)`` pixels (63.99 Mpx at the default, just under the
-64 Mpx ``ASAP_MAX_UPLOAD_PIXELS``; a WebP row at 32 Mpx too, under ``imageio.WEBP_BUDGET_SHARE``): PNG RGBA, PNG 16-bit grey, WebP lossless RGBA, TIFF RGBA, GIF (palette),
-BMP RGB and JPEG RGB, made of colour fields with noise. Each is then decoded in a fresh subprocess, twice:
+64 Mpx ``ASAP_MAX_UPLOAD_PIXELS``; a WebP row at 32 Mpx too, under ``imageio.WEBP_BUDGET_SHARE``): PNG RGBA,
+PNG 16-bit grey, WebP lossless RGBA, TIFF RGBA, GIF (palette), BMP RGB and JPEG RGB, made of colour fields
+with noise. Each is then decoded in a fresh subprocess, twice:
 
 - ``before``: ``decode_image`` of the commit before the bounded decode (``git show HEAD~:asap_core/inputs/imageio.py``
   when ``--before-rev`` is given, else skipped): a full-size decode and ``to_rgb`` on full-size copies;
@@ -49,7 +50,8 @@ if variant == "before":
     mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)
     run = lambda: mod.decode_image(data, path)
 else:
-    run = lambda: (check_upload("upload" + path[path.rindex("."):], data), decode_upload("upload" + path[path.rindex("."):], data))[1]
+    name = "upload" + path[path.rindex("."):]
+    run = lambda: (check_upload(name, data), decode_upload(name, data))[1]
 warnings.simplefilter("ignore")
 def hwm():
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -101,8 +103,8 @@ def main() -> None:
     old = ""
     if args.before_rev:
         old = str(work / "imageio_before.py")
-        Path(old).write_text(subprocess.run(["git", "-C", str(ROOT), "show", f"{args.before_rev}:asap_core/inputs/imageio.py"],
-                                            capture_output=True, text=True, check=True).stdout)
+        show = ["git", "-C", str(ROOT), "show", f"{args.before_rev}:asap_core/inputs/imageio.py"]
+        Path(old).write_text(subprocess.run(show, capture_output=True, text=True, check=True).stdout)
     w, h = args.side, args.side - 1
     print(f"{w} x {h} = {w * h / 1e6:.2f} Mpx per image; peak RSS growth of one decode in a fresh process\n")
     print("| format | file | decoded (after) | before: MB | before: s | after: MB | after: s |")
@@ -114,7 +116,8 @@ def main() -> None:
             make_image(mode, iw, ih, k).save(path, **kw)
         rows = {v: measure(path, v, old) for v in (["before"] if old else []) + ["after"]}
         b, a = rows.get("before"), rows["after"]
-        bcols = (f"{b['growth_mb']:.0f} | {b['s']:.1f}" if b and not b["error"] else (b["error"][:40] if b else "- | -"))
+        bcols = (f"{b['growth_mb']:.0f} | {b['s']:.1f}" if b and not b["error"]
+                 else (b["error"][:40] if b else "- | -"))
         acols = f"{a['growth_mb']:.0f} | {a['s']:.1f}" if not a["error"] else a["error"][:60] + " | -"
         print(f"| {label} | {path.stat().st_size / 1e6:.1f} MB | {a['size']} | {bcols} | {acols} |", flush=True)
 

@@ -144,7 +144,8 @@ def _naive_server(conn, model_dir: str, device: str, fwd_paths: list[str]) -> No
             if msg[0] == "pipeline":
                 conn.send(naive_pipeline(model, processor, msg[1], dev))
             elif msg[0] == "forward":
-                conn.send(forward_only(lambda x: model.get_image_features(pixel_values=x), px, msg[1], NAIVE_BATCH, dev))
+                conn.send(forward_only(lambda x: model.get_image_features(pixel_values=x), px, msg[1], NAIVE_BATCH,
+                                       dev))
             else:
                 return
         except Exception as exc:
@@ -285,13 +286,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=None, help="ours: default from free GPU memory / 32 on CPU")
-    ap.add_argument("--workers", type=int, default=None, help="ours: decode workers (default: embedding.default_workers)")
-    ap.add_argument("--rel-n", type=int, default=None, help="images for the relevance rows (default 16 CPU, 1024 GPU; 0 skips)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="ours: decode workers (default: embedding.default_workers)")
+    ap.add_argument("--rel-n", type=int, default=None,
+                    help="images for the relevance rows (default 16 CPU, 1024 GPU; 0 skips)")
     ap.add_argument("--rel-batch", type=int, default=None, help="relevance batch (default 8 CPU, 128 GPU)")
     ap.add_argument("--rel-methods", default="last-block", help="comma list: last-block,rollout")
     ap.add_argument("--no-naive-relevance", action="store_true", help="skip the 17-pass relevance baseline")
     ap.add_argument("--sweep", action="store_true", help="also time ours for decode workers 0,1,2 x torch threads 1,2")
-    ap.add_argument("--cpu-bf16", action="store_true", help="CPU: also time ours with bf16 weights (opt-in ASAP_CPU_BF16)")
+    ap.add_argument("--cpu-bf16", action="store_true",
+                    help="CPU: also time ours with bf16 weights (opt-in ASAP_CPU_BF16)")
     ap.add_argument("--compile", action="store_true", help="also time ours with torch.compile (ASAP_COMPILE=1)")
     args = ap.parse_args(argv)
 
@@ -376,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     if "ours compiled" in r:
         rows.append((f"    ours, torch.compile: embed_files, {dt}, bs {bs}, {kind} decode x{workers}",
                      r["ours compiled"], True, r["ours compiled fwd"][0]))
-        rows.append((f"    ours, torch.compile: model forward only, {dt}, bs {bs}", r["ours compiled fwd"], True, False))
+        rows.append((f"    ours, torch.compile: model forward only, {dt}, bs {bs}", r["ours compiled fwd"], True,
+                     False))
     if bf16 is not None:
         rows.append((f"    ours, CPU bf16 (opt-in): embed_files, bs {bs}, {kind} decode x{workers}", r["ours bf16"],
                      True, r["ours bf16 fwd"][0]))

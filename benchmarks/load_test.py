@@ -666,7 +666,8 @@ async def _quiz_alone(browser, link: str, args, res: Results, probe: NullProbe, 
     page = await ctx.new_page()
     page.set_default_timeout(timeout * 1000)
     try:
-        await asyncio.wait_for(quiz_play(page, link, args.quiz_images, res, probe), timeout=timeout * 3 * args.quiz_images)
+        await asyncio.wait_for(quiz_play(page, link, args.quiz_images, res, probe),
+                               timeout=timeout * 3 * args.quiz_images)
     finally:
         await ctx.close()
 
@@ -784,7 +785,8 @@ def quiz_main(args, bundle: Path, env: dict, work: Path) -> int:
                                          "latencies": run.res.latencies, "wall_s": run.wall,
                                          "server_cpu_s": run.server_cpu, "answers_recorded": n_rec,
                                          "server_cpu_by_step_shared_s": run.attributed, "steps_ended": run.ended,
-                                         "calibration": [{s: vars(c) for s, c in pr.steps.items()} for pr in run.calib]},
+                                         "calibration": [{s: vars(c) for s, c in pr.steps.items()}
+                                                         for pr in run.calib]},
                                         indent=1))
     return 1 if run.res.errors or run.calib_errors else 0
 

@@ -418,8 +418,8 @@ def table(rows: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         n = f"{r['n']:,}" if isinstance(r["n"], int) else r["n"]
-        peak = "" if r.get("peak_mb") is None else f"{r['peak_mb']:,.0f}" + ("" if r.get("peak_kind", "stage") == "stage"
-                                                                              else " (since start)")
+        since = "" if r.get("peak_kind", "stage") == "stage" else " (since start)"
+        peak = "" if r.get("peak_mb") is None else f"{r['peak_mb']:,.0f}" + since
         ba = "" if r.get("rss_before_mb") is None else f"{r['rss_before_mb']:,.0f} / {r['rss_after_mb']:,.0f}"
         cpu = "" if r.get("cpu_s") is None else f"{r['cpu_s']:.1f}"
         lines.append(f"| {n} | {r['stage']} | {r['s']:.1f} | {cpu} | {peak} | {ba} | {r['status']} | {r['note']} |")

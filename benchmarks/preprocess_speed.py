@@ -114,8 +114,8 @@ def table_draft(n: int, repeat: int) -> None:
         draft_imgs = [decode_image(b, "bench.jpg", draft_size=224) for b in blobs]
         draft = ours.batch(draft_imgs)
         t = best_of({
-            "full": lambda: ours.batch([decode_image(b, "bench.jpg") for b in blobs]),
-            "draft": lambda: ours.batch([decode_image(b, "bench.jpg", draft_size=224) for b in blobs]),
+            "full": lambda blobs=blobs: ours.batch([decode_image(b, "bench.jpg") for b in blobs]),
+            "draft": lambda blobs=blobs: ours.batch([decode_image(b, "bench.jpg", draft_size=224) for b in blobs]),
         }, repeat)
         t_full, t_draft = t["full"], t["draft"]
         d = np.abs(full - draft)

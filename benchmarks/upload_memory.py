@@ -33,7 +33,8 @@ from load_test import build_demo_bundle  # noqa: E402
 
 # done: no script run in progress and either a result (the p_fake metric) or an error box on the page
 DONE_JS = """name => !document.querySelector("[data-testid='stStatusWidget'] button")
-  && (document.querySelector("[data-testid='stMetric']") || document.querySelector("[data-testid='stAlertContentError']"))
+  && (document.querySelector("[data-testid='stMetric']")
+      || document.querySelector("[data-testid='stAlertContentError']"))
   && document.body.innerText.includes(name)"""
 OUTCOME_JS = """() => { const m = document.querySelector("[data-testid='stMetric']");
   const e = document.querySelector("[data-testid='stAlertContentError']");

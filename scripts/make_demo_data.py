@@ -101,7 +101,7 @@ def train_vae(data: torch.Tensor, steps: int, z_dim: int = 32, batch: int = 32) 
     enc, dec = Encoder(2 * z_dim).to(memory_format=CL), Decoder(z_dim).to(memory_format=CL)
     opt = torch.optim.Adam([*enc.parameters(), *dec.parameters()], lr=2e-3)
     t0 = time.perf_counter()
-    for step in range(1, steps + 1):
+    for _ in range(steps):
         x = data[torch.randint(len(data), (batch,))]
         mu, logvar = enc(x).chunk(2, dim=1)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
@@ -111,7 +111,7 @@ def train_vae(data: torch.Tensor, steps: int, z_dim: int = 32, batch: int = 32) 
         opt.zero_grad()
         loss.backward()
         opt.step()
-    print(f"vae: {step} steps in {time.perf_counter() - t0:.0f}s, last loss {loss.item():.1f}")
+    print(f"vae: {steps} steps in {time.perf_counter() - t0:.0f}s, last loss {loss.item():.1f}")
     return dec.eval()
 
 
@@ -123,7 +123,7 @@ def train_gan(data: torch.Tensor, steps: int, z_dim: int = 64, batch: int = 32) 
     bce = nn.BCEWithLogitsLoss()
     ones, zeros = torch.ones(batch, 1), torch.zeros(batch, 1)
     t0 = time.perf_counter()
-    for step in range(1, steps + 1):
+    for _ in range(steps):
         real = data[torch.randint(len(data), (batch,))]
         fake = gen(torch.randn(batch, z_dim))
         loss_d = bce(disc(real), ones * 0.9) + bce(disc(fake.detach()), zeros)
@@ -134,7 +134,7 @@ def train_gan(data: torch.Tensor, steps: int, z_dim: int = 64, batch: int = 32) 
         opt_g.zero_grad()
         loss_g.backward()
         opt_g.step()
-    print(f"gan: {step} steps in {time.perf_counter() - t0:.0f}s, last D {loss_d.item():.2f} G {loss_g.item():.2f}")
+    print(f"gan: {steps} steps in {time.perf_counter() - t0:.0f}s, last D {loss_d.item():.2f} G {loss_g.item():.2f}")
     return gen.eval()
 
 

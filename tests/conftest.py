@@ -10,6 +10,18 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+BROWSER_TESTS = Path(__file__).resolve().parent / "browser"
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers by place and by fixture, so that a new test gets them without a decorator: everything under
+    ``tests/browser/`` is ``browser``; every test that (through any fixture) needs ``ray_cluster`` is ``ray``."""
+    for item in items:
+        if BROWSER_TESTS in item.path.parents:
+            item.add_marker(pytest.mark.browser)
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
 
 
 def write_tiny_clip(path: Path, image_size: int = 32, patch_size: int = 8, dim: int = 64, seed: int = 0) -> Path:

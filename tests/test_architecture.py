@@ -36,7 +36,7 @@ def test_one_encoder_factory_and_one_budget_charge():
     assert _files_matching(r"ClipTextEncoder\.from_pretrained\(") == {"asap_core/model/factory.py"}  # text tower
     assert _files_matching(r"(?<!budget)\.charge_(relevance|upload)\(") == {"app_pages/glue/budget.py"}
     assert _files_matching(r"(?<!self)\.charge(_all)?\(\s*client\b") == {"asap_core/hosting.py"}  # the store
-    assert _files_matching(r"budget\.charge\(") == {"app_pages/glue/data.py"}
+    assert _files_matching(r"budget\.charge\(") == {"app_pages/glue/work.py"}  # charged_work: tests/app/test_charges.py
 
 
 def test_no_function_is_longer_than_a_screen():

@@ -116,7 +116,7 @@ def gridded(path: str, stamp: int, grid: int) -> tuple[pd.DataFrame, pd.DataFram
 def thumbs(b: Bundle, ids: list[str]) -> list[bytes]:
     """Thumbnail JPEG bytes for ``ids`` (a grey placeholder where one is missing, or is not a thumbnail: not an
     image, or over ``schema.THUMB_MAX_PIXELS`` from its header, so no browser or Streamlit decodes a bomb)."""
-    return [j if thumbnail_fits(j, THUMB_MAX_PIXELS) else _grey() for j in b.thumbnails(ids)]
+    return [j if j is not None and thumbnail_fits(j, THUMB_MAX_PIXELS) else _grey() for j in b.thumbnails(ids)]
 
 
 @st.cache_resource(max_entries=4)
@@ -128,7 +128,7 @@ def _id_index(path: str, stamp: int) -> pd.Index:
 def image_rows(b: Bundle, ids: list[str]) -> pd.DataFrame:
     """The rows of ``b.images`` for ``ids`` (in that order; ids not in the bundle left out), found through a
     shared index: a page that shows a few images never re-indexes the whole table (a million rows) per rerun."""
-    pos = _id_index(*ref(b)).get_indexer(list(ids))
+    pos = _id_index(*ref(b)).get_indexer(pd.Index(list(ids)))
     return b.images.iloc[pos[pos >= 0]]
 
 
@@ -160,9 +160,9 @@ def overview_spec(path: str, stamp: int, grid: int, filters: ov.Filters, value: 
     """Vega-Lite spec of the overview (coloured by label, or by predicted generator) with ``value`` selected;
     coloured by label, each cell's tooltip names the dimension that pushes it most (``names``: the bundle's)."""
     images, _ = gridded(path, stamp, grid)
-    if by_generator:
-        pred, gen_names = generator_data(path, stamp)
-        return vgen.generator_overview_spec(images, pred, gen_names, grid, filters, list(value))
+    gen = generator_data(path, stamp) if by_generator else None
+    if gen is not None:
+        return vgen.generator_overview_spec(images, gen[0], gen[1], grid, filters, list(value))
     cells = filtered_cells(path, stamp, grid, filters)  # cached: a click (new ``value``) does not recount
     slices = ov.pie_slices(cells)
     drivers = cell_drivers(path, stamp, grid, filters, names)

@@ -37,14 +37,18 @@ def compute_impacts(b: Bundle, todo: list[Pattern], method: str) -> bool:
     total = sum(len(p.image_ids) for p in todo)
 
     def work(encoder, progress: Progress) -> bool:
-        base = 0
+        done = 0  # images of the patterns before this one: one bar over all of them
         for p in todo:
-            pattern_impact(b, p, encoder, vp.N_RANDOM, vp.SEED, method,
-                           progress=lambda d, t, base=base: progress(base + d, total))
-            base += len(p.image_ids)
+            pattern_impact(b, p, encoder, vp.N_RANDOM, vp.SEED, method, progress=_offset(progress, done, total))
+            done += len(p.image_ids)
         return True
 
     return charged_work(b, "Pattern impacts", 0, work, f"Masking and re-encoding {total:,} images") is not None
+
+
+def _offset(progress: Progress, before: int, total: int) -> Progress:
+    """``progress`` of one pattern's images as part of ``total``, after ``before`` images."""
+    return lambda done, _: progress(before + done, total)
 
 
 def impact(b: Bundle, pattern: Pattern, method: str) -> dict:

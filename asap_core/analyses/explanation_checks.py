@@ -65,6 +65,8 @@ from .checks_digest import SUMMARY_FILE, checks_line, read_summary, write_summar
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
+    from ..method.distiller import Distiller
+
 CHECKS_VERSION = 3  # bump when what is stored per image changes (with the methods' own versions)
 DEFAULT_STEPS = 16
 DEFAULT_RANDOM = 16
@@ -81,7 +83,7 @@ class CheckSource:
     cache_dir: Path
     encoder_key: str
     side: int
-    distiller: object
+    distiller: Distiller
     encoder_random: bool
     load_encoder: Callable[[], object]
     pixels: Callable[[object, list[str]], torch.Tensor]
@@ -345,7 +347,8 @@ def _read_faithfulness(src: CheckSource, ids: list[str], method: str, targets: l
     store, _, occ, _ = _stores(src, method, steps, n_random, random_state)
     rows = store.get([faithfulness_key(i, t) for i in ids for t in targets])
     curves = np.asarray(rows).reshape(len(ids), len(targets), len(CURVES) + int(n_random), int(steps) + 1)
-    return faithfulness_from_rows(curves, ids, method, steps, src.side, targets, occ.get(ids), random_state)
+    return faithfulness_from_rows(curves, ids, method, steps, src.side, targets, np.asarray(occ.get(ids)),
+                                  random_state)
 
 
 def faithfulness_report(bundle, image_ids: Sequence[str], method: str = S.DEFAULT_METHOD, encoder=None,
@@ -371,7 +374,7 @@ def sanity_report(bundle, image_ids: Sequence[str], method: str = S.DEFAULT_METH
     src = CheckSource.from_bundle(bundle, _check_method(method), encoder)
     store = fill_sanity(src, ids, method, random_state, progress)
     tstore = _stores(src, method, DEFAULT_STEPS, DEFAULT_RANDOM, random_state)[3]
-    return sanity_from_rows(store.get(ids), tstore.get(ids), ids, method, src.encoder_random)
+    return sanity_from_rows(np.asarray(store.get(ids)), np.asarray(tstore.get(ids)), ids, method, src.encoder_random)
 
 
 def checks_missing(bundle, image_ids: Sequence[str], method: str = S.DEFAULT_METHOD, encoder=None,
@@ -400,7 +403,8 @@ def run_checks(src: CheckSource, ids: list[str], method: str,
     fill_sanity(src, ids, method, progress=report("sanity"))
     stores = _stores(src, method, DEFAULT_STEPS, DEFAULT_RANDOM, 0)
     faith = _read_faithfulness(src, ids, method, list(range(S.N_TARGETS)), DEFAULT_STEPS, DEFAULT_RANDOM, 0)
-    sanity = sanity_from_rows(stores[1].get(ids), stores[3].get(ids), ids, method, src.encoder_random)
+    sanity = sanity_from_rows(np.asarray(stores[1].get(ids)), np.asarray(stores[3].get(ids)), ids, method,
+                              src.encoder_random)
     return faith, sanity, stores
 
 

@@ -176,10 +176,11 @@ def laundering_summary(table: pd.DataFrame) -> pd.DataFrame:
         lab = g[g["label"].isin(["real", "fake"])]
         y = (lab["label"] == "fake").to_numpy()
         both = len(np.unique(y)) == 2
-        def acc(col: str) -> float:
+
+        def acc(col: str, lab: pd.DataFrame = lab, y: np.ndarray = y) -> float:  # this group's rows
             return float(((lab[col] >= DECISION_THRESHOLD).to_numpy() == y).mean()) if len(lab) else float("nan")
 
-        def auc(col: str) -> float:
+        def auc(col: str, lab: pd.DataFrame = lab, y: np.ndarray = y, both: bool = both) -> float:
             return float(roc_auc_score(y, lab[col])) if both else float("nan")
 
         row = {

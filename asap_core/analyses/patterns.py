@@ -18,6 +18,7 @@ row-major; never pickle).
 """
 from __future__ import annotations
 
+import builtins
 import csv
 import hashlib
 import json
@@ -232,7 +233,7 @@ class PatternStore:
                 continue  # a damaged file does not hide the others
         return sorted(out, key=lambda p: (p.created, p.name))
 
-    def names(self) -> list[str]:
+    def names(self) -> builtins.list[str]:  # builtins: ``list`` here is the method above
         return [p.name for p in self.list()]
 
     def find_same(self, pattern: Pattern) -> Pattern | None:
@@ -254,10 +255,10 @@ class PatternStore:
 
 def _same_picks(a: Pattern, b: Pattern) -> bool:
     """Whether two patterns hold the same images and regions (masks, or the same top fraction)."""
-    if set(a.image_ids) != set(b.image_ids) or (a.masks is None) != (b.masks is None):
+    if set(a.image_ids) != set(b.image_ids):
         return False
-    if a.masks is None:
-        return a.fraction == b.fraction
+    if a.masks is None or b.masks is None:
+        return a.masks is None and b.masks is None and a.fraction == b.fraction
     return a.side == b.side and all(np.array_equal(a.masks[i], b.masks[i]) for i in a.image_ids)
 
 
@@ -277,7 +278,7 @@ def _predict(encoder, distiller, pics: list[Image.Image]) -> tuple[np.ndarray, n
     with torch.no_grad():
         _, logit = distiller(emb)
     logit = logit.double().numpy()
-    return p_fake_from_logit(logit), logit
+    return np.asarray(p_fake_from_logit(logit)), logit
 
 
 def region_masks(bundle, pattern: Pattern, encoder=None, method: str = "last-block") -> np.ndarray:
@@ -292,10 +293,10 @@ def region_masks(bundle, pattern: Pattern, encoder=None, method: str = "last-blo
     return np.stack([keep_mask(m, pattern.fraction) for m in maps]).reshape(len(maps), side, side)
 
 
-def _random_masks(regions: np.ndarray, n_random: int, seed: int) -> np.ndarray:
+def _random_masks(regions: np.ndarray, n_random: int, random_state: int) -> np.ndarray:
     """``[n_random, n, side, side]``: per image as many uniformly drawn patches as its region has."""
     n, side, _ = regions.shape
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     out = np.zeros((n_random, n, side * side), dtype=bool)
     for i in range(n):
         area = int(regions[i].sum())
@@ -304,12 +305,12 @@ def _random_masks(regions: np.ndarray, n_random: int, seed: int) -> np.ndarray:
     return out.reshape(n_random, n, side, side)
 
 
-def _impact_table(bundle, ids: list[str], regions: np.ndarray, encoder, n_random: int, seed: int,
+def _impact_table(bundle, ids: list[str], regions: np.ndarray, encoder, n_random: int, random_state: int,
                   batch_size: int, progress: Callable[[int, int], None] | None) -> pd.DataFrame:
     """Per-image table of the impact computation (see ``pattern_impact``)."""
     distiller = bundle_distiller(bundle)
     fill = mean_fill(encoder.preprocessor.mean)
-    rand = _random_masks(regions, n_random, seed)
+    rand = _random_masks(regions, n_random, random_state)
     n = len(ids)
     p0 = np.zeros(n)
     l0 = np.zeros(n)
@@ -370,19 +371,21 @@ def summarise_impact(table: pd.DataFrame) -> dict:
     }
 
 
-def impact_cache_key(bundle, pattern: Pattern, n_random: int, seed: int, method: str, encoder=None) -> str:
+def impact_cache_key(bundle, pattern: Pattern, n_random: int, random_state: int, method: str, encoder=None) -> str:
     """Cache key of one impact result: pattern content, settings, encoder and distiller."""
     how = method if pattern.masks is None else "stored"
-    return hash_key(IMPACT_VERSION, pattern.content_key(), int(n_random), int(seed), how, bundle_model_key(bundle, encoder))
+    return hash_key(IMPACT_VERSION, pattern.content_key(), int(n_random), int(random_state), how,
+                    bundle_model_key(bundle, encoder))
 
 
-def impact_cached(bundle, pattern: Pattern, method: str, n_random: int = 3, seed: int = 0, encoder=None) -> bool:
+def impact_cached(bundle, pattern: Pattern, method: str, n_random: int = 3, random_state: int = 0,
+                  encoder=None) -> bool:
     """True when the impact of ``pattern`` with these settings is already in the bundle's cache."""
     return is_cached(bundle.cache_dir, IMPACT_NAMESPACE,
-                     impact_cache_key(bundle, pattern, n_random, seed, method, encoder))
+                     impact_cache_key(bundle, pattern, n_random, random_state, method, encoder))
 
 
-def pattern_impact(bundle, pattern: Pattern, encoder=None, n_random: int = 3, seed: int = 0,
+def pattern_impact(bundle, pattern: Pattern, encoder=None, n_random: int = 3, random_state: int = 0,
                    method: str = "last-block", batch_size: int = 64,
                    progress: Callable[[int, int], None] | None = None) -> dict:
     """Impact of ``pattern`` on the bundle's detector.
@@ -406,22 +409,22 @@ def pattern_impact(bundle, pattern: Pattern, encoder=None, n_random: int = 3, se
     def compute() -> pd.DataFrame:
         enc, _ = bundle_models(bundle, encoder)
         regions = region_masks(bundle, pattern, enc, method)
-        return _impact_table(bundle, ids, regions, enc, int(n_random), int(seed), batch_size, progress)
+        return _impact_table(bundle, ids, regions, enc, int(n_random), int(random_state), batch_size, progress)
 
-    key = impact_cache_key(bundle, pattern, n_random, seed, method, encoder)
+    key = impact_cache_key(bundle, pattern, n_random, random_state, method, encoder)
     table = cached_call(bundle.cache_dir, IMPACT_NAMESPACE, key, compute,
                         lambda t, d: t.to_parquet(d / "table.parquet", index=False),
                         lambda d: pd.read_parquet(d / "table.parquet"))
     return {"name": pattern.name, **summarise_impact(table), "table": table}
 
 
-def rank_patterns(bundle, patterns: Sequence[Pattern], encoder=None, n_random: int = 3, seed: int = 0,
+def rank_patterns(bundle, patterns: Sequence[Pattern], encoder=None, n_random: int = 3, random_state: int = 0,
                   method: str = "last-block", progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """One row per pattern, best first: rank, name, note, source, created and ``SUMMARY_KEYS``,
     sorted by ``excess`` (impact minus random impact), descending. ``progress(done, total)`` per pattern."""
     rows = []
     for k, p in enumerate(patterns):
-        res = pattern_impact(bundle, p, encoder, n_random, seed, method)  # the model loads on a miss only
+        res = pattern_impact(bundle, p, encoder, n_random, random_state, method)  # the model loads on a miss only
         rows.append({"name": p.name, "note": p.note, "source": p.source, "created": p.created,
                      **{key: res[key] for key in SUMMARY_KEYS}})
         if progress:
@@ -513,7 +516,7 @@ def pattern_mean_z(bundle, p: Pattern) -> np.ndarray:
 
 
 def export_patterns(bundle, patterns: Sequence[Pattern], out_dir: str | Path, with_impact: bool = True,
-                    encoder=None, n_random: int = 3, seed: int = 0, method: str = "last-block") -> list[Path]:
+                    encoder=None, n_random: int = 3, random_state: int = 0, method: str = "last-block") -> list[Path]:
     """Write ``patterns.json`` (full patterns with regions, each pattern's mean z per dimension, plus impact),
     ``patterns.csv`` (one row per pattern, a ``mean <dimension label>`` column per dimension), with impact also
     ``pattern_images.csv`` (one row per pattern and image), and one PNG contact sheet per pattern into
@@ -525,7 +528,7 @@ def export_patterns(bundle, patterns: Sequence[Pattern], out_dir: str | Path, wi
     impacts: dict[str, dict] = {}
     if with_impact:
         for p in patterns:
-            impacts[p.name] = pattern_impact(bundle, p, encoder, n_random, seed, method)
+            impacts[p.name] = pattern_impact(bundle, p, encoder, n_random, random_state, method)
     written: list[Path] = []
     sheets: dict[str, str] = {}
     used: set[str] = set()
@@ -548,7 +551,8 @@ def export_patterns(bundle, patterns: Sequence[Pattern], out_dir: str | Path, wi
         records.append(rec)
     meta = {"bundle": bundle.path.name, "encoder": bundle.encoder_info.model_id,
             "distiller": bundle_distiller(bundle).fingerprint if with_impact else None, "exported": _now(),
-            "impact_settings": {"n_random": n_random, "seed": seed, "method": method} if with_impact else None,
+            "impact_settings": ({"n_random": n_random, "random_state": random_state, "method": method}
+                                if with_impact else None),
             "dimensions": dims, "patterns": records}
     (out / "patterns.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
     written.insert(0, out / "patterns.json")

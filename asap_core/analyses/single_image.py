@@ -3,10 +3,11 @@
 Upload only: the bytes of a file the user chose. A URL is never fetched. Decoding goes through
 ``imageio.decode_image`` (the pixel budget read from the header first, bounded memory, every failure an
 ``ImageLoadError`` naming the file); with a ``policy`` (the caller's: the app passes the hosted
-``HostedPolicy``; an analysis reads no settings) its upload checks (type, size) apply as well. ``check_upload`` runs the cheap checks alone (no pixel decoded);
-``analyse_upload`` decodes the upload once. Embedding and maps of recent uploads are kept in memory (by content hash,
-encoder, distiller and method), so a rerun of the app's script does not recompute them; nothing of an upload is
-written to disk. Budgets for visitors are the app's business (charged in one place, ``app_pages/glue/budget``).
+``HostedPolicy``; an analysis reads no settings) its upload checks (type, size) apply as well.
+``check_upload`` runs the cheap checks alone (no pixel decoded); ``analyse_upload`` decodes the upload once.
+Embedding and maps of recent uploads are kept in memory (by content hash, encoder, distiller and method), so a
+rerun of the app's script does not recompute them; nothing of an upload is written to disk. Budgets for
+visitors are the app's business (charged in one place, ``app_pages/glue/budget``).
 """
 from __future__ import annotations
 
@@ -48,8 +49,8 @@ class SingleImageResult:
     """What the app shows for one upload.
 
     ``image`` (what the model sees: the centre crop, ``crop x crop`` RGB, on which the maps lie; a strip or a
-    12 MP photo is kept no larger than that), ``image_id`` (SHA-1 of the bytes), ``in_bundle`` (the same bytes are in the
-    bundle), ``p_fake``, ``logit``, ``pred`` (``"fake"`` when p_fake >= 0.5), ``confidence`` (|2 p - 1|),
+    12 MP photo is kept no larger than that), ``image_id`` (SHA-1 of the bytes), ``in_bundle`` (the same bytes
+    are in the bundle), ``p_fake``, ``logit``, ``pred`` (``"fake"`` when p_fake >= 0.5), ``confidence`` (|2 p - 1|),
     ``z`` ``[16]``, ``neighbours`` (the ``k`` nearest bundle images by Euclidean distance in z: rank,
     image_id, distance, label, generator, p_fake, pred, cell, path), ``cell`` (the nearest neighbour's cell),
     ``map_xy`` (mean map position of the neighbours: where it would sit in the overview), ``maps``
@@ -162,8 +163,8 @@ def analyse_upload(bundle, name: str, data: bytes, encoder=None, k_neighbours: i
     return SingleImageResult(
         name=Path(str(name)).name, image=enc.preprocessor.resize_and_crop(image).convert("RGB"), image_id=image_id,
         in_bundle=bool((bundle.images["image_id"] == image_id).any()), p_fake=p, logit=logit,
-        pred=str(predicted_label(np.asarray(p))), confidence=float(confidence(np.asarray(p))), z=z, neighbours=nb, cell=cell,
-        map_xy=xy, maps=maps, method=method)
+        pred=str(predicted_label(np.asarray(p))), confidence=float(confidence(np.asarray(p))), z=z, neighbours=nb,
+        cell=cell, map_xy=xy, maps=maps, method=method)
 
 
 def clear_memo() -> None:
@@ -172,4 +173,5 @@ def clear_memo() -> None:
         _MEMO.clear()
 
 
-__all__ = ["SingleImageResult", "UploadPolicy", "analyse_upload", "check_upload", "clear_memo", "decode_upload", "nearest_images"]
+__all__ = ["SingleImageResult", "UploadPolicy", "analyse_upload", "check_upload", "clear_memo", "decode_upload",
+           "nearest_images"]

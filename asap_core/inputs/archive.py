@@ -103,6 +103,12 @@ class _Planned:
     info: zipfile.ZipInfo | None = None
     totals: _ArchiveTotals | None = None
 
+    def zip_member(self) -> tuple[zipfile.ZipFile, zipfile.ZipInfo, _ArchiveTotals]:
+        """The archive, member and zip totals of an image planned from a zip (one without ``data``)."""
+        if self.archive is None or self.info is None or self.totals is None:
+            raise ValueError(f"{self.where} was not planned from a zip archive")
+        return self.archive, self.info, self.totals
+
 
 @dataclass
 class _ArchiveTotals:
@@ -226,6 +232,7 @@ def _plan_zip(upload: str, data: bytes, limits: UploadLimits, out: Unpacked) -> 
     """The images of one zip upload (nothing written); refusals raise, skips go to ``out.skipped``."""
     archive = _open_zip(upload, data)
     planned = []
+    compressed = 0
     for info in archive.infolist():
         if info.is_dir():
             continue
@@ -239,8 +246,8 @@ def _plan_zip(upload: str, data: bytes, limits: UploadLimits, out: Unpacked) -> 
         where = f"{upload}: member '{info.filename}'"
         _check_member_size(where, info, limits)
         planned.append(_Planned(parts, where, info.file_size, archive=archive, info=info))
-    totals = _ArchiveTotals(upload, sum(p.size for p in planned),
-                            min(sum(p.info.compress_size for p in planned), len(data)))
+        compressed += info.compress_size
+    totals = _ArchiveTotals(upload, sum(p.size for p in planned), min(compressed, len(data)))
     _check_archive_ratio(totals, totals.declared, limits)
     for p in planned:
         p.totals = totals
@@ -293,9 +300,10 @@ def _check_file_folder(planned: list[_Planned]) -> None:
 def _copy_member(p: _Planned, target: Path, limits: UploadLimits) -> int:
     """Inflate one zip member into ``target``, counting the bytes actually produced; returns them."""
     cap = min(p.size, limits.max_file_bytes)
+    archive, info, _ = p.zip_member()
     n = 0
     try:
-        with p.archive.open(p.info) as src, open(target, "xb") as dst:
+        with archive.open(info) as src, open(target, "xb") as dst:
             while chunk := src.read(_CHUNK):
                 n += len(chunk)
                 if n > cap:
@@ -328,8 +336,9 @@ def _write(planned: list[_Planned], dest: Path, limits: UploadLimits, out: Unpac
             n = len(p.data)
         else:
             n = _copy_member(p, target, limits)
-            p.totals.inflated += n
-            _check_archive_ratio(p.totals, p.totals.inflated, limits)  # a second guard, on the bytes inflated
+            _, _, totals = p.zip_member()
+            totals.inflated += n
+            _check_archive_ratio(totals, totals.inflated, limits)  # a second guard, on the bytes inflated
         out.total_bytes += n
         if out.total_bytes > limits.max_total_bytes:
             raise InputError(f"The upload's images take more than {_mb(limits.max_total_bytes)} unpacked.",
@@ -418,7 +427,7 @@ def folder_bytes(path: str | Path) -> int:
     """Bytes of the regular files under ``path`` (links not followed; files that vanish meanwhile count 0);
     0 when ``path`` does not exist."""
     total = 0
-    for top, dirs, files in os.walk(path):
+    for top, _dirs, files in os.walk(path):
         for name in files:
             try:
                 st = os.lstat(os.path.join(top, name))
@@ -455,6 +464,6 @@ def check_space(used: int, need: int, cap: int) -> None:
                          "on your own machine ASAP Explorer has no such limit.")
 
 
-__all__ = ["ANALYSIS_BYTES_PER_IMAGE", "HOSTED_MAX_IMAGES", "HOSTED_TOTAL_FACTOR", "LABEL_FOLDERS", "MAX_MEMBERS", "Unpacked", "UploadLimits",
-           "UploadPlan", "check_space", "folder_bytes", "is_zip_name", "plan_uploads", "prune_expired",
-           "prune_folders", "safe_name", "unpack_uploads", "upload_limits", "write_plan"]
+__all__ = ["ANALYSIS_BYTES_PER_IMAGE", "HOSTED_MAX_IMAGES", "HOSTED_TOTAL_FACTOR", "LABEL_FOLDERS", "MAX_MEMBERS",
+           "Unpacked", "UploadLimits", "UploadPlan", "check_space", "folder_bytes", "is_zip_name", "plan_uploads",
+           "prune_expired", "prune_folders", "safe_name", "unpack_uploads", "upload_limits", "write_plan"]

@@ -22,7 +22,8 @@ Pixel budget, from the header before any decode (:func:`pixel_limit`, :func:`ima
 refused in plain words. Accepted images decode in bounded memory: the RGB conversion runs a band of rows at a
 time, and in hosted mode large images are reduced to ``WORKING_SIDE`` as early as the format allows (JPEG
 ``draft``, else a box reduce right after decoding). Bundle thumbnails are read under a pixel limit
-(``schema.THUMB_MAX_PIXELS``; :func:`decode_thumbnail`, :func:`thumbnail_fits`). ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never touched.
+the caller passes (``schema.THUMB_MAX_PIXELS``; :func:`decode_thumbnail`, :func:`thumbnail_fits`).
+``ImageFile.LOAD_TRUNCATED_IMAGES`` is never touched.
 """
 from __future__ import annotations
 

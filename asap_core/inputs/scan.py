@@ -21,8 +21,10 @@ from __future__ import annotations
 import csv
 import os
 from collections import Counter
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
+from typing import Any
 
 import pandas as pd
 
@@ -249,7 +251,7 @@ def find_manifest(root: Path) -> Path | None:
     return None
 
 
-def _manifest_row_problem(r: dict[str, str], full: Path, where: str) -> str | None:
+def _manifest_row_problem(r: Mapping[Hashable, Any], full: Path, where: str) -> str | None:
     """Why a manifest row whose text is not valid UTF-8 cannot be used, or None if its text is fine."""
     if all(is_utf8(v) for v in r.values()):
         return None
@@ -289,7 +291,7 @@ def scan_manifest(csv_path: Path) -> ScanResult:
     return ScanResult(base, pd.DataFrame(rows, columns=COLUMNS), "CSV manifest", skipped)
 
 
-def _conflict_list(counts: Counter) -> list[LabelConflict]:
+def _conflict_list(counts: Counter[tuple[str, str, str, str]]) -> list[LabelConflict]:
     """``LabelConflict``s from counts keyed ``(used_folder, used_label, other_folder, other_label)``."""
     return [LabelConflict(*key, n_files=n) for key, n in sorted(counts.items())]
 
@@ -298,7 +300,8 @@ def scan_tree(root: Path) -> ScanResult:
     """Labels, generators and splits of the images under the folder ``root`` from its folder names."""
     _check_utf8_root(root)
     files, skipped = _walk_images(root)
-    rows, deciding, conflicts = [], set(), Counter()
+    rows, deciding = [], set()
+    conflicts: Counter[tuple[str, str, str, str]] = Counter()
     for f in files:
         parts = list(f.relative_to(root).parts[:-1])
         label, at = _label_of(parts)

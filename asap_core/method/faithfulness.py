@@ -73,7 +73,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -225,20 +225,23 @@ class FaithfulnessResult:
 class DeletionInsertion:
     """Captum-shaped faithfulness metric for patch-level maps of a CLIP ViT + distiller.
 
-    ``DeletionInsertion(encoder, distiller).evaluate(pixel_values [B, 3, S, S], attributions
-    [B, K, side, side], target=None)`` -> ``FaithfulnessResult`` (curves ``[B, K, 6, steps + 1]``);
-    ``occlusion(pixel_values)`` -> each patch's occlusion effect ``[B, 17, side, side]``.
-
     Parameters
     ----------
+    encoder : ``ClipEncoder`` (``patch_side`` patches per side).
+    distiller : ``Distiller`` whose z dimensions and fake logit are scored.
     steps : curve points after the start.
-    n_random : random orders (and random masks per step), averaged; at least 16 keeps the summary ratio
-        within a few percent across seeds (benchmarks/RESULTS.md section 22).
+    n_random : random orders (and random masks per step), averaged (benchmarks/RESULTS.md section 22 shows
+        how the summary ratio varies with it).
     baseline : the fill of a removed patch: ``"blur"``, ``"grey"``, a number or an array (see the module).
     fake_scale : ``"probability"`` (sigmoid of the fake logit) or ``"logit"``.
     batch_size : perturbed copies per forward.
     random_state : seed of the random baselines; per image the seed is ``(random_state, seeds[b])``, so an
         image's figures do not depend on its batch.
+
+    Examples
+    --------
+    ``DeletionInsertion(encoder, distiller).evaluate(pixel_values, maps).summary()``: one row per target;
+    ``occlusion(pixel_values)`` -> each patch's occlusion effect ``[B, 17, side, side]``.
     """
 
     def __init__(self, encoder, distiller, steps: int = 16, n_random: int = 16, baseline=DEFAULT_BASELINE,
@@ -272,7 +275,20 @@ class DeletionInsertion:
 
     def evaluate(self, pixel_values: torch.Tensor, attributions, target: int | Sequence[int] | None = None,
                  seeds: Sequence[int] | None = None) -> FaithfulnessResult:
-        """Curves for every image and requested target (``None``: all 17; ``attributions`` then has 17 maps)."""
+        """Deletion and insertion curves of every image and requested target.
+
+        Parameters
+        ----------
+        pixel_values : ``[B, 3, S, S]``, as from ``encoder.preprocess``.
+        attributions : ``[B, K, side, side]`` maps (array or tensor), one per requested target.
+        target : one index, K indices, or None for all 17 (then ``attributions`` holds 17 maps).
+        seeds : one integer per image (default ``0..B-1``): with ``random_state``, the seed of its random orders.
+
+        Returns
+        -------
+        ``FaithfulnessResult``: ``curves [B, K, 6, steps + 1]`` (``CURVES``), ``orders [B, K, n_random,
+        steps + 1]``, ``x [steps + 1]`` (fraction of patches removed / revealed).
+        """
         idx = _target_indices(target)
         attributions = np.asarray(attributions.detach().cpu() if hasattr(attributions, "detach") else attributions,
                                   dtype=np.float64)
@@ -492,7 +508,7 @@ def summarise(curves: np.ndarray, x: np.ndarray, targets: Sequence[int], random_
     for k, t in enumerate(targets):
         ok = np.isfinite(fig["deletion_abc"][:, k])
         w = fig["scale"][ok, k]
-        row = {"target": int(t), "target_name": TARGET_NAMES[t], "n_images": int(ok.sum())}
+        row: dict[str, Any] = {"target": int(t), "target_name": TARGET_NAMES[t], "n_images": int(ok.sum())}
         for c in ("deletion_auc", "random_deletion_auc", "mask_deletion_auc", "insertion_auc", "random_insertion_auc",
                   "mask_insertion_auc", "deletion_abc", "deletion_abc_mask", "insertion_abc", "insertion_abc_mask"):
             row[c], se = _weighted(fig[c][ok, k], w)

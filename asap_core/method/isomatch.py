@@ -60,7 +60,8 @@ def isomatch_grid(
     empty. ``method``: "tsne" (default; PCA below 10 items) or "pca". Deterministic for a
     given ``random_state``.
     """
-    x = finite_rows(features, "the images' features for the grid", "every image of the selection needs a finite embedding")
+    x = finite_rows(features, "the images' features for the grid",
+                    "every image of the selection needs a finite embedding")
     n = x.shape[0]
     n_rows, n_cols = grid_shape(n)
     if n == 0:

@@ -143,7 +143,8 @@ def embed_2d(
     ``return_fitted=True`` also returns ``fitted`` [N] bool: rows whose position came from
     the projection itself (False only for rows placed by their sample neighbours).
     """
-    z = finite_rows(z, "the values to lay out on the map", "check the distiller output; every image needs a finite embedding")
+    z = finite_rows(z, "the values to lay out on the map",
+                    "check the distiller output; every image needs a finite embedding")
     n = z.shape[0]
     if n == 0:
         empty = np.zeros((0, 2), dtype=np.float64)

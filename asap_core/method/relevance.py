@@ -55,9 +55,17 @@ def _target_indices(target: int | Sequence[int] | None) -> list[int]:
 class AttentionRelevance:
     """Captum-style attribution of the distiller's outputs to image patches.
 
-    ``AttentionRelevance(encoder, distiller, method).attribute(pixel_values [B, 3, S, S], target)``
-    -> ``[B, K, side, side]`` float32 on CPU, ``K = len(targets)``; targets 0..15 are the dimensions of
-    z, 16 is the fake logit, ``None`` means all 17 (in that order).
+    Parameters
+    ----------
+    encoder : ``ClipEncoder``, the CLIP whose attention is read (``patch_side`` patches per side).
+    distiller : ``Distiller``, maps the image embedding to z ``[16]`` and the fake logit.
+    method : ``"last-block"`` or ``"rollout"`` (``schema.RELEVANCE_METHODS``).
+
+    Targets 0..15 are the dimensions of z, 16 (``schema.FAKE_LOGIT``) is the fake logit.
+
+    Examples
+    --------
+    ``AttentionRelevance(encoder, distiller).attribute(pixel_values, target=16)`` -> ``[B, 1, side, side]``.
 
     ``last-block`` runs ``ClipImageForward.class_token_attention``: the layers before the last without
     autograd, and the backward through one token of the last layer, so it costs little more than an
@@ -73,7 +81,17 @@ class AttentionRelevance:
         self.method = _check_method(method)
 
     def attribute(self, pixel_values: torch.Tensor, target: int | Sequence[int] | None = None) -> torch.Tensor:
-        """Relevance maps ``[B, K, side, side]`` (float32, CPU, >= 0) for the requested targets."""
+        """Relevance maps of the requested targets.
+
+        Parameters
+        ----------
+        pixel_values : ``[B, 3, S, S]``, as from ``encoder.preprocess``.
+        target : one target index, a sequence of K indices, or None for all 17 (dimensions, then fake logit).
+
+        Returns
+        -------
+        ``[B, K, side, side]`` float32 on CPU, >= 0 (unnormalised); works under ``torch.inference_mode``.
+        """
         import torch
 
         idx = _target_indices(target)
@@ -173,8 +191,8 @@ class AttentionRelevance:
             t = inputs[0].shape[-1]
             r = torch.eye(t, device=inputs[0].device, dtype=torch.float32)
             r = r.expand(k, inputs[0].shape[0], t, t)
-            for layer, a in enumerate(inputs):
-                g, grads[layer] = grads[layer], None  # free as we go
+            for a in inputs:
+                g = grads.pop(0)  # the list lets go of each layer's gradients once used
                 cam = (g.float() * a.detach()[None].float()).clamp(min=0).mean(dim=2)  # [K, B, T, T]
                 del g
                 r = r + cam @ r
@@ -183,10 +201,19 @@ class AttentionRelevance:
 
 
 def relevance_maps(encoder, distiller, pixel_values: torch.Tensor, method: str = "last-block") -> torch.Tensor:
-    """All 17 relevance maps ``[B, 17, side, side]`` float32 on CPU: 16 dimensions of z, then the fake logit.
+    """All 17 relevance maps of a batch: ``AttentionRelevance(encoder, distiller, method).attribute(px)``.
 
-    ``pixel_values`` ``[B, 3, S, S]`` as from ``encoder.preprocess``; ``method`` is ``last-block`` or
-    ``rollout``. One forward pass and one batched VJP; works under ``torch.inference_mode``.
+    Parameters
+    ----------
+    encoder : ``ClipEncoder``.
+    distiller : ``Distiller``.
+    pixel_values : ``[B, 3, S, S]``, as from ``encoder.preprocess``.
+    method : ``"last-block"`` or ``"rollout"``.
+
+    Returns
+    -------
+    ``[B, 17, side, side]`` float32 on CPU: the 16 dimensions of z, then the fake logit. One forward pass and
+    one batched VJP; works under ``torch.inference_mode``.
     """
     return AttentionRelevance(encoder, distiller, method).attribute(pixel_values, target=None)
 

@@ -12,7 +12,7 @@ import pandas as pd
 from ..errors import BundleError
 from ..model.device import dtype_name, keep_freed_memory, relevance_batch_size
 from ..model.embedding import approximate_decoding, decoded_batches
-from ..storage.cache import RowStore
+from ..storage.cache import RowSink, RowStore
 from ..storage.schema import N_TARGETS
 from .bundle_models import bundle_distiller, bundle_models
 from .relevance import AttentionRelevance
@@ -60,7 +60,7 @@ def last_input_bytes(info, n_images: int) -> int:
     return int(n_images) * (info.patch_side ** 2 + 1) * info.hidden_size * 2
 
 
-def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFrame, method: str,
+def compute_missing_maps(store: RowSink, encoder, distiller, images: pd.DataFrame, method: str,
                          batch_size: int | None = None, progress: Callable[[int, int], None] | None = None, *,
                          decoder: str = "auto", num_workers: int | None = None,
                          last_inputs: RowStore | None = None) -> list[tuple[str, str]]:
@@ -106,7 +106,7 @@ def compute_missing_maps(store: RowStore, encoder, distiller, images: pd.DataFra
     return failures
 
 
-def _maps_from_last_inputs(store: RowStore, explainer, ids: pd.Series, last_inputs: RowStore, batch_size: int,
+def _maps_from_last_inputs(store: RowSink, explainer, ids: pd.Series, last_inputs: RowStore, batch_size: int,
                            total: int, progress: Callable[[int, int], None] | None) -> tuple[int, set[str]]:
     """Maps of the ``ids`` whose last-layer input ``last_inputs`` holds, at least ``LAST_INPUT_BATCH`` per
     batched VJP, stored as they are done. Returns (images done, ids that need the pixel path)."""
@@ -183,4 +183,4 @@ def bundle_maps(bundle, image_ids: list[str], method: str = "last-block", encode
             path, reason = failures[0]
             raise BundleError(f"{path}: {reason}; its relevance maps cannot be computed.",
                               "keep the analysed images where they were when the bundle was made.")
-    return store.get(list(image_ids))
+    return store.get_array(list(image_ids))

@@ -349,11 +349,10 @@ def cascade_table(similarity: np.ndarray, targets: Sequence[int]) -> pd.DataFram
 class ParameterRandomisation:
     """Captum-shaped cascading model-parameter randomisation test with a target-sensitivity check.
 
-    ``ParameterRandomisation(encoder, distiller).evaluate(pixel_values [B, 3, S, S], target=None)`` ->
-    ``SanityResult`` (``similarity [B, n_seeds, MAX_STEPS, K, 2]``, ``target_rho [B, K]``).
-
     Parameters
     ----------
+    encoder : ``ClipEncoder`` whose vision blocks the cascade redraws (on copies).
+    distiller : ``Distiller``, redrawn first (on a copy).
     method : the relevance method whose maps are tested (``AttentionRelevance``), unless ``explain`` is given.
     random_state : base seed; redraw seed ``r`` of ``n_seeds`` uses ``(random_state, r)``.
     n_seeds : redraw seeds of the cascade (its figures are averaged).
@@ -361,6 +360,10 @@ class ParameterRandomisation:
     explain : ``ExplainFunc`` replacing the maps under test.
     encoder_random : whether the CLIP is a random initialisation (default: ``encoder.info.source``).
     threshold : ``RANK_THRESHOLD``.
+
+    Examples
+    --------
+    ``ParameterRandomisation(encoder, distiller).evaluate(pixel_values).summary()``: one row per target.
     """
 
     def __init__(self, encoder, distiller, method: str = "last-block", random_state: int = 0,
@@ -389,8 +392,19 @@ class ParameterRandomisation:
 
     def evaluate(self, pixel_values: torch.Tensor, target: int | Sequence[int] | None = None,
                  original=None) -> SanityResult:
-        """Similarities after every cascade step and seed; ``original``: the maps ``[B, K, side, side]`` of the
-        unchanged models (e.g. cached), else computed here."""
+        """Similarities of the maps to the original ones after every cascade step and redraw seed.
+
+        Parameters
+        ----------
+        pixel_values : ``[B, 3, S, S]``, as from ``encoder.preprocess``.
+        target : one index, K indices, or None for all 17.
+        original : ``[B, K, side, side]`` maps of the unchanged models (e.g. cached); None: computed here.
+
+        Returns
+        -------
+        ``SanityResult``: ``similarity [B, n_seeds, MAX_STEPS, K, 2]`` (``SIMILARITIES``; NaN past the steps
+        run), ``target_rho [B, K]`` (target sensitivity).
+        """
         idx = _target_indices(target)
         if int(self.n_seeds) < 1:
             raise InputError(f"n_seeds = {self.n_seeds} must be at least 1.", "use n_seeds=3.")

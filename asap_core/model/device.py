@@ -61,9 +61,10 @@ def keep_freed_memory(device: torch.device | str, limit_bytes: int = MALLOC_KEEP
 
     Why: glibc returns large freed blocks (each ``[32, 50, 3072]`` fp32 MLP activation of a ViT-B/32
     batch is 20 MB) to the kernel, so the next batch's tensors of the same size fault in fresh zeroed
-    pages, which costs a measurable share of the forward (benchmarks/RESULTS.md). Process-wide (``mallopt``), applied once; the cost is up
-    to ``limit_bytes`` of RSS not returned after a peak. ``$ASAP_MALLOC_KEEP=0`` turns it off; a no-op
-    on a GPU and where glibc is absent (macOS, Windows, musl). Returns whether it is in effect.
+    pages, which costs a measurable share of the forward (benchmarks/RESULTS.md). Process-wide (``mallopt``),
+    applied once; the cost is up to ``limit_bytes`` of RSS not returned after a peak. ``$ASAP_MALLOC_KEEP=0``
+    turns it off; a no-op on a GPU and where glibc is absent (macOS, Windows, musl). Returns whether it is
+    in effect.
     """
     import torch
 
@@ -82,8 +83,9 @@ def _mallopt_keep(limit_bytes: int) -> bool:
 
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.gnu_get_libc_version  # glibc only (musl has mallopt with other semantics)
-    except (OSError, AttributeError):
+    except OSError:
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (musl has mallopt with other semantics)
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, int(limit_bytes)) and libc.mallopt(m_trim_threshold, int(limit_bytes)))

@@ -37,7 +37,7 @@ from __future__ import annotations
 import io
 import multiprocessing as mp
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -48,7 +48,7 @@ import numpy as np
 
 from ..errors import ImageLoadError
 from ..inputs.imageio import decode_image, make_thumbnail, pixel_limit, read_checked
-from ..storage.cache import RowStore
+from ..storage.cache import RowSink, RowStore
 from ..storage.schema import THUMB_SIDE
 from .device import (
     choose_batch_size,
@@ -87,7 +87,7 @@ class DecodedBatch:
 
     rows: list[int] = field(default_factory=list)
     pixels: Any = None
-    thumbs: list[bytes] = field(default_factory=list)
+    thumbs: list[bytes | Future[bytes]] = field(default_factory=list)
     failed: list[tuple[int, str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -409,11 +409,13 @@ class _NvjpegDecoder:
         cpu = merge(cpu_parts) if cpu_parts else DecodedBatch(pixels=np.zeros((0, 3, 1, 1), np.uint8))
         if cpu.rows:
             crops.append(to_device(torch.from_numpy(cpu.pixels), self.device))
-        c = self.pre.crop_size
+        side = self.pre.crop_size
         res.rows = rows + cpu.rows
-        res.thumbs = [self.thumb_pool.submit(t.encode) for t in thumbs] + cpu.thumbs  # futures: see store()
+        futures: list[bytes | Future[bytes]] = [self.thumb_pool.submit(t.encode) for t in thumbs]
+        res.thumbs = futures + cpu.thumbs  # futures: see store()
         res.failed = cpu.failed
-        res.pixels = torch.cat(crops) if crops else torch.zeros(0, 3, c, c, dtype=torch.uint8, device=self.device)
+        res.pixels = torch.cat(crops) if crops else torch.zeros(0, 3, side, side, dtype=torch.uint8,
+                                                                  device=self.device)
         return res
 
 
@@ -428,9 +430,9 @@ MAX_DECODE_THREADS = 8
 def default_workers(decoder: str, cores: int | None = None) -> int:
     """Decode workers for a decoder kind.
 
-    ``thread``: one per core, at most ``MAX_DECODE_THREADS`` (on a CPU device they decode while the model waits, see the module
-    docstring; beside a GPU they run ahead). ``process`` (GPU model): one per core but one (the main
-    process feeds the GPU). ``nvjpeg``: 2 to 8 threads for reading files.
+    ``thread``: one per core, at most ``MAX_DECODE_THREADS`` (on a CPU device they decode while the model
+    waits, see the module docstring; beside a GPU they run ahead). ``process`` (GPU model): one per core
+    but one (the main process feeds the GPU). ``nvjpeg``: 2 to 8 threads for reading files.
     """
     n = cores or cpu_cores()
     if decoder == "thread":
@@ -513,7 +515,7 @@ class _Prefetcher:
         """Hand ``items`` to the workers, one interleaved chunk each; returns their futures."""
         args = (self.pre, self.thumb_side, self.draft_size)
         chunks = [items[k::self.workers] for k in range(self.workers) if items[k::self.workers]]
-        if self.kind == "nvjpeg":
+        if self.nv is not None:  # set exactly when kind is nvjpeg
             return [self.pool.submit(self.nv.read, ch) for ch in chunks]
         if self.kind == "thread":
             return [self.pool.submit(decode_batch, ch, *args) for ch in chunks]
@@ -525,7 +527,7 @@ class _Prefetcher:
             return decode_batch(job, self.pre, self.thumb_side, self.draft_size)
         if self.on_demand:  # thread on CPU: all workers on this batch now, the model waits
             job = self._start(job)
-        if kind == "nvjpeg":
+        if self.nv is not None:  # set exactly when kind is nvjpeg
             return self.nv.finish([f.result() for f in job])
         if kind == "thread":
             return merge([f.result() for f in job])
@@ -547,7 +549,7 @@ class _Prefetcher:
 def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: ClipPreprocessor, device: torch.device,
                     batch_size: int, *, ids: Sequence[str] | None = None, decoder: str = "auto",
                     num_workers: int | None = None, prefetch: int = 3, fast_decode: bool = False,
-                    thumb_side: int = THUMB_SIDE) -> Iterator[tuple[DecodedBatch, torch.Tensor | None]]:
+                    thumb_side: int = THUMB_SIDE) -> Generator[tuple[DecodedBatch, torch.Tensor | None], None, None]:
     """Decode ``paths[i]`` for ``i`` in ``todo``, ``batch_size`` at a time, ahead of the consumer (on a GPU;
     beside a CPU model when the consumer asks, with every core: ``decodes_on_demand``).
 
@@ -596,7 +598,7 @@ def decoded_batches(paths: Sequence[str], todo: Sequence[int], preprocessor: Cli
 
 
 def embed_files(load_encoder: Callable[[], ClipEncoder], preprocessor: ClipPreprocessor, paths: Sequence[str],
-                ids: Sequence[str], embed_store: RowStore, thumb_store: RowStore,
+                ids: Sequence[str], embed_store: RowSink, thumb_store: RowSink,
                 batch_size: int | None = 64, num_workers: int | None = None, prefetch: int = 3,
                 progress: Progress | None = None, *, decoder: str = "auto", fast_decode: bool | None = None,
                 compile: bool | None = None, thumb_side: int = THUMB_SIDE,
@@ -661,7 +663,7 @@ def _batch_encoder(encoder: ClipEncoder, batch_size: int, compile: bool | None, 
     def encode(x: torch.Tensor) -> tuple:
         with torch.inference_mode():
             out = forward(x)
-            emb, last = out if keep_last else (out, None)
+            emb, last = out if isinstance(out, tuple) else (out, None)  # a tuple exactly when keep_last
             emb = torch.nn.functional.normalize(emb.float(), dim=-1)
             last = last.to(torch.float16) if last is not None else None
         if encoder.device.type != "cuda":
@@ -679,7 +681,7 @@ class _BatchWriter:
     progress. A GPU batch (one with a ``ready`` event) is stored when the next batch has been queued, so its
     copy back overlaps with the model."""
 
-    def __init__(self, embed_store: RowStore, thumb_store: RowStore, last_store: RowStore | None, total: int,
+    def __init__(self, embed_store: RowSink, thumb_store: RowSink, last_store: RowStore | None, total: int,
                  progress: Progress | None) -> None:
         self.embed_store, self.thumb_store, self.last_store = embed_store, thumb_store, last_store
         self.total, self.progress, self.done = total, progress, 0
@@ -708,7 +710,7 @@ class _BatchWriter:
         if ready is not None:
             ready.synchronize()
         self.thumb_store.put(batch_ids, [t.result() if isinstance(t, Future) else t for t in thumbs])
-        if last is not None:
+        if last is not None and self.last_store is not None:  # last is kept exactly when there is a store
             last = last.numpy()
             if np.isfinite(last).all():  # a batch that overflowed float16 is recomputed from the pixels later
                 self.last_store.put(batch_ids, last)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 
 from ..errors import AsapError, ModelLoadError
+from ..settings import Settings
 
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+DEFAULT_MODEL: str = Settings.model_fields["model"].default  # ASAP_MODEL's default, declared in settings
 WHERES: tuple[str, ...] = ("cli", "app", "hosted")
 
 

@@ -10,19 +10,18 @@ Shortcuts that change pixels (``Image.reduce``, JPEG ``draft``, ``resize(box=...
 are deliberately not used on that path: one uint8 level is 0.015 after normalisation, above the tolerance.
 ``benchmarks/preprocess_speed.py`` prints the timings.
 
-Strips and panoramas (the one exception): resizing the shortest side of a 65500 x 1
-image to 224 px makes a 14672000 x 224 image (3.3 gigapixels, 13 GB in Pillow's 4-byte pixels) of which the
-centre crop keeps 224 x 224 (a 276-byte PNG took 14 GB in ``analyze``). Such images are **cropped before resizing**, not refused: when the resize is
-an upscale whose output would exceed ``MAX_RESIZED_CROPS`` crops (``ClipPreprocessor.crops_before_resizing``),
-only the source pixels under the centre crop (plus the bicubic support) are resized, one axis at a time,
-horizontal first as Pillow does for an upscale. The model sees exactly the centre crop anyway, so such
-files cost no more than any other and none is lost. The pixels equal the full resize's crop up to the
-rounding of Pillow's filter coefficients (its box corners are float32): on 3000x200-like images 4 in
-100,000 uint8 values differ, by one level (random noise: 13 in 100,000, single values by two;
-``tests/inputs/test_hostile_inputs.py``), so those images hold CLIPImageProcessor parity within two levels instead
-of 1e-2. Downscales are never cropped first: their resized image is smaller than the decoded source, which
-Pillow's pixel limit bounds. So every image whose shortest side is at least ``size`` (any camera photo), and
-every upscale up to 4:1 (when ``size == crop_size``), keeps the exact path.
+Strips and panoramas (the one exception): resizing the shortest side of a 65500 x 1 image to 224 px would
+make a 14672000 x 224 image, of which the centre crop keeps 224 x 224; a tiny PNG could ask Pillow for
+gigabytes. Such images are **cropped before resizing**, not refused: when the resize is an upscale whose
+output would exceed ``MAX_RESIZED_CROPS`` crops (``ClipPreprocessor.crops_before_resizing``), only the
+source pixels under the centre crop (plus the bicubic support) are resized, one axis at a time, horizontal
+first as Pillow does for an upscale. The model sees exactly the centre crop anyway, so such files cost no
+more than any other and none is lost. The pixels equal the full resize's crop up to the rounding of Pillow's
+filter coefficients (its box corners are float32): a few values differ by one or two uint8 levels
+(``tests/inputs/test_hostile_inputs.py`` bounds how many), so those images hold CLIPImageProcessor parity
+within two levels instead of 1e-2. Downscales are never cropped first: their resized image is smaller than
+the decoded source, which Pillow's pixel limit bounds. So every image whose shortest side is at least
+``size`` (any camera photo), and every upscale up to 4:1 (when ``size == crop_size``), keeps the exact path.
 """
 from __future__ import annotations
 

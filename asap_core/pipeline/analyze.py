@@ -72,8 +72,19 @@ def analyze(data_dir: str | Path, out: str | Path, options: AnalyzeOptions | Non
             progress: StageProgress | None = None) -> AnalyzeReport:
     """Scan ``data_dir``, embed (cached), fit projection and distiller (cached), lay out, write the bundle ``out``.
 
-    ``progress(stage, done, total)`` is called as stages advance. Bad files are skipped and listed in the
-    report; bad options or a folder without usable images raise ``InputError`` before any heavy work.
+    Parameters
+    ----------
+    data_dir : folder of images (labels read from ``real/`` / ``fake/`` folders or names).
+    out : the bundle folder to write (replaced atomically when it exists).
+    options : ``AnalyzeOptions``; None: the defaults. ``bundle.json["options"]`` stores them (without
+        ``cache_dir``), with the grid and projection sample chosen.
+    progress : ``progress(stage, done, total)``, called as stages advance.
+
+    Returns
+    -------
+    ``AnalyzeReport``: the bundle's path, counts, skipped files with reasons, metrics, seconds per stage.
+    Bad files are skipped and listed; bad options or a folder without usable images raise ``InputError``
+    before any heavy work.
     """
     ctx = RunContext.create(options or AnalyzeOptions(), progress)
     run = engine(ctx.options.engine)
@@ -112,7 +123,7 @@ def after_embedding(ctx: RunContext, scan: ScanResult, emb: Embedded, out: str |
         projection = project_stage(ctx, emb)
     with ctx.stage("train"):
         distiller, metrics = train_stage(ctx, emb, projection)
-        z, p_fake = distiller.predict(emb.embeds)
+        z, p_fake = distiller.predict(emb.vectors())
     emb.embeds = None  # [N, D] float32 (2 GB at a million images): no later stage reads it
     with ctx.stage("layout"):
         images, cells = layout_stage(ctx, emb.images, z, p_fake)

@@ -28,14 +28,15 @@ module), same results, same cache::
   as many as the cluster holds. The image files (and a local model folder) must be readable at the same
   paths on every node: a single machine, or shared storage.
 - Ray is imported only here, only when a stage runs (inside the functions: Ray is an optional extra, and
-  importing this module must work without it); ``analyze`` without ``engine="ray"`` never imports Ray. A Ray started by the first stage (no running one, no ``--ray-address``) lives until the
+  importing this module must work without it); ``analyze`` without ``engine="ray"`` never imports Ray. A
+  Ray started by the first stage (no running one, no ``--ray-address``) lives until the
   process ends, so later runs in the same process reuse it.
 """
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,16 +233,16 @@ def hash_stage(ctx: RunContext, scan: ScanResult) -> pd.DataFrame:
 
 
 class _Rows:
-    """In an actor, what ``embed_files`` / ``compute_missing_maps`` see as their store: it lacks every id and
-    keeps what is put, by id."""
+    """In an actor, what ``embed_files`` / ``compute_missing_maps`` see as their store (a ``cache.RowSink``): it
+    lacks every id and keeps what is put, by id."""
 
     def __init__(self) -> None:
         self.rows: dict[str, Any] = {}
 
-    def missing(self, ids) -> list[str]:
+    def missing(self, ids: Iterable[str]) -> list[str]:
         return list(dict.fromkeys(ids))
 
-    def put(self, ids: list[str], values) -> None:
+    def put(self, ids: list[str], values: np.ndarray | list[bytes]) -> None:
         for k, image_id in enumerate(ids):
             self.rows.setdefault(image_id, values[k])
 

@@ -105,7 +105,8 @@ class RunContext:
 
     def report(self, stage: str) -> Callable[[int, int], None] | None:
         """``progress(done, total)`` for one stage, or None without a progress callback."""
-        return (lambda d, t: self.progress(stage, d, t)) if self.progress else None
+        progress = self.progress
+        return (lambda d, t: progress(stage, d, t)) if progress else None
 
     def encoder(self) -> ClipEncoder:
         """The model, from the one encoder factory; loaded only when a stage needs it (a fully cached run
@@ -139,15 +140,15 @@ def dedupe(images: pd.DataFrame) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Keep the first file of each image id; report the others (label conflicts named as such)."""
     first = images.drop_duplicates("image_id")
     dup = images[images.duplicated("image_id")]
-    reasons = []
+    reasons: list[tuple[str, str]] = []
     lookup = first.set_index("image_id")
-    for row in dup.itertuples():
-        orig = lookup.loc[row.image_id]
-        if row.label != orig["label"] and row.label is not None and orig["label"] is not None:
-            reasons.append((row.path, f"label conflict: same bytes as {orig['path']} labelled {orig['label']}, "
-                                      f"here labelled {row.label}; the first one is kept"))
+    for image_id, path, label in zip(dup["image_id"], dup["path"], dup["label"]):
+        orig = lookup.loc[image_id]
+        if label != orig["label"] and label is not None and orig["label"] is not None:
+            reasons.append((path, f"label conflict: same bytes as {orig['path']} labelled {orig['label']}, "
+                                  f"here labelled {label}; the first one is kept"))
         else:
-            reasons.append((row.path, f"duplicate of {orig['path']}; the first one is kept"))
+            reasons.append((path, f"duplicate of {orig['path']}; the first one is kept"))
     return first.reset_index(drop=True), reasons
 
 
@@ -200,6 +201,12 @@ class Embedded:
     thumbs: RowStore
     last_inputs: RowStore | None
 
+    def vectors(self) -> np.ndarray:
+        """``embeds`` ``[N, D]``; ``RuntimeError`` once ``analyze`` has let them go (after the train stage)."""
+        if self.embeds is None:
+            raise RuntimeError("the embeddings were let go after the train stage; no later stage reads them")
+        return self.embeds
+
 
 def _last_input_store(ctx: RunContext, n_images: int) -> RowStore | None:
     """Where the embedding pass keeps each image's last-layer input for ``last-block`` relevance, or None
@@ -238,7 +245,7 @@ def keep_embedded(ctx: RunContext, images: pd.DataFrame, root: Path, failures: l
     images = images[~images["path"].isin(failed)].reset_index(drop=True)
     if images.empty:
         raise InputError(f"None of the images in {root} could be decoded.", "see the reasons listed above.")
-    return Embedded(images, store.get(images["image_id"].tolist()), thumbs, last_inputs)
+    return Embedded(images, np.asarray(store.get(images["image_id"].tolist())), thumbs, last_inputs)
 
 
 # ----------------------------------------------------------------------------- project
@@ -261,7 +268,9 @@ def _sample_images(paths: list[str], ids: list[str | None], n: int, random_state
     ``n`` crops, not ``n`` full-size photos (128 camera photos and their texted copies took over 10 GB).
     Without, the full-size decodes are kept (one thread)."""
     order = [int(i) for i in sample_order(len(paths), random_state)]
-    idx, out, pos = [], [], 0
+    idx: list[int] = []
+    out: list[Image.Image] = []
+    pos = 0
     while len(out) < n and pos < len(order):  # candidates in order until n decode
         chunk = order[pos:pos + n - len(out)]
         pos += len(chunk)
@@ -272,11 +281,12 @@ def _sample_images(paths: list[str], ids: list[str | None], n: int, random_state
 
 
 def _decode_sample(paths: list[str], ids: list[str | None], chunk: list[int],
-                   preprocessor: ClipPreprocessor | None, workers: int | None = None) -> list[tuple[int, object]]:
+                   preprocessor: ClipPreprocessor | None, workers: int | None = None
+                   ) -> list[tuple[int, Image.Image]]:
     """``(i, PIL image)`` for the ``i`` in ``chunk`` whose files decode, in ``chunk`` order: model-input
     crops (RGB, ``crop x crop``) decoded in threads with ``preprocessor``, else full-size decodes."""
     if preprocessor is None:
-        out = []
+        out: list[tuple[int, Image.Image]] = []
         for i in chunk:
             try:
                 out.append((i, decode_image(read_checked(paths[i], ids[i]), paths[i])))
@@ -336,19 +346,24 @@ def project_stage(ctx: RunContext, emb: Embedded) -> VisionOnlyProjection:
     ``projection_sample_size`` images, a number then recorded in ``ctx.options``."""
     o = ctx.options
     if o.distiller is not None:
-        return VisionOnlyProjection.from_components(Distiller.from_pretrained(model_dir(o.distiller)).projection.numpy())
+        given = Distiller.from_pretrained(model_dir(o.distiller))
+        return VisionOnlyProjection.from_components(given.projection.numpy())
     if o.projection_file:
         return VisionOnlyProjection.from_pretrained(o.projection_file, ctx.info.embed_dim)
     n = projection_sample_size(len(emb.images), o.projection_samples)
     ctx.options = replace(o, projection_samples=n)  # bundle.json records the number used
-    key = hash_key(PROJECTION_VERSION, ctx.info.cache_key, emb.embeds, n, o.random_state)
+    key = hash_key(PROJECTION_VERSION, ctx.info.cache_key, emb.vectors(), n, o.random_state)
+
+    def save(p: VisionOnlyProjection, d: Path) -> None:
+        p.save_pretrained(d)
+
     return cached_call(
         ctx.cache, "projection", key,
-        lambda: fit_projection(emb.images, emb.embeds, n, o.random_state,
+        lambda: fit_projection(emb.images, emb.vectors(), n, o.random_state,
                                lambda crops: ctx.encoder().encode_crops(crops).numpy(),
                                exact_decode=not approximate_decoding(ctx.dtype),
                                preprocessor=ctx.info.preprocessor, workers=o.num_workers),
-        lambda p, d: p.save_pretrained(d), VisionOnlyProjection.from_pretrained)
+        save, VisionOnlyProjection.from_pretrained)
 
 
 def model_dir(path: str) -> Path:
@@ -362,7 +377,7 @@ def model_dir(path: str) -> Path:
 
 def train_stage(ctx: RunContext, emb: Embedded, projection: VisionOnlyProjection) -> tuple[Distiller, dict]:
     """The distiller (trained on the labelled images, cached; or the given one) and its metrics."""
-    images, embeds = emb.images, emb.embeds
+    images, embeds = emb.images, emb.vectors()
     y = (images["label"] == "fake").to_numpy()
     labelled = images["label"].notna().to_numpy()
     if ctx.options.distiller is not None:
@@ -417,10 +432,12 @@ def layout_stage(ctx: RunContext, images: pd.DataFrame, z: np.ndarray, p_fake: n
     xy = cached_call(ctx.cache, "map2d", hash_key(LAYOUT_VERSION, z, seed), lambda: embed_2d(z, random_state=seed),
                      lambda a, d: np.save(d / "xy.npy", a), lambda d: np.load(d / "xy.npy"))
     images["map_x"], images["map_y"] = xy[:, 0], xy[:, 1]
-    if not ctx.options.grid:
-        ctx.options = replace(ctx.options, grid=default_grid(len(xy), xy))
-    images["cell"], images["col"], images["row"] = assign_cells(xy, ctx.options.grid)
-    return images, cell_table(images, ctx.options.grid)
+    grid = ctx.options.grid
+    if not grid:
+        grid = default_grid(len(xy), xy)
+        ctx.options = replace(ctx.options, grid=grid)
+    images["cell"], images["col"], images["row"] = assign_cells(xy, grid)
+    return images, cell_table(images, grid)
 
 
 # ----------------------------------------------------------------------------- relevance
@@ -513,5 +530,8 @@ def write_stage(ctx: RunContext, out: str | Path, r: Results) -> Path:
         r.distiller.save_pretrained(d)
         r.projection.save_pretrained(d)
 
-    return write_bundle(out, bundle_meta(ctx, r), r.images, r.cells, r.thumbs.get, model_writer,
+    def thumbs(ids: list[str]) -> list[bytes | None]:  # JPEG bytes per id (the thumbnail store holds bytes)
+        return list(r.thumbs.get(ids))
+
+    return write_bundle(out, bundle_meta(ctx, r), r.images, r.cells, thumbs, model_writer,
                         cache_stores=(r.maps,) if r.maps is not None else ())

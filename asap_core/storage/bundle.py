@@ -456,10 +456,24 @@ def read_frame(file: Path) -> pd.DataFrame:
 class Bundle:
     """A finished analysis on disk. ``Bundle.open(path)`` checks it; tables load lazily.
 
-    Tables: ``images`` (one row per image, ``schema.IMAGE_COLUMNS``), ``cells`` (one row per non-empty
-    cell), ``z`` (``[N, 16]``). Metadata, typed: ``encoder_info``, ``counts``, ``options``, ``metrics``,
-    ``grid``, ``layout``, ``skipped``; ``dimension_names`` (optional, read afresh). Its models (need torch)
-    are loaded by ``method.bundle_models`` (``bundle_models``, ``bundle_distiller``), not here.
+    Parameters
+    ----------
+    path : the bundle folder.
+    meta : its ``bundle.json``, as ``validate`` returns it (use ``Bundle.open``, which checks both).
+
+    Attributes
+    ----------
+    images : one row per image (``schema.IMAGE_COLUMNS``); ``cells``: one row per non-empty cell
+        (``schema.CELL_COLUMNS``); ``z``: ``[N, 16]`` float32 in the order of ``images``.
+    encoder_info, counts, options : typed sections of ``bundle.json`` (``schema.EncoderInfo``, ``Counts``,
+        ``AnalysisOptions``); ``metrics``, ``layout``, ``skipped``: as stored; ``grid``: cells per side.
+    dimension_names : ``N_DIMS`` names ("" = unnamed), read afresh on each access.
+
+    Its models (need torch) are loaded by ``method.bundle_models`` (``bundle_models``, ``bundle_distiller``).
+
+    Examples
+    --------
+    ``b = Bundle.open("bundles/demo"); b.z[b.images["label"] == "fake"]`` -> ``[n_fake, 16]``.
     """
 
     def __init__(self, path: Path, meta: dict) -> None:
@@ -470,9 +484,18 @@ class Bundle:
 
     @classmethod
     def open(cls, path: str | Path, read_tables: bool = False) -> Bundle:
-        """Open a complete bundle; ``BundleError`` names what is missing or malformed otherwise. With
-        ``read_tables``, also read every row of ``images`` and ``cells`` and the thumbnails' index now, so that a
-        damaged data page is found here (``validate`` reads only footers and a few columns)."""
+        """Open a complete bundle, checked against ``schema``.
+
+        Parameters
+        ----------
+        path : the bundle folder (``~`` expanded).
+        read_tables : also read every row of ``images`` and ``cells`` and the thumbnails' index now, so that a
+            damaged data page is found here (``validate`` reads only footers and a few columns).
+
+        Returns
+        -------
+        The ``Bundle``; ``BundleError`` names what is missing or malformed otherwise.
+        """
         path = Path(path).expanduser()
         b = cls(path, validate(path))
         if read_tables:
@@ -549,8 +572,17 @@ class Bundle:
             return self._thumb_reader
 
     def thumbnails(self, ids: Sequence[str]) -> list[bytes | None]:
-        """JPEG bytes (longest side ``schema.THUMB_SIDE``) per image id; None where absent. Reads only the
-        row groups of ``thumbs.parquet`` that hold ``ids`` (a cell's thumbnails share one or two)."""
+        """Thumbnails of ``ids``.
+
+        Parameters
+        ----------
+        ids : image ids (``images["image_id"]``).
+
+        Returns
+        -------
+        JPEG bytes per id (longest side ``schema.THUMB_SIDE`` px), None where absent. Reads only the row groups
+        of ``thumbs.parquet`` that hold ``ids`` (a cell's thumbnails share one or two).
+        """
         reader = self.thumb_reader
         try:
             return reader.get(list(ids))
@@ -572,10 +604,20 @@ class Bundle:
         return ids
 
     def decode(self, image_id: str, needed_for: str, thumbnail_fallback: bool = False) -> Image.Image:
-        """The analysed file of ``image_id`` as an upright RGB image. When it cannot be read any more:
-        its thumbnail with ``thumbnail_fallback``, else ``BundleError`` naming the file and ``needed_for``
-        (e.g. "its concept segments"). A file whose bytes no longer hash to ``image_id`` (rewritten since
-        the analysis) counts as unreadable: its new pixels never stand in for the analysed ones."""
+        """The analysed file of one image.
+
+        Parameters
+        ----------
+        image_id : an id of ``images``.
+        needed_for : what the pixels are for, named in the error (e.g. "its concept segments").
+        thumbnail_fallback : return the thumbnail when the file cannot be read any more.
+
+        Returns
+        -------
+        The upright RGB image (full size; the thumbnail with ``thumbnail_fallback`` when the file is gone),
+        else ``BundleError`` naming the file. A file whose bytes no longer hash to ``image_id`` (rewritten
+        since the analysis) counts as unreadable: its new pixels never stand in for the analysed ones.
+        """
         path = self._paths[image_id]
         try:
             return decode_image(read_checked(path, image_id), path)

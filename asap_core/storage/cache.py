@@ -21,7 +21,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from types import ModuleType
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 
 from ..settings import settings
 
+fcntl: ModuleType | None
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks; writers fall back to their race-tolerant path
@@ -89,7 +91,7 @@ def _array_bytes(a: np.ndarray) -> bytes | memoryview:
     if a.dtype.hasobject or not a.size:
         return a.tobytes()
     try:
-        return memoryview(a).cast("B")
+        return a.data.cast("B")
     except (TypeError, ValueError):  # dtypes without a buffer format (datetime64, ...)
         return a.tobytes()
 
@@ -162,6 +164,19 @@ def _to_arrow(values: np.ndarray | list[bytes]) -> pa.Array:
         width = int(np.prod(values.shape[1:])) if values.ndim > 1 else 1
         return pa.FixedSizeListArray.from_arrays(flat, width)
     return pa.array(values, type=pa.binary())
+
+
+class RowSink(Protocol):
+    """Where a computation puts rows by image id and learns which it lacks: a ``RowStore``, or a Ray actor's
+    in-memory stand-in (``pipeline.ray_engine``)."""
+
+    def missing(self, ids: Iterable[str]) -> list[str]:
+        """The ids (in order, without duplicates) that hold no row yet."""
+        ...
+
+    def put(self, ids: list[str], values: np.ndarray | list[bytes]) -> None:
+        """Keep ``values[k]`` as the row of ``ids[k]``."""
+        ...
 
 
 class RowStore:
@@ -250,10 +265,11 @@ class RowStore:
         """Rows for ``ids`` in order: ``[N, *row_shape]`` array, or list of bytes. KeyError if one is missing."""
         self._refresh()
         by_shard: dict[str, list[tuple[int, int]]] = {}
-        for pos, image_id in enumerate(ids):
+        for k, image_id in enumerate(ids):
             shard, row = self._index[image_id]
-            by_shard.setdefault(shard, []).append((pos, row))
-        out: np.ndarray | list = [None] * len(ids) if self.row_shape is None else None
+            by_shard.setdefault(shard, []).append((k, row))
+        blobs: list = [None] * len(ids)  # the rows of a bytes store
+        out: np.ndarray | None = None  # the rows of an array store, made with the first shard's dtype
         for shard, pairs in by_shard.items():
             col = pq.read_table(self.dir / shard, columns=["value"]).column(0).combine_chunks()
             rows = np.array([r for _, r in pairs])
@@ -261,14 +277,28 @@ class RowStore:
             if self.row_shape is None:
                 vals = col.take(pa.array(rows)).to_pylist()
                 for p, v in zip(pos, vals):
-                    out[p] = v
+                    blobs[p] = v
             else:
                 flat = col.values.to_numpy(zero_copy_only=False).reshape(len(col), *self.row_shape)
                 if out is None:
                     out = np.empty((len(ids), *self.row_shape), dtype=flat.dtype)
                 out[pos] = flat[rows]
-        if out is None:
-            out = np.empty((0, *self.row_shape), dtype=np.float32)
+        if self.row_shape is None:
+            return blobs
+        return out if out is not None else np.empty((0, *self.row_shape), dtype=np.float32)
+
+    def get_array(self, ids: list[str]) -> np.ndarray:
+        """``get`` of a store of fixed-shape rows: ``[N, *row_shape]``. ``TypeError`` on a store of bytes."""
+        out = self.get(ids)
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"the cache {self.dir.name} holds bytes, not arrays")
+        return out
+
+    def get_bytes(self, ids: list[str]) -> list[bytes]:
+        """``get`` of a store of bytes (``row_shape=None``). ``TypeError`` on a store of arrays."""
+        out = self.get(ids)
+        if isinstance(out, np.ndarray):
+            raise TypeError(f"the cache {self.dir.name} holds arrays, not bytes")
         return out
 
 

@@ -147,8 +147,9 @@ class ClassRounds:
                 _check_room(conn, owner_key(owner))
                 while conn.execute(select(ROUNDS.c.code).where(ROUNDS.c.code == row.code)).first() is not None:
                     row = replace(row, code=_new_code())
-                conn.execute(insert(ROUNDS).values(code=row.code, bundle=row.bundle, quiz=row.quiz, owner=owner_key(owner),
-                                                   ids=json.dumps(list(row.ids)), created=now, expires=row.expires))
+                conn.execute(insert(ROUNDS).values(code=row.code, bundle=row.bundle, quiz=row.quiz,
+                                                   owner=owner_key(owner), ids=json.dumps(list(row.ids)),
+                                                   created=now, expires=row.expires))
         except SQLAlchemyError as exc:
             raise _unavailable(exc) from None
         return row
@@ -193,13 +194,13 @@ class ClassRounds:
 
     def answers(self, code: str) -> list[Answer]:
         """Every answer of round ``code`` (by player, then position)."""
-        code = clean_code(code)
-        if code is None:
+        clean = clean_code(code)
+        if clean is None:
             return []
         try:
             with self.engine.connect() as conn:
                 rows = conn.execute(select(ANSWERS.c.player, ANSWERS.c.position, ANSWERS.c.said, ANSWERS.c.correct)
-                                    .where(ANSWERS.c.code == code)
+                                    .where(ANSWERS.c.code == clean)
                                     .order_by(ANSWERS.c.player, ANSWERS.c.position)).all()
         except SQLAlchemyError as exc:
             raise _unavailable(exc) from None

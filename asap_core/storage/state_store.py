@@ -199,12 +199,15 @@ class StateStore:
         """Insert an empty row for ``client`` and ``kind`` unless one exists (no error when another process
         inserted it first)."""
         values = dict(client=client, kind=kind, used=0, window_start=now, window_end=now + window_s)
-        if self.dialect in ("postgresql", "sqlite"):
-            if self.dialect == "postgresql":
-                from sqlalchemy.dialects.postgresql import insert
-            else:
-                from sqlalchemy.dialects.sqlite import insert
-            conn.execute(insert(BUDGETS).values(**values).on_conflict_do_nothing())
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+
+            conn.execute(postgresql_insert(BUDGETS).values(**values).on_conflict_do_nothing())
+            return
+        if self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            conn.execute(sqlite_insert(BUDGETS).values(**values).on_conflict_do_nothing())
             return
         exists = conn.execute(select(BUDGETS.c.used).where(BUDGETS.c.client == client,
                                                            BUDGETS.c.kind == kind)).first()

@@ -17,7 +17,6 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import pandas as pd
@@ -37,7 +36,7 @@ THUMB_SCHEMA = pa.schema([("image_id", pa.string()), ("jpeg", pa.binary())])
 #: ``fetch(ids) -> JPEG bytes (or None) per id``, e.g. ``RowStore.get`` of the thumbnail store.
 ThumbFetch = Callable[[list[str]], Sequence[bytes | None]]
 #: What ``write_thumbs`` takes: a ``ThumbFetch`` or ``(ids, data)`` already in memory.
-ThumbSource = Union[ThumbFetch, tuple[Sequence[str], Sequence[bytes | None]]]
+ThumbSource = ThumbFetch | tuple[Sequence[str], Sequence[bytes | None]]
 
 
 def cell_order_rank(images: pd.DataFrame) -> np.ndarray:

@@ -79,9 +79,9 @@ def occlusion_line(f: pd.Series) -> str:
 def sanity_line(s: pd.Series) -> str:
     """One sentence on a target's sanity check: status, why (escaped), seeds and images."""
     status = str(s.get("status", "fails" if bool(s.get("flagged")) else "passes"))
-    counts = [f"{int(s['n_seeds'])} redraws" if "n_seeds" in s else "",
-              _images(int(s["n_images"])) if "n_images" in s else ""]
-    counts = ", ".join(c for c in counts if c)
+    parts = [f"{int(s['n_seeds'])} redraws" if "n_seeds" in s else "",
+             _images(int(s["n_images"])) if "n_images" in s else ""]
+    counts = ", ".join(c for c in parts if c)
     reason = str(s["reason"]).removeprefix(f"{status}: ")  # "not assessed: this CLIP is ..." says it once
     return f"**Sanity check: {status}**: {as_text(reason)}" + (f" ({counts})." if counts else ".")
 
@@ -177,7 +177,7 @@ def curves_chart(curves: pd.DataFrame, target: int, names: Sequence[str] = (),
     ).properties(width=width, height=240)
 
 
-def cascade_chart(cascade: pd.DataFrame, target: int, names: Sequence[str] = (), width: int = 300) -> alt.Chart:
+def cascade_chart(cascade: pd.DataFrame, target: int, names: Sequence[str] = (), width: int = 300) -> alt.LayerChart:
     """The sanity cascade of ``target`` (Adebayo et al.'s plot): similarity of the maps to the original after
     redrawing the classifier, then CLIP's blocks from the last down to the first, with 95% intervals."""
     c = cascade[cascade["target"] == int(target)].copy()
@@ -190,8 +190,8 @@ def cascade_chart(cascade: pd.DataFrame, target: int, names: Sequence[str] = (),
         y=alt.Y("value:Q", title="similarity (1 = unchanged)", scale=alt.Scale(domain=[-0.5, 1])),
         tooltip=["step_name", "similarity", alt.Tooltip("value:Q", format=".2f")])
     band = base.mark_errorbar().encode(y=alt.Y("low:Q", title=None, scale=alt.Scale(domain=[-0.5, 1])), y2="high:Q")
-    return alt.layer(line, band, title=f"Sanity cascade · {target_label(target, names)}").properties(
-        width=width, height=240)
+    return alt.LayerChart(layer=[line, band], title=f"Sanity cascade · {target_label(target, names)}",
+                          width=width, height=240)
 
 
 def check_targets_for(dim: int) -> list[int]:

@@ -23,7 +23,7 @@ def square(image, size: int = 96):
 
     im = image.convert("RGB")
     scale = size / max(im.size)
-    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.BILINEAR)
+    im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)
     out = Image.new("RGB", (size, size), (255, 255, 255))
     out.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
     return out

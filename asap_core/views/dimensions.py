@@ -82,8 +82,8 @@ def distribution_frame(images: pd.DataFrame, bins: int = 30) -> pd.DataFrame:
 
 def panel_titles(table: pd.DataFrame, names: Sequence[str] = ()) -> dict[int, str]:
     """``dim -> "dim 3 · smooth skin · w +0.42 · AUC 0.71"`` (facet titles; the name once given)."""
-    return {int(r.dim): f"{dimension_label(int(r.dim), names)} · w {r.weight:+.2f} · AUC {r.auc:.2f}"
-            for r in table.itertuples()}
+    return {dim: f"{dimension_label(dim, names)} · w {weight:+.2f} · AUC {auc:.2f}"
+            for dim, weight, auc in zip(table["dim"].astype(int).tolist(), table["weight"], table["auc"])}
 
 
 def distribution_chart(dist: pd.DataFrame, table: pd.DataFrame, columns: int = 4, width: int = 190,

@@ -110,7 +110,7 @@ def thumb_uri(jpeg: bytes | None, size: int = THUMB_PX, quality: int = 80) -> st
     """A JPEG thumbnail (longest side ``size``) as a ``data:`` URI; a grey square when ``jpeg`` is None."""
     # grey when missing, unreadable or far over a thumbnail's pixels
     im = decode_thumbnail(jpeg, size, THUMB_MAX_PIXELS)
-    im.thumbnail((size, size), Image.BILINEAR)
+    im.thumbnail((size, size), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import altair as alt
 import numpy as np
@@ -201,6 +202,10 @@ def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None =
         value=[{"cell_id": int(c)} for c in selected] if selected else alt.Undefined,
     )
     params: list = [sel]
+    width: int | str  # px, or "container": as wide as the element
+    x_dom: alt.ExprRef | list[float]
+    y_dom: alt.ExprRef | list[float]
+    max_r: alt.ExprRef | float
     if size is None:  # px per map unit from the drawn size: the same map fills any container
         unit = alt.param(name=f"{param}_unit", expr=f"max(1, min(width / {span_x:.6f}, height / {span_y:.6f}))")
         params.append(unit)
@@ -318,7 +323,7 @@ def selected_summary(cells: pd.DataFrame, selected: list[int]) -> dict:
     """Totals over the ``selected`` cells of a cell table: n, the four counts, accuracy, mean confidence."""
     part = cells[cells["cell"].isin(selected)]
     n = int(part["n"].sum())
-    out = {"cells": len(part), "n": n}
+    out: dict[str, Any] = {"cells": len(part), "n": n}
     for c in COUNT_COLUMNS:
         out[c] = int(part[c].sum())
     labelled = n - out["n_unlabelled"]

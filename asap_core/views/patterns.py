@@ -136,7 +136,7 @@ def export_zip(bundle, patterns: Sequence[Pattern], with_impact: bool, encoder=N
     sheet per pattern) written to a temporary folder and returned as the bytes of one zip file."""
     with tempfile.TemporaryDirectory(prefix="asap-patterns-") as tmp:
         written = export_patterns(bundle, patterns, tmp, with_impact=with_impact, encoder=encoder,
-                                  n_random=n_random, seed=seed, method=method)
+                                  n_random=n_random, random_state=seed, method=method)
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in written:

@@ -60,7 +60,7 @@ def widget_defaults(spec: QuizSpec | None, cells: Sequence[int], patterns: Seque
     quiz's (``spec``), else the whole bundle, :data:`DEFAULT_N` images, seed :data:`DEFAULT_SEED`; the cell
     defaults to ``selected_cell``. Values that are not among the choices (``cells``, ``patterns``,
     ``generators``) are left out, so the widgets fall back to their first choice."""
-    s = spec or QuizSpec("all", "", DEFAULT_N, DEFAULT_SEED)
+    s = spec or QuizSpec()  # the whole bundle, DEFAULT_N images, DEFAULT_SEED
     out: dict = {"source": s.source, "n": s.n, "seed": s.seed}
     cell = int(s.value) if s.source == "cell" else selected_cell
     if cell in cells:
@@ -80,7 +80,7 @@ def describe(spec: QuizSpec) -> str:
     """The spec in words: "10 images drawn with seed 42 from cell 13"."""
     where = {"all": "the whole bundle", "cell": f"cell {spec.value}", "pattern": f"the pattern “{spec.value}”"}
     if spec.source == "filter":
-        f = filters_from_value(spec.value)
+        f = filters_from_value(spec.value) or ov.Filters()
         bits = [f"{SAY[f.label]} images" if f.label in SAY else "all images",
                 {"correct": "the model got right", "wrong": "the model got wrong"}.get(f.outcome, ""),
                 f"of {f.generators[0]}" if f.generators else ""]
@@ -110,7 +110,8 @@ def candidates(images: pd.DataFrame, spec: QuizSpec, patterns: Mapping[str, Sequ
     elif spec.source == "pattern":
         keep &= images["image_id"].isin(list((patterns or {}).get(spec.value, ()))).to_numpy()
     elif spec.source == "filter":
-        keep &= ov.filter_mask(images, filters_from_value(spec.value))
+        f = filters_from_value(spec.value)
+        keep &= ov.filter_mask(images, f) if f is not None else False
     return images.loc[keep, "image_id"].astype(str)
 
 
@@ -257,7 +258,7 @@ def map_tiles(picture_, maps: np.ndarray, p_fake: float, size: int = 300) -> lis
     """Two ``views.attention.Tile``: the (centre-cropped) image and its fake-logit map over it.
     ``maps`` ``[17, side, side]`` of the image."""
     logit = float(va.logits(np.array([p_fake]))[0])
-    return va.image_tiles(picture_, maps, np.zeros(N_DIMS), [], size=size, logit=logit)
+    return va.image_tiles(picture_, maps, np.zeros(N_DIMS), np.zeros(0, dtype=int), size=size, logit=logit)
 
 
 def captions(images: pd.DataFrame, ids: Sequence[str], with_p: bool = True) -> list[str]:

@@ -17,7 +17,7 @@ from ..storage.schema import DECISION_THRESHOLD
 from .grid import image_names
 
 MAX_IMAGES = 64
-Setting = tuple  # (int | None, float)
+Setting = tuple[int | None, float]  # (JPEG quality or None: no JPEG step, resize factor)
 
 
 def choose_images(images: pd.DataFrame, picked: Sequence[str], cells: Sequence[int], n_sample: int,
@@ -48,7 +48,7 @@ def choose_images(images: pd.DataFrame, picked: Sequence[str], cells: Sequence[i
 
 def settings_for(quality: int, scale: float, each_step: bool) -> list[Setting]:
     """The settings to run: ``(quality, scale)`` and, with ``each_step``, JPEG only and resize only."""
-    out = [(int(quality), float(scale))]
+    out: list[Setting] = [(int(quality), float(scale))]
     if each_step:
         out += [(int(quality), 1.0), (None, float(scale))]
     return list(dict.fromkeys(out))

@@ -67,11 +67,11 @@ def far_notice(distance: float, limit: float) -> str | None:
 def neighbour_captions(nb: pd.DataFrame) -> list[str]:
     """One caption per neighbour row: rank, label, p_fake and distance in z."""
     out = []
-    for r in nb.itertuples():
-        label = "unlabelled" if r.label is None or pd.isna(r.label) else str(r.label)
-        gen = getattr(r, "generator", None)
+    for r in nb.to_dict("records"):
+        label = "unlabelled" if r["label"] is None or pd.isna(r["label"]) else str(r["label"])
+        gen = r.get("generator")
         gen_txt = f" ({gen})" if label == "fake" and gen is not None and not pd.isna(gen) and str(gen) else ""
-        out.append(f"#{r.rank} {label}{gen_txt} · p {r.p_fake:.2f} · d {r.distance:.2f}")
+        out.append(f"#{r['rank']} {label}{gen_txt} · p {r['p_fake']:.2f} · d {r['distance']:.2f}")
     return out
 
 

@@ -201,7 +201,7 @@ def reconcile(event: Any, last_signature: str | None, current: list, convert) ->
         return current, sig
     if _non_empty(_selection(event)):
         return convert(event), sig
-    was_non_empty = bool(last_signature) and _non_empty(json.loads(last_signature))
+    was_non_empty = last_signature is not None and bool(last_signature) and _non_empty(json.loads(last_signature))
     return ([] if was_non_empty else current), sig
 
 

@@ -49,6 +49,7 @@ def test_launder_resizes_and_recompresses():
             launder(image, q, s)
 
 
+@pytest.mark.slow
 def test_table_has_one_row_per_image_and_setting(bundle, ids, tiny_encoder, encode_counter):
     table = laundering_table(bundle, ids, QUALITIES, SCALES, encoder=tiny_encoder, with_maps=True)
     n_set = len(QUALITIES) * len(SCALES)

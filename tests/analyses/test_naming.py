@@ -310,6 +310,7 @@ def named_pair(b: Bundle) -> tuple[int, int, int, int]:
     pytest.skip("no quiz image whose reveal holds its cell's driver")
 
 
+@pytest.mark.slow
 def test_names_given_to_two_dimensions_appear_in_overview_attention_quiz_and_export(tiny_bundle, tmp_path,  # noqa: F811
                                                                                      monkeypatch, clip_with_tokenizer):
     from asap_core.analyses.patterns import PatternStore, pattern_from_selection
@@ -366,6 +367,7 @@ def test_names_given_to_two_dimensions_appear_in_overview_attention_quiz_and_exp
     assert {label1, label2} <= {d["label"] for d in json.loads(zf.read("patterns/patterns.json"))["dimensions"]}
 
 
+@pytest.mark.slow
 def test_hosted_visitors_pay_for_ranking_new_words(tiny_bundle, tmp_path, monkeypatch, clip_with_tokenizer):  # noqa: F811
     from asap_core.model.factory import load_text_encoder
     from asap_core.settings import reload_settings

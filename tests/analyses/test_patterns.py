@@ -112,14 +112,14 @@ def test_selection_uses_top_quarter_of_fake_logit_map(bundle, fakes, tiny_encode
 
 def test_impact_is_cached_by_content(bundle, fakes, tiny_encoder, encode_counter):
     p = Pattern("cached", fakes[:6], masks={i: PLANTED for i in fakes[:6]})
-    first = pattern_impact(bundle, p, tiny_encoder, n_random=2, seed=5)
+    first = pattern_impact(bundle, p, tiny_encoder, n_random=2, random_state=5)
     calls = encode_counter
     calls["images"] = 0  # count from here: the calls above computed the table
     renamed = Pattern("renamed", fakes[:6], note="other note", masks={i: PLANTED for i in fakes[:6]})
-    again = pattern_impact(bundle, renamed, tiny_encoder, n_random=2, seed=5)
+    again = pattern_impact(bundle, renamed, tiny_encoder, n_random=2, random_state=5)
     assert calls["images"] == 0 and again["name"] == "renamed"
     assert again["impact"] == pytest.approx(first["impact"], abs=1e-12)
-    pattern_impact(bundle, p, tiny_encoder, n_random=2, seed=6)  # another seed: computed
+    pattern_impact(bundle, p, tiny_encoder, n_random=2, random_state=6)  # another seed: computed
     assert calls["images"] == 6 * (2 + 2)
 
 

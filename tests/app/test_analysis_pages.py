@@ -16,6 +16,7 @@ from tests.conftest_app import chart_data, local_app_env, no_exception, plain, p
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from app_pages.glue import keys as K
 from asap_core.analyses import attribution as attr
 from asap_core.analyses.laundering import laundering_table
 from asap_core.analyses.patterns import Pattern, PatternStore, pattern_from_selection, pattern_impact
@@ -44,7 +45,7 @@ def _isolated_env(monkeypatch, tmp_path):
 
 def app_on(bundle_path, page: str | None = None, **state) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["bundle_path"] = str(bundle_path)
+    at.session_state[K.K_BUNDLE] = str(bundle_path)
     for k, v in state.items():
         at.session_state[k] = v
     at.run()
@@ -80,7 +81,7 @@ def test_patterns_page_lists_ranks_and_exports(bundle):
     no_exception(at)
     assert sorted(frame(at, "name", "regions")["name"]) == ["bright corner", "top relevance"]
     assert frame(at, "rank", vp.RANK_TITLES["excess"]) is None     # no impact before the button
-    at.button(key="pat_impact").click().run()
+    at.button(key=K.PAT_IMPACT).click().run()
     no_exception(at)
     ranked = frame(at, "rank", vp.RANK_TITLES["excess"])
     assert not {"excess_se", "n_flipped_random"} & set(ranked.columns)   # titled in words, not column names
@@ -93,12 +94,12 @@ def test_patterns_page_lists_ranks_and_exports(bundle):
         assert row["excess"] == pytest.approx(res["impact"] - res["random_impact"])
     assert ranked["excess"].is_monotonic_decreasing
     assert any(m.value.startswith("Masking the regions") for m in at.markdown)
-    assert not [b for b in at.button if b.key == "pat_impact"]   # all impacts cached: no button
+    assert not [b for b in at.button if b.key == K.PAT_IMPACT]   # all impacts cached: no button
     assert len(images_shown(at)) == 1                        # the chosen pattern's contact sheet
 
-    at.button(key="pat_export").click().run()
+    at.button(key=K.PAT_EXPORT).click().run()
     no_exception(at)
-    path, data = at.session_state["_pat_zip"]
+    path, data = at.session_state[K.K_PAT_ZIP]
     names = zipfile.ZipFile(io.BytesIO(data)).namelist()
     assert path == str(bundle.path)
     assert {"patterns/patterns.json", "patterns/patterns.csv", "patterns/pattern_images.csv"} <= set(names)
@@ -109,15 +110,15 @@ def test_images_page_saves_the_picked_images_as_a_pattern(bundle):
     cell = int(bundle.cells.sort_values("n", ascending=False)["cell"].iloc[0])
     ids = bundle.images.loc[bundle.images["cell"] == cell, "image_id"].tolist()[:3]
     at = app_on(bundle.path, "images", sel_cells=[cell], sel_images=ids)
-    at.text_input(key="pat_sel_name").set_value("my picks")
-    at.text_input(key="pat_sel_note").set_value("three images")
-    at.button(key="pat_sel_save").click().run()
+    at.text_input(key=K.form_key(K.PAT_SEL, "name")).set_value("my picks")
+    at.text_input(key=K.form_key(K.PAT_SEL, "note")).set_value("three images")
+    at.button(key=K.form_key(K.PAT_SEL, "save")).click().run()
     no_exception(at)
     saved = PatternStore(bundle).get("my picks")
     assert saved.image_ids == ids and saved.note == "three images" and saved.source == "selection"
     assert any("Saved pattern 'my picks'" in s.value for s in at.success)
-    at.text_input(key="pat_sel_name").set_value("my picks")   # the name is taken: message + fix, no traceback
-    at.button(key="pat_sel_save").click().run()
+    at.text_input(key=K.form_key(K.PAT_SEL, "name")).set_value("my picks")  # taken: message + fix, no traceback
+    at.button(key=K.form_key(K.PAT_SEL, "save")).click().run()
     no_exception(at)
     assert any("already exists" in e.value for e in at.error)
     assert any(c.value.startswith("Fix:") for c in at.caption)
@@ -126,11 +127,11 @@ def test_images_page_saves_the_picked_images_as_a_pattern(bundle):
 def test_images_page_saves_a_concept_as_a_pattern(bundle):
     cell = int(bundle.cells.sort_values("n", ascending=False)["cell"].iloc[0])
     at = app_on(bundle.path, "images", sel_cells=[cell])
-    at.toggle(key="w_concepts").set_value(True).run()
+    at.toggle(key=K.W_CONCEPTS).set_value(True).run()
     no_exception(at)
-    at.selectbox(key="pat_con_choice").set_value(1)
-    at.text_input(key="pat_con_name").set_value("second concept")
-    at.button(key="pat_con_save").click().run()
+    at.selectbox(key=K.form_key(K.PAT_CON, "choice")).set_value(1)
+    at.text_input(key=K.form_key(K.PAT_CON, "name")).set_value("second concept")
+    at.button(key=K.form_key(K.PAT_CON, "save")).click().run()
     no_exception(at)
     saved = PatternStore(bundle).get("second concept")
     assert saved.source == "concept" and saved.masks is not None
@@ -176,16 +177,16 @@ def test_generators_page_and_overview_colour(bundle):
     assert list(cm.index) == names and list(cm.columns) == names
     assert cm.to_numpy().sum() == int((bundle.images["label"] == "fake").sum())
     pd.testing.assert_frame_equal(cm, attr.confusion_matrix(bundle), check_names=False, check_dtype=False)
-    at.button_group(key="w_gen_scope").set_value("held out").run()
+    at.button_group(key=K.W_GEN_SCOPE).set_value("held out").run()
     no_exception(at)
     held = frame(at, *names)
     assert 0 < held.to_numpy().sum() < cm.to_numpy().sum()
-    at.toggle(key="w_gen_real").set_value(True).run()
+    at.toggle(key=K.W_GEN_REAL).set_value(True).run()
     assert frame(at, *names).shape == (3, 3)
 
-    at.button(key="gen_to_overview").click().run()           # -> overview coloured by predicted generator
+    at.button(key=K.GEN_TO_OVERVIEW).click().run()           # -> overview coloured by predicted generator
     no_exception(at)
-    assert at.session_state["w_color"] == "predicted generator"
+    assert at.session_state[K.W_COLOR] == "predicted generator"
     (chart,) = at.get("vega_lite_chart")
     data = chart_data(chart)
     pred = attr.generator_predictions(bundle)
@@ -193,7 +194,7 @@ def test_generators_page_and_overview_colour(bundle):
     got = data.groupby("category")["count"].sum().to_dict()
     assert got == pred["attribution"].value_counts().to_dict()
     at.switch_page("app_pages/overview.py")                     # AppTest stays on its own page otherwise
-    at.button_group(key="w_color").set_value("label").run()
+    at.button_group(key=K.W_COLOR).set_value("label").run()
     assert set(chart_data(at.get("vega_lite_chart")[0])["category"]) <= {"real, correct", "real, wrong",
                                                                           "fake, correct", "fake, wrong"}
 
@@ -203,9 +204,9 @@ def test_robustness_page_one_row_per_image_and_setting(bundle):
     ids = bundle.images["image_id"].tolist()[:3]
     at = app_on(bundle.path, "robustness", sel_images=ids)
     assert any("press" in i.value for i in at.info)
-    at.slider(key="w_rob_q").set_value(50)
-    at.slider(key="w_rob_s").set_value(0.5)
-    at.button(key="rob_run").click().run()
+    at.slider(key=K.W_ROB_Q).set_value(50)
+    at.slider(key=K.W_ROB_S).set_value(0.5)
+    at.button(key=K.ROB_RUN).click().run()
     no_exception(at)
     table = frame(at, "image_id", "setting", "delta")
     assert len(table) == 3 * 3 and set(table["setting"]) == {"JPEG q50 · resize 0.50", "JPEG q50 · no resize",
@@ -218,9 +219,9 @@ def test_robustness_page_one_row_per_image_and_setting(bundle):
     caps = [i.caption for i in images_shown(at)]
     assert len(caps) == 4 and plain(caps[1]).startswith("laundered · p_fake")
 
-    at.toggle(key="w_rob_each").set_value(False).run()       # new settings: run again
+    at.toggle(key=K.W_ROB_EACH).set_value(False).run()       # new settings: run again
     assert any("press" in i.value for i in at.info)
-    at.button(key="rob_run").click().run()
+    at.button(key=K.ROB_RUN).click().run()
     assert len(frame(at, "image_id", "setting", "delta")) == 3
 
 
@@ -238,8 +239,8 @@ def test_single_image_upload_gives_p_fake_and_k_neighbours(bundle):
     at = app_on(bundle.path, "single_image")
     assert any("No image uploaded" in i.value for i in at.info)
     row = bundle.images[bundle.images["label"] == "fake"].iloc[0]
-    at.slider(key="w_single_k").set_value(5)
-    at.file_uploader(key="w_upload").set_value(("upload.jpg", read_bytes(row["path"]), "image/jpeg")).run()
+    at.slider(key=K.W_SINGLE_K).set_value(5)
+    at.file_uploader(key=K.W_UPLOAD).set_value(("upload.jpg", read_bytes(row["path"]), "image/jpeg")).run()
     no_exception(at)
     metrics = {m.label: m.value for m in at.metric}
     assert float(metrics["p_fake"]) == pytest.approx(float(row["p_fake"]), abs=2e-3)   # the same file's p_fake
@@ -252,7 +253,7 @@ def test_single_image_upload_gives_p_fake_and_k_neighbours(bundle):
 
     buf = io.BytesIO()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, "PNG")
-    at.file_uploader(key="w_upload").set_value(("broken.png", buf.getvalue()[:20], "image/png")).run()
+    at.file_uploader(key=K.W_UPLOAD).set_value(("broken.png", buf.getvalue()[:20], "image/png")).run()
     no_exception(at)                                          # not an image: message + fix, no traceback
     assert any("broken.png" in plain(e.value) for e in at.error) and not at.metric
 
@@ -269,12 +270,12 @@ def test_hosted_single_image_upload_charges_the_relevance_budget(bundle, tmp_pat
     at.run()
     at.switch_page("app_pages/single_image.py").run()
     paths = bundle.images["path"].tolist()
-    at.file_uploader(key="w_upload").set_value(("a.jpg", read_bytes(paths[0]), "image/jpeg")).run()
+    at.file_uploader(key=K.W_UPLOAD).set_value(("a.jpg", read_bytes(paths[0]), "image/jpeg")).run()
     no_exception(at)
     assert not at.error and at.metric
     at.run()                                                  # the same upload again: no second charge
     assert not at.error and at.metric
-    at.file_uploader(key="w_upload").set_value(("b.jpg", read_bytes(paths[1]), "image/jpeg")).run()
+    at.file_uploader(key=K.W_UPLOAD).set_value(("b.jpg", read_bytes(paths[1]), "image/jpeg")).run()
     no_exception(at)
     assert any("used 1 of the 1" in e.value for e in at.error) and not at.metric
 

@@ -15,6 +15,7 @@ from tests.conftest_app import chart_data, no_exception, tiny_bundle  # noqa: F4
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from app_pages.glue import keys as K
 from asap_core.errors import InputError
 from asap_core.inputs import archive
 from asap_core.inputs.archive import (
@@ -178,62 +179,64 @@ def local_env(monkeypatch, tmp_path, tiny_clip_dir):
 
 
 def upload_and_analyse(at: AppTest, files) -> AppTest:
-    at.sidebar.file_uploader(key="w_byo_files").set_value(files).run()
+    at.sidebar.file_uploader(key=K.W_BYO_FILES).set_value(files).run()
     no_exception(at)
-    at.sidebar.button(key="w_byo_btn").click().run()
+    at.sidebar.button(key=K.W_BYO_BTN).click().run()
     no_exception(at)
     return at
 
 
+@pytest.mark.slow
 def test_zip_of_40_images_is_analysed_and_opens_in_the_explorer(local_env, tiny_bundle):  # noqa: F811
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["bundle_path"] = str(tiny_bundle)
+    at.session_state[K.K_BUNDLE] = str(tiny_bundle)
     at.run()
     no_exception(at)
     upload_and_analyse(at, ("forty.zip", forty_images_zip(), "application/zip"))
-    path = Path(at.session_state["bundle_path"])
+    path = Path(at.session_state[K.K_BUNDLE])
     uploads = local_env.cache_dir / "uploads"
     assert path.is_relative_to(uploads) and path.name == "my-images"
     b = Bundle.open(path)
     assert (b.counts.real, b.counts.fake) == (20, 20)
     assert chart_data(at.get("vega_lite_chart")[0])["cell_id"].nunique() == len(b.cells)
-    assert "Images found: 40" in at.session_state["_last_analysis"]
+    assert "Images found: 40" in at.session_state[K.K_LAST_REPORT]
     assert any(m.value == "**Bundle** `my-images`" for m in at.sidebar.markdown)
 
     at.switch_page("app_pages/overview.py").run()                 # the same upload again: its bundle, no new work
-    at.session_state["bundle_path"] = str(tiny_bundle)
+    at.session_state[K.K_BUNDLE] = str(tiny_bundle)
     at.run()
     mtime = (path / "bundle.json").stat().st_mtime_ns
-    at.sidebar.button(key="w_byo_btn").click().run()
+    at.sidebar.button(key=K.W_BYO_BTN).click().run()
     no_exception(at)
-    assert at.session_state["bundle_path"] == str(path) and (path / "bundle.json").stat().st_mtime_ns == mtime
+    assert at.session_state[K.K_BUNDLE] == str(path) and (path / "bundle.json").stat().st_mtime_ns == mtime
 
 
 def test_loose_unlabelled_images_are_placed_with_the_open_bundles_detector(local_env, tiny_bundle):  # noqa: F811
     rng = np.random.default_rng(3)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["bundle_path"] = str(tiny_bundle)
+    at.session_state[K.K_BUNDLE] = str(tiny_bundle)
     at.run()
     files = [(f"img{i}.jpg", jpeg(rng, i % 2 == 1), "image/jpeg") for i in range(6)]
-    at.sidebar.file_uploader(key="w_byo_files").set_value(files).run()
-    at.sidebar.radio(key="w_byo_label").set_value("unlabelled").run()
-    at.sidebar.button(key="w_byo_btn").click().run()
+    at.sidebar.file_uploader(key=K.W_BYO_FILES).set_value(files).run()
+    at.sidebar.radio(key=K.W_BYO_LABEL).set_value("unlabelled").run()
+    at.sidebar.button(key=K.W_BYO_BTN).click().run()
     no_exception(at)
-    b = Bundle.open(at.session_state["bundle_path"])
+    b = Bundle.open(at.session_state[K.K_BUNDLE])
     assert len(b.images) == 6 and b.images["label"].isna().all()
-    assert "detector of the bundle" in at.session_state["_last_analysis"]
+    assert "detector of the bundle" in at.session_state[K.K_LAST_REPORT]
     assert at.get("vega_lite_chart")
 
 
 def test_a_refused_zip_says_why_and_keeps_the_open_bundle(local_env, tiny_bundle):  # noqa: F811
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["bundle_path"] = str(tiny_bundle)
+    at.session_state[K.K_BUNDLE] = str(tiny_bundle)
     at.run()
     upload_and_analyse(at, ("evil.zip", zip_of({"../../evil.jpg": b"x"}), "application/zip"))
     assert any("climbs out" in e.value for e in at.sidebar.error)
-    assert at.session_state["bundle_path"] == str(tiny_bundle)
+    assert at.session_state[K.K_BUNDLE] == str(tiny_bundle)
 
 
+@pytest.mark.slow
 def test_hosted_upload_opens_by_path_is_capped_and_never_shows_server_paths(tiny_bundle, tiny_clip_dir,  # noqa: F811
                                                                               tmp_path, monkeypatch):
     root = tmp_path / "bundles"
@@ -249,7 +252,7 @@ def test_hosted_upload_opens_by_path_is_capped_and_never_shows_server_paths(tiny
         at.run()
         no_exception(at)
         upload_and_analyse(at, ("forty.zip", forty_images_zip(""), "application/zip"))
-        path = Path(at.session_state["bundle_path"])
+        path = Path(at.session_state[K.K_BUNDLE])
         assert path.is_relative_to(s.cache_dir / "uploads") and Bundle.open(path).counts.fake == 20
         assert at.get("vega_lite_chart") and not at.error
         assert "bundle" not in at.query_params                     # a link cannot name a session's upload
@@ -258,15 +261,15 @@ def test_hosted_upload_opens_by_path_is_capped_and_never_shows_server_paths(tiny
         assert not any(str(tmp_path) in t for t in shown)
         assert any("cannot be shared" in c.value for c in at.sidebar.caption)
         at.run()                                                   # stays open on the next run and page
-        assert at.session_state["bundle_path"] == str(path) and at.get("vega_lite_chart")
+        assert at.session_state[K.K_BUNDLE] == str(path) and at.get("vega_lite_chart")
         at.switch_page("app_pages/dimensions.py").run()
         no_exception(at)
-        assert at.session_state["bundle_path"] == str(path) and not at.error
+        assert at.session_state[K.K_BUNDLE] == str(path) and not at.error
         at.switch_page("app_pages/overview.py").run()
         monkeypatch.setattr(archive, "HOSTED_MAX_IMAGES", 30)      # the public explorer's cap on one upload
         upload_and_analyse(at, ("again.zip", forty_images_zip("again/"), "application/zip"))
         assert any("at most 30" in e.value for e in at.sidebar.error)
-        assert at.session_state["bundle_path"] == str(path)
+        assert at.session_state[K.K_BUNDLE] == str(path)
     finally:
         from streamlit import config
 

@@ -9,6 +9,8 @@ import pytest
 from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
+from app_pages.glue import keys as K
+
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 
 
@@ -25,8 +27,8 @@ def evaluated(check_evaluations):
 
 def app(bundle, **state) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=240)
-    at.session_state["bundle_path"] = str(bundle.path)
-    at.session_state["_guide_seen"] = True
+    at.session_state[K.K_BUNDLE] = str(bundle.path)
+    at.session_state[K.K_GUIDE_SEEN] = True
     for k, v in state.items():
         at.session_state[k] = v
     return at
@@ -42,7 +44,7 @@ def test_attention_checks_its_maps_on_request_and_marks_every_tile(bundle, evalu
     at.switch_page("app_pages/attention.py").run()
     no_exception(at)
     assert not any("x random" in c for c in captions(at)) and evaluated == {"faithfulness": 0, "sanity": 0}
-    at.toggle(key="w_att_checks").set_value(True).run()
+    at.toggle(key=K.W_ATT_CHECKS).set_value(True).run()
     no_exception(at)
     caps = [c for c in captions(at) if c != "image"]
     assert len(caps) == 2 * 17 and not any("fails sanity" in c for c in caps)  # random CLIP: not assessed
@@ -70,7 +72,7 @@ def test_hosted_visitor_pays_for_the_checks_and_is_stopped_at_the_budget(bundle,
     ids = bundle.images["image_id"].tolist()[:2]
     at = app(bundle, sel_images=ids).run()
     at.switch_page("app_pages/attention.py").run()
-    at.toggle(key="w_att_checks").set_value(True).run()
+    at.toggle(key=K.W_ATT_CHECKS).set_value(True).run()
     no_exception(at)
     assert evaluated == {"faithfulness": 0, "sanity": 0}
     assert any("per visitor and day" in e.value for e in at.error)  # the budget message, nothing computed
@@ -80,9 +82,9 @@ def test_dimensions_view_reports_the_dimensions_faithfulness_and_sanity(bundle, 
     at = app(bundle, sel_dim=3).run()
     at.switch_page("app_pages/dimensions.py").run()
     no_exception(at)
-    dim = at.session_state["sel_dim"]
+    dim = at.session_state[K.K_DIM]
     assert not any("faithfulness to this model" in m.value or "Sanity check" in m.value for m in at.markdown)
-    at.toggle(key="w_dim_checks").set_value(True).run()
+    at.toggle(key=K.W_DIM_CHECKS).set_value(True).run()
     no_exception(at)
     lines = [m.value for m in at.markdown if m.value.startswith(f"**dim {dim}")]
     assert lines and "faithfulness to this model" in lines[0] and "95% interval" in lines[0] and "4 images" in lines[0]
@@ -93,6 +95,7 @@ def test_dimensions_view_reports_the_dimensions_faithfulness_and_sanity(bundle, 
     assert "Deletion curve" in specs and "Sanity cascade" in specs
 
 
+@pytest.mark.slow
 def test_dimensions_view_shows_the_checks_analyze_stored(tmp_path, monkeypatch, small_folder, tiny_clip_dir,
                                                           evaluated):
     import contextlib

@@ -8,6 +8,7 @@ import pytest
 from tests.conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
+from app_pages.glue import keys as K
 from app_pages.glue import guide
 from app_pages.glue.byo import STAGE_WORDS, _Stages
 from asap_core.settings import reload_settings
@@ -40,18 +41,18 @@ def test_guide_has_short_plain_points():
 
 def test_guide_opens_on_the_first_run_only_and_reopens_from_the_sidebar(tiny_bundle):  # noqa: F811
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["bundle_path"] = str(tiny_bundle)
+    at.session_state[K.K_BUNDLE] = str(tiny_bundle)
     at.run()
     no_exception(at)
     assert dialogs(at) == ["How to read this"]
     assert any("p_fake is a score" in m.value for m in at.markdown)
     assert at.get("vega_lite_chart")                          # the overview is drawn behind it
-    at.button(key="w_guide_ok").click().run()                  # "Got it" closes it
+    at.button(key=K.W_GUIDE_OK).click().run()                  # "Got it" closes it
     no_exception(at)
     assert dialogs(at) == []
     at.run()
     assert dialogs(at) == []                                   # not again in this session
-    at.sidebar.button(key="w_guide_btn").click().run()
+    at.sidebar.button(key=K.W_GUIDE_BTN).click().run()
     no_exception(at)
     assert dialogs(at) == ["How to read this"]
     at.switch_page("app_pages/dimensions.py").run()
@@ -74,8 +75,8 @@ def test_first_load_names_what_it_prepares_and_shows_each_step(tiny_bundle, monk
     monkeypatch.setattr(demo, "ensure_demo_bundle", fake_demo)
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     no_exception(at)
-    assert seen and at.session_state["bundle_path"] == str(tiny_bundle)
-    assert "_want_demo" not in at.session_state                # built: not again on the next run
+    assert seen and at.session_state[K.K_BUNDLE] == str(tiny_bundle)
+    assert K.K_WANT_DEMO not in at.session_state                # built: not again on the next run
     assert at.get("vega_lite_chart") and dialogs(at) == ["How to read this"]
     assert not at.get("progress")                               # the bar and message are gone once it is open
 

@@ -12,6 +12,7 @@ import streamlit as st
 from tests.conftest_app import no_exception, plain, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
+from app_pages.glue import keys as K
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
 
@@ -65,7 +66,7 @@ def open_link(**params: str) -> AppTest:
 def test_hosted_sidebar_offers_bundle_names_not_paths(root):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     no_exception(at)
-    assert at.session_state["bundle_path"] == str((root / "other").resolve())   # first listed bundle
+    assert at.session_state[K.K_BUNDLE] == str((root / "other").resolve())   # first listed bundle
     assert not at.text_input                                     # no folder / model / analysis boxes
     assert not any("Analyse" in e.label for e in at.sidebar.expander)
     assert not any(str(root) in c.value for c in at.sidebar.caption)             # no server paths shown
@@ -75,12 +76,12 @@ def test_hosted_sidebar_offers_bundle_names_not_paths(root):
 
     picker.set_value("tiny").run()
     no_exception(at)
-    assert at.session_state["bundle_path"] == str((root / "tiny").resolve())
+    assert at.session_state[K.K_BUNDLE] == str((root / "tiny").resolve())
     assert at.get("vega_lite_chart")                             # the overview of the picked bundle
 
     at = open_link(bundle="tiny", page="dimensions")             # a copied link reopens by name
     no_exception(at)
-    assert at.session_state["bundle_path"] == str((root / "tiny").resolve())
+    assert at.session_state[K.K_BUNDLE] == str((root / "tiny").resolve())
 
 
 @pytest.mark.parametrize("name", ["../outside", "tiny/../../outside", "/etc", "ABS", "~root"])
@@ -89,7 +90,7 @@ def test_link_escaping_the_root_is_refused(root, name):
         name = str(root / "tiny")
     at = open_link(bundle=name)
     no_exception(at)
-    assert at.session_state["bundle_path"] is None
+    assert at.session_state[K.K_BUNDLE] is None
     errors = [plain(e.value) for e in at.sidebar.error]              # shown as text
     assert errors and ("bundle folder" in errors[0] or "no bundle" in errors[0])
     assert str(root) not in errors[0] and (name.startswith(("/", "~")) or name in errors[0])  # echoed, no path
@@ -101,15 +102,16 @@ def test_pickle_bearing_bundle_is_refused(root):
     (root / "tiny" / "model" / "extra.pkl").write_bytes(b"\x80\x04K\x01.")
     at = open_link(bundle="tiny")
     no_exception(at)
-    assert at.session_state["bundle_path"] is None
+    assert at.session_state[K.K_BUNDLE] is None
     assert any("extra.pkl" in plain(e.value) and "pickled code" in plain(e.value) for e in at.sidebar.error)
 
     at.sidebar.selectbox[0].set_value("tiny").run()              # picking it from the list: refused too
     no_exception(at)
-    assert at.session_state["bundle_path"] is None
+    assert at.session_state[K.K_BUNDLE] is None
     assert any("extra.pkl" in plain(e.value) for e in at.sidebar.error)
 
 
+@pytest.mark.slow
 def test_model_override_only_from_the_allow_list(root, tiny_clip_dir, tmp_path, monkeypatch):
     meta_path = root / "tiny" / "bundle.json"
     meta = json.loads(meta_path.read_text())
@@ -119,7 +121,7 @@ def test_model_override_only_from_the_allow_list(root, tiny_clip_dir, tmp_path, 
 
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params.update({"bundle": "tiny"})
-    at.session_state["sel_images"] = ids
+    at.session_state[K.K_IMAGES] = ids
     at.run()
     no_exception(at)
     assert any("no such" in c.value.lower() or "No other model" in c.value for c in at.sidebar.caption)
@@ -129,50 +131,52 @@ def test_model_override_only_from_the_allow_list(root, tiny_clip_dir, tmp_path, 
     reload_settings()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params.update({"bundle": "tiny"})
-    at.session_state["sel_images"] = ids
+    at.session_state[K.K_IMAGES] = ids
     at.run()
-    model_box = at.sidebar.selectbox(key="w_model_override")
+    model_box = at.sidebar.selectbox(key=K.W_MODEL_OVERRIDE)
     assert model_box.options == ["openai/clip-vit-base-patch32", str(tiny_clip_dir)]
     model_box.set_value(str(tiny_clip_dir))
-    at.sidebar.button(key="w_model_btn").click().run()
+    at.sidebar.button(key=K.W_MODEL_BTN).click().run()
     no_exception(at)
-    assert at.session_state["model_override"] == {str((root / "tiny").resolve()): str(tiny_clip_dir)}
+    assert at.session_state[K.K_MODEL_OVERRIDE] == {str((root / "tiny").resolve()): str(tiny_clip_dir)}
     at.switch_page("app_pages/attention.py").run()                 # maps now computed with the allowed model
     no_exception(at)
     assert not at.error and n_images_shown(at) == 18
 
 
+@pytest.mark.slow
 def test_relevance_budget_stops_on_demand_maps(root, monkeypatch):
     monkeypatch.setenv("ASAP_RELEVANCE_BUDGET", "1")
     reload_settings()
     ids = Bundle.open(root / "tiny").images["image_id"].tolist()
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.query_params.update({"bundle": "tiny"})
-    at.session_state["sel_images"] = ids[:2]                     # two images without cached maps
+    at.session_state[K.K_IMAGES] = ids[:2]                     # two images without cached maps
     at.run()
     at.switch_page("app_pages/attention.py").run()
     no_exception(at)
     assert any("used 0 of the 1 images" in e.value and "2 more" in e.value for e in at.error)
     assert n_images_shown(at) == 0
 
-    at.session_state["sel_images"] = ids[:1]                     # one fits the budget
+    at.session_state[K.K_IMAGES] = ids[:1]                     # one fits the budget
     at.run()
     no_exception(at)
     assert not at.error and n_images_shown(at) == 18
     at.run()                                                     # cached now: showing it again costs nothing
     assert not at.error and n_images_shown(at) == 18
 
-    at.session_state["sel_images"] = ids[1:2]                    # the budget is spent
+    at.session_state[K.K_IMAGES] = ids[1:2]                    # the budget is spent
     at.run()
     no_exception(at)
     assert any("used 1 of the 1" in e.value for e in at.error) and n_images_shown(at) == 0
 
     at.switch_page("app_pages/dimensions.py").run()                  # the mean map of the top images: refused too
-    at.toggle(key="w_dim_maps").set_value(True).run()
+    at.toggle(key=K.W_DIM_MAPS).set_value(True).run()
     no_exception(at)
     assert any("used 1 of the 1" in e.value for e in at.error)
 
 
+@pytest.mark.slow
 def test_every_tampering_leaves_the_explorer_up(root):
     """Each tampered bundle of ``test_bundle.TAMPERINGS``, sorted first under the root: the landing page opens the
     good one, the picker lists the tampered one as unavailable with its problem in words and without paths."""
@@ -181,12 +185,12 @@ def test_every_tampering_leaves_the_explorer_up(root):
     from tests.storage.test_bundle import TAMPERINGS
 
     shutil.rmtree(root / "other")
-    for i, (kind, (tamper, _)) in enumerate(TAMPERINGS.items()):
+    for i, (tamper, _) in enumerate(TAMPERINGS.values()):
         tamper(_copy_bundle(root / "tiny", root / f"a{i:02d}"))
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.run()
     no_exception(at)
-    assert at.session_state["bundle_path"] == str((root / "tiny").resolve())
+    assert at.session_state[K.K_BUNDLE] == str((root / "tiny").resolve())
     assert at.get("vega_lite_chart")
     (picker,) = at.sidebar.selectbox
     shown = list(picker.options)                                    # as the visitor reads them

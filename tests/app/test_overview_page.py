@@ -12,6 +12,7 @@ import pytest
 from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
+from app_pages.glue import keys as K
 from app_pages.glue.guide import guide_text
 from asap_core.storage.bundle import Bundle
 from asap_core.views import generators as vgen
@@ -64,7 +65,7 @@ def _isolated_env(monkeypatch, tmp_path):
 
 def app_on(bundle: Bundle, page: str, **state) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=60)
-    at.session_state["bundle_path"] = str(bundle.path)
+    at.session_state[K.K_BUNDLE] = str(bundle.path)
     for k, v in state.items():
         at.session_state[k] = v
     at.run()
@@ -84,7 +85,7 @@ def test_the_open_image_grid_button_comes_before_the_cells_metrics(bundle):
     cell = int(bundle.cells.sort_values("n", ascending=False)["cell"].iloc[0])
     at = app_on(bundle, "overview", sel_cells=[cell])
     order = [getattr(e, "key", None) or getattr(e, "label", None) for e in flat(at.main)]
-    assert order.index("ov_open") < order.index("images") < order.index("accuracy")
+    assert order.index(K.OV_OPEN) < order.index("images") < order.index("accuracy")
 
 
 def test_picks_of_another_cell_are_dropped(bundle):
@@ -93,12 +94,12 @@ def test_picks_of_another_cell_are_dropped(bundle):
     ids = bundle.images["image_id"].astype(str)
     picks = ids[bundle.images["cell"] == first].head(2).tolist()
     at = app_on(bundle, "images", sel_cells=[first], sel_images=picks)
-    assert at.session_state["sel_images"] == picks                               # picks in their own cell stay
+    assert at.session_state[K.K_IMAGES] == picks                               # picks in their own cell stay
     assert any(m.value == "**2 images picked**" for m in at.markdown)
-    at.session_state["sel_cells"] = [second]                                      # another cell: no picks
+    at.session_state[K.K_CELLS] = [second]                                      # another cell: no picks
     at.run()
     no_exception(at)
-    assert at.session_state["sel_images"] == [] and any(c.value == "No image picked yet." for c in at.caption)
+    assert at.session_state[K.K_IMAGES] == [] and any(c.value == "No image picked yet." for c in at.caption)
 
 
 def test_a_shift_click_adds_to_the_brush_instead_of_starting_a_new_one():
@@ -120,7 +121,8 @@ def test_patterns_and_generators_name_their_columns_in_words():
     assert set(vp.SIGNED_TITLES) <= set(shown.columns)
     cm = pd.DataFrame([[8, 2], [0, 6]], index=["a", "b"], columns=["a", "b"])
     table = vgen.per_generator_display(vgen.per_generator_table(cm)).set_index("generator")
-    assert table.loc["a", "most often taken for"] == "b" and table.loc["b", "most often taken for"] == vgen.NEVER_CONFUSED
+    assert table.loc["a", "most often taken for"] == "b"
+    assert table.loc["b", "most often taken for"] == vgen.NEVER_CONFUSED
     assert "most_confused_with" not in table.columns and not table.isna().any().any()
     assert np.all(table["images"].to_numpy() == [10, 6])
 
@@ -130,14 +132,14 @@ def test_the_folder_route_uses_the_model_the_zip_route_uses_and_names_it_when_it
     both analyse with the same model; a model that cannot load is said once, with the zip route named, and the
     button waits."""
     at = app_on(bundle, "overview")
-    box = at.sidebar.text_input(key="w_an_model")
+    box = at.sidebar.text_input(key=K.W_AN_MODEL)
     assert box.value == bundle.encoder_info.model_id
     said = [w.value for w in at.sidebar.warning if "Bring your own images" in w.value or "model" in w.value.lower()]
-    assert not said and not at.sidebar.button(key="w_an_btn").disabled
+    assert not said and not at.sidebar.button(key=K.W_AN_BTN).disabled
     box.set_value(str(tmp_path / "no-clip-here")).run()
     no_exception(at)
     fixes = [c.value for c in at.sidebar.caption if "Bring your own images" in c.value]
-    assert len(fixes) == 1 and at.sidebar.button(key="w_an_btn").disabled
+    assert len(fixes) == 1 and at.sidebar.button(key=K.W_AN_BTN).disabled
 
 
 def test_an_upload_far_from_every_bundle_image_is_said_to_be_so():
@@ -159,11 +161,11 @@ def test_the_single_image_page_warns_before_the_verdict(bundle, monkeypatch):
 
     row = bundle.images[bundle.images["label"] == "fake"].iloc[0]
     at = app_on(bundle, "single_image")
-    at.file_uploader(key="w_upload").set_value(("upload.jpg", read_bytes(row["path"]), "image/jpeg")).run()
+    at.file_uploader(key=K.W_UPLOAD).set_value(("upload.jpg", read_bytes(row["path"]), "image/jpeg")).run()
     no_exception(at)
     assert not [w for w in at.warning if w.value.startswith("This image is unlike")]
     monkeypatch.setattr("app_pages.glue.data.nearest_distance_limit", lambda path, stamp: -1.0)
-    at.slider(key="w_single_k").set_value(3).run()
+    at.slider(key=K.W_SINGLE_K).set_value(3).run()
     no_exception(at)
     order = [type(e).__name__ + ":" + str(getattr(e, "value", ""))[:20] for e in flat(at.main)]
     far = next(i for i, o in enumerate(order) if o.startswith("Warning:This image is unlike"))
@@ -171,6 +173,7 @@ def test_the_single_image_page_warns_before_the_verdict(bundle, monkeypatch):
     assert far < verdict
 
 
+@pytest.mark.browser
 def test_at_1280x800_the_cells_way_on_is_in_view_and_nothing_is_cut(bundle, tmp_path):
     """A browser at 1280x800 opens the Overview on a selected cell: "Open image grid" lies inside the window,
     and no button label or metric value is cut ("Open …", "8…")."""
@@ -200,6 +203,7 @@ def test_at_1280x800_the_cells_way_on_is_in_view_and_nothing_is_cut(bundle, tmp_
             browser.close()
 
 
+@pytest.mark.browser
 def test_in_a_browser_a_shift_click_adds_to_the_brushed_images(bundle, tmp_path):
     """Brush some thumbnails, then shift-click another: it is added (the help says so), the brush stays."""
     pytest.importorskip("playwright")

@@ -11,6 +11,7 @@ from tests.conftest import write_tiny_clip
 from tests.conftest_app import chart_data, no_exception, plain, private_copy, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
+from app_pages.glue import keys as K
 from asap_core.pipeline import demo
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
@@ -34,7 +35,7 @@ def _isolated_env(monkeypatch, tmp_path):
 def app(bundle_path, **state) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     if bundle_path is not None:
-        at.session_state["bundle_path"] = str(bundle_path)
+        at.session_state[K.K_BUNDLE] = str(bundle_path)
     for k, v in state.items():
         at.session_state[k] = v
     return at
@@ -69,24 +70,24 @@ def test_overview_shows_every_cell_and_selects_by_click_event(bundle):
     at.session_state[chart_key(ov)] = {"selection": {"cell": [{"cell_id": cell}]}}
     at.run()
     no_exception(at)
-    assert at.session_state["sel_cells"] == [cell]
+    assert at.session_state[K.K_CELLS] == [cell]
     n = int(bundle.cells.set_index("cell").loc[cell, "n"])
     assert at.metric[0].value == str(n)
     assert len(at.get("image")[-1].proto.imgs) == min(n, 12)   # thumbnails of the cell (after the legend)
 
-    at.button(key="ov_open").click().run()          # -> image view of that cell
+    at.button(key=K.OV_OPEN).click().run()          # -> image view of that cell
     no_exception(at)
     assert at.subheader[0].value.startswith(f"Cell {cell} ")
 
 
 def test_overview_grid_and_filters_change_the_cells(bundle):
     at = app(bundle.path).run()
-    at.select_slider(key="w_grid").set_value(8).run()
+    at.select_slider(key=K.W_GRID).set_value(8).run()
     no_exception(at)
     from asap_core.method.layout import regrid
 
     assert chart_data(charts(at)[0])["cell_id"].nunique() == len(regrid(bundle.images, 8)[1])
-    at.button_group(key="w_label").set_value("fake").run()
+    at.button_group(key=K.W_LABEL).set_value("fake").run()
     no_exception(at)
     data = chart_data(charts(at)[0])
     assert set(data["category"]) <= {"fake, correct", "fake, wrong"}
@@ -109,7 +110,7 @@ def test_image_grid_shows_the_cells_images_and_brush_picks(bundle):
         "brush": {"gx": [-0.5, float(rows["gx"].max()) + 0.4], "gy": [-0.4, 0.4]}, "pick": {}}}
     at.run()
     no_exception(at)
-    assert sorted(at.session_state["sel_images"]) == sorted(rows["image_id"])
+    assert sorted(at.session_state[K.K_IMAGES]) == sorted(rows["image_id"])
     assert any(f"{len(rows)} image" in m.value and "picked" in m.value for m in at.markdown)
 
 
@@ -117,11 +118,11 @@ def test_concept_toggle(bundle):
     cells = biggest_cells(bundle, 2)
     at = app(bundle.path, sel_cells=cells).run()
     at.switch_page("app_pages/images.py").run()
-    at.toggle(key="w_concepts").set_value(True).run()
+    at.toggle(key=K.W_CONCEPTS).set_value(True).run()
     no_exception(at)
     titles = [m.value for m in at.markdown if m.value.startswith("**Concept ")]
     assert len(titles) == 3
-    at.slider(key="w_k").set_value(2).run()
+    at.slider(key=K.W_K).set_value(2).run()
     no_exception(at)
     assert len([m for m in at.markdown if m.value.startswith("**Concept ")]) == 2
 
@@ -136,9 +137,9 @@ def test_attention_shows_17_maps_per_picked_image(bundle):
     captions = [i.caption for el in at.get("image") for i in el.proto.imgs]
     assert sum(c.startswith("fake logit") for c in captions) == 3
     assert sum(c.startswith("dim ") for c in captions) == 3 * 16
-    at.button_group(key="w_method").set_value("rollout").run()
+    at.button_group(key=K.W_METHOD).set_value("rollout").run()
     no_exception(at)
-    assert at.session_state["method"] == "rollout" and n_images_shown(at) == 3 * 18
+    assert at.session_state[K.K_METHOD] == "rollout" and n_images_shown(at) == 3 * 18
 
 
 # ------------------------------------------------------------------------------------------ dimensions
@@ -153,7 +154,7 @@ def test_dimensions_page(bundle, tmp_path):
     facet = [el for el in charts(at) if "facet" in json.loads(el.proto.spec)]
     assert facet and chart_data(facet[0])["dim"].nunique() == 16
     assert n_images_shown(at) == 8 + 8                  # the highest and the lowest images
-    at.toggle(key="w_dim_maps").set_value(True).run()   # mean relevance map of the top images, their crops
+    at.toggle(key=K.W_DIM_MAPS).set_value(True).run()   # mean relevance map of the top images, their crops
     no_exception(at)
     assert n_images_shown(at) == 8 + 8 + 2 + 8
 
@@ -167,9 +168,9 @@ def test_link_reopens_bundle_cell_images_and_page(bundle):
                             "images": ",".join(i[:10] for i in ids), "page": "images"})
     at.run()
     no_exception(at)
-    assert at.session_state["bundle_path"] == str(bundle.path)
-    assert at.session_state["sel_cells"] == [cell]
-    assert at.session_state["sel_images"] == ids
+    assert at.session_state[K.K_BUNDLE] == str(bundle.path)
+    assert at.session_state[K.K_CELLS] == [cell]
+    assert at.session_state[K.K_IMAGES] == ids
     assert at.subheader[0].value.startswith(f"Cell {cell} ")
 
 
@@ -198,13 +199,13 @@ def test_missing_bundle_and_missing_model_are_reported_not_raised(bundle, tiny_c
     assert n_images_shown(at) == 0
 
     other = write_tiny_clip(tmp_path / "other-clip", seed=1)   # another checkpoint: refused
-    at.sidebar.text_input(key="w_model_override").set_value(str(other))
-    at.sidebar.button(key="w_model_btn").click().run()
+    at.sidebar.text_input(key=K.W_MODEL_OVERRIDE).set_value(str(other))
+    at.sidebar.button(key=K.W_MODEL_BTN).click().run()
     assert any("not the checkpoint" in w.value for w in at.sidebar.warning)
-    assert "model_override" not in at.session_state
+    assert K.K_MODEL_OVERRIDE not in at.session_state
 
-    at.sidebar.text_input(key="w_model_override").set_value(str(tiny_clip_dir))   # a local copy of the model
-    at.sidebar.button(key="w_model_btn").click().run()
+    at.sidebar.text_input(key=K.W_MODEL_OVERRIDE).set_value(str(tiny_clip_dir))   # a local copy of the model
+    at.sidebar.button(key=K.W_MODEL_BTN).click().run()
     no_exception(at)
     assert not at.error and n_images_shown(at) == 18
 
@@ -222,7 +223,7 @@ def test_demo_opens_when_no_bundle_is_given(bundle, monkeypatch):
     at = app(None).run()
     no_exception(at)
     assert calls == [None]
-    assert at.session_state["bundle_path"] == str(bundle.path)
+    assert at.session_state[K.K_BUNDLE] == str(bundle.path)
     assert any("carry no meaning" in w.value for w in at.main.warning)  # the random model is said on the page
     assert chart_data(charts(at)[0])["cell_id"].nunique() == len(bundle.cells)
 
@@ -231,12 +232,12 @@ def test_sidebar_analyses_a_folder_and_opens_the_result(bundle, small_folder, ti
     at = app(bundle.path).run()
     no_exception(at)
     out = tmp_path / "fresh-bundle"
-    at.sidebar.text_input(key="w_an_dir").set_value(str(small_folder))
-    at.sidebar.text_input(key="w_an_out").set_value(str(out))
-    at.sidebar.text_input(key="w_an_model").set_value(str(tiny_clip_dir))
-    at.sidebar.button(key="w_an_btn").click().run()
+    at.sidebar.text_input(key=K.W_AN_DIR).set_value(str(small_folder))
+    at.sidebar.text_input(key=K.W_AN_OUT).set_value(str(out))
+    at.sidebar.text_input(key=K.W_AN_MODEL).set_value(str(tiny_clip_dir))
+    at.sidebar.button(key=K.W_AN_BTN).click().run()
     no_exception(at)
-    assert at.session_state["bundle_path"] == str(out)
+    assert at.session_state[K.K_BUNDLE] == str(out)
     assert Bundle.open(out).meta["counts"]["used"] == 48
-    assert "Images found: 48" in at.session_state["_last_analysis"]
+    assert "Images found: 48" in at.session_state[K.K_LAST_REPORT]
     assert chart_data(charts(at)[0])["cell_id"].nunique() == len(Bundle.open(out).cells)

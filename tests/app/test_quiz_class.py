@@ -17,6 +17,7 @@ from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
 from tests.storage.test_state_store import postgres_url
 
+from app_pages.glue import keys as K
 from asap_core.storage.class_rounds import (
     CODE_ALPHABET,
     MAX_PLAYERS,
@@ -125,14 +126,14 @@ def store_url(monkeypatch, tmp_path, set_env) -> str:
 
 def teacher_starts_a_round(bundle, spec: vq.QuizSpec) -> tuple[AppTest, str]:
     at = AppTest.from_file(APP, default_timeout=60)
-    at.session_state["bundle_path"] = str(bundle.path)
-    at.session_state["quiz_spec"] = spec.to_param()
+    at.session_state[K.K_BUNDLE] = str(bundle.path)
+    at.session_state[K.K_QUIZ] = spec.to_param()
     at.run()
     at.switch_page("app_pages/quiz.py").run()
     no_exception(at)
-    at.button(key="quiz_round_start").click().run()
+    at.button(key=K.QUIZ_ROUND_START).click().run()
     no_exception(at)
-    code = at.session_state["_quiz_teacher_round"]
+    code = at.session_state[K.K_TEACHER_ROUND]
     link = next(c.value for c in at.code if f"round={code}" in c.value)
     assert f"quiz={spec.to_param()}" in link and "page=quiz" in link
     return at, code
@@ -143,12 +144,13 @@ def student_plays(bundle, spec: vq.QuizSpec, code: str, answers: list[str]) -> N
     at.query_params.update({"bundle": str(bundle.path), "quiz": spec.to_param(), "round": code.lower()})
     at.run()
     for said in answers:
-        at.button(key="quiz_real" if said == "real" else "quiz_ai").click().run()
-        at.button(key="quiz_next").click().run()
+        at.button(key=K.QUIZ_REAL if said == "real" else K.QUIZ_AI).click().run()
+        at.button(key=K.QUIZ_NEXT).click().run()
     no_exception(at)
     assert "class results, without your name" in " ".join(c.value for c in at.caption)
 
 
+@pytest.mark.slow
 def test_twelve_students_in_one_round_and_a_second_server_sees_it(bundle, store_url):
     spec = vq.QuizSpec("all", "", 3, 11)
     teacher, code = teacher_starts_a_round(bundle, spec)

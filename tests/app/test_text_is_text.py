@@ -17,6 +17,7 @@ from tests.conftest_app import no_exception
 from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
+from app_pages.glue import keys as K
 from asap_core.views.text import as_code, as_text
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
@@ -153,7 +154,7 @@ def _start(root: Path, hosted: bool, set_env, tmp_path) -> AppTest:
     if hosted:
         at.query_params.update({"bundle": BUNDLE_NAME})
     else:
-        at.session_state["bundle_path"] = str(root / BUNDLE_NAME)
+        at.session_state[K.K_BUNDLE] = str(root / BUNDLE_NAME)
     return at
 
 
@@ -165,27 +166,28 @@ def _restore_client_options() -> None:
 
 
 @pytest.mark.parametrize("hosted", [False, True], ids=["local", "hosted"])
+@pytest.mark.slow
 def test_every_page_shows_names_as_text(evil_root, hosted, set_env, tmp_path):
     from asap_core.storage.bundle import Bundle
 
     b = Bundle.open(evil_root / BUNDLE_NAME)
     ids = b.images["image_id"].tolist()
     at = _start(evil_root, hosted, set_env, tmp_path)
-    at.session_state["sel_images"] = ids[:2]
-    at.session_state["sel_cells"] = [int(b.images["cell"].iloc[0])]
-    at.session_state["quiz_spec"] = "all:3:1"
+    at.session_state[K.K_IMAGES] = ids[:2]
+    at.session_state[K.K_CELLS] = [int(b.images["cell"].iloc[0])]
+    at.session_state[K.K_QUIZ] = "all:3:1"
     try:
         at.run()
         found, seen = {}, []
         for page in PAGES:
             at.switch_page(f"app_pages/{page}.py").run()
             no_exception(at)
-            if page == "patterns" and any(x.key == "pat_impact" for x in at.button):
-                at.button(key="pat_impact").click().run()
+            if page == "patterns" and any(x.key == K.PAT_IMPACT for x in at.button):
+                at.button(key=K.PAT_IMPACT).click().run()
             if page == "quiz":
-                at.button(key="quiz_real").click().run()
+                at.button(key=K.QUIZ_REAL).click().run()
             if page == "single_image":
-                at.file_uploader(key="w_upload").set_value((f"{FILE_EVIL}.jpg", (Path(b.images["path"].iloc[0])
+                at.file_uploader(key=K.W_UPLOAD).set_value((f"{FILE_EVIL}.jpg", (Path(b.images["path"].iloc[0])
                                                                                  ).read_bytes(), "image/jpeg")).run()
                 no_exception(at)
             texts = page_texts(at)

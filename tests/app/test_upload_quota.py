@@ -18,6 +18,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 from tests.app.test_byo import jpeg, upload_and_analyse, zip_of
 
+from app_pages.glue import keys as K
 from asap_core.errors import InputError
 from asap_core.inputs.archive import MIB, check_space, folder_bytes, plan_uploads, prune_expired, unpack_uploads
 from asap_core.method.training import split_indices
@@ -135,6 +136,7 @@ def test_check_space_refuses_in_words():
 
 
 # ------------------------------------------------------------------------------------------ the minimum
+@pytest.mark.slow
 def test_two_real_and_two_fake_images_analyse(tmp_path, tiny_clip_dir):
     rng = np.random.default_rng(4)
     for label in ("real", "fake"):
@@ -188,19 +190,20 @@ def open_app() -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_an_upload_is_charged_once_and_a_visitor_over_the_budget_is_refused_before_unpacking(hosted):
     s = hosted(ASAP_RELEVANCE_BUDGET="6")
     at = open_app()
     first_zip = ("first.zip", two_and_two_zip(0), "application/zip")  # zips carry a time: made once
     upload_and_analyse(at, first_zip)
-    first = Path(at.session_state["bundle_path"])
+    first = Path(at.session_state[K.K_BUNDLE])
     assert Bundle.open(first).counts.real == 2 and not at.sidebar.error   # 2 + 2 analysed in the app
     upload_and_analyse(at, ("second.zip", two_and_two_zip(1), "application/zip"))   # 4 + 4 images > 6
     assert any("per visitor and day" in t for t in shown(at)), shown(at)
-    assert at.session_state["bundle_path"] == str(first)
+    assert at.session_state[K.K_BUNDLE] == str(first)
     assert [p.parent.name for p in (s.cache_dir / "uploads").rglob("images")] == [first.parent.name]
     upload_and_analyse(at, first_zip)                                       # analysed before: free
-    assert at.session_state["bundle_path"] == str(first) and not at.sidebar.error, shown(at)
+    assert at.session_state[K.K_BUNDLE] == str(first) and not at.sidebar.error, shown(at)
 
 
 def test_a_visitor_over_the_daily_bytes_is_refused_before_unpacking(hosted):
@@ -208,9 +211,10 @@ def test_a_visitor_over_the_daily_bytes_is_refused_before_unpacking(hosted):
     at = open_app()
     upload_and_analyse(at, ("set.zip", two_and_two_zip(0), "application/zip"))
     assert any("MB" in t and "per visitor and day" in t for t in shown(at)), shown(at)
-    assert not list((s.cache_dir / "uploads").rglob("images")) and "tiny" in at.session_state["bundle_path"]
+    assert not list((s.cache_dir / "uploads").rglob("images")) and "tiny" in at.session_state[K.K_BUNDLE]
 
 
+@pytest.mark.slow
 def test_the_storage_cap_refuses_in_words_and_never_evicts_live_uploads(hosted):
     s = hosted(ASAP_UPLOAD_STORAGE_MB="1")
     others = []
@@ -224,16 +228,17 @@ def test_the_storage_cap_refuses_in_words_and_never_evicts_live_uploads(hosted):
     assert any("space for uploads is full right now; try again later" in t for t in shown(at)), shown(at)
     assert not any("ASAP_" in t for t in shown(at))
     assert all((f / "my-images" / "bundle.json").is_file() for f in others)
-    assert "tiny" in at.session_state["bundle_path"]
+    assert "tiny" in at.session_state[K.K_BUNDLE]
     for f in others:  # a day later they have expired: removed (with their caches) to make room
         os.utime(f, (f.stat().st_atime - 90_000, f.stat().st_mtime - 90_000))
-    at.sidebar.button(key="w_byo_btn").click().run()
+    at.sidebar.button(key=K.W_BYO_BTN).click().run()
     no_exception(at)
-    path = Path(at.session_state["bundle_path"])
+    path = Path(at.session_state[K.K_BUNDLE])
     assert path.is_relative_to(s.cache_dir / "uploads") and Bundle.open(path).counts.fake == 2
     assert not any(f.exists() for f in others)
 
 
+@pytest.mark.slow
 def test_an_uploads_caches_live_in_its_folder_and_go_when_it_is_done(hosted, monkeypatch):
     from asap_core.pipeline import analyze as analyze_module
 
@@ -250,7 +255,7 @@ def test_an_uploads_caches_live_in_its_folder_and_go_when_it_is_done(hosted, mon
     monkeypatch.setattr(analyze_module, "analyze", recording)
     at = open_app()
     upload_and_analyse(at, ("set.zip", two_and_two_zip(3), "application/zip"))
-    folder = Path(at.session_state["bundle_path"]).parent
+    folder = Path(at.session_state[K.K_BUNDLE]).parent
     assert Path(seen["where"][0]).parent == folder and seen["where"][1] == "1"   # one decode thread
     assert {c for c in RUN_CACHES if any(n.startswith(c) for n in seen["cache"])} == set(RUN_CACHES)
     assert not run_caches_under(s.cache_dir, skip=s.cache_dir / "uploads")   # nothing in the global cache

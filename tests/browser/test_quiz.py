@@ -5,9 +5,9 @@ A teacher opens the quiz page and copies the link; a student (another session) o
 student's view (no sidebar, no explorer pages or controls, no paths, no toolbar), with the question and both
 answers inside the window without scrolling at 1280x800, 1366x768 and on a phone (390x844); they get the
 images the spec names, answer all ten, and see both scores. Screenshots of the teacher panel, a question, a
-reveal, the end screen (1280x800), the phone view and the teacher's live class results go to ``$ASAP_SCREENSHOTS`` (or the test's tmp
-folder); the ones in ``docs/screenshots/quiz_*.png`` come from here. Skips without /usr/bin/chromium or
-playwright.
+reveal, the end screen (1280x800), the phone view and the teacher's live class results go to
+``$ASAP_SCREENSHOTS`` (or the test's tmp folder); the ones in ``docs/screenshots/quiz_*.png`` come from here.
+Skips without /usr/bin/chromium or playwright.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from urllib.parse import unquote
 import pytest
 from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, IMAGES_DECODED_JS, screenshot_dir, serve_bundle
 
+from app_pages.glue import keys as K
 from asap_core.storage.bundle import Bundle
 from asap_core.views import quiz as vq
 
@@ -31,11 +32,12 @@ pytestmark = pytest.mark.skipif(sync_playwright is None or not Path(CHROMIUM).ex
 SPEC = vq.QuizSpec("all", "", 10, 42)
 ANSWERS = ["fake", "real", "fake", "fake", "real", "real", "fake", "real", "fake", "real"]
 VIEW = {"width": 1280, "height": 800}
+SEED_INPUT = f"{K.css_class(K.QUIZ_WIDGETS['seed'])} input"
 STUDENT_VIEWS = {"1280": VIEW, "1366": {"width": 1366, "height": 768}, "phone": {"width": 390, "height": 844}}
 #: what a student must not see: the explorer's navigation, sidebar, toolbar (Deploy, menu) and widgets
 EXPLORER_SELECTORS = ("[data-testid='stSidebar']", "[data-testid='stSidebarNav']", "[data-testid='stToolbar']",
                       "[data-testid='stAppDeployButton']", "[data-testid='stMainMenu']", "[role='dialog']",
-                      ".st-key-quiz_w_source", ".st-key-w_guide_btn")
+                      K.css_class(K.QUIZ_WIDGETS["source"]), K.css_class(K.W_GUIDE_BTN))
 # the src of the big question image (Streamlit serves media under a content hash: same image, same name)
 PICTURE_SRC_JS = "() => document.querySelector(\"[data-testid='stMain'] img\").getAttribute('src')"
 # true when Streamlit is not running the script (no stale elements left on the page)
@@ -88,8 +90,8 @@ def teacher_link(browser, server: str, shots: Path) -> str:
     page.goto(f"{server}/quiz")
     page.get_by_text("Make a quiz above").wait_for()
     close_dialog(page)
-    page.locator(".st-key-quiz_w_seed input").fill(str(SPEC.seed))
-    page.locator(".st-key-quiz_w_seed input").press("Enter")
+    page.locator(SEED_INPUT).fill(str(SPEC.seed))
+    page.locator(SEED_INPUT).press("Enter")
     code = page.locator("[data-testid='stCode'] code")
     code.filter(has_text=f"quiz={SPEC.to_param()}").wait_for()
     settle(page, 0)
@@ -106,15 +108,15 @@ def teacher_round(browser, server: str):
     page.goto(f"{server}/quiz")
     page.get_by_text("Make a quiz above").wait_for()
     close_dialog(page)
-    page.locator(".st-key-quiz_w_seed input").fill(str(SPEC.seed))
-    page.locator(".st-key-quiz_w_seed input").press("Enter")
+    page.locator(SEED_INPUT).fill(str(SPEC.seed))
+    page.locator(SEED_INPUT).press("Enter")
     page.locator("[data-testid='stCode'] code").filter(has_text=f"quiz={SPEC.to_param()}").wait_for()
     page.wait_for_function(IDLE_JS)                  # no click while a rerun is drawing (its widgets are stale)
-    page.locator(".st-key-quiz_start button").click()
+    page.locator(f"{K.css_class(K.QUIZ_START)} button").click()
     page.get_by_text(f"Quiz: {vq.describe(SPEC)}.").wait_for()
     page.wait_for_function(IDLE_JS)
     page.locator("[data-testid='stExpander'] summary").filter(has_text="Class round").click()   # fold it open
-    page.locator(".st-key-quiz_round_start button").click()
+    page.locator(f"{K.css_class(K.QUIZ_ROUND_START)} button").click()
     code = page.locator("[data-testid='stCode'] code").filter(has_text="round=")
     code.wait_for()
     page.get_by_text("No answers yet").wait_for()
@@ -141,9 +143,10 @@ def student_view(browser, link: str, view: dict, demo_bundle: Bundle, shot: Path
         assert page.locator(sel).filter(visible=True).count() == 0, sel
     body = page.locator("body").inner_text()
     assert str(demo_bundle.path) not in body and "Make a quiz" not in body and vq.STUDENT_LINE in body
-    for sel in ("[data-testid='stMain'] img", ".st-key-quiz_real button", ".st-key-quiz_ai button"):
+    for sel in ("[data-testid='stMain'] img", f"{K.css_class(K.QUIZ_REAL)} button", f"{K.css_class(K.QUIZ_AI)} button"):
         in_window(page, sel)
-    assert min(page.locator(f".st-key-quiz_{k} button").bounding_box()["height"] for k in ("real", "ai")) >= 44
+    heights = [page.locator(f"{K.css_class(k)} button").bounding_box()["height"] for k in (K.QUIZ_REAL, K.QUIZ_AI)]
+    assert min(heights) >= 44
     if shot is not None:
         page.screenshot(path=str(shot))
     return page
@@ -156,17 +159,17 @@ def answer_all(page, ids: list[str], shots: Path) -> None:
         if i == 0:
             settle(page, 1)
             page.screenshot(path=str(shots / "quiz_question.png"))
-            page.locator(".st-key-quiz_sure_0 button", has_text="fairly sure").click()
+            page.locator(f"{K.css_class(K.quiz_sure(0))} button", has_text="fairly sure").click()
             page.wait_for_function(IDLE_JS)
-        page.locator(".st-key-quiz_ai button" if said == "fake" else ".st-key-quiz_real button").click()
+        page.locator(f"{K.css_class(K.QUIZ_AI if said == 'fake' else K.QUIZ_REAL)} button").click()
         page.get_by_text(f"Image {i + 1} of 10: the answer").wait_for()
         if i == 0:
             settle(page, 1)                                    # the picture (a random model: no map, no looks)
-            in_window(page, ".st-key-quiz_next button")
+            in_window(page, f"{K.css_class(K.QUIZ_NEXT)} button")
             body = page.locator("[data-testid='stMain']").inner_text()
             assert vq.UNTRAINED in body and "p_fake" not in body and "logit" not in body
             page.screenshot(path=str(shots / "quiz_reveal.png"))
-        page.locator(".st-key-quiz_next button").click()
+        page.locator(f"{K.css_class(K.QUIZ_NEXT)} button").click()
 
 
 def test_play_a_quiz_from_its_link_to_the_end(server, demo_bundle, tmp_path):

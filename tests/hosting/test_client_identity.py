@@ -150,6 +150,7 @@ def _refused(at: AppTest) -> bool:
     return any("used 1 of the 1" in e.value for e in at.error)
 
 
+@pytest.mark.slow
 def test_sessions_spoofed_prefixes_and_a_restart_give_no_second_budget(served, monkeypatch):
     from app_pages.glue import budget
 

@@ -229,6 +229,7 @@ def hosted_server(tiny_bundle, tmp_path_factory):  # noqa: F811
         yield url, port, work
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(sync_playwright is None or not Path(CHROMIUM).exists(),
                     reason="needs /usr/bin/chromium and playwright (run .ci/browser-setup)")
 def test_recipe_server_serves_the_hosted_explorer_with_both_upload_limits(hosted_server, tmp_path):

@@ -122,6 +122,7 @@ def _smooth(w: int, h: int, rng: np.random.Generator) -> Image.Image:
 
 
 @pytest.mark.parametrize("content", ["smooth", "noise"])
+@pytest.mark.slow
 def test_crop_first_equals_the_full_resize_up_to_one_level(content):
     """Where the full resize is still affordable (3000 x 200 and the like), cropping first gives the same
     uint8 pixels but for the rounding of Pillow's float32 box corners. Measured here (2.8 M values each):

@@ -206,6 +206,7 @@ def _noise_rgba(w: int, h: int, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 4), dtype=np.uint8), "RGBA")
 
 
+@pytest.mark.slow
 def test_bounded_decode_is_the_full_conversion_reduced(set_env, tmp_path):
     im = _noise_rgba(2 * WORKING_SIDE + 50, 2 * WORKING_SIDE + 3)
     buf = io.BytesIO()
@@ -252,6 +253,7 @@ print(json.dumps({"growth_mb": (hwm() - before) / 1024, "size": im.size, "pixel"
 """
 
 
+@pytest.mark.slow
 def test_an_image_just_under_the_budget_decodes_in_bounded_memory(tmp_path):
     w, h = 8000, 7999  # 63.99 Mpx: just under the 64 Mpx default
     _flat_rgba_png(tmp_path / "big.png", w, h, (255, 0, 0, 128))

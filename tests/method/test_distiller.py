@@ -61,6 +61,7 @@ def test_from_pretrained_missing_folder_is_clear(tmp_path):
         Distiller.from_pretrained(tmp_path)
 
 
+@pytest.mark.slow
 def test_learns_separable_data_with_orthonormal_rows():
     x, y = _separable()
     trainer = DistillerTrainer(_projection(48, 64), random_state=0).fit(x, y)
@@ -112,6 +113,7 @@ def test_folder_split_is_respected():
     assert len(va2) == 4 and np.bincount(y[va2]).tolist() == [2, 2]
 
 
+@pytest.mark.slow
 def test_saturated_auc_still_trains_to_confident_predictions():
     """On perfectly separable data the val AUC is 1.0 after a few epochs; training must not stop there."""
     x, y = _separable(300)

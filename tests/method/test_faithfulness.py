@@ -145,6 +145,7 @@ def test_figures_normalise_per_image_and_target():
 # ----------------------------------------------------------------------------- planted artifacts and controls
 
 
+@pytest.mark.slow
 def test_planted_artifact_maps_beat_random_and_a_random_region_control_does_not(tiny_encoder):
     """The fake-probability maps of fakes carrying a planted checkerboard delete the fake probability faster
     than random patch orders by at least ``MARGIN`` (area between the normalised curves), with the ratio's
@@ -190,6 +191,7 @@ def shuffled_control(encoder, n: int = 120):
         encoder.encode_images(images).numpy(), y).model_
 
 
+@pytest.mark.slow
 def test_the_box_is_credited_on_the_probability_and_the_shuffled_control_is_not(tiny_encoder):
     """A map that is exactly the planted box is credited on the detector (ratio well above 1,
     interval excluding 1), not on the shuffled-label control, whose fake probability barely moves."""

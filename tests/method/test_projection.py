@@ -175,6 +175,7 @@ def test_projection_sample_scales_with_the_collection():
     assert projection_sample_size(300, 128) == 128 and projection_sample_size(300, 16) == 16
 
 
+@pytest.mark.slow
 def test_analyze_fits_the_projection_on_the_scaled_sample(tiny_clip_dir, small_folder, tmp_path, encode_counter):
     """By default ``analyze`` puts ``projection_sample_size`` texted copies through the model (all 48 images
     here, fewer than the floor of 64; ``ClipEncoder.encode`` sees only them, the embedding pass runs ``image_forward``), and

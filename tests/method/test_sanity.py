@@ -203,6 +203,7 @@ def _grad_x_input(logit_of, x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(g.abs().sum(1, keepdim=True), 8).detach()
 
 
+@pytest.mark.slow
 def test_quantus_mprt_agrees_with_the_cascade(tiny_encoder):
     """Cross-check with Quantus' ``MPRT`` (cascading top-down, Spearman) on a module computing the fake logit
     (its own copies of the CLIP tower and the distiller): a map that ignores the weights keeps a similarity of 1

@@ -84,6 +84,7 @@ assert failures == [], failures
 """
 
 
+@pytest.mark.slow
 def test_process_decoder_gives_the_same_embeddings(encoder, files, tmp_path, tiny_clip_dir):
     """Decode processes are spawned from a clean interpreter, as the CLI does (inside pytest, other tests'
     Streamlit AppTest runs replace ``__main__``, which spawn would re-import in every worker)."""
@@ -283,6 +284,7 @@ def test_failed_compile_warns_and_runs_eagerly(encoder, monkeypatch):
 
 
 @pytest.mark.skipif(device_mod.cxx_compiler() is None, reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.slow
 def test_compiled_embedding_equals_eager(encoder, files, tmp_path):
     """A real inductor compile through embed_files: same embeddings as the eager run, no fallback warning."""
     import warnings
@@ -444,6 +446,7 @@ print(on, min(faults_of_one_batch() for _ in range(3)))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="glibc malloc tuning is Linux-only")
+@pytest.mark.slow
 def test_keep_freed_memory_stops_page_faults_on_repeated_batches():
     """Batch after batch, glibc hands the large activations back to the kernel and faults them in afresh
     (~12k page faults per batch for one B/32 layer); with ``keep_freed_memory`` the next batch reuses

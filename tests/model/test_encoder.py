@@ -59,6 +59,7 @@ def test_unavailable_weights_give_one_clear_message(model, monkeypatch, tmp_path
     assert "--model" in err.value.hint and model.strip("./") in err.value.message
 
 
+@pytest.mark.slow
 def test_cli_reports_missing_model_without_traceback(tmp_path, small_folder):
     import subprocess
     import sys

@@ -30,7 +30,7 @@ def built(tmp_path_factory, tiny_clip_dir, small_folder):
     return tmp, report
 
 
-def test_bundle_is_complete(built, small_folder):
+def test_bundle_is_complete(built, small_folder, tiny_clip_dir):
     tmp, report = built
     b = Bundle.open(report.bundle)
     n_files = len(list(small_folder.rglob("*.jpg")))
@@ -57,7 +57,11 @@ def test_bundle_is_complete(built, small_folder):
     meta = json.loads((report.bundle / "bundle.json").read_text())
     assert meta["complete"] and meta["counts"]["used"] == n_files
     assert sorted(p.name for p in (report.bundle / "model").iterdir()) == [
-        "config.json", "distiller.safetensors", "projection.safetensors"]
+        "config.json", "distiller.safetensors", "projection.safetensors", "projection_config.json"]
+    # the run's options load back equal, with the grid it chose (none was asked for) recorded
+    from dataclasses import replace
+
+    assert b.options == replace(_opts(tiny_clip_dir, tmp / "cache").stored(), grid=b.grid)
 
 
 def test_second_run_uses_cache_and_never_loads_the_model(built, small_folder, tiny_clip_dir, monkeypatch):
@@ -74,6 +78,7 @@ def test_second_run_uses_cache_and_never_loads_the_model(built, small_folder, ti
     assert "load model" not in report.timings
 
 
+@pytest.mark.slow
 def test_embedding_cache_is_keyed_by_dtype(built, small_folder, tiny_clip_dir, monkeypatch, capsys):
     """A bf16 run (opt-in on CPU) never reuses fp32 rows and keeps its own store; a second bf16 run is cached."""
     import torch
@@ -198,6 +203,7 @@ def test_relevance_precompute_lands_in_the_bundle(built, small_folder, tiny_clip
     assert maps.shape == (5, 17, 4, 4) and np.isfinite(maps).all() and np.abs(maps).sum() > 0
 
 
+@pytest.mark.slow
 def test_relevance_pass_reuses_the_embedding_pass_and_survives_interruption(tmp_path, small_folder, tiny_clip_dir,
                                                                             monkeypatch, encode_counter):
     """--relevance last-block: the maps start from the last-layer inputs the embedding pass kept (no image
@@ -247,6 +253,7 @@ def test_relevance_pass_reuses_the_embedding_pass_and_survives_interruption(tmp_
                                atol=5e-3 * float(np.abs(maps).max()))
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path, small_folder, tiny_clip_dir):
     from asap_core.cli import main
 

@@ -60,6 +60,7 @@ def offline_cache(tmp_path, monkeypatch):
     return tmp_path / "cache", calls
 
 
+@pytest.mark.slow
 def test_offline_fallback_builds_once_and_says_how_to_get_clip(offline_cache):
     cache, calls = offline_cache
     stages = set()

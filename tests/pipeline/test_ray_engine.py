@@ -167,6 +167,7 @@ def test_engine_options_are_checked_before_any_work(monkeypatch):
     assert ".[ray]" in err.value.hint
 
 
+@pytest.mark.slow
 def test_a_local_run_never_imports_ray(folder, tiny_clip_dir, tmp_path):
     code = ("import sys\n"
             "from asap_core.cli import main\n"

@@ -72,6 +72,7 @@ def build_messy_folder(root: Path) -> tuple[set[str], set[str]]:
     return good, bad
 
 
+@pytest.mark.slow
 def test_messy_folder_completes_and_names_every_bad_file(tmp_path, tiny_clip_dir):
     good, bad = build_messy_folder(tmp_path / "data")
     report = analyze(tmp_path / "data", tmp_path / "b", AnalyzeOptions(
@@ -126,6 +127,7 @@ def reference_run(tmp_path_factory, tiny_clip_dir, small_folder):
 
 
 @pytest.mark.parametrize("point", ["first-batch", "after-embedding", "after-layout"])
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted_run(point, tmp_path, tiny_clip_dir, small_folder, reference_run):
     env = KILL_ENV
     workers = "1" if point == "first-batch" else "0"  # one run with a decode process, killed with it

@@ -86,6 +86,7 @@ def _labelled_embeddings(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y, gens
 
 
+@pytest.mark.slow
 def test_streamed_training_matches_the_in_memory_path():
     """The distiller trained on minibatches projected from the embeddings themselves (nothing [N, P] held)
     reaches the validation AUC of the one trained on the precomputed projections, within 0.01, with the
@@ -115,6 +116,7 @@ def _opts(tiny_clip_dir, cache, **kw) -> AnalyzeOptions:
                           projection_samples=16, **kw)
 
 
+@pytest.mark.slow
 def test_analyze_from_cached_embeddings_end_to_end(tmp_path, small_folder, tiny_clip_dir, monkeypatch):
     """A table of ids (image_id, path, label, generator) whose embeddings an earlier run cached gives the same
     bundle as that run, without scanning, hashing or embedding; the CLI runs it with --from-embeddings; ids

@@ -111,6 +111,7 @@ def test_info_exits_2_naming_the_file(kind, tiny_bundle, tmp_path, capsys):  # n
     assert DAMAGES[kind][1] in err and "fix:" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_info_on_nested_json_prints_no_traceback(tiny_bundle, tmp_path):  # noqa: F811
     """The command a shell runs: exit 2, the file named, the fix, no traceback (RecursionError was raised)."""
     bad = damaged_copy(tiny_bundle, tmp_path / "bad", "nested json")

@@ -49,6 +49,9 @@ TAMPERINGS = {
                           S.IMAGES_FILE),
     "missing thumbs": (lambda p: (p / S.THUMBS_FILE).unlink(), S.THUMBS_FILE),
     "missing model": (lambda p: shutil.rmtree(p / S.MODEL_DIR), "model"),
+    "options not an object": (lambda p: _set_meta(p, {**_meta(p), "options": [1]}), "'options'"),
+    "options wrong type": (lambda p: _set_meta(p, {**_meta(p), "options": {"faithfulness": "4"}}),
+                           "options.faithfulness"),
 }
 
 
@@ -81,6 +84,41 @@ def test_typed_accessors_and_image_helpers(tiny_bundle):  # noqa: F811
     assert crop.size == (32, 32) and crop.mode == "RGB"
     key = bundle_model_key(b)
     assert key.startswith(b.encoder_info.cache_key) and bundle_distiller(b).fingerprint in key
+
+
+# every field away from its default, so that a field dropped or renamed on the way fails the round trip
+NON_DEFAULT_OPTIONS = S.AnalysisOptions(
+    model="some/clip", device="cpu", batch_size=8, num_workers=2, decoder="thread", compile=True,
+    relevance_batch_size=4, dtype="bfloat16", relevance="rollout", grid=7, projection_file="p.npy",
+    projection_samples=16, distiller="other-bundle", random_state=11, engine="ray", ray_address="auto", faithfulness=4)
+
+
+def test_analysis_options_round_trip_through_bundle_json(tiny_bundle, tmp_path):  # noqa: F811
+    """``bundle.json["options"]`` is ``AnalysisOptions.to_dict()`` (the run's cache folder left out) and opens as
+    an equal ``AnalysisOptions``; bundles written before it lack keys, name the seed ``seed``, or lack the
+    section: they open with the defaults for what is missing."""
+    from dataclasses import fields, replace
+
+    from asap_core.pipeline.options import AnalyzeOptions
+
+    written = _meta(tiny_bundle)["options"]
+    assert set(written) == {f.name for f in fields(S.AnalysisOptions)}  # no cache_dir
+    b = Bundle.open(tiny_bundle)
+    assert b.options == S.AnalysisOptions(**written) and b.options.grid == b.grid
+
+    assert all(getattr(NON_DEFAULT_OPTIONS, f.name) != f.default for f in fields(S.AnalysisOptions))
+    run = AnalyzeOptions(**NON_DEFAULT_OPTIONS.to_dict(), cache_dir=str(tmp_path / "cache"))
+    assert run.stored() == NON_DEFAULT_OPTIONS and "cache_dir" not in run.to_dict()
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    _set_meta(copy, {**_meta(tiny_bundle), "options": json.loads(json.dumps(run.to_dict()))})
+    assert Bundle.open(copy).options == NON_DEFAULT_OPTIONS
+
+    _set_meta(copy, {**_meta(tiny_bundle), "options": {"seed": 3, "grid": 5, "no_longer_an_option": 1}})
+    assert Bundle.open(copy).options == replace(S.AnalysisOptions(), random_state=3, grid=5)
+    _set_meta(copy, {k: v for k, v in _meta(tiny_bundle).items() if k != "options"})
+    old = Bundle.open(copy)
+    assert old.options == S.AnalysisOptions() and old.grid == b.grid  # the grid read off the cell table
 
 
 def test_a_moved_image_is_named_or_replaced_by_its_thumbnail(tiny_bundle, tmp_path):  # noqa: F811

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from asap_core.storage.cache import RowStore, cached_call, hash_key
 
@@ -31,6 +32,20 @@ def test_rowstore_bytes_and_float16(tmp_path):
     m.put(["a", "b"], v)
     out = m.get(["b", "a"])
     assert out.dtype == np.float16 and np.array_equal(out, v[::-1])
+
+
+def test_typed_getters_return_the_rows_or_refuse_the_other_kind(tmp_path):
+    b = RowStore(tmp_path, "thumbs", None)
+    b.put(["a", "b"], [b"\x00\x01", b"jpeg"])
+    m = RowStore(tmp_path, "maps", (2,))
+    m.put(["a"], np.array([[1.5, -2.0]], np.float32))
+    assert b.get_bytes(["b", "a"]) == [b"jpeg", b"\x00\x01"]
+    np.testing.assert_array_equal(m.get_array(["a"]), [[1.5, -2.0]])
+    assert m.get_array([]).shape == (0, 2)
+    with pytest.raises(TypeError):
+        b.get_array(["a"])
+    with pytest.raises(TypeError):
+        m.get_bytes(["a"])
 
 
 def test_unfinished_shard_is_ignored(tmp_path):

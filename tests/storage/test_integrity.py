@@ -188,6 +188,7 @@ def _row_counts(store: RowStore) -> Counter:
     return Counter(i for s in shards for i in pq.read_table(s, columns=["image_id"]).column(0).to_pylist())
 
 
+@pytest.mark.slow
 def test_concurrent_puts_of_the_same_ids_store_each_row_once(tmp_path):
     ids = [f"id{i}" for i in range(60)]
     ctx = mp.get_context("spawn")

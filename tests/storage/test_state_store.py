@@ -93,6 +93,7 @@ WORKER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_processes_charging_one_client_never_pass_the_limit(url, client):
     import time
 

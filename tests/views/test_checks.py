@@ -1,11 +1,10 @@
-"""The checks in the views' words (views.checks): sentences, tile notes, the per-dimension table and the
-cost charged to a visitor, on reports computed for real on the tiny bundle."""
+"""The checks in the views' words (views.checks): sentences, tile notes and the per-dimension table, on reports
+computed for real on the tiny bundle (what the checks cost a visitor: tests/views/test_cost.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 from asap_core.method.bundle_models import bundle_distiller
@@ -23,28 +22,6 @@ def reports(tiny_bundle, tmp_path_factory):  # noqa: F811
     ids = b.images["image_id"].tolist()[:3]
     faith = faithfulness_report(b, ids, targets=[2, FAKE_LOGIT])
     return b, ids, faith, sanity_report(b, ids)
-
-
-def test_forwards_per_image_bounds_what_the_checks_really_run(tiny_encoder, monkeypatch):
-    from tests.method.test_faithfulness import _random_distiller
-
-    from asap_core.method.faithfulness import DeletionInsertion
-    from asap_core.model.encoder import ClipEncoder
-
-    seen: list[int] = []
-    original = ClipEncoder.embed
-    monkeypatch.setattr(ClipEncoder, "embed", lambda self, px, **kw: (seen.append(len(px)), original(self, px))[1])
-    px = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    maps = np.random.default_rng(0).random((2, 2, 4, 4))  # one map per requested target
-    metric = DeletionInsertion(tiny_encoder, _random_distiller(0))  # the defaults the app runs
-    metric.evaluate(px, maps, target=[3, 16])
-    metric.occlusion(px)
-    bound = 2 * vc.forwards_per_image(2, n_patches=16)
-    assert 0.8 * bound <= sum(seen) <= bound
-    # the charge is the passes in relevance-map images: more targets, more images, more cost
-    assert vc.check_charge(4, 2, 4) > vc.check_charge(2, 2, 4) > vc.check_charge(2, 1, 4) > vc.check_charge(0, 0, 4)
-    assert vc.check_charge(1, 2, 0) == -(-vc.forwards_per_image(2) // vc.MAP_PASSES)
-    assert vc.check_charge(0, 0, 1) == 3 * (1 + vc.ASSUMED_BLOCKS)  # 3 redraws of a cascade, in map images
 
 
 def test_ratio_words():

@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
+from app_pages.glue import keys as K
 from asap_core.analyses.patterns import Pattern, PatternStore, pattern_from_selection
 from asap_core.errors import InputError
 from asap_core.method.layout import default_grid, embed_2d, median_cell_size, regrid
@@ -46,7 +47,7 @@ def embeddings(n: int, kind: str, seed: int = 0, d: int = S.N_DIMS) -> np.ndarra
 
 
 # ------------------------------------------------------------------------------------------ grid rule
-@pytest.mark.parametrize("n", [150, 1600])
+@pytest.mark.parametrize("n", [150, pytest.param(1600, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("kind", ["two", "clusters"])
 def test_default_grid_gives_pies_of_8_or_more_images_on_a_real_layout(n, kind):
     xy = embed_2d(embeddings(n, kind))  # the layout analyze runs: t-SNE of every row
@@ -59,6 +60,7 @@ def test_default_grid_gives_pies_of_8_or_more_images_on_a_real_layout(n, kind):
         assert median_cell_size(xy, S.DEFAULT_GRID) < MIN_MEDIAN
 
 
+@pytest.mark.slow
 def test_default_grid_on_50000_images_uses_the_sampled_layout():
     """50,000 points go through embed_2d's large-N path (t-SNE of a sample, every other point placed at the
     mean of its 10 nearest sample points). The default sample is 20,000 rows (minutes of t-SNE); here
@@ -192,16 +194,16 @@ def test_sidebar_counts_the_cells_of_the_grid_on_screen(tiny_bundle, tmp_path, m
     reload_settings()
     b = Bundle.open(tiny_bundle)
     at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "streamlit_app.py"), default_timeout=60)
-    at.session_state["bundle_path"] = str(tiny_bundle)
+    at.session_state[K.K_BUNDLE] = str(tiny_bundle)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert any(f"{len(b.cells)} cells ({b.grid}×{b.grid} grid)" in c.value for c in at.sidebar.caption)
     other = 6 if b.grid != 6 else 8
-    at.select_slider(key="w_grid").set_value(other).run()
+    at.select_slider(key=K.W_GRID).set_value(other).run()
     assert not at.exception, [e.value for e in at.exception]
     n = len(regrid(b.images, other)[1])
     assert any(f"{n} cells ({other}×{other} grid)" in c.value for c in at.sidebar.caption)
-    assert at.session_state["grid"] == other
+    assert at.session_state[K.K_GRID] == other
 
 
 # ------------------------------------------------------------------------------------------ browser
@@ -226,6 +228,7 @@ PIES_JS = """() => { const by = {};
   return Object.values(by).map(b => Math.max(b[2] - b[0], b[3] - b[1])); }"""
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(sync_playwright is None, reason="needs playwright (run .ci/browser-setup)")
 def test_overview_at_1280_shows_whole_filter_buttons_and_readable_pies(tiny_bundle, tmp_path):  # noqa: F811
     from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, screenshot_dir, serve_bundle

@@ -15,6 +15,7 @@ from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_b
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from app_pages.glue import keys as K
 from asap_core.method.bundle_models import bundle_distiller
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
@@ -262,14 +263,15 @@ def shown_text(at: AppTest) -> str:
     return "\n".join(parts)
 
 
+@pytest.mark.slow
 def test_a_seeded_quiz_of_10_played_to_the_end(bundle):
     """A quiz link opens the student's view (no sidebar, no explorer pages, no teacher panel); each reveal is in
     plain words and free of jargon; the end screen compares the student with the computer."""
     spec = vq.QuizSpec("all", "", 10, 7)
     at = open_link(bundle, spec.to_param())
-    ids = at.session_state["quiz_play"]["ids"]
+    ids = at.session_state[K.K_QUIZ_PLAY]["ids"]
     assert ids == vq.quiz_images(bundle.images, spec) and len(ids) == 10
-    assert open_link(bundle, spec.to_param()).session_state["quiz_play"]["ids"] == ids   # same link, same images
+    assert open_link(bundle, spec.to_param()).session_state[K.K_QUIZ_PLAY]["ids"] == ids   # same link, same images
     assert len(at.sidebar) == 0 and not at.expander and vq.STUDENT_LINE in shown_text(at)   # the student's view
     assert str(bundle.path) not in shown_text(at) and "Make a quiz" not in shown_text(at)
 
@@ -278,13 +280,13 @@ def test_a_seeded_quiz_of_10_played_to_the_end(bundle):
         assert any(f"Image {i + 1} of 10" in p.proto.text for p in at.get("progress"))
         if i == 3:
             at.segmented_control(key=f"quiz_sure_{i}").set_value("very sure")
-        at.button(key="quiz_real" if said == "real" else "quiz_ai").click().run()
+        at.button(key=K.QUIZ_REAL if said == "real" else K.QUIZ_AI).click().run()
         no_exception(at)
         rv = vq.reveal(bundle.images, bundle.z, va.head_weights(bundle_distiller(bundle)), ids[i])
         text = shown_text(at)
         assert vq.the_thing(rv.truth) in at.markdown[0].value or vq.the_thing(rv.truth) in text
         assert not JARGON.search(text), JARGON.search(text)
-        at.button(key="quiz_next").click().run()
+        at.button(key=K.QUIZ_NEXT).click().run()
         no_exception(at)
 
     t = bundle.images.set_index("image_id").loc[ids]
@@ -296,34 +298,35 @@ def test_a_seeded_quiz_of_10_played_to_the_end(bundle):
     assert titles == [f"**Fooled you (the computer got them right)** ({len(s.fooled_student)})",
                       f"**Fooled the computer (you got them right)** ({len(s.fooled_model)})",
                       f"**Fooled both of you** ({len(s.fooled_both)})"]
-    assert at.session_state["quiz_play"]["sure"][3] == vq.SURENESS["very sure"]
+    assert at.session_state[K.K_QUIZ_PLAY]["sure"][3] == vq.SURENESS["very sure"]
     assert not JARGON.search(shown_text(at)) and "mostly “very sure”" in shown_text(at)   # its own words, no %
     explorer = at.get("link_button")[0].proto.url
-    assert "quiz=" not in explorer and explorer.endswith(f"?bundle={vs.to_query(vs.LinkState(bundle=str(bundle.path)))['bundle']}")
+    link_bundle = vs.to_query(vs.LinkState(bundle=str(bundle.path)))["bundle"]
+    assert "quiz=" not in explorer and explorer.endswith(f"?bundle={link_bundle}")
 
-    at.button(key="quiz_again").click().run()                                 # again: the same images
-    assert at.session_state["quiz_play"]["answers"] == [] and at.session_state["quiz_play"]["ids"] == ids
+    at.button(key=K.QUIZ_AGAIN).click().run()                                 # again: the same images
+    assert at.session_state[K.K_QUIZ_PLAY]["answers"] == [] and at.session_state[K.K_QUIZ_PLAY]["ids"] == ids
 
 
 def test_teacher_makes_a_quiz_from_a_cell_and_starts_it(bundle):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.session_state["bundle_path"] = str(bundle.path)
+    at.session_state[K.K_BUNDLE] = str(bundle.path)
     at.run()
     at.switch_page("app_pages/quiz.py").run()
     no_exception(at)
     assert any("Make a quiz above" in i.value for i in at.info)
-    at.segmented_control(key="quiz_w_source").set_value("cell").run()
+    at.segmented_control(key=K.QUIZ_WIDGETS["source"]).set_value("cell").run()
     cell = vq.cell_choices(bundle.images)[0]
-    at.selectbox(key="quiz_w_cell").set_value(cell)
-    at.number_input(key="quiz_w_n").set_value(4)
-    at.number_input(key="quiz_w_seed").set_value(3).run()
+    at.selectbox(key=K.QUIZ_WIDGETS["cell"]).set_value(cell)
+    at.number_input(key=K.QUIZ_WIDGETS["n"]).set_value(4)
+    at.number_input(key=K.QUIZ_WIDGETS["seed"]).set_value(3).run()
     no_exception(at)
     spec = vq.QuizSpec("cell", str(cell), 4, 3)
     assert any(f"quiz={spec.to_param()}" in c.value and "page=quiz" in c.value for c in at.code)
-    at.button(key="quiz_start").click().run()
+    at.button(key=K.QUIZ_START).click().run()
     no_exception(at)
-    assert at.session_state["quiz_spec"] == spec.to_param()
-    assert at.session_state["quiz_play"]["ids"] == vq.quiz_images(bundle.images, spec)
+    assert at.session_state[K.K_QUIZ] == spec.to_param()
+    assert at.session_state[K.K_QUIZ_PLAY]["ids"] == vq.quiz_images(bundle.images, spec)
 
 
 def test_hosted_quiz_link_names_the_bundle_and_plays_past_the_budget(bundle, tmp_path, monkeypatch):
@@ -347,17 +350,17 @@ def test_hosted_quiz_link_names_the_bundle_and_plays_past_the_budget(bundle, tmp
     at.run()
     no_exception(at)
     assert str(root) not in shown_text(at) and len(at.sidebar) == 0
-    assert len(at.session_state["quiz_play"]["ids"]) == 3
+    assert len(at.session_state[K.K_QUIZ_PLAY]["ids"]) == 3
     trusted = not trust_notices(Bundle.open(root / "tiny"))
     for i in range(3):
-        at.button(key="quiz_ai").click().run()
+        at.button(key=K.QUIZ_AI).click().run()
         no_exception(at)
         assert str(root) not in shown_text(at) and not JARGON.search(shown_text(at))
         maps_shown = any(c == vq.MAP_CAPTION for el in at.get("image") for c in
                          [im.caption for im in el.proto.imgs])
         assert maps_shown == (trusted and i < 2)
         assert (trusted and i == 2) == any("used 2 of the 2" in e.value for e in at.error)
-        at.button(key="quiz_next").click().run()
+        at.button(key=K.QUIZ_NEXT).click().run()
     assert metric(at, "The computer").endswith("/ 3")
 
 
@@ -371,7 +374,7 @@ def test_a_trusted_reveal_shows_the_spotlight_and_the_looks_by_name(tiny_bundle,
     rv = vq.reveal(b.images, b.z, va.head_weights(bundle_distiller(b)), first)
     b.set_dimension_name(rv.dims[0], "smooth skin")
     at = open_link(b, spec.to_param())
-    at.button(key="quiz_ai").click().run()
+    at.button(key=K.QUIZ_AI).click().run()
     no_exception(at)
     text = shown_text(at)
     assert vq.MAP_CAPTION in text and "“smooth skin”" in text and not JARGON.search(text)
@@ -388,7 +391,7 @@ def test_the_quiz_link_names_the_bundle_open_now(bundle, tiny_bundle, tmp_path):
     at.query_params.update({"bundle": str(bundle.path), "page": "quiz"})
     at.run()
     no_exception(at)
-    at.session_state["bundle_path"] = str(other.path)                   # what glue.state.open_bundle does
+    at.session_state[K.K_BUNDLE] = str(other.path)                   # what glue.state.open_bundle does
     at.run()
     no_exception(at)
     link = next(c.value for c in at.code if "quiz=" in c.value)
@@ -407,7 +410,7 @@ def test_a_class_opening_one_quiz_computes_each_map_once(monkeypatch):
 
     stored, computed, inside, peak = set(), [], [0], [0]
 
-    def maps_for(b, ids, method):                       # data.maps_for: computes (and charges) what is missing
+    def maps_for(b, ids, method):                       # work.maps_for: computes (and charges) what is missing
         inside[0] += 1
         peak[0] = max(peak[0], inside[0])
         missing = [i for i in ids if i not in stored]
@@ -417,7 +420,7 @@ def test_a_class_opening_one_quiz_computes_each_map_once(monkeypatch):
         inside[0] -= 1
         return np.zeros((len(ids), N_DIMS + 1, 2, 2))
 
-    monkeypatch.setattr(QG.data, "maps_for", maps_for)
+    monkeypatch.setattr(QG.work, "maps_for", maps_for)
     b = SimpleNamespace(path=Path("/bundles/demo"))
     threads = [threading.Thread(target=QG.quiz_maps, args=(b, ["img-1"], "last-block")) for _ in range(30)]
     for t in threads:

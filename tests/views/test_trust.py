@@ -73,6 +73,7 @@ def test_the_demos_random_clip_is_marked(tmp_path):
     assert inspect_checkpoint(str(folder)).source == "random"
 
 
+@pytest.mark.slow
 def test_a_local_clip_without_the_marker_records_local(tiny_clip_dir, small_folder, tmp_path):
     clip = shutil.copytree(tiny_clip_dir, tmp_path / "my-clip")
     (clip / S.RANDOM_CLIP_MARKER).unlink()
@@ -145,6 +146,7 @@ def open_from_link(bundle: Path, slug: str) -> AppTest:
     return at
 
 
+@pytest.mark.slow
 def test_every_page_opened_from_a_link_warns_about_a_random_model(tiny_bundle):  # noqa: F811
     for slug in PAGE_FILES:
         at = open_from_link(tiny_bundle, slug)
@@ -155,6 +157,7 @@ def test_every_page_opened_from_a_link_warns_about_a_random_model(tiny_bundle): 
         assert any("(random model: meaningless)" in c.value for c in at.sidebar.caption), slug
 
 
+@pytest.mark.slow
 def test_pages_of_a_bundle_made_with_a_real_clip_show_no_notice(local_copy):
     for slug in PAGE_FILES:
         at = open_from_link(local_copy, slug)

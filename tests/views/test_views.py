@@ -58,7 +58,8 @@ def test_resolve_ids_skips_unknown_and_ambiguous_prefixes():
 def test_cells_from_event_shapes():
     assert vs.cells_from_event({"selection": {"cell": {}}}) == []
     assert vs.cells_from_event(None) == []
-    assert vs.cells_from_event({"selection": {"cell": [{"cell_id": 341}, {"cell_id": 7}, {"cell_id": 341}]}}) == [341, 7]
+    event = {"selection": {"cell": [{"cell_id": 341}, {"cell_id": 7}, {"cell_id": 341}]}}
+    assert vs.cells_from_event(event) == [341, 7]
 
 
 def test_brush_and_click_pick_images_in_layout_order():
