@@ -14,7 +14,7 @@ _EXPORTS = {
     "Distiller": "method.distiller", "DistillerTrainer": "method.training",
     "VisionOnlyProjection": "method.projection", "relevance_maps": "method.relevance",
     "AttentionRelevance": "method.relevance", "scan_folder": "inputs.scan", "analyze": "pipeline.analyze",
-    "AnalyzeOptions": "pipeline.analyze", "AsapError": "errors",
+    "AnalyzeOptions": "pipeline.analyze", "AsapError": "errors", "bundle_models": "method.bundle_models",
 }
 __all__ = sorted(_EXPORTS)
 

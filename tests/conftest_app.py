@@ -61,12 +61,16 @@ def chart_data(el) -> pd.DataFrame:
 
 
 def private_copy(src: Path, dest: Path):
-    """An open copy of the bundle ``src`` at ``dest`` (what a test writes into it stays out of the shared one)."""
+    """An open copy of the bundle ``src`` at ``dest``, without its on-demand cache: what a test writes into
+    it stays out of the shared one, and what other tests cached there stays out of the copy. A copy of
+    ``tiny_bundle`` is the bundle a fresh analysis of ``small_folder`` gives, at the cost of a file copy."""
     import shutil
 
     from asap_core.storage.bundle import Bundle
+    from asap_core.storage.schema import CACHE_DIR
 
-    shutil.copytree(src, dest)
+    src = Path(src)
+    shutil.copytree(src, dest, ignore=lambda folder, names: [CACHE_DIR] if Path(folder) == src else [])
     return Bundle.open(dest)
 
 

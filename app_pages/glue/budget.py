@@ -1,7 +1,8 @@
 """Hosted mode (``ASAP_HOSTED=1``, ``asap_core.hosting``): the server's policy, the one place where on-demand
 work (``charge``) and uploads (``charge_upload``) are charged to a visitor's budgets (kept in the durable
 state store, per ``client_id``, not per session) and the one gate that lets at most ``ASAP_HEAVY_SLOTS``
-computations run at once (``heavy_work``); ``data`` and ``byo`` call them around heavy work."""
+computations run at once (``heavy_work``). ``charge`` has one caller, ``work.charged_work`` (priced by
+``views.cost``); ``charge_upload`` one, ``byo.prepare_job`` (an upload is charged in images and bytes)."""
 from __future__ import annotations
 
 import uuid

@@ -42,6 +42,7 @@ from asap_core.inputs.archive import (
     upload_limits,
     write_plan,
 )
+from asap_core.inputs.scan import parse_parts
 from asap_core.settings import settings
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import MODEL_DIR, N_DIMS
@@ -168,8 +169,6 @@ def _make_room(folder: Path, need: int) -> None:
 
 def _plan_labels(plan: UploadPlan) -> tuple[int, int]:
     """(real, fake) images of a planned upload, by the folder words ``scan`` reads once it is written."""
-    from asap_core.inputs.scan import parse_parts
-
     labels = [parse_parts(path.split("/")[:-1])["label"] for path in plan.relpaths]
     return labels.count("real"), labels.count("fake")
 
@@ -178,6 +177,7 @@ def _plan_labels(plan: UploadPlan) -> tuple[int, int]:
 def _placement(b: Bundle | None, n_real: int, n_fake: int) -> tuple[str, str | None, str]:
     """(model, distiller bundle or None, note): a new detector when the upload has 2 real and 2 fake
     images, else the open bundle's model and detector."""
+    # torch only when a model is needed: the app opens bundles view-only without it
     from asap_core.model.encoder import resolve_model_id
 
     if n_real >= 2 and n_fake >= 2:
@@ -228,6 +228,7 @@ def prepare_job(b: Bundle | None, uploads: list[tuple[str, bytes]], label: str |
 
 def run_job(job: Job) -> None:
     """Analyse a queued upload in the main area (progress per step), then open its bundle; errors shown."""
+    # torch only when a model is needed: the app opens bundles view-only without it
     from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
     t0 = time.perf_counter()

@@ -220,7 +220,7 @@ def get_text_encoder(model_id: str) -> Any:
 @st.cache_data(max_entries=8, ttl=600, show_spinner=False)
 def model_status(model_id: str) -> tuple[bool, str, str, str | None]:
     """(ok, message, hint, cache key) for a model id: can its weights be had here?"""
-    try:
+    try:  # imported here: without torch the import fails, and that is the answer
         from asap_core.model.encoder import inspect_checkpoint
 
         info = inspect_checkpoint(model_id)
@@ -314,7 +314,7 @@ def laundered(path: str, stamp: int, image_id: str, q: int, s: float, method: st
 @st.cache_data(max_entries=8, ttl=600, show_spinner=False)
 def text_tower_problem(model_id: str) -> str | None:
     """Why the CLIP ``model_id`` cannot rank words (no text tower or tokenizer, not loadable here), or None."""
-    try:
+    try:  # imported here: without torch the import fails, and that is the answer
         from asap_core.model.encoder import inspect_checkpoint
         from asap_core.model.text import text_tower_problem as problem
 

@@ -29,6 +29,7 @@ from asap_core.views.trust import trust_notices
 from . import budget, state, work
 from .errors import show_error
 from .keys import K_BUNDLE, K_PLAYER, K_ROUND, K_STUDENT, QUIZ_AI, QUIZ_NEXT, QUIZ_REAL, css_class
+from .sidebar import page_start
 
 _LOCKS: dict[tuple[str, str], threading.Lock] = {}
 _LOCKS_GUARD = threading.Lock()
@@ -60,8 +61,6 @@ def quiz_start() -> Bundle:
     """First call of the quiz page: ``sidebar.page_start`` for a teacher; for a student the bundle only (no
     sidebar, guide or notices: the reveal says when the model is untrained), ``st.stop()`` without one."""
     if not student_mode():
-        from .sidebar import page_start
-
         return page_start()
     st.html(STUDENT_CSS)
     state.init_from_link()

@@ -228,6 +228,7 @@ ZIP_ROUTE = ("or put the images in a zip and use \"Bring your own images\" above
 def _analyse_form(b: Bundle | None = None) -> None:
     """Folder, output, model and relevance method of a new analysis; runs it on "Analyse". The model starts
     at the open bundle's, as "Bring your own images" uses it: offline both routes analyse with the same model."""
+    # torch only when a model is needed: the app opens bundles view-only without it
     from asap_core.model.encoder import resolve_model_id
 
     data_dir = st.text_input("Image folder", key=W_AN_DIR, placeholder="/path/to/images (real/, fake/ ...)")
@@ -248,6 +249,7 @@ def _analyse_form(b: Bundle | None = None) -> None:
 
 def run_analysis(data_dir: str, out: str, model: str, relevance: str) -> None:
     """Run ``analyze`` with a live progress bar per stage, then open the new bundle."""
+    # torch only when a model is needed: the app opens bundles view-only without it
     from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 
     t0 = time.perf_counter()

@@ -40,7 +40,8 @@ CACHE_VERSION = "concepts-2"
 
 def mean_fill(mean: Sequence[float] = CLIP_MEAN) -> tuple[int, int, int]:
     """The RGB colour (0..255) of a normalisation mean given in [0, 1]: ``round(mean * 255)``."""
-    return tuple(int(round(float(m) * 255.0)) for m in mean)  # type: ignore[return-value]
+    r, g, b = (int(round(float(m) * 255.0)) for m in mean)
+    return r, g, b
 
 
 def keep_mask(relevance: np.ndarray, fraction: float) -> np.ndarray:
@@ -124,7 +125,7 @@ class ConceptResult:
     k: int
     method: str
     fractions: tuple[float, ...]
-    _load_image: Callable[[str], Image.Image] = field(repr=False, compare=False, default=None)  # type: ignore[assignment]
+    _load_image: Callable[[str], Image.Image] | None = field(repr=False, compare=False, default=None)
     _fill: Callable[[], tuple[int, int, int]] = field(repr=False, compare=False, default=mean_fill)
 
     def segment_image(self, segment: int, crop: bool = True) -> Image.Image:

@@ -185,7 +185,8 @@ def _probe_size(data: bytes) -> tuple[int, int] | None:
             try:
                 ok = not accept or accept(prefix)
                 if ok and not isinstance(ok, str):
-                    return tuple(factory(io.BytesIO(data), "").size)  # type: ignore[return-value]
+                    width, height = factory(io.BytesIO(data), "").size
+                    return int(width), int(height)
             except Exception:
                 continue
     except Exception:

@@ -47,7 +47,8 @@ class Distiller(nn.Module):
         self.config = config
         proj = torch.eye(config.proj_dim, config.embed_dim) if projection is None else projection.float()
         if tuple(proj.shape) != (config.proj_dim, config.embed_dim):
-            raise ValueError(f"projection has shape {tuple(proj.shape)}, expected {(config.proj_dim, config.embed_dim)}")
+            raise ValueError(f"projection has shape {tuple(proj.shape)}, "
+                             f"expected {(config.proj_dim, config.embed_dim)}")
         self.register_buffer("projection", proj.contiguous())
         # standardisation of the projected embedding (set by the trainer): CLIP embeddings are unit-norm, so
         # each of P coordinates is ~1/sqrt(P) small; centring and one isotropic scale keep W1's geometry

@@ -1,6 +1,9 @@
 """Plain (Streamlit-free) building blocks of the explorer app: one module per view.
 
-- ``state``: what a link carries (query params <-> selection), chart events -> ids, recent results.
+- ``pages``: the explorer's pages, listed once (slug, title, icon, file, URL path).
+- ``state``: what a link carries (query params <-> selection), chart events -> ids, recent results;
+  ``params`` (how a link's values become numbers) and ``quiz_spec`` (a quiz in a link) below it.
+- ``cost``: what a visitor's on-demand work costs, in the hosted budget's unit (the one pricing).
 - ``overview``: filters, pie-glyph slices, the representation chart, the selected cells' images.
 - ``grid``: a cell's images on an IsoMatch grid, thumbnails as data URIs, the grid chart.
 - ``attention``: per-image contributions, dimension order, relevance overlays.

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from PIL import Image
+
 from ..storage.labels import dimension_label
 
 
@@ -19,8 +21,6 @@ def _num(v: Any) -> float:
 
 def square(image, size: int = 96):
     """``image`` letter-boxed onto a white ``size`` x ``size`` square (crops come in many shapes)."""
-    from PIL import Image
-
     im = image.convert("RGB")
     scale = size / max(im.size)
     im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BILINEAR)

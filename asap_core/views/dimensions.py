@@ -8,10 +8,14 @@ from collections.abc import Sequence
 import altair as alt
 import numpy as np
 import pandas as pd
+from PIL import Image
+from scipy.stats import rankdata
 
+from ..method.relevance import colormap, overlay, upsample_map
 from ..storage.labels import dimension_label
 from ..storage.schema import MAX_DIMENSION_NAME as MAX_DIMENSION_NAME  # the name box's limit, for the page
 from ..storage.schema import N_DIMS, Z_COLUMNS
+from .attention import decode_thumb
 
 LABEL_COLORS = {"real": "#1f77b4", "fake": "#ff7f0e"}
 
@@ -23,8 +27,6 @@ def single_auc(values: np.ndarray, is_fake: np.ndarray) -> float:
     n1, n0 = int(y.sum()), int((~y).sum())
     if n1 == 0 or n0 == 0:
         return float("nan")
-    from scipy.stats import rankdata
-
     ranks = rankdata(v)
     return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
@@ -150,11 +152,6 @@ def mean_map_tiles(maps: np.ndarray, dim: int, first_thumb: bytes | None, size: 
                    names: Sequence[str] = ()) -> tuple[list, list[str], str]:
     """(two PIL tiles: the mean map of ``dim`` as a heat map and over the first image's thumbnail; their
     captions; a note on the value range) for ``maps [n, 17, side, side]`` of the top images."""
-    from PIL import Image
-
-    from ..method.relevance import colormap, overlay, upsample_map
-    from .attention import decode_thumb
-
     mean = mean_map(maps, dim)
     heat = Image.fromarray(colormap(upsample_map(mean, size))).convert("RGB")
     tiles = [heat, overlay(decode_thumb(first_thumb, size), mean, alpha=0.5)]

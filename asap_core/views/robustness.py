@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from ..analyses.laundering import laundering_summary, laundering_table
-from ..storage.schema import DECISION_THRESHOLD
+from ..method.relevance import overlay
+from ..storage.schema import DECISION_THRESHOLD, FAKE_LOGIT
 from .grid import image_names
 
 MAX_IMAGES = 64
@@ -141,9 +142,6 @@ def _names(ids: pd.Series, images: pd.DataFrame | None) -> list[str]:
 def view_tiles(view: dict, size: int = 160, alpha: float = 0.5) -> tuple[list, list[str]]:
     """``(images, captions)`` of one ``laundering.laundered_view``: the original and the laundered image
     (centre squares, ``size`` px, as CLIP sees them) and their fake-logit relevance overlays."""
-    from ..method.relevance import overlay
-    from ..storage.schema import FAKE_LOGIT
-
     def sq(im):
         w, h = im.size
         s = min(w, h)

@@ -12,6 +12,8 @@ a point selection reads ``{"selection": {"cell": [{"cell_id": 17}, ...]}}``, an 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,8 +182,6 @@ def _non_empty(sel: Mapping[str, Any]) -> bool:
 
 def event_signature(event: Any) -> str:
     """A stable string of an event's selection, to tell a new event from one already handled."""
-    import json
-
     return json.dumps(_selection(event), sort_keys=True, default=str)
 
 
@@ -194,8 +194,6 @@ def reconcile(event: Any, last_signature: str | None, current: list, convert) ->
     - an empty selection otherwise (a chart drawn afresh): ``current`` is kept, so a selection that came
       from a link or another page survives.
     """
-    import json
-
     sig = event_signature(event)
     if sig == last_signature:
         return current, sig
@@ -207,8 +205,6 @@ def reconcile(event: Any, last_signature: str | None, current: list, convert) ->
 
 def short_hash(text: str, n: int = 8) -> str:
     """First ``n`` hex characters of the SHA-1 of ``text`` (stable widget keys across processes)."""
-    import hashlib
-
     return hashlib.sha1(text.encode()).hexdigest()[:n]
 
 

@@ -49,6 +49,7 @@ def gen_bundle(tiny_clip_dir, tmp_path_factory) -> Bundle:
     return Bundle.open(tmp / "bundle")
 
 
+@pytest.mark.slow
 def test_distiller_head_attributes_known_generators(gen_bundle):
     assert has_generator_head(gen_bundle) and generator_names(gen_bundle) == sorted(COLOURS)
     cm = confusion_matrix(gen_bundle)
@@ -87,6 +88,7 @@ def test_distiller_head_attributes_known_generators(gen_bundle):
     assert sub.to_numpy().sum() == len(set(five) & set(pred.loc[pred["label"] == "fake", "image_id"]))
 
 
+@pytest.mark.slow
 def test_predictions_are_the_distiller_head_on_z(gen_bundle):
     d = bundle_distiller(gen_bundle)
     pred = generator_predictions(gen_bundle, with_probabilities=True)
@@ -96,6 +98,7 @@ def test_predictions_are_the_distiller_head_on_z(gen_bundle):
     assert list(pred["predicted_generator"]) == [d.config.generator_names[k] for k in expect.argmax(1)]
 
 
+@pytest.mark.slow
 def test_split_that_does_not_match_the_stored_metric_is_not_claimed(gen_bundle, monkeypatch):
     """A bundle whose stored generator accuracy disagrees with the recomputed split: no held-out claim."""
     metrics = dict(gen_bundle.metrics)
@@ -127,6 +130,7 @@ def test_bundle_without_generators_has_no_head(tiny_clip_dir, tmp_path):
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "forensynths_ranking").is_dir(), reason="shared data absent")
+@pytest.mark.slow
 def test_forensynths_confusion_matrix(tiny_clip_dir, tmp_path):
     """Tiny random CLIP: mechanics, not meaning (the 10 x 10 matrix of the distiller's head is produced)."""
     analyze(SHARED_DATA / "forensynths_ranking", tmp_path / "b", _opts(tiny_clip_dir, tmp_path / "cache"))

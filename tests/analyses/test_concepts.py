@@ -4,12 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from tests.conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 from asap_core.analyses.concepts import ConceptResult, compute_concepts, crop_to_mask, keep_mask, mask_image, mean_fill
 from asap_core.errors import InputError
 from asap_core.inputs.imageio import decode_image, read_bytes
 from asap_core.method.bundle_models import bundle_distiller
 from asap_core.method.relevance_store import bundle_maps
+from asap_core.model import factory
 from asap_core.model.preprocess import CLIP_MEAN
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import Z_COLUMNS
@@ -18,13 +20,8 @@ N_SUBSET = 8
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_clip_dir, small_folder, tmp_path_factory) -> Bundle:
-    from asap_core.pipeline.analyze import AnalyzeOptions, analyze
-
-    tmp = tmp_path_factory.mktemp("concepts")
-    analyze(small_folder, tmp / "bundle", AnalyzeOptions(model=str(tiny_clip_dir), cache_dir=str(tmp / "cache"),
-                                                          num_workers=0))
-    return Bundle.open(tmp / "bundle")
+def bundle(tiny_bundle, tmp_path_factory) -> Bundle:  # noqa: F811
+    return private_copy(tiny_bundle, tmp_path_factory.mktemp("concepts") / "bundle")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +137,7 @@ def test_second_call_and_other_k_reuse_the_cached_embeddings(bundle, subset, tin
     def no_encoder(*args, **kwargs):
         raise AssertionError("the encoder must not be loaded on a cache hit")
 
-    monkeypatch.setattr(Bundle, "encoder", no_encoder)
+    monkeypatch.setattr(factory, "load_encoder", no_encoder)  # the one way a bundle's CLIP is loaded
     again = compute_concepts(bundle, ids, k=3)  # no encoder given: the cache answers
     assert encode_counter["images"] == encoded
     np.testing.assert_array_equal(again.segments[Z_COLUMNS].to_numpy(), first.segments[Z_COLUMNS].to_numpy())

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.conftest_app import analysed_bundle
+from tests.conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -17,8 +17,8 @@ SCALES = (1.0, 0.5)
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_clip_dir, small_folder, tmp_path_factory) -> Bundle:
-    return analysed_bundle(tmp_path_factory.mktemp("laundering"), small_folder, tiny_clip_dir)
+def bundle(tiny_bundle, tmp_path_factory) -> Bundle:  # noqa: F811
+    return private_copy(tiny_bundle, tmp_path_factory.mktemp("laundering") / "bundle")
 
 
 @pytest.fixture(scope="module")

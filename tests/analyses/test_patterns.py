@@ -26,6 +26,9 @@ from asap_core.method.distiller import Distiller, DistillerConfig
 from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 from asap_core.storage.bundle import Bundle
 
+# every test here needs the module's own analysis (a distiller fitted to confidence, then analyze)
+pytestmark = pytest.mark.slow
+
 SIDE = 4  # the tiny CLIP: 32 px input, 8 px patches
 PLANTED = np.zeros((SIDE, SIDE), bool)
 PLANTED[:2, :2] = True  # make_image paints the top-left third of every fake: patches (0..1, 0..1)

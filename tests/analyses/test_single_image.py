@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 from tests.conftest import make_image
-from tests.conftest_app import analysed_bundle
+from tests.conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 
 from asap_core.analyses.single_image import analyse_upload, clear_memo, nearest_images
@@ -20,8 +20,8 @@ from asap_core.storage.state_store import BUDGETS
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_clip_dir, small_folder, tmp_path_factory) -> Bundle:
-    return analysed_bundle(tmp_path_factory.mktemp("single"), small_folder, tiny_clip_dir)
+def bundle(tiny_bundle, tmp_path_factory) -> Bundle:  # noqa: F811
+    return private_copy(tiny_bundle, tmp_path_factory.mktemp("single") / "bundle")
 
 
 def _png(image: Image.Image) -> bytes:

@@ -67,6 +67,7 @@ def images_shown(at: AppTest) -> list:
 
 
 # ------------------------------------------------------------------------------------------ patterns
+@pytest.mark.slow
 def test_patterns_page_lists_ranks_and_exports(bundle):
     at = app_on(bundle.path, "patterns")
     assert any("No pattern saved yet" in i.value for i in at.info)
@@ -106,6 +107,7 @@ def test_patterns_page_lists_ranks_and_exports(bundle):
     assert sum(n.endswith(".png") for n in names) == 2
 
 
+@pytest.mark.slow
 def test_images_page_saves_the_picked_images_as_a_pattern(bundle):
     cell = int(bundle.cells.sort_values("n", ascending=False)["cell"].iloc[0])
     ids = bundle.images.loc[bundle.images["cell"] == cell, "image_id"].tolist()[:3]
@@ -169,6 +171,7 @@ def test_generator_views_count_and_cover_every_cell():
     assert slices.groupby("category")["count"].sum().to_dict() == att.value_counts().to_dict()
 
 
+@pytest.mark.slow
 def test_generators_page_and_overview_colour(bundle):
     names = attr.generator_names(bundle)
     assert names == ["gen_a", "gen_b"]
@@ -282,6 +285,7 @@ def test_hosted_single_image_upload_charges_the_relevance_budget(bundle, tmp_pat
 
 # ------------------------------------------------------------------------------------------ forensynths
 @pytest.mark.skipif(not FORENSYNTHS.is_dir(), reason="shared data absent")
+@pytest.mark.slow
 def test_forensynths_confusion_matrix_on_the_generators_page(tiny_clip_dir, tmp_path):
     """Tiny random CLIP: mechanics, not meaning. The 10 x 10 matrix is produced and shown."""
     from asap_core.pipeline.analyze import AnalyzeOptions, analyze

@@ -38,6 +38,7 @@ def captions(at: AppTest) -> list[str]:
     return [i.caption for el in at.get("image") for i in el.proto.imgs]
 
 
+@pytest.mark.slow
 def test_attention_checks_its_maps_on_request_and_marks_every_tile(bundle, evaluated):
     ids = bundle.images["image_id"].tolist()[:2]
     at = app(bundle, sel_images=ids).run()
@@ -62,6 +63,7 @@ def test_attention_checks_its_maps_on_request_and_marks_every_tile(bundle, evalu
     assert evaluated["faithfulness"] == 2 and evaluated["sanity"] == 2
 
 
+@pytest.mark.slow
 def test_hosted_visitor_pays_for_the_checks_and_is_stopped_at_the_budget(bundle, evaluated, monkeypatch):
     from asap_core.settings import reload_settings
 
@@ -78,6 +80,7 @@ def test_hosted_visitor_pays_for_the_checks_and_is_stopped_at_the_budget(bundle,
     assert any("per visitor and day" in e.value for e in at.error)  # the budget message, nothing computed
 
 
+@pytest.mark.slow
 def test_dimensions_view_reports_the_dimensions_faithfulness_and_sanity(bundle, evaluated):
     at = app(bundle, sel_dim=3).run()
     at.switch_page("app_pages/dimensions.py").run()

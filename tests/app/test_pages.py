@@ -228,6 +228,7 @@ def test_demo_opens_when_no_bundle_is_given(bundle, monkeypatch):
     assert chart_data(charts(at)[0])["cell_id"].nunique() == len(bundle.cells)
 
 
+@pytest.mark.slow
 def test_sidebar_analyses_a_folder_and_opens_the_result(bundle, small_folder, tiny_clip_dir, tmp_path):
     at = app(bundle.path).run()
     no_exception(at)

@@ -205,6 +205,7 @@ def test_every_page_shows_names_as_text(evil_root, hosted, set_env, tmp_path):
             _restore_client_options()
 
 
+@pytest.mark.slow
 def test_names_reach_markdown_escaped_in_the_views(evil_root):
     """The view functions that build Markdown themselves escape the names they put in it."""
     from asap_core.views import checks as vc

@@ -178,6 +178,7 @@ except InputError as exc:
 
 
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
+@pytest.mark.slow
 def test_a_second_server_process_shares_the_budget(hosted, tmp_path, db):
     """Two servers on one ``ASAP_STATE_URL``: what one charged, the other sees (and the other way round)."""
     url = f"sqlite:///{tmp_path / 'shared.sqlite3'}" if db == "sqlite" else postgres_url()

@@ -312,6 +312,7 @@ def test_projection_sample_is_cut_to_the_model_input_and_checked(tiny_encoder, p
     assert all(im.size == (pre.crop_size, pre.crop_size) for im in sample)
 
 
+@pytest.mark.slow
 def test_analyze_skips_a_file_rewritten_between_hash_and_embed(tiny_clip_dir, small_folder, tmp_path, monkeypatch):
     """End to end: a file rewritten after the hash stage is listed as skipped with the reason, left out of
     the bundle, and the shared cache holds no embedding under its stale id (a later run is not poisoned)."""

@@ -83,6 +83,7 @@ def test_without_penalty_rows_are_not_orthonormal():
     assert not torch.allclose(w @ w.T, torch.eye(16), atol=0.1)
 
 
+@pytest.mark.slow
 def test_generator_head_learns_known_generators():
     rng = np.random.default_rng(3)
     n, d = 600, 64

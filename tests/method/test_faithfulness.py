@@ -99,6 +99,7 @@ def test_curves_are_the_model_on_the_masked_images(tiny_encoder):
     assert abs(res.deletion[1, 1, 2] - res.deletion[1, 1, 1]) > 1e-6  # the masks change something
 
 
+@pytest.mark.slow
 def test_perturbed_copies_go_through_in_batches_and_figures_are_reproducible(tiny_encoder, monkeypatch):
     from asap_core.model.encoder import ClipEncoder
 
@@ -207,6 +208,7 @@ def test_the_box_is_credited_on_the_probability_and_the_shuffled_control_is_not(
     assert ((d[:, 0] - d[:, 1]) / d[:, 0]).mean() < 0.2 < ((d[:, 0] - d[:, 1]) / (d[:, 0] - d[:, -1])).mean()
 
 
+@pytest.mark.slow
 def test_occlusion_ordered_maps_are_credited_on_every_target_that_reacts(tiny_encoder):
     """What to build, sign: maps ordered by each patch's own occlusion effect are near-optimal for deletion,
     so every target that reacts must get "better than random", including targets that rise under the fill.
@@ -299,6 +301,7 @@ class _PatchSum(torch.nn.Module):
         return out[:, :16], out[:, 16] - 50.0  # the fake logit far below 0: its probability ~ linear, tiny
 
 
+@pytest.mark.slow
 def test_every_random_order_counts():
     """Mutation "1 of n_random orders": with one heavy patch, one random order's deletion curve is a step, the
     mean of 64 is close to the straight line the additive model predicts; the stored orders average to the
@@ -340,6 +343,7 @@ def test_fills_and_verdicts():
 # ----------------------------------------------------------------------------- library cross-check
 
 
+@pytest.mark.slow
 def test_quantus_region_perturbation_gives_the_same_deletion_curve(tiny_encoder):
     """Quantus' ``RegionPerturbation`` (MoRF, one ViT patch per region, baseline 0 in normalised pixels) records
     ``f(x) - f(x_k)`` after k regions: our deletion curve with one patch per step, to float rounding."""
@@ -398,6 +402,7 @@ def no_compute(check_evaluations):
     return check_evaluations
 
 
+@pytest.mark.slow
 def test_analyze_option_stores_both_checks_for_the_app(checked_bundle, no_compute):
     from asap_core.analyses.explanation_checks import analysis_checks, analysis_sample, read_summary
 
@@ -429,6 +434,7 @@ def test_analyze_option_stores_both_checks_for_the_app(checked_bundle, no_comput
     assert "Explanation checks (4 images, last-block)" in out.getvalue()  # info prints the stored digest
 
 
+@pytest.mark.slow
 def test_reports_on_picked_images_compute_each_image_once(checked_bundle, no_compute):
     from asap_core.analyses.explanation_checks import (
         analysis_sample,
@@ -477,6 +483,7 @@ def test_check_sample_is_seeded_balanced_and_order_free():
     assert check_sample(images, 0) == []
 
 
+@pytest.mark.slow
 def test_a_view_can_ask_for_some_targets_and_the_rest_comes_later(checked_bundle, no_compute):
     from asap_core.analyses.explanation_checks import analysis_sample, checks_missing, faithfulness_report
 

@@ -57,6 +57,7 @@ def _reference(encoder, distiller, pixel_values: torch.Tensor, method: str) -> t
 
 
 @pytest.mark.parametrize("method", ["last-block", "rollout"])
+@pytest.mark.slow
 def test_batched_vjp_equals_per_target_reference(tiny_encoder, method):
     torch.manual_seed(1)
     px = torch.randn(3, 3, 32, 32)
@@ -112,6 +113,7 @@ def test_works_under_inference_mode_and_with_sdpa_encoder(tiny_clip_dir, tiny_en
 # ------------------------------------------------------------------ planted artifact
 
 
+@pytest.mark.slow
 def test_planted_artifact_is_found_at_its_patch(tiny_encoder):
     """Fit the fake logit to "checkerboard somewhere" vs clean; the fake-logit map must point at the patch.
 

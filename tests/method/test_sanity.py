@@ -129,6 +129,7 @@ def test_maps_that_ignore_the_model_are_flagged_at_every_step(tiny_encoder):
     assert list(dict.fromkeys(curve["step_name"])) == ["classifier", "+ block 1", "+ block 0", "+ embeddings"]
 
 
+@pytest.mark.slow
 def test_trained_detector_passes_and_a_random_clip_is_not_assessed(tiny_encoder):
     """The fake-logit maps of the distiller trained on planted artifacts change when its weights, then CLIP's
     blocks, are redrawn, over 3 seeds (both similarities at most ``RANK_THRESHOLD``): passes. The tiny CLIP
@@ -151,6 +152,7 @@ def test_trained_detector_passes_and_a_random_clip_is_not_assessed(tiny_encoder)
     assert rand["rho_distiller"] == pytest.approx(row["rho_distiller"])  # measured all the same
 
 
+@pytest.mark.slow
 def test_one_map_for_every_target_and_an_edge_map_are_flagged(tiny_encoder):
     """One map reused for all 17 targets is flagged on every target (target sensitivity); an
     edge map plus 5% of the real map (it looks the same as its randomised versions) is flagged on every

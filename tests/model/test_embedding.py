@@ -144,6 +144,7 @@ def test_cached_ids_are_skipped(encoder, files, tmp_path):
 
 
 @pytest.mark.parametrize("workers,on_demand", [(0, True), (2, True), (1, False), (2, False)])
+@pytest.mark.slow
 def test_in_flight_batches_are_bounded(encoder, files, tmp_path, monkeypatch, workers, on_demand):
     """Decoding never runs more than ``prefetch`` batches ahead of the batches already stored, and not at
     all ahead when decoding on demand (thread decoder beside a CPU model)."""
@@ -174,6 +175,7 @@ def test_in_flight_batches_are_bounded(encoder, files, tmp_path, monkeypatch, wo
 
 
 @pytest.mark.parametrize("on_demand", [True, False])
+@pytest.mark.slow
 def test_interrupted_run_stops_cleanly_keeps_its_batches_and_resumes(encoder, files, tmp_path, monkeypatch,
                                                                      on_demand):
     """Ctrl-C after the first batch: the KeyboardInterrupt itself comes out (the decoders shut down with

@@ -284,6 +284,7 @@ def test_cli_speed_tip_only_after_long_cpu_runs_and_only_what_applies(monkeypatc
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "forensynths_ranking").is_dir(), reason="shared data absent")
+@pytest.mark.slow
 def test_forensynths_keeps_generator_names(tmp_path, tiny_clip_dir):
     report = analyze(SHARED_DATA / "forensynths_ranking", tmp_path / "b", _opts(tiny_clip_dir, tmp_path / "cache"))
     b = Bundle.open(report.bundle)

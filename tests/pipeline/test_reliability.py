@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import make_image
 from PIL import Image
 
+from asap_core.cli import main
 from asap_core.errors import BundleError, ImageLoadError, InputError
 from asap_core.hosting import BUDGET_WINDOW_S, HostedPolicy, WorkSlots, check_bundle_files
 from asap_core.pipeline.analyze import AnalyzeOptions, analyze
@@ -116,13 +117,12 @@ KILL_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, tiny_clip_dir, small_folder):
-    """An uninterrupted run: (bundle path, cache path)."""
+    """An uninterrupted run of the same command, in this process (only the killed run needs its own process,
+    and each one costs a cold start of torch): (bundle path, cache path)."""
     tmp = tmp_path_factory.mktemp("ref")
     common = ["--model", str(tiny_clip_dir), "--batch-size", "8", "--workers", "0"]
-    ref = subprocess.run([sys.executable, "-m", "asap_core", "analyze", str(small_folder), "--out",
-                          str(tmp / "ref"), "--cache-dir", str(tmp / "ref-cache"), *common],
-                         cwd=REPO, env=KILL_ENV, capture_output=True, text=True)
-    assert ref.returncode == 0, ref.stderr
+    assert main(["analyze", str(small_folder), "--out", str(tmp / "ref"), "--cache-dir", str(tmp / "ref-cache"),
+                 *common]) == 0
     return tmp / "ref", tmp / "ref-cache"
 
 
@@ -152,9 +152,8 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(point, tmp_path, tiny_clip_
         with pytest.raises(BundleError):
             Bundle.open(out)
     done_before = len(shards())
-    rerun = subprocess.run([sys.executable, "-m", "asap_core", "analyze", str(small_folder), "--out", str(out),
-                            "--cache-dir", str(cache), *common], cwd=REPO, env=env, capture_output=True, text=True)
-    assert rerun.returncode == 0, rerun.stderr
+    # the rerun in this process: what it resumes from is the killed process's cache, whatever runs it
+    assert main(["analyze", str(small_folder), "--out", str(out), "--cache-dir", str(cache), *common]) == 0
     a, b = Bundle.open(ref_bundle), Bundle.open(out)
     assert a.images.image_id.tolist() == b.images.image_id.tolist()
     import torch

@@ -220,6 +220,7 @@ def _page_is_whole(at: AppTest, where: str) -> None:
     assert "Something went wrong" not in shown and not LEAKS.search(shown), (where, shown)
 
 
+@pytest.mark.slow
 def test_hosted_app_lands_on_the_good_bundle_and_draws_every_page(hosted_root):
     from app_pages.glue.keys import PAGE_FILES
 

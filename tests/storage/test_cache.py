@@ -67,6 +67,7 @@ for j in range(20):
 """
 
 
+@pytest.mark.slow
 def test_concurrent_writers_do_not_corrupt(tmp_path):
     repo = Path(__file__).resolve().parents[2]
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(k)], cwd=repo,

@@ -83,6 +83,7 @@ def test_default_grid_bounds_and_estimate_without_a_map():
     assert median_cell_size(even, g) >= S.GRID_MEDIAN_IMAGES > median_cell_size(even, g + 1)
 
 
+@pytest.mark.slow
 def test_layout_stage_picks_the_grid_when_the_options_name_none(tmp_path):
     n = 300
     z = embeddings(n, "two")

@@ -87,6 +87,11 @@ def test_the_teacher_widgets_start_at_the_current_quiz():
     assert "cell" not in vq.widget_defaults(vq.QuizSpec("cell", "9", 5, 3), [1, 2], [], [])   # not a choice
 
 
+def test_a_spec_without_arguments_is_the_teachers_default_quiz():
+    assert vq.QuizSpec() == vq.QuizSpec("all", "", vq.DEFAULT_N, vq.DEFAULT_SEED)  # one default seed, not 0
+    assert vq.QuizSpec.from_param(vq.QuizSpec().to_param()) == vq.QuizSpec()
+
+
 # ------------------------------------------------------------------------------------------ which images
 def test_same_spec_same_images_in_the_same_order_only_labelled():
     df = table()
@@ -308,6 +313,7 @@ def test_a_seeded_quiz_of_10_played_to_the_end(bundle):
     assert at.session_state[K.K_QUIZ_PLAY]["answers"] == [] and at.session_state[K.K_QUIZ_PLAY]["ids"] == ids
 
 
+@pytest.mark.slow
 def test_teacher_makes_a_quiz_from_a_cell_and_starts_it(bundle):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     at.session_state[K.K_BUNDLE] = str(bundle.path)
@@ -329,6 +335,7 @@ def test_teacher_makes_a_quiz_from_a_cell_and_starts_it(bundle):
     assert at.session_state[K.K_QUIZ_PLAY]["ids"] == vq.quiz_images(bundle.images, spec)
 
 
+@pytest.mark.slow
 def test_hosted_quiz_link_names_the_bundle_and_plays_past_the_budget(bundle, tmp_path, monkeypatch):
     """Hosted mode: the teacher's link carries the bundle's name, not its path; a student who opens it sees no
     path either, and when the map budget is spent the reveal goes on without the map."""
