@@ -1,4 +1,4 @@
-"""``python -m asap_core``."""
+"""``asap``."""
 import sys
 
 from .cli import main

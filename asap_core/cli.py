@@ -1,4 +1,4 @@
-"""Command line: ``python -m asap_core analyze DATA_DIR --out BUNDLE`` and friends (``info``, ``name``, ``serve``)."""
+"""Command line: ``asap analyze DATA_DIR --out BUNDLE`` and friends (``info``, ``name``, ``serve``)."""
 from __future__ import annotations
 
 import argparse
@@ -49,7 +49,7 @@ class TqdmProgress:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m asap_core",
+    p = argparse.ArgumentParser(prog="asap",
                                 description="ASAP Explorer: see why AI-generated images look fake.")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("analyze", help="analyse an image folder into a bundle the explorer opens",
@@ -208,12 +208,12 @@ def cmd_name(args: argparse.Namespace) -> int:
     b = Bundle.open(args.bundle)
     if args.dim is None:
         if args.name is not None or args.clear:
-            raise InputError("name: a NAME or --clear needs a DIM.", "run `python -m asap_core name BUNDLE DIM NAME`.")
+            raise InputError("name: a NAME or --clear needs a DIM.", "run `asap name BUNDLE DIM NAME`.")
         names = b.dimension_names
     else:
         if args.clear == (args.name is not None):
             raise InputError("name: give either a NAME or --clear.",
-                             'run `python -m asap_core name BUNDLE DIM "NAME"` or `... name BUNDLE DIM --clear`.')
+                             'run `asap name BUNDLE DIM "NAME"` or `... name BUNDLE DIM --clear`.')
         names = b.set_dimension_name(args.dim, None if args.clear else args.name)
     for label in dimension_labels(names):
         print(label)

@@ -1,6 +1,6 @@
 """How the app is served: the ``streamlit run`` command line, its options derived from ``asap_core.settings``.
 
-``python -m asap_core serve [--port P] [--address A]`` runs ``streamlit_command(settings(), ...)`` in place
+``asap serve [--port P] [--address A]`` runs ``streamlit_command(settings(), ...)`` in place
 of itself (the Docker recipe's ``CMD``). ``.streamlit/config.toml`` cannot read our settings, so the options
 are split three ways:
 
@@ -20,7 +20,7 @@ the unit of ``Settings.max_upload_bytes``), so its limit is ``ASAP_MAX_UPLOAD_MB
 ``HostedPolicy.check_upload`` stays the exact check, on every upload, however the app was started.
 
 A host that runs ``streamlit run`` itself (Streamlit Community Cloud) reads only config files:
-``python -m asap_core serve --print-config`` prints the same options as TOML for its ``.streamlit/config.toml``.
+``asap serve --print-config`` prints the same options as TOML for its ``.streamlit/config.toml``.
 """
 from __future__ import annotations
 

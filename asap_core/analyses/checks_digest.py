@@ -2,7 +2,7 @@
 written, read back and put in one line (what ``analyze`` and ``info`` print).
 
 Apart from ``explanation_checks`` so that reading it costs no import of the checks themselves (SciPy):
-``python -m asap_core info`` reads it.
+``asap info`` reads it.
 """
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ class Distiller(nn.Module):
         path = Path(path)
         if not (path / CONFIG_NAME).is_file() or not (path / WEIGHTS_NAME).is_file():
             raise ModelLoadError(f"{path} holds no distiller ({CONFIG_NAME} + {WEIGHTS_NAME}).",
-                                 "point at a bundle's model/ folder, or re-run `python -m asap_core analyze`.")
+                                 "point at a bundle's model/ folder, or re-run `asap analyze`.")
         try:
             cfg = json.loads((path / CONFIG_NAME).read_text())
             cfg.pop("model_type", None)
@@ -138,5 +138,5 @@ class Distiller(nn.Module):
             model.load_state_dict(state)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, SafetensorError) as exc:
             raise ModelLoadError(f"{path} holds a distiller this version cannot read ({exc}).",
-                                 "re-run `python -m asap_core analyze` to train it again.") from None
+                                 "re-run `asap analyze` to train it again.") from None
         return model.eval()

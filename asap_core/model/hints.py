@@ -1,7 +1,7 @@
 """How to get CLIP weights: the fix a user reads when a model cannot be loaded, worded for where they are.
 
 Torch-free, so that bundles opened view-only (and ``views.trust``) can word the same fix. ``where`` is
-``"cli"`` (``python -m asap_core``: ``--model``), ``"app"`` (the explorer's sidebar: its Model fields) or
+``"cli"`` (``asap``: ``--model``), ``"app"`` (the explorer's sidebar: its Model fields) or
 ``"hosted"`` (a public explorer: visitors cannot name a model, its operator can).
 """
 from __future__ import annotations

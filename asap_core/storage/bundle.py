@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # torch stays optional for viewing bundles
 
     from ..model.preprocess import ClipPreprocessor
 
-RERUN = "re-run `python -m asap_core analyze` to write the bundle again."
+RERUN = "re-run `asap analyze` to write the bundle again."
 LOG = logging.getLogger("asap_explorer")  # the server log: what a library said about a damaged file, by error id
 MAX_META_BYTES = 64 * 1024 * 1024  # a larger bundle.json is refused unread (its "skipped" list at most a few MB)
 MAX_GRID = 1000  # cells per side a bundle may name (analyze picks 4..30; the slider offers up to 60)
@@ -185,11 +185,11 @@ def _json_default(o):
 def read_meta(path: Path) -> dict:
     """``bundle.json`` of the folder ``path``, checked against ``schema.META_FIELDS``; ``BundleError`` otherwise."""
     if not path.is_dir():
-        raise BundleError(f"{path} is not a folder.", "pass a bundle folder written by `python -m asap_core analyze`.")
+        raise BundleError(f"{path} is not a folder.", "pass a bundle folder written by `asap analyze`.")
     meta_path = path / S.META_NAME
     if not meta_path.is_file():
         raise BundleError(f"{path} has no {S.META_NAME}: not a bundle, or its analysis did not finish.",
-                          f"run `python -m asap_core analyze DATA_DIR --out {path}` (again).")
+                          f"run `asap analyze DATA_DIR --out {path}` (again).")
     meta = _load_meta_json(meta_path)
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path} holds a JSON {type(meta).__name__}, not an object.", RERUN)
@@ -357,7 +357,7 @@ def check_range(file: Path, col: pa.ChunkedArray, name: str, stop: int) -> None:
 # ----------------------------------------------------------------------------- dimension names
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-NAMES_FIX = (f"name the dimensions again (`python -m asap_core name BUNDLE DIM NAME`), or delete {S.NAMES_FILE} "
+NAMES_FIX = (f"name the dimensions again (`asap name BUNDLE DIM NAME`), or delete {S.NAMES_FILE} "
              "to drop every name.")
 
 

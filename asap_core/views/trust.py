@@ -1,7 +1,7 @@
 """Honest numbers: what a bundle's figures are worth, said before anyone reads them.
 
 ``trust_notices(bundle)`` is what every page of the app shows at the top of its main area, and what
-``python -m asap_core info`` and ``analyze`` print: a bundle made with a randomly initialised CLIP (the
+``asap info`` and ``analyze`` print: a bundle made with a randomly initialised CLIP (the
 demo's fallback when no weights were found) has numbers that carry no meaning; a classifier close to chance
 on held-out images (validation ROC-AUC below ``schema.MEANINGFUL_AUC``) is weak evidence.
 """

@@ -91,7 +91,7 @@ def test_a_malformed_names_file_is_named_with_its_fix(copy, content):
     (copy.path / NAMES_FILE).write_text(content)
     with pytest.raises(BundleError) as err:
         Bundle.open(copy.path)
-    assert NAMES_FILE in err.value.message and "python -m asap_core name" in err.value.hint
+    assert NAMES_FILE in err.value.message and "asap name" in err.value.hint
 
 
 def test_name_command_names_clears_and_refuses(copy, capsys):
