@@ -1,7 +1,10 @@
-"""Shared fixtures: a tiny random CLIP written with save_pretrained, synthetic image folders."""
+"""Shared fixtures (a tiny random CLIP written with save_pretrained, synthetic image folders) and the suite's
+hooks: markers by folder and fixture, and how many pytest-xdist workers ``-n auto`` starts."""
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +27,45 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.ray)
 
 
+MAX_WORKERS = 8  # each more worker collects the suite and builds the shared fixtures again, for little gain
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject's addopts): in-process when the command names test files (a quick start, and
+    ``pdb`` and ``-s`` work), else one worker per core this process may use, at most ``MAX_WORKERS``."""
+    paths = [Path(str(a).split("::")[0]) for a in config.args]
+    if paths and all(p.is_file() for p in paths):
+        return 0
+    return max(1, min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                      MAX_WORKERS))
+
+
 def write_tiny_clip(path: Path, image_size: int = 32, patch_size: int = 8, dim: int = 64, seed: int = 0) -> Path:
     """Save a random CLIP (2 vision layers, hidden 32, projection ``dim``) plus its image processor to ``path``."""
     from asap_core.pipeline.demo import write_random_clip
 
     return write_random_clip(path, image_size=image_size, patch_size=patch_size, dim=dim, seed=seed)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _streamlit_component_scan_once():
+    """Every new ``AppTest`` has Streamlit read the metadata of every installed distribution, looking for v2
+    components: most of a short AppTest test's time where a few hundred packages are installed, and the same
+    answer each time. The installed packages do not change during a run, so the scan runs once. Only when a
+    test module already imported Streamlit (the other runs do not pay for importing it), and only where this
+    Streamlit scans that way."""
+    if "streamlit" not in sys.modules:
+        yield
+        return
+    try:
+        from streamlit.components.v2 import manifest_scanner
+    except ImportError:
+        yield
+        return
+    scan = functools.cache(manifest_scanner.scan_component_manifests)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(manifest_scanner, "scan_component_manifests", lambda *a, **k: list(scan(*a, **k)))
+        yield
 
 
 @pytest.fixture(autouse=True)

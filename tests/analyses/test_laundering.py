@@ -84,6 +84,7 @@ def test_table_has_one_row_per_image_and_setting(bundle, ids, tiny_encoder, enco
     assert len(small) == 2 and "map_corr" not in small and calls["images"] == 2 * 2  # originals + laundered
 
 
+@pytest.mark.slow
 def test_summary_per_setting(bundle, ids, tiny_encoder):
     table = laundering_table(bundle, ids, QUALITIES, SCALES, encoder=tiny_encoder, with_maps=True)
     summary = laundering_summary(table)

@@ -263,6 +263,7 @@ def test_a_dimension_link_opens_the_dimension_and_shows_its_name(tiny_bundle, tm
     assert at.query_params["dim"] == "5" and at.query_params["page"] == "dimensions"   # the link it writes
 
 
+@pytest.mark.slow
 def test_a_names_file_broken_after_opening_is_reported_not_raised(tiny_bundle, tmp_path, monkeypatch):  # noqa: F811
     local_app_env(monkeypatch, tmp_path / "cache")
     b = private_copy(tiny_bundle, tmp_path / "bundle")

@@ -203,6 +203,7 @@ def test_generators_page_and_overview_colour(bundle):
 
 
 # ------------------------------------------------------------------------------------------ robustness
+@pytest.mark.slow
 def test_robustness_page_one_row_per_image_and_setting(bundle):
     ids = bundle.images["image_id"].tolist()[:3]
     at = app_on(bundle.path, "robustness", sel_images=ids)

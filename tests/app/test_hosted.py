@@ -63,6 +63,7 @@ def open_link(**params: str) -> AppTest:
     return at.run()
 
 
+@pytest.mark.slow
 def test_hosted_sidebar_offers_bundle_names_not_paths(root):
     at = AppTest.from_file(APP, default_timeout=TIMEOUT).run()
     no_exception(at)

@@ -81,6 +81,7 @@ def flat(node):
         yield from flat(child)
 
 
+@pytest.mark.slow
 def test_the_open_image_grid_button_comes_before_the_cells_metrics(bundle):
     cell = int(bundle.cells.sort_values("n", ascending=False)["cell"].iloc[0])
     at = app_on(bundle, "overview", sel_cells=[cell])
@@ -88,6 +89,7 @@ def test_the_open_image_grid_button_comes_before_the_cells_metrics(bundle):
     assert order.index(K.OV_OPEN) < order.index("images") < order.index("accuracy")
 
 
+@pytest.mark.slow
 def test_picks_of_another_cell_are_dropped(bundle):
     by_n = bundle.cells.sort_values("n", ascending=False)["cell"].tolist()
     first, second = int(by_n[0]), int(by_n[1])
@@ -127,6 +129,7 @@ def test_patterns_and_generators_name_their_columns_in_words():
     assert np.all(table["images"].to_numpy() == [10, 6])
 
 
+@pytest.mark.slow
 def test_the_folder_route_uses_the_model_the_zip_route_uses_and_names_it_when_it_cannot(bundle, tmp_path):
     """"Analyse an image folder" starts at the open bundle's model, as "Bring your own images" does: offline
     both analyse with the same model; a model that cannot load is said once, with the zip route named, and the

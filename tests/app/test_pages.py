@@ -59,6 +59,7 @@ def biggest_cells(bundle: Bundle, k: int) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------------ overview
+@pytest.mark.slow
 def test_overview_shows_every_cell_and_selects_by_click_event(bundle):
     at = app(bundle.path).run()
     no_exception(at)
@@ -80,6 +81,7 @@ def test_overview_shows_every_cell_and_selects_by_click_event(bundle):
     assert at.subheader[0].value.startswith(f"Cell {cell} ")
 
 
+@pytest.mark.slow
 def test_overview_grid_and_filters_change_the_cells(bundle):
     at = app(bundle.path).run()
     at.select_slider(key=K.W_GRID).set_value(8).run()
@@ -95,6 +97,7 @@ def test_overview_grid_and_filters_change_the_cells(bundle):
 
 
 # ------------------------------------------------------------------------------------------ images
+@pytest.mark.slow
 def test_image_grid_shows_the_cells_images_and_brush_picks(bundle):
     cells = biggest_cells(bundle, 3)
     at = app(bundle.path, sel_cells=cells).run()
@@ -114,6 +117,7 @@ def test_image_grid_shows_the_cells_images_and_brush_picks(bundle):
     assert any(f"{len(rows)} image" in m.value and "picked" in m.value for m in at.markdown)
 
 
+@pytest.mark.slow
 def test_concept_toggle(bundle):
     cells = biggest_cells(bundle, 2)
     at = app(bundle.path, sel_cells=cells).run()
@@ -175,6 +179,7 @@ def test_link_reopens_bundle_cell_images_and_page(bundle):
 
 
 # ------------------------------------------------------------------------------------------ sidebar
+@pytest.mark.slow
 def test_missing_bundle_and_missing_model_are_reported_not_raised(bundle, tiny_clip_dir, tmp_path):
     at = app(tmp_path / "nope").run()
     no_exception(at)

@@ -313,6 +313,7 @@ def test_a_bundle_with_huge_thumbnails_renders_overview_and_attention(huge_thumb
 
 
 # ------------------------------------------------------------------------------------------ single image page
+@pytest.mark.slow
 def test_single_image_page_decodes_an_upload_once_and_never_over_budget(tiny_bundle, tmp_path, monkeypatch):  # noqa: F811
     import asap_core.analyses.single_image as si
     import asap_core.hosting as hosting

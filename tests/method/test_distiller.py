@@ -76,6 +76,7 @@ def test_learns_separable_data_with_orthonormal_rows():
     assert 0.3 < (p >= 0.5).mean() < 0.7
 
 
+@pytest.mark.slow
 def test_without_penalty_rows_are_not_orthonormal():
     x, y = _separable()
     free = DistillerTrainer(_projection(48, 64), random_state=0, ortho_weight=0.0, max_epochs=60).fit(x, y)

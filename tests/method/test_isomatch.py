@@ -95,6 +95,7 @@ def test_neighbourhood_preservation_extremes():
     assert neighbourhood_preservation(feats[:3], r[:3], c[:3], k=10) == pytest.approx(1.0)  # k capped
 
 
+@pytest.mark.slow
 def test_isomatch_400_items_is_a_bijection():
     """400 items (the size of a cell grid's largest page) land on distinct grid slots. Its speed is a
     benchmark's business (benchmarks/RESULTS.md, grid timings), not a timed test's."""

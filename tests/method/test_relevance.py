@@ -163,6 +163,7 @@ def test_planted_artifact_is_found_at_its_patch(tiny_encoder):
 # ------------------------------------------------------------------ batching helper and display
 
 
+@pytest.mark.slow
 def test_relevance_for_images_batches_equal_one_call(tiny_encoder):
     rng = np.random.default_rng(3)
     images = [planted_image(rng, int(rng.integers(16))) for _ in range(7)]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from tests.conftest import make_image
 from PIL import Image
 
@@ -129,7 +130,9 @@ def reference_run(tmp_path_factory, tiny_clip_dir, small_folder):
 @pytest.mark.parametrize("point", ["first-batch", "after-embedding", "after-layout"])
 @pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted_run(point, tmp_path, tiny_clip_dir, small_folder, reference_run):
-    env = KILL_ENV
+    # the killed run computes with this process's torch threads: the reference and the rerun run here, and
+    # what the killed run cached (projection, distiller) must be what they would have computed
+    env = {**KILL_ENV, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     workers = "1" if point == "first-batch" else "0"  # one run with a decode process, killed with it
     common = ["--model", str(tiny_clip_dir), "--batch-size", "8", "--workers", workers]
     ref_bundle, ref_cache = reference_run
@@ -156,8 +159,6 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(point, tmp_path, tiny_clip_
     assert main(["analyze", str(small_folder), "--out", str(out), "--cache-dir", str(cache), *common]) == 0
     a, b = Bundle.open(ref_bundle), Bundle.open(out)
     assert a.images.image_id.tolist() == b.images.image_id.tolist()
-    import torch
-
     from asap_core.pipeline.stages import embedding_store_name
 
     name = embedding_store_name(a.encoder_info.cache_key, torch.float32)

@@ -107,6 +107,7 @@ def _put_batches(root: str, ids: list[str], value: float, barrier) -> None:
 # ----------------------------------------------------------------------------- bundle swap
 
 
+@pytest.mark.slow
 def test_killed_between_the_two_renames_the_old_bundle_is_restored(tmp_path):
     out = _write(tmp_path / "b", "old")
     p = _spawn(_die_after_backup, str(out))
@@ -120,6 +121,7 @@ def test_killed_between_the_two_renames_the_old_bundle_is_restored(tmp_path):
     assert _marker(out) == "new" and _hidden(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_the_next_write_restores_the_old_bundle_before_it_starts(tmp_path):
     out = _write(tmp_path / "b", "old")
     assert _spawn(_die_after_backup, str(out)).exitcode == 1
@@ -132,6 +134,7 @@ def test_the_next_write_restores_the_old_bundle_before_it_starts(tmp_path):
     assert _marker(out) == "old" and _hidden(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_killed_while_writing_the_old_bundle_stays_and_the_next_write_sweeps(tmp_path):
     out = _write(tmp_path / "b", "old")
     p = _spawn(_die_while_writing, str(out))
