@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import grimp
 import pytest
+import tomllib
 
 REPO = Path(__file__).resolve().parents[1]
 LINT_IMPORTS = shutil.which("lint-imports")

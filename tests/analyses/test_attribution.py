@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tests.conftest import SHARED_DATA
 from PIL import Image
 
 from asap_core.analyses.attribution import (
@@ -21,6 +20,7 @@ from asap_core.method.bundle_models import bundle_distiller
 from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import Z_COLUMNS
+from tests.conftest import SHARED_DATA
 
 COLOURS = {"gen_blue": (0, 0, 250), "gen_green": (0, 250, 0), "gen_red": (250, 0, 0)}
 PER_GENERATOR = 8

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from tests.conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 from asap_core.analyses.concepts import ConceptResult, compute_concepts, crop_to_mask, keep_mask, mask_image, mean_fill
 from asap_core.errors import InputError
@@ -15,6 +14,7 @@ from asap_core.model import factory
 from asap_core.model.preprocess import CLIP_MEAN
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.schema import Z_COLUMNS
+from tests.conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 N_SUBSET = 8
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tests.conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -11,6 +10,7 @@ from asap_core.analyses.laundering import launder, laundered_view, laundering_su
 from asap_core.errors import InputError
 from asap_core.method.relevance_store import bundle_maps
 from asap_core.storage.bundle import Bundle
+from tests.conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 QUALITIES = (None, 90, 20)
 SCALES = (1.0, 0.5)

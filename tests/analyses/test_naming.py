@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest_app import chart_data, local_app_env, no_exception, plain, private_copy, tiny_bundle  # noqa: F401
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -29,6 +28,7 @@ from asap_core.views import overview as ov
 from asap_core.views import quiz as vq
 from asap_core.views import state as vs
 from asap_core.views.cost import words_cost
+from tests.conftest_app import chart_data, local_app_env, no_exception, plain, private_copy, tiny_bundle  # noqa: F401
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 TIMEOUT = 90

@@ -5,8 +5,6 @@ import io
 
 import numpy as np
 import pytest
-from tests.conftest import make_image
-from tests.conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 
 from asap_core.analyses.single_image import analyse_upload, clear_memo, nearest_images
@@ -17,6 +15,8 @@ from asap_core.method.bundle_models import bundle_distiller
 from asap_core.method.relevance_store import bundle_maps
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.state_store import BUDGETS
+from tests.conftest import make_image
+from tests.conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")

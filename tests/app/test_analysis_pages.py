@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest import SHARED_DATA
-from tests.conftest_app import chart_data, local_app_env, no_exception, plain, private_copy, tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -26,6 +24,8 @@ from asap_core.storage.bundle import Bundle
 from asap_core.views import generators as vgen
 from asap_core.views import patterns as vp
 from asap_core.views import robustness as vr
+from tests.conftest import SHARED_DATA
+from tests.conftest_app import chart_data, local_app_env, no_exception, plain, private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 TIMEOUT = 60

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest_app import chart_data, no_exception, tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -29,6 +28,7 @@ from asap_core.inputs.archive import (
 from asap_core.inputs.scan import scan_folder
 from asap_core.settings import Settings, reload_settings
 from asap_core.storage.bundle import Bundle
+from tests.conftest_app import chart_data, no_exception, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 TIMEOUT = 120

@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 
 import pytest
-from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401
 from streamlit.testing.v1 import AppTest
 
 from app_pages.glue import keys as K
+from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
-from app_pages.glue import keys as K
 from app_pages.glue import guide
+from app_pages.glue import keys as K
 from app_pages.glue.byo import STAGE_WORDS, _Stages
 from asap_core.settings import reload_settings
+from tests.conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 TIMEOUT = 60

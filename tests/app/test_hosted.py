@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-from tests.conftest_app import no_exception, plain, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
 from app_pages.glue import keys as K
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
+from tests.conftest_app import no_exception, plain, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 TIMEOUT = 60

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
 from app_pages.glue import keys as K
@@ -21,6 +20,7 @@ from asap_core.views import overview as ov
 from asap_core.views import patterns as vp
 from asap_core.views import single as vsi
 from asap_core.views import state as vs
+from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 
@@ -181,8 +181,9 @@ def test_at_1280x800_the_cells_way_on_is_in_view_and_nothing_is_cut(bundle, tmp_
     """A browser at 1280x800 opens the Overview on a selected cell: "Open image grid" lies inside the window,
     and no button label or metric value is cut ("Open …", "8…")."""
     pytest.importorskip("playwright")
-    from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, dismiss_guide, serve_bundle
     from playwright.sync_api import sync_playwright
+
+    from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, dismiss_guide, serve_bundle
 
     if not Path(CHROMIUM).exists():
         pytest.skip("needs /usr/bin/chromium")
@@ -210,6 +211,8 @@ def test_at_1280x800_the_cells_way_on_is_in_view_and_nothing_is_cut(bundle, tmp_
 def test_in_a_browser_a_shift_click_adds_to_the_brushed_images(bundle, tmp_path):
     """Brush some thumbnails, then shift-click another: it is added (the help says so), the brush stays."""
     pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
     from tests.browser_helpers import (
         CHROMIUM,
         CHROMIUM_ARGS,
@@ -219,7 +222,6 @@ def test_in_a_browser_a_shift_click_adds_to_the_brushed_images(bundle, tmp_path)
         dismiss_guide,
         serve_bundle,
     )
-    from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
         pytest.skip("needs /usr/bin/chromium")

@@ -7,14 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.conftest import write_tiny_clip
-from tests.conftest_app import chart_data, no_exception, plain, private_copy, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
 from app_pages.glue import keys as K
 from asap_core.pipeline import demo
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
+from tests.conftest import write_tiny_clip
+from tests.conftest_app import chart_data, no_exception, plain, private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 TIMEOUT = 60

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401  (fixture)
 from sqlalchemy import select
 from streamlit.testing.v1 import AppTest
-from tests.storage.test_state_store import postgres_url
 
 from app_pages.glue import keys as K
 from asap_core.storage.class_rounds import (
@@ -32,6 +30,8 @@ from asap_core.storage.class_rounds import (
 )
 from asap_core.storage.state_store import StateStore, _open_engine
 from asap_core.views import quiz as vq
+from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401  (fixture)
+from tests.storage.test_state_store import postgres_url
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "streamlit_app.py")

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import make_image
-from tests.conftest_app import no_exception
 from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
 from app_pages.glue import keys as K
 from asap_core.views.text import as_code, as_text
+from tests.conftest import make_image
+from tests.conftest_app import no_exception
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 TIMEOUT = 90

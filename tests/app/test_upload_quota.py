@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 from streamlit.testing.v1 import AppTest
-from tests.app.test_byo import jpeg, upload_and_analyse, zip_of
 
 from app_pages.glue import keys as K
 from asap_core.errors import InputError
@@ -25,6 +23,8 @@ from asap_core.method.training import split_indices
 from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
+from tests.app.test_byo import jpeg, upload_and_analyse, zip_of
+from tests.conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 TIMEOUT = 120

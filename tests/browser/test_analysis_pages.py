@@ -9,6 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from asap_core.analyses.patterns import PatternStore, pattern_from_selection
+from asap_core.storage.bundle import Bundle
 from tests.browser_helpers import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -19,9 +22,6 @@ from tests.browser_helpers import (
     serve_bundle,
 )
 from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
-
-from asap_core.analyses.patterns import PatternStore, pattern_from_selection
-from asap_core.storage.bundle import Bundle
 
 try:
     from playwright.sync_api import sync_playwright

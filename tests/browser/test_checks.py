@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, dismiss_guide, screenshot_dir, serve_bundle
 from tests.conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
 

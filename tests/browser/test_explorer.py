@@ -10,6 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from asap_core.method.layout import regrid
+from asap_core.storage.bundle import Bundle
 from tests.browser_helpers import (
     CELL_SLICES,
     CHROMIUM,
@@ -27,9 +30,6 @@ from tests.browser_helpers import (
     streamlit_server,
 )
 from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
-
-from asap_core.method.layout import regrid
-from asap_core.storage.bundle import Bundle
 
 GRID = 6  # a coarse grid, so the clicked cell holds several images
 

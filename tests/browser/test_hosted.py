@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, MAIN_IMAGES, streamlit_server
-from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 
 from asap_core.storage.bundle import Bundle
+from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, MAIN_IMAGES, streamlit_server
+from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 try:
     from playwright.sync_api import sync_playwright

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, dismiss_guide, screenshot_dir, serve_bundle
 from tests.conftest_app import private_copy, tiny_bundle  # noqa: F401  (fixture)
 

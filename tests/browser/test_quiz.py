@@ -15,11 +15,11 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import pytest
-from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, IMAGES_DECODED_JS, screenshot_dir, serve_bundle
 
 from app_pages.glue import keys as K
 from asap_core.storage.bundle import Bundle
 from asap_core.views import quiz as vq
+from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, IMAGES_DECODED_JS, screenshot_dir, serve_bundle
 
 try:
     from playwright.sync_api import sync_playwright

@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import streamlit as st
-from tests.conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.runtime.context import StreamlitHeaders
 from streamlit.testing.v1 import AppTest
-from tests.storage.test_state_store import postgres_url
 
 from asap_core.hosting import LOOPBACK_CLIENT, client_address
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.state_store import StateStore
+from tests.conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
+from tests.storage.test_state_store import postgres_url
 
 REPO = Path(__file__).resolve().parents[2]
 APP = str(REPO / "streamlit_app.py")

@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tomllib
-from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, ERROR_BLOCKS, command_server, free_port
-from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 
 from asap_core.cli import build_parser, main
@@ -33,6 +31,8 @@ from asap_core.serving import (
     upload_limit_mb,
 )
 from asap_core.settings import ENVIRONMENT, Settings
+from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, ERROR_BLOCKS, command_server, free_port
+from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -245,7 +245,8 @@ def test_recipe_server_serves_the_hosted_explorer_with_both_upload_limits(hosted
             assert page.locator("[data-testid='stMainMenu']").count() == 0   # minimal toolbar: no menu
 
             page.goto(f"{url}/single")
-            page.locator("[data-testid='stMain']").get_by_text("1MB per file").wait_for()               # Streamlit's limit, shown by the uploader
+            # Streamlit's limit, shown by the uploader
+            page.locator("[data-testid='stMain']").get_by_text("1MB per file").wait_for()
             big = tmp_path / "noise.png"
             big.write_bytes(noise_png(500))                           # ~0.7 MB: under Streamlit's 1 MB, over 0.5
             assert 0.5 * 2**20 < big.stat().st_size < 2**20

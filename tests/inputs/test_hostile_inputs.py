@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 
 from asap_core.inputs.imageio import CHANGED_REASON, decode_image, file_sha1, read_bytes
@@ -26,6 +25,7 @@ from asap_core.model import embedding
 from asap_core.model.embedding import crop_uint8, decode_batch, embed_files, resize_crop_tensors
 from asap_core.model.preprocess import MAX_RESIZED_CROPS, ClipPreprocessor, resize_output_size
 from asap_core.storage.cache import RowStore
+from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 # (Pillow format, suffix, the geometries it can store): WebP stops at 16383 px, JPEG at 65500
 FORMATS = {

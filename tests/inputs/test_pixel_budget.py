@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest_app import no_exception, private_copy, tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -41,6 +40,7 @@ from asap_core.settings import reload_settings
 from asap_core.storage import thumbs as T
 from asap_core.storage.schema import THUMB_MAX_PIXELS, THUMB_SIDE
 from asap_core.views.grid import thumb_uri
+from tests.conftest_app import no_exception, private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "streamlit_app.py")
@@ -158,7 +158,7 @@ def test_header_bombs_refused_in_hosted_mode_without_decoding(tmp_path):
         (folder / name).write_bytes(data)
         assert len(data) < 1000  # tiny files declaring 80 to 400 megapixels
     res = _run_child(_CHILD_BOMBS, str(folder), ASAP_BUNDLE_ROOT=str(tmp_path), ASAP_MAX_UPLOAD_MB="10")
-    for name, (data, w, h) in BOMBS.items():
+    for name, (_data, w, h) in BOMBS.items():
         checked, decoded = res["out"][name]
         assert checked is not None and checked == decoded, name  # refused by the cheap check, and by the decode
         reason, hint, full = checked
@@ -195,7 +195,8 @@ def test_local_limit_is_pillows_at_1x_and_its_hint_may_name_the_setting(tmp_path
 def test_decoder_failures_are_worded_without_exception_names():
     assert imageio._reason_for(ValueError("tile cannot extend outside image")) == (
         "cannot decode the image data (damaged or an unsupported variant of its format)")
-    assert imageio._reason_for(OSError("broken data stream when reading image file")) == "corrupt or truncated image data"
+    assert imageio._reason_for(OSError("broken data stream when reading image file")) == (
+        "corrupt or truncated image data")
     with pytest.raises(ImageLoadError) as err:
         decode_image(png_declaring(64, 64), "x.png")  # a valid header over 8 x 8 pixels of data
     _plain(err.value.reason)
@@ -320,8 +321,9 @@ def test_single_image_page_decodes_an_upload_once_and_never_over_budget(tiny_bun
 
     root = tmp_path / "bundles"
     shutil.copytree(tiny_bundle, root / "tiny", ignore=shutil.ignore_patterns("cache"))
-    for k, v in {"ASAP_HOSTED": "1", "ASAP_BUNDLE_ROOT": str(root), "ASAP_RELEVANCE_BUDGET": "1",
-                 "ASAP_CACHE_DIR": str(tmp_path / "cache"), "ASAP_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"}.items():
+    env = {"ASAP_HOSTED": "1", "ASAP_BUNDLE_ROOT": str(root), "ASAP_RELEVANCE_BUDGET": "1",
+           "ASAP_CACHE_DIR": str(tmp_path / "cache"), "ASAP_STATE_URL": f"sqlite:///{tmp_path / 'state.db'}"}
+    for k, v in env.items():
         monkeypatch.setenv(k, v)
     reload_settings()
     decoded: list[str] = []

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tests.conftest import SHARED_DATA
 from PIL import Image
 
 from asap_core.errors import InputError
@@ -18,6 +17,7 @@ from asap_core.inputs.scan import (
     label_summary_lines,
     scan_folder,
 )
+from tests.conftest import SHARED_DATA
 
 
 def _touch_images(root: Path, relpaths: list[str]) -> None:

@@ -178,8 +178,8 @@ def test_projection_sample_scales_with_the_collection():
 @pytest.mark.slow
 def test_analyze_fits_the_projection_on_the_scaled_sample(tiny_clip_dir, small_folder, tmp_path, encode_counter):
     """By default ``analyze`` puts ``projection_sample_size`` texted copies through the model (all 48 images
-    here, fewer than the floor of 64; ``ClipEncoder.encode`` sees only them, the embedding pass runs ``image_forward``), and
-    bundle.json records the number used."""
+    here, fewer than the floor of 64; ``ClipEncoder.encode`` sees only them, the embedding pass runs
+    ``image_forward``), and bundle.json records the number used."""
     import json
 
     from asap_core.pipeline.analyze import AnalyzeOptions, analyze

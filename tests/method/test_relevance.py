@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import planted_image
 from PIL import Image
 
 from asap_core.errors import InputError
@@ -19,6 +18,7 @@ from asap_core.method.relevance import (
     upsample_map,
 )
 from asap_core.storage.schema import N_TARGETS, TARGET_NAMES
+from tests.conftest import planted_image
 
 SIDE = 4  # tiny CLIP: 32 px, patch 8
 PATCH = 8

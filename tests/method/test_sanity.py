@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
-from tests.method.test_faithfulness import SIDE, _random_distiller, planted_detector, planted_fakes
 
 from asap_core.method.sanity import (
     MAX_STEPS,
@@ -28,6 +27,7 @@ from asap_core.method.sanity import (
     target_sensitivity,
 )
 from asap_core.storage.schema import FAKE_LOGIT, N_TARGETS
+from tests.method.test_faithfulness import SIDE, _random_distiller, planted_detector, planted_fakes
 
 
 def brightness(encoder, distiller, px, idx):

@@ -247,7 +247,8 @@ def test_device_helpers_on_cpu(encoder, monkeypatch):
     with pytest.raises(ValueError):
         embedding.resolve_decoder("bogus", cpu)
     assert embedding.default_workers("thread", cores=2) == 2
-    assert embedding.decodes_on_demand("thread", cpu) and not embedding.decodes_on_demand("thread", torch.device("cuda"))
+    assert embedding.decodes_on_demand("thread", cpu)
+    assert not embedding.decodes_on_demand("thread", torch.device("cuda"))
     assert not embedding.decodes_on_demand("process", cpu)
     assert embedding.default_workers("process", cores=16) == 15
     assert "CPU" in device_mod.device_name(cpu)

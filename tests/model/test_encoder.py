@@ -184,9 +184,9 @@ def test_factory_loads_each_checkpoint_once_keyed_by_content(tiny_clip_dir, tmp_
     rewritten with other weights loads afresh; every encoder uses sdpa attention, and a call that needs
     attention maps gets them and leaves the shared model on sdpa."""
     import torch
-    from tests.conftest import write_tiny_clip
 
     from asap_core.model import factory
+    from tests.conftest import write_tiny_clip
 
     factory.clear_encoders()
     loads = []

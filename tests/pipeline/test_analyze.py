@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import SHARED_DATA, make_image
 
 from asap_core.errors import BundleError, InputError
 from asap_core.method.bundle_models import bundle_distiller
@@ -16,6 +15,7 @@ from asap_core.pipeline import stages
 from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
+from tests.conftest import SHARED_DATA, make_image
 
 
 def _opts(tiny_clip_dir, cache, **kw) -> AnalyzeOptions:
@@ -90,14 +90,15 @@ def test_embedding_cache_is_keyed_by_dtype(built, small_folder, tiny_clip_dir, m
     key = Bundle.open(first.bundle).meta["encoder"]["cache_key"]
     assert embedding_store_name(key, torch.float32) == f"emb-v{EMBEDDING_VERSION}-{key}"
     assert embedding_store_name(key, torch.bfloat16) == f"emb-v{EMBEDDING_VERSION}-{key}-bfloat16"
-    fp32_files = sorted(p.name for p in (tmp / "cache" / embedding_store_name(key, torch.float32)).rglob("*") if p.is_file())
+    fp32_store = tmp / "cache" / embedding_store_name(key, torch.float32)
+    fp32_files = sorted(p.name for p in fp32_store.rglob("*") if p.is_file())
     monkeypatch.setenv("ASAP_CPU_BF16", "1")
     reload_settings()
     monkeypatch.setattr(device_mod, "cpu_has_native_bf16", lambda: True)
     report = analyze(small_folder, tmp / "bundle-bf16", _opts(tiny_clip_dir, tmp / "cache"))
     assert "load model" in report.timings  # nothing reused from the fp32 store
     assert (tmp / "cache" / embedding_store_name(key, torch.bfloat16)).is_dir()
-    assert sorted(p.name for p in (tmp / "cache" / embedding_store_name(key, torch.float32)).rglob("*") if p.is_file()) == fp32_files
+    assert sorted(p.name for p in fp32_store.rglob("*") if p.is_file()) == fp32_files
     again = analyze(small_folder, tmp / "bundle-bf16b", _opts(tiny_clip_dir, tmp / "cache"))
     assert "load model" not in again.timings
     assert Bundle.open(again.bundle).meta["encoder"]["dtype"] == "bfloat16"

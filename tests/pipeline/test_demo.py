@@ -35,7 +35,7 @@ def test_committed_demo_data_has_both_classes_two_generators_and_is_small():
 def test_write_random_clip_shapes_and_seed(tmp_path):
     a = inspect_checkpoint(str(write_random_clip(tmp_path / "a", image_size=48, patch_size=8, dim=24, seed=3)))
     assert (a.image_size, a.patch_side, a.embed_dim) == (48, 6, 24)
-    b = inspect_checkpoint(str(write_random_clip(tmp_path / "b", image_size=48, patch_size=8, dim=24, seed=3)))
+    inspect_checkpoint(str(write_random_clip(tmp_path / "b", image_size=48, patch_size=8, dim=24, seed=3)))
     c = inspect_checkpoint(str(write_random_clip(tmp_path / "c", image_size=48, patch_size=8, dim=24, seed=4)))
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     assert (tmp_path / "a" / "model.safetensors").read_bytes() != (tmp_path / "c" / "model.safetensors").read_bytes()

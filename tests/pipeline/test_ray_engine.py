@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import make_image
 from PIL import Image
 
 from asap_core.cli import main
@@ -24,6 +23,7 @@ from asap_core.pipeline.ray_engine import ActorSpec, EmbedActor, PoolPlan, plan_
 from asap_core.pipeline.stages import embedding_store_name
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.cache import RowStore
+from tests.conftest import make_image
 
 REPO = Path(__file__).resolve().parents[2]
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tests.conftest import make_image
 from PIL import Image
 
 from asap_core.cli import main
@@ -21,6 +20,7 @@ from asap_core.pipeline.analyze import AnalyzeOptions, analyze
 from asap_core.settings import reload_settings
 from asap_core.storage.bundle import Bundle
 from asap_core.storage.cache import RowStore
+from tests.conftest import make_image
 
 REPO = Path(__file__).resolve().parents[2]
 

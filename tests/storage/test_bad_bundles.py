@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
 from asap_core.cli import main
@@ -26,6 +25,7 @@ from asap_core.settings import reload_settings
 from asap_core.storage import bundle as bundle_mod
 from asap_core.storage import schema as S
 from asap_core.storage.bundle import Bundle, validate
+from tests.conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "streamlit_app.py")

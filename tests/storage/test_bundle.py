@@ -10,13 +10,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 from asap_core.cli import main
 from asap_core.errors import BundleError, InputError
 from asap_core.method.bundle_models import bundle_distiller, bundle_model_key
 from asap_core.storage import schema as S
 from asap_core.storage.bundle import Bundle
+from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 
 def _meta(p: Path) -> dict:

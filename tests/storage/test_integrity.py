@@ -16,6 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from asap_core.storage import schema as S
+from asap_core.storage.bundle import Bundle, recover_bundle, write_bundle
+from asap_core.storage.cache import RowStore, pid_alive
 
 
 @pytest.fixture(autouse=True)
@@ -25,9 +27,6 @@ def _plain_main(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
 
-
-from asap_core.storage.bundle import Bundle, recover_bundle, write_bundle
-from asap_core.storage.cache import RowStore, pid_alive
 
 _SAMPLE = {"string": "a", "float": 0.5, "int": 0, "bool": True}
 

@@ -99,7 +99,7 @@ def test_a_cells_thumbnails_share_few_row_groups_and_only_those_are_read(tmp_pat
     original = pq.ParquetFile.read_row_group
     monkeypatch.setattr(pq.ParquetFile, "read_row_group",
                         lambda self, i, *a, **k: read.append(i) or original(self, i, *a, **k))
-    for cell, members in images.groupby("cell")["image_id"]:
+    for _cell, members in images.groupby("cell")["image_id"]:
         read.clear()
         got = b.thumbnails(members.tolist())
         assert got == [_jpeg(i) for i in members]

@@ -5,18 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 from asap_core.method.bundle_models import bundle_distiller
 from asap_core.storage.schema import FAKE_LOGIT, N_TARGETS
 from asap_core.views import checks as vc
+from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
 def reports(tiny_bundle, tmp_path_factory):  # noqa: F811
-    from tests.conftest_app import private_copy
-
     from asap_core.analyses.explanation_checks import faithfulness_report, sanity_report
+    from tests.conftest_app import private_copy
 
     b = private_copy(tiny_bundle, tmp_path_factory.mktemp("views_checks") / "bundle")  # the shared one stays clean
     ids = b.images["image_id"].tolist()[:3]

@@ -14,7 +14,6 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 from app_pages.glue import keys as K
 from asap_core.analyses.patterns import Pattern, PatternStore, pattern_from_selection
@@ -28,6 +27,7 @@ from asap_core.views import overview as ov
 from asap_core.views import patterns as vp
 from asap_core.views.glossary import GLOSSARY
 from asap_core.views.grid import image_names
+from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 WIDTH, HEIGHT = 1280, 800
 MIN_MEDIAN = 8  # the bar: the median non-empty cell holds at least 8 images (pies of 1-4 do not read)

@@ -11,7 +11,6 @@ from urllib.parse import parse_qsl, urlsplit
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -25,6 +24,7 @@ from asap_core.views import attention as va
 from asap_core.views import quiz as vq
 from asap_core.views import state as vs
 from asap_core.views.trust import trust_notices
+from tests.conftest_app import local_app_env, no_exception, private_copy, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 #: words a student must never read in a reveal (a 12-year-old must follow it): model internals and units

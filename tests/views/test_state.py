@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
 from asap_core.errors import AsapError, InputError
@@ -15,6 +14,7 @@ from asap_core.model.hints import OPERATOR_FIX, hosted_words
 from asap_core.storage.schema import N_DIMS
 from asap_core.views import state as vs
 from asap_core.views.quiz import MAX_QUIZ, MAX_SEED, QuizSpec
+from tests.conftest_app import no_exception, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 BIG = "9" * 5000

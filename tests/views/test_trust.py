@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.conftest_app import analysed_bundle, no_exception, tiny_bundle  # noqa: F401  (fixture)
 from streamlit.testing.v1 import AppTest
 
 from app_pages.glue.keys import PAGE_FILES
@@ -22,6 +21,7 @@ from asap_core.settings import reload_settings
 from asap_core.storage import schema as S
 from asap_core.storage.bundle import Bundle
 from asap_core.views.trust import encoder_source, metric_label, notices, trust_notices
+from tests.conftest_app import analysed_bundle, no_exception, tiny_bundle  # noqa: F401  (fixture)
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 MEANINGLESS = "carry no meaning"

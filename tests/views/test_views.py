@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 from PIL import Image
 
 from asap_core.method.bundle_models import bundle_distiller
@@ -20,6 +19,7 @@ from asap_core.views import dimensions as vd
 from asap_core.views import grid as vg
 from asap_core.views import overview as ov
 from asap_core.views import state as vs
+from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
