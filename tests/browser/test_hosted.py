@@ -172,7 +172,7 @@ def _png(w: int, h: int) -> bytes:
     ("notes.png", b"this is not an image at all", "not an image"),
     ("strip.png", _png(65500, 1), "p_fake"),                           # extreme geometry: analysed, bounded
     ("huge.png", b"\x89PNG" + b"\0" * (1024 * 1024 + 10), "MB"),        # over ASAP_MAX_UPLOAD_MB
-])
+], ids=["not-an-image", "strip", "over-the-size-limit"])
 def test_bad_uploads_are_refused_in_plain_words(site, browser, name, payload, expect, tmp_path):
     url, root, work = site
     f = tmp_path / name
