@@ -4,6 +4,7 @@
                                    [--mode hosted|local] [--quiz-images 10]
                                    [--grid 6] [--work DIR] [--json results.json] [--maps fresh|keep]
                                    [--ramp 2] [--per-browser 4] [--step-timeout 120] [--warmup-timeout 300]
+                                   [--generator-cpus LIST]
 
 Starts ``streamlit run streamlit_app.py`` headless on 127.0.0.1 and a free port, on ``--bundle`` or (without
 one) on a bundle it builds first: ``asap_core/demo_data`` (300 JPEGs) analysed with a random CLIP from
@@ -57,6 +58,13 @@ Chromium competes with the server for the cores, so latencies there mostly measu
 concurrent phase the server's CPU time is sampled every 0.25 s and each sample is split evenly between the
 steps in flight (shared attribution: approximate per step, exact in total); the report gives the server's
 utilisation (CPU seconds / wall seconds), the load generator's and the whole machine's.
+
+Each step's cost apart from its latency (separate columns, never added to it): the KB the pages received
+during it (websocket frames, Streamlit's protocol, and HTTP response bodies such as media files), the
+concurrent phase's server CPU divided by the steps ended, and with ``--sessions 1`` each step's own server
+CPU from its start to its end. ``--generator-cpus 0`` pins this script, its playwright driver and Chromium
+to CPU 0 and the server to the other CPUs (``sched_setaffinity``), so the server's figures are those of a host
+whose cores serve only the app; a machine with too few CPUs runs unpinned and the output says so.
 
 The server gets ``ASAP_RELEVANCE_BUDGET=100000`` (hosted mode charges maps per client address and day, and
 every session here comes from 127.0.0.1); ``ASAP_HEAVY_SLOTS`` and other settings pass through from the
@@ -179,18 +187,55 @@ class NullProbe:
         pass
 
 
-class InFlight(NullProbe):
-    """Which step each session is in (concurrent phase), for the sampler's shared attribution."""
+@dataclass
+class StepCost:
+    """What the concurrent phase's steps cost apart from their latency, summed over all sessions."""
 
-    def __init__(self, key: int, table: dict[int, str], ended: dict[str, int]) -> None:
-        self.key, self.table, self.ended = key, table, ended
+    received: dict[str, int] = field(default_factory=dict)  # step -> bytes the browser received (ws + HTTP)
+    exact_cpu: dict[str, float] = field(default_factory=dict)  # step -> server CPU s, begin to end (1 session)
+
+
+class InFlight(NullProbe):
+    """Which step each session is in (concurrent phase), for the sampler's shared attribution; with ``cost``,
+    the bytes its page receives per step, and with ``pid`` (one session only: the delta is then the step's own)
+    the server's CPU seconds from each step's start to its end."""
+
+    def __init__(self, key: int, table: dict[int, str], ended: dict[str, int], cost: StepCost | None = None,
+                 pid: int | None = None) -> None:
+        self.key, self.table, self.ended, self.cost, self.pid = key, table, ended, cost, pid
+        self.step, self._c0 = BETWEEN, 0.0
 
     def begin(self, step: str) -> None:
-        self.table[self.key] = step
+        self.table[self.key] = self.step = step
+        if self.pid is not None:
+            self._c0 = tree_cpu(self.pid)
 
     def end(self, step: str) -> None:
+        self.step = BETWEEN
         if self.table.pop(self.key, None) is not None:
             self.ended[step] = self.ended.get(step, 0) + 1
+            if self.pid is not None and self.cost is not None:
+                self.cost.exact_cpu[step] = self.cost.exact_cpu.get(step, 0.0) + tree_cpu(self.pid) - self._c0
+
+    def _add(self, step: str, n: int) -> None:
+        if self.cost is not None:
+            self.cost.received[step] = self.cost.received.get(step, 0) + n
+
+    def attach(self, page) -> None:
+        """Count what ``page`` receives: websocket frames (Streamlit's protocol) and HTTP response bodies
+        (media files such as thumbnails and map tiles, static assets), each to the step in flight when it
+        arrived (``BETWEEN`` when none is)."""
+        def frame(payload) -> None:
+            self._add(self.step, len(payload.encode() if isinstance(payload, str) else payload))
+
+        async def body(request, step: str) -> None:
+            try:
+                self._add(step, max((await request.sizes()).get("responseBodySize", 0), 0))
+            except Exception:  # the context closed first: the bytes are not known any more
+                pass
+
+        page.on("websocket", lambda ws: ws.on("framereceived", frame))
+        page.on("requestfinished", lambda req: asyncio.ensure_future(body(req, self.step)))
 
 
 async def sample_server_cpu(pid: int, inflight: dict[int, str], attributed: dict[str, float],
@@ -250,6 +295,54 @@ class Calibrate(NullProbe):
         c_vis = tree_cpu(self.pid)
         c_end = await wait_server_idle(self.pid)
         self.steps[step] = StepCpu(latency, c_vis - self._c0, c_end - self._c0)
+
+
+# ------------------------------------------------------------------------------------------ CPU pinning
+def parse_cpus(text: str) -> set[int]:
+    """``"0"``, ``"0,2"``, ``"0-1,4"`` -> the set of CPU numbers."""
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        lo, _, hi = part.partition("-")
+        out.update(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def _set_tree_affinity(pid: int, cpus: set[int], skip: int | None = None) -> None:
+    """Every thread of ``pid`` and of its live descendants but ``skip``'s tree onto ``cpus`` (a thread keeps the
+    affinity it had when its process was pinned, so each one is set; later children inherit it)."""
+    todo, seen = [pid], {skip}
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            tids = [int(t.name) for t in Path(f"/proc/{p}/task").iterdir()]
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                os.sched_setaffinity(tid, cpus)
+            except OSError:  # the thread ended meanwhile
+                pass
+        todo += _children(p)
+
+
+def pin_processes(spec: str | None, server_pid: int) -> str:
+    """With ``--generator-cpus``: this script (and so the playwright driver and Chromium it starts later) onto
+    those CPUs, the server (already started, a child of this script) onto the others; the line that says what
+    was done, or why not."""
+    if not spec:
+        return "load generator and server share all CPUs (no --generator-cpus)"
+    usable = os.sched_getaffinity(0)
+    gen = parse_cpus(spec) & usable
+    server = usable - gen
+    if not gen or not server:
+        return (f"--generator-cpus {spec}: not pinned, this machine offers CPUs {sorted(usable)} and both the load "
+                f"generator and the server need at least one of their own")
+    _set_tree_affinity(server_pid, server)
+    _set_tree_affinity(os.getpid(), gen, skip=server_pid)  # the server is a child of this process
+    return f"load generator pinned to CPUs {sorted(gen)}, server to CPUs {sorted(server)}"
 
 
 # ------------------------------------------------------------------------------------------ bundle
@@ -457,14 +550,16 @@ def _describe(exc: BaseException) -> str:
 
 
 async def session(i: int, browser, url: str, args, plan: list[tuple[int, int]], deadline: float,
-                  res: Results, inflight: dict[int, str], ended: dict[str, int]) -> None:
+                  res: Results, inflight: dict[int, str], ended: dict[str, int], cost: StepCost,
+                  pid: int | None = None) -> None:
     """One browser context looping rounds until ``deadline`` (a started round finishes or times out); it
     arrives ``i * args.ramp`` seconds after the first (visitors do not all arrive in the same instant)."""
     await asyncio.sleep(i * args.ramp)
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await ctx.new_page()
     page.set_default_timeout(args.step_timeout * 1000)
-    probe = InFlight(i, inflight, ended)
+    probe = InFlight(i, inflight, ended, cost, pid)
+    probe.attach(page)
     j = 0
     try:
         while time.monotonic() < deadline:
@@ -495,6 +590,7 @@ class Run:
     machine_cpu: float = 0.0  # ... busy CPU s of the whole machine
     attributed: dict[str, float] = field(default_factory=dict)  # step -> server CPU s (shared attribution)
     ended: dict[str, int] = field(default_factory=dict)  # step -> steps ended (done or failed)
+    cost: StepCost = field(default_factory=StepCost)  # bytes received per step; exact CPU with one session
 
 
 async def _single_round(browser, url: str, args, cell: int, n: int, res: Results, step_timeout: float,
@@ -556,8 +652,9 @@ async def drive(url: str, args, plan: list[tuple[int, int]], pid: int) -> Run:
             browsers = [browser] + [await p.chromium.launch(executable_path=CHROMIUM, args=LOADGEN_ARGS)
                                     for _ in range(1, -(-args.sessions // max(args.per_browser, 1)))]
             try:
+                exact = pid if args.sessions == 1 else None
                 await asyncio.gather(*(session(i, browsers[i % len(browsers)], url, args, plan, deadline, run.res,
-                                               inflight, run.ended) for i in range(args.sessions)))
+                                               inflight, run.ended, run.cost, exact) for i in range(args.sessions)))
                 stop.set()
                 await sampler
                 run.wall = time.monotonic() - t0
@@ -646,14 +743,16 @@ async def quiz_play(page, link: str, n: int, res: Results, probe: NullProbe | No
 
 
 async def quiz_student(i: int, browser, link: str, args, res: Results, inflight: dict[int, str],
-                       ended: dict[str, int]) -> None:
+                       ended: dict[str, int], cost: StepCost, pid: int | None = None) -> None:
     """Student ``i``: arrives ``i * args.ramp`` s after the first, plays the quiz once in its own context."""
     await asyncio.sleep(i * args.ramp)
     ctx = await browser.new_context(viewport={"width": 1280, "height": 800})
     page = await ctx.new_page()
     page.set_default_timeout(args.step_timeout * 1000)
+    probe = InFlight(i, inflight, ended, cost, pid)
+    probe.attach(page)
     try:
-        await asyncio.wait_for(quiz_play(page, link, args.quiz_images, res, InFlight(i, inflight, ended), seed=i),
+        await asyncio.wait_for(quiz_play(page, link, args.quiz_images, res, probe, seed=i),
                                timeout=args.step_timeout * (1 + 2 * args.quiz_images))
     except Exception as exc:
         await _record_error(res, args, page, f"student {i}: {_describe(exc)}", f"error_student{i}.png")
@@ -717,8 +816,9 @@ async def _concurrent_quiz(p, browser, link: str, args, pid: int, run: Run) -> N
     browsers = [browser] + [await p.chromium.launch(executable_path=CHROMIUM, args=LOADGEN_ARGS)
                             for _ in range(1, -(-args.sessions // max(args.per_browser, 1)))]
     try:
+        exact = pid if args.sessions == 1 else None
         await asyncio.gather(*(quiz_student(i, browsers[i % len(browsers)], link, args, run.res, inflight,
-                                            run.ended) for i in range(args.sessions)))
+                                            run.ended, run.cost, exact) for i in range(args.sessions)))
         stop.set()
         await sampler
         run.wall = time.monotonic() - t0
@@ -734,17 +834,17 @@ def quiz_table(run: Run) -> str:
     """Per step: n, median / p95 / max latency, server CPU s calibrated (alone) and under load (shared)."""
     first = run.calib[0].steps if run.calib else {}
     lines = ["| step (page) | n | median (s) | p95 (s) | max (s) | server CPU s/step, alone "
-             "| server CPU s/step under load (shared) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| server CPU s/step under load (shared) " + COST_HEAD, "|---|---:|---:|---:|---:|---:|---:|" + COST_RULE]
     for step in QUIZ_STEPS:
         v = np.asarray(run.res.latencies[step])
         stats = f"{np.median(v):.2f} | {np.percentile(v, 95):.2f} | {v.max():.2f}" if len(v) else "- | - | -"
         ended = run.ended.get(step, 0)
         load = _fmt(run.attributed.get(step, 0.0) / ended) if ended else "-"
         lines.append(f"| {step} ({QUIZ_PAGES[step]}) | {len(v)} | {stats} | "
-                     f"{_fmt(first[step].cpu_rerun) if step in first else '-'} | {load} |")
+                     f"{_fmt(first[step].cpu_rerun) if step in first else '-'} | {load} |" + cost_cells(run, step))
     if run.res.rounds:
-        lines.append(f"| whole play | {run.res.rounds} | | | | | {_fmt(run.server_cpu / run.res.rounds)} |")
-    return "\n".join(lines)
+        lines.append(f"| whole play | {run.res.rounds} | | | | | {_fmt(run.server_cpu / run.res.rounds)} | | | |")
+    return "\n".join(lines + [cost_total(run)])
 
 
 def quiz_main(args, bundle: Path, env: dict, work: Path) -> int:
@@ -760,6 +860,7 @@ def quiz_main(args, bundle: Path, env: dict, work: Path) -> int:
         link = vq.round_link(f"{url}/quiz", link_bundle, vq.QuizSpec("all", "", args.quiz_images, QUIZ_SEED), code)
         warm_link = vq.quiz_link(f"{url}/quiz", link_bundle, vq.QuizSpec("all", "", args.quiz_images, QUIZ_SEED + 1))
         pid = procs[0].pid
+        print(pin_processes(args.generator_cpus, pid), flush=True)
         print(f"server {url} ({args.mode} mode, pid {pid}); class round {code}: {args.sessions} students, one "
               f"every {args.ramp:g} s, {args.quiz_images} images each; {os.cpu_count()} CPUs, load average "
               f"{os.getloadavg()[0]:.1f}", flush=True)
@@ -785,6 +886,8 @@ def quiz_main(args, bundle: Path, env: dict, work: Path) -> int:
                                          "latencies": run.res.latencies, "wall_s": run.wall,
                                          "server_cpu_s": run.server_cpu, "answers_recorded": n_rec,
                                          "server_cpu_by_step_shared_s": run.attributed, "steps_ended": run.ended,
+                                         "received_bytes_by_step": run.cost.received,
+                                         "server_cpu_by_step_exact_s": run.cost.exact_cpu,
                                          "calibration": [{s: vars(c) for s, c in pr.steps.items()}
                                                          for pr in run.calib]},
                                         indent=1))
@@ -796,13 +899,39 @@ def _fmt(x: float | None, nd: int = 2) -> str:
     return "-" if x is None else f"{x:.{nd}f}"
 
 
+# the step's cost apart from its latency (never added to it): bytes the browser received, server CPU
+COST_HEAD = "| KB received/step | server CPU s/step, run total / steps | server CPU s/step, exact (1 session) |"
+COST_RULE = "---:|---:|---:|"
+
+
+def cost_cells(run: Run, step: str) -> str:
+    """The ``COST_HEAD`` cells of one step kind: mean KB the pages received during it (websocket frames and
+    HTTP bodies), the concurrent phase's server CPU over all steps ended (the same figure on every row), and
+    with one session the mean server CPU from its start to its end."""
+    ended = run.ended.get(step, 0)
+    if not ended:
+        return " - | - | - |"
+    steps = sum(n for s, n in run.ended.items() if s != BETWEEN)
+    exact = run.cost.exact_cpu.get(step)
+    return (f" {run.cost.received.get(step, 0) / 1024 / ended:.1f} | {_fmt(run.server_cpu / steps)} | "
+            f"{_fmt(None if exact is None else exact / ended, 3)} |")
+
+
+def cost_total(run: Run) -> str:
+    """One line under the table: received bytes and server CPU of the whole concurrent phase."""
+    steps = sum(run.ended.values())
+    return (f"(concurrent phase: {steps} steps ended, {sum(run.cost.received.values()) / 1024:.0f} KB received by "
+            f"the pages, {run.server_cpu:.2f} server CPU s; shared and run-total CPU columns are approximate per "
+            f"step kind, the exact column is measured only with --sessions 1)")
+
+
 def table(run: Run) -> str:
     res = run.res
     first = run.calib[0].steps if run.calib else {}
     again = run.calib[1].steps if len(run.calib) > 1 else {}
     lines = ["| step (page) | n | median (s) | p95 (s) | max (s) | server CPU s/rerun, calibrated "
-             "| server CPU s/step under load (shared) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| server CPU s/step under load (shared) " + COST_HEAD,
+             "|---|---:|---:|---:|---:|---:|---:|" + COST_RULE]
     for step in STEPS:
         v = np.asarray(res.latencies[step])
         cal = _fmt(first[step].cpu_rerun) if step in first else "-"
@@ -811,14 +940,15 @@ def table(run: Run) -> str:
         ended = run.ended.get(step, 0)
         load = _fmt(run.attributed.get(step, 0.0) / ended) if ended else "-"
         stats = (f"{np.median(v):.2f} | {np.percentile(v, 95):.2f} | {v.max():.2f}" if len(v) else "- | - | -")
-        lines.append(f"| {step} ({PAGES[step]}) | {len(v)} | {stats} | {cal} | {load} |")
+        lines.append(f"| {step} ({PAGES[step]}) | {len(v)} | {stats} | {cal} | {load} |" + cost_cells(run, step))
     total = np.sum([np.asarray(res.latencies[s]) for s in STEPS], axis=0) if res.rounds else np.zeros(0)
     if len(total):
         cal = sum(first[s].cpu_rerun for s in STEPS if s in first) if first else None
         lines.append(f"| whole round | {len(total)} | {np.median(total):.2f} | {np.percentile(total, 95):.2f} "
-                     f"| {total.max():.2f} | {_fmt(cal)} | {_fmt(run.server_cpu / res.rounds)} |")
-        lines.append(f"| (between steps) | | | | | | {_fmt(run.attributed.get(BETWEEN, 0.0), 1)} s in all |")
-    return "\n".join(lines)
+                     f"| {total.max():.2f} | {_fmt(cal)} | {_fmt(run.server_cpu / res.rounds)} | | | |")
+        lines.append(f"| (between steps) | | | | | | {_fmt(run.attributed.get(BETWEEN, 0.0), 1)} s in all "
+                     f"| {_fmt(run.cost.received.get(BETWEEN, 0) / 1024, 0)} KB in all | | |")
+    return "\n".join(lines + [cost_total(run)])
 
 
 def calibration_table(run: Run) -> str:
@@ -871,6 +1001,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shots", type=Path, help="screenshots of failed rounds go here")
     ap.add_argument("--no-warmup", action="store_true")
     ap.add_argument("--no-calibration", action="store_true", help="skip the one-session server CPU calibration")
+    ap.add_argument("--generator-cpus", metavar="LIST",
+                    help="pin the load generator (this script, its playwright driver and Chromium) to these CPUs, "
+                         "e.g. 0 or 0-1,4, and the server to the others (skipped, with a note, when either would "
+                         "get none)")
     args = ap.parse_args(argv)
     if not Path(CHROMIUM).exists():
         print(f"needs {CHROMIUM} (Debian's chromium) and the playwright package", file=sys.stderr)
@@ -904,6 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
         t_start = time.monotonic()
         with streamlit_server(env, work / "server.log", procs=procs) as url:
             pid = procs[0].pid
+            print(pin_processes(args.generator_cpus, pid), flush=True)
             print(f"server {url} ({args.mode} mode, pid {pid}, started in {time.monotonic() - t_start:.1f} s) on "
                   f"{bundle}; {args.sessions} sessions for {args.seconds:.0f} s; {len(plan)} cells with 3+ images "
                   f"on a {args.grid}x{args.grid} grid; heavy slots {os.environ.get('ASAP_HEAVY_SLOTS', '2')}; "
@@ -945,6 +1080,7 @@ def main(argv: list[str] | None = None) -> int:
                 "slot_waits": res.slot_waits, "cpus": cores,
                 "server_cpu_s": run.server_cpu, "loadgen_cpu_s": run.loadgen_cpu, "machine_cpu_s": run.machine_cpu,
                 "server_cpu_by_step_shared_s": run.attributed, "steps_ended": run.ended,
+                "received_bytes_by_step": run.cost.received, "server_cpu_by_step_exact_s": run.cost.exact_cpu,
                 "server_start_cpu_s": run.start_cpu,
                 "warmup": None if warm is None else {"latencies": warm.latencies, "errors": warm.errors,
                                                      "warnings": warm.warnings, "wall_s": run.warm_wall,
