@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from asap_core.storage.bundle import Bundle
-from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, MAIN_IMAGES, streamlit_server
+from tests.browser_helpers import CHROMIUM, MAIN_IMAGES, chromium, streamlit_server
 from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 
 try:
@@ -65,12 +65,8 @@ def site(tiny_bundle, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def browser(site):
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 def _settled(page, text: str | None = None) -> str:

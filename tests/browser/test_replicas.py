@@ -36,14 +36,15 @@ from asap_core.storage.bundle import Bundle
 from asap_core.storage.state_store import StateStore, normalise_url
 from tests.browser_helpers import (
     CHROMIUM,
-    CHROMIUM_ARGS,
     ERROR_BLOCKS,
     MAIN_IMAGES,
     SLICES_JS,
+    chromium,
     command_server,
     dismiss_guide,
     free_port,
     slice_click_point,
+    stop_process,
 )
 from tests.conftest_app import tiny_bundle  # noqa: F401  (fixture)
 from tests.hosting.test_compose import NGINX_CONF, render_nginx, upstream_servers
@@ -107,12 +108,7 @@ def nginx_in_front(replicas: list[str], work: Path) -> Iterator[tuple[str, Path]
                 time.sleep(0.1)
             yield f"http://127.0.0.1:{port}", access
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def _listening(port: int) -> bool:
@@ -215,12 +211,8 @@ def cluster(tiny_bundle, tmp_path_factory, state_url) -> Iterator[Cluster]:  # n
 
 @pytest.fixture(scope="module")
 def browser(cluster):
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    with chromium() as b:
+        yield b
 
 
 @contextmanager
