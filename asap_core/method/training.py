@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -62,13 +62,19 @@ def split_indices(y: np.ndarray, split: np.ndarray | None, val_fraction: float, 
     return np.sort(tr), np.sort(va)
 
 
-TRAINING_VERSION = 3  # part of cache keys: bump when training changes what a fit returns
-#                      (3: standardisation summed over chunks; streamed minibatches from STREAM_MIN_ROWS rows)
+TRAINING_VERSION = 4  # part of cache keys: bump when training changes what a fit returns
+#                      (3: standardisation summed over chunks; streamed minibatches from STREAM_MIN_ROWS rows;
+#                       4: an epoch is at most ``epoch_rows`` training rows)
 
 #: Labelled rows from which ``stream=None`` trains on minibatches of the embeddings themselves instead of a
 #: precomputed projected table ``[N, P]`` float32 (200 MB at 200,000 rows, 1 GB at a million).
 STREAM_MIN_ROWS = 200_000
 CHUNK_ROWS = 16_384  # rows projected at a time outside the minibatches (standardisation, validation, metrics)
+
+#: Training rows one epoch draws at most (``DistillerTrainer(epoch_rows=...)``): beyond it an epoch is this many
+#: rows of a permutation that runs on across epochs, so the steps between two early-stopping checks, and the
+#: cost of an epoch, stop growing with N.
+EPOCH_ROWS = 65_536
 
 
 #: ``cache_params`` keys under the names cache keys were first written with (a rename must not orphan
@@ -86,6 +92,8 @@ class DistillerTrainer:
     lr, weight_decay : Adam's learning rate and weight decay.
     batch_size : rows per minibatch.
     max_epochs : most epochs; ``patience``: epochs without a gain in validation loss before stopping.
+    epoch_rows : training rows per epoch at most; a larger training split is walked ``epoch_rows`` rows per
+        epoch through one running permutation (each row once per pass), so an epoch's cost is bounded.
     val_fraction : share of the rows held out for validation when the folder names no split.
     random_state : seed of the split, the initial weights and the minibatch order.
     generator_weight : loss weight of the optional generator head (0 disables it).
@@ -109,7 +117,7 @@ class DistillerTrainer:
     def __init__(self, projection: np.ndarray | None = None, ortho_weight: float = 1.0, lr: float = 3e-3,
                  weight_decay: float = 0.0, batch_size: int = 256, max_epochs: int = 300, patience: int = 25,
                  val_fraction: float = 0.2, random_state: int = 0, generator_weight: float = 0.5,
-                 stream: bool | None = None) -> None:
+                 stream: bool | None = None, epoch_rows: int = EPOCH_ROWS) -> None:
         self.projection = projection
         self.ortho_weight = ortho_weight
         self.lr = lr
@@ -121,6 +129,7 @@ class DistillerTrainer:
         self.random_state = random_state
         self.generator_weight = generator_weight
         self.stream = stream
+        self.epoch_rows = epoch_rows
 
     def get_params(self) -> dict[str, Any]:
         """All ``__init__`` parameters by name (``DistillerTrainer(**t.get_params())`` is an unfitted copy)."""
@@ -189,8 +198,9 @@ class DistillerTrainer:
         best: tuple[float, float] = (float("-inf"), float("-inf"))
         best_state: dict[str, torch.Tensor] | None = None
         bad, history = 0, []
+        orders = epoch_orders(rng, tr, self.epoch_rows)
         for epoch in range(self.max_epochs):
-            loss = self._epoch(model, s, opt, rng.permutation(tr))
+            loss = self._epoch(model, s, opt, next(orders))
             val_loss, p_val = _validate(model, s, va, self.generator_weight)
             auc = roc_auc(y[va], p_val)
             history.append({"epoch": epoch, "loss": loss, "val_loss": val_loss, "val_auc": auc})
@@ -247,6 +257,23 @@ class DistillerTrainer:
         return metrics
 
 
+def epoch_orders(rng: np.random.Generator, rows: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    """Endless epochs over ``rows [M]``: each a fresh permutation of all of them when ``M <= size``; else
+    ``size`` rows at a time of a permutation that runs on (a new one once it is used up, its first rows
+    completing the epoch), so every row is drawn once per pass over the split."""
+    if len(rows) <= size:
+        while True:
+            yield rng.permutation(rows)
+    perm, at = rng.permutation(rows), 0
+    while True:
+        part = perm[at:at + size]
+        at += size
+        if len(part) < size:
+            perm, at = rng.permutation(rows), size - len(part)
+            part = np.concatenate([part, perm[:at]])
+        yield part
+
+
 class _TrainState:
     """What every epoch reads: the embeddings ``[N, D]`` float32 and, unless streaming, their standardised
     projections ``v [N, P]`` (else None), labels ``y [N]``, generator targets ``g [N]`` (-1: none), the
@@ -265,10 +292,13 @@ class _TrainState:
         return e @ ((w @ model.projection) * model.scale).T + (model.dims.bias - model.scale * (w @ model.center))
 
     def dims_no_grad(self, model: Distiller, rows: np.ndarray) -> torch.Tensor:
-        """z ``[len(rows), 16]`` without gradients, ``CHUNK_ROWS`` rows at a time."""
+        """z ``[len(rows), 16]`` without gradients, ``CHUNK_ROWS`` rows at a time (into one tensor sized once,
+        as ``Distiller.predict`` does)."""
+        z = torch.empty((len(rows), model.config.n_dims))
         with torch.no_grad():
-            parts = [self.dims(model, rows[i:i + CHUNK_ROWS]) for i in range(0, len(rows), CHUNK_ROWS)]
-        return torch.cat(parts) if parts else torch.zeros((0, model.config.n_dims))
+            for i in range(0, len(rows), CHUNK_ROWS):
+                z[i:i + CHUNK_ROWS] = self.dims(model, rows[i:i + CHUNK_ROWS])
+        return z
 
 
 def _generator_targets(generators: np.ndarray | None, y: np.ndarray, weight: float

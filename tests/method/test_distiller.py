@@ -42,7 +42,7 @@ def test_forward_shapes_and_roundtrip(tmp_path):
 def test_trainer_parameters_copy_and_the_cache_key_outlives_the_rename():
     """``get_params`` builds an equal trainer; ``cache_params`` (what the distiller's cache key hashes) is the
     dict keys were written with before ``seed`` became ``random_state``, so fits cached then are still found."""
-    from asap_core.method.training import TRAINING_VERSION
+    from asap_core.method.training import EPOCH_ROWS, TRAINING_VERSION
     from asap_core.storage.cache import hash_key
 
     proj = _projection(48, 64)
@@ -51,7 +51,7 @@ def test_trainer_parameters_copy_and_the_cache_key_outlives_the_rename():
     assert hash_key(DistillerTrainer(**t.get_params()).get_params()) == hash_key(t.get_params())
     before = {"version": TRAINING_VERSION, "projection": proj, "ortho_weight": 1.0, "lr": 1e-2, "weight_decay": 0.0,
               "batch_size": 256, "max_epochs": 300, "patience": 25, "val_fraction": 0.2, "seed": 5,
-              "generator_weight": 0.5, "stream": True}
+              "generator_weight": 0.5, "stream": True, "epoch_rows": EPOCH_ROWS}
     assert hash_key(t.cache_params()) == hash_key(before)
     assert hash_key(DistillerTrainer(proj, lr=1e-2, random_state=6, stream=True).cache_params()) != hash_key(before)
 
