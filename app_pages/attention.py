@@ -2,7 +2,6 @@
 dimensions ordered by their contribution z_i * w2_i to the prediction."""
 from __future__ import annotations
 
-import altair as alt
 import streamlit as st
 
 from app_pages.glue import checks as G
@@ -44,35 +43,32 @@ c3.caption(f"{len(ids)} image{'s' if len(ids) > 1 else ''} picked"
 maps = W.maps_for(b, shown, method)
 if maps is None:
     st.stop()
-w2 = D.head_weights(path, stamp)
-rows = va.attention_rows(D.image_rows(b, shown), shown, maps, w2, b.thumbnails(shown), alpha=alpha, names=names)
+rows = D.attention_tiles(path, stamp, tuple(shown), method, float(alpha), names)
 targets = vc.attention_check_targets(rows)
-check = st.toggle("Check these maps: faithfulness to this model (deletion, occlusion) and the sanity check",
-                  key=K.W_ATT_CHECKS, help=GLOSSARY["map checks"])
-checks = G.checks_for(b, shown, method, targets) if check else G.cached_checks_for(b, shown, method, targets)
-per_image, flagged = (checks[0].per_image, vc.flagged_targets(checks[1].summary)) if checks else (None, set())
-if checks:  # names inside are escaped by views.checks (as_text)
-    with st.container(border=True):
-        for line in vc.summary_lines(checks[0].summary, checks[1].summary, targets, names):
-            st.markdown(line)
-for r in rows:
-    with st.container(border=True):
-        truth = r["label"] or "unlabelled"
-        verdict = "" if r["label"] is None else (" ✓ right" if r["label"] == r["pred"] else " ✗ wrong")
-        st.markdown(f"**{as_text(r['file'])}** · label {as_text(truth)} · predicted {as_text(r['pred'])}{verdict} "
-                    f"· p_fake {r['p_fake']:.3f}", help=GLOSSARY["p_fake"])
-        tiles = r["tiles"]
-        st.image([t.image for t in tiles], caption=as_texts(vc.tile_captions(r, per_image, flagged)),
-                 width=92)
 
-contrib = va.contribution_frame(D.image_rows(b, shown), shown, w2, names)
+
+@st.fragment
+def checked_tiles() -> None:
+    """The tiles and the check toggle: turning the checks on or off reruns this part only."""
+    check = st.toggle("Check these maps: faithfulness to this model (deletion, occlusion) and the sanity check",
+                      key=K.W_ATT_CHECKS, help=GLOSSARY["map checks"])
+    checks = G.checks_for(b, shown, method, targets) if check else G.cached_checks_for(b, shown, method, targets)
+    per_image, flagged = (checks[0].per_image, vc.flagged_targets(checks[1].summary)) if checks else (None, set())
+    if checks:  # names inside are escaped by views.checks (as_text)
+        with st.container(border=True):
+            for line in vc.summary_lines(checks[0].summary, checks[1].summary, targets, names):
+                st.markdown(line)
+    for r in rows:
+        with st.container(border=True):
+            truth = r["label"] or "unlabelled"
+            verdict = "" if r["label"] is None else (" ✓ right" if r["label"] == r["pred"] else " ✗ wrong")
+            st.markdown(f"**{as_text(r['file'])}** · label {as_text(truth)} · predicted {as_text(r['pred'])}"
+                        f"{verdict} · p_fake {r['p_fake']:.3f}", help=GLOSSARY["p_fake"])
+            # JPEG bytes at the width shown (D.attention_tiles): sent as they are, rendered once for everyone
+            st.image([t.image for t in r["tiles"]], caption=as_texts(vc.tile_captions(r, per_image, flagged)),
+                     width=va.TILE_PX)
+
+
+checked_tiles()
 st.markdown("**Contributions to the fake logit** (z_i · w2_i per image)")
-st.altair_chart(
-    alt.Chart(contrib).mark_bar().encode(
-        x=alt.X("dim:O", title="dimension"), xOffset="image:N",  # image: the file name, as above
-        y=alt.Y("contribution:Q", title="z_i · w2_i"),
-        color=alt.Color("image:N", title="image"),
-        tooltip=["image", "dimension", alt.Tooltip("contribution:Q", format="+.3f")],
-    ).properties(height=200),
-    theme=None,
-)
+st.vega_lite_chart(spec=D.contribution_spec(path, stamp, tuple(shown), names), theme=None, width="stretch")

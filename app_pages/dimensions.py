@@ -56,7 +56,7 @@ def image_rows(dim: int, k: int) -> tuple[list[str], list[str]]:
     for title, highest in (("Highest", True), ("Lowest", False)):
         top = vd.top_images(b.images, dim, k, highest)
         st.caption(f"{title} {as_text(dimension_label(dim, names))}")
-        st.image(D.thumbs(b, top["image_id"].tolist()), caption=[f"z{dim} = {v:+.3f}" for v in top[f"z{dim}"]],
+        st.image(D.thumbs(b, top["image_id"].tolist(), 84), caption=[f"z{dim} = {v:+.3f}" for v in top[f"z{dim}"]],
                  width=84)
         rows.append(top["image_id"].tolist())
     return rows[0], rows[1]

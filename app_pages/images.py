@@ -11,7 +11,6 @@ from app_pages.glue import work as W
 from app_pages.glue.sidebar import page_start
 from app_pages.glue.widgets import next_or_clear, save_concept_form, save_selection_form
 from asap_core.views import concept as vc
-from asap_core.views import grid as vg
 from asap_core.views import overview as ov
 from asap_core.views import state as vs
 from asap_core.views.glossary import GLOSSARY
@@ -63,21 +62,28 @@ st.caption("Frames: green = predicted right, red = predicted wrong. Hover for fi
            "Drag a box to pick images, shift-click to add single ones, double-click to clear."
            + (f" Showing a sample of {len(layout)} of {n_members:,} images." if len(layout) < n_members else ""),
            help=GLOSSARY["p_fake"])
-chart_key = K.grid_chart(grid, vs.short_hash(cell_txt + repr(filters)))
-S.fresh_chart(chart_key)
-chart = vg.grid_chart(layout, n_rows, n_cols, tile=vg.tile_size(n_cols))
-event = st.altair_chart(chart, key=chart_key, on_select="rerun", selection_mode=["brush", "pick"],
-                        theme=None, width="content")
-ss[K.K_IMAGES] = S.consume_event(chart_key, event, ss[K.K_IMAGES], lambda ev: vs.picked_ids(ev, layout))
 
-# picks belong to the cells they were made in: another cell's picks are dropped (here and for Attention)
-members = set(ov.selected_members(D.gridded(path, stamp, grid)[0], cells, filters)["image_id"].astype(str))
-ss[K.K_IMAGES] = picked = [i for i in ss[K.K_IMAGES] if i in members]
-if picked:
-    st.markdown(f"**{len(picked)} image{'s' if len(picked) > 1 else ''} picked**")
-    st.image(D.thumbs(b, picked[:24]), width=56)
-    next_or_clear("Show attention maps", "attention", ":material/visibility:", K.K_IMAGES, chart_key,
-                  (K.IMG_ATTN, K.IMG_CLEAR), "Clear picks")
-    save_selection_form(b, picked, base_name=f"cell {cell_txt} selection")
-else:
-    st.caption("No image picked yet.")
+
+@st.fragment
+def grid_and_picks() -> None:
+    """The grid and the picks under it: a brush or a click reruns this part only, not the page."""
+    chart_key = K.grid_chart(grid, vs.short_hash(cell_txt + repr(filters)))
+    S.fresh_chart(chart_key)
+    event = st.vega_lite_chart(spec=D.grid_spec(path, stamp, grid, tuple(cells), filters), key=chart_key,
+                               on_select="rerun", selection_mode=["brush", "pick"], theme=None, width="content")
+    ss[K.K_IMAGES] = S.consume_event(chart_key, event, ss[K.K_IMAGES], lambda ev: vs.picked_ids(ev, layout))
+
+    # picks belong to the cells they were made in: another cell's picks are dropped (here and for Attention)
+    members = set(ov.selected_members(D.gridded(path, stamp, grid)[0], cells, filters)["image_id"].astype(str))
+    ss[K.K_IMAGES] = picked = [i for i in ss[K.K_IMAGES] if i in members]
+    if picked:
+        st.markdown(f"**{len(picked)} image{'s' if len(picked) > 1 else ''} picked**")
+        st.image(D.thumbs(b, picked[:24], 56), width=56)
+        next_or_clear("Show attention maps", "attention", ":material/visibility:", K.K_IMAGES, chart_key,
+                      (K.IMG_ATTN, K.IMG_CLEAR), "Clear picks")
+        save_selection_form(b, picked, base_name=f"cell {cell_txt} selection")
+    else:
+        st.caption("No image picked yet.")
+
+
+grid_and_picks()

@@ -102,7 +102,7 @@ with right:
                        help=GLOSSARY["dimension"])
         if gen_data is not None and by_gen:
             st.caption(as_text(vgen.attribution_caption(gen_data[0], members["image_id"].tolist())))
-        st.image(D.thumbs(b, members["image_id"].head(12).tolist()), width=64)
+        st.image(D.thumbs(b, members["image_id"].head(12).tolist(), 64), width=64)
     else:
         st.markdown("**No cell selected.** Click a pie on the map.")
     st.markdown("**Cells near the decision boundary** (mixed labels, low confidence)",

@@ -123,10 +123,10 @@ def class_results(code: str) -> None:
     c3.metric("Computer right", f"{r.model_right:.0%}")
     if r.most_fooling is not None:
         shown = r.per_image[r.per_image["answered"] > 0]
-        st.image(D.thumbs(b, shown["image_id"].tolist()), width=THUMB_PX,
+        st.image(D.thumbs(b, shown["image_id"].tolist(), THUMB_PX), width=THUMB_PX,
                  caption=[f"#{p + 1}: {f:.0%} fooled" for p, f in zip(shown["position"], shown["fooled"])])
         st.markdown("**Fooled most of the class**, for discussion:")
-        st.image(D.thumbs(b, [r.most_fooling]), width=END_THUMB_PX,
+        st.image(D.thumbs(b, [r.most_fooling], END_THUMB_PX), width=END_THUMB_PX,
                  caption=as_texts(vq.captions(b.images, [r.most_fooling], with_p=False)))
 
 
@@ -178,7 +178,7 @@ def reveal_looks(rv: vq.Reveal, words: vq.PlainReveal, where) -> None:
     examples = vq.unnamed_examples(rv, D.dimension_names(b))
     if words.examples and examples:
         where.caption(words.examples)
-        where.image(D.thumbs(b, examples), width=THUMB_PX)
+        where.image(D.thumbs(b, examples, THUMB_PX), width=THUMB_PX)
 
 
 def reveal_picture(image_id: str, rv: vq.Reveal, where) -> bool:
@@ -218,7 +218,8 @@ def reveal_panel(play: dict) -> None:
 def fooled(title: str, ids: list[str]) -> None:
     st.markdown(f"**{title}** ({len(ids)})")
     if ids:
-        st.image(D.thumbs(b, ids), caption=as_texts(vq.captions(b.images, ids, with_p=False)), width=END_THUMB_PX)
+        st.image(D.thumbs(b, ids, END_THUMB_PX), caption=as_texts(vq.captions(b.images, ids, with_p=False)),
+                 width=END_THUMB_PX)
     else:
         st.caption("none")
 

@@ -60,7 +60,7 @@ with right:
 nb = res.neighbours
 st.markdown(f"**{len(nb)} nearest bundle images** (Euclidean distance in the 16 dimensions)")
 st.caption(as_text(vsi.neighbour_summary(nb)))
-st.image(D.thumbs(b, nb["image_id"].tolist()), caption=as_texts(vsi.neighbour_captions(nb)), width=96)
+st.image(D.thumbs(b, nb["image_id"].tolist(), 96), caption=as_texts(vsi.neighbour_captions(nb)), width=96)
 with st.expander("Neighbour table"):
     st.dataframe(vsi.neighbours_display(nb), hide_index=True, key=K.SINGLE_NB)
 

@@ -7,7 +7,6 @@ and chart specs. The encoder comes from ``asap_core``'s one cached factory. Ever
 """
 from __future__ import annotations
 
-import io
 import threading
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
 from asap_core.analyses import attribution as attr
 from asap_core.analyses import naming as nm
@@ -24,13 +22,12 @@ from asap_core.analyses.naming import WordScores
 from asap_core.analyses.patterns import PatternStore, rank_patterns
 from asap_core.errors import AsapError, BundleError
 from asap_core.hosting import error_id, visitor_echo
-from asap_core.inputs.imageio import thumbnail_fits
 from asap_core.method.bundle_models import bundle_distiller
 from asap_core.method.layout import regrid
 from asap_core.method.relevance_store import bundle_maps, missing_maps
 from asap_core.model.hints import hint_for
 from asap_core.storage.bundle import Bundle
-from asap_core.storage.schema import N_DIMS, THUMB_MAX_PIXELS
+from asap_core.storage.schema import N_DIMS
 from asap_core.views import attention as va
 from asap_core.views import dimensions as vd
 from asap_core.views import generators as vgen
@@ -113,10 +110,29 @@ def gridded(path: str, stamp: int, grid: int) -> tuple[pd.DataFrame, pd.DataFram
     return regrid(b.images, grid)
 
 
-def thumbs(b: Bundle, ids: list[str]) -> list[bytes]:
-    """Thumbnail JPEG bytes for ``ids`` (a grey placeholder where one is missing, or is not a thumbnail: not an
-    image, or over ``schema.THUMB_MAX_PIXELS`` from its header, so no browser or Streamlit decodes a bomb)."""
-    return [j if j is not None and thumbnail_fits(j, THUMB_MAX_PIXELS) else _grey() for j in b.thumbnails(ids)]
+#: thumbnails kept rendered at a shown width, per bundle (a few kB each): past this many the cache starts over
+SMALL_THUMBS_MAX = 20_000
+
+
+@st.cache_resource(max_entries=4)
+def _small_thumbs(path: str, stamp: int) -> dict[tuple[str, int], bytes]:
+    """(image id, width) -> JPEG bytes at that width: shared by every session (bytes are never changed)."""
+    return {}
+
+
+def thumbs(b: Bundle, ids: list[str], width: int) -> list[bytes]:
+    """Thumbnail JPEG bytes for ``ids``, at most ``width`` px (the width ``st.image`` shows them at, so it sends
+    them as they are instead of re-encoding them on every rerun), rendered once for all visitors; a grey
+    placeholder where one is missing or is not a thumbnail (not an image, or over ``schema.THUMB_MAX_PIXELS``
+    from its header, so no browser or Streamlit decodes a bomb: ``views.grid.thumb_jpeg``)."""
+    done = _small_thumbs(*ref(b))
+    missing = list(dict.fromkeys(i for i in ids if (i, width) not in done))
+    if missing:
+        if len(done) + len(missing) > SMALL_THUMBS_MAX:
+            done.clear()
+        for i, jpeg in zip(missing, b.thumbnails(missing)):
+            done[(i, width)] = vg.thumb_jpeg(jpeg, width, quality=90)
+    return [done[(i, width)] for i in ids]
 
 
 @st.cache_resource(max_entries=4)
@@ -136,14 +152,6 @@ def image_rows(b: Bundle, ids: list[str]) -> pd.DataFrame:
 def generator_choices(path: str, stamp: int) -> list[str]:
     """``views.overview.generators`` of a bundle: the generator filter's choices, computed once per bundle."""
     return ov.generators(load_bundle(path, stamp).images)
-
-
-@st.cache_data
-def _grey() -> bytes:
-    """A grey 64 px JPEG: the placeholder of a missing or oversized thumbnail."""
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 200, 200)).save(buf, format="JPEG")
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------------------ overview, grid
@@ -194,6 +202,14 @@ def grid_for(path: str, stamp: int, grid: int, cells: tuple[int, ...], filters: 
     return vg.with_thumbs(layout, b.thumbnails(layout["image_id"].tolist()), px), n_rows, n_cols, len(members)
 
 
+@st.cache_data(max_entries=32, show_spinner=False)
+def grid_spec(path: str, stamp: int, grid: int, cells: tuple[int, ...], filters: ov.Filters) -> dict:
+    """Vega-Lite spec of the image grid of ``grid_for`` (brush and pick selections), built once for every
+    visitor of these cells: building it with Altair on each rerun was most of a grid rerun's server CPU."""
+    layout, n_rows, n_cols, _ = grid_for(path, stamp, grid, cells, filters)
+    return vg.grid_chart(layout, n_rows, n_cols, tile=vg.tile_size(n_cols)).to_dict()
+
+
 # ------------------------------------------------------------------------------------------ the model
 def encoder_model(b: Bundle) -> str:
     """The model to load for ``b``: a local copy the user named in the sidebar, else the bundle's own."""
@@ -242,6 +258,27 @@ def n_missing_maps(b: Bundle, ids: list[str], method: str) -> int:
 def stored_maps(path: str, stamp: int, ids: tuple[str, ...], method: str) -> np.ndarray:
     """Cached maps ``[n, 17, side, side]`` float16 of ``ids`` (all must be in the bundle's map store)."""
     return bundle_maps(load_bundle(path, stamp), list(ids), method)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def attention_tiles(path: str, stamp: int, ids: tuple[str, ...], method: str, alpha: float,
+                    names: tuple[str, ...]) -> list[dict]:
+    """``views.attention.attention_rows`` of ``ids`` (maps already stored: ``work.maps_for`` first) with each tile
+    as JPEG bytes at ``TILE_PX``: 18 overlays per image made once for every visitor of the same images, not per
+    rerun."""
+    b = load_bundle(path, stamp)
+    rows = va.attention_rows(image_rows(b, list(ids)), list(ids), stored_maps(path, stamp, ids, method),
+                             head_weights(path, stamp), b.thumbnails(list(ids)), alpha=alpha, size=va.TILE_PX,
+                             names=names)
+    return va.encode_tiles(rows)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def contribution_spec(path: str, stamp: int, ids: tuple[str, ...], names: tuple[str, ...]) -> dict:
+    """Vega-Lite spec of the picked images' bars z_i · w2_i (``views.attention.contribution_chart``)."""
+    b = load_bundle(path, stamp)
+    return va.contribution_chart(va.contribution_frame(image_rows(b, list(ids)), list(ids), head_weights(path, stamp),
+                                                       names)).to_dict()
 
 
 # ------------------------------------------------------------------------------------------ per-view data

@@ -8,8 +8,9 @@ dimensions with ``storage.labels`` (``names``: ``Bundle.dimension_names``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import altair as alt
 import numpy as np
 import pandas as pd
 from PIL import Image
@@ -19,7 +20,7 @@ from ..method.relevance import overlay
 from ..storage.labels import dimension_label, dimension_labels, target_label
 from ..storage.schema import FAKE_LOGIT, THUMB_MAX_PIXELS, Z_COLUMNS
 from ..storage.schema import RELEVANCE_METHODS as RELEVANCE_METHODS  # the page's method picker
-from .grid import image_names
+from .grid import image_names, jpeg_bytes
 
 MAX_ATTENTION_IMAGES = 12
 
@@ -56,9 +57,10 @@ def logits(p_fake: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Tile:
-    """One overlay to show: ``image`` (PIL), ``caption``, ``target`` (0..15 dimension, 16 fake logit)."""
+    """One overlay to show: ``image`` (PIL, or its JPEG bytes once ``encode_tiles`` has rendered it for every
+    visitor), ``caption``, ``target`` (0..15 dimension, 16 fake logit)."""
 
-    image: Image.Image
+    image: Image.Image | bytes
     caption: str
     target: int
     contribution: float | None = None
@@ -93,6 +95,19 @@ def image_tiles(base: Image.Image, maps: np.ndarray, contrib: np.ndarray, order:
     return tiles
 
 
+#: edge of an attention tile as shown (px); tiles are made at this size, so nothing is resized when shown
+TILE_PX = 92
+
+
+def encode_tiles(rows: list[dict], quality: int = 90) -> list[dict]:
+    """``rows`` of ``attention_rows`` with each tile's image as JPEG bytes (``grid.jpeg_bytes``): what every
+    visitor of the same images is sent, rendered once."""
+    def encoded(t: Tile) -> Tile:
+        return replace(t, image=jpeg_bytes(t.image, quality)) if isinstance(t.image, Image.Image) else t
+
+    return [{**r, "tiles": [encoded(t) for t in r["tiles"]]} for r in rows]
+
+
 def attention_rows(images: pd.DataFrame, ids: list[str], maps: np.ndarray, w2: np.ndarray,
                    jpegs: list[bytes | None], alpha: float = 0.5, size: int = 112,
                    names: Sequence[str] = ()) -> list[dict]:
@@ -117,6 +132,16 @@ def attention_rows(images: pd.DataFrame, ids: list[str], maps: np.ndarray, w2: n
                                  names),
         })
     return rows
+
+
+def contribution_chart(frame: pd.DataFrame) -> alt.Chart:
+    """Grouped bars of ``contribution_frame``: one bar per image and dimension, z_i · w2_i."""
+    return alt.Chart(frame).mark_bar().encode(
+        x=alt.X("dim:O", title="dimension"), xOffset="image:N",  # image: the file name, as the tiles' rows
+        y=alt.Y("contribution:Q", title="z_i · w2_i"),
+        color=alt.Color("image:N", title="image"),
+        tooltip=["image", "dimension", alt.Tooltip("contribution:Q", format="+.3f")],
+    ).properties(height=200)
 
 
 def contribution_frame(images: pd.DataFrame, ids: list[str], w2: np.ndarray, names: Sequence[str] = ()

@@ -106,14 +106,25 @@ def thumb_px(tile: int) -> int:
     return int(round(tile * 0.86))
 
 
-def thumb_uri(jpeg: bytes | None, size: int = THUMB_PX, quality: int = 80) -> str:
-    """A JPEG thumbnail (longest side ``size``) as a ``data:`` URI; a grey square when ``jpeg`` is None."""
-    # grey when missing, unreadable or far over a thumbnail's pixels
+def jpeg_bytes(im: Image.Image, quality: int = 90) -> bytes:
+    """``im`` encoded as JPEG (RGB). Images handed to ``st.image`` as JPEG bytes no wider than the width they
+    are shown at are served as they are; a PIL image is encoded, and re-encoded smaller, on every rerun."""
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def thumb_jpeg(jpeg: bytes | None, size: int = THUMB_PX, quality: int = 80) -> bytes:
+    """A JPEG thumbnail with longest side at most ``size`` px; a grey square when ``jpeg`` is None, unreadable
+    or far over a thumbnail's pixels (``schema.THUMB_MAX_PIXELS``, from its header)."""
     im = decode_thumbnail(jpeg, size, THUMB_MAX_PIXELS)
     im.thumbnail((size, size), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    im.save(buf, format="JPEG", quality=quality)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return jpeg_bytes(im, quality)
+
+
+def thumb_uri(jpeg: bytes | None, size: int = THUMB_PX, quality: int = 80) -> str:
+    """``thumb_jpeg`` as a ``data:`` URI."""
+    return "data:image/jpeg;base64," + base64.b64encode(thumb_jpeg(jpeg, size, quality)).decode("ascii")
 
 
 def with_thumbs(layout: pd.DataFrame, jpegs: list[bytes | None], size: int = THUMB_PX) -> pd.DataFrame:
