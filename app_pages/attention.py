@@ -8,6 +8,7 @@ from app_pages.glue import checks as G
 from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue import work as W
+from app_pages.glue.errors import guarded_fragment
 from app_pages.glue.sidebar import page_start
 from asap_core.views import attention as va
 from asap_core.views import checks as vc
@@ -47,8 +48,7 @@ rows = D.attention_tiles(path, stamp, tuple(shown), method, float(alpha), names)
 targets = vc.attention_check_targets(rows)
 
 
-@st.fragment
-def checked_tiles() -> None:
+def _checked_tiles() -> None:
     """The tiles and the check toggle: turning the checks on or off reruns this part only."""
     check = st.toggle("Check these maps: faithfulness to this model (deletion, occlusion) and the sanity check",
                       key=K.W_ATT_CHECKS, help=GLOSSARY["map checks"])
@@ -69,6 +69,7 @@ def checked_tiles() -> None:
                      width=va.TILE_PX)
 
 
-checked_tiles()
+
+guarded_fragment(_checked_tiles)()
 st.markdown("**Contributions to the fake logit** (z_i · w2_i per image)")
 st.vega_lite_chart(spec=D.contribution_spec(path, stamp, tuple(shown), names), theme=None, width="stretch")

@@ -8,6 +8,7 @@ from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue import state as S
 from app_pages.glue import work as W
+from app_pages.glue.errors import guarded_fragment
 from app_pages.glue.sidebar import page_start
 from app_pages.glue.widgets import next_or_clear, save_concept_form, save_selection_form
 from asap_core.views import concept as vc
@@ -64,8 +65,7 @@ st.caption("Frames: green = predicted right, red = predicted wrong. Hover for fi
            help=GLOSSARY["p_fake"])
 
 
-@st.fragment
-def grid_and_picks() -> None:
+def _grid_and_picks() -> None:
     """The grid and the picks under it: a brush or a click reruns this part only, not the page."""
     chart_key = K.grid_chart(grid, vs.short_hash(cell_txt + repr(filters)))
     S.fresh_chart(chart_key)
@@ -84,6 +84,8 @@ def grid_and_picks() -> None:
         save_selection_form(b, picked, base_name=f"cell {cell_txt} selection")
     else:
         st.caption("No image picked yet.")
+    S.write_link("images")  # a fragment's rerun does not reach the entry script, which mirrors the URL
 
 
-grid_and_picks()
+
+guarded_fragment(_grid_and_picks)()

@@ -162,21 +162,29 @@ def filtered_cells(path: str, stamp: int, grid: int, filters: ov.Filters) -> pd.
     return ov.filtered_cells(images, grid, filters) if filters.active() else cells
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
 def overview_spec(path: str, stamp: int, grid: int, filters: ov.Filters, value: tuple[int, ...],
                   by_generator: bool = False, names: tuple[str, ...] = ()) -> dict:
     """Vega-Lite spec of the overview (coloured by label, or by predicted generator) with ``value`` selected;
-    coloured by label, each cell's tooltip names the dimension that pushes it most (``names``: the bundle's)."""
+    coloured by label, each cell's tooltip names the dimension that pushes it most (``names``: the bundle's).
+    The chart is built once per grid, filters and colouring for every visitor (``_overview_base``); a click
+    only sets the selection's starting value (``views.overview.with_selection``)."""
+    return ov.with_selection(_overview_base(path, stamp, grid, filters, by_generator, names), value)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _overview_base(path: str, stamp: int, grid: int, filters: ov.Filters, by_generator: bool,
+                   names: tuple[str, ...]) -> dict:
+    """The overview's spec with nothing selected (``with_selection`` sets the selection on a copy)."""
     images, _ = gridded(path, stamp, grid)
     gen = generator_data(path, stamp) if by_generator else None
     if gen is not None:
-        return vgen.generator_overview_spec(images, gen[0], gen[1], grid, filters, list(value))
-    cells = filtered_cells(path, stamp, grid, filters)  # cached: a click (new ``value``) does not recount
+        return vgen.generator_overview_spec(images, gen[0], gen[1], grid, filters, [])
+    cells = filtered_cells(path, stamp, grid, filters)
     slices = ov.pie_slices(cells)
     drivers = cell_drivers(path, stamp, grid, filters, names)
     if drivers is not None:
         slices = ov.with_drivers(slices, drivers)
-    return ov.overview_chart(slices, grid, list(value)).to_dict()
+    return ov.overview_chart(slices, grid, []).to_dict()
 
 
 @st.cache_data(max_entries=32, show_spinner=False)

@@ -11,7 +11,9 @@ id. Locally, unexpected exceptions are raised as usual (Streamlit shows them).
 """
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
 import streamlit as st
 
@@ -83,3 +85,14 @@ def guarded(run) -> None:
         show_error(exc)
     except Exception as exc:
         show_unexpected(exc)
+
+
+def guarded_fragment(run: Callable[[], None]) -> Callable[[], None]:
+    """``run`` as an ``st.fragment`` (a widget inside it reruns it alone) that runs through ``guarded``: Streamlit
+    shows an exception raised in a fragment itself, past the guard the entry script puts around the page."""
+    @st.fragment
+    @functools.wraps(run)  # the fragment's id comes from the function's module and name: run's own
+    def fragment() -> None:
+        guarded(run)
+
+    return fragment

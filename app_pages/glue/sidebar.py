@@ -66,7 +66,20 @@ def page_start() -> Bundle:
                     "`python -m asap_core analyze`), set `ASAP_BUNDLE`, or analyse an image folder there.")
         st.stop()
     show_notices(b)
+    recoverable()
     return b
+
+
+#: seconds between the empty timed fragment's reruns (``recoverable``): one near-free rerun per open page
+RECOVERY_TICK_S = 600
+
+
+@st.fragment(run_every=RECOVERY_TICK_S)
+def recoverable() -> None:
+    """An empty timed fragment that keeps an open page working when its server changes (a replica stops and
+    the proxy sends the page to another). On a reconnect Streamlit's front end asks the new server for a full
+    run only when the page holds a timed fragment; without one, a click inside a fragment (the overview's map,
+    the grid's picks) would name a fragment the new session never ran and be dropped. Draws nothing."""
 
 
 def open_demo() -> None:

@@ -245,6 +245,34 @@ def overview_chart(slices: pd.DataFrame, grid: int, selected: list[int] | None =
     return chart
 
 
+def with_selection(spec: dict, selected: list[int] | tuple[int, ...], param: str = "cell") -> dict:
+    """A copy of the Vega-Lite dict ``spec`` whose selection ``param`` starts with the cells ``selected`` (no
+    value when empty): what ``overview_chart(..., selected)`` gives, without building the chart again per click.
+    The selection is looked for in the top-level and the layers' ``params``; ``KeyError`` when none is found."""
+    value = [{"cell_id": int(c)} for c in selected]
+    found = False
+
+    def fixed(params: list[dict]) -> list[dict]:
+        nonlocal found
+        out = []
+        for p in params:
+            if p.get("name") == param and "select" in p:
+                found = True
+                p = {k: v for k, v in p.items() if k != "value"} | ({"value": value} if value else {})
+            out.append(p)
+        return out
+
+    new = dict(spec)
+    if "params" in new:
+        new["params"] = fixed(new["params"])
+    if "layer" in new:
+        new["layer"] = [{**layer, "params": fixed(layer["params"])} if "params" in layer else layer
+                        for layer in new["layer"]]
+    if not found:
+        raise KeyError(f"no selection parameter {param!r} in this spec")
+    return new
+
+
 def _map_extent(slices: pd.DataFrame, grid: int) -> tuple[float, float, float, float]:
     """``(x_lo, x_hi, y_lo, y_hi)``: the non-empty cells' centres plus half a cell on each side."""
     half = 0.5 / max(grid, 1)

@@ -1,8 +1,9 @@
 """Two replicas behind nginx, in a browser: two ``asap serve`` processes (hosted mode) on one state store, Debian's
-nginx in front of them with the shipped ``deploy/nginx.conf`` (only its ports changed, ``render_nginx``), and
-Chromium through nginx. The page works, a browser session stays on the replica its ``asap_replica`` cookie
-hashes to, the budget spent through one replica is refused through the other, and a replica that stops leaves
-the other serving new sessions, those whose cookie names the stopped one included.
+nginx in front of them with the shipped ``deploy/nginx.conf`` (only its ports and cache folder changed,
+``render_nginx``), and Chromium through nginx. The page works, a browser session stays on the replica its
+``asap_replica`` cookie hashes to, the budget spent through one replica is refused through the other, a
+replica that stops leaves the other serving new sessions, those whose cookie names the stopped one included,
+and nginx answers Streamlit's front-end files from its cache after their first request.
 
 The state store is PostgreSQL when ``ASAP_TEST_STATE_URL`` is set (``.ci/run``; in a schema of its own, dropped
 at the end), else an SQLite file both processes share. Every browser reaches nginx from loopback, so all the
@@ -18,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -95,7 +97,12 @@ def nginx_in_front(replicas: list[str], work: Path) -> Iterator[tuple[str, Path]
     port = free_port()
     names = upstream_servers(NGINX_CONF.read_text())
     conf = prefix / "nginx.conf"
-    conf.write_text(render_nginx(NGINX_CONF.read_text(), f"127.0.0.1:{port}", dict(zip(names, replicas))))
+    # nginx's workers (nobody, when started as root) write the cache: a folder they can reach, not under the
+    # test's own folders (0700)
+    cache = Path(tempfile.mkdtemp(prefix="asap-nginx-cache-"))
+    cache.chmod(0o777)
+    conf.write_text(render_nginx(NGINX_CONF.read_text(), f"127.0.0.1:{port}", dict(zip(names, replicas)),
+                                 cache_dir=cache))
     access, errors = prefix / "access.log", prefix / "error.log"
     argv = [NGINX, "-p", str(prefix), "-c", str(conf), "-e", "stderr", "-g", f"daemon off; pid {prefix / 'nginx.pid'};"]
     with open(access, "wb") as out, open(errors, "wb") as err:
@@ -109,6 +116,7 @@ def nginx_in_front(replicas: list[str], work: Path) -> Iterator[tuple[str, Path]
             yield f"http://127.0.0.1:{port}", access
         finally:
             stop_process(proc)
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def _listening(port: int) -> bool:
@@ -287,7 +295,10 @@ def test_a_stopped_replica_leaves_the_other_serving(cluster, browser):
         stopped.terminate()
         stopped.wait(timeout=20)
         mark = log_size(cluster)
-        cell = click_cell(page)            # the open page reconnects through nginx to b, which reruns it
+        # the open page reconnects through nginx to b and asks for a full rerun (its last run held fragments);
+        # b's new session opens the guide once, as any new session does
+        dismiss_guide(page, timeout_ms=60000)
+        cell = click_cell(page)
         # the text shows mid-run; the browser's address takes the selection when the run's query string lands
         page.wait_for_url(re.compile(rf"[?&]cell={cell}(&|$)"), timeout=20000)
         assert page.locator(ERROR_BLOCKS).count() == 0
@@ -298,3 +309,17 @@ def test_a_stopped_replica_leaves_the_other_serving(cluster, browser):
             assert page.locator(ERROR_BLOCKS).count() == 0
     assert sessions_served(cluster, mark, 3) == {b}
     assert replica_for(cluster, cluster.keys[b]) == b                      # b's own visitors: still on b
+
+
+def test_front_end_files_are_served_by_nginx_after_their_first_request(cluster):
+    """Streamlit's scripts (4 MB for a new visitor) reach a replica once: later requests for the same file,
+    from any browser, are answered from nginx's cache, gzipped for browsers that accept it."""
+    page = urllib.request.urlopen(f"{cluster.url}/", timeout=10).read().decode()
+    script = re.search(r'src="\.?/?(static/js/[^"]+\.js)"', page).group(1)
+    statuses = []
+    for _ in range(2):
+        request = urllib.request.Request(f"{cluster.url}/{script}", headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            statuses.append((response.headers["X-Cache-Status"], response.headers.get("Content-Encoding")))
+    assert statuses[0][0] in ("MISS", "HIT") and statuses[1] == ("HIT", "gzip")
+

@@ -57,11 +57,15 @@ def upstream_servers(conf: str) -> list[str]:
     return re.findall(r"(?m)^\s*server\s+([^\s;]+)", upstream_block(conf))
 
 
-def render_nginx(conf: str, listen: str, replicas: dict[str, str]) -> str:
+def render_nginx(conf: str, listen: str, replicas: dict[str, str], cache_dir: Path | None = None) -> str:
     """The shipped configuration listening on ``listen`` instead of port 80, each replica ``host:port`` of
-    ``replicas`` (keys as in ``upstream_servers``) replaced by its value; nothing else changes."""
+    ``replicas`` (keys as in ``upstream_servers``) replaced by its value, and with ``cache_dir`` the static
+    files' cache there; nothing else changes."""
     conf, n = re.subn(r"(?m)^(\s*)listen 80;", rf"\g<1>listen {listen};", conf)
     assert n == 1, "nginx.conf listens on port 80 once"
+    if cache_dir is not None:
+        conf, n = re.subn(r"(?m)^(\s*proxy_cache_path\s+)\S+", rf"\g<1>{cache_dir}", conf)
+        assert n == 1, "nginx.conf has one proxy_cache_path"
     for old, new in replicas.items():
         conf, n = re.subn(rf"(?m)^(\s*server\s+){re.escape(old)}(?=[\s;])", rf"\g<1>{new}", conf)
         assert n == 1, f"nginx.conf names the replica {old} once"
@@ -139,10 +143,12 @@ def test_docker_compose_config_accepts_the_file():
 def test_nginx_keeps_sessions_sticky_and_forwards_websockets():
     conf = NGINX_CONF.read_text()
     assert directive(conf, "hash") == ["$asap_sticky consistent"]            # one replica per browser
-    assert "$cookie_asap_replica" in conf and directive(conf, "add_header") == ["Set-Cookie $asap_sticky_cookie"]
+    assert "$cookie_asap_replica" in conf
+    assert directive(conf, "add_header") == ["Set-Cookie $asap_sticky_cookie", "X-Cache-Status $upstream_cache_status"]
     assert "Upgrade $http_upgrade" in directive(conf, "proxy_set_header")
     assert "Connection $connection_upgrade" in directive(conf, "proxy_set_header")
-    assert re.findall(r"(?m)^\s*location\s+(\S+)\s*\{", conf) == ["/", "/_stcore/stream"]
+    assert re.findall(r"(?m)^\s*location\s+(\S+)\s*\{", conf) == ["/", "/static/", "/_stcore/stream"]
+    assert directive(conf, "proxy_cache") == ["asap_static"]                 # front-end files: kept by nginx
     assert "1h" in directive(conf, "proxy_read_timeout")                     # the stream's, not the default 60 s
     assert directive(conf, "proxy_http_version") == ["1.1"]
 
