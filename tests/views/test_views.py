@@ -138,6 +138,26 @@ def test_overview_chart_spec(bundle):
     assert len({d["cell_id"] for d in data}) == len(bundle.cells)
 
 
+def test_with_selection_sets_what_the_chart_would_start_with(bundle):
+    """The spec built once with nothing selected, given a selection by ``with_selection``, has the selection
+    value ``overview_chart(..., selected)`` builds and is otherwise the same; the shared spec is left as it was, an empty selection has no value, and a spec without the selection is
+    refused."""
+    slices = ov.pie_slices(bundle.cells)
+    picked = [int(c) for c in bundle.cells["cell"].iloc[:2]]
+    base = ov.overview_chart(slices, 24, []).to_dict()
+    built = ov.overview_chart(slices, 24, picked).to_dict()
+    before = repr(base)
+    got = ov.with_selection(base, tuple(picked))
+    value = {p["name"]: p.get("value") for p in built["params"]}
+    assert {p["name"]: p.get("value") for p in got["params"]} == value and value["cell"] == [
+        {"cell_id": c} for c in picked]
+    assert {k: v for k, v in got.items() if k != "params"} == {k: v for k, v in base.items() if k != "params"}
+    assert repr(base) == before
+    assert "value" not in {p["name"]: p for p in ov.with_selection(got, ())["params"]}["cell"]
+    with pytest.raises(KeyError):
+        ov.with_selection(base, picked, param="nope")
+
+
 def test_boundary_cells_prefer_mixed_low_confidence():
     cells = pd.DataFrame({"cell": [1, 2, 3], "n": [10, 10, 10], "mean_conf": [0.1, 0.9, 0.1],
                           "share_fake": [0.5, 0.5, 1.0]})
@@ -277,3 +297,29 @@ def test_selected_members_and_views_of_the_pages(bundle):
     for k in range(5):
         vs.keep_recent(store, k, k * k, max_items=3)
     assert list(store) == [2, 3, 4] and store[4] == 16
+
+
+def test_thumbnails_and_tiles_are_sent_at_the_width_shown():
+    """``thumb_jpeg`` gives JPEG bytes no wider than asked (what ``st.image`` then sends as they are), grey for
+    a missing thumbnail; ``encode_tiles`` turns every tile into JPEG bytes of the tile's size, captions kept."""
+    import io
+
+    from PIL import Image
+
+    from asap_core.views import attention as va
+    from asap_core.views import grid as vg
+
+    buf = io.BytesIO()
+    Image.new("RGB", (128, 96), (10, 200, 30)).save(buf, format="JPEG")
+    small = Image.open(io.BytesIO(vg.thumb_jpeg(buf.getvalue(), 56)))
+    assert small.format == "JPEG" and small.size == (56, 42)
+    assert Image.open(io.BytesIO(vg.thumb_jpeg(None, 64))).size == (64, 64)
+    base = Image.new("RGB", (128, 128), (90, 90, 90))
+    tiles = va.image_tiles(base, np.random.default_rng(0).random((17, 7, 7)), np.arange(16) / 10, np.arange(16),
+                           size=va.TILE_PX)
+    rows = va.encode_tiles([{"image_id": "a", "tiles": tiles}])
+    assert [t.caption for t in rows[0]["tiles"]] == [t.caption for t in tiles] and len(tiles) == 18
+    for t in rows[0]["tiles"]:
+        im = Image.open(io.BytesIO(t.image))
+        assert im.format == "JPEG" and im.size == (va.TILE_PX, va.TILE_PX)
+
