@@ -24,11 +24,11 @@ per step). Session i arrives ``i * --ramp`` seconds after the first, as a load t
 5. ``attention_maps``: click "Show attention maps" -> 18 decoded tiles per picked image (maps computed on
    demand the first time a picked image is seen, cached afterwards)
 
-Sessions start on different cells and move through the cells with n >= 3 images, so early rounds compute
-relevance maps concurrently and later rounds read them from the cache. Latency of a step = action until
-the expected element is visible. An error is an exception (timeout, wrong count) or a Streamlit exception /
-``st.error`` block on the page; the round is then abandoned and the session goes on with the next one.
-Prints median / 95th percentile / max per step and the errors; exit status 1 when there was any error.
+Sessions start on different cells and move through the cells with n >= 5 images (a row of three to brush), so early
+rounds compute relevance maps concurrently and later rounds read them from the cache. Latency of a step = action
+until the expected element is visible. An error is an exception (timeout, wrong count) or a Streamlit exception /
+``st.error`` block on the page; the round is then abandoned and the session goes on with the next one. Prints median
+/ 95th percentile / max per step and the errors; exit status 1 when there was any error.
 
 ``--flow quiz`` (a class playing one quiz link): the script starts a class round of the quiz
 ``all:<--quiz-images>:42`` in the server's state store (``ASAP_STATE_URL`` set to an SQLite file in the work
@@ -381,8 +381,10 @@ def clear_maps(bundle_path: Path) -> int:
     return len(stores)
 
 
-def cell_plan(bundle_path: Path, grid: int, min_images: int = 3) -> list[tuple[int, int]]:
-    """(cell, n shown on the image page) of the cells with at least ``min_images`` images, biggest first."""
+def cell_plan(bundle_path: Path, grid: int, min_images: int = 5) -> list[tuple[int, int]]:
+    """(cell, n shown on the image page) of the cells with at least ``min_images`` images, biggest first. Five:
+    the image page lays n images out ceil(sqrt(n)) to a row, so 3 or 4 images never fill a row of three to
+    brush (the pick step)."""
     from asap_core.method.layout import regrid
     from asap_core.storage.bundle import Bundle
     from asap_core.views.grid import MAX_GRID_IMAGES
@@ -1028,7 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
             return quiz_main(args, bundle, env, work)
         plan = cell_plan(bundle, args.grid)
         if len(plan) < 2:
-            print(f"{bundle} has fewer than 2 cells with 3+ images on a {args.grid}x{args.grid} grid", file=sys.stderr)
+            print(f"{bundle} has fewer than 2 cells with 5+ images on a {args.grid}x{args.grid} grid", file=sys.stderr)
             return 2
         maps = args.maps or ("keep" if args.bundle else "fresh")
         if maps == "fresh":
@@ -1040,7 +1042,7 @@ def main(argv: list[str] | None = None) -> int:
             pid = procs[0].pid
             print(pin_processes(args.generator_cpus, pid), flush=True)
             print(f"server {url} ({args.mode} mode, pid {pid}, started in {time.monotonic() - t_start:.1f} s) on "
-                  f"{bundle}; {args.sessions} sessions for {args.seconds:.0f} s; {len(plan)} cells with 3+ images "
+                  f"{bundle}; {args.sessions} sessions for {args.seconds:.0f} s; {len(plan)} cells with 5+ images "
                   f"on a {args.grid}x{args.grid} grid; heavy slots {os.environ.get('ASAP_HEAVY_SLOTS', '2')}; "
                   f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
             run = asyncio.run(drive(url, args, plan, pid))

@@ -115,23 +115,24 @@ SMALL_THUMBS_MAX = 20_000
 
 
 @st.cache_resource(max_entries=4)
-def _small_thumbs(path: str, stamp: int) -> dict[tuple[str, int], bytes]:
-    """(image id, width) -> JPEG bytes at that width: shared by every session (bytes are never changed)."""
+def _small_thumbs(path: str, stamp: int) -> dict[tuple[str, int], str]:
+    """(image id, width) -> JPEG ``data:`` URI at that width: shared by every session (strings never change)."""
     return {}
 
 
-def thumbs(b: Bundle, ids: list[str], width: int) -> list[bytes]:
-    """Thumbnail JPEG bytes for ``ids``, at most ``width`` px (the width ``st.image`` shows them at, so it sends
-    them as they are instead of re-encoding them on every rerun), rendered once for all visitors; a grey
-    placeholder where one is missing or is not a thumbnail (not an image, or over ``schema.THUMB_MAX_PIXELS``
-    from its header, so no browser or Streamlit decodes a bomb: ``views.grid.thumb_jpeg``)."""
+def thumbs(b: Bundle, ids: list[str], width: int) -> list[str]:
+    """Thumbnails of ``ids`` as JPEG ``data:`` URIs at most ``width`` px wide (the width ``st.image`` shows them
+    at), rendered once for all visitors: ``st.image`` sends them inside the page's message, without encoding,
+    hashing or serving an image file per rerun; a grey placeholder where one is missing or is not a thumbnail
+    (not an image, or over ``schema.THUMB_MAX_PIXELS`` from its header, so no browser or Streamlit decodes a
+    bomb: ``views.grid.thumb_jpeg``)."""
     done = _small_thumbs(*ref(b))
     missing = list(dict.fromkeys(i for i in ids if (i, width) not in done))
     if missing:
         if len(done) + len(missing) > SMALL_THUMBS_MAX:
             done.clear()
         for i, jpeg in zip(missing, b.thumbnails(missing)):
-            done[(i, width)] = vg.thumb_jpeg(jpeg, width, quality=90)
+            done[(i, width)] = vg.thumb_uri(jpeg, width, quality=90)
     return [done[(i, width)] for i in ids]
 
 

@@ -20,7 +20,7 @@ from ..method.relevance import overlay
 from ..storage.labels import dimension_label, dimension_labels, target_label
 from ..storage.schema import FAKE_LOGIT, THUMB_MAX_PIXELS, Z_COLUMNS
 from ..storage.schema import RELEVANCE_METHODS as RELEVANCE_METHODS  # the page's method picker
-from .grid import image_names, jpeg_bytes
+from .grid import image_names, jpeg_bytes, jpeg_uri
 
 MAX_ATTENTION_IMAGES = 12
 
@@ -57,10 +57,10 @@ def logits(p_fake: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Tile:
-    """One overlay to show: ``image`` (PIL, or its JPEG bytes once ``encode_tiles`` has rendered it for every
-    visitor), ``caption``, ``target`` (0..15 dimension, 16 fake logit)."""
+    """One overlay to show: ``image`` (PIL, or its JPEG ``data:`` URI once ``encode_tiles`` has rendered it for
+    every visitor), ``caption``, ``target`` (0..15 dimension, 16 fake logit)."""
 
-    image: Image.Image | bytes
+    image: Image.Image | str
     caption: str
     target: int
     contribution: float | None = None
@@ -100,10 +100,10 @@ TILE_PX = 92
 
 
 def encode_tiles(rows: list[dict], quality: int = 90) -> list[dict]:
-    """``rows`` of ``attention_rows`` with each tile's image as JPEG bytes (``grid.jpeg_bytes``): what every
-    visitor of the same images is sent, rendered once."""
+    """``rows`` of ``attention_rows`` with each tile's image as a JPEG ``data:`` URI (``grid.jpeg_uri``): what
+    every visitor of the same images is sent, rendered once."""
     def encoded(t: Tile) -> Tile:
-        return replace(t, image=jpeg_bytes(t.image, quality)) if isinstance(t.image, Image.Image) else t
+        return replace(t, image=jpeg_uri(jpeg_bytes(t.image, quality))) if isinstance(t.image, Image.Image) else t
 
     return [{**r, "tiles": [encoded(t) for t in r["tiles"]]} for r in rows]
 

@@ -122,9 +122,15 @@ def thumb_jpeg(jpeg: bytes | None, size: int = THUMB_PX, quality: int = 80) -> b
     return jpeg_bytes(im, quality)
 
 
+def jpeg_uri(jpeg: bytes) -> str:
+    """JPEG bytes as a ``data:`` URI. ``st.image`` sends such a string inside the page's own message, where an
+    image file is registered, hashed and fetched by one more HTTP request per image (54 on an attention page)."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+
+
 def thumb_uri(jpeg: bytes | None, size: int = THUMB_PX, quality: int = 80) -> str:
     """``thumb_jpeg`` as a ``data:`` URI."""
-    return "data:image/jpeg;base64," + base64.b64encode(thumb_jpeg(jpeg, size, quality)).decode("ascii")
+    return jpeg_uri(thumb_jpeg(jpeg, size, quality))
 
 
 def with_thumbs(layout: pd.DataFrame, jpegs: list[bytes | None], size: int = THUMB_PX) -> pd.DataFrame:

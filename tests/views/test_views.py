@@ -140,8 +140,8 @@ def test_overview_chart_spec(bundle):
 
 def test_with_selection_sets_what_the_chart_would_start_with(bundle):
     """The spec built once with nothing selected, given a selection by ``with_selection``, has the selection
-    value ``overview_chart(..., selected)`` builds and is otherwise the same; the shared spec is left as it was, an empty selection has no value, and a spec without the selection is
-    refused."""
+    value ``overview_chart(..., selected)`` builds and is otherwise the same; the shared spec is left as it
+    was, an empty selection has no value, and a spec without the selection is refused."""
     slices = ov.pie_slices(bundle.cells)
     picked = [int(c) for c in bundle.cells["cell"].iloc[:2]]
     base = ov.overview_chart(slices, 24, []).to_dict()
@@ -320,6 +320,7 @@ def test_thumbnails_and_tiles_are_sent_at_the_width_shown():
     rows = va.encode_tiles([{"image_id": "a", "tiles": tiles}])
     assert [t.caption for t in rows[0]["tiles"]] == [t.caption for t in tiles] and len(tiles) == 18
     for t in rows[0]["tiles"]:
-        im = Image.open(io.BytesIO(t.image))
+        assert t.image.startswith("data:image/jpeg;base64,")
+        im = Image.open(io.BytesIO(base64.b64decode(t.image.split(",", 1)[1])))
         assert im.format == "JPEG" and im.size == (va.TILE_PX, va.TILE_PX)
 
