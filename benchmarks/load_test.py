@@ -493,6 +493,9 @@ async def one_round(page, url: str, grid: int, cell: int, n_shown: int, res: Res
     await dismiss_guide(page)
 
     open_grid = page.get_by_role("button", name="Open image grid")
+    # a pie near the map's lower edge can lie below the fold of the window: bring it into view first (mouse
+    # clicks go to window coordinates)
+    await page.locator(CELL_SLICES.format(cell=cell)).first.scroll_into_view_if_needed()
     async with timed("select_cell", times, probe):
         await page.mouse.click(*slice_click_point(await page.evaluate(SLICES_JS, cell)))
         await expect(page, "select_cell", page.get_by_text(f"Selected cell: {cell}").wait_for(), open_grid.wait_for())
