@@ -179,13 +179,13 @@ def _overview_base(path: str, stamp: int, grid: int, filters: ov.Filters, by_gen
     images, _ = gridded(path, stamp, grid)
     gen = generator_data(path, stamp) if by_generator else None
     if gen is not None:
-        return vgen.generator_overview_spec(images, gen[0], gen[1], grid, filters, [])
+        return arrow_datasets(vgen.generator_overview_spec(images, gen[0], gen[1], grid, filters, []))
     cells = filtered_cells(path, stamp, grid, filters)
     slices = ov.pie_slices(cells)
     drivers = cell_drivers(path, stamp, grid, filters, names)
     if drivers is not None:
         slices = ov.with_drivers(slices, drivers)
-    return ov.overview_chart(slices, grid, []).to_dict()
+    return arrow_datasets(ov.overview_chart(slices, grid, []).to_dict())
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -211,12 +211,27 @@ def grid_for(path: str, stamp: int, grid: int, cells: tuple[int, ...], filters: 
     return vg.with_thumbs(layout, b.thumbnails(layout["image_id"].tolist()), px), n_rows, n_cols, len(members)
 
 
+def arrow_datasets(spec: dict) -> dict:
+    """``spec`` with its named datasets as Arrow IPC bytes: what ``st.vega_lite_chart`` otherwise converts them to
+    on every rerun (a list of dicts through pandas, most of an overview rerun's chart cost); done once, in the
+    cached spec. Streamlit takes datasets that are bytes as they are (it does the same for ``st.altair_chart``);
+    where this Streamlit cannot convert them, the spec is returned unchanged."""
+    try:
+        from streamlit.dataframe_util import convert_anything_to_arrow_bytes
+    except ImportError:  # pragma: no cover - another Streamlit
+        return spec
+    if not isinstance(spec.get("datasets"), dict):
+        return spec
+    return {**spec, "datasets": {name: rows if isinstance(rows, bytes) else convert_anything_to_arrow_bytes(rows)
+                                 for name, rows in spec["datasets"].items()}}
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def grid_spec(path: str, stamp: int, grid: int, cells: tuple[int, ...], filters: ov.Filters) -> dict:
     """Vega-Lite spec of the image grid of ``grid_for`` (brush and pick selections), built once for every
     visitor of these cells: building it with Altair on each rerun was most of a grid rerun's server CPU."""
     layout, n_rows, n_cols, _ = grid_for(path, stamp, grid, cells, filters)
-    return vg.grid_chart(layout, n_rows, n_cols, tile=vg.tile_size(n_cols)).to_dict()
+    return arrow_datasets(vg.grid_chart(layout, n_rows, n_cols, tile=vg.tile_size(n_cols)).to_dict())
 
 
 # ------------------------------------------------------------------------------------------ the model
@@ -286,8 +301,8 @@ def attention_tiles(path: str, stamp: int, ids: tuple[str, ...], method: str, al
 def contribution_spec(path: str, stamp: int, ids: tuple[str, ...], names: tuple[str, ...]) -> dict:
     """Vega-Lite spec of the picked images' bars z_i · w2_i (``views.attention.contribution_chart``)."""
     b = load_bundle(path, stamp)
-    return va.contribution_chart(va.contribution_frame(image_rows(b, list(ids)), list(ids), head_weights(path, stamp),
-                                                       names)).to_dict()
+    return arrow_datasets(va.contribution_chart(va.contribution_frame(image_rows(b, list(ids)), list(ids),
+                                                                      head_weights(path, stamp), names)).to_dict())
 
 
 # ------------------------------------------------------------------------------------------ per-view data
