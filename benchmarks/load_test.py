@@ -84,6 +84,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,21 +149,28 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of ``pid``, its reaped children (cutime + cstime) and its live descendants;
-    0.0 once the process is gone."""
-    total, todo, seen = 0, [pid], set()
+def process_tree(pid: int, skip: int | None = None) -> Iterator[int]:
+    """``pid`` and its live descendants, each once, leaving out ``skip`` and its own descendants."""
+    todo, seen = [pid], {skip}
     while todo:
         p = todo.pop()
         if p in seen:
             continue
         seen.add(p)
+        yield p
+        todo += _children(p)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid``, its reaped children (cutime + cstime) and its live descendants;
+    0.0 once the process is gone."""
+    total = 0
+    for p in process_tree(pid):
         try:
             f = _stat_fields(p)
         except (OSError, ValueError):
             continue
         total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])  # utime stime cutime cstime
-        todo += _children(p)
     return total / _TICK
 
 
@@ -310,12 +318,7 @@ def parse_cpus(text: str) -> set[int]:
 def _set_tree_affinity(pid: int, cpus: set[int], skip: int | None = None) -> None:
     """Every thread of ``pid`` and of its live descendants but ``skip``'s tree onto ``cpus`` (a thread keeps the
     affinity it had when its process was pinned, so each one is set; later children inherit it)."""
-    todo, seen = [pid], {skip}
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+    for p in process_tree(pid, skip):
         try:
             tids = [int(t.name) for t in Path(f"/proc/{p}/task").iterdir()]
         except OSError:
@@ -325,7 +328,6 @@ def _set_tree_affinity(pid: int, cpus: set[int], skip: int | None = None) -> Non
                 os.sched_setaffinity(tid, cpus)
             except OSError:  # the thread ended meanwhile
                 pass
-        todo += _children(p)
 
 
 def pin_processes(spec: str | None, server_pid: int) -> str:
