@@ -11,7 +11,7 @@ from app_pages.glue import data as D
 from app_pages.glue import keys as K
 from app_pages.glue import patterns as P
 from app_pages.glue import quiz as QG
-from app_pages.glue.errors import AsapError, show_error
+from app_pages.glue.errors import AsapError, guarded_fragment, rerun_fragment, show_error
 from asap_core.views import overview as ov
 from asap_core.views import quiz as vq
 from asap_core.views.text import as_text, as_texts
@@ -145,7 +145,7 @@ def answer(play: dict, spec: vq.QuizSpec, said: str, sure: str | None) -> None:
     if rnd is not None:
         truth = str(b.images.set_index("image_id").at[play["ids"][i], "label"])
         play["recorded"] += int(QG.record_answer(rnd, i, said, said == truth))
-    st.rerun()
+    rerun_fragment()
 
 
 def show_picture(image_id: str, where) -> None:
@@ -209,7 +209,7 @@ def reveal_panel(play: dict) -> None:
     if right.button("See my score" if last else "Next image", key=K.QUIZ_NEXT, type="primary",
                     icon=":material/flag:" if last else ":material/arrow_forward:", width="stretch"):
         play["revealed"] = False
-        st.rerun()
+        rerun_fragment()
     if words.trusted:
         reveal_looks(rv, words, right)
     right.caption(words.tip)
@@ -245,10 +245,32 @@ def end_screen(play: dict) -> None:
     fooled("Fooled both of you", s.fooled_both)
     if st.button("Play again", key=K.QUIZ_AGAIN, icon=":material/replay:"):
         ss.pop(PLAY, None)
-        st.rerun()
+        rerun_fragment()
     if STUDENT:
         st.link_button("Curious how the computer works? Open the explorer",
                        vq.explorer_link(st.context.url, QG.link_bundle(b)), icon=":material/explore:")
+
+
+def current_play(spec: vq.QuizSpec) -> dict:
+    """This session's game of ``spec``: a new one when the quiz or the bundle changed."""
+    if ss.get(PLAY, {}).get("key") != (str(b.path), spec.to_param()):
+        ss[PLAY] = new_play(spec)
+    return ss[PLAY]
+
+
+def play_area(spec: vq.QuizSpec) -> None:
+    """The question, its reveal or the score: an answer, Next or Play again reruns this part only."""
+    play = current_play(spec)
+    if not play["ids"]:
+        st.warning("This quiz has no pictures here. Ask your teacher for a new link." if STUDENT else
+                   "This quiz has no labelled images in this bundle (a pattern that is not saved here, an empty "
+                   "cell or filter). Make another one above.")
+    elif play["revealed"]:
+        reveal_panel(play)
+    elif len(play["answers"]) < len(play["ids"]):
+        question(play, spec)
+    else:
+        end_screen(play)
 
 
 if STUDENT:
@@ -261,19 +283,7 @@ if not STUDENT:
 if spec is None:
     st.info("Make a quiz above and share its link, or open a quiz link you were given.")
     st.stop()
-if ss.get(PLAY, {}).get("key") != (str(b.path), spec.to_param()):
-    ss[PLAY] = new_play(spec)
-play = ss[PLAY]
 if not STUDENT:
     st.caption(f"Quiz: {as_text(vq.describe(spec))}.")
-    class_round_panel(spec, play["ids"])
-if not play["ids"]:
-    st.warning("This quiz has no pictures here. Ask your teacher for a new link." if STUDENT else
-               "This quiz has no labelled images in this bundle (a pattern that is not saved here, an empty cell "
-               "or filter). Make another one above.")
-elif play["revealed"]:
-    reveal_panel(play)
-elif len(play["answers"]) < len(play["ids"]):
-    question(play, spec)
-else:
-    end_screen(play)
+    class_round_panel(spec, current_play(spec)["ids"])
+guarded_fragment(play_area)(spec)

@@ -163,3 +163,27 @@ def dismiss_guide(page, timeout_ms: int = 30000) -> None:
     """Close the "How to read this" dialog a new browser session opens once (it covers the page)."""
     page.get_by_role("button", name="Got it").click(timeout=timeout_ms)
     page.get_by_role("dialog").wait_for(state="detached")
+
+
+class RerunLog:
+    """The reruns a page asks its server for, read from the websocket frames it sends (Streamlit's ``BackMsg``):
+    ``scopes`` holds one entry per request, ``"fragment"`` when the request names a fragment (only that part of
+    the page reruns), else ``"page"``. Attach with ``RerunLog(page)`` before the page opens its websocket."""
+
+    def __init__(self, page) -> None:
+        self.scopes: list[str] = []
+        page.on("websocket", lambda ws: ws.on("framesent", self._frame))
+
+    def _frame(self, payload) -> None:
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+
+        if isinstance(payload, str):
+            return
+        msg = BackMsg()
+        msg.ParseFromString(payload)
+        if msg.WhichOneof("type") == "rerun_script" and not msg.rerun_script.is_auto_rerun:
+            self.scopes.append("fragment" if msg.rerun_script.fragment_id else "page")
+
+    def since(self, n: int) -> list[str]:
+        """The scopes of the requests after the first ``n``."""
+        return self.scopes[n:]

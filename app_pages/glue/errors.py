@@ -14,8 +14,10 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import streamlit as st
+from streamlit.errors import StreamlitAPIException
 
 from asap_core.errors import AsapError
 from asap_core.hosting import error_id, public_text
@@ -87,12 +89,23 @@ def guarded(run) -> None:
         show_unexpected(exc)
 
 
-def guarded_fragment(run: Callable[[], None]) -> Callable[[], None]:
-    """``run`` as an ``st.fragment`` (a widget inside it reruns it alone) that runs through ``guarded``: Streamlit
-    shows an exception raised in a fragment itself, past the guard the entry script puts around the page."""
+def guarded_fragment(run: Callable[..., None]) -> Callable[..., None]:
+    """``run`` as an ``st.fragment`` (a widget inside it reruns it alone, with the arguments of its last full
+    run) that runs through ``guarded``: Streamlit shows an exception raised in a fragment itself, past the guard
+    the entry script puts around the page."""
     @st.fragment
     @functools.wraps(run)  # the fragment's id comes from the function's module and name: run's own
-    def fragment() -> None:
-        guarded(run)
+    def fragment(*args: Any, **kwargs: Any) -> None:
+        guarded(lambda: run(*args, **kwargs))
 
     return fragment
+
+
+def rerun_fragment() -> None:
+    """Rerun the fragment this is called from when this run is that fragment's own (a click inside it); in a
+    full-app run (where Streamlit refuses a fragment-scoped rerun: AppTest's clicks, a click merged into a
+    full rerun) the app."""
+    try:
+        st.rerun(scope="fragment")
+    except StreamlitAPIException:
+        st.rerun()

@@ -1,8 +1,9 @@
 """Browser test: Debian's Chromium, driven by Playwright, against a real ``streamlit run`` of the app.
 
 Opens the app on a tiny bundle, clicks a cell on the overview, sees its image grid, brushes images,
-opens the attention view and sees 18 tiles per picked image. Screenshots go to ``$ASAP_SCREENSHOTS``
-(or the test's tmp folder). Skips when /usr/bin/chromium or the playwright package is missing
+opens the attention view and sees 18 tiles per picked image; the click on the map and the brush
+rerun their part of the page only (the websocket's rerun requests name a fragment). Screenshots go to
+``$ASAP_SCREENSHOTS`` (or the test's tmp folder). Skips when /usr/bin/chromium or the playwright package is missing
 (``.ci/browser-setup`` installs both).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.browser_helpers import (
     MAIN_IMAGES,
     PICKED_TEXT,
     SLICES_JS,
+    RerunLog,
     brush_path,
     dismiss_guide,
     screenshot_dir,
@@ -64,14 +66,17 @@ def test_click_cell_brush_images_see_maps(server, tiny_bundle, shots):  # noqa: 
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            reruns = RerunLog(page)
             page.set_default_timeout(30000)
             page.goto(f"{server}/?grid={GRID}")
             dismiss_guide(page)
             page.wait_for_selector(CELL_SLICES.format(cell=cell))
             page.screenshot(path=str(shots / "1_overview.png"), full_page=True)
 
+            asked = len(reruns.scopes)
             page.mouse.click(*slice_click_point(page.evaluate(SLICES_JS, cell)))
             page.get_by_text(f"Selected cell: {cell}").wait_for()
+            assert reruns.since(asked) == ["fragment"]          # the click reruns the map and its panel only
             page.get_by_role("button", name="Open image grid").wait_for()
             page.screenshot(path=str(shots / "2_cell_selected.png"), full_page=True)
 
@@ -82,6 +87,7 @@ def test_click_cell_brush_images_see_maps(server, tiny_bundle, shots):  # noqa: 
             assert images.count() == n_members
             page.screenshot(path=str(shots / "3_grid.png"), full_page=True)
 
+            asked = len(reruns.scopes)
             start, end = brush_path(images.nth(0).bounding_box(), images.nth(2).bounding_box())
             page.mouse.move(*start)
             page.mouse.down()
@@ -91,6 +97,7 @@ def test_click_cell_brush_images_see_maps(server, tiny_bundle, shots):  # noqa: 
             picked_text.wait_for()
             n_picked = int(picked_text.inner_text().split()[0])
             assert 1 <= n_picked <= 3
+            assert set(reruns.since(asked)) == {"fragment"}      # the brush reruns the grid and its picks only
             page.screenshot(path=str(shots / "4_picked.png"), full_page=True)
 
             page.get_by_role("button", name="Show attention maps").click()

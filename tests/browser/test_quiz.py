@@ -19,7 +19,7 @@ import pytest
 from app_pages.glue import keys as K
 from asap_core.storage.bundle import Bundle
 from asap_core.views import quiz as vq
-from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, IMAGES_DECODED_JS, screenshot_dir, serve_bundle
+from tests.browser_helpers import CHROMIUM, CHROMIUM_ARGS, IMAGES_DECODED_JS, RerunLog, screenshot_dir, serve_bundle
 
 try:
     from playwright.sync_api import sync_playwright
@@ -135,6 +135,7 @@ def in_window(page, selector: str) -> None:
 def student_view(browser, link: str, view: dict, demo_bundle: Bundle, shot: Path | None):
     """Open ``link`` as a student in a ``view`` window: only the quiz, question and answers in the window."""
     page = browser.new_page(viewport=view)
+    page.reruns = RerunLog(page)
     page.set_default_timeout(45000)
     page.goto(link)
     page.get_by_text("Image 1 of 10", exact=True).wait_for()
@@ -153,7 +154,9 @@ def student_view(browser, link: str, view: dict, demo_bundle: Bundle, shot: Path
 
 
 def answer_all(page, ids: list[str], shots: Path) -> None:
-    """Answer the ten images (``ANSWERS``); screenshots of the first question and its reveal."""
+    """Answer the ten images (``ANSWERS``); screenshots of the first question and its reveal. Every answer and
+    every Next reruns the quiz's play area only (a fragment), not the page."""
+    asked = len(page.reruns.scopes)
     for i, said in enumerate(ANSWERS):
         page.get_by_text(f"Image {i + 1} of 10", exact=True).wait_for()
         if i == 0:
@@ -170,6 +173,8 @@ def answer_all(page, ids: list[str], shots: Path) -> None:
             assert vq.UNTRAINED in body and "p_fake" not in body and "logit" not in body
             page.screenshot(path=str(shots / "quiz_reveal.png"))
         page.locator(f"{K.css_class(K.QUIZ_NEXT)} button").click()
+    page.get_by_text("Your score").wait_for()
+    assert page.reruns.since(asked) == ["fragment"] * (2 * len(ANSWERS) + 1), page.reruns.since(asked)  # + "sure"
 
 
 def test_play_a_quiz_from_its_link_to_the_end(server, demo_bundle, tmp_path):
