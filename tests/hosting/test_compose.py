@@ -5,6 +5,7 @@ checked against the Docker recipe and the app's settings; ``docker compose confi
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -130,12 +131,31 @@ def docker_compose() -> bool:
     return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
 
 
-@pytest.mark.skipif(not docker_compose(), reason="needs Docker with the Compose plugin (docker compose config)")
-def test_docker_compose_config_accepts_the_file():
-    env = {**os.environ, "ASAP_DB_PASSWORD": PASSWORD}
-    done = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--quiet"], env=env,
-                          capture_output=True, text=True, timeout=60)
+def compose_config(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``docker compose -f deploy/compose.yaml config --format json`` with ``env`` added to the environment."""
+    return subprocess.run(["docker", "compose", "-f", str(COMPOSE), "config", "--format", "json"],
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(not docker_compose(), reason="needs Docker with the Compose plugin (.ci/compose-setup)")
+def test_docker_compose_config_reads_the_shape_these_tests_read():
+    """Compose itself validates the file and resolves it to the services, health conditions and settings that
+    the tests above read with their own interpolation; without the password it refuses."""
+    done = compose_config({"ASAP_DB_PASSWORD": PASSWORD})
     assert done.returncode == 0, done.stderr
+    resolved, ours = json.loads(done.stdout)["services"], compose()["services"]
+    assert set(resolved) == set(ours)
+    for name in REPLICAS:
+        assert resolved[name]["environment"] == {k: str(v) for k, v in ours[name]["environment"].items()}
+        assert resolved[name]["healthcheck"]["test"] == ours[name]["healthcheck"]["test"]
+        assert {k: v["condition"] for k, v in resolved[name]["depends_on"].items()} == {"db": "service_healthy"}
+        assert Path(resolved[name]["build"]["context"]).resolve() == REPO
+    assert {k: v["condition"] for k, v in resolved["nginx"]["depends_on"].items()} == \
+        {name: "service_healthy" for name in REPLICAS}
+    assert [p["target"] for p in resolved["nginx"]["ports"]] == [80]
+    assert resolved["db"]["environment"]["POSTGRES_PASSWORD"] == PASSWORD and "ports" not in resolved["db"]
+    refused = compose_config({"ASAP_DB_PASSWORD": ""})
+    assert refused.returncode != 0 and "ASAP_DB_PASSWORD" in refused.stderr
 
 
 # ---- nginx.conf
