@@ -48,10 +48,14 @@ Before the concurrent phase (each part can be skipped):
 - warm-up (``--no-warmup``): one session, one round on a cell no session starts on: the server's imports, the
   CLIP load, the first maps. Its steps have their own bound (``--warmup-timeout``, 300 s); a warm-up that is
   merely slow (even past that bound) is reported, not counted as an error. An error block on its page is one.
-- calibration (``--no-calibration``): one session alone runs two rounds on one more cell, each step after the
-  server has gone idle; for each step the server's CPU seconds (utime + stime of the ``streamlit`` process and
-  its children, from ``/proc``) from the action until the result is visible and until the server is idle again
-  (the whole rerun). The first round computes that cell's maps, the second reads them from the cache.
+- calibration (``--no-calibration``): one browser runs two rounds on one more cell, each in a new page (a new
+  Streamlit session), each step after the server has gone idle; for each step the server's CPU seconds (utime +
+  stime of the ``streamlit`` process and its children, from ``/proc``) from the action until the result is
+  visible and until the server is idle again (the whole rerun). The first round is a first visit: the browser
+  fetches the front end's files and the server computes the cell's grid and maps; the second finds all of them
+  cached (as a browser does on its next visit, or any browser behind ``deploy/nginx.conf``, which caches those
+  files). Meanwhile one more session keeps the overview open and idle: Streamlit forgets its compiled page
+  scripts whenever no session is connected, which a server with visitors never pays for.
 
 Server CPU seconds are the figure that transfers to another host: on a small machine the load generator's
 Chromium competes with the server for the cores, so latencies there mostly measure that contention. In the
@@ -124,6 +128,9 @@ RELEVANCE_BUDGET = "100000"  # hosted mode's per-client budget: all sessions her
 SLOT_WAIT_TEXT = re.compile(r"^Waiting for a free slot")
 SAMPLE_S = 0.25  # period of the server CPU sampler in the concurrent phase
 BETWEEN = "(between steps)"
+#: the calibration's two rounds, in one browser context (two pages: two sessions): the first visit fetches the
+#: front end's files and computes the cell's grid and maps; the second finds all of them cached
+CALIBRATION_ROUNDS = ("first visit", "second visit (front end, grid and maps cached)")
 
 
 # ------------------------------------------------------------------------------------------ CPU accounting
@@ -589,7 +596,7 @@ class Run:
     warm_wall: float = 0.0
     warm_cpu: float = 0.0  # server CPU s of the warm-up round
     start_cpu: float = 0.0  # server CPU s from its start until the warm-up
-    calib: list[Calibrate] = field(default_factory=list)  # [first visit of a cell, repeat (maps cached)]
+    calib: list[Calibrate] = field(default_factory=list)  # one per CALIBRATION_ROUNDS
     calib_errors: list[str] = field(default_factory=list)
     wall: float = 0.0  # concurrent phase
     server_cpu: float = 0.0  # ... server CPU s
@@ -601,14 +608,32 @@ class Run:
 
 
 async def _single_round(browser, url: str, args, cell: int, n: int, res: Results, step_timeout: float,
-                        probe: NullProbe | None = None):
-    """One round in a fresh browser context (a new Streamlit session), closed afterwards."""
-    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
+                        probe: NullProbe | None = None, ctx=None):
+    """One round in a new page (a new Streamlit session), closed afterwards: in ``ctx`` when given (a browser
+    that already holds the front end's files from an earlier page), else in a fresh context (a first visit)."""
+    own = ctx is None
+    if own:
+        ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await ctx.new_page()
     page.set_default_timeout(step_timeout * 1000)
     try:
         await asyncio.wait_for(one_round(page, url, args.grid, cell, n, res, probe),
                                timeout=step_timeout * len(STEPS))
+    finally:
+        await (ctx.close() if own else page.close())
+
+
+@asynccontextmanager
+async def bystander(browser, url: str):
+    """A visitor who keeps the overview open and does nothing: Streamlit forgets its compiled page scripts
+    whenever no session is left, so without one every calibration round would pay for compiling them,
+    which a server with visitors does not."""
+    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        page = await ctx.new_page()
+        await page.goto(url)
+        await page.wait_for_selector(".vega-embed path[aria-label]", state="attached")
+        yield page
     finally:
         await ctx.close()
 
@@ -636,15 +661,21 @@ async def drive(url: str, args, plan: list[tuple[int, int]], pid: int) -> Run:
                 run.warm_wall, run.warm_cpu = time.monotonic() - t0, tree_cpu(pid) - c0
             if not args.no_calibration:
                 cell, n = plan[-2] if len(plan) > 2 else plan[-1]
-                for label in ("first visit", "repeat (maps cached)"):
-                    probe = Calibrate(pid)
-                    await probe.idle()
+                async with bystander(browser, url):
+                    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
                     try:
-                        await _single_round(browser, url, args, cell, n, Results(), args.step_timeout, probe)
-                    except Exception as exc:
-                        run.calib_errors.append(f"calibration, {label} (cell {cell}): {_describe(exc)}")
-                        print("ERROR", run.calib_errors[-1], flush=True)
-                    run.calib.append(probe)
+                        for label in CALIBRATION_ROUNDS:
+                            probe = Calibrate(pid)
+                            await probe.idle()
+                            try:
+                                await _single_round(browser, url, args, cell, n, Results(), args.step_timeout, probe,
+                                                    ctx)
+                            except Exception as exc:
+                                run.calib_errors.append(f"calibration, {label} (cell {cell}): {_describe(exc)}")
+                                print("ERROR", run.calib_errors[-1], flush=True)
+                            run.calib.append(probe)
+                    finally:
+                        await ctx.close()
                 await wait_server_idle(pid)
 
             inflight: dict[int, str] = {}
@@ -936,38 +967,46 @@ def table(run: Run) -> str:
     res = run.res
     first = run.calib[0].steps if run.calib else {}
     again = run.calib[1].steps if len(run.calib) > 1 else {}
-    lines = ["| step (page) | n | median (s) | p95 (s) | max (s) | server CPU s/rerun, calibrated "
+    lines = ["| step (page) | n | median (s) | p95 (s) | max (s) "
+             "| server CPU s/rerun, calibrated (first / second visit) "
              "| server CPU s/step under load (shared) " + COST_HEAD,
              "|---|---:|---:|---:|---:|---:|---:|" + COST_RULE]
     for step in STEPS:
         v = np.asarray(res.latencies[step])
         cal = _fmt(first[step].cpu_rerun) if step in first else "-"
-        if step == "attention_maps" and step in again:
-            cal += f" first / {_fmt(again[step].cpu_rerun)} cached"
+        if step in again:
+            cal += f" / {_fmt(again[step].cpu_rerun)}"
         ended = run.ended.get(step, 0)
         load = _fmt(run.attributed.get(step, 0.0) / ended) if ended else "-"
         stats = (f"{np.median(v):.2f} | {np.percentile(v, 95):.2f} | {v.max():.2f}" if len(v) else "- | - | -")
         lines.append(f"| {step} ({PAGES[step]}) | {len(v)} | {stats} | {cal} | {load} |" + cost_cells(run, step))
     total = np.sum([np.asarray(res.latencies[s]) for s in STEPS], axis=0) if res.rounds else np.zeros(0)
     if len(total):
-        cal = sum(first[s].cpu_rerun for s in STEPS if s in first) if first else None
+        cal = " / ".join(_fmt(sum(c.cpu_rerun for c in steps.values())) for steps in (first, again)
+                         if len(steps) == len(STEPS)) or "-"
         lines.append(f"| whole round | {len(total)} | {np.median(total):.2f} | {np.percentile(total, 95):.2f} "
-                     f"| {total.max():.2f} | {_fmt(cal)} | {_fmt(run.server_cpu / res.rounds)} | | | |")
+                     f"| {total.max():.2f} | {cal} | {_fmt(run.server_cpu / res.rounds)} | | | |")
         lines.append(f"| (between steps) | | | | | | {_fmt(run.attributed.get(BETWEEN, 0.0), 1)} s in all "
                      f"| {_fmt(run.cost.received.get(BETWEEN, 0) / 1024, 0)} KB in all | | |")
     return "\n".join(lines + [cost_total(run)])
 
 
 def calibration_table(run: Run) -> str:
-    lines = ["| step (page) | latency alone (s) | server CPU s to visible | server CPU s whole rerun |",
-             "|---|---:|---:|---:|"]
-    for label, probe in zip(("", " (repeat, maps cached)"), run.calib):
-        for step in STEPS:
-            if label and step != "attention_maps":
-                continue
-            c = probe.steps.get(step)
-            lines.append(f"| {step}{label} ({PAGES[step]}) | {_fmt(c and c.latency)} | {_fmt(c and c.cpu_visible)} "
-                         f"| {_fmt(c and c.cpu_rerun)} |")
+    """Per step, the calibration's latency and server CPU seconds, first visit and second visit side by side;
+    the round's sum below (each step measured on an idle server)."""
+    lines = ["| step (page) | latency alone (s), first / second | server CPU s to visible, first / second "
+             "| server CPU s whole rerun, first / second |", "|---|---:|---:|---:|"]
+    probes = (run.calib + [Calibrate(0)] * 2)[:2]
+
+    def pair(step: str, attr: str) -> str:
+        return " / ".join(_fmt(getattr(pr.steps[step], attr)) if step in pr.steps else "-" for pr in probes)
+
+    for step in STEPS:
+        lines.append(f"| {step} ({PAGES[step]}) | {pair(step, 'latency')} | {pair(step, 'cpu_visible')} "
+                     f"| {pair(step, 'cpu_rerun')} |")
+    sums = [_fmt(sum(c.cpu_rerun for c in pr.steps.values())) if len(pr.steps) == len(STEPS) else "-"
+            for pr in probes]
+    lines.append(f"| **round** | | | **{' / '.join(sums)}** |")
     return "\n".join(lines)
 
 
@@ -1062,7 +1101,8 @@ def main(argv: list[str] | None = None) -> int:
                 steps = "; ".join(warm.warnings + warm.errors)
             print(f"warm-up round (1 session, {run.warm_wall:.1f} s wall, {run.warm_cpu:.1f} server CPU s): {steps}")
         if run.calib:
-            print(f"\ncalibration (1 session alone, each step on an idle server; cell "
+            print(f"\ncalibration (two sessions of one browser, one after the other, each step on an idle server, "
+                  f"one idle visitor connected; cell "
                   f"{(plan[-2] if len(plan) > 2 else plan[-1])[0]}):")
             print(calibration_table(run))
         for e in run.calib_errors:

@@ -30,8 +30,10 @@ def relevance_namespace(encoder_key: str, distiller_fingerprint: str, method: st
 
 
 def map_store(cache_dir: str | Path, encoder_key: str, distiller_fingerprint: str, method: str, side: int) -> RowStore:
-    """The RowStore of ``[17, side, side]`` float16 maps under ``cache_dir``."""
-    return RowStore(cache_dir, relevance_namespace(encoder_key, distiller_fingerprint, method), (N_TARGETS, side, side))
+    """The RowStore of ``[17, side, side]`` float16 maps under ``cache_dir`` (this process's one store of that
+    folder: ``RowStore.shared``)."""
+    namespace = relevance_namespace(encoder_key, distiller_fingerprint, method)
+    return RowStore.shared(cache_dir, namespace, (N_TARGETS, side, side))
 
 
 #: Least images per batched VJP from kept last-layer inputs (one layer per image: small batches waste
@@ -158,7 +160,7 @@ def bundle_map_store(bundle, method: str) -> RowStore:
     store = map_store(bundle.cache_dir, enc.cache_key, fingerprint, method, enc.patch_side)
     legacy = f"rel-{method}-{enc.cache_key}-{fingerprint}"
     if RELEVANCE_VERSION == 1 and not store.dir.is_dir() and (bundle.cache_dir / legacy).is_dir():
-        return RowStore(bundle.cache_dir, legacy, store.row_shape)
+        return RowStore.shared(bundle.cache_dir, legacy, store.row_shape)
     return store
 
 

@@ -17,12 +17,14 @@ import hashlib
 import os
 import re
 import shutil
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import Protocol, TypeVar
+from typing import ClassVar, Protocol, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -187,15 +189,41 @@ class RowStore:
     that may hold an id twice: the row in the first shard by name wins.
     """
 
+    #: ``shared`` keeps this many stores per process (their indexes: about 100 bytes per row)
+    SHARED_MAX = 16
+    _shared: ClassVar[OrderedDict[tuple[str, tuple[int, ...] | None], RowStore]] = OrderedDict()
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
     def __init__(self, root: str | Path, namespace: str, row_shape: tuple[int, ...] | None = None) -> None:
         self.dir = Path(root) / namespace
         self.row_shape = row_shape
         self._index: dict[str, tuple[str, int]] = {}
         self._seen: set[str] = set()
         self._swept = False
+        self._lock = threading.RLock()  # a shared store is read by several threads (a server's sessions)
+
+    @classmethod
+    def shared(cls, root: str | Path, namespace: str, row_shape: tuple[int, ...] | None = None) -> RowStore:
+        """The one store of this folder in this process (the ``SHARED_MAX`` last used are kept): its index of
+        the shards read so far is kept between calls, so asking which rows are missing reads only the shards
+        written since (a server asks on every view of a cached map)."""
+        key = (str(Path(root) / namespace), row_shape)
+        with cls._shared_lock:
+            store = cls._shared.get(key)
+            if store is None:
+                store = cls._shared[key] = cls(root, namespace, row_shape)
+            cls._shared.move_to_end(key)
+            while len(cls._shared) > cls.SHARED_MAX:
+                cls._shared.popitem(last=False)
+            return store
 
     def _refresh(self) -> None:
         """Index the shards written since the last call (by any process); start over if one was deleted."""
+        with self._lock:
+            self._refresh_index()
+
+    def _refresh_index(self) -> None:
+        """``_refresh``'s work, under the store's lock."""
         if not self.dir.is_dir():
             self._index.clear()
             self._seen.clear()
@@ -217,12 +245,14 @@ class RowStore:
 
     def missing(self, ids: Iterable[str]) -> list[str]:
         """The ids with no stored row (order kept, duplicates dropped)."""
-        self._refresh()
-        return list(dict.fromkeys(i for i in ids if i not in self._index))
+        with self._lock:
+            self._refresh()
+            return list(dict.fromkeys(i for i in ids if i not in self._index))
 
     def __contains__(self, image_id: str) -> bool:
-        self._refresh()
-        return image_id in self._index
+        with self._lock:
+            self._refresh()
+            return image_id in self._index
 
     def put(self, ids: list[str], values: np.ndarray | list[bytes]) -> None:
         """Store the rows of ``ids`` that no one (this or another process) stored yet as one shard (atomic).
@@ -233,7 +263,7 @@ class RowStore:
         if not len(ids):
             return
         self.dir.mkdir(parents=True, exist_ok=True)
-        with exclusive_lock(self.dir):
+        with self._lock, exclusive_lock(self.dir):
             if not self._swept:  # shards half written by killed runs
                 remove_dead_tmp(self.dir)
                 self._swept = True
@@ -263,11 +293,12 @@ class RowStore:
 
     def get(self, ids: list[str]) -> np.ndarray | list[bytes]:
         """Rows for ``ids`` in order: ``[N, *row_shape]`` array, or list of bytes. KeyError if one is missing."""
-        self._refresh()
         by_shard: dict[str, list[tuple[int, int]]] = {}
-        for k, image_id in enumerate(ids):
-            shard, row = self._index[image_id]
-            by_shard.setdefault(shard, []).append((k, row))
+        with self._lock:
+            self._refresh()
+            for k, image_id in enumerate(ids):
+                shard, row = self._index[image_id]
+                by_shard.setdefault(shard, []).append((k, row))
         blobs: list = [None] * len(ids)  # the rows of a bytes store
         out: np.ndarray | None = None  # the rows of an array store, made with the first shard's dtype
         for shard, pairs in by_shard.items():
@@ -308,7 +339,7 @@ class RowStore:
         if not self.dir.is_dir():
             return 0
         drop, deleted = set(ids), 0
-        with exclusive_lock(self.dir):
+        with self._lock, exclusive_lock(self.dir):
             for shard in sorted(self.dir.glob("[!.]*.parquet")):
                 try:
                     shard_ids = pq.read_table(shard, columns=["image_id"]).column(0).to_pylist()
@@ -317,8 +348,8 @@ class RowStore:
                 if set(shard_ids) <= drop:
                     shard.unlink(missing_ok=True)
                     deleted += 1
-        self._index.clear()
-        self._seen.clear()
+            self._index.clear()
+            self._seen.clear()
         return deleted
 
     def copy_to(self, root: str | Path) -> None:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from asap_core.storage import cache as cache_mod
 from asap_core.storage.cache import RowStore, cached_call, hash_key
 
 
@@ -115,3 +117,51 @@ def test_free_disk_bytes_walks_up_to_an_existing_folder(tmp_path):
 
     a, b = free_disk_bytes(tmp_path / "not" / "yet"), free_disk_bytes(tmp_path)
     assert a > 0 and abs(a - b) < 100 * 2 ** 20  # the same disk (other writers may move it a little)
+
+
+def test_shared_store_is_one_per_folder_and_reads_only_new_shards(tmp_path, monkeypatch):
+    a = RowStore.shared(tmp_path, "maps", (2,))
+    assert RowStore.shared(tmp_path, "maps", (2,)) is a and RowStore.shared(tmp_path, "other", (2,)) is not a
+    other = RowStore(tmp_path, "maps", (2,))            # another process's writer: a store of its own
+    other.put(["x", "y"], np.ones((2, 2), np.float32))
+    reads = []
+    real_read = cache_mod.pq.read_table
+    monkeypatch.setattr(cache_mod.pq, "read_table", lambda *a_, **k: reads.append(a_[0]) or real_read(*a_, **k))
+    assert a.missing(["x", "z"]) == ["z"] and len(reads) == 1      # the new shard's ids, read once
+    assert a.missing(["x", "y"]) == [] and len(reads) == 1          # nothing new: no read
+    other.put(["z"], np.zeros((1, 2), np.float32))
+    assert a.missing(["x", "z"]) == [] and len(reads) == 2          # only the shard written since
+    first = sorted(a.dir.glob("*.parquet"), key=lambda p: p.stat().st_mtime)[0]
+    other.discard(["x", "y"])                                       # a shard removed elsewhere: start over
+    assert not first.exists() and a.missing(["x", "y", "z"]) == ["x", "y"]
+
+
+def test_shared_store_keeps_the_last_used(tmp_path):
+    kept = [RowStore.shared(tmp_path, f"s{i}", None) for i in range(RowStore.SHARED_MAX + 1)]
+    assert RowStore.shared(tmp_path, f"s{RowStore.SHARED_MAX}", None) is kept[-1]
+    assert RowStore.shared(tmp_path, "s0", None) is not kept[0]     # the least recently used was let go
+
+
+def test_shared_store_answers_threads_while_rows_arrive(tmp_path):
+    store = RowStore.shared(tmp_path, "maps", (1,))
+    writer = RowStore(tmp_path, "maps", (1,))
+    ids = [f"i{k}" for k in range(40)]
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in range(60):
+                missing = store.missing(ids)
+                have = [i for i in ids if i not in set(missing)]
+                assert store.get_array(have).shape == (len(have), 1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=read) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for k in range(0, 40, 4):
+        writer.put(ids[k:k + 4], np.full((4, 1), k, np.float32))
+    for t in threads:
+        t.join()
+    assert not errors and store.missing(ids) == []
