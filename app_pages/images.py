@@ -12,7 +12,6 @@ from app_pages.glue.errors import guarded_fragment
 from app_pages.glue.sidebar import page_start
 from app_pages.glue.widgets import next_or_clear, save_concept_form, save_selection_form
 from asap_core.views import concept as vc
-from asap_core.views import overview as ov
 from asap_core.views import state as vs
 from asap_core.views.glossary import GLOSSARY
 from asap_core.views.text import as_text
@@ -74,7 +73,7 @@ def _grid_and_picks() -> None:
     ss[K.K_IMAGES] = S.consume_event(chart_key, event, ss[K.K_IMAGES], lambda ev: vs.picked_ids(ev, layout))
 
     # picks belong to the cells they were made in: another cell's picks are dropped (here and for Attention)
-    members = set(ov.selected_members(D.gridded(path, stamp, grid)[0], cells, filters)["image_id"].astype(str))
+    members = set(D.selection_facts(path, stamp, grid, filters, tuple(cells), D.dimension_names(b)).member_ids)
     ss[K.K_IMAGES] = picked = [i for i in ss[K.K_IMAGES] if i in members]
     if picked:
         st.markdown(f"**{len(picked)} image{'s' if len(picked) > 1 else ''} picked**")

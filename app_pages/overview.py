@@ -88,26 +88,25 @@ def _map_and_selection() -> None:
 
     with right:
         if selected:
-            selection_panel(cells, selected, grid, new_filters, chart_key, names)
+            selection_panel(selected, grid, new_filters, chart_key, names)
         else:
             st.markdown("**No cell selected.** Click a pie on the map.")
         st.markdown("**Cells near the decision boundary** (mixed labels, low confidence)",
                     help=GLOSSARY["confidence"])
-        boundary = ov.boundary_cells(cells, k=5)
-        for cell, r in zip(boundary["cell"].astype(int).tolist(), boundary.itertuples()):
+        for cell, text in D.boundary_list(path, stamp, grid, new_filters):
             # wrap: in a column Streamlit cuts a long button label ("confidence 0…") unless told to wrap it
-            if st.button(f"cell {cell}: {ov.boundary_text(r)}", key=K.boundary_button(cell), type="tertiary",
-                         wrap=True):
+            if st.button(f"cell {cell}: {text}", key=K.boundary_button(cell), type="tertiary", wrap=True):
                 ss[K.K_CELLS], ss[K.K_IMAGES] = [cell], []
                 ss.pop(chart_key, None)
                 st.rerun()
     S.write_link("overview")  # a fragment's rerun does not reach the entry script, which mirrors the URL
 
 
-def selection_panel(cells, selected: list[int], grid: int, filters: ov.Filters, chart_key: str,
+def selection_panel(selected: list[int], grid: int, filters: ov.Filters, chart_key: str,
                     names: tuple[str, ...]) -> None:
     """What the selected cells hold: the way on, their counts, what pushes them and a few thumbnails."""
-    s = ov.selected_summary(cells, selected)
+    facts = D.selection_facts(path, stamp, grid, filters, tuple(selected), names)
+    s = facts.summary
     st.markdown(f"**Selected cell{'s' if len(selected) > 1 else ''}:** " + ", ".join(str(c) for c in selected))
     # the way on first (it must be visible at 1280x800), then metrics that wrap rather than cut their values
     next_or_clear("Open image grid", "images", ":material/grid_view:", K.K_CELLS, chart_key,
@@ -120,14 +119,11 @@ def selection_panel(cells, selected: list[int], grid: int, filters: ov.Filters, 
     st.caption(f"real: {s['n_real_ok']} right, {s['n_real_wrong']} wrong · fake: {s['n_fake_ok']} right, "
                f"{s['n_fake_wrong']} wrong" + (f" · {s['n_unlabelled']} unlabelled" if s["n_unlabelled"] else "")
                + (f" · dominant generator: {as_text(s['dominant_generator'])}" if s["dominant_generator"] else ""))
-    members = ov.selected_members(D.gridded(path, stamp, grid)[0], selected, filters)
-    w2 = D.head_weights_or_none(path, stamp)
-    if w2 is not None:
-        st.caption(f"Pushes hardest: {as_text(ov.selection_driver(members, w2, names))}", help=GLOSSARY["dimension"])
+    if facts.driver is not None:
+        st.caption(f"Pushes hardest: {as_text(facts.driver)}", help=GLOSSARY["dimension"])
     if gen_data is not None and by_gen:
-        st.caption(as_text(vgen.attribution_caption(gen_data[0], members["image_id"].tolist())))
-    st.image(D.thumbs(b, members["image_id"].head(12).tolist(), 64), width=64)
-
+        st.caption(as_text(vgen.attribution_caption(gen_data[0], list(facts.member_ids))))
+    st.image(D.thumbs(b, list(facts.member_ids[:12]), 64), width=64)
 
 
 guarded_fragment(_map_and_selection)()

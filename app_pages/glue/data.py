@@ -199,6 +199,22 @@ def cell_drivers(path: str, stamp: int, grid: int, filters: ov.Filters, names: t
     return ov.cell_drivers(images.loc[ov.filter_mask(images, filters)] if filters.active() else images, w2, names)
 
 
+@st.cache_data(max_entries=256, show_spinner=False)
+def selection_facts(path: str, stamp: int, grid: int, filters: ov.Filters, selected: tuple[int, ...],
+                    names: tuple[str, ...] = ()) -> ov.SelectionFacts:
+    """``views.overview.selection_facts`` of the ``selected`` cells, once per grid, filters and selection for
+    every visitor (the overview's panel and the image grid's picks ask on every rerun)."""
+    images, _ = gridded(path, stamp, grid)
+    return ov.selection_facts(images, filtered_cells(path, stamp, grid, filters), list(selected), filters,
+                              head_weights_or_none(path, stamp), names)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def boundary_list(path: str, stamp: int, grid: int, filters: ov.Filters) -> list[tuple[int, str]]:
+    """``views.overview.boundary_list`` of the filtered cells: the overview's "near the boundary" buttons."""
+    return ov.boundary_list(filtered_cells(path, stamp, grid, filters), k=5)
+
+
 @st.cache_data(max_entries=32, show_spinner="Arranging images ...")
 def grid_for(path: str, stamp: int, grid: int, cells: tuple[int, ...], filters: ov.Filters,
              max_items: int = vg.MAX_GRID_IMAGES) -> tuple[pd.DataFrame, int, int, int]:

@@ -380,3 +380,29 @@ def selected_members(images: pd.DataFrame, selected: list[int], filters: Filters
     """The images of the ``selected`` cells that pass ``filters`` (table order kept)."""
     members = images[images["cell"].isin(selected)]
     return members[filter_mask(members, filters)] if filters.active() else members
+
+
+@dataclass(frozen=True)
+class SelectionFacts:
+    """What the overview's panel says of the selected cells: ``summary`` (``selected_summary``), the ids of
+    their images passing the filters (``member_ids``, table order), and the dimension that pushes them
+    hardest in words (``driver``; None without the head's weights or without members)."""
+
+    summary: dict
+    member_ids: tuple[str, ...]
+    driver: str | None
+
+
+def selection_facts(images: pd.DataFrame, cells: pd.DataFrame, selected: list[int], filters: Filters,
+                    w2: np.ndarray | None, names: Sequence[str] = ()) -> SelectionFacts:
+    """``SelectionFacts`` of the ``selected`` cells of ``cells`` (the filtered cell table) over ``images`` (the
+    gridded image table, ``z0..z15`` and ``p_fake``); ``w2`` ``[16]``: the head's weights."""
+    members = selected_members(images, selected, filters)
+    driver = selection_driver(members, w2, names) if w2 is not None else None
+    return SelectionFacts(selected_summary(cells, selected), tuple(members["image_id"].astype(str)), driver)
+
+
+def boundary_list(cells: pd.DataFrame, k: int = 5) -> list[tuple[int, str]]:
+    """``boundary_cells`` of a cell table as (cell, ``boundary_text``) pairs, nearest the boundary first."""
+    b = boundary_cells(cells, k=k)
+    return [(int(c), boundary_text(r)) for c, r in zip(b["cell"].tolist(), b.itertuples())]

@@ -164,6 +164,33 @@ def test_boundary_cells_prefer_mixed_low_confidence():
     assert ov.boundary_cells(cells, k=3)["cell"].tolist() == [1, 3, 2]
 
 
+def test_selection_facts_of_a_known_selection():
+    """Cells 1 and 2 selected, fake images only: 3 members in table order; dimension 4 pushes them to fake
+    (z4 = 2, w2_4 = 0.5: +1.00), cell 3 and the real image left out."""
+    z = np.zeros((5, 16))
+    z[:, 4] = 2.0
+    images = pd.DataFrame({"image_id": ["a", "b", "c", "d", "e"], "cell": [1, 2, 1, 3, 1],
+                           "label": ["fake", "fake", "real", "fake", "fake"], "generator": "g",
+                           "correct": pd.array([True] * 5, dtype="boolean"), "p_fake": 0.9,
+                           **{c: z[:, k] for k, c in enumerate(Z_COLUMNS)}})
+    f = ov.Filters(label="fake")
+    cells = ov.filtered_cells(images.assign(x=0.0, y=0.0, confidence=0.8, pred="fake"), 4, f)
+    w2 = np.zeros(16)
+    w2[4] = 0.5
+    facts = ov.selection_facts(images, cells, [1, 2], f, w2, names=("",) * 4 + ("smooth skin",))
+    assert facts.member_ids == ("a", "b", "e")
+    assert facts.summary["n"] == 3 and facts.summary["n_fake_ok"] == 3 and facts.summary["accuracy"] == 1.0
+    assert facts.driver == "dim 4 · smooth skin (+1.00 towards fake)"
+    assert ov.selection_facts(images, cells, [1], f, None).driver is None        # no head: no driver
+
+
+def test_boundary_list_names_cells_nearest_the_boundary_first():
+    cells = pd.DataFrame({"cell": [1, 2, 3], "n": [10, 10, 2], "mean_conf": [0.9, 0.1, 0.0],
+                          "share_fake": [0.5, 0.5, 0.5], "accuracy": [1.0, 0.5, 0.5]})
+    assert ov.boundary_list(cells) == [(2, "10 images · 50% fake · accuracy 50% · confidence 0.10"),
+                                       (1, "10 images · 50% fake · accuracy 100% · confidence 0.90")]
+
+
 # ------------------------------------------------------------------------------------------ grid
 def test_grid_layout_places_every_image_once(bundle):
     big = bundle.cells.sort_values("n").iloc[-3:]["cell"].tolist()
