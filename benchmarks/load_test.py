@@ -63,6 +63,11 @@ concurrent phase the server's CPU time is sampled every 0.25 s and each sample i
 steps in flight (shared attribution: approximate per step, exact in total); the report gives the server's
 utilisation (CPU seconds / wall seconds), the load generator's and the whole machine's.
 
+Each step's server response (a column apart from its latency): from the step's rerun request leaving the page
+to the server's "script finished" arriving, both read at the browser's network layer (``ServerClock``, Chrome
+DevTools Protocol timestamps): the server's queueing and work without the browser's drawing, which on a small
+machine waits for the load generator's saturated core.
+
 Each step's cost apart from its latency (separate columns, never added to it): the KB the pages received
 during it (websocket frames, Streamlit's protocol, and HTTP response bodies such as media files), the
 concurrent phase's server CPU divided by the steps ended, and with ``--sessions 1`` each step's own server
@@ -81,6 +86,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import re
@@ -253,6 +259,82 @@ class InFlight(NullProbe):
         page.on("requestfinished", lambda req: asyncio.ensure_future(body(req, self.step)))
 
 
+#: a ForwardMsg this long or longer carries page content, never "script finished" (not parsed)
+_SMALL_FRAME = 512
+
+
+class ServerClock(NullProbe):
+    """The server's part of each step's latency, read at the browser's network layer through the Chrome
+    DevTools Protocol: from the step's first rerun request leaving the page (Streamlit's ``BackMsg``
+    ``rerun_script``, not a timed fragment's) to the first completed run's "script finished" arriving
+    (``ForwardMsg`` ``script_finished``: a page or a fragment run, not one cut short for another run). It
+    holds the server's queueing, its work and loopback, not the browser's drawing: what a host whose cores serve
+    only the app would answer within. The protocol's timestamps are the browser's monotonic clock, Linux's
+    ``CLOCK_MONOTONIC``, the clock of ``time.monotonic``. Wraps the probe of the step (``inner``)."""
+
+    DONE = (0, 3)  # FINISHED_SUCCESSFULLY, FINISHED_FRAGMENT_RUN_SUCCESSFULLY
+
+    def __init__(self, inner: NullProbe | None = None) -> None:
+        self.inner = inner or NullProbe()
+        self.starts: dict[str, float] = {}
+        self.events: list[tuple[float, str]] = []  # (monotonic s, "rerun" | "done")
+
+    async def attach(self, page) -> None:
+        """Listen to ``page``'s websocket frames (before it opens its websocket)."""
+        cdp = await page.context.new_cdp_session(page)
+        cdp.on("Network.webSocketFrameSent", lambda ev: self._frame(ev, sent=True))
+        cdp.on("Network.webSocketFrameReceived", lambda ev: self._frame(ev, sent=False))
+        await cdp.send("Network.enable")
+
+    def _frame(self, ev: dict, sent: bool) -> None:
+        from streamlit.proto.BackMsg_pb2 import BackMsg
+        from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+        frame = ev.get("response", {})
+        data = frame.get("payloadData", "")  # base64 of a binary frame
+        if frame.get("opcode") != 2 or (not sent and len(data) > 4 * _SMALL_FRAME // 3 + 4):
+            return
+        try:
+            raw = base64.b64decode(data)
+            if sent:
+                msg = BackMsg.FromString(raw)
+                if msg.WhichOneof("type") == "rerun_script" and not msg.rerun_script.is_auto_rerun:
+                    self.events.append((float(ev["timestamp"]), "rerun"))
+            else:
+                fwd = ForwardMsg.FromString(raw)
+                if fwd.WhichOneof("type") == "script_finished" and fwd.script_finished in self.DONE:
+                    self.events.append((float(ev["timestamp"]), "done"))
+        except Exception:  # not Streamlit's protocol (or cut): not a step's event
+            return
+
+    def begin(self, step: str) -> None:
+        self.starts[step] = time.monotonic()
+        self.inner.begin(step)
+
+    def end(self, step: str) -> None:
+        self.inner.end(step)
+
+    async def visible(self, step: str, latency: float) -> None:
+        await self.inner.visible(step, latency)
+
+    def _response(self, step: str) -> float | None:
+        t0 = self.starts.get(step)
+        asked = next((t for t, kind in self.events if kind == "rerun" and t0 is not None and t >= t0), None)
+        done = next((t for t, kind in self.events if kind == "done" and asked is not None and t >= asked), None)
+        return None if done is None or asked is None else done - asked
+
+    async def responses(self, steps: tuple[str, ...], wait_s: float = 5.0) -> dict[str, float]:
+        """Each step's server response (seconds) for the round just ended, waiting up to ``wait_s`` for events
+        still on their way; then forgets the round."""
+        deadline = time.monotonic() + wait_s
+        while any(self._response(s) is None for s in steps) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        out = {s: r for s in steps if (r := self._response(s)) is not None}
+        self.events.clear()
+        self.starts.clear()
+        return out
+
+
 async def sample_server_cpu(pid: int, inflight: dict[int, str], attributed: dict[str, float],
                             stop: asyncio.Event) -> None:
     """Every ``SAMPLE_S``: the server's CPU seconds since the last sample, split evenly between the steps in
@@ -412,6 +494,8 @@ class Results:
     rounds: int = 0
     maps_shown: int = 0
     slot_waits: int = 0  # attention_maps steps that showed "Waiting for a free slot"
+    #: step -> the server's response times (``ServerClock``): rerun request out -> script finished in
+    server: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STEPS})
 
 
 class PageError(RuntimeError):
@@ -542,6 +626,9 @@ async def one_round(page, url: str, grid: int, cell: int, n_shown: int, res: Res
 
     for step, dt in times.items():
         res.latencies[step].append(dt)
+    if isinstance(probe, ServerClock):
+        for step, dt in (await probe.responses(STEPS)).items():
+            res.server[step].append(dt)
     res.rounds += 1
     res.maps_shown += n_picked
     res.slot_waits += int(saw_slot_wait)
@@ -572,8 +659,10 @@ async def session(i: int, browser, url: str, args, plan: list[tuple[int, int]], 
     ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await ctx.new_page()
     page.set_default_timeout(args.step_timeout * 1000)
-    probe = InFlight(i, inflight, ended, cost, pid)
-    probe.attach(page)
+    inner = InFlight(i, inflight, ended, cost, pid)
+    inner.attach(page)
+    probe = ServerClock(inner)
+    await probe.attach(page)
     j = 0
     try:
         while time.monotonic() < deadline:
@@ -967,10 +1056,10 @@ def table(run: Run) -> str:
     res = run.res
     first = run.calib[0].steps if run.calib else {}
     again = run.calib[1].steps if len(run.calib) > 1 else {}
-    lines = ["| step (page) | n | median (s) | p95 (s) | max (s) "
+    lines = ["| step (page) | n | median (s) | p95 (s) | max (s) | server response, median / p95 (s) "
              "| server CPU s/rerun, calibrated (first / second visit) "
              "| server CPU s/step under load (shared) " + COST_HEAD,
-             "|---|---:|---:|---:|---:|---:|---:|" + COST_RULE]
+             "|---|---:|---:|---:|---:|---:|---:|---:|" + COST_RULE]
     for step in STEPS:
         v = np.asarray(res.latencies[step])
         cal = _fmt(first[step].cpu_rerun) if step in first else "-"
@@ -979,14 +1068,17 @@ def table(run: Run) -> str:
         ended = run.ended.get(step, 0)
         load = _fmt(run.attributed.get(step, 0.0) / ended) if ended else "-"
         stats = (f"{np.median(v):.2f} | {np.percentile(v, 95):.2f} | {v.max():.2f}" if len(v) else "- | - | -")
-        lines.append(f"| {step} ({PAGES[step]}) | {len(v)} | {stats} | {cal} | {load} |" + cost_cells(run, step))
+        r = np.asarray(res.server[step])
+        resp = f"{np.median(r):.2f} / {np.percentile(r, 95):.2f}" if len(r) else "-"
+        lines.append(f"| {step} ({PAGES[step]}) | {len(v)} | {stats} | {resp} | {cal} | {load} |"
+                     + cost_cells(run, step))
     total = np.sum([np.asarray(res.latencies[s]) for s in STEPS], axis=0) if res.rounds else np.zeros(0)
     if len(total):
         cal = " / ".join(_fmt(sum(c.cpu_rerun for c in steps.values())) for steps in (first, again)
                          if len(steps) == len(STEPS)) or "-"
         lines.append(f"| whole round | {len(total)} | {np.median(total):.2f} | {np.percentile(total, 95):.2f} "
-                     f"| {total.max():.2f} | {cal} | {_fmt(run.server_cpu / res.rounds)} | | | |")
-        lines.append(f"| (between steps) | | | | | | {_fmt(run.attributed.get(BETWEEN, 0.0), 1)} s in all "
+                     f"| {total.max():.2f} | | {cal} | {_fmt(run.server_cpu / res.rounds)} | | | |")
+        lines.append(f"| (between steps) | | | | | | | {_fmt(run.attributed.get(BETWEEN, 0.0), 1)} s in all "
                      f"| {_fmt(run.cost.received.get(BETWEEN, 0) / 1024, 0)} KB in all | | |")
     return "\n".join(lines + [cost_total(run)])
 
@@ -1123,7 +1215,8 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({
                 "sessions": args.sessions, "seconds": args.seconds, "mode": args.mode, "grid": args.grid,
                 "bundle": str(bundle), "maps": maps, "wall_s": run.wall, "rounds": res.rounds,
-                "errors": res.errors, "latencies": res.latencies, "server_peak_rss_mb": rss,
+                "errors": res.errors, "latencies": res.latencies, "server_response_s": res.server,
+                "server_peak_rss_mb": rss,
                 "slot_waits": res.slot_waits, "cpus": cores,
                 "server_cpu_s": run.server_cpu, "loadgen_cpu_s": run.loadgen_cpu, "machine_cpu_s": run.machine_cpu,
                 "server_cpu_by_step_shared_s": run.attributed, "steps_ended": run.ended,
