@@ -31,7 +31,7 @@ if student_mode():  # a quiz link: the student's view, only the quiz (no navigat
     st.session_state.pop(keys.K_PENDING_PAGE, None)
     quiz = BY_SLUG["quiz"]
     home = st.Page(quiz.file, title=quiz.title, icon=quiz.icon, default=True, url_path="play")
-    guarded(st.navigation([home, PAGES["quiz"]], position="hidden").run)  # a link to / or to /quiz
+    guarded(st.navigation([home, PAGES["quiz"]], position="hidden").run, label="page quiz")  # a link to / or /quiz
     st.stop()
 page = st.navigation(list(PAGES.values()), position="sidebar")
 slug = next((s for s, p in PAGES.items() if p.title == page.title), DEFAULT_PAGE)
@@ -42,6 +42,6 @@ if pending and pending != slug and pending in PAGES:
 
 guarded(lambda: state.write_link(slug))
 try:
-    guarded(page.run)
+    guarded(page.run, label=f"page {slug}")
 finally:  # also when the page stops early (st.stop): a bundle opened during the run must reach the address bar
     guarded(lambda: state.write_link(slug))

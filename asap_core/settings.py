@@ -134,6 +134,9 @@ class Settings(BaseSettings):
     state_url: str | None = Field(None, json_schema_extra=_shown("(SQLite in `ASAP_CACHE_DIR`)"),
                                   description="where budgets and class results are kept: an SQLAlchemy URL, e.g. "
                                               "`postgresql://host/asap`, shared by several servers")
+    log_runs: YesNo = Field(False, description="`1`: the server log gets one line per page run and per fragment "
+                                               "rerun: its wall and CPU seconds (capacity planning; "
+                                               "`benchmarks/load_test.py` reads them)")
     compile: YesNo = Field(False, description="`1`: `torch.compile` the CLIP forward (one-off compile; faster on "
                                               "long runs)")
     cpu_bf16: YesNo = Field(False, description="`1`: bfloat16 model on CPUs with native bf16 (faster, embeddings "

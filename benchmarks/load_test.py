@@ -68,6 +68,11 @@ to the server's "script finished" arriving, both read at the browser's network l
 DevTools Protocol timestamps): the server's queueing and work without the browser's drawing, which on a small
 machine waits for the load generator's saturated core.
 
+The server runs with ``ASAP_LOG_RUNS=1``: its log gets a line per page run and per fragment rerun, with the
+run's wall and CPU seconds as the server measured them. The report lists them per page or fragment for the
+concurrent phase (median / p95 / max wall seconds): the server's part of a step without the browser's, on the
+server's own cores.
+
 Each step's cost apart from its latency (separate columns, never added to it): the KB the pages received
 during it (websocket frames, Streamlit's protocol, and HTTP response bodies such as media files), the
 concurrent phase's server CPU divided by the steps ended, and with ``--sessions 1`` each step's own server
@@ -694,6 +699,7 @@ class Run:
     attributed: dict[str, float] = field(default_factory=dict)  # step -> server CPU s (shared attribution)
     ended: dict[str, int] = field(default_factory=dict)  # step -> steps ended (done or failed)
     cost: StepCost = field(default_factory=StepCost)  # bytes received per step; exact CPU with one session
+    log_span: tuple[int, int] = (0, 0)  # the server log's bytes written during the concurrent phase
 
 
 async def _single_round(browser, url: str, args, cell: int, n: int, res: Results, step_timeout: float,
@@ -772,6 +778,7 @@ async def drive(url: str, args, plan: list[tuple[int, int]], pid: int) -> Run:
             sampler = asyncio.ensure_future(sample_server_cpu(pid, inflight, run.attributed, stop))
             me = os.getpid()
             c0, l0, (m0, _) = tree_cpu(pid), tree_cpu(me), machine_busy()
+            log0 = log_size(args.server_log)
             t0 = time.monotonic()
             deadline = t0 + args.seconds
             # one browser process drives at most --per-browser sessions: its single UI thread carries every
@@ -786,6 +793,7 @@ async def drive(url: str, args, plan: list[tuple[int, int]], pid: int) -> Run:
                 await sampler
                 run.wall = time.monotonic() - t0
                 run.server_cpu = tree_cpu(pid) - c0
+                run.log_span = (log0, log_size(args.server_log))
                 run.loadgen_cpu = (tree_cpu(me) - l0) - run.server_cpu  # the server is a child of this script
                 run.machine_cpu = machine_busy()[0] - m0
             finally:  # closed after the measurement: a closed browser's CPU time leaves the process tree
@@ -939,6 +947,7 @@ async def _concurrent_quiz(p, browser, link: str, args, pid: int, run: Run) -> N
     sampler = asyncio.ensure_future(sample_server_cpu(pid, inflight, run.attributed, stop))
     me = os.getpid()
     c0, l0, (m0, _) = tree_cpu(pid), tree_cpu(me), machine_busy()
+    log0 = log_size(args.server_log)
     t0 = time.monotonic()
     browsers = [browser] + [await p.chromium.launch(executable_path=CHROMIUM, args=LOADGEN_ARGS)
                             for _ in range(1, -(-args.sessions // max(args.per_browser, 1)))]
@@ -950,6 +959,7 @@ async def _concurrent_quiz(p, browser, link: str, args, pid: int, run: Run) -> N
         await sampler
         run.wall = time.monotonic() - t0
         run.server_cpu = tree_cpu(pid) - c0
+        run.log_span = (log0, log_size(args.server_log))
         run.loadgen_cpu = (tree_cpu(me) - l0) - run.server_cpu
         run.machine_cpu = machine_busy()[0] - m0
     finally:
@@ -981,7 +991,7 @@ def quiz_main(args, bundle: Path, env: dict, work: Path) -> int:
     link_bundle = bundle.name if args.mode == "hosted" else str(bundle)
     code, ids = start_class_round(state_url, bundle, link_bundle, args.quiz_images)
     procs: list = []
-    with streamlit_server(env, work / "server.log", procs=procs) as url:
+    with streamlit_server(env, args.server_log, procs=procs) as url:
         from asap_core.views import quiz as vq
 
         link = vq.round_link(f"{url}/quiz", link_bundle, vq.QuizSpec("all", "", args.quiz_images, QUIZ_SEED), code)
@@ -1005,6 +1015,9 @@ def quiz_main(args, bundle: Path, env: dict, work: Path) -> int:
               f"load generator {run.loadgen_cpu:.1f} s; whole machine {run.machine_cpu / run.wall:.2f} of "
               f"{os.cpu_count()} cores; load average now {os.getloadavg()[0]:.1f}")
     print(quiz_table(run))
+    runs = server_runs(args.server_log, run.log_span)
+    print("\nthe server's own runs in the class phase (its run log: wall seconds include waiting for the core):")
+    print(runs_table(runs))
     for e in run.res.errors[:20] + run.calib_errors:
         print("  -", e)
     if args.json:
@@ -1012,6 +1025,7 @@ def quiz_main(args, bundle: Path, env: dict, work: Path) -> int:
                                          "quiz_images": args.quiz_images, "errors": run.res.errors,
                                          "latencies": run.res.latencies, "wall_s": run.wall,
                                          "server_cpu_s": run.server_cpu, "answers_recorded": n_rec,
+                                         "server_runs": runs,
                                          "server_cpu_by_step_shared_s": run.attributed, "steps_ended": run.ended,
                                          "received_bytes_by_step": run.cost.received,
                                          "server_cpu_by_step_exact_s": run.cost.exact_cpu,
@@ -1050,6 +1064,59 @@ def cost_total(run: Run) -> str:
     return (f"(concurrent phase: {steps} steps ended, {sum(run.cost.received.values()) / 1024:.0f} KB received by "
             f"the pages, {run.server_cpu:.2f} server CPU s; shared and run-total CPU columns are approximate per "
             f"step kind, the exact column is measured only with --sessions 1)")
+
+
+#: the server's run log (``ASAP_LOG_RUNS=1``): a page's run or a fragment's own rerun, with its times
+RUN_LINE = re.compile(r"asap_explorer\.runs run (?P<label>.+) (?P<ended>\w+): (?P<wall>[\d.]+) s wall, "
+                      r"(?P<cpu>[\d.]+) s CPU$")
+#: which step of a round each logged run serves (the quiz's and others are listed by their label)
+RUN_STEPS = {"page overview": "overview (and the rerun closing the guide)",
+             "fragment overview._map_and_selection": "select_cell", "page images": "image_grid",
+             "fragment images._grid_and_picks": "pick_images", "page attention": "attention_maps",
+             "page quiz": "open_quiz", "fragment quiz.play_area": "answer, next"}
+COMPLETE = ("done", "StopException")  # a run that drew its page (st.stop ends one early on purpose)
+
+
+def log_size(path: Path) -> int:
+    return path.stat().st_size if path.exists() else 0
+
+
+def server_runs(log: Path, span: tuple[int, int]) -> dict[str, dict[str, list[float]]]:
+    """The runs the server logged in ``span`` (bytes of ``log``), by label: wall and CPU seconds of the runs
+    that completed, and how many were cut short for another run (a page switch, a rerun)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    if not log.exists() or span[1] <= span[0]:
+        return out
+    with log.open("rb") as f:
+        f.seek(span[0])
+        text = f.read(span[1] - span[0]).decode("utf-8", "replace")
+    for line in text.splitlines():
+        m = RUN_LINE.search(line)
+        if not m:
+            continue
+        runs = out.setdefault(m["label"], {"wall": [], "cpu": [], "cut": []})
+        if m["ended"] in COMPLETE:
+            runs["wall"].append(float(m["wall"]))
+            runs["cpu"].append(float(m["cpu"]))
+        else:
+            runs["cut"].append(float(m["wall"]))
+    return out
+
+
+def runs_table(runs: dict[str, dict[str, list[float]]]) -> str:
+    """Per logged label: the step it serves, completed runs, wall median / p95 / max, CPU median (the script's
+    thread), and the runs ended by a rerun (a page switch; a click whose run asks for one more to draw)."""
+    if not runs:
+        return "(no run log: the server ran without ASAP_LOG_RUNS=1)"
+    lines = ["| server run (label) | step | n | wall median / p95 / max (s) | CPU median (s) "
+             "| ended by a rerun |",
+             "|---|---|---:|---|---:|---:|"]
+    for label, r in sorted(runs.items(), key=lambda kv: list(RUN_STEPS).index(kv[0]) if kv[0] in RUN_STEPS else 99):
+        w = np.asarray(r["wall"])
+        stats = (f"{np.median(w):.2f} / {np.percentile(w, 95):.2f} / {w.max():.2f}" if len(w) else "-")
+        cpu = f"{np.median(r['cpu']):.3f}" if r["cpu"] else "-"
+        lines.append(f"| {label} | {RUN_STEPS.get(label, '')} | {len(w)} | {stats} | {cpu} | {len(r['cut'])} |")
+    return "\n".join(lines)
 
 
 def table(run: Run) -> str:
@@ -1155,7 +1222,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         bundle = (args.bundle.expanduser().resolve() if args.bundle else build_demo_bundle(work))
-        env = {"ASAP_CACHE_DIR": str(work / "server-cache"), "ASAP_RELEVANCE_BUDGET": RELEVANCE_BUDGET}
+        env = {"ASAP_CACHE_DIR": str(work / "server-cache"), "ASAP_RELEVANCE_BUDGET": RELEVANCE_BUDGET,
+               "ASAP_LOG_RUNS": "1"}
+        args.server_log = work / "server.log"
         if args.mode == "hosted":
             env.update(ASAP_HOSTED="1", ASAP_BUNDLE_ROOT=str(bundle.parent), ASAP_BUNDLE=bundle.name)
         else:
@@ -1174,7 +1243,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         procs: list = []
         t_start = time.monotonic()
-        with streamlit_server(env, work / "server.log", procs=procs) as url:
+        with streamlit_server(env, args.server_log, procs=procs) as url:
             pid = procs[0].pid
             print(pin_processes(args.generator_cpus, pid), flush=True)
             print(f"server {url} ({args.mode} mode, pid {pid}, started in {time.monotonic() - t_start:.1f} s) on "
@@ -1209,6 +1278,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{run.loadgen_cpu / run.wall:.2f} cores; whole machine {run.machine_cpu / run.wall:.2f} of "
                   f"{cores} cores (the rest: other processes)")
         print(table(run))
+        runs = server_runs(args.server_log, run.log_span)
+        print("\nthe server's own runs in the concurrent phase (its run log: wall seconds include waiting for the "
+              "core and the lock of a shared cache):")
+        print(runs_table(runs))
         for e in res.errors[:20]:
             print("  -", e)
         if args.json:
@@ -1216,6 +1289,7 @@ def main(argv: list[str] | None = None) -> int:
                 "sessions": args.sessions, "seconds": args.seconds, "mode": args.mode, "grid": args.grid,
                 "bundle": str(bundle), "maps": maps, "wall_s": run.wall, "rounds": res.rounds,
                 "errors": res.errors, "latencies": res.latencies, "server_response_s": res.server,
+                "server_runs": runs,
                 "server_peak_rss_mb": rss,
                 "slot_waits": res.slot_waits, "cpus": cores,
                 "server_cpu_s": run.server_cpu, "loadgen_cpu_s": run.loadgen_cpu, "machine_cpu_s": run.machine_cpu,

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from asap_core.errors import AsapError
 from asap_core.hosting import error_id, public_text
@@ -75,7 +78,43 @@ def show_unexpected(exc: BaseException, where=st) -> str:
     return eid
 
 
-def guarded(run) -> None:
+#: one line per page run or fragment rerun when ``ASAP_LOG_RUNS=1`` (``guarded(..., label=...)``)
+RUN_LOG = logging.getLogger("asap_explorer.runs")
+_RUN_HANDLER = logging.StreamHandler()  # the server's standard error: its log
+_RUN_HANDLER.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+
+
+def _run_log() -> logging.Logger | None:
+    """``RUN_LOG`` (to the server's standard error, at INFO) when ``ASAP_LOG_RUNS`` is on; else None."""
+    if not settings().log_runs:
+        return None
+    if _RUN_HANDLER not in RUN_LOG.handlers:
+        RUN_LOG.addHandler(_RUN_HANDLER)
+        RUN_LOG.setLevel(logging.INFO)
+        RUN_LOG.propagate = False
+    return RUN_LOG
+
+
+def guarded(run, label: str | None = None) -> None:
+    """``_guarded(run)``; with a ``label`` and ``ASAP_LOG_RUNS=1``, one line in the server log:
+    ``run <label> <how it ended>: <wall> s wall, <cpu> s CPU`` (CPU of the script's thread; ended: ``done``,
+    ``StopException``, ``RerunException`` or an exception's class name)."""
+    log = _run_log() if label else None
+    if log is None:
+        _guarded(run)
+        return
+    t0, c0, ended = time.perf_counter(), time.thread_time(), "done"
+    try:
+        _guarded(run)
+    except BaseException as exc:
+        ended = type(exc).__name__
+        raise
+    finally:
+        log.info("run %s %s: %.4f s wall, %.4f s CPU", label, ended, time.perf_counter() - t0,
+                 time.thread_time() - c0)
+
+
+def _guarded(run) -> None:
     """Run ``run()``; in hosted mode an exception that is not Streamlit's own control flow (stop, rerun,
     page switch) is shown by ``show_unexpected`` instead of a traceback."""
     if not settings().hosted:
@@ -93,10 +132,14 @@ def guarded_fragment(run: Callable[..., None]) -> Callable[..., None]:
     """``run`` as an ``st.fragment`` (a widget inside it reruns it alone, with the arguments of its last full
     run) that runs through ``guarded``: Streamlit shows an exception raised in a fragment itself, past the guard
     the entry script puts around the page."""
+    code = getattr(run, "__code__", None)  # a page's functions run in "__main__": named by their page's file
+    label = f"fragment {Path(code.co_filename).stem if code else run.__module__}.{run.__name__}"
+
     @st.fragment
     @functools.wraps(run)  # the fragment's id comes from the function's module and name: run's own
     def fragment(*args: Any, **kwargs: Any) -> None:
-        guarded(lambda: run(*args, **kwargs))
+        ctx = get_script_run_ctx()  # its own rerun is logged; inside a page's run, the page's line counts it
+        guarded(lambda: run(*args, **kwargs), label if ctx is not None and ctx.fragment_ids_this_run else None)
 
     return fragment
 
