@@ -6,6 +6,10 @@ paths cut to names) and ``model.hints.hosted_words`` (no operator settings, no e
 unexpected exception becomes a plain sentence with an error id; the server log holds the traceback under that
 id. Locally, unexpected exceptions are raised as usual (Streamlit shows them).
 
+Partial reruns go through here too: ``guarded_fragment`` makes a part of a page an ``st.fragment`` (a click in
+it reruns it alone) inside the same boundary, and ``rerun_fragment`` reruns it. With ``ASAP_LOG_RUNS=1`` every
+labelled run (each page's, each fragment's own rerun) writes its wall and CPU seconds to the server log.
+
 ``AsapError`` is the library's error as the pages catch it (a page imports it from here, not from
 ``asap_core.errors``).
 """
