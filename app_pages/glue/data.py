@@ -127,13 +127,15 @@ def thumbs(b: Bundle, ids: list[str], width: int) -> list[str]:
     (not an image, or over ``schema.THUMB_MAX_PIXELS`` from its header, so no browser or Streamlit decodes a
     bomb: ``views.grid.thumb_jpeg``)."""
     done = _small_thumbs(*ref(b))
-    missing = list(dict.fromkeys(i for i in ids if (i, width) not in done))
+    # read once: another session may start the shared cache over meanwhile
+    got = {i: uri for i in ids if (uri := done.get((i, width))) is not None}
+    missing = [i for i in dict.fromkeys(ids) if i not in got]
     if missing:
         if len(done) + len(missing) > SMALL_THUMBS_MAX:
             done.clear()
         for i, jpeg in zip(missing, b.thumbnails(missing)):
-            done[(i, width)] = vg.thumb_uri(jpeg, width, quality=90)
-    return [done[(i, width)] for i in ids]
+            got[i] = done[(i, width)] = vg.thumb_uri(jpeg, width, quality=90)
+    return [got[i] for i in ids]
 
 
 @st.cache_resource(max_entries=4)
