@@ -27,5 +27,6 @@ def test_thumbs_at_the_width_shown_once_for_every_caller(tiny_bundle, monkeypatc
     shared = D._small_thumbs(*D.ref(b))
     assert shared[(a, 56)] == first[0]                                # kept for the next caller
     monkeypatch.setattr(D, "SMALL_THUMBS_MAX", 1)                     # full: the cache starts over
-    again = D.thumbs(b, [a, c, a], 56)
-    assert again == [first[0], first[2], first[0]] and len(shared) <= 2
+    again = D.thumbs(b, [a, c, a], 40)                               # a miss: cleared, then filled
+    assert again[0] == again[2] != again[1] and all(_width(u) <= 40 for u in again)
+    assert set(shared) == {(a, 40), (c, 40)}
