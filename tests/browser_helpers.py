@@ -163,6 +163,16 @@ def dismiss_guide(page, timeout_ms: int = 30000) -> None:
     """Close the "How to read this" dialog a new browser session opens once (it covers the page)."""
     page.get_by_role("button", name="Got it").click(timeout=timeout_ms)
     page.get_by_role("dialog").wait_for(state="detached")
+    wait_run_done(page, timeout_ms)
+
+
+def wait_run_done(page, timeout_ms: int = 30000) -> None:
+    """Wait until the page's run has finished: while a run is under way the front end keeps the last run's
+    elements beside the new ones (``data-stale``), so one text can be on the page twice until the run ends."""
+    page.wait_for_function(
+        "() => !document.querySelector(\"[data-stale='true']\")"
+        " && !document.querySelector(\"[data-testid='stStatusWidgetRunningIcon']\")",
+        timeout=timeout_ms)
 
 
 class RerunLog:
